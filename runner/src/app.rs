@@ -1,0 +1,60 @@
+//! The application state, built once at launch and shared as `Arc<App>`.
+
+use std::{
+    collections::HashSet,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::{config::Settings, docker::Engine, metrics::Metrics, store::Store, workspaces::Workspaces};
+
+pub struct App {
+    pub settings: Settings,
+    pub store: Store,
+    pub engine: Engine,
+    pub workspaces: Arc<Workspaces>,
+    pub metrics: Arc<Metrics>,
+    /// Bounds concurrent sandbox starts (invariant 6).
+    pub start_slots: Arc<Semaphore>,
+    /// Sessions whose sandbox is being started right now; the reconciler leaves them alone.
+    pub starting: Mutex<HashSet<String>>,
+    /// Requests per API token.
+    pub rate_limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Arc<App>> {
+        let metrics = Arc::new(Metrics::new());
+        let store = Store::connect(&settings.database_url).await?;
+        let engine = Engine::connect(&settings.instance, metrics.clone()).await?;
+        let runtime = settings.runtime.as_str();
+        if !engine.has_runtime(runtime).await? {
+            anyhow::bail!(
+                "RUNNER_DOCKER_RUNTIME={runtime} but the Docker engine has no such runtime (scripts/host-setup.sh registers runsc)"
+            );
+        }
+        let workspaces = Workspaces::new(
+            settings.workspace_driver,
+            settings.workspace_dir(),
+            &settings.sandbox_user,
+            engine.clone(),
+            store.clone(),
+        );
+        workspaces.check().await?;
+        let quota = Quota::per_second(NonZeroU32::new(settings.rate_limit_per_sec).expect("validated"))
+            .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
+        Ok(Arc::new(App {
+            start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
+            starting: Mutex::new(HashSet::new()),
+            rate_limiter: RateLimiter::keyed(quota),
+            settings,
+            store,
+            engine,
+            workspaces,
+            metrics,
+        }))
+    }
+}

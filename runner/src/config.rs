@@ -1,0 +1,395 @@
+//! Settings: embedded defaults, overridden by `RUNNER_*` environment variables (12-factor).
+//!
+//! Every knob an operator can turn is a field of [`Settings`]; `Settings::from_env` is the only
+//! place that reads the environment, so tests build `Settings` directly.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use anyhow::{bail, Context};
+
+/// A secret value whose `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The container runtime that runs sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Runc,
+    Runsc,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Runc => "runc",
+            Runtime::Runsc => "runsc",
+        }
+    }
+}
+
+impl FromStr for Runtime {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "runc" => Ok(Runtime::Runc),
+            "runsc" | "gvisor" => Ok(Runtime::Runsc),
+            other => bail!("unknown runtime {other:?} (expected runc or runsc)"),
+        }
+    }
+}
+
+/// How a learner's workspace is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceDriver {
+    /// A sparse ext4 image file on a loop device, mounted as a Docker volume: a hard size limit.
+    Loop,
+    /// A plain Docker volume: no size limit. For development machines without root only.
+    Volume,
+}
+
+impl FromStr for WorkspaceDriver {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "loop" => Ok(WorkspaceDriver::Loop),
+            "volume" => Ok(WorkspaceDriver::Volume),
+            other => bail!("unknown workspace driver {other:?} (expected loop or volume)"),
+        }
+    }
+}
+
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    /// Size of each tmpfs mounted at the writable paths (`/tmp`, `/var/tmp`, `/run`).
+    pub tmpfs_mb: u64,
+    /// Size of the learner's persistent workspace.
+    pub workspace_mb: u64,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        memory_mb: 512,
+        cpus: 1.0,
+        pids: 256,
+        tmpfs_mb: 64,
+        workspace_mb: 512,
+    };
+    pub const DEFAULT_CAPS: Limits = Limits {
+        memory_mb: 4096,
+        cpus: 2.0,
+        pids: 1024,
+        tmpfs_mb: 512,
+        workspace_mb: 4096,
+    };
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    /// Bearer token for `/v1/*`. When unset, one is generated into `<data_dir>/api-token`.
+    pub api_token: Option<Secret>,
+    /// Name of this runner's set of containers on a shared Docker engine (label
+    /// `exercise-runner.instance`). Replicas sharing one database share one instance name.
+    pub instance: String,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    pub runtime: Runtime,
+    pub sandbox_user: String,
+    pub default_limits: Limits,
+    pub limit_caps: Limits,
+    /// Docker network for exercises that opt into networking; `None` forbids opting in.
+    pub sandbox_network: Option<String>,
+    pub workspace_driver: WorkspaceDriver,
+    pub workspace_retention: Duration,
+    pub max_concurrent_starts: usize,
+    pub start_queue_timeout: Duration,
+    pub max_live_sessions: u64,
+    pub reap_interval: Duration,
+    pub reconcile_interval: Duration,
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    pub max_body_bytes: usize,
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// Defaults that need no setup: SQLite under the data directory, the local Docker engine.
+    pub fn defaults() -> Self {
+        let data_dir = PathBuf::from("/var/lib/exercise-runner");
+        Settings {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            database_url: sqlite_url(&data_dir),
+            data_dir,
+            api_token: None,
+            instance: "default".into(),
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_lifetime: Duration::from_secs(8 * 3600),
+            runtime: Runtime::Runc,
+            sandbox_user: "1000:1000".into(),
+            default_limits: Limits::DEFAULT,
+            limit_caps: Limits::DEFAULT_CAPS,
+            sandbox_network: Some("bridge".into()),
+            workspace_driver: WorkspaceDriver::Loop,
+            workspace_retention: Duration::from_secs(30 * 86400),
+            max_concurrent_starts: 4,
+            start_queue_timeout: Duration::from_secs(10),
+            max_live_sessions: 200,
+            reap_interval: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(30),
+            rate_limit_per_sec: 50,
+            rate_limit_burst: 100,
+            max_body_bytes: 64 * 1024,
+            log_json: false,
+        }
+    }
+
+    /// Defaults overridden by `RUNNER_*` variables; an invalid value is an error naming it.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, key: &str) -> anyhow::Result<Option<T>>
+        where
+            T::Err: fmt::Display,
+        {
+            match get(key) {
+                None => Ok(None),
+                Some(v) if v.trim().is_empty() => Ok(None),
+                Some(v) => v
+                    .trim()
+                    .parse::<T>()
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("{key}={v:?} is invalid: {e}")),
+            }
+        }
+        let secs = |key: &str| -> anyhow::Result<Option<Duration>> {
+            Ok(parse::<u64>(&get, key)?.map(Duration::from_secs))
+        };
+
+        let mut s = Settings::defaults();
+        if let Some(v) = parse(&get, "RUNNER_LISTEN")? {
+            s.listen = v;
+        }
+        if let Some(v) = parse::<PathBuf>(&get, "RUNNER_DATA_DIR")? {
+            s.data_dir = v;
+            s.database_url = sqlite_url(&s.data_dir);
+        }
+        if let Some(v) = get("RUNNER_DATABASE_URL").filter(|v| !v.is_empty()) {
+            s.database_url = v;
+        }
+        s.api_token = get("RUNNER_API_TOKEN").filter(|v| !v.is_empty()).map(Secret::new);
+        if let Some(v) = get("RUNNER_INSTANCE").filter(|v| !v.is_empty()) {
+            s.instance = v;
+        }
+        if let Some(v) = secs("RUNNER_IDLE_TIMEOUT_SECS")? {
+            s.idle_timeout = v;
+        }
+        if let Some(v) = secs("RUNNER_MAX_LIFETIME_SECS")? {
+            s.max_lifetime = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_DOCKER_RUNTIME")? {
+            s.runtime = v;
+        }
+        if let Some(v) = get("RUNNER_SANDBOX_USER").filter(|v| !v.is_empty()) {
+            s.sandbox_user = v;
+        }
+        let limits = |prefix: &str, l: &mut Limits| -> anyhow::Result<()> {
+            if let Some(v) = parse(&get, &format!("{prefix}_MEMORY_MB"))? {
+                l.memory_mb = v;
+            }
+            if let Some(v) = parse(&get, &format!("{prefix}_CPUS"))? {
+                l.cpus = v;
+            }
+            if let Some(v) = parse(&get, &format!("{prefix}_PIDS"))? {
+                l.pids = v;
+            }
+            if let Some(v) = parse(&get, &format!("{prefix}_TMPFS_MB"))? {
+                l.tmpfs_mb = v;
+            }
+            if let Some(v) = parse(&get, &format!("{prefix}_WORKSPACE_MB"))? {
+                l.workspace_mb = v;
+            }
+            Ok(())
+        };
+        limits("RUNNER_SANDBOX", &mut s.default_limits)?;
+        limits("RUNNER_SANDBOX_MAX", &mut s.limit_caps)?;
+        if let Some(v) = get("RUNNER_SANDBOX_NETWORK") {
+            s.sandbox_network = match v.trim() {
+                "" | "none" | "off" => None,
+                other => Some(other.to_string()),
+            };
+        }
+        if let Some(v) = parse(&get, "RUNNER_WORKSPACE_DRIVER")? {
+            s.workspace_driver = v;
+        }
+        if let Some(v) = parse::<u64>(&get, "RUNNER_WORKSPACE_RETENTION_DAYS")? {
+            s.workspace_retention = Duration::from_secs(v * 86400);
+        }
+        if let Some(v) = secs("RUNNER_WORKSPACE_RETENTION_SECS")? {
+            s.workspace_retention = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_MAX_CONCURRENT_STARTS")? {
+            s.max_concurrent_starts = v;
+        }
+        if let Some(v) = secs("RUNNER_START_QUEUE_TIMEOUT_SECS")? {
+            s.start_queue_timeout = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_MAX_LIVE_SESSIONS")? {
+            s.max_live_sessions = v;
+        }
+        if let Some(v) = secs("RUNNER_REAP_INTERVAL_SECS")? {
+            s.reap_interval = v;
+        }
+        if let Some(v) = secs("RUNNER_RECONCILE_INTERVAL_SECS")? {
+            s.reconcile_interval = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RATE_LIMIT_PER_SEC")? {
+            s.rate_limit_per_sec = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RATE_LIMIT_BURST")? {
+            s.rate_limit_burst = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_MAX_BODY_BYTES")? {
+            s.max_body_bytes = v;
+        }
+        if let Some(v) = get("RUNNER_LOG_FORMAT") {
+            s.log_json = v.trim() == "json";
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let user = self.sandbox_user.split(':').next().unwrap_or_default();
+        if user.is_empty() || user == "0" || user == "root" {
+            bail!("RUNNER_SANDBOX_USER must name a non-root user, got {:?}", self.sandbox_user);
+        }
+        if self.instance.is_empty()
+            || self.instance.len() > 32
+            || !self.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            bail!("RUNNER_INSTANCE must be 1-32 characters of [A-Za-z0-9-], got {:?}", self.instance);
+        }
+        let (d, c) = (&self.default_limits, &self.limit_caps);
+        if d.memory_mb > c.memory_mb || d.cpus > c.cpus || d.pids > c.pids || d.tmpfs_mb > c.tmpfs_mb
+            || d.workspace_mb > c.workspace_mb
+        {
+            bail!("default sandbox limits {d:?} exceed the caps {c:?}");
+        }
+        if d.memory_mb < 16 || d.cpus <= 0.0 || d.pids < 8 || d.tmpfs_mb == 0 || d.workspace_mb < 8 {
+            bail!("default sandbox limits {d:?} are too small to run anything");
+        }
+        if self.max_concurrent_starts == 0 || self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
+            bail!("RUNNER_MAX_CONCURRENT_STARTS and the rate limits must be positive");
+        }
+        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            bail!("RUNNER_DATABASE_URL must be a sqlite: or postgres:// URL");
+        }
+        Ok(())
+    }
+
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.data_dir.join("workspaces")
+    }
+
+    /// The API token, generating and storing one (mode 0600) when none was configured.
+    pub fn resolve_api_token(&mut self) -> anyhow::Result<()> {
+        if self.api_token.is_some() {
+            return Ok(());
+        }
+        let path = self.data_dir.join("api-token");
+        let token = match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                f.write_all(token.as_bytes())?;
+                tracing::info!(path = %path.display(), "generated an API token (RUNNER_API_TOKEN was not set)");
+                token
+            }
+        };
+        self.api_token = Some(Secret::new(token));
+        Ok(())
+    }
+}
+
+fn sqlite_url(data_dir: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", data_dir.join("runner.db").display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_env_overrides_them() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert!(s.database_url.starts_with("sqlite://"));
+        let s = from(&[
+            ("RUNNER_LISTEN", "127.0.0.1:9999"),
+            ("RUNNER_DOCKER_RUNTIME", "runsc"),
+            ("RUNNER_SANDBOX_MEMORY_MB", "256"),
+            ("RUNNER_IDLE_TIMEOUT_SECS", "60"),
+        ])
+        .unwrap();
+        assert_eq!(s.listen.port(), 9999);
+        assert_eq!(s.runtime, Runtime::Runsc);
+        assert_eq!(s.default_limits.memory_mb, 256);
+        assert_eq!(s.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn invalid_values_are_errors_that_name_the_variable() {
+        let err = from(&[("RUNNER_IDLE_TIMEOUT_SECS", "soon")]).unwrap_err().to_string();
+        assert!(err.contains("RUNNER_IDLE_TIMEOUT_SECS"), "{err}");
+        assert!(from(&[("RUNNER_SANDBOX_USER", "root")]).is_err());
+        assert!(from(&[("RUNNER_SANDBOX_USER", "0:0")]).is_err());
+        assert!(from(&[("RUNNER_SANDBOX_MEMORY_MB", "999999")]).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let s = from(&[("RUNNER_API_TOKEN", "hunter2-very-secret")]).unwrap();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+}

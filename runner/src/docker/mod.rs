@@ -1,0 +1,271 @@
+//! The runner's only door to the Docker engine: a narrow interface in domain words.
+//!
+//! Everything else in the runner talks about sandboxes, images and volumes; only this module
+//! knows bollard. Every call counts its failures in the `runner_docker_errors_total` metric.
+
+pub mod policy;
+
+use std::{collections::HashMap, sync::Arc};
+
+use anyhow::Context;
+use bollard::{
+    container::{
+        CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
+        StartContainerOptions,
+    },
+    errors::Error as BollardError,
+    exec::{CreateExecOptions, StartExecResults},
+    volume::{CreateVolumeOptions, ListVolumesOptions, RemoveVolumeOptions},
+    Docker,
+};
+use futures_util::StreamExt;
+
+use crate::metrics::Metrics;
+pub use policy::{SandboxOwner, SandboxSpec};
+
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+    instance: String,
+    metrics: Arc<Metrics>,
+}
+
+/// What the runner needs to know about an image.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub id: String,
+    pub working_dir: Option<String>,
+}
+
+/// A sandbox container as found on the engine.
+#[derive(Debug, Clone)]
+pub struct FoundSandbox {
+    pub id: String,
+    pub session_id: Option<String>,
+    pub running: bool,
+}
+
+/// Status of one container.
+#[derive(Debug, Clone)]
+pub struct ContainerStatus {
+    pub running: bool,
+    pub oom_killed: bool,
+    pub exit_code: Option<i64>,
+}
+
+/// The result of a command run inside a sandbox.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub output: String,
+    pub truncated: bool,
+}
+
+fn is_status(e: &BollardError, code: u16) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
+}
+
+impl Engine {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and agrees on an API
+    /// version the engine speaks (Debian's docker.io speaks 1.41).
+    pub async fn connect(instance: &str, metrics: Arc<Metrics>) -> anyhow::Result<Engine> {
+        let docker = Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .context("the Docker engine is not reachable (is dockerd running? run scripts/host-setup.sh)")?;
+        Ok(Engine { docker, instance: instance.to_string(), metrics })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    fn count<T>(&self, op: &'static str, r: Result<T, BollardError>) -> Result<T, BollardError> {
+        if let Err(e) = &r {
+            if !is_status(e, 404) && !is_status(e, 409) && !is_status(e, 304) {
+                self.metrics.docker_errors.with_label_values(&[op]).inc();
+            }
+        }
+        r
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let r = self.docker.ping().await;
+        self.count("ping", r)?;
+        Ok(())
+    }
+
+    /// Whether a runtime name (runc, runsc) is registered with the engine.
+    pub async fn has_runtime(&self, name: &str) -> anyhow::Result<bool> {
+        let r = self.docker.info().await;
+        let info = self.count("info", r)?;
+        Ok(info.runtimes.is_some_and(|r| r.contains_key(name)))
+    }
+
+    /// The image, when it exists locally.
+    pub async fn image(&self, reference: &str) -> anyhow::Result<Option<ImageInfo>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(img) => Ok(Some(ImageInfo {
+                id: img.id.unwrap_or_default(),
+                working_dir: img.config.and_then(|c| c.working_dir).filter(|w| !w.is_empty()),
+            })),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(self.count("inspect_image", Err::<(), _>(e)).unwrap_err().into()),
+        }
+    }
+
+    /// Creates a container by name; when a container of that name exists already (a retried or
+    /// racing create), returns that one instead. Idempotent.
+    pub async fn create_container(&self, name: &str, config: bollard::container::Config<String>) -> anyhow::Result<String> {
+        let opts = CreateContainerOptions { name: name.to_string(), platform: None };
+        match self.docker.create_container(Some(opts), config).await {
+            Ok(r) => Ok(r.id),
+            Err(e) if is_status(&e, 409) => {
+                let existing = self.docker.inspect_container(name, None::<InspectContainerOptions>).await;
+                Ok(self.count("inspect_container", existing)?.id.unwrap_or_default())
+            }
+            Err(e) => Err(self.count("create_container", Err::<(), _>(e)).unwrap_err())
+                .with_context(|| format!("creating container {name}")),
+        }
+    }
+
+    /// Starts a container; starting a running one is fine.
+    pub async fn start_container(&self, id: &str) -> anyhow::Result<()> {
+        match self.docker.start_container(id, None::<StartContainerOptions<String>>).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 304) => Ok(()),
+            Err(e) => Err(self.count("start_container", Err::<(), _>(e)).unwrap_err())
+                .with_context(|| format!("starting container {id}")),
+        }
+    }
+
+    /// Removes a container and its anonymous volumes, running or not; a missing one is fine.
+    pub async fn remove_container(&self, id_or_name: &str) -> anyhow::Result<()> {
+        let opts = RemoveContainerOptions { force: true, v: true, link: false };
+        match self.docker.remove_container(id_or_name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            // 409: removal already in progress.
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(self.count("remove_container", Err::<(), _>(e)).unwrap_err())
+                .with_context(|| format!("removing container {id_or_name}")),
+        }
+    }
+
+    pub async fn container_status(&self, id_or_name: &str) -> anyhow::Result<Option<ContainerStatus>> {
+        match self.docker.inspect_container(id_or_name, None::<InspectContainerOptions>).await {
+            Ok(c) => {
+                let st = c.state.unwrap_or_default();
+                Ok(Some(ContainerStatus {
+                    running: st.running.unwrap_or(false),
+                    oom_killed: st.oom_killed.unwrap_or(false),
+                    exit_code: st.exit_code,
+                }))
+            }
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(self.count("inspect_container", Err::<(), _>(e)).unwrap_err().into()),
+        }
+    }
+
+    /// All sandbox containers of this runner instance, running or not.
+    pub async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}=true", policy::LABEL_MANAGED),
+                format!("{}={}", policy::LABEL_INSTANCE, self.instance),
+            ],
+        )]);
+        let opts = ListContainersOptions { all: true, filters, ..Default::default() };
+        let r = self.docker.list_containers(Some(opts)).await;
+        let list = self.count("list_containers", r)?;
+        Ok(list
+            .into_iter()
+            .filter(|c| c.labels.as_ref().is_some_and(|l| l.contains_key(policy::LABEL_SESSION)))
+            .map(|c| FoundSandbox {
+                id: c.id.unwrap_or_default(),
+                session_id: c.labels.and_then(|mut l| l.remove(policy::LABEL_SESSION)),
+                running: c.state.as_deref() == Some("running"),
+            })
+            .collect())
+    }
+
+    /// Runs a command (an argument vector, never a shell string built from input) in a running
+    /// container and collects its output up to `max_output` bytes.
+    pub async fn exec(&self, container: &str, cmd: Vec<String>, user: &str, max_output: usize) -> anyhow::Result<ExecOutput> {
+        let opts = CreateExecOptions {
+            cmd: Some(cmd),
+            user: Some(user.to_string()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let r = self.docker.create_exec(container, opts).await;
+        let exec = self.count("create_exec", r)?;
+        let r = self.docker.start_exec(&exec.id, None).await;
+        let mut output = Vec::new();
+        let mut truncated = false;
+        if let StartExecResults::Attached { output: mut stream, .. } = self.count("start_exec", r)? {
+            while let Some(chunk) = stream.next().await {
+                let bytes = chunk?.into_bytes();
+                let room = max_output.saturating_sub(output.len());
+                if bytes.len() > room {
+                    truncated = true;
+                }
+                output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+        }
+        let r = self.docker.inspect_exec(&exec.id).await;
+        let exit_code = self.count("inspect_exec", r)?.exit_code.unwrap_or(-1);
+        Ok(ExecOutput { exit_code, output: String::from_utf8_lossy(&output).into_owned(), truncated })
+    }
+
+    // ---- volumes ----
+
+    /// The driver options of a volume, when it exists.
+    pub async fn volume_options(&self, name: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => Ok(Some(v.options)),
+            Err(e) if is_status(&e, 404) => Ok(None),
+            Err(e) => Err(self.count("inspect_volume", Err::<(), _>(e)).unwrap_err().into()),
+        }
+    }
+
+    pub async fn create_volume(&self, name: &str, driver_opts: HashMap<String, String>) -> anyhow::Result<()> {
+        let labels = HashMap::from([
+            (policy::LABEL_MANAGED.to_string(), "true".to_string()),
+            (policy::LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (policy::LABEL_WORKSPACE.to_string(), name.to_string()),
+        ]);
+        let opts = CreateVolumeOptions { name: name.to_string(), driver: "local".to_string(), driver_opts, labels };
+        let r = self.docker.create_volume(opts).await;
+        self.count("create_volume", r).with_context(|| format!("creating volume {name}"))?;
+        Ok(())
+    }
+
+    /// Removes a volume. Returns false when a container still uses it (then nothing changes).
+    pub async fn remove_volume(&self, name: &str) -> anyhow::Result<bool> {
+        match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: false })).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(true),
+            Err(e) if is_status(&e, 409) => Ok(false),
+            Err(e) => Err(self.count("remove_volume", Err::<(), _>(e)).unwrap_err())
+                .with_context(|| format!("removing volume {name}")),
+        }
+    }
+
+    /// Names of the workspace volumes of this instance.
+    pub async fn list_workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}=true", policy::LABEL_MANAGED),
+                format!("{}={}", policy::LABEL_INSTANCE, self.instance),
+            ],
+        )]);
+        let r = self.docker.list_volumes(Some(ListVolumesOptions { filters })).await;
+        let list = self.count("list_volumes", r)?;
+        Ok(list.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
+    }
+}

@@ -1,0 +1,164 @@
+//! THE sandbox hardening policy (DESIGN.md invariant 3), in one function a reader can audit.
+//!
+//! Every sandbox container the runner creates is built by [`sandbox_container`]; nothing else
+//! creates sandbox containers. Per-exercise settings can only choose values inside the operator's
+//! caps (checked in `crate::exercises`), never switch a protection off.
+
+use std::collections::HashMap;
+
+use bollard::{
+    container::Config,
+    models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum},
+};
+
+use crate::config::{Limits, Runtime};
+
+/// The writable paths every sandbox gets, as tmpfs of `Limits::tmpfs_mb` each. The root
+/// filesystem is read-only; these and the workspace are the only places a learner can write.
+pub const TMPFS_PATHS: [&str; 3] = ["/tmp", "/var/tmp", "/run"];
+
+/// Everything that decides how one sandbox runs, resolved when its session is created and kept
+/// with the session so a recreated container is the same as the first.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxSpec {
+    pub image: String,
+    pub limits: Limits,
+    /// Docker network to join; `None` means no network at all.
+    pub network: Option<String>,
+    /// Where the workspace volume is mounted, and the working directory of the sandbox.
+    pub workdir: String,
+}
+
+/// Who a sandbox belongs to; becomes its labels and name.
+#[derive(Debug, Clone)]
+pub struct SandboxOwner<'a> {
+    pub instance: &'a str,
+    pub session_id: &'a str,
+    pub learner: &'a str,
+    pub exercise: &'a str,
+}
+
+pub const LABEL_MANAGED: &str = "exercise-runner.managed";
+pub const LABEL_INSTANCE: &str = "exercise-runner.instance";
+pub const LABEL_SESSION: &str = "exercise-runner.session";
+pub const LABEL_LEARNER: &str = "exercise-runner.learner";
+pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
+pub const LABEL_WORKSPACE: &str = "exercise-runner.workspace";
+
+/// The container name of a session's sandbox. Deterministic, so a create racing another create
+/// of the same session meets Docker's name conflict instead of making a second container.
+pub fn sandbox_name(instance: &str, session_id: &str) -> String {
+    format!("exercise-runner-{instance}-{session_id}")
+}
+
+/// Builds the container configuration of a sandbox. The hardening, line by line:
+pub fn sandbox_container(
+    spec: &SandboxSpec,
+    owner: &SandboxOwner<'_>,
+    workspace_volume: &str,
+    runtime: Runtime,
+    user: &str,
+) -> Config<String> {
+    let l = &spec.limits;
+    let memory = (l.memory_mb * 1024 * 1024) as i64;
+    let cpu_period = 100_000i64;
+    let labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_INSTANCE.to_string(), owner.instance.to_string()),
+        (LABEL_SESSION.to_string(), owner.session_id.to_string()),
+        (LABEL_LEARNER.to_string(), owner.learner.to_string()),
+        (LABEL_EXERCISE.to_string(), owner.exercise.to_string()),
+    ]);
+    let tmpfs = TMPFS_PATHS
+        .iter()
+        .map(|p| (p.to_string(), format!("rw,nosuid,nodev,size={}m,mode=1777", l.tmpfs_mb)))
+        .collect();
+    let host_config = HostConfig {
+        // Pick the runtime: runc, or gVisor's runsc for a second kernel boundary.
+        runtime: Some(runtime.as_str().to_string()),
+        // An init as PID 1 that forwards signals and reaps zombies.
+        init: Some(true),
+        // No capabilities at all, and no way to gain privileges through setuid binaries.
+        cap_drop: Some(vec!["ALL".into()]),
+        cap_add: None,
+        privileged: Some(false),
+        // Docker's default seccomp profile stays on: nothing here names `seccomp=unconfined`.
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        // The image is immutable from inside; writes go to sized tmpfs or the workspace.
+        readonly_rootfs: Some(true),
+        tmpfs: Some(tmpfs),
+        // The workspace is a named volume (size-limited by its driver); no host path is mounted.
+        mounts: Some(vec![Mount {
+            target: Some(spec.workdir.clone()),
+            source: Some(workspace_volume.to_string()),
+            typ: Some(MountTypeEnum::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        }]),
+        binds: None,
+        // Memory with swap equal to it: no swap, an OOM kill at the limit.
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        // CPU as a hard quota per period.
+        cpu_period: Some(cpu_period),
+        cpu_quota: Some((l.cpus * cpu_period as f64).round() as i64),
+        // A fork bomb hits the pids limit.
+        pids_limit: Some(l.pids as i64),
+        ulimits: Some(vec![
+            ResourcesUlimits { name: Some("nofile".into()), soft: Some(4096), hard: Some(4096) },
+            ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
+        ]),
+        // No network unless the exercise opted in (and the operator allows it).
+        network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
+        ipc_mode: Some("private".into()),
+        // Logs cannot fill the disk.
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), "1m".to_string()),
+                ("max-file".to_string(), "2".to_string()),
+            ])),
+        }),
+        // The runner decides about restarts (reconciliation), not the engine.
+        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        ..Default::default()
+    };
+    Config {
+        image: Some(spec.image.clone()),
+        // Never root, whatever the image says.
+        user: Some(user.to_string()),
+        working_dir: Some(spec.workdir.clone()),
+        hostname: Some("sandbox".into()),
+        labels: Some(labels),
+        network_disabled: Some(spec.network.is_none()),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_applies_every_protection() {
+        let spec = SandboxSpec {
+            image: "img".into(),
+            limits: Limits::DEFAULT,
+            network: None,
+            workdir: "/workspace".into(),
+        };
+        let owner = SandboxOwner { instance: "i", session_id: "s", learner: "l", exercise: "e" };
+        let c = sandbox_container(&spec, &owner, "vol", Runtime::Runc, "1000:1000");
+        let h = c.host_config.as_ref().unwrap();
+        assert_eq!(h.readonly_rootfs, Some(true));
+        assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
+        assert_eq!(h.memory, h.memory_swap);
+        assert_eq!(h.network_mode.as_deref(), Some("none"));
+        assert_eq!(h.init, Some(true));
+        assert!(h.binds.is_none());
+        assert_eq!(c.user.as_deref(), Some("1000:1000"));
+        assert_eq!(c.labels.as_ref().unwrap()[LABEL_MANAGED], "true");
+        assert_eq!(c.labels.as_ref().unwrap()[LABEL_SESSION], "s");
+    }
+}

@@ -1,0 +1,49 @@
+//! `/v1/exercises`
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use serde_json::json;
+
+use super::extract::ApiJson;
+use crate::{
+    app::App,
+    domain::Slug,
+    error::{ApiError, ApiResult},
+    exercises::{self, Exercise, ExerciseInput},
+};
+
+pub async fn put(
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+    ApiJson(input): ApiJson<ExerciseInput>,
+) -> ApiResult<(StatusCode, Json<Exercise>)> {
+    let slug = Slug::parse(&slug)?;
+    let (exercise, created) = exercises::put(&app.settings, &app.store, &app.engine, &slug, input).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(exercise)))
+}
+
+pub async fn get(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<Exercise>> {
+    let slug = Slug::parse(&slug)?;
+    let record = app
+        .store
+        .exercise(slug.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("exercise_not_found", format!("exercise {slug:?} does not exist")))?;
+    Ok(Json(exercises::to_view(&app.settings, &record)?))
+}
+
+pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<serde_json::Value>> {
+    let list = app
+        .store
+        .exercises()
+        .await?
+        .iter()
+        .map(|r| exercises::to_view(&app.settings, r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Json(json!({ "exercises": list })))
+}

@@ -1,0 +1,41 @@
+//! The HTTP edge: routing, auth, limits, JSON in and out. Handlers are thin: parse and
+//! authorize, call the domain, map the result. Nothing here knows bollard or SQL.
+
+pub mod exercises;
+pub mod extract;
+pub mod middleware;
+pub mod ops;
+pub mod router;
+pub mod sessions;
+
+use crate::{domain::Invalid, error::ApiError, exercises::ExerciseError, sessions::SessionError};
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::invalid(e.code, e.message)
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        let msg = e.to_string();
+        match e {
+            SessionError::ExerciseNotFound(_) => ApiError::not_found("exercise_not_found", msg),
+            SessionError::NotFound(_) => ApiError::not_found("session_not_found", msg),
+            SessionError::NotLive(_) => ApiError::conflict("session_not_live", msg),
+            SessionError::AtCapacity(_) => ApiError::unavailable("session_capacity", msg, 30),
+            SessionError::StartQueueFull => ApiError::unavailable("start_queue_full", msg, 5),
+            SessionError::StartFailed { .. } => ApiError::unavailable("sandbox_start_failed", msg, 5),
+            SessionError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<ExerciseError> for ApiError {
+    fn from(e: ExerciseError) -> Self {
+        match e {
+            ExerciseError::Invalid(i) => i.into(),
+            ExerciseError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Health, readiness and metrics: for load balancers and Prometheus, no token needed.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use crate::{app::App, domain::SessionState, error::ApiResult};
+
+/// The process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The service can do its work: the database and the Docker engine answer.
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let limit = Duration::from_secs(3);
+    let db = tokio::time::timeout(limit, app.store.ping()).await;
+    let docker = tokio::time::timeout(limit, app.engine.ping()).await;
+    let check = |r: Result<anyhow::Result<()>, _>| match r {
+        Ok(Ok(())) => json!({"ok": true}),
+        Ok(Err(e)) => json!({"ok": false, "error": format!("{e:#}")}),
+        Err(_) => json!({"ok": false, "error": "timed out"}),
+    };
+    let (db, docker) = (check(db), check(docker));
+    let ready = db["ok"] == true && docker["ok"] == true;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"status": if ready {"ready"} else {"unavailable"}, "checks": {"database": db, "docker": docker}})))
+        .into_response()
+}
+
+/// Prometheus text format.
+pub async fn metrics(State(app): State<Arc<App>>) -> ApiResult<Response> {
+    let counts = app.store.count_sessions_by_state().await?;
+    for state in SessionState::ALL {
+        let n = counts.iter().find(|(s, _)| s == state.as_str()).map(|(_, n)| *n).unwrap_or(0);
+        app.metrics.sessions.with_label_values(&[state.as_str()]).set(n);
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response())
+}

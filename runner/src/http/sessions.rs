@@ -1,0 +1,86 @@
+//! `/v1/sessions`
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Json,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::{ApiJson, ApiQuery};
+use crate::{
+    app::App,
+    domain::{LearnerId, SessionState, Slug},
+    error::{ApiError, ApiResult},
+    sessions::{self, Session},
+    store::SessionFilter,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    learner: String,
+    exercise: String,
+}
+
+/// Session ids are UUIDs; anything else cannot name a session.
+fn session_id(id: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::not_found("session_not_found", format!("session {id:?} does not exist")))
+}
+
+pub async fn create(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<CreateSession>,
+) -> ApiResult<(StatusCode, Json<Session>)> {
+    let learner = LearnerId::parse(&body.learner)?;
+    let exercise = Slug::parse(&body.exercise)?;
+    let created = sessions::create(&app, &learner, &exercise).await?;
+    let status = if created.new { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(sessions::to_view(&app, &created.session))))
+}
+
+pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Session>> {
+    let s = sessions::get(&app, &session_id(&id)?).await?;
+    Ok(Json(sessions::to_view(&app, &s)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    learner: Option<String>,
+    exercise: Option<String>,
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(SessionState::parse(s).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("state {s:?} is not one of starting, running, stopping, stopped, failed"))
+        })?),
+    };
+    let filter = SessionFilter {
+        learner: q.learner.filter(|s| !s.is_empty()),
+        exercise: q.exercise.filter(|s| !s.is_empty()),
+        state,
+        limit: q.limit.unwrap_or(100).clamp(1, 1000) as i64,
+    };
+    let list: Vec<Session> = sessions::list(&app, &filter).await?.iter().map(|s| sessions::to_view(&app, s)).collect();
+    Ok(Json(json!({ "sessions": list })))
+}
+
+pub async fn delete(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Session>> {
+    let s = sessions::stop(&app, &session_id(&id)?, Some("deleted through the API")).await?;
+    Ok(Json(sessions::to_view(&app, &s)))
+}
+
+pub async fn activity(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    sessions::touch(&app, &session_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,69 @@
+//! exercise-runner: hardened Docker sandboxes for programming exercises.
+//!
+//! See `docs/ARCHITECTURE.md` for the code map and the invariants.
+
+pub mod app;
+pub mod config;
+pub mod docker;
+pub mod domain;
+pub mod error;
+pub mod exercises;
+pub mod http;
+pub mod metrics;
+pub mod sessions;
+pub mod store;
+pub mod telemetry;
+pub mod workspaces;
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use app::App;
+pub use config::Settings;
+
+/// Runs the service on `listener` until `shutdown` completes, then drains requests and stops the
+/// background loops. Sandboxes keep running: the next start adopts them (invariant 2).
+pub async fn launch(
+    mut settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+    settings.resolve_api_token()?;
+    let app = App::build(settings).await?;
+    let report = sessions::reconcile::reconcile_once(&app).await.context("reconciling at start")?;
+    tracing::info!(?report, "reconciled at start");
+
+    let cancel = CancellationToken::new();
+    let background = [
+        tokio::spawn(sessions::reaper::run(app.clone(), cancel.clone())),
+        tokio::spawn(sessions::reconcile::run(app.clone(), cancel.clone())),
+    ];
+    tracing::info!(addr = %listener.local_addr()?, instance = %app.settings.instance,
+        runtime = app.settings.runtime.as_str(), "exercise-runner listening");
+    let router = http::router::build_axum_router(app.clone());
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    cancel.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    tracing::info!("exercise-runner stopped");
+    served.context("serving HTTP")
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+pub type SharedApp = Arc<App>;

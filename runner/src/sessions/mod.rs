@@ -1,0 +1,267 @@
+//! The session lifecycle: `starting → running → stopping → stopped`, or `failed` with a reason.
+//!
+//! The database holds the intent, Docker the fact (DESIGN.md invariant 2). Every step here is one
+//! idempotent Docker call followed by a conditional state write, so a step retried after a crash
+//! or raced by the reaper or the reconciler converges instead of duplicating containers.
+
+pub mod reaper;
+pub mod reconcile;
+
+use std::{sync::Arc, time::Instant};
+
+use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::{
+    app::App,
+    docker::{policy, SandboxOwner, SandboxSpec},
+    domain::{LearnerId, SessionState, Slug},
+    exercises,
+    store::{now_ms, SessionFilter, SessionRecord},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("exercise {0:?} does not exist")]
+    ExerciseNotFound(String),
+    #[error("session {0:?} does not exist")]
+    NotFound(String),
+    #[error("session {0:?} is not live")]
+    NotLive(String),
+    #[error("the runner is at its limit of {0} live sessions")]
+    AtCapacity(u64),
+    #[error("too many sandboxes are starting; try again shortly")]
+    StartQueueFull,
+    #[error("the sandbox of session {id} failed to start: {reason}")]
+    StartFailed { id: String, reason: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Session {
+    pub id: String,
+    pub learner: String,
+    pub exercise: String,
+    pub state: SessionState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub image: String,
+    pub limits: crate::config::Limits,
+    pub created_at: String,
+    pub last_activity_at: String,
+    /// When the reaper will stop it: the idle deadline or the end of its maximum lifetime,
+    /// whichever comes first. `null` once it has ended.
+    pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn to_view(app: &App, r: &SessionRecord) -> Session {
+    let spec: Option<SandboxSpec> = serde_json::from_str(&r.spec).ok();
+    let idle = app.settings.idle_timeout.as_millis() as i64;
+    let life = app.settings.max_lifetime.as_millis() as i64;
+    let expires = (r.last_activity_at + idle).min(r.created_at + life);
+    Session {
+        id: r.id.clone(),
+        learner: r.learner.clone(),
+        exercise: r.exercise.clone(),
+        state: r.state,
+        failure_reason: r.failure_reason.clone(),
+        image: r.image.clone(),
+        limits: spec.map(|s| s.limits).unwrap_or(app.settings.default_limits),
+        created_at: rfc3339(r.created_at),
+        last_activity_at: rfc3339(r.last_activity_at),
+        expires_at: r.state.is_live().then(|| rfc3339(expires)),
+        ended_at: r.ended_at.map(rfc3339),
+    }
+}
+
+/// The outcome of a create request: a new session, or the learner's live one.
+pub struct Created {
+    pub session: SessionRecord,
+    pub new: bool,
+}
+
+/// Gives the learner a sandbox for the exercise: their live session if they have one, else a new
+/// one whose sandbox is started before this returns (or marked failed).
+pub async fn create(app: &Arc<App>, learner: &LearnerId, exercise: &Slug) -> Result<Created, SessionError> {
+    let record = app
+        .store
+        .exercise(exercise.as_str())
+        .await?
+        .ok_or_else(|| SessionError::ExerciseNotFound(exercise.to_string()))?;
+    if let Some(live) = app.store.live_session_for(learner.as_str(), exercise.as_str()).await? {
+        return Ok(Created { session: live, new: false });
+    }
+    if app.store.count_live_sessions().await? >= app.settings.max_live_sessions as i64 {
+        app.metrics.rejected_requests.with_label_values(&["session_capacity"]).inc();
+        return Err(SessionError::AtCapacity(app.settings.max_live_sessions));
+    }
+    let requested_at = Instant::now();
+    let permit = match tokio::time::timeout(app.settings.start_queue_timeout, app.start_slots.clone().acquire_owned()).await {
+        Ok(Ok(p)) => p,
+        _ => {
+            app.metrics.rejected_requests.with_label_values(&["start_queue"]).inc();
+            return Err(SessionError::StartQueueFull);
+        }
+    };
+    let spec = exercises::sandbox_spec(&app.settings, &record)?;
+    let now = now_ms();
+    let session = SessionRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        learner: learner.to_string(),
+        exercise: exercise.to_string(),
+        image: spec.image.clone(),
+        spec: serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
+        state: SessionState::Starting,
+        failure_reason: None,
+        container_id: None,
+        created_at: now,
+        last_activity_at: now,
+        ended_at: None,
+    };
+    if app.store.insert_session(&session).await?.is_none() {
+        // A concurrent request for the same learner and exercise won the race: answer with its session.
+        let live = app.store.live_session_for(learner.as_str(), exercise.as_str()).await?;
+        return match live {
+            Some(live) => Ok(Created { session: live, new: false }),
+            None => Err(anyhow::anyhow!("session conflict without a live session").into()),
+        };
+    }
+    // The start runs in its own task: a caller that disconnects does not abandon a half-made sandbox.
+    let task = spawn_start(app.clone(), session.clone(), permit, requested_at);
+    let _ = task.await;
+    let session = app.store.session(&session.id).await?.ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
+    if session.state == SessionState::Failed {
+        return Err(SessionError::StartFailed {
+            id: session.id.clone(),
+            reason: session.failure_reason.clone().unwrap_or_default(),
+        });
+    }
+    Ok(Created { session, new: true })
+}
+
+/// Starts (or restarts) the sandbox of a live session in a task of its own, tracked so the
+/// reconciler leaves it alone meanwhile.
+pub(crate) fn spawn_start(
+    app: Arc<App>,
+    session: SessionRecord,
+    permit: OwnedSemaphorePermit,
+    requested_at: Instant,
+) -> tokio::task::JoinHandle<()> {
+    app.starting.lock().expect("lock").insert(session.id.clone());
+    tokio::spawn(async move {
+        let _permit = permit;
+        let id = session.id.clone();
+        match start_sandbox(&app, &session).await {
+            Ok(true) => {
+                app.metrics
+                    .session_start_seconds
+                    .with_label_values(&[app.settings.runtime.as_str()])
+                    .observe(requested_at.elapsed().as_secs_f64());
+                tracing::info!(session = %id, learner = %session.learner, exercise = %session.exercise,
+                    ms = requested_at.elapsed().as_millis() as u64, "sandbox running");
+            }
+            Ok(false) => tracing::info!(session = %id, "session ended while its sandbox started; removed it"),
+            Err(e) => {
+                let reason = format!("{e:#}");
+                let reason: String = reason.chars().take(500).collect();
+                tracing::warn!(session = %id, error = %reason, "sandbox failed to start");
+                let _ = app.engine.remove_container(&policy::sandbox_name(app.engine.instance(), &id)).await;
+                let _ = app
+                    .store
+                    .transition(&id, &[SessionState::Starting, SessionState::Running], SessionState::Failed, Some(&reason))
+                    .await;
+                release_workspace(&app, &session).await;
+            }
+        }
+        app.starting.lock().expect("lock").remove(&id);
+    })
+}
+
+/// Makes the session's sandbox run: workspace, container, start, record. Returns false when the
+/// session was ended meanwhile (its container is then removed again).
+async fn start_sandbox(app: &App, session: &SessionRecord) -> anyhow::Result<bool> {
+    let spec: SandboxSpec = serde_json::from_str(&session.spec)?;
+    let volume = app.workspaces.prepare(&session.learner, &session.exercise, spec.limits.workspace_mb).await?;
+    let owner = SandboxOwner {
+        instance: app.engine.instance(),
+        session_id: &session.id,
+        learner: &session.learner,
+        exercise: &session.exercise,
+    };
+    let config = policy::sandbox_container(&spec, &owner, &volume, app.settings.runtime, &app.settings.sandbox_user);
+    let name = policy::sandbox_name(app.engine.instance(), &session.id);
+    let container = app.engine.create_container(&name, config).await?;
+    app.engine.start_container(&container).await?;
+    if !app.store.mark_running(&session.id, &container).await? {
+        app.engine.remove_container(&container).await?;
+        release_workspace(app, session).await;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Drops the workspace's volume and loop device unless the learner has a live session again.
+async fn release_workspace(app: &App, session: &SessionRecord) {
+    match app.store.live_session_for(&session.learner, &session.exercise).await {
+        Ok(None) => {}
+        Ok(Some(_)) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check for a live session before releasing a workspace");
+            return;
+        }
+    }
+    if let Err(e) = app.workspaces.release(&session.learner, &session.exercise).await {
+        tracing::warn!(session = %session.id, error = %format!("{e:#}"), "could not release the workspace");
+    }
+}
+
+pub async fn get(app: &App, id: &str) -> Result<SessionRecord, SessionError> {
+    app.store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_string()))
+}
+
+pub async fn list(app: &App, filter: &SessionFilter) -> Result<Vec<SessionRecord>, SessionError> {
+    Ok(app.store.sessions(filter).await?)
+}
+
+/// Ends a session: its container is removed, its workspace kept. Idempotent.
+pub async fn stop(app: &App, id: &str, reason: Option<&str>) -> Result<SessionRecord, SessionError> {
+    let session = get(app, id).await?;
+    if matches!(session.state, SessionState::Stopped | SessionState::Failed) {
+        return Ok(session);
+    }
+    app.store
+        .transition(id, &[SessionState::Starting, SessionState::Running], SessionState::Stopping, None)
+        .await?;
+    finish_stop(app, &session, reason).await?;
+    get(app, id).await
+}
+
+/// The second half of a stop, also used by the reconciler for sessions left in `stopping`.
+pub(crate) async fn finish_stop(app: &App, session: &SessionRecord, reason: Option<&str>) -> anyhow::Result<()> {
+    app.engine.remove_container(&policy::sandbox_name(app.engine.instance(), &session.id)).await?;
+    if let Some(c) = &session.container_id {
+        app.engine.remove_container(c).await?;
+    }
+    app.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await?;
+    release_workspace(app, session).await;
+    Ok(())
+}
+
+/// Records activity: pushes the idle deadline.
+pub async fn touch(app: &App, id: &str) -> Result<(), SessionError> {
+    if app.store.touch_session(id, now_ms()).await? {
+        return Ok(());
+    }
+    match app.store.session(id).await? {
+        None => Err(SessionError::NotFound(id.to_string())),
+        Some(_) => Err(SessionError::NotLive(id.to_string())),
+    }
+}

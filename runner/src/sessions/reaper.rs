@@ -1,0 +1,51 @@
+//! The reaper: stops sessions idle past the timeout or older than the maximum lifetime, and
+//! removes workspaces unused past the retention. Runs beside the API, never inside a request.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::{app::App, store::now_ms};
+
+/// Sessions reaped at once; the rest wait for the next round.
+const PARALLEL_STOPS: usize = 8;
+
+pub async fn run(app: Arc<App>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(app.settings.reap_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = reap_once(&app).await {
+            tracing::warn!(error = %format!("{e:#}"), "reaping failed; will retry");
+        }
+    }
+}
+
+/// One round: stop what expired, drop workspaces past retention.
+pub async fn reap_once(app: &Arc<App>) -> anyhow::Result<()> {
+    let now = now_ms();
+    let idle_before = now - app.settings.idle_timeout.as_millis() as i64;
+    let created_before = now - app.settings.max_lifetime.as_millis() as i64;
+    let expired = app.store.expired_sessions(idle_before, created_before).await?;
+    futures_util::stream::iter(expired)
+        .for_each_concurrent(PARALLEL_STOPS, |s| async move {
+            let reason = if s.created_at < created_before { "lifetime" } else { "idle" };
+            match super::stop(app, &s.id, Some(&format!("reaped: {reason}"))).await {
+                Ok(_) => {
+                    app.metrics.sessions_reaped.with_label_values(&[reason]).inc();
+                    tracing::info!(session = %s.id, reason, "reaped session");
+                }
+                Err(e) => tracing::warn!(session = %s.id, error = %e, "could not reap session"),
+            }
+        })
+        .await;
+    let removed = app.workspaces.remove_expired(app.settings.workspace_retention).await?;
+    if removed > 0 {
+        tracing::info!(removed, "removed workspaces past retention");
+    }
+    Ok(())
+}

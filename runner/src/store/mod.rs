@@ -1,0 +1,358 @@
+//! All SQL lives here. One code path for SQLite (the embedded default) and PostgreSQL: runtime
+//! queries through `sqlx::Any`, portable SQL, `$n` placeholders (SQLite accepts them too).
+
+mod records;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{any::AnyPoolOptions, AnyPool, Row};
+
+pub use records::{ExerciseRecord, SessionRecord, WorkspaceRecord};
+
+use crate::domain::SessionState;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+/// Milliseconds since the epoch, the unit of every time column.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, Default)]
+pub struct SessionFilter {
+    pub learner: Option<String>,
+    pub exercise: Option<String>,
+    pub state: Option<SessionState>,
+    pub limit: i64,
+}
+
+impl Store {
+    pub async fn connect(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+        }
+        let is_sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if is_sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        // WAL lets readers run beside the writer; writers wait instead of failing.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .with_context(|| "connecting to the database (RUNNER_DATABASE_URL)".to_string())?;
+        MIGRATOR.run(&pool).await.context("running database migrations")?;
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- exercises ----
+
+    /// Creates or replaces an exercise; returns true when it was created.
+    pub async fn upsert_exercise(&self, slug: &str, image: &str, spec: &str) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query("UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4")
+            .bind(image)
+            .bind(spec)
+            .bind(now)
+            .bind(slug)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            sqlx::query(
+                "INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+            )
+            .bind(slug)
+            .bind(image)
+            .bind(spec)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(updated == 0)
+    }
+
+    pub async fn exercise(&self, slug: &str) -> anyhow::Result<Option<ExerciseRecord>> {
+        let row = sqlx::query(&format!("SELECT {} FROM exercises WHERE slug = $1", ExerciseRecord::COLUMNS))
+            .bind(slug)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| ExerciseRecord::from_row(&r)).transpose()
+    }
+
+    pub async fn exercises(&self) -> anyhow::Result<Vec<ExerciseRecord>> {
+        let rows = sqlx::query(&format!("SELECT {} FROM exercises ORDER BY slug", ExerciseRecord::COLUMNS))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(ExerciseRecord::from_row).collect()
+    }
+
+    // ---- sessions ----
+
+    /// Inserts a new `starting` session. Returns `None` when the learner already has a live
+    /// session for the exercise (the unique index decided the race).
+    pub async fn insert_session(&self, s: &SessionRecord) -> anyhow::Result<Option<()>> {
+        let result = sqlx::query(
+            "INSERT INTO sessions (id, learner, exercise, image, spec, state, created_at, last_activity_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&s.id)
+        .bind(&s.learner)
+        .bind(&s.exercise)
+        .bind(&s.image)
+        .bind(&s.spec)
+        .bind(s.state.as_str())
+        .bind(s.created_at)
+        .bind(s.last_activity_at)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(Some(())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn session(&self, id: &str) -> anyhow::Result<Option<SessionRecord>> {
+        let row = sqlx::query(&format!("SELECT {} FROM sessions WHERE id = $1", SessionRecord::COLUMNS))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| SessionRecord::from_row(&r)).transpose()
+    }
+
+    pub async fn live_session_for(&self, learner: &str, exercise: &str) -> anyhow::Result<Option<SessionRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM sessions WHERE learner = $1 AND exercise = $2 AND state IN ('starting', 'running')",
+            SessionRecord::COLUMNS
+        ))
+        .bind(learner)
+        .bind(exercise)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| SessionRecord::from_row(&r)).transpose()
+    }
+
+    pub async fn sessions(&self, f: &SessionFilter) -> anyhow::Result<Vec<SessionRecord>> {
+        // Placeholders are numbered in the order the optional filters appear.
+        let mut sql = format!("SELECT {} FROM sessions WHERE 1 = 1", SessionRecord::COLUMNS);
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            n
+        };
+        if f.learner.is_some() {
+            sql += &format!(" AND learner = ${}", next());
+        }
+        if f.exercise.is_some() {
+            sql += &format!(" AND exercise = ${}", next());
+        }
+        if f.state.is_some() {
+            sql += &format!(" AND state = ${}", next());
+        }
+        sql += &format!(" ORDER BY created_at DESC, id LIMIT ${}", next());
+        let mut q = sqlx::query(&sql);
+        if let Some(v) = &f.learner {
+            q = q.bind(v);
+        }
+        if let Some(v) = &f.exercise {
+            q = q.bind(v);
+        }
+        if let Some(v) = f.state {
+            q = q.bind(v.as_str());
+        }
+        let rows = q.bind(f.limit).fetch_all(&self.pool).await?;
+        rows.iter().map(SessionRecord::from_row).collect()
+    }
+
+    pub async fn live_sessions(&self) -> anyhow::Result<Vec<SessionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM sessions WHERE state IN ('starting', 'running', 'stopping')",
+            SessionRecord::COLUMNS
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(SessionRecord::from_row).collect()
+    }
+
+    pub async fn count_live_sessions(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE state IN ('starting', 'running')")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+
+    pub async fn count_sessions_by_state(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM sessions GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?)))
+            .collect()
+    }
+
+    /// Sessions idle since before `idle_before` or created before `created_before`.
+    pub async fn expired_sessions(&self, idle_before: i64, created_before: i64) -> anyhow::Result<Vec<SessionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM sessions WHERE state IN ('starting', 'running') \
+             AND (last_activity_at < $1 OR created_at < $2)",
+            SessionRecord::COLUMNS
+        ))
+        .bind(idle_before)
+        .bind(created_before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(SessionRecord::from_row).collect()
+    }
+
+    /// Moves a session between states, only from one of `from`. Returns false when the session
+    /// was not in one of them (someone else moved it first).
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[SessionState],
+        to: SessionState,
+        reason: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        let ended = matches!(to, SessionState::Stopped | SessionState::Failed).then(now_ms);
+        let from_list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "UPDATE sessions SET state = $1, failure_reason = COALESCE($2, failure_reason), \
+             ended_at = COALESCE($3, ended_at) WHERE id = $4 AND state IN ({from_list})"
+        );
+        let n = sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(ended)
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Records the container of a starting session and marks it running.
+    pub async fn mark_running(&self, id: &str, container_id: &str) -> anyhow::Result<bool> {
+        let n = sqlx::query(
+            "UPDATE sessions SET state = 'running', container_id = $1 WHERE id = $2 AND state IN ('starting', 'running')",
+        )
+        .bind(container_id)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Pushes the idle deadline of a live session; false when it is not live.
+    pub async fn touch_session(&self, id: &str, at: i64) -> anyhow::Result<bool> {
+        let n = sqlx::query(
+            "UPDATE sessions SET last_activity_at = $1 WHERE id = $2 AND state IN ('starting', 'running') \
+             AND last_activity_at < $1",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            return Ok(true);
+        }
+        Ok(self.session(id).await?.is_some_and(|s| s.state.is_live()))
+    }
+
+    // ---- workspaces ----
+
+    /// The workspace of a learner and exercise, created when missing; marks it used now.
+    pub async fn claim_workspace(&self, learner: &str, exercise: &str, volume: &str, size_mb: i64) -> anyhow::Result<WorkspaceRecord> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO workspaces (learner, exercise, volume, size_mb, created_at, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (learner, exercise) DO NOTHING",
+        )
+        .bind(learner)
+        .bind(exercise)
+        .bind(volume)
+        .bind(size_mb)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            sqlx::query("UPDATE workspaces SET last_used_at = $1 WHERE learner = $2 AND exercise = $3")
+                .bind(now)
+                .bind(learner)
+                .bind(exercise)
+                .execute(&self.pool)
+                .await?;
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM workspaces WHERE learner = $1 AND exercise = $2",
+            WorkspaceRecord::COLUMNS
+        ))
+        .bind(learner)
+        .bind(exercise)
+        .fetch_one(&self.pool)
+        .await?;
+        WorkspaceRecord::from_row(&row)
+    }
+
+    pub async fn touch_workspace(&self, learner: &str, exercise: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE workspaces SET last_used_at = $1 WHERE learner = $2 AND exercise = $3")
+            .bind(now_ms())
+            .bind(learner)
+            .bind(exercise)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Workspaces unused since `before` whose learner has no live session for the exercise.
+    pub async fn stale_workspaces(&self, before: i64) -> anyhow::Result<Vec<WorkspaceRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM workspaces w WHERE w.last_used_at < $1 AND NOT EXISTS ( \
+               SELECT 1 FROM sessions s WHERE s.learner = w.learner AND s.exercise = w.exercise \
+               AND s.state IN ('starting', 'running', 'stopping'))",
+            WorkspaceRecord::COLUMNS_W
+        ))
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(WorkspaceRecord::from_row).collect()
+    }
+
+    pub async fn delete_workspace(&self, volume: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM workspaces WHERE volume = $1").bind(volume).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query("SELECT volume FROM workspaces").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("volume")?)).collect()
+    }
+}

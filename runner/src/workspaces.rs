@@ -1,0 +1,214 @@
+//! Learners' workspaces: one per learner and exercise, kept across sessions until retention ends.
+//!
+//! With the `loop` driver a workspace is a sparse ext4 image file under `<data_dir>/workspaces`,
+//! attached to a loop device and mounted into the sandbox as a Docker `local` volume of type ext4:
+//! a writer stops at the image size ("No space left on device"), so a learner cannot fill the
+//! host's disk (overlay2 on ext4 has no `--storage-opt size=`). The loop device and the volume
+//! exist only while a session uses the workspace; the image file holds the files in between.
+//!
+//! The host never mounts the image itself nor reads or writes a path inside it (DESIGN.md
+//! invariant 4): it only creates, attaches and deletes the image file, with argument vectors.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+use tokio::{process::Command, sync::Mutex};
+
+use crate::{config::WorkspaceDriver, docker::Engine, store::Store};
+
+pub struct Workspaces {
+    driver: WorkspaceDriver,
+    dir: PathBuf,
+    owner: (u32, u32),
+    engine: Engine,
+    store: Store,
+    /// Loop attach and volume create are serialised: `losetup -f` races with itself.
+    lock: Mutex<()>,
+}
+
+/// The volume name of a workspace: stable for a learner, exercise and runner instance.
+pub fn volume_name(instance: &str, learner: &str, exercise: &str) -> String {
+    let digest = Sha256::digest(format!("{instance}\0{learner}\0{exercise}").as_bytes());
+    format!("exercise-runner-ws-{}", &hex::encode(digest)[..32])
+}
+
+async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .await
+        .with_context(|| format!("running {program} (is it installed? scripts/host-setup.sh installs it)"))?;
+    if !out.status.success() {
+        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Workspaces {
+    pub fn new(driver: WorkspaceDriver, dir: PathBuf, sandbox_user: &str, engine: Engine, store: Store) -> Arc<Self> {
+        let mut ids = sandbox_user.split(':').map(|s| s.parse::<u32>().ok());
+        let uid = ids.next().flatten().unwrap_or(1000);
+        let gid = ids.next().flatten().unwrap_or(uid);
+        Arc::new(Workspaces { driver, dir, owner: (uid, gid), engine, store, lock: Mutex::new(()) })
+    }
+
+    fn image_path(&self, volume: &str) -> PathBuf {
+        self.dir.join(format!("{volume}.ext4"))
+    }
+
+    /// Checks that this machine can provide workspaces with the configured driver.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        if self.driver == WorkspaceDriver::Loop {
+            tokio::fs::create_dir_all(&self.dir).await.with_context(|| format!("creating {}", self.dir.display()))?;
+            run("losetup", &["--version"]).await.context("the loop workspace driver needs losetup")?;
+            run("mkfs.ext4", &["-V"]).await.context("the loop workspace driver needs mkfs.ext4")?;
+        }
+        Ok(())
+    }
+
+    /// Makes the workspace of a learner and exercise ready to mount; returns the volume name.
+    pub async fn prepare(&self, learner: &str, exercise: &str, size_mb: u64) -> anyhow::Result<String> {
+        let volume = volume_name(self.engine.instance(), learner, exercise);
+        let record = self.store.claim_workspace(learner, exercise, &volume, size_mb as i64).await?;
+        let _guard = self.lock.lock().await;
+        match self.driver {
+            WorkspaceDriver::Volume => {
+                if self.engine.volume_options(&volume).await?.is_none() {
+                    self.engine.create_volume(&volume, HashMap::new()).await?;
+                }
+            }
+            WorkspaceDriver::Loop => {
+                let image = self.image_path(&volume);
+                if tokio::fs::metadata(&image).await.is_err() {
+                    self.make_image(&image, record.size_mb as u64).await?;
+                }
+                let device = self.attach(&image).await?;
+                let want = HashMap::from([
+                    ("type".to_string(), "ext4".to_string()),
+                    ("device".to_string(), device.clone()),
+                ]);
+                match self.engine.volume_options(&volume).await? {
+                    Some(opts) if opts.get("device") == Some(&device) => {}
+                    Some(_) => {
+                        // A volume left from before a reboot points at another loop device.
+                        if !self.engine.remove_volume(&volume).await? {
+                            bail!("workspace volume {volume} is in use with a stale device");
+                        }
+                        self.engine.create_volume(&volume, want).await?;
+                    }
+                    None => self.engine.create_volume(&volume, want).await?,
+                }
+            }
+        }
+        Ok(volume)
+    }
+
+    async fn make_image(&self, image: &std::path::Path, size_mb: u64) -> anyhow::Result<()> {
+        tokio::fs::create_dir_all(&self.dir).await?;
+        let tmp = image.with_extension("ext4.new");
+        let file = tokio::fs::File::create(&tmp).await?;
+        file.set_len(size_mb * 1024 * 1024).await?;
+        drop(file);
+        let owner = format!("root_owner={}:{}", self.owner.0, self.owner.1);
+        let tmp_str = tmp.to_str().context("workspace path is not UTF-8")?;
+        if let Err(e) = run("mkfs.ext4", &["-q", "-F", "-m", "0", "-E", &owner, "-L", "workspace", tmp_str]).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        tokio::fs::rename(&tmp, image).await?;
+        Ok(())
+    }
+
+    /// The loop device backing an image file, attaching one when none is.
+    async fn attach(&self, image: &std::path::Path) -> anyhow::Result<String> {
+        let path = image.to_str().context("workspace path is not UTF-8")?;
+        if let Some(dev) = Self::attached_device(path).await? {
+            return Ok(dev);
+        }
+        Ok(run("losetup", &["-f", "--show", path]).await?.trim().to_string())
+    }
+
+    async fn attached_device(path: &str) -> anyhow::Result<Option<String>> {
+        let out = run("losetup", &["-j", path]).await?;
+        Ok(out.lines().next().and_then(|l| l.split(':').next()).map(|d| d.trim().to_string()).filter(|d| !d.is_empty()))
+    }
+
+    /// After the last session of a workspace ended: drop the volume and the loop device, keep
+    /// the files. A volume still in use (a new session already started) is left alone.
+    pub async fn release(&self, learner: &str, exercise: &str) -> anyhow::Result<()> {
+        let volume = volume_name(self.engine.instance(), learner, exercise);
+        self.store.touch_workspace(learner, exercise).await?;
+        if self.driver == WorkspaceDriver::Volume {
+            return Ok(());
+        }
+        let _guard = self.lock.lock().await;
+        self.detach(&volume).await
+    }
+
+    async fn detach(&self, volume: &str) -> anyhow::Result<()> {
+        if !self.engine.remove_volume(volume).await? {
+            return Ok(());
+        }
+        let image = self.image_path(volume);
+        if let Some(path) = image.to_str() {
+            if let Some(dev) = Self::attached_device(path).await? {
+                run("losetup", &["-d", &dev]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a workspace and its files for good (retention ended).
+    pub async fn destroy(&self, volume: &str) -> anyhow::Result<()> {
+        let _guard = self.lock.lock().await;
+        match self.driver {
+            WorkspaceDriver::Volume => {
+                if !self.engine.remove_volume(volume).await? {
+                    bail!("workspace volume {volume} is in use");
+                }
+            }
+            WorkspaceDriver::Loop => {
+                self.detach(volume).await?;
+                if self.engine.volume_options(volume).await?.is_some() {
+                    bail!("workspace volume {volume} is in use");
+                }
+                match tokio::fs::remove_file(self.image_path(volume)).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.store.delete_workspace(volume).await
+    }
+
+    /// Removes workspaces unused for longer than the retention; returns how many.
+    pub async fn remove_expired(&self, retention: std::time::Duration) -> anyhow::Result<usize> {
+        let before = crate::store::now_ms() - retention.as_millis() as i64;
+        let stale = self.store.stale_workspaces(before).await?;
+        let mut removed = 0;
+        for w in stale {
+            match self.destroy(&w.volume).await {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(volume = %w.volume, error = %e, "could not remove an expired workspace"),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Volumes of this instance that no workspace record knows of (left by a crash between
+    /// volume create and record write, or by a deleted database): removed.
+    pub async fn remove_orphan_volumes(&self) -> anyhow::Result<usize> {
+        let known: std::collections::HashSet<String> = self.store.workspace_volumes().await?.into_iter().collect();
+        let mut removed = 0;
+        for v in self.engine.list_workspace_volumes().await? {
+            if !known.contains(&v) {
+                let _guard = self.lock.lock().await;
+                self.detach(&v).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Removes what test runs may have left if a test process died hard: containers and volumes whose
+# exercise-runner.instance label starts with "test-", and loop devices backing test workspaces.
+set -uo pipefail
+for c in $(docker ps -aq --filter label=exercise-runner.managed=true); do
+  inst="$(docker inspect -f '{{index .Config.Labels "exercise-runner.instance"}}' "$c" 2>/dev/null)"
+  case "$inst" in test-*) docker rm -f "$c" >/dev/null 2>&1 ;; esac
+done
+for v in $(docker volume ls -q --filter label=exercise-runner.managed=true); do
+  inst="$(docker volume inspect -f '{{index .Labels "exercise-runner.instance"}}' "$v" 2>/dev/null)"
+  case "$inst" in test-*) docker volume rm "$v" >/dev/null 2>&1 ;; esac
+done
+losetup -a 2>/dev/null | grep 'exercise-runner-test-' | cut -d: -f1 | while read -r dev; do
+  losetup -d "$dev" 2>/dev/null
+done
+exit 0

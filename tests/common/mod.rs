@@ -1,0 +1,282 @@
+//! Test harness: the real service on a free loopback port, against the real Docker engine and a
+//! real SQLite database in a temporary directory. Each test app has its own instance label, so
+//! tests running side by side never touch each other's containers, and everything it made is
+//! removed by label when it is dropped.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use runner::Settings;
+use serde_json::{json, Value};
+
+pub const IMAGE: &str = "exercise-runner/busybox:latest";
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// Fails loudly, never skips, when there is no Docker engine.
+pub fn require_docker() {
+    let ok = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success());
+    assert!(
+        matches!(ok, Ok(true)),
+        "these tests need a running Docker engine: run ./scripts/test (it starts one) or scripts/host-setup.sh"
+    );
+    let img = Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success());
+    assert!(matches!(img, Ok(true)), "test image {IMAGE} is missing: run scripts/make-images.sh");
+}
+
+/// Settings for a test: fast loops, small limits, a fresh data dir and instance.
+pub fn test_settings(data_dir: &Path, instance: &str) -> Settings {
+    let mut s = Settings::defaults();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.data_dir = data_dir.to_path_buf();
+    s.database_url = format!("sqlite://{}?mode=rwc", data_dir.join("runner.db").display());
+    s.api_token = Some(runner::config::Secret::new(TOKEN));
+    s.instance = instance.to_string();
+    s.default_limits.memory_mb = 128;
+    s.default_limits.workspace_mb = 32;
+    s.default_limits.tmpfs_mb = 16;
+    s.reap_interval = Duration::from_millis(500);
+    s.reconcile_interval = Duration::from_secs(1);
+    s.rate_limit_per_sec = 1000;
+    s.rate_limit_burst = 1000;
+    s
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub instance: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn new_instance() -> (String, tempfile::TempDir) {
+    let instance = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let tmp = tempfile::Builder::new().prefix("exercise-runner-test-").tempdir().unwrap();
+    (instance, tmp)
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    require_docker();
+    let (instance, tmp) = new_instance();
+    let mut settings = test_settings(tmp.path(), &instance);
+    configure(&mut settings);
+    let mut app = start(settings).await;
+    app._tmp = Some(tmp);
+    app
+}
+
+/// Starts a runner in-process on the given settings (e.g. again on a previous app's data).
+pub async fn start(settings: Settings) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let instance = settings.instance.clone();
+    let data_dir = settings.data_dir.clone();
+    let server = tokio::spawn(runner::launch(settings, listener, async move {
+        let _ = rx.await;
+    }));
+    let app = TestApp {
+        base,
+        client: reqwest::Client::new(),
+        instance,
+        data_dir,
+        _tmp: None,
+        shutdown: Some(tx),
+        server: Some(server),
+    };
+    app.wait_healthy().await;
+    app
+}
+
+impl TestApp {
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(server) = &self.server {
+                assert!(!server.is_finished(), "the runner exited during start");
+            }
+            assert!(Instant::now() < deadline, "the runner did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the in-process server gracefully (as on SIGTERM), keeping data and sandboxes.
+    pub async fn stop_server(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    /// Takes the temporary directory away from this app so another can reuse it.
+    pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._tmp.take()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, self.url(path)).bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Registers the busybox test image as an exercise.
+    pub async fn exercise(&self, slug: &str, extra: Value) -> Value {
+        let mut body = json!({"image": IMAGE});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, v) = self.put(&format!("/v1/exercises/{slug}"), body).await;
+        assert!(status == 200 || status == 201, "PUT exercise: {status} {v}");
+        v
+    }
+
+    pub async fn session(&self, learner: &str, exercise: &str) -> Value {
+        let (status, v) = self.post("/v1/sessions", json!({"learner": learner, "exercise": exercise})).await;
+        assert!(status == 201 || status == 200, "POST session: {status} {v}");
+        v
+    }
+
+    /// Polls a session until `pred` holds or the deadline passes.
+    pub async fn wait_session(&self, id: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, v) = self.get(&format!("/v1/sessions/{id}")).await;
+            assert_eq!(status, 200, "{v}");
+            if pred(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "session did not reach the expected state in {within:?}: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        containers_of(&self.instance)
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if self._tmp.is_some() {
+            cleanup_instance(&self.instance, &self.data_dir);
+        }
+    }
+}
+
+/// Removes every container and volume of a test instance and detaches its loop devices.
+pub fn cleanup_instance(instance: &str, data_dir: &Path) {
+    for c in containers_of(instance) {
+        let _ = Command::new("docker").args(["rm", "-f", &c]).output();
+    }
+    let vols = docker(&["volume", "ls", "-q", "--filter", &format!("label=exercise-runner.instance={instance}")]);
+    for v in vols.lines().filter(|l| !l.is_empty()) {
+        let _ = Command::new("docker").args(["volume", "rm", "-f", v]).output();
+    }
+    let loops = Command::new("losetup").arg("-a").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    for line in loops.unwrap_or_default().lines() {
+        if line.contains(&*data_dir.to_string_lossy()) {
+            if let Some(dev) = line.split(':').next() {
+                let _ = Command::new("losetup").args(["-d", dev]).output();
+            }
+        }
+    }
+}
+
+pub fn containers_of(instance: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("label=exercise-runner.instance={instance}")])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs the docker CLI and returns its stdout (panics on failure).
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("running docker");
+    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `docker exec` as the sandbox user; returns (exit code, stdout+stderr).
+pub fn sandbox_exec(container: &str, script: &str) -> (i32, String) {
+    let out = Command::new("docker").args(["exec", container, "sh", "-c", script]).output().expect("running docker exec");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The container of a session, found by its label.
+pub fn session_container(instance: &str, session_id: &str) -> Option<String> {
+    docker(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label=exercise-runner.instance={instance}"),
+        "--filter",
+        &format!("label=exercise-runner.session={session_id}"),
+    ])
+    .lines()
+    .find(|l| !l.is_empty())
+    .map(str::to_string)
+}
+
+pub fn inspect(container: &str) -> Value {
+    let v: Value = serde_json::from_str(&docker(&["inspect", container])).unwrap();
+    v[0].clone()
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
