@@ -9,7 +9,9 @@ use std::{
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
-use crate::{config::Settings, docker::Engine, metrics::Metrics, store::Store, workspaces::Workspaces};
+use crate::{
+    config::Settings, docker::Engine, metrics::Metrics, store::Store, workspaces::Workspaces,
+};
 
 pub struct App {
     pub settings: Settings,
@@ -44,8 +46,9 @@ impl App {
             store.clone(),
         );
         workspaces.check().await?;
-        let quota = Quota::per_second(NonZeroU32::new(settings.rate_limit_per_sec).expect("validated"))
-            .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
+        let quota =
+            Quota::per_second(NonZeroU32::new(settings.rate_limit_per_sec).expect("validated"))
+                .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
         Ok(Arc::new(App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),

@@ -170,7 +170,10 @@ impl Settings {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, key: &str) -> anyhow::Result<Option<T>>
+        fn parse<T: FromStr>(
+            get: &impl Fn(&str) -> Option<String>,
+            key: &str,
+        ) -> anyhow::Result<Option<T>>
         where
             T::Err: fmt::Display,
         {
@@ -199,7 +202,9 @@ impl Settings {
         if let Some(v) = get("RUNNER_DATABASE_URL").filter(|v| !v.is_empty()) {
             s.database_url = v;
         }
-        s.api_token = get("RUNNER_API_TOKEN").filter(|v| !v.is_empty()).map(Secret::new);
+        s.api_token = get("RUNNER_API_TOKEN")
+            .filter(|v| !v.is_empty())
+            .map(Secret::new);
         if let Some(v) = get("RUNNER_INSTANCE").filter(|v| !v.is_empty()) {
             s.instance = v;
         }
@@ -284,27 +289,44 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         let user = self.sandbox_user.split(':').next().unwrap_or_default();
         if user.is_empty() || user == "0" || user == "root" {
-            bail!("RUNNER_SANDBOX_USER must name a non-root user, got {:?}", self.sandbox_user);
+            bail!(
+                "RUNNER_SANDBOX_USER must name a non-root user, got {:?}",
+                self.sandbox_user
+            );
         }
         if self.instance.is_empty()
             || self.instance.len() > 32
-            || !self.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || !self
+                .instance
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            bail!("RUNNER_INSTANCE must be 1-32 characters of [A-Za-z0-9-], got {:?}", self.instance);
+            bail!(
+                "RUNNER_INSTANCE must be 1-32 characters of [A-Za-z0-9-], got {:?}",
+                self.instance
+            );
         }
         let (d, c) = (&self.default_limits, &self.limit_caps);
-        if d.memory_mb > c.memory_mb || d.cpus > c.cpus || d.pids > c.pids || d.tmpfs_mb > c.tmpfs_mb
+        if d.memory_mb > c.memory_mb
+            || d.cpus > c.cpus
+            || d.pids > c.pids
+            || d.tmpfs_mb > c.tmpfs_mb
             || d.workspace_mb > c.workspace_mb
         {
             bail!("default sandbox limits {d:?} exceed the caps {c:?}");
         }
-        if d.memory_mb < 16 || d.cpus <= 0.0 || d.pids < 8 || d.tmpfs_mb == 0 || d.workspace_mb < 8 {
+        if d.memory_mb < 16 || d.cpus <= 0.0 || d.pids < 8 || d.tmpfs_mb == 0 || d.workspace_mb < 8
+        {
             bail!("default sandbox limits {d:?} are too small to run anything");
         }
-        if self.max_concurrent_starts == 0 || self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
+        if self.max_concurrent_starts == 0
+            || self.rate_limit_per_sec == 0
+            || self.rate_limit_burst == 0
+        {
             bail!("RUNNER_MAX_CONCURRENT_STARTS and the rate limits must be positive");
         }
-        if !(self.database_url.starts_with("sqlite:") || self.database_url.starts_with("postgres://")
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))
         {
             bail!("RUNNER_DATABASE_URL must be a sqlite: or postgres:// URL");
@@ -327,7 +349,11 @@ impl Settings {
             _ => {
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
-                let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+                let token = format!(
+                    "{}{}",
+                    uuid::Uuid::new_v4().simple(),
+                    uuid::Uuid::new_v4().simple()
+                );
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -354,8 +380,10 @@ mod tests {
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
-        let map: std::collections::HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -379,7 +407,9 @@ mod tests {
 
     #[test]
     fn invalid_values_are_errors_that_name_the_variable() {
-        let err = from(&[("RUNNER_IDLE_TIMEOUT_SECS", "soon")]).unwrap_err().to_string();
+        let err = from(&[("RUNNER_IDLE_TIMEOUT_SECS", "soon")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("RUNNER_IDLE_TIMEOUT_SECS"), "{err}");
         assert!(from(&[("RUNNER_SANDBOX_USER", "root")]).is_err());
         assert!(from(&[("RUNNER_SANDBOX_USER", "0:0")]).is_err());

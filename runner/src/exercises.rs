@@ -69,18 +69,32 @@ pub enum ExerciseError {
 
 pub fn effective_limits(defaults: &Limits, caps: &Limits, o: &LimitOverrides) -> Limits {
     Limits {
-        memory_mb: o.memory_mb.unwrap_or(defaults.memory_mb).min(caps.memory_mb),
+        memory_mb: o
+            .memory_mb
+            .unwrap_or(defaults.memory_mb)
+            .min(caps.memory_mb),
         cpus: o.cpus.unwrap_or(defaults.cpus).min(caps.cpus),
         pids: o.pids.unwrap_or(defaults.pids).min(caps.pids),
         tmpfs_mb: o.tmpfs_mb.unwrap_or(defaults.tmpfs_mb).min(caps.tmpfs_mb),
-        workspace_mb: o.workspace_mb.unwrap_or(defaults.workspace_mb).min(caps.workspace_mb),
+        workspace_mb: o
+            .workspace_mb
+            .unwrap_or(defaults.workspace_mb)
+            .min(caps.workspace_mb),
     }
 }
 
 fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
-    fn check<T: PartialOrd + std::fmt::Display + Copy>(field: &str, v: Option<T>, min: T, cap: T) -> Result<(), Invalid> {
+    fn check<T: PartialOrd + std::fmt::Display + Copy>(
+        field: &str,
+        v: Option<T>,
+        min: T,
+        cap: T,
+    ) -> Result<(), Invalid> {
         match v {
-            Some(v) if v < min => Err(Invalid::new("limit_too_small", format!("limits.{field} = {v} is below the minimum {min}"))),
+            Some(v) if v < min => Err(Invalid::new(
+                "limit_too_small",
+                format!("limits.{field} = {v} is below the minimum {min}"),
+            )),
             Some(v) if v > cap => Err(Invalid::new(
                 "limit_exceeds_cap",
                 format!("limits.{field} = {v} exceeds the operator's cap {cap}"),
@@ -94,7 +108,10 @@ fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
     check("tmpfs_mb", o.tmpfs_mb, 1, caps.tmpfs_mb)?;
     check("workspace_mb", o.workspace_mb, 8, caps.workspace_mb)?;
     if o.cpus.is_some_and(|c| !c.is_finite()) {
-        return Err(Invalid::new("invalid_limit", "limits.cpus must be a number"));
+        return Err(Invalid::new(
+            "invalid_limit",
+            "limits.cpus must be a number",
+        ));
     }
     Ok(())
 }
@@ -102,12 +119,17 @@ fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
 fn check_image_reference(image: &str) -> Result<(), Invalid> {
     let ok = !image.is_empty()
         && image.len() <= 255
-        && image.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
+        && image
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
         && !image.starts_with(['-', '.', '/', ':']);
     if ok {
         Ok(())
     } else {
-        Err(Invalid::new("invalid_image", format!("image {image:?} is not a valid image reference")))
+        Err(Invalid::new(
+            "invalid_image",
+            format!("image {image:?} is not a valid image reference"),
+        ))
     }
 }
 
@@ -117,9 +139,17 @@ fn check_workdir(dir: &str) -> Result<(), Invalid> {
         && dir.len() <= 200
         && !dir.split('/').any(|c| c == ".." || c == ".")
         && !dir.ends_with('/')
-        && dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-.".contains(&b))
-        && !TMPFS_PATHS.iter().any(|t| dir == *t || dir.starts_with(&format!("{t}/")))
-        && !["/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/usr", "/lib"].iter().any(|p| dir == *p || dir.starts_with(&format!("{p}/")));
+        && dir
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-.".contains(&b))
+        && !TMPFS_PATHS
+            .iter()
+            .any(|t| dir == *t || dir.starts_with(&format!("{t}/")))
+        && ![
+            "/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/usr", "/lib",
+        ]
+        .iter()
+        .any(|p| dir == *p || dir.starts_with(&format!("{p}/")));
     if ok {
         Ok(())
     } else {
@@ -128,7 +158,9 @@ fn check_workdir(dir: &str) -> Result<(), Invalid> {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn to_view(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<Exercise> {
@@ -157,26 +189,52 @@ pub async fn put(
     check_image_reference(&input.image)?;
     check_limits(&settings.limit_caps, &input.limits)?;
     if input.network && settings.sandbox_network.is_none() {
-        return Err(Invalid::new("network_not_allowed", "network: this runner does not allow sandboxes to have a network").into());
+        return Err(Invalid::new(
+            "network_not_allowed",
+            "network: this runner does not allow sandboxes to have a network",
+        )
+        .into());
     }
     if let Some(t) = &input.title {
         if t.chars().count() > 200 {
-            return Err(Invalid::new("invalid_title", "title must be at most 200 characters").into());
+            return Err(
+                Invalid::new("invalid_title", "title must be at most 200 characters").into(),
+            );
         }
     }
     if let Some(w) = &input.workdir {
         check_workdir(w)?;
     }
     let image = engine.image(&input.image).await?.ok_or_else(|| {
-        Invalid::new("image_not_found", format!("image {:?} does not exist on the Docker engine", input.image))
+        Invalid::new(
+            "image_not_found",
+            format!(
+                "image {:?} does not exist on the Docker engine",
+                input.image
+            ),
+        )
     })?;
     let workdir = input
         .workdir
         .or(image.working_dir.filter(|w| check_workdir(w).is_ok()))
         .unwrap_or_else(|| "/workspace".to_string());
-    let spec = ExerciseSpec { title: input.title, limits: input.limits, network: input.network, workdir };
-    let created = store.upsert_exercise(slug.as_str(), &input.image, &serde_json::to_string(&spec).map_err(anyhow::Error::from)?).await?;
-    let record = store.exercise(slug.as_str()).await?.ok_or_else(|| anyhow::anyhow!("exercise vanished after write"))?;
+    let spec = ExerciseSpec {
+        title: input.title,
+        limits: input.limits,
+        network: input.network,
+        workdir,
+    };
+    let created = store
+        .upsert_exercise(
+            slug.as_str(),
+            &input.image,
+            &serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
+        )
+        .await?;
+    let record = store
+        .exercise(slug.as_str())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("exercise vanished after write"))?;
     Ok((to_view(settings, &record)?, created))
 }
 
@@ -186,7 +244,11 @@ pub fn sandbox_spec(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<S
     Ok(SandboxSpec {
         image: r.image.clone(),
         limits: effective_limits(&settings.default_limits, &settings.limit_caps, &spec.limits),
-        network: if spec.network { settings.sandbox_network.clone() } else { None },
+        network: if spec.network {
+            settings.sandbox_network.clone()
+        } else {
+            None
+        },
         workdir: spec.workdir,
     })
 }
@@ -198,18 +260,49 @@ mod tests {
     #[test]
     fn limits_are_checked_against_caps() {
         let caps = Limits::DEFAULT_CAPS;
-        assert!(check_limits(&caps, &LimitOverrides { memory_mb: Some(256), ..Default::default() }).is_ok());
-        let e = check_limits(&caps, &LimitOverrides { memory_mb: Some(1 << 20), ..Default::default() }).unwrap_err();
+        assert!(check_limits(
+            &caps,
+            &LimitOverrides {
+                memory_mb: Some(256),
+                ..Default::default()
+            }
+        )
+        .is_ok());
+        let e = check_limits(
+            &caps,
+            &LimitOverrides {
+                memory_mb: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
         assert_eq!(e.code, "limit_exceeds_cap");
         assert!(e.message.contains("memory_mb"));
-        assert!(check_limits(&caps, &LimitOverrides { pids: Some(1), ..Default::default() }).is_err());
+        assert!(check_limits(
+            &caps,
+            &LimitOverrides {
+                pids: Some(1),
+                ..Default::default()
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn workdirs() {
         assert!(check_workdir("/workspace").is_ok());
         assert!(check_workdir("/home/learner/project").is_ok());
-        for bad in ["", "/", "relative", "/tmp", "/tmp/x", "/a/../etc", "/etc", "/proc/1", "/a b"] {
+        for bad in [
+            "",
+            "/",
+            "relative",
+            "/tmp",
+            "/tmp/x",
+            "/a/../etc",
+            "/etc",
+            "/proc/1",
+            "/a b",
+        ] {
             assert!(check_workdir(bad).is_err(), "{bad}");
         }
     }

@@ -31,11 +31,17 @@ pub async fn launch(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+        format!(
+            "creating the data directory {}",
+            settings.data_dir.display()
+        )
+    })?;
     settings.resolve_api_token()?;
     let app = App::build(settings).await?;
-    let report = sessions::reconcile::reconcile_once(&app).await.context("reconciling at start")?;
+    let report = sessions::reconcile::reconcile_once(&app)
+        .await
+        .context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
 
     let cancel = CancellationToken::new();
@@ -46,7 +52,9 @@ pub async fn launch(
     tracing::info!(addr = %listener.local_addr()?, instance = %app.settings.instance,
         runtime = app.settings.runtime.as_str(), "exercise-runner listening");
     let router = http::router::build_axum_router(app.clone());
-    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await;
     cancel.cancel();
     for task in background {
         let _ = task.await;

@@ -18,13 +18,22 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 /// Fails loudly, never skips, when there is no Docker engine.
 pub fn require_docker() {
-    let ok = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success());
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success());
     assert!(
         matches!(ok, Ok(true)),
         "these tests need a running Docker engine: run ./scripts/test (it starts one) or scripts/host-setup.sh"
     );
-    let img = Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success());
-    assert!(matches!(img, Ok(true)), "test image {IMAGE} is missing: run scripts/make-images.sh");
+    let img = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .map(|o| o.status.success());
+    assert!(
+        matches!(img, Ok(true)),
+        "test image {IMAGE} is missing: run scripts/make-images.sh"
+    );
 }
 
 /// Settings for a test: fast loops, small limits, a fresh data dir and instance.
@@ -57,7 +66,10 @@ pub struct TestApp {
 
 pub fn new_instance() -> (String, tempfile::TempDir) {
     let instance = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let tmp = tempfile::Builder::new().prefix("exercise-runner-test-").tempdir().unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("exercise-runner-test-")
+        .tempdir()
+        .unwrap();
     (instance, tmp)
 }
 
@@ -102,7 +114,12 @@ impl TestApp {
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send().await {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return;
                 }
@@ -110,7 +127,10 @@ impl TestApp {
             if let Some(server) = &self.server {
                 assert!(!server.is_finished(), "the runner exited during start");
             }
-            assert!(Instant::now() < deadline, "the runner did not become healthy");
+            assert!(
+                Instant::now() < deadline,
+                "the runner did not become healthy"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -134,15 +154,27 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(method, self.url(path)).bearer_auth(TOKEN);
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(TOKEN);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, value)
     }
 
@@ -171,13 +203,23 @@ impl TestApp {
     }
 
     pub async fn session(&self, learner: &str, exercise: &str) -> Value {
-        let (status, v) = self.post("/v1/sessions", json!({"learner": learner, "exercise": exercise})).await;
+        let (status, v) = self
+            .post(
+                "/v1/sessions",
+                json!({"learner": learner, "exercise": exercise}),
+            )
+            .await;
         assert!(status == 201 || status == 200, "POST session: {status} {v}");
         v
     }
 
     /// Polls a session until `pred` holds or the deadline passes.
-    pub async fn wait_session(&self, id: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_session(
+        &self,
+        id: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let (status, v) = self.get(&format!("/v1/sessions/{id}")).await;
@@ -185,7 +227,10 @@ impl TestApp {
             if pred(&v) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "session did not reach the expected state in {within:?}: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "session did not reach the expected state in {within:?}: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -211,11 +256,22 @@ pub fn cleanup_instance(instance: &str, data_dir: &Path) {
     for c in containers_of(instance) {
         let _ = Command::new("docker").args(["rm", "-f", &c]).output();
     }
-    let vols = docker(&["volume", "ls", "-q", "--filter", &format!("label=exercise-runner.instance={instance}")]);
+    let vols = docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label=exercise-runner.instance={instance}"),
+    ]);
     for v in vols.lines().filter(|l| !l.is_empty()) {
-        let _ = Command::new("docker").args(["volume", "rm", "-f", v]).output();
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", v])
+            .output();
     }
-    let loops = Command::new("losetup").arg("-a").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let loops = Command::new("losetup")
+        .arg("-a")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     for line in loops.unwrap_or_default().lines() {
         if line.contains(&*data_dir.to_string_lossy()) {
             if let Some(dev) = line.split(':').next() {
@@ -226,23 +282,39 @@ pub fn cleanup_instance(instance: &str, data_dir: &Path) {
 }
 
 pub fn containers_of(instance: &str) -> Vec<String> {
-    docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("label=exercise-runner.instance={instance}")])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    docker(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label=exercise-runner.instance={instance}"),
+    ])
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(str::to_string)
+    .collect()
 }
 
 /// Runs the docker CLI and returns its stdout (panics on failure).
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("running docker");
-    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `docker exec` as the sandbox user; returns (exit code, stdout+stderr).
 pub fn sandbox_exec(container: &str, script: &str) -> (i32, String) {
-    let out = Command::new("docker").args(["exec", container, "sh", "-c", script]).output().expect("running docker exec");
+    let out = Command::new("docker")
+        .args(["exec", container, "sh", "-c", script])
+        .output()
+        .expect("running docker exec");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
@@ -276,7 +348,10 @@ pub async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> 
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

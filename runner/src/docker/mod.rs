@@ -10,8 +10,8 @@ use std::{collections::HashMap, sync::Arc};
 use anyhow::Context;
 use bollard::{
     container::{
-        CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
-        StartContainerOptions,
+        CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
+        RemoveContainerOptions, StartContainerOptions,
     },
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecResults},
@@ -69,12 +69,16 @@ impl Engine {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket) and agrees on an API
     /// version the engine speaks (Debian's docker.io speaks 1.41).
     pub async fn connect(instance: &str, metrics: Arc<Metrics>) -> anyhow::Result<Engine> {
-        let docker = Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .context("the Docker engine is not reachable (is dockerd running? run scripts/host-setup.sh)")?;
-        Ok(Engine { docker, instance: instance.to_string(), metrics })
+        let docker =
+            Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
+        let docker = docker.negotiate_version().await.context(
+            "the Docker engine is not reachable (is dockerd running? run scripts/host-setup.sh)",
+        )?;
+        Ok(Engine {
+            docker,
+            instance: instance.to_string(),
+            metrics,
+        })
     }
 
     pub fn instance(&self) -> &str {
@@ -108,22 +112,41 @@ impl Engine {
         match self.docker.inspect_image(reference).await {
             Ok(img) => Ok(Some(ImageInfo {
                 id: img.id.unwrap_or_default(),
-                working_dir: img.config.and_then(|c| c.working_dir).filter(|w| !w.is_empty()),
+                working_dir: img
+                    .config
+                    .and_then(|c| c.working_dir)
+                    .filter(|w| !w.is_empty()),
             })),
             Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(self.count("inspect_image", Err::<(), _>(e)).unwrap_err().into()),
+            Err(e) => Err(self
+                .count("inspect_image", Err::<(), _>(e))
+                .unwrap_err()
+                .into()),
         }
     }
 
     /// Creates a container by name; when a container of that name exists already (a retried or
     /// racing create), returns that one instead. Idempotent.
-    pub async fn create_container(&self, name: &str, config: bollard::container::Config<String>) -> anyhow::Result<String> {
-        let opts = CreateContainerOptions { name: name.to_string(), platform: None };
+    pub async fn create_container(
+        &self,
+        name: &str,
+        config: bollard::container::Config<String>,
+    ) -> anyhow::Result<String> {
+        let opts = CreateContainerOptions {
+            name: name.to_string(),
+            platform: None,
+        };
         match self.docker.create_container(Some(opts), config).await {
             Ok(r) => Ok(r.id),
             Err(e) if is_status(&e, 409) => {
-                let existing = self.docker.inspect_container(name, None::<InspectContainerOptions>).await;
-                Ok(self.count("inspect_container", existing)?.id.unwrap_or_default())
+                let existing = self
+                    .docker
+                    .inspect_container(name, None::<InspectContainerOptions>)
+                    .await;
+                Ok(self
+                    .count("inspect_container", existing)?
+                    .id
+                    .unwrap_or_default())
             }
             Err(e) => Err(self.count("create_container", Err::<(), _>(e)).unwrap_err())
                 .with_context(|| format!("creating container {name}")),
@@ -132,7 +155,11 @@ impl Engine {
 
     /// Starts a container; starting a running one is fine.
     pub async fn start_container(&self, id: &str) -> anyhow::Result<()> {
-        match self.docker.start_container(id, None::<StartContainerOptions<String>>).await {
+        match self
+            .docker
+            .start_container(id, None::<StartContainerOptions<String>>)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) => Ok(()),
             Err(e) => Err(self.count("start_container", Err::<(), _>(e)).unwrap_err())
@@ -142,7 +169,11 @@ impl Engine {
 
     /// Removes a container and its anonymous volumes, running or not; a missing one is fine.
     pub async fn remove_container(&self, id_or_name: &str) -> anyhow::Result<()> {
-        let opts = RemoveContainerOptions { force: true, v: true, link: false };
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            link: false,
+        };
         match self.docker.remove_container(id_or_name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
@@ -153,8 +184,15 @@ impl Engine {
         }
     }
 
-    pub async fn container_status(&self, id_or_name: &str) -> anyhow::Result<Option<ContainerStatus>> {
-        match self.docker.inspect_container(id_or_name, None::<InspectContainerOptions>).await {
+    pub async fn container_status(
+        &self,
+        id_or_name: &str,
+    ) -> anyhow::Result<Option<ContainerStatus>> {
+        match self
+            .docker
+            .inspect_container(id_or_name, None::<InspectContainerOptions>)
+            .await
+        {
             Ok(c) => {
                 let st = c.state.unwrap_or_default();
                 Ok(Some(ContainerStatus {
@@ -164,7 +202,10 @@ impl Engine {
                 }))
             }
             Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(self.count("inspect_container", Err::<(), _>(e)).unwrap_err().into()),
+            Err(e) => Err(self
+                .count("inspect_container", Err::<(), _>(e))
+                .unwrap_err()
+                .into()),
         }
     }
 
@@ -177,12 +218,20 @@ impl Engine {
                 format!("{}={}", policy::LABEL_INSTANCE, self.instance),
             ],
         )]);
-        let opts = ListContainersOptions { all: true, filters, ..Default::default() };
+        let opts = ListContainersOptions {
+            all: true,
+            filters,
+            ..Default::default()
+        };
         let r = self.docker.list_containers(Some(opts)).await;
         let list = self.count("list_containers", r)?;
         Ok(list
             .into_iter()
-            .filter(|c| c.labels.as_ref().is_some_and(|l| l.contains_key(policy::LABEL_SESSION)))
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(policy::LABEL_SESSION))
+            })
             .map(|c| FoundSandbox {
                 id: c.id.unwrap_or_default(),
                 session_id: c.labels.and_then(|mut l| l.remove(policy::LABEL_SESSION)),
@@ -193,7 +242,13 @@ impl Engine {
 
     /// Runs a command (an argument vector, never a shell string built from input) in a running
     /// container and collects its output up to `max_output` bytes.
-    pub async fn exec(&self, container: &str, cmd: Vec<String>, user: &str, max_output: usize) -> anyhow::Result<ExecOutput> {
+    pub async fn exec(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+        user: &str,
+        max_output: usize,
+    ) -> anyhow::Result<ExecOutput> {
         let opts = CreateExecOptions {
             cmd: Some(cmd),
             user: Some(user.to_string()),
@@ -206,7 +261,10 @@ impl Engine {
         let r = self.docker.start_exec(&exec.id, None).await;
         let mut output = Vec::new();
         let mut truncated = false;
-        if let StartExecResults::Attached { output: mut stream, .. } = self.count("start_exec", r)? {
+        if let StartExecResults::Attached {
+            output: mut stream, ..
+        } = self.count("start_exec", r)?
+        {
             while let Some(chunk) = stream.next().await {
                 let bytes = chunk?.into_bytes();
                 let room = max_output.saturating_sub(output.len());
@@ -218,35 +276,59 @@ impl Engine {
         }
         let r = self.docker.inspect_exec(&exec.id).await;
         let exit_code = self.count("inspect_exec", r)?.exit_code.unwrap_or(-1);
-        Ok(ExecOutput { exit_code, output: String::from_utf8_lossy(&output).into_owned(), truncated })
+        Ok(ExecOutput {
+            exit_code,
+            output: String::from_utf8_lossy(&output).into_owned(),
+            truncated,
+        })
     }
 
     // ---- volumes ----
 
     /// The driver options of a volume, when it exists.
-    pub async fn volume_options(&self, name: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
+    pub async fn volume_options(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<Option<HashMap<String, String>>> {
         match self.docker.inspect_volume(name).await {
             Ok(v) => Ok(Some(v.options)),
             Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(self.count("inspect_volume", Err::<(), _>(e)).unwrap_err().into()),
+            Err(e) => Err(self
+                .count("inspect_volume", Err::<(), _>(e))
+                .unwrap_err()
+                .into()),
         }
     }
 
-    pub async fn create_volume(&self, name: &str, driver_opts: HashMap<String, String>) -> anyhow::Result<()> {
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        driver_opts: HashMap<String, String>,
+    ) -> anyhow::Result<()> {
         let labels = HashMap::from([
             (policy::LABEL_MANAGED.to_string(), "true".to_string()),
             (policy::LABEL_INSTANCE.to_string(), self.instance.clone()),
             (policy::LABEL_WORKSPACE.to_string(), name.to_string()),
         ]);
-        let opts = CreateVolumeOptions { name: name.to_string(), driver: "local".to_string(), driver_opts, labels };
+        let opts = CreateVolumeOptions {
+            name: name.to_string(),
+            driver: "local".to_string(),
+            driver_opts,
+            labels,
+        };
         let r = self.docker.create_volume(opts).await;
-        self.count("create_volume", r).with_context(|| format!("creating volume {name}"))?;
+        self.count("create_volume", r)
+            .with_context(|| format!("creating volume {name}"))?;
         Ok(())
     }
 
     /// Removes a volume. Returns false when a container still uses it (then nothing changes).
     pub async fn remove_volume(&self, name: &str) -> anyhow::Result<bool> {
-        match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: false })).await {
+        match self
+            .docker
+            .remove_volume(name, Some(RemoveVolumeOptions { force: false }))
+            .await
+        {
             Ok(()) => Ok(true),
             Err(e) if is_status(&e, 404) => Ok(true),
             Err(e) if is_status(&e, 409) => Ok(false),
@@ -264,8 +346,16 @@ impl Engine {
                 format!("{}={}", policy::LABEL_INSTANCE, self.instance),
             ],
         )]);
-        let r = self.docker.list_volumes(Some(ListVolumesOptions { filters })).await;
+        let r = self
+            .docker
+            .list_volumes(Some(ListVolumesOptions { filters }))
+            .await;
         let list = self.count("list_volumes", r)?;
-        Ok(list.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
+        Ok(list
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
     }
 }

@@ -8,13 +8,18 @@ use std::collections::HashMap;
 
 use bollard::{
     container::Config,
-    models::{HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum},
+    models::{
+        HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits, RestartPolicy,
+        RestartPolicyNameEnum,
+    },
 };
 
 use crate::config::{Limits, Runtime};
 
 /// The writable paths every sandbox gets, as tmpfs of `Limits::tmpfs_mb` each. The root
 /// filesystem is read-only; these and the workspace are the only places a learner can write.
+/// Docker copies the image's directory (content and mode) onto each tmpfs, so who may write to
+/// `/run` is the image's decision, as on any system (the base image opens it to the learner).
 pub const TMPFS_PATHS: [&str; 3] = ["/tmp", "/var/tmp", "/run"];
 
 /// Everything that decides how one sandbox runs, resolved when its session is created and kept
@@ -71,7 +76,13 @@ pub fn sandbox_container(
     ]);
     let tmpfs = TMPFS_PATHS
         .iter()
-        .map(|p| (p.to_string(), format!("rw,nosuid,nodev,size={}m,mode=1777", l.tmpfs_mb)))
+        // `exec`: Docker defaults tmpfs to noexec, which would break running programs built in /tmp.
+        .map(|p| {
+            (
+                p.to_string(),
+                format!("rw,exec,nosuid,nodev,size={}m,mode=1777", l.tmpfs_mb),
+            )
+        })
         .collect();
     let host_config = HostConfig {
         // Pick the runtime: runc, or gVisor's runsc for a second kernel boundary.
@@ -105,8 +116,16 @@ pub fn sandbox_container(
         // A fork bomb hits the pids limit.
         pids_limit: Some(l.pids as i64),
         ulimits: Some(vec![
-            ResourcesUlimits { name: Some("nofile".into()), soft: Some(4096), hard: Some(4096) },
-            ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
+            ResourcesUlimits {
+                name: Some("nofile".into()),
+                soft: Some(4096),
+                hard: Some(4096),
+            },
+            ResourcesUlimits {
+                name: Some("core".into()),
+                soft: Some(0),
+                hard: Some(0),
+            },
         ]),
         // No network unless the exercise opted in (and the operator allows it).
         network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
@@ -120,7 +139,10 @@ pub fn sandbox_container(
             ])),
         }),
         // The runner decides about restarts (reconciliation), not the engine.
-        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
         ..Default::default()
     };
     Config {
@@ -148,7 +170,12 @@ mod tests {
             network: None,
             workdir: "/workspace".into(),
         };
-        let owner = SandboxOwner { instance: "i", session_id: "s", learner: "l", exercise: "e" };
+        let owner = SandboxOwner {
+            instance: "i",
+            session_id: "s",
+            learner: "l",
+            exercise: "e",
+        };
         let c = sandbox_container(&spec, &owner, "vol", Runtime::Runc, "1000:1000");
         let h = c.host_config.as_ref().unwrap();
         assert_eq!(h.readonly_rootfs, Some(true));

@@ -25,7 +25,9 @@ impl From<SessionError> for ApiError {
             SessionError::NotLive(_) => ApiError::conflict("session_not_live", msg),
             SessionError::AtCapacity(_) => ApiError::unavailable("session_capacity", msg, 30),
             SessionError::StartQueueFull => ApiError::unavailable("start_queue_full", msg, 5),
-            SessionError::StartFailed { .. } => ApiError::unavailable("sandbox_start_failed", msg, 5),
+            SessionError::StartFailed { .. } => {
+                ApiError::unavailable("sandbox_start_failed", msg, 5)
+            }
             SessionError::Internal(e) => ApiError::internal(e),
         }
     }

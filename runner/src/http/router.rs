@@ -18,10 +18,16 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/exercises", get(exercises::list))
         .route("/exercises/{slug}", get(exercises::get).put(exercises::put))
         .route("/sessions", post(sessions::create).get(sessions::list))
-        .route("/sessions/{id}", get(sessions::get).delete(sessions::delete))
+        .route(
+            "/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
         .route("/sessions/{id}/activity", post(sessions::activity))
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(app.clone(), mw::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            mw::require_token,
+        ));
 
     Router::new()
         .route("/healthz", get(ops::healthz))
@@ -40,5 +46,9 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }

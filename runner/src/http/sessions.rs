@@ -30,7 +30,12 @@ pub struct CreateSession {
 fn session_id(id: &str) -> ApiResult<String> {
     uuid::Uuid::parse_str(id)
         .map(|u| u.to_string())
-        .map_err(|_| ApiError::not_found("session_not_found", format!("session {id:?} does not exist")))
+        .map_err(|_| {
+            ApiError::not_found(
+                "session_not_found",
+                format!("session {id:?} does not exist"),
+            )
+        })
 }
 
 pub async fn create(
@@ -40,7 +45,11 @@ pub async fn create(
     let learner = LearnerId::parse(&body.learner)?;
     let exercise = Slug::parse(&body.exercise)?;
     let created = sessions::create(&app, &learner, &exercise).await?;
-    let status = if created.new { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created.new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(sessions::to_view(&app, &created.session))))
 }
 
@@ -58,11 +67,17 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list(
+    State(app): State<Arc<App>>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(SessionState::parse(s).ok_or_else(|| {
-            ApiError::bad_request("invalid_query", format!("state {s:?} is not one of starting, running, stopping, stopped, failed"))
+            ApiError::bad_request(
+                "invalid_query",
+                format!("state {s:?} is not one of starting, running, stopping, stopped, failed"),
+            )
         })?),
     };
     let filter = SessionFilter {
@@ -71,16 +86,26 @@ pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>)
         state,
         limit: q.limit.unwrap_or(100).clamp(1, 1000) as i64,
     };
-    let list: Vec<Session> = sessions::list(&app, &filter).await?.iter().map(|s| sessions::to_view(&app, s)).collect();
+    let list: Vec<Session> = sessions::list(&app, &filter)
+        .await?
+        .iter()
+        .map(|s| sessions::to_view(&app, s))
+        .collect();
     Ok(Json(json!({ "sessions": list })))
 }
 
-pub async fn delete(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Session>> {
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Session>> {
     let s = sessions::stop(&app, &session_id(&id)?, Some("deleted through the API")).await?;
     Ok(Json(sessions::to_view(&app, &s)))
 }
 
-pub async fn activity(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn activity(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     sessions::touch(&app, &session_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
