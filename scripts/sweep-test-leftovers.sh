@@ -13,4 +13,10 @@ done
 losetup -a 2>/dev/null | grep 'exercise-runner-test-' | cut -d: -f1 | while read -r dev; do
   losetup -d "$dev" 2>/dev/null
 done
+# Databases made by tests/postgres.rs.
+if [ -n "${RUNNER_TEST_POSTGRES_URL:-}" ] && command -v psql >/dev/null; then
+  for db in $(psql "$RUNNER_TEST_POSTGRES_URL" -qtAX -c "SELECT datname FROM pg_database WHERE datname LIKE 'runner_test_%'" 2>/dev/null); do
+    psql "$RUNNER_TEST_POSTGRES_URL" -qtAX -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1
+  done
+fi
 exit 0

@@ -30,7 +30,7 @@ pub struct App {
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Arc<App>> {
         let metrics = Arc::new(Metrics::new());
-        let store = Store::connect(&settings.database_url).await?;
+        let store = Store::connect(settings.database_url.expose()).await?;
         let engine = Engine::connect(&settings.instance, metrics.clone()).await?;
         let runtime = settings.runtime.as_str();
         if !engine.has_runtime(runtime).await? {

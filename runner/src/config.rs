@@ -105,7 +105,8 @@ impl Limits {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub database_url: String,
+    /// May carry a password (`postgres://user:pass@host/db`), so it is a [`Secret`].
+    pub database_url: Secret,
     pub data_dir: PathBuf,
     /// Bearer token for `/v1/*`. When unset, one is generated into `<data_dir>/api-token`.
     pub api_token: Option<Secret>,
@@ -139,7 +140,7 @@ impl Settings {
         let data_dir = PathBuf::from("/var/lib/exercise-runner");
         Settings {
             listen: "127.0.0.1:8080".parse().expect("valid address"),
-            database_url: sqlite_url(&data_dir),
+            database_url: Secret::new(sqlite_url(&data_dir)),
             data_dir,
             api_token: None,
             instance: "default".into(),
@@ -197,10 +198,10 @@ impl Settings {
         }
         if let Some(v) = parse::<PathBuf>(&get, "RUNNER_DATA_DIR")? {
             s.data_dir = v;
-            s.database_url = sqlite_url(&s.data_dir);
+            s.database_url = Secret::new(sqlite_url(&s.data_dir));
         }
         if let Some(v) = get("RUNNER_DATABASE_URL").filter(|v| !v.is_empty()) {
-            s.database_url = v;
+            s.database_url = Secret::new(v);
         }
         s.api_token = get("RUNNER_API_TOKEN")
             .filter(|v| !v.is_empty())
@@ -325,9 +326,10 @@ impl Settings {
         {
             bail!("RUNNER_MAX_CONCURRENT_STARTS and the rate limits must be positive");
         }
-        if !(self.database_url.starts_with("sqlite:")
-            || self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
+        let url = self.database_url.expose();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
         {
             bail!("RUNNER_DATABASE_URL must be a sqlite: or postgres:// URL");
         }
@@ -391,7 +393,7 @@ mod tests {
     fn defaults_are_valid_and_env_overrides_them() {
         let s = from(&[]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
-        assert!(s.database_url.starts_with("sqlite://"));
+        assert!(s.database_url.expose().starts_with("sqlite://"));
         let s = from(&[
             ("RUNNER_LISTEN", "127.0.0.1:9999"),
             ("RUNNER_DOCKER_RUNTIME", "runsc"),
@@ -418,8 +420,16 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug_output() {
-        let s = from(&[("RUNNER_API_TOKEN", "hunter2-very-secret")]).unwrap();
+        let s = from(&[
+            ("RUNNER_API_TOKEN", "hunter2-very-secret"),
+            (
+                "RUNNER_DATABASE_URL",
+                "postgres://runner:db-password-42@127.0.0.1/runner",
+            ),
+        ])
+        .unwrap();
         let debug = format!("{s:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(!debug.contains("db-password-42"), "{debug}");
     }
 }

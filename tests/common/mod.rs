@@ -41,7 +41,10 @@ pub fn test_settings(data_dir: &Path, instance: &str) -> Settings {
     let mut s = Settings::defaults();
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.data_dir = data_dir.to_path_buf();
-    s.database_url = format!("sqlite://{}?mode=rwc", data_dir.join("runner.db").display());
+    s.database_url = runner::config::Secret::new(format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("runner.db").display()
+    ));
     s.api_token = Some(runner::config::Secret::new(TOKEN));
     s.instance = instance.to_string();
     s.default_limits.memory_mb = 128;
@@ -143,6 +146,11 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
+    }
+
+    /// Makes this app own (and clean up) a temporary directory made for it.
+    pub fn adopt_dir(&mut self, dir: tempfile::TempDir) {
+        self._tmp = Some(dir);
     }
 
     /// Takes the temporary directory away from this app so another can reuse it.

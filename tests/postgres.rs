@@ -1,0 +1,121 @@
+//! The same lifecycle on PostgreSQL, the production database (one code path with SQLite).
+//! Needs RUNNER_TEST_POSTGRES_URL, which `scripts/test` provides; without it these tests fail.
+
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use common::*;
+use serde_json::json;
+use sqlx::{Connection, Executor};
+
+/// A fresh database for one test on the server of RUNNER_TEST_POSTGRES_URL.
+async fn fresh_database(instance: &str) -> String {
+    let admin = std::env::var("RUNNER_TEST_POSTGRES_URL")
+        .expect("RUNNER_TEST_POSTGRES_URL is not set: run ./scripts/test (scripts/test-postgres.sh starts PostgreSQL)");
+    let name = format!("runner_test_{}", instance.replace('-', "_"));
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connecting to PostgreSQL");
+    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+async fn spawn_pg_app(configure: impl FnOnce(&mut runner::Settings)) -> (TestApp, String) {
+    let (instance, tmp) = new_instance();
+    let url = fresh_database(&instance).await;
+    let mut settings = test_settings(tmp.path(), &instance);
+    settings.database_url = runner::config::Secret::new(url.clone());
+    configure(&mut settings);
+    let mut app = start(settings).await;
+    app.adopt_dir(tmp);
+    (app, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_lifecycle_works_on_postgresql() {
+    require_docker();
+    let (app, _) = spawn_pg_app(|s| s.idle_timeout = Duration::from_secs(3)).await;
+    let (s, v) = app.get("/readyz").await;
+    assert_eq!(s, 200, "{v}");
+    app.exercise("pg", json!({"limits": {"memory_mb": 100}}))
+        .await;
+    let (status, _) = app
+        .put(
+            "/v1/exercises/pg",
+            json!({"image": IMAGE, "title": "again"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let results = futures_util::future::join_all(
+        (0..8).map(|_| app.post("/v1/sessions", json!({"learner": "ada", "exercise": "pg"}))),
+    )
+    .await;
+    let ids: HashSet<_> = results
+        .iter()
+        .map(|(_, v)| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1, "{results:?}");
+    assert_eq!(app.containers().len(), 1);
+    let id = ids.into_iter().next().unwrap();
+
+    let (status, _) = app
+        .post(&format!("/v1/sessions/{id}/activity"), json!({}))
+        .await;
+    assert_eq!(status, 204);
+    let (_, list) = app.get("/v1/sessions?learner=ada&state=running").await;
+    assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
+
+    let c = session_container(&app.instance, &id).unwrap();
+    assert_eq!(sandbox_exec(&c, "echo pg > /workspace/f").0, 0);
+    let (status, v) = app.delete(&format!("/v1/sessions/{id}")).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("stopped")));
+
+    let next = app.session("ada", "pg").await;
+    let c = session_container(&app.instance, next["id"].as_str().unwrap()).unwrap();
+    assert_eq!(sandbox_exec(&c, "cat /workspace/f").1, "pg\n");
+    // Reaped when idle.
+    app.wait_session(next["id"].as_str().unwrap(), Duration::from_secs(18), |v| {
+        v["state"] == "stopped"
+    })
+    .await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("runner_sessions{state=\"stopped\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runner_on_postgresql_adopts_its_sandboxes() {
+    require_docker();
+    let (mut app, url) = spawn_pg_app(|_| {}).await;
+    app.exercise("pg-restart", json!({})).await;
+    let s = app.session("ada", "pg-restart").await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let c = session_container(&app.instance, &id).unwrap();
+    app.stop_server().await;
+
+    let mut settings = test_settings(&app.data_dir, &app.instance);
+    settings.database_url = runner::config::Secret::new(url);
+    let again = start(settings).await;
+    let (_, v) = again.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(v["state"], "running");
+    assert_eq!(
+        session_container(&app.instance, &id).as_deref(),
+        Some(c.as_str())
+    );
+    drop(again);
+}
