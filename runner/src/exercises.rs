@@ -83,7 +83,7 @@ pub fn effective_limits(defaults: &Limits, caps: &Limits, o: &LimitOverrides) ->
     }
 }
 
-fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
+pub fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
     fn check<T: PartialOrd + std::fmt::Display + Copy>(
         field: &str,
         v: Option<T>,
@@ -133,7 +133,7 @@ fn check_image_reference(image: &str) -> Result<(), Invalid> {
     }
 }
 
-fn check_workdir(dir: &str) -> Result<(), Invalid> {
+pub fn check_workdir(dir: &str) -> Result<(), Invalid> {
     let ok = dir.starts_with('/')
         && dir.len() > 1
         && dir.len() <= 200

@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the code map and the invariants.
 
 pub mod app;
+pub mod builds;
 pub mod config;
 pub mod docker;
 pub mod domain;
