@@ -13,7 +13,10 @@ use std::{
 
 use runner::{
     config::{Limits, Runtime, Secret, Settings},
-    docker::{policy, Engine, SandboxOwner, SandboxSpec},
+    docker::{
+        policy::{self, Purpose, WorkspaceMount},
+        Engine, SandboxOwner, SandboxSpec,
+    },
     metrics::Metrics,
 };
 use serde_json::json;
@@ -62,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
         limits: Limits::DEFAULT,
         network: None,
         workdir: "/workspace".into(),
+        writable: vec![],
+        check: Default::default(),
     };
     let volume = format!("exercise-runner-bench-{instance}");
     engine.create_volume(&volume, Default::default()).await?;
@@ -70,11 +75,17 @@ async fn main() -> anyhow::Result<()> {
         let id = format!("baseline-{i}");
         let owner = SandboxOwner {
             instance: &instance,
-            session_id: &id,
+            purpose: Purpose::Session(&id),
             learner: "bench",
             exercise: "bench",
         };
-        let config = policy::sandbox_container(&spec, &owner, &volume, runtime, "1000:1000");
+        let config = policy::sandbox_container(
+            &spec,
+            &owner,
+            WorkspaceMount::Volume(&volume),
+            runtime,
+            "1000:1000",
+        );
         let t = Instant::now();
         let c = engine
             .create_container(&policy::sandbox_name(&instance, &id), config)

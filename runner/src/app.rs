@@ -23,6 +23,15 @@ pub struct App {
     pub start_slots: Arc<Semaphore>,
     /// Sessions whose sandbox is being started right now; the reconciler leaves them alone.
     pub starting: Mutex<HashSet<String>>,
+    /// Bounds concurrent checks of learners' work.
+    pub check_slots: Arc<Semaphore>,
+    /// Bounds concurrent builds; queued builds wait in the database.
+    pub build_slots: Arc<Semaphore>,
+    /// Wakes the build worker when a build is queued.
+    pub build_wake: tokio::sync::Notify,
+    /// Cancellation of the builds running in this process.
+    pub build_cancels:
+        Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
     /// Requests per API token.
     pub rate_limiter: DefaultKeyedRateLimiter<String>,
 }
@@ -52,6 +61,10 @@ impl App {
         Ok(Arc::new(App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
+            check_slots: Arc::new(Semaphore::new(8)),
+            build_slots: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
+            build_wake: tokio::sync::Notify::new(),
+            build_cancels: Mutex::new(Default::default()),
             rate_limiter: RateLimiter::keyed(quota),
             settings,
             store,

@@ -132,6 +132,24 @@ pub struct Settings {
     pub rate_limit_burst: u32,
     pub max_body_bytes: usize,
     pub log_json: bool,
+    // ---- builds and checks ----
+    pub max_concurrent_builds: usize,
+    pub max_queued_builds: u64,
+    pub build_timeout: Duration,
+    pub build_memory_mb: u64,
+    /// Largest repository archive accepted (compressed, as sent).
+    pub max_archive_bytes: usize,
+    /// Largest repository accepted once unpacked (in memory; never on disk).
+    pub max_unpacked_bytes: u64,
+    pub max_archive_files: usize,
+    /// Versions of an exercise whose images are kept (beyond the current one and those in use).
+    pub keep_versions: usize,
+    /// Allow `file://` and local paths as git URLs (tests, single-machine setups).
+    pub git_allow_local: bool,
+    /// HMAC secret for push hooks of exercises that have no secret of their own.
+    pub git_hook_secret: Option<Secret>,
+    /// Output kept from one check (the rest is cut, `truncated: true`).
+    pub check_output_bytes: usize,
 }
 
 impl Settings {
@@ -162,6 +180,17 @@ impl Settings {
             rate_limit_burst: 100,
             max_body_bytes: 64 * 1024,
             log_json: false,
+            max_concurrent_builds: 1,
+            max_queued_builds: 20,
+            build_timeout: Duration::from_secs(900),
+            build_memory_mb: 2048,
+            max_archive_bytes: 32 * 1024 * 1024,
+            max_unpacked_bytes: 128 * 1024 * 1024,
+            max_archive_files: 10_000,
+            keep_versions: 3,
+            git_allow_local: false,
+            git_hook_secret: None,
+            check_output_bytes: 64 * 1024,
         }
     }
 
@@ -280,6 +309,39 @@ impl Settings {
         if let Some(v) = parse(&get, "RUNNER_MAX_BODY_BYTES")? {
             s.max_body_bytes = v;
         }
+        if let Some(v) = parse(&get, "RUNNER_MAX_CONCURRENT_BUILDS")? {
+            s.max_concurrent_builds = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_MAX_QUEUED_BUILDS")? {
+            s.max_queued_builds = v;
+        }
+        if let Some(v) = secs("RUNNER_BUILD_TIMEOUT_SECS")? {
+            s.build_timeout = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_BUILD_MEMORY_MB")? {
+            s.build_memory_mb = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_MAX_ARCHIVE_BYTES")? {
+            s.max_archive_bytes = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_MAX_UNPACKED_BYTES")? {
+            s.max_unpacked_bytes = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_MAX_ARCHIVE_FILES")? {
+            s.max_archive_files = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_KEEP_VERSIONS")? {
+            s.keep_versions = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_GIT_ALLOW_LOCAL")? {
+            s.git_allow_local = v;
+        }
+        s.git_hook_secret = get("RUNNER_GIT_HOOK_SECRET")
+            .filter(|v| !v.is_empty())
+            .map(Secret::new);
+        if let Some(v) = parse(&get, "RUNNER_CHECK_OUTPUT_BYTES")? {
+            s.check_output_bytes = v;
+        }
         if let Some(v) = get("RUNNER_LOG_FORMAT") {
             s.log_json = v.trim() == "json";
         }
@@ -334,6 +396,10 @@ impl Settings {
             bail!("RUNNER_DATABASE_URL must be a sqlite: or postgres:// URL");
         }
         Ok(())
+    }
+
+    pub fn builds_dir(&self) -> PathBuf {
+        self.data_dir.join("builds")
     }
 
     pub fn workspace_dir(&self) -> PathBuf {

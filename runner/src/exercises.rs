@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    builds::manifest::CheckSpec,
     config::{Limits, Settings},
     docker::{policy::TMPFS_PATHS, Engine, SandboxSpec},
     domain::{Invalid, Slug},
@@ -20,11 +21,14 @@ pub struct LimitOverrides {
     pub workspace_mb: Option<u64>,
 }
 
-/// `PUT /v1/exercises/{slug}` body.
+/// `PUT /v1/exercises/{slug}` body. With `image`, the exercise runs that local image (and the
+/// limits, network, workdir and check given here). Without it, only the settings change; the
+/// image then comes from published builds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExerciseInput {
-    pub image: String,
+    #[serde(default)]
+    pub image: Option<String>,
     #[serde(default)]
     pub title: Option<String>,
     #[serde(default)]
@@ -35,6 +39,33 @@ pub struct ExerciseInput {
     /// Working directory, where the workspace is mounted. Default: the image's, else /workspace.
     #[serde(default)]
     pub workdir: Option<String>,
+    #[serde(default)]
+    pub check: Option<CheckSpec>,
+    /// Publish each successful build at once (default), or only on request.
+    #[serde(default)]
+    pub auto_publish: Option<bool>,
+    /// Where push hooks and `{"git": {}}` builds fetch the repository from.
+    #[serde(default)]
+    pub git: Option<GitSource>,
+    /// HMAC secret of push hooks for this exercise. Write-only: never shown.
+    #[serde(default)]
+    pub hook_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    pub url: String,
+    #[serde(default = "default_ref", rename = "ref")]
+    pub git_ref: String,
+}
+
+fn default_ref() -> String {
+    "main".to_string()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What is stored for an exercise (as JSON beside its image).
@@ -44,17 +75,37 @@ pub struct ExerciseSpec {
     pub limits: LimitOverrides,
     pub network: bool,
     pub workdir: String,
+    #[serde(default)]
+    pub writable: Vec<String>,
+    #[serde(default)]
+    pub check: CheckSpec,
+    #[serde(default = "default_true")]
+    pub auto_publish: bool,
+    #[serde(default)]
+    pub git: Option<GitSource>,
+    #[serde(default)]
+    pub hook_secret: Option<String>,
+    #[serde(default)]
+    pub current_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Exercise {
     pub slug: String,
-    pub image: String,
+    /// The image new sessions get; `null` until a version is published.
+    pub image: Option<String>,
     pub title: Option<String>,
+    pub current_version: Option<String>,
     /// The limits a new session gets: the defaults with this exercise's overrides.
     pub limits: Limits,
     pub network: bool,
     pub workdir: String,
+    pub writable: Vec<String>,
+    pub check: CheckSpec,
+    pub auto_publish: bool,
+    pub git: Option<GitSource>,
+    /// Whether a hook secret is set (the secret itself is never shown).
+    pub hook_secret_set: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -116,7 +167,7 @@ pub fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_image_reference(image: &str) -> Result<(), Invalid> {
+pub fn check_image_reference(image: &str) -> Result<(), Invalid> {
     let ok = !image.is_empty()
         && image.len() <= 255
         && image
@@ -167,18 +218,76 @@ pub fn to_view(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<Exerci
     let spec: ExerciseSpec = serde_json::from_str(&r.spec)?;
     Ok(Exercise {
         slug: r.slug.clone(),
-        image: r.image.clone(),
+        image: (!r.image.is_empty()).then(|| r.image.clone()),
         title: spec.title,
+        current_version: spec.current_version,
         limits: effective_limits(&settings.default_limits, &settings.limit_caps, &spec.limits),
         network: spec.network,
         workdir: spec.workdir,
+        writable: spec.writable,
+        check: spec.check,
+        auto_publish: spec.auto_publish,
+        git: spec.git,
+        hook_secret_set: spec.hook_secret.is_some(),
         created_at: rfc3339(r.created_at),
         updated_at: rfc3339(r.updated_at),
     })
 }
 
+pub fn check_check(c: &CheckSpec) -> Result<(), Invalid> {
+    let bad = |m: &str| Invalid::new("invalid_check", format!("check: {m}"));
+    if c.command.is_empty()
+        || c.command.len() > 64
+        || c.command.iter().any(|a| a.is_empty() || a.contains('\0'))
+    {
+        return Err(bad(
+            "command must be a non-empty list of non-empty arguments",
+        ));
+    }
+    if !(1..=600).contains(&c.timeout_secs) {
+        return Err(bad("timeout_secs must be between 1 and 600"));
+    }
+    Ok(())
+}
+
+pub fn check_git(g: &GitSource, allow_local: bool) -> Result<(), Invalid> {
+    let url_ok = g.url.len() <= 1000
+        && !g.url.starts_with('-')
+        && !g.url.chars().any(|c| c.is_control() || c.is_whitespace())
+        && (g.url.starts_with("https://")
+            || g.url.starts_with("http://")
+            || (allow_local && (g.url.starts_with("file:///") || g.url.starts_with('/'))));
+    if !url_ok {
+        return Err(Invalid::new(
+            "invalid_git_url",
+            format!(
+                "git.url {:?} must be an http(s) URL{}",
+                g.url,
+                if allow_local { " or a local path" } else { "" }
+            ),
+        ));
+    }
+    let ref_ok = !g.git_ref.is_empty()
+        && g.git_ref.len() <= 200
+        && !g.git_ref.starts_with('-')
+        && !g.git_ref.contains("..")
+        && g.git_ref
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+    if !ref_ok {
+        return Err(Invalid::new(
+            "invalid_git_ref",
+            format!(
+                "git.ref {:?} is not a branch, tag or commit name",
+                g.git_ref
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Creates or updates an exercise. Returns the exercise and whether it was created.
-/// Nothing is written unless every field is valid and the image exists locally.
+/// Nothing is written unless every field is valid and the image (when given) exists locally.
 pub async fn put(
     settings: &Settings,
     store: &Store,
@@ -186,7 +295,6 @@ pub async fn put(
     slug: &Slug,
     input: ExerciseInput,
 ) -> Result<(Exercise, bool), ExerciseError> {
-    check_image_reference(&input.image)?;
     check_limits(&settings.limit_caps, &input.limits)?;
     if input.network && settings.sandbox_network.is_none() {
         return Err(Invalid::new(
@@ -205,29 +313,72 @@ pub async fn put(
     if let Some(w) = &input.workdir {
         check_workdir(w)?;
     }
-    let image = engine.image(&input.image).await?.ok_or_else(|| {
-        Invalid::new(
-            "image_not_found",
-            format!(
-                "image {:?} does not exist on the Docker engine",
-                input.image
-            ),
+    if let Some(c) = &input.check {
+        check_check(c)?;
+    }
+    if let Some(g) = &input.git {
+        check_git(g, settings.git_allow_local)?;
+    }
+    if input
+        .hook_secret
+        .as_ref()
+        .is_some_and(|s| s.len() < 16 || s.len() > 256)
+    {
+        return Err(Invalid::new(
+            "invalid_hook_secret",
+            "hook_secret must be 16-256 characters",
         )
-    })?;
-    let workdir = input
-        .workdir
-        .or(image.working_dir.filter(|w| check_workdir(w).is_ok()))
-        .unwrap_or_else(|| "/workspace".to_string());
-    let spec = ExerciseSpec {
-        title: input.title,
-        limits: input.limits,
-        network: input.network,
-        workdir,
+        .into());
+    }
+    let existing = store.exercise(slug.as_str()).await?;
+    let mut spec: ExerciseSpec = match &existing {
+        Some(r) => serde_json::from_str(&r.spec).map_err(anyhow::Error::from)?,
+        None => ExerciseSpec {
+            workdir: "/workspace".into(),
+            auto_publish: true,
+            ..Default::default()
+        },
     };
+    let mut image = existing
+        .as_ref()
+        .map(|r| r.image.clone())
+        .unwrap_or_default();
+    if let Some(reference) = &input.image {
+        check_image_reference(reference)?;
+        let info = engine.image(reference).await?.ok_or_else(|| {
+            Invalid::new(
+                "image_not_found",
+                format!("image {reference:?} does not exist on the Docker engine"),
+            )
+        })?;
+        image = reference.clone();
+        spec.limits = input.limits.clone();
+        spec.network = input.network;
+        spec.workdir = input
+            .workdir
+            .clone()
+            .or(info.working_dir.filter(|w| check_workdir(w).is_ok()))
+            .unwrap_or_else(|| "/workspace".to_string());
+        spec.check = input.check.clone().unwrap_or_default();
+        spec.writable = vec![];
+        spec.current_version = None;
+    }
+    if input.title.is_some() {
+        spec.title = input.title;
+    }
+    if let Some(a) = input.auto_publish {
+        spec.auto_publish = a;
+    }
+    if input.git.is_some() {
+        spec.git = input.git;
+    }
+    if input.hook_secret.is_some() {
+        spec.hook_secret = input.hook_secret;
+    }
     let created = store
         .upsert_exercise(
             slug.as_str(),
-            &input.image,
+            &image,
             &serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
         )
         .await?;
@@ -250,6 +401,8 @@ pub fn sandbox_spec(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<S
             None
         },
         workdir: spec.workdir,
+        writable: spec.writable,
+        check: spec.check,
     })
 }
 

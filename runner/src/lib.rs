@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod builds;
+pub mod checks;
 pub mod config;
 pub mod docker;
 pub mod domain;
@@ -49,6 +50,7 @@ pub async fn launch(
     let background = [
         tokio::spawn(sessions::reaper::run(app.clone(), cancel.clone())),
         tokio::spawn(sessions::reconcile::run(app.clone(), cancel.clone())),
+        tokio::spawn(builds::run_worker(app.clone(), cancel.clone())),
     ];
     tracing::info!(addr = %listener.local_addr()?, instance = %app.settings.instance,
         runtime = app.settings.runtime.as_str(), "exercise-runner listening");

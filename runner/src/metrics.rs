@@ -13,6 +13,8 @@ pub struct Metrics {
     pub docker_errors: IntCounterVec,
     pub reconcile_actions: IntCounterVec,
     pub rejected_requests: IntCounterVec,
+    pub checks: IntCounterVec,
+    pub builds: IntCounterVec,
 }
 
 impl Metrics {
@@ -61,8 +63,20 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let checks = IntCounterVec::new(
+            Opts::new("runner_checks_total", "Checks of learners' work by verdict"),
+            &["verdict"],
+        )
+        .unwrap();
+        let builds = IntCounterVec::new(
+            Opts::new("runner_builds_total", "Finished exercise builds by outcome"),
+            &["outcome"],
+        )
+        .unwrap();
         for c in [
-            Box::new(sessions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(builds.clone()),
+            Box::new(sessions.clone()),
             Box::new(session_start_seconds.clone()),
             Box::new(sessions_reaped.clone()),
             Box::new(docker_errors.clone()),
@@ -79,6 +93,8 @@ impl Metrics {
             docker_errors,
             reconcile_actions,
             rejected_requests,
+            checks,
+            builds,
         }
     }
 

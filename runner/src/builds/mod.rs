@@ -1,4 +1,569 @@
-//! Exercise builds: repository in, proven image version out.
+//! Exercise builds: a repository in, a proven image version out ("continuous delivery for
+//! exercises").
+//!
+//! `queued → building → testing → succeeded | failed | cancelled`. A build reads the repository
+//! (an uploaded archive stored at submit time, or a git fetch), builds the image with the engine,
+//! then proves it in a real sandbox with the exercise's limits: the check must fail on the
+//! learner's starting files and pass with the reference solution. The version is the digest of
+//! the repository, so the same content is never built twice.
 
 pub mod archive;
+pub mod git;
+pub mod hooks;
+pub mod log;
 pub mod manifest;
+pub mod selftest;
+pub mod versions;
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    archive::{Caps, Tree},
+    log::BuildLog,
+    manifest::Manifest,
+};
+use crate::{
+    app::App,
+    domain::{Invalid, Slug},
+    exercises::{ExerciseSpec, GitSource},
+    store::{now_ms, BuildRecord, VersionRecord},
+};
+
+pub const QUEUED: &str = "queued";
+pub const BUILDING: &str = "building";
+pub const TESTING: &str = "testing";
+pub const SUCCEEDED: &str = "succeeded";
+pub const FAILED: &str = "failed";
+pub const CANCELLED: &str = "cancelled";
+pub const ACTIVE: [&str; 3] = [QUEUED, BUILDING, TESTING];
+
+/// Where a build's repository comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Source {
+    /// An uploaded archive, stored normalised at `<data_dir>/builds/<id>.tar` until the build ends.
+    Archive { bytes: u64 },
+    Git {
+        url: String,
+        #[serde(rename = "ref")]
+        git_ref: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        commit: Option<String>,
+    },
+}
+
+/// The self-test's two runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SelfTestReport {
+    pub starting_files: Option<RunSummary>,
+    pub solution: Option<RunSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub passed: bool,
+    pub exit_code: i64,
+    pub duration_ms: u64,
+}
+
+/// A build as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Build {
+    pub id: String,
+    pub exercise: String,
+    pub state: String,
+    pub source: serde_json::Value,
+    pub version: Option<String>,
+    pub image: Option<String>,
+    /// The same content was built before: no rebuild happened.
+    pub cached: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_test: Option<serde_json::Value>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn to_view(r: &BuildRecord) -> Build {
+    Build {
+        id: r.id.clone(),
+        exercise: r.exercise.clone(),
+        state: r.state.clone(),
+        source: serde_json::from_str(&r.source).unwrap_or_default(),
+        version: r.version.clone(),
+        image: r.image.clone(),
+        cached: r.cached,
+        failure_reason: r.failure_reason.clone(),
+        self_test: r
+            .self_test
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok()),
+        created_at: rfc3339(r.created_at),
+        started_at: r.started_at.map(rfc3339),
+        finished_at: r.finished_at.map(rfc3339),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("build {0:?} does not exist")]
+    NotFound(String),
+    #[error("exercise {0:?} does not exist")]
+    ExerciseNotFound(String),
+    #[error("version {1:?} of exercise {0:?} does not exist")]
+    VersionNotFound(String, String),
+    #[error("the image of version {1:?} of exercise {0:?} was removed; build it again")]
+    VersionImageRemoved(String, String),
+    #[error("build {0:?} has finished already")]
+    Finished(String),
+    #[error("{0} builds are waiting already; try again later")]
+    QueueFull(u64),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+pub fn caps(app: &App) -> Caps {
+    Caps {
+        max_unpacked_bytes: app.settings.max_unpacked_bytes,
+        max_files: app.settings.max_archive_files,
+    }
+}
+
+/// Checks that a repository tree is an exercise for `slug`: a valid manifest naming it, a
+/// Dockerfile, the learner files and the solution.
+pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, Invalid> {
+    let text = tree.file(manifest::FILE).ok_or_else(|| {
+        Invalid::new(
+            "invalid_manifest",
+            format!("the repository has no {} at its root", manifest::FILE),
+        )
+    })?;
+    let text = std::str::from_utf8(text).map_err(|_| {
+        Invalid::new(
+            "invalid_manifest",
+            format!("{} is not UTF-8", manifest::FILE),
+        )
+    })?;
+    let m = Manifest::parse(text, &app.settings.limit_caps)?;
+    if m.slug != slug.as_str() {
+        return Err(Invalid::new(
+            "invalid_manifest",
+            format!(
+                "{}: slug: {:?} does not match the exercise {:?} it is built for",
+                manifest::FILE,
+                m.slug,
+                slug.as_str()
+            ),
+        ));
+    }
+    if m.network && app.settings.sandbox_network.is_none() {
+        return Err(Invalid::new(
+            "network_not_allowed",
+            format!(
+                "{}: network: this runner does not allow sandboxes to have a network",
+                manifest::FILE
+            ),
+        ));
+    }
+    if tree.file("Dockerfile").is_none() {
+        return Err(Invalid::new(
+            "invalid_repository",
+            "the repository has no Dockerfile at its root",
+        ));
+    }
+    for (field, dir) in [
+        ("learner_files", &m.learner_files),
+        ("solution", &m.solution),
+    ] {
+        if !tree.has_dir(dir) {
+            return Err(Invalid::new(
+                "invalid_repository",
+                format!(
+                    "{}: {field}: the directory {dir:?} is missing or empty",
+                    manifest::FILE
+                ),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+async fn check_queue(app: &App) -> Result<(), BuildError> {
+    let active = app.store.count_builds_in(&ACTIVE).await?;
+    if active >= app.settings.max_queued_builds as i64 {
+        app.metrics
+            .rejected_requests
+            .with_label_values(&["build_queue"])
+            .inc();
+        return Err(BuildError::QueueFull(app.settings.max_queued_builds));
+    }
+    Ok(())
+}
+
+/// Queues a build of an uploaded archive. Nothing is written unless the archive is accepted.
+pub async fn submit_archive(
+    app: &Arc<App>,
+    slug: &Slug,
+    body: bytes::Bytes,
+) -> Result<BuildRecord, BuildError> {
+    check_queue(app).await?;
+    let caps = caps(app);
+    let tree = tokio::task::spawn_blocking(move || Tree::from_archive(&body, caps))
+        .await
+        .map_err(anyhow::Error::from)??;
+    validate_tree(app, slug, &tree)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let blob = tree.to_full_tar();
+    let dir = app.settings.builds_dir();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let path = dir.join(format!("{id}.tar"));
+    tokio::fs::write(&path, &blob)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let source = serde_json::to_string(&Source::Archive {
+        bytes: blob.len() as u64,
+    })
+    .map_err(anyhow::Error::from)?;
+    if let Err(e) = app.store.insert_build(&id, slug.as_str(), &source).await {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(e.into());
+    }
+    app.build_wake.notify_one();
+    app.store.build(&id).await?.ok_or(BuildError::NotFound(id))
+}
+
+/// Queues a build from git: the given source, or the exercise's configured one.
+pub async fn submit_git(
+    app: &Arc<App>,
+    slug: &Slug,
+    source: Option<GitSource>,
+    commit: Option<String>,
+) -> Result<BuildRecord, BuildError> {
+    check_queue(app).await?;
+    let source = match source {
+        Some(s) => s,
+        None => {
+            let r = app
+                .store
+                .exercise(slug.as_str())
+                .await?
+                .ok_or_else(|| BuildError::ExerciseNotFound(slug.to_string()))?;
+            let spec: ExerciseSpec = serde_json::from_str(&r.spec).map_err(anyhow::Error::from)?;
+            spec.git.ok_or_else(|| {
+                Invalid::new(
+                    "invalid_body",
+                    "send {\"git\": {\"url\": ..., \"ref\": ...}} or set the exercise's git source",
+                )
+            })?
+        }
+    };
+    crate::exercises::check_git(&source, app.settings.git_allow_local)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let src = Source::Git {
+        url: source.url,
+        git_ref: source.git_ref,
+        commit,
+    };
+    app.store
+        .insert_build(
+            &id,
+            slug.as_str(),
+            &serde_json::to_string(&src).map_err(anyhow::Error::from)?,
+        )
+        .await?;
+    app.build_wake.notify_one();
+    app.store.build(&id).await?.ok_or(BuildError::NotFound(id))
+}
+
+/// Cancels a queued or running build.
+pub async fn cancel(app: &App, id: &str) -> Result<BuildRecord, BuildError> {
+    let b = app
+        .store
+        .build(id)
+        .await?
+        .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+    if !ACTIVE.contains(&b.state.as_str()) {
+        return Err(BuildError::Finished(id.to_string()));
+    }
+    let running_here = app.build_cancels.lock().expect("lock").get(id).cloned();
+    if app
+        .store
+        .transition_build(
+            id,
+            &[QUEUED],
+            CANCELLED,
+            Some("cancelled before it started"),
+        )
+        .await?
+    {
+        let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{id}.tar"))).await;
+        BuildLog::open(&app.settings.builds_dir(), id).step("cancelled before it started");
+    } else if let Some(token) = running_here {
+        token.cancel();
+    } else {
+        // Running in no process (a replica died): end it here.
+        app.store
+            .transition_build(id, &[BUILDING, TESTING], CANCELLED, Some("cancelled"))
+            .await?;
+    }
+    // The running build notices the token within moments; report what the caller asked for.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let b = app
+            .store
+            .build(id)
+            .await?
+            .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+        if !ACTIVE.contains(&b.state.as_str()) || tokio::time::Instant::now() > deadline {
+            return Ok(b);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// At start: builds that were running when the runner stopped cannot be resumed mid-way; they
+/// are marked failed with the reason. Queued builds stay queued and run. Leftover self-test
+/// containers are removed.
+pub async fn recover(app: &App) -> anyhow::Result<()> {
+    for b in app.store.builds_in(&[BUILDING, TESTING]).await? {
+        tracing::warn!(build = %b.id, "build interrupted by a runner restart");
+        app.store
+            .transition_build(
+                &b.id,
+                &[BUILDING, TESTING],
+                FAILED,
+                Some("interrupted by a runner restart; submit it again"),
+            )
+            .await?;
+        BuildLog::open(&app.settings.builds_dir(), &b.id).step("interrupted by a runner restart");
+        let _ =
+            tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", b.id))).await;
+    }
+    for c in app.engine.list_selftest_containers().await? {
+        app.engine.remove_container(&c).await?;
+    }
+    Ok(())
+}
+
+/// The build worker: starts queued builds, oldest first, as build slots free up.
+pub async fn run_worker(app: Arc<App>, cancel: CancellationToken) {
+    loop {
+        loop {
+            let Ok(permit) = app.build_slots.clone().try_acquire_owned() else {
+                break;
+            };
+            match claim_next(&app).await {
+                Ok(Some(build)) => {
+                    tokio::spawn(run_build(app.clone(), build, permit));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not claim a queued build");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = app.build_wake.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+async fn claim_next(app: &App) -> anyhow::Result<Option<BuildRecord>> {
+    for b in app.store.builds_in(&[QUEUED]).await? {
+        // Conditional: with several replicas only one claims a build.
+        if app
+            .store
+            .transition_build(&b.id, &[QUEUED], BUILDING, None)
+            .await?
+        {
+            return app.store.build(&b.id).await;
+        }
+    }
+    Ok(None)
+}
+
+enum Stop {
+    Cancelled,
+    Failed(String),
+}
+
+async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePermit) {
+    let token = CancellationToken::new();
+    app.build_cancels
+        .lock()
+        .expect("lock")
+        .insert(build.id.clone(), token.clone());
+    let mut log = BuildLog::open(&app.settings.builds_dir(), &build.id);
+    log.step(&format!(
+        "build {} of exercise {}",
+        build.id, build.exercise
+    ));
+    let timeout = app.settings.build_timeout;
+    let outcome = tokio::select! {
+        _ = token.cancelled() => Err(Stop::Cancelled),
+        r = tokio::time::timeout(timeout, build_steps(&app, &build, &mut log, &token)) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if token.is_cancelled() => { let _ = e; Err(Stop::Cancelled) }
+            Ok(Err(e)) => Err(Stop::Failed(format!("{e:#}"))),
+            Err(_) => Err(Stop::Failed(format!("timed out after {} s", timeout.as_secs()))),
+        },
+    };
+    // Whatever happened, no self-test container outlives its build.
+    let name =
+        crate::docker::policy::Purpose::SelfTest(&build.id).container_name(app.engine.instance());
+    let _ = app.engine.remove_container(&name).await;
+    let active = [BUILDING, TESTING];
+    let (state, reason) = match outcome {
+        Ok(()) => (SUCCEEDED, None),
+        Err(Stop::Cancelled) => (CANCELLED, Some("cancelled".to_string())),
+        Err(Stop::Failed(reason)) => (FAILED, Some(reason.chars().take(2000).collect::<String>())),
+    };
+    if let Some(r) = &reason {
+        log.step(&format!("{state}: {r}"));
+    } else {
+        log.step(state);
+    }
+    if let Err(e) = app
+        .store
+        .transition_build(&build.id, &active, state, reason.as_deref())
+        .await
+    {
+        tracing::error!(build = %build.id, error = %format!("{e:#}"), "could not record the end of a build");
+    }
+    app.metrics.builds.with_label_values(&[state]).inc();
+    tracing::info!(build = %build.id, exercise = %build.exercise, state, "build finished");
+    let _ =
+        tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", build.id))).await;
+    app.build_cancels.lock().expect("lock").remove(&build.id);
+    app.build_wake.notify_one();
+}
+
+async fn load_tree(app: &App, build: &BuildRecord, log: &mut BuildLog) -> anyhow::Result<Tree> {
+    let source: Source = serde_json::from_str(&build.source)?;
+    match source {
+        Source::Archive { .. } => {
+            let bytes =
+                tokio::fs::read(app.settings.builds_dir().join(format!("{}.tar", build.id)))
+                    .await?;
+            Tree::from_archive(&bytes, caps(app)).map_err(|e| anyhow::anyhow!(e.message))
+        }
+        Source::Git { url, git_ref, .. } => {
+            log.step(&format!("fetching {url} at {git_ref}"));
+            let scratch = tempfile::Builder::new()
+                .prefix("git-")
+                .tempdir_in(app.settings.builds_dir())?;
+            let src = GitSource { url, git_ref };
+            let tree = git::fetch(
+                &src,
+                app.settings.git_allow_local,
+                caps(app),
+                scratch.path(),
+            )
+            .await;
+            drop(scratch);
+            tree
+        }
+    }
+}
+
+async fn build_steps(
+    app: &Arc<App>,
+    build: &BuildRecord,
+    log: &mut BuildLog,
+    token: &CancellationToken,
+) -> anyhow::Result<()> {
+    let slug = Slug::parse(&build.exercise).map_err(|e| anyhow::anyhow!(e.message))?;
+    let tree = load_tree(app, build, log).await?;
+    let manifest = validate_tree(app, &slug, &tree).map_err(|e| anyhow::anyhow!(e.message))?;
+    let version = tree.digest()[..12].to_string();
+    let image = format!("exercise-runner/{}:{}", slug, version);
+    log.step(&format!("version {version} ({image})"));
+
+    let known = app.store.version(slug.as_str(), &version).await?;
+    let cached = match known {
+        Some(k) if app.engine.image(&image).await?.is_some() => Some(k),
+        _ => None,
+    };
+    if let Some(known) = cached {
+        log.step("this content was built and proven before: no rebuild (cached)");
+        let self_test = app
+            .store
+            .build(&known.build_id)
+            .await?
+            .and_then(|b| b.self_test);
+        app.store
+            .set_build_result(&build.id, &version, &image, true, self_test.as_deref())
+            .await?;
+    } else {
+        log.step("docker build");
+        let labels = HashMap::from([
+            ("exercise-runner.exercise".to_string(), slug.to_string()),
+            ("exercise-runner.version".to_string(), version.clone()),
+        ]);
+        let req = crate::docker::images::BuildRequest {
+            context_tar: tree.build_context_tar(&manifest.solution),
+            tag: &image,
+            labels,
+            memory_mb: app.settings.build_memory_mb,
+        };
+        app.engine
+            .build_image(req, token, |line| log.write(line.trim_end_matches('\n')))
+            .await?;
+        app.store
+            .transition_build(&build.id, &[BUILDING], TESTING, None)
+            .await?;
+        log.step("self-test: the check must fail on the starting files and pass with the solution");
+        let report = selftest::run(app, &build.id, &image, &manifest, &tree, log).await;
+        let report_json = serde_json::to_string(&report.report)?;
+        app.store
+            .set_build_result(&build.id, &version, &image, false, Some(&report_json))
+            .await?;
+        report.result?;
+        app.store
+            .insert_version(&VersionRecord {
+                exercise: slug.to_string(),
+                version: version.clone(),
+                image: image.clone(),
+                manifest: serde_json::to_string(&manifest)?,
+                build_id: build.id.clone(),
+                created_at: now_ms(),
+                published_at: None,
+            })
+            .await?;
+    }
+    let auto = match app.store.exercise(slug.as_str()).await? {
+        Some(r) => serde_json::from_str::<ExerciseSpec>(&r.spec)?.auto_publish,
+        None => true,
+    };
+    if auto {
+        log.step(&format!("publishing version {version}"));
+        versions::publish(app, &slug, &version)
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing: {e}"))?;
+    } else {
+        log.step(&format!("version {version} is ready; publish it with POST /v1/exercises/{slug}/versions/{version}/publish"));
+    }
+    if let Err(e) = versions::collect_garbage(app, &slug).await {
+        log.write(&format!("warning: could not remove old versions: {e:#}"));
+    }
+    Ok(())
+}

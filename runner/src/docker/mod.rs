@@ -3,6 +3,7 @@
 //! Everything else in the runner talks about sandboxes, images and volumes; only this module
 //! knows bollard. Every call counts its failures in the `runner_docker_errors_total` metric.
 
+pub mod images;
 pub mod policy;
 
 use std::{collections::HashMap, sync::Arc};
@@ -35,6 +36,7 @@ pub struct Engine {
 pub struct ImageInfo {
     pub id: String,
     pub working_dir: Option<String>,
+    pub labels: HashMap<String, String>,
 }
 
 /// A sandbox container as found on the engine.
@@ -53,15 +55,42 @@ pub struct ContainerStatus {
     pub exit_code: Option<i64>,
 }
 
+/// A command to run inside a container.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    pub user: String,
+    pub workdir: Option<String>,
+    pub env: Vec<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub max_output: usize,
+    pub deadline: std::time::Duration,
+}
+
+impl ExecRequest {
+    pub fn new(cmd: Vec<String>, user: &str) -> Self {
+        ExecRequest {
+            cmd,
+            user: user.to_string(),
+            workdir: None,
+            env: vec![],
+            stdin: None,
+            max_output: 64 * 1024,
+            deadline: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 /// The result of a command run inside a sandbox.
 #[derive(Debug, Clone)]
 pub struct ExecOutput {
     pub exit_code: i64,
     pub output: String,
     pub truncated: bool,
+    pub timed_out: bool,
 }
 
-fn is_status(e: &BollardError, code: u16) -> bool {
+pub(crate) fn is_status(e: &BollardError, code: u16) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 
@@ -85,7 +114,11 @@ impl Engine {
         &self.instance
     }
 
-    fn count<T>(&self, op: &'static str, r: Result<T, BollardError>) -> Result<T, BollardError> {
+    pub(crate) fn count<T>(
+        &self,
+        op: &'static str,
+        r: Result<T, BollardError>,
+    ) -> Result<T, BollardError> {
         if let Err(e) = &r {
             if !is_status(e, 404) && !is_status(e, 409) && !is_status(e, 304) {
                 self.metrics.docker_errors.with_label_values(&[op]).inc();
@@ -112,6 +145,11 @@ impl Engine {
         match self.docker.inspect_image(reference).await {
             Ok(img) => Ok(Some(ImageInfo {
                 id: img.id.unwrap_or_default(),
+                labels: img
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.clone())
+                    .unwrap_or_default(),
                 working_dir: img
                     .config
                     .and_then(|c| c.working_dir)
@@ -241,17 +279,16 @@ impl Engine {
     }
 
     /// Runs a command (an argument vector, never a shell string built from input) in a running
-    /// container and collects its output up to `max_output` bytes.
-    pub async fn exec(
-        &self,
-        container: &str,
-        cmd: Vec<String>,
-        user: &str,
-        max_output: usize,
-    ) -> anyhow::Result<ExecOutput> {
+    /// container, feeding it `stdin`, and collects its output up to `max_output` bytes. Past the
+    /// deadline the output is abandoned and `timed_out` set (callers also bound the command
+    /// inside the sandbox with `timeout`, so it does not outlive the deadline).
+    pub async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {
         let opts = CreateExecOptions {
-            cmd: Some(cmd),
-            user: Some(user.to_string()),
+            cmd: Some(req.cmd),
+            user: Some(req.user),
+            working_dir: req.workdir,
+            env: (!req.env.is_empty()).then_some(req.env),
+            attach_stdin: Some(req.stdin.is_some()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             ..Default::default()
@@ -261,26 +298,76 @@ impl Engine {
         let r = self.docker.start_exec(&exec.id, None).await;
         let mut output = Vec::new();
         let mut truncated = false;
+        let mut timed_out = false;
         if let StartExecResults::Attached {
-            output: mut stream, ..
+            output: mut stream,
+            mut input,
         } = self.count("start_exec", r)?
         {
-            while let Some(chunk) = stream.next().await {
-                let bytes = chunk?.into_bytes();
-                let room = max_output.saturating_sub(output.len());
-                if bytes.len() > room {
-                    truncated = true;
+            if let Some(data) = req.stdin {
+                use tokio::io::AsyncWriteExt;
+                input
+                    .write_all(&data)
+                    .await
+                    .context("writing to the command's stdin")?;
+                input
+                    .shutdown()
+                    .await
+                    .context("closing the command's stdin")?;
+            }
+            let deadline = tokio::time::Instant::now() + req.deadline;
+            loop {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => {
+                        timed_out = true;
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => {
+                        let bytes = chunk?.into_bytes();
+                        let room = req.max_output.saturating_sub(output.len());
+                        if bytes.len() > room {
+                            truncated = true;
+                        }
+                        output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    }
                 }
-                output.extend_from_slice(&bytes[..bytes.len().min(room)]);
             }
         }
         let r = self.docker.inspect_exec(&exec.id).await;
-        let exit_code = self.count("inspect_exec", r)?.exit_code.unwrap_or(-1);
+        let exit_code = if timed_out {
+            None
+        } else {
+            self.count("inspect_exec", r)?.exit_code
+        };
         Ok(ExecOutput {
-            exit_code,
+            exit_code: exit_code.unwrap_or(-1),
             output: String::from_utf8_lossy(&output).into_owned(),
             truncated,
+            timed_out,
         })
+    }
+
+    /// Build containers of this instance (self-tests), running or not.
+    pub async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}={}", policy::LABEL_INSTANCE, self.instance),
+                policy::LABEL_BUILD.to_string(),
+            ],
+        )]);
+        let opts = ListContainersOptions {
+            all: true,
+            filters,
+            ..Default::default()
+        };
+        let r = self.docker.list_containers(Some(opts)).await;
+        Ok(self
+            .count("list_containers", r)?
+            .into_iter()
+            .filter_map(|c| c.id)
+            .collect())
     }
 
     // ---- volumes ----

@@ -14,7 +14,10 @@ use bollard::{
     },
 };
 
-use crate::config::{Limits, Runtime};
+use crate::{
+    builds::manifest::CheckSpec,
+    config::{Limits, Runtime},
+};
 
 /// The writable paths every sandbox gets, as tmpfs of `Limits::tmpfs_mb` each. The root
 /// filesystem is read-only; these and the workspace are the only places a learner can write.
@@ -32,15 +35,48 @@ pub struct SandboxSpec {
     pub network: Option<String>,
     /// Where the workspace volume is mounted, and the working directory of the sandbox.
     pub workdir: String,
+    /// Extra paths that get a tmpfs (from the exercise manifest).
+    #[serde(default)]
+    pub writable: Vec<String>,
+    /// How the learner's work is checked.
+    #[serde(default)]
+    pub check: CheckSpec,
+}
+
+/// What is mounted at the working directory.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkspaceMount<'a> {
+    /// A learner's persistent workspace volume.
+    Volume(&'a str),
+    /// A throwaway tmpfs of `Limits::workspace_mb` (self-tests of builds).
+    Tmpfs,
 }
 
 /// Who a sandbox belongs to; becomes its labels and name.
 #[derive(Debug, Clone)]
 pub struct SandboxOwner<'a> {
     pub instance: &'a str,
-    pub session_id: &'a str,
+    pub purpose: Purpose<'a>,
     pub learner: &'a str,
     pub exercise: &'a str,
+}
+
+/// Why a sandbox exists: a learner's session, or the self-test of a build.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose<'a> {
+    Session(&'a str),
+    SelfTest(&'a str),
+}
+
+impl Purpose<'_> {
+    /// The container name. Deterministic, so a create racing another create of the same
+    /// sandbox meets Docker's name conflict instead of making a second container.
+    pub fn container_name(&self, instance: &str) -> String {
+        match self {
+            Purpose::Session(id) => sandbox_name(instance, id),
+            Purpose::SelfTest(build) => format!("exercise-runner-{instance}-selftest-{build}"),
+        }
+    }
 }
 
 pub const LABEL_MANAGED: &str = "exercise-runner.managed";
@@ -49,9 +85,9 @@ pub const LABEL_SESSION: &str = "exercise-runner.session";
 pub const LABEL_LEARNER: &str = "exercise-runner.learner";
 pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
 pub const LABEL_WORKSPACE: &str = "exercise-runner.workspace";
+pub const LABEL_BUILD: &str = "exercise-runner.build";
 
-/// The container name of a session's sandbox. Deterministic, so a create racing another create
-/// of the same session meets Docker's name conflict instead of making a second container.
+/// The container name of a session's sandbox.
 pub fn sandbox_name(instance: &str, session_id: &str) -> String {
     format!("exercise-runner-{instance}-{session_id}")
 }
@@ -60,30 +96,44 @@ pub fn sandbox_name(instance: &str, session_id: &str) -> String {
 pub fn sandbox_container(
     spec: &SandboxSpec,
     owner: &SandboxOwner<'_>,
-    workspace_volume: &str,
+    workspace: WorkspaceMount<'_>,
     runtime: Runtime,
     user: &str,
 ) -> Config<String> {
     let l = &spec.limits;
     let memory = (l.memory_mb * 1024 * 1024) as i64;
     let cpu_period = 100_000i64;
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
         (LABEL_INSTANCE.to_string(), owner.instance.to_string()),
-        (LABEL_SESSION.to_string(), owner.session_id.to_string()),
         (LABEL_LEARNER.to_string(), owner.learner.to_string()),
         (LABEL_EXERCISE.to_string(), owner.exercise.to_string()),
     ]);
-    let tmpfs = TMPFS_PATHS
+    match owner.purpose {
+        Purpose::Session(id) => labels.insert(LABEL_SESSION.to_string(), id.to_string()),
+        Purpose::SelfTest(build) => labels.insert(LABEL_BUILD.to_string(), build.to_string()),
+    };
+    // `exec`: Docker defaults tmpfs to noexec, which would break running programs built in /tmp.
+    let tmpfs_opts = |mb: u64| format!("rw,exec,nosuid,nodev,size={mb}m,mode=1777");
+    let mut tmpfs: HashMap<String, String> = TMPFS_PATHS
         .iter()
-        // `exec`: Docker defaults tmpfs to noexec, which would break running programs built in /tmp.
-        .map(|p| {
-            (
-                p.to_string(),
-                format!("rw,exec,nosuid,nodev,size={}m,mode=1777", l.tmpfs_mb),
-            )
-        })
+        .copied()
+        .chain(spec.writable.iter().map(String::as_str))
+        .map(|p| (p.to_string(), tmpfs_opts(l.tmpfs_mb)))
         .collect();
+    let mut mounts = Vec::new();
+    match workspace {
+        WorkspaceMount::Volume(volume) => mounts.push(Mount {
+            target: Some(spec.workdir.clone()),
+            source: Some(volume.to_string()),
+            typ: Some(MountTypeEnum::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        }),
+        WorkspaceMount::Tmpfs => {
+            tmpfs.insert(spec.workdir.clone(), tmpfs_opts(l.workspace_mb));
+        }
+    }
     let host_config = HostConfig {
         // Pick the runtime: runc, or gVisor's runsc for a second kernel boundary.
         runtime: Some(runtime.as_str().to_string()),
@@ -99,13 +149,7 @@ pub fn sandbox_container(
         readonly_rootfs: Some(true),
         tmpfs: Some(tmpfs),
         // The workspace is a named volume (size-limited by its driver); no host path is mounted.
-        mounts: Some(vec![Mount {
-            target: Some(spec.workdir.clone()),
-            source: Some(workspace_volume.to_string()),
-            typ: Some(MountTypeEnum::VOLUME),
-            read_only: Some(false),
-            ..Default::default()
-        }]),
+        mounts: Some(mounts),
         binds: None,
         // Memory with swap equal to it: no swap, an OOM kill at the limit.
         memory: Some(memory),
@@ -169,14 +213,22 @@ mod tests {
             limits: Limits::DEFAULT,
             network: None,
             workdir: "/workspace".into(),
+            writable: vec!["/home/learner/.cache".into()],
+            check: CheckSpec::default(),
         };
         let owner = SandboxOwner {
             instance: "i",
-            session_id: "s",
+            purpose: Purpose::Session("s"),
             learner: "l",
             exercise: "e",
         };
-        let c = sandbox_container(&spec, &owner, "vol", Runtime::Runc, "1000:1000");
+        let c = sandbox_container(
+            &spec,
+            &owner,
+            WorkspaceMount::Volume("vol"),
+            Runtime::Runc,
+            "1000:1000",
+        );
         let h = c.host_config.as_ref().unwrap();
         assert_eq!(h.readonly_rootfs, Some(true));
         assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
@@ -184,8 +236,34 @@ mod tests {
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert_eq!(h.init, Some(true));
         assert!(h.binds.is_none());
+        assert!(
+            h.tmpfs
+                .as_ref()
+                .unwrap()
+                .contains_key("/home/learner/.cache"),
+            "writable paths are tmpfs"
+        );
+        assert_eq!(c.labels.as_ref().unwrap()[LABEL_SESSION], "s");
+        // A self-test sandbox has a tmpfs workspace and no volume.
+        let owner = SandboxOwner {
+            instance: "i",
+            purpose: Purpose::SelfTest("b"),
+            learner: "l",
+            exercise: "e",
+        };
+        let c = sandbox_container(
+            &spec,
+            &owner,
+            WorkspaceMount::Tmpfs,
+            Runtime::Runc,
+            "1000:1000",
+        );
+        let h = c.host_config.as_ref().unwrap();
+        assert!(h.mounts.as_ref().unwrap().is_empty());
+        assert!(h.tmpfs.as_ref().unwrap()["/workspace"].contains("size=512m"));
+        assert_eq!(c.labels.as_ref().unwrap()[LABEL_BUILD], "b");
+        assert!(!c.labels.as_ref().unwrap().contains_key(LABEL_SESSION));
         assert_eq!(c.user.as_deref(), Some("1000:1000"));
         assert_eq!(c.labels.as_ref().unwrap()[LABEL_MANAGED], "true");
-        assert_eq!(c.labels.as_ref().unwrap()[LABEL_SESSION], "s");
     }
 }

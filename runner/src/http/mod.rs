@@ -1,6 +1,7 @@
 //! The HTTP edge: routing, auth, limits, JSON in and out. Handlers are thin: parse and
 //! authorize, call the domain, map the result. Nothing here knows bollard or SQL.
 
+pub mod builds;
 pub mod exercises;
 pub mod extract;
 pub mod middleware;
@@ -23,6 +24,9 @@ impl From<SessionError> for ApiError {
             SessionError::ExerciseNotFound(_) => ApiError::not_found("exercise_not_found", msg),
             SessionError::NotFound(_) => ApiError::not_found("session_not_found", msg),
             SessionError::NotLive(_) => ApiError::conflict("session_not_live", msg),
+            SessionError::NotRunning(_) => ApiError::conflict("session_not_running", msg),
+            SessionError::NotPublished(_) => ApiError::conflict("exercise_not_published", msg),
+            SessionError::CheckQueueFull => ApiError::unavailable("check_queue_full", msg, 5),
             SessionError::AtCapacity(_) => ApiError::unavailable("session_capacity", msg, 30),
             SessionError::StartQueueFull => ApiError::unavailable("start_queue_full", msg, 5),
             SessionError::StartFailed { .. } => {

@@ -10,7 +10,10 @@ use axum::{
     Router,
 };
 
-use super::{exercises, middleware as mw, ops, sessions};
+use super::{builds, exercises, middleware as mw, ops, sessions};
+
+/// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
+const HOOK_BODY_LIMIT: usize = 1024 * 1024;
 use crate::{app::App, error::ApiError};
 
 pub fn build_axum_router(app: Arc<App>) -> Router {
@@ -23,10 +26,33 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
             get(sessions::get).delete(sessions::delete),
         )
         .route("/sessions/{id}/activity", post(sessions::activity))
+        .route(
+            "/sessions/{id}/checks",
+            post(sessions::create_check).get(sessions::list_checks),
+        )
+        .route(
+            "/exercises/{slug}/builds",
+            post(builds::create)
+                .get(builds::list)
+                .layer(DefaultBodyLimit::max(app.settings.max_archive_bytes)),
+        )
+        .route("/exercises/{slug}/versions", get(builds::versions))
+        .route(
+            "/exercises/{slug}/versions/{version}/publish",
+            post(builds::publish),
+        )
+        .route("/builds/{id}", get(builds::get))
+        .route("/builds/{id}/logs", get(builds::logs))
+        .route("/builds/{id}/cancel", post(builds::cancel))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             mw::require_token,
+        ))
+        // Push hooks authenticate by signature (the sender cannot hold our bearer token).
+        .merge(Router::new().route(
+            "/hooks/git",
+            post(builds::git_hook).layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)),
         ));
 
     Router::new()

@@ -109,3 +109,27 @@ pub async fn activity(
     sessions::touch(&app, &session_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+pub async fn create_check(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<crate::checks::Check>)> {
+    let record = crate::checks::check_session(&app, &session_id(&id)?).await?;
+    Ok((StatusCode::CREATED, Json(crate::checks::to_view(&record))))
+}
+
+pub async fn list_checks(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = session_id(&id)?;
+    sessions::get(&app, &id).await?;
+    let list: Vec<_> = app
+        .store
+        .checks_of(&id, 100)
+        .await?
+        .iter()
+        .map(crate::checks::to_view)
+        .collect();
+    Ok(Json(json!({ "checks": list })))
+}

@@ -14,7 +14,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::{
     app::App,
-    docker::{policy, SandboxOwner, SandboxSpec},
+    docker::{
+        policy::{self, Purpose, WorkspaceMount},
+        SandboxOwner, SandboxSpec,
+    },
     domain::{LearnerId, SessionState, Slug},
     exercises,
     store::{now_ms, SessionFilter, SessionRecord},
@@ -28,6 +31,12 @@ pub enum SessionError {
     NotFound(String),
     #[error("session {0:?} is not live")]
     NotLive(String),
+    #[error("session {0:?} is not running")]
+    NotRunning(String),
+    #[error("exercise {0:?} has no published version yet")]
+    NotPublished(String),
+    #[error("too many checks are running; try again shortly")]
+    CheckQueueFull,
     #[error("the runner is at its limit of {0} live sessions")]
     AtCapacity(u64),
     #[error("too many sandboxes are starting; try again shortly")]
@@ -104,6 +113,9 @@ pub async fn create(
         .exercise(exercise.as_str())
         .await?
         .ok_or_else(|| SessionError::ExerciseNotFound(exercise.to_string()))?;
+    if record.image.is_empty() {
+        return Err(SessionError::NotPublished(exercise.to_string()));
+    }
     if let Some(live) = app
         .store
         .live_session_for(learner.as_str(), exercise.as_str())
@@ -248,14 +260,14 @@ async fn start_sandbox(app: &App, session: &SessionRecord) -> anyhow::Result<boo
         .await?;
     let owner = SandboxOwner {
         instance: app.engine.instance(),
-        session_id: &session.id,
+        purpose: Purpose::Session(&session.id),
         learner: &session.learner,
         exercise: &session.exercise,
     };
     let config = policy::sandbox_container(
         &spec,
         &owner,
-        &volume,
+        WorkspaceMount::Volume(&volume),
         app.settings.runtime,
         &app.settings.sandbox_user,
     );

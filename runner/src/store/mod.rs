@@ -1,6 +1,7 @@
 //! All SQL lives here. One code path for SQLite (the embedded default) and PostgreSQL: runtime
 //! queries through `sqlx::Any`, portable SQL, `$n` placeholders (SQLite accepts them too).
 
+mod builds;
 mod records;
 
 use std::time::Duration;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
-pub use records::{ExerciseRecord, SessionRecord, WorkspaceRecord};
+pub use records::{
+    BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord,
+};
 
 use crate::domain::SessionState;
 

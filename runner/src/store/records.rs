@@ -94,3 +94,102 @@ impl WorkspaceRecord {
         })
     }
 }
+
+#[derive(Debug, Clone)]
+pub struct BuildRecord {
+    pub id: String,
+    pub exercise: String,
+    pub state: String,
+    /// JSON of [`crate::builds::Source`].
+    pub source: String,
+    pub version: Option<String>,
+    pub image: Option<String>,
+    pub cached: bool,
+    pub failure_reason: Option<String>,
+    /// JSON of [`crate::builds::SelfTestReport`].
+    pub self_test: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+impl BuildRecord {
+    pub const COLUMNS: &'static str =
+        "id, exercise, state, source, version, image, cached, failure_reason, self_test, \
+        created_at, started_at, finished_at";
+    pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        Ok(BuildRecord {
+            id: r.try_get("id")?,
+            exercise: r.try_get("exercise")?,
+            state: r.try_get("state")?,
+            source: r.try_get("source")?,
+            version: r.try_get("version")?,
+            image: r.try_get("image")?,
+            cached: r.try_get::<i64, _>("cached")? != 0,
+            failure_reason: r.try_get("failure_reason")?,
+            self_test: r.try_get("self_test")?,
+            created_at: r.try_get("created_at")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    pub exercise: String,
+    pub version: String,
+    pub image: String,
+    /// JSON of [`crate::builds::manifest::Manifest`].
+    pub manifest: String,
+    pub build_id: String,
+    pub created_at: i64,
+    pub published_at: Option<i64>,
+}
+
+impl VersionRecord {
+    pub const COLUMNS: &'static str =
+        "exercise, version, image, manifest, build_id, created_at, published_at";
+    pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        Ok(VersionRecord {
+            exercise: r.try_get("exercise")?,
+            version: r.try_get("version")?,
+            image: r.try_get("image")?,
+            manifest: r.try_get("manifest")?,
+            build_id: r.try_get("build_id")?,
+            created_at: r.try_get("created_at")?,
+            published_at: r.try_get("published_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckRecord {
+    pub id: String,
+    pub session_id: String,
+    pub passed: bool,
+    pub exit_code: i64,
+    pub output: String,
+    pub truncated: bool,
+    pub timed_out: bool,
+    pub duration_ms: i64,
+    pub created_at: i64,
+}
+
+impl CheckRecord {
+    pub const COLUMNS: &'static str =
+        "id, session_id, passed, exit_code, output, truncated, timed_out, duration_ms, created_at";
+    pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        Ok(CheckRecord {
+            id: r.try_get("id")?,
+            session_id: r.try_get("session_id")?,
+            passed: r.try_get::<i64, _>("passed")? != 0,
+            exit_code: r.try_get("exit_code")?,
+            output: r.try_get("output")?,
+            truncated: r.try_get::<i64, _>("truncated")? != 0,
+            timed_out: r.try_get::<i64, _>("timed_out")? != 0,
+            duration_ms: r.try_get("duration_ms")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+}

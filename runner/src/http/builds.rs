@@ -1,0 +1,268 @@
+//! `/v1/exercises/{slug}/builds`, `/v1/builds/{id}`, versions, push hooks.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    app::App,
+    builds::{self, hooks, log, Build, BuildError},
+    domain::Slug,
+    error::{ApiError, ApiResult},
+    exercises::{Exercise, GitSource},
+};
+
+impl From<BuildError> for ApiError {
+    fn from(e: BuildError) -> Self {
+        let msg = e.to_string();
+        match e {
+            BuildError::Invalid(i) => i.into(),
+            BuildError::NotFound(_) => ApiError::not_found("build_not_found", msg),
+            BuildError::ExerciseNotFound(_) => ApiError::not_found("exercise_not_found", msg),
+            BuildError::VersionNotFound(..) => ApiError::not_found("version_not_found", msg),
+            BuildError::VersionImageRemoved(..) => ApiError::conflict("version_image_removed", msg),
+            BuildError::Finished(_) => ApiError::conflict("build_finished", msg),
+            BuildError::QueueFull(_) => ApiError::unavailable("build_queue_full", msg, 30),
+            BuildError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GitBuild {
+    #[serde(default)]
+    git: Option<GitSource>,
+}
+
+fn build_id(id: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::not_found("build_not_found", format!("build {id:?} does not exist")))
+}
+
+/// `POST /v1/exercises/{slug}/builds`: a tar or tar.gz body, or JSON `{"git": {"url", "ref"}}`
+/// (or `{}` for the exercise's configured git source).
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Build>)> {
+    let slug = Slug::parse(&slug)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let record = if content_type.starts_with("application/json") {
+        let req: GitBuild = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+        })?;
+        builds::submit_git(&app, &slug, req.git, None).await?
+    } else {
+        if body.is_empty() {
+            return Err(ApiError::invalid(
+                "invalid_archive",
+                "send the repository as a tar or tar.gz body",
+            ));
+        }
+        builds::submit_archive(&app, &slug, body).await?
+    };
+    Ok((StatusCode::ACCEPTED, Json(builds::to_view(&record))))
+}
+
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let slug = Slug::parse(&slug)?;
+    let list: Vec<Build> = app
+        .store
+        .builds_of(slug.as_str(), 100)
+        .await?
+        .iter()
+        .map(builds::to_view)
+        .collect();
+    Ok(Json(json!({ "builds": list })))
+}
+
+pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Build>> {
+    let id = build_id(&id)?;
+    let b = app
+        .store
+        .build(&id)
+        .await?
+        .ok_or_else(|| ApiError::from(BuildError::NotFound(id)))?;
+    Ok(Json(builds::to_view(&b)))
+}
+
+pub async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Build>> {
+    let b = builds::cancel(&app, &build_id(&id)?).await?;
+    Ok(Json(builds::to_view(&b)))
+}
+
+/// `GET /v1/builds/{id}/logs`: plain text, streamed live while the build runs (the Docker build
+/// output and the self-test), then the whole log replayed once it has ended.
+pub async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = build_id(&id)?;
+    app.store
+        .build(&id)
+        .await?
+        .ok_or_else(|| ApiError::from(BuildError::NotFound(id.clone())))?;
+    let path = log::path(&app.settings.builds_dir(), &id);
+    let give_up =
+        tokio::time::Instant::now() + app.settings.build_timeout + Duration::from_secs(120);
+    struct Follow {
+        app: Arc<App>,
+        id: String,
+        path: std::path::PathBuf,
+        offset: u64,
+        done: bool,
+        give_up: tokio::time::Instant,
+    }
+    let state = Follow {
+        app,
+        id,
+        path,
+        offset: 0,
+        done: false,
+        give_up,
+    };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            let chunk = read_from(&s.path, s.offset).await;
+            if !chunk.is_empty() {
+                s.offset += chunk.len() as u64;
+                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), s));
+            }
+            let finished = match s.app.store.build(&s.id).await {
+                Ok(Some(b)) => !builds::ACTIVE.contains(&b.state.as_str()),
+                _ => true,
+            };
+            if finished {
+                // One last read: the end of the log is written before the state changes.
+                let rest = read_from(&s.path, s.offset).await;
+                s.done = true;
+                if rest.is_empty() {
+                    return None;
+                }
+                s.offset += rest.len() as u64;
+                return Some((Ok(Bytes::from(rest)), s));
+            }
+            if tokio::time::Instant::now() > s.give_up {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut f) = tokio::fs::File::open(path).await else {
+        return vec![];
+    };
+    if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+        return vec![];
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(256 * 1024).read_to_end(&mut buf).await;
+    buf
+}
+
+pub async fn versions(
+    State(app): State<Arc<App>>,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let slug = Slug::parse(&slug)?;
+    let current = match app.store.exercise(slug.as_str()).await? {
+        Some(r) => {
+            serde_json::from_str::<crate::exercises::ExerciseSpec>(&r.spec)
+                .map_err(anyhow::Error::from)?
+                .current_version
+        }
+        None => None,
+    };
+    let list: Vec<serde_json::Value> = app
+        .store
+        .versions(slug.as_str())
+        .await?
+        .into_iter()
+        .map(|v| {
+            let ts = |ms: i64| {
+                chrono::DateTime::from_timestamp_millis(ms)
+                    .unwrap_or_default()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            };
+            json!({
+                "version": v.version,
+                "image": v.image,
+                "build_id": v.build_id,
+                "current": current.as_deref() == Some(v.version.as_str()),
+                "created_at": ts(v.created_at),
+                "published_at": v.published_at.map(ts),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "versions": list, "current_version": current }),
+    ))
+}
+
+pub async fn publish(
+    State(app): State<Arc<App>>,
+    Path((slug, version)): Path<(String, String)>,
+) -> ApiResult<Json<Exercise>> {
+    let slug = Slug::parse(&slug)?;
+    let exercise = builds::versions::publish(&app, &slug, &version).await?;
+    let _ = builds::versions::collect_garbage(&app, &slug).await;
+    Ok(Json(exercise))
+}
+
+/// `POST /v1/hooks/git`: authenticated by its signature, not by the bearer token.
+pub async fn git_hook(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    match hooks::handle(
+        &app,
+        header("x-github-event"),
+        header("x-hub-signature-256"),
+        &body,
+    )
+    .await
+    {
+        Ok(outcome) => {
+            let list: Vec<Build> = outcome.builds.iter().map(builds::to_view).collect();
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"builds": list, "ignored": outcome.ignored})),
+            ))
+        }
+        Err(hooks::HookError::BadSignature) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "missing or invalid X-Hub-Signature-256",
+        )),
+        Err(hooks::HookError::BadPayload(m)) => Err(ApiError::bad_request("invalid_push_event", m)),
+        Err(hooks::HookError::Build(e)) => Err(e.into()),
+    }
+}

@@ -1,0 +1,264 @@
+//! SQL for builds, exercise versions and checks.
+
+use sqlx::Row;
+
+use super::{now_ms, BuildRecord, CheckRecord, Store, VersionRecord};
+
+impl Store {
+    pub async fn insert_build(&self, id: &str, exercise: &str, source: &str) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO builds (id, exercise, state, source, created_at) VALUES ($1, $2, 'queued', $3, $4)")
+            .bind(id)
+            .bind(exercise)
+            .bind(source)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn build(&self, id: &str) -> anyhow::Result<Option<BuildRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM builds WHERE id = $1",
+            BuildRecord::COLUMNS
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| BuildRecord::from_row(&r)).transpose()
+    }
+
+    pub async fn builds_of(&self, exercise: &str, limit: i64) -> anyhow::Result<Vec<BuildRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM builds WHERE exercise = $1 ORDER BY created_at DESC, id LIMIT $2",
+            BuildRecord::COLUMNS
+        ))
+        .bind(exercise)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(BuildRecord::from_row).collect()
+    }
+
+    pub async fn builds_in(&self, states: &[&str]) -> anyhow::Result<Vec<BuildRecord>> {
+        let list = states
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM builds WHERE state IN ({list}) ORDER BY created_at, id",
+            BuildRecord::COLUMNS
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(BuildRecord::from_row).collect()
+    }
+
+    pub async fn count_builds_in(&self, states: &[&str]) -> anyhow::Result<i64> {
+        let list = states
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n FROM builds WHERE state IN ({list})"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+
+    /// Moves a build from one of `from` to `to`; false when it was not in one of them.
+    pub async fn transition_build(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        reason: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        let list = from
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let terminal = matches!(to, "succeeded" | "failed" | "cancelled");
+        let now = now_ms();
+        let n = sqlx::query(&format!(
+            "UPDATE builds SET state = $1, failure_reason = COALESCE($2, failure_reason), \
+             started_at = CASE WHEN $3 = 1 THEN COALESCE(started_at, $4) ELSE started_at END, \
+             finished_at = CASE WHEN $5 = 1 THEN $4 ELSE finished_at END \
+             WHERE id = $6 AND state IN ({list})"
+        ))
+        .bind(to)
+        .bind(reason)
+        .bind(i64::from(to == "building"))
+        .bind(now)
+        .bind(i64::from(terminal))
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    pub async fn set_build_result(
+        &self,
+        id: &str,
+        version: &str,
+        image: &str,
+        cached: bool,
+        self_test: Option<&str>,
+    ) -> anyhow::Result<()> {
+        sqlx::query("UPDATE builds SET version = $1, image = $2, cached = $3, self_test = COALESCE($4, self_test) WHERE id = $5")
+            .bind(version)
+            .bind(image)
+            .bind(i64::from(cached))
+            .bind(self_test)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- versions ----
+
+    pub async fn insert_version(&self, v: &VersionRecord) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO exercise_versions (exercise, version, image, manifest, build_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (exercise, version) DO NOTHING",
+        )
+        .bind(&v.exercise)
+        .bind(&v.version)
+        .bind(&v.image)
+        .bind(&v.manifest)
+        .bind(&v.build_id)
+        .bind(v.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn version(
+        &self,
+        exercise: &str,
+        version: &str,
+    ) -> anyhow::Result<Option<VersionRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM exercise_versions WHERE exercise = $1 AND version = $2",
+            VersionRecord::COLUMNS
+        ))
+        .bind(exercise)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| VersionRecord::from_row(&r)).transpose()
+    }
+
+    pub async fn versions(&self, exercise: &str) -> anyhow::Result<Vec<VersionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM exercise_versions WHERE exercise = $1 ORDER BY created_at DESC, version",
+            VersionRecord::COLUMNS
+        ))
+        .bind(exercise)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(VersionRecord::from_row).collect()
+    }
+
+    /// Records a publish: the exercise's image and spec, and the version's publish time, at once.
+    pub async fn publish_version(
+        &self,
+        exercise: &str,
+        version: &str,
+        image: &str,
+        spec: &str,
+    ) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4",
+        )
+        .bind(image)
+        .bind(spec)
+        .bind(now)
+        .bind(exercise)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            sqlx::query("INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
+                .bind(exercise)
+                .bind(image)
+                .bind(spec)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "UPDATE exercise_versions SET published_at = $1 WHERE exercise = $2 AND version = $3",
+        )
+        .bind(now)
+        .bind(exercise)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn delete_version(&self, exercise: &str, version: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM exercise_versions WHERE exercise = $1 AND version = $2")
+            .bind(exercise)
+            .bind(version)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Images that live sessions run (they keep their version until they end).
+    pub async fn images_in_use(&self) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT image FROM sessions WHERE state IN ('starting', 'running', 'stopping')")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("image")?))
+            .collect()
+    }
+
+    // ---- checks ----
+
+    pub async fn insert_check(&self, c: &CheckRecord) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO checks (id, session_id, passed, exit_code, output, truncated, timed_out, duration_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&c.id)
+        .bind(&c.session_id)
+        .bind(i64::from(c.passed))
+        .bind(c.exit_code)
+        .bind(&c.output)
+        .bind(i64::from(c.truncated))
+        .bind(i64::from(c.timed_out))
+        .bind(c.duration_ms)
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn checks_of(
+        &self,
+        session_id: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<CheckRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM checks WHERE session_id = $1 ORDER BY created_at DESC, id LIMIT $2",
+            CheckRecord::COLUMNS
+        ))
+        .bind(session_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(CheckRecord::from_row).collect()
+    }
+}
