@@ -31,12 +31,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 fn report(name: &str, mut v: Vec<Duration>) -> (Duration, Duration) {
     v.sort();
     let (p50, p95) = (pct(&v, 0.5), pct(&v, 0.95));
-    println!(
-        "{name:<44} n={:<3} p50 {:>7.1} ms   p95 {:>7.1} ms",
-        v.len(),
-        ms(p50),
-        ms(p95)
-    );
+    println!("{name:<44} n={:<3} p50 {:>7.1} ms   p95 {:>7.1} ms", v.len(), ms(p50), ms(p95));
     (p50, p95)
 }
 
@@ -46,17 +41,10 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let runtime: Runtime = std::env::var("BENCH_RUNTIME")
-        .unwrap_or_else(|_| "runc".into())
-        .parse()?;
+    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let runtime: Runtime = std::env::var("BENCH_RUNTIME").unwrap_or_else(|_| "runc".into()).parse()?;
     let instance = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let dir = tempfile::Builder::new()
-        .prefix("exercise-runner-bench-")
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix("exercise-runner-bench-").tempdir()?;
 
     // Baseline: the same hardened container, created and started directly (volume pre-made).
     let engine = Engine::connect(&instance, Arc::new(Metrics::new())).await?;
@@ -73,23 +61,11 @@ async fn main() -> anyhow::Result<()> {
     let mut baseline = Vec::new();
     for i in 0..n {
         let id = format!("baseline-{i}");
-        let owner = SandboxOwner {
-            instance: &instance,
-            purpose: Purpose::Session(&id),
-            learner: "bench",
-            exercise: "bench",
-        };
-        let config = policy::sandbox_container(
-            &spec,
-            &owner,
-            WorkspaceMount::Volume(&volume),
-            runtime,
-            "1000:1000",
-        );
+        let owner =
+            SandboxOwner { instance: &instance, purpose: Purpose::Session(&id), learner: "bench", exercise: "bench" };
+        let config = policy::sandbox_container(&spec, &owner, WorkspaceMount::Volume(&volume), runtime, "1000:1000");
         let t = Instant::now();
-        let c = engine
-            .create_container(&policy::sandbox_name(&instance, &id), config)
-            .await?;
+        let c = engine.create_container(&policy::sandbox_name(&instance, &id), config).await?;
         engine.start_container(&c).await?;
         baseline.push(t.elapsed());
         engine.remove_container(&c).await?;
@@ -99,10 +75,7 @@ async fn main() -> anyhow::Result<()> {
     // The API: a real runner on loopback with SQLite and loop-device workspaces.
     let mut settings = Settings::defaults();
     settings.data_dir = dir.path().to_path_buf();
-    settings.database_url = Secret::new(format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("runner.db").display()
-    ));
+    settings.database_url = Secret::new(format!("sqlite://{}?mode=rwc", dir.path().join("runner.db").display()));
     settings.api_token = Some(Secret::new(TOKEN));
     settings.instance = instance.clone();
     settings.runtime = runtime;
@@ -159,11 +132,7 @@ async fn main() -> anyhow::Result<()> {
         engine.remove_container(&c.id).await?;
     }
 
-    println!(
-        "session start, runtime {}, {} rounds each",
-        runtime.as_str(),
-        n
-    );
+    println!("session start, runtime {}, {} rounds each", runtime.as_str(), n);
     let (b50, b95) = report("baseline: hardened create+start (bollard)", baseline);
     let (n50, n95) = report("API: POST /v1/sessions, new learner", new_learner);
     let (r50, r95) = report("API: POST /v1/sessions, returning learner", returning);

@@ -39,6 +39,8 @@ need_pkg mkfs.ext4 e2fsprogs
 need_pkg losetup mount
 need_pkg debootstrap debootstrap
 need_pkg python3 python3
+need_pkg git git
+need_pkg tar tar
 
 # 2. runsc registered as a runtime. gVisor needs --network=none when dockerd runs in the root
 #    network namespace of these machines; sandboxes have no network by default anyway.

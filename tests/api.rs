@@ -9,9 +9,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn error_code(v: &Value) -> &str {
-    v["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not a JSON error: {v}"))
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not a JSON error: {v}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,74 +25,33 @@ async fn health_readiness_and_metrics_answer_without_a_token() {
 
     app.exercise("metrics", json!({})).await;
     app.session("learner-1", "metrics").await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for needle in [
         "runner_sessions{state=\"running\"} 1",
         "runner_session_start_duration_seconds_bucket",
         "runner_sessions_reaped_total",
         "runner_docker_errors_total",
     ] {
-        assert!(
-            text.contains(needle) || needle.ends_with("_total"),
-            "metrics lack {needle}:\n{text}"
-        );
+        assert!(text.contains(needle) || needle.ends_with("_total"), "metrics lack {needle}:\n{text}");
     }
-    assert!(
-        text.contains("runner_session_start_duration_seconds_count{runtime=\"runc\"} 1"),
-        "{text}"
-    );
+    assert!(text.contains("runner_session_start_duration_seconds_count{runtime=\"runc\"} 1"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_requires_the_bearer_token() {
     let app = spawn_app().await;
-    let r = app
-        .client
-        .get(app.url("/v1/exercises"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/v1/exercises")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let v: Value = r.json().await.unwrap();
     assert_eq!(error_code(&v), "unauthorized");
     assert!(v["error"]["request_id"].is_string());
 
-    let r = app
-        .client
-        .get(app.url("/v1/exercises"))
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.get(app.url("/v1/exercises")).bearer_auth("wrong").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = app
-        .client
-        .get(app.url("/v1/exercises"))
-        .header("authorization", TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        401,
-        "a token without the Bearer scheme is refused"
-    );
+    let r = app.client.get(app.url("/v1/exercises")).header("authorization", TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a token without the Bearer scheme is refused");
     // A refused create changes nothing.
-    let r = app
-        .client
-        .put(app.url("/v1/exercises/sneaky"))
-        .json(&json!({"image": IMAGE}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.client.put(app.url("/v1/exercises/sneaky")).json(&json!({"image": IMAGE})).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(app.get("/v1/exercises/sneaky").await.0, 404);
 }
@@ -102,22 +59,13 @@ async fn v1_requires_the_bearer_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exercises_are_created_updated_listed_and_validated() {
     let app = spawn_app().await;
-    let (status, v) = app
-        .put(
-            "/v1/exercises/python-basics",
-            json!({"image": IMAGE, "title": "Basics"}),
-        )
-        .await;
+    let (status, v) = app.put("/v1/exercises/python-basics", json!({"image": IMAGE, "title": "Basics"})).await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["slug"], "python-basics");
     assert_eq!(v["workdir"], "/workspace", "the image's WORKDIR is used");
     assert_eq!(v["network"], false);
-    let (status, v) = app
-        .put(
-            "/v1/exercises/python-basics",
-            json!({"image": IMAGE, "limits": {"memory_mb": 200}}),
-        )
-        .await;
+    let (status, v) =
+        app.put("/v1/exercises/python-basics", json!({"image": IMAGE, "limits": {"memory_mb": 200}})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["limits"]["memory_mb"], 200);
     let (status, v) = app.get("/v1/exercises/python-basics").await;
@@ -128,77 +76,23 @@ async fn exercises_are_created_updated_listed_and_validated() {
 
     // Each kind of bad input: the right status and code, and nothing written.
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        (
-            "/v1/exercises/Bad_Slug",
-            json!({"image": IMAGE}),
-            422,
-            "invalid_slug",
-        ),
-        (
-            "/v1/exercises/-x",
-            json!({"image": IMAGE}),
-            422,
-            "invalid_slug",
-        ),
-        (
-            "/v1/exercises/missing-image",
-            json!({"image": "no-such/image:1"}),
-            422,
-            "image_not_found",
-        ),
-        (
-            "/v1/exercises/bad-ref",
-            json!({"image": "$(reboot)"}),
-            422,
-            "invalid_image",
-        ),
-        (
-            "/v1/exercises/greedy",
-            json!({"image": IMAGE, "limits": {"memory_mb": 999999}}),
-            422,
-            "limit_exceeds_cap",
-        ),
-        (
-            "/v1/exercises/tiny",
-            json!({"image": IMAGE, "limits": {"pids": 1}}),
-            422,
-            "limit_too_small",
-        ),
-        (
-            "/v1/exercises/typed",
-            json!({"image": 42}),
-            422,
-            "invalid_body",
-        ),
-        (
-            "/v1/exercises/unknown",
-            json!({"image": IMAGE, "privileged": true}),
-            422,
-            "invalid_body",
-        ),
-        (
-            "/v1/exercises/wd",
-            json!({"image": IMAGE, "workdir": "/tmp"}),
-            422,
-            "invalid_workdir",
-        ),
-        (
-            "/v1/exercises/wd2",
-            json!({"image": IMAGE, "workdir": "/a/../etc"}),
-            422,
-            "invalid_workdir",
-        ),
+        ("/v1/exercises/Bad_Slug", json!({"image": IMAGE}), 422, "invalid_slug"),
+        ("/v1/exercises/-x", json!({"image": IMAGE}), 422, "invalid_slug"),
+        ("/v1/exercises/missing-image", json!({"image": "no-such/image:1"}), 422, "image_not_found"),
+        ("/v1/exercises/bad-ref", json!({"image": "$(reboot)"}), 422, "invalid_image"),
+        ("/v1/exercises/greedy", json!({"image": IMAGE, "limits": {"memory_mb": 999999}}), 422, "limit_exceeds_cap"),
+        ("/v1/exercises/tiny", json!({"image": IMAGE, "limits": {"pids": 1}}), 422, "limit_too_small"),
+        ("/v1/exercises/typed", json!({"image": 42}), 422, "invalid_body"),
+        ("/v1/exercises/unknown", json!({"image": IMAGE, "privileged": true}), 422, "invalid_body"),
+        ("/v1/exercises/wd", json!({"image": IMAGE, "workdir": "/tmp"}), 422, "invalid_workdir"),
+        ("/v1/exercises/wd2", json!({"image": IMAGE, "workdir": "/a/../etc"}), 422, "invalid_workdir"),
     ];
     for (path, body, status, code) in cases {
         let (s, v) = app.put(path, body).await;
         assert_eq!((s, error_code(&v)), (status, code), "{path}: {v}");
     }
     let (_, v) = app.get("/v1/exercises").await;
-    assert_eq!(
-        v["exercises"].as_array().unwrap().len(),
-        1,
-        "no bad input created an exercise: {v}"
-    );
+    assert_eq!(v["exercises"].as_array().unwrap().len(), 1, "no bad input created an exercise: {v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,37 +100,20 @@ async fn malformed_and_oversized_bodies_get_json_errors() {
     let app = spawn_app_with(|s| s.max_body_bytes = 4096).await;
     app.exercise("hello", json!({})).await;
     let raw = |body: String, ct: &'static str| {
-        app.client
-            .post(app.url("/v1/sessions"))
-            .bearer_auth(TOKEN)
-            .header("content-type", ct)
-            .body(body)
-            .send()
+        app.client.post(app.url("/v1/sessions")).bearer_auth(TOKEN).header("content-type", ct).body(body).send()
     };
     let r = raw("{not json".into(), "application/json").await.unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(error_code(&r.json().await.unwrap()), "malformed_json");
 
-    let r = raw(
-        json!({"learner": 7, "exercise": "hello"}).to_string(),
-        "application/json",
-    )
-    .await
-    .unwrap();
+    let r = raw(json!({"learner": 7, "exercise": "hello"}).to_string(), "application/json").await.unwrap();
     assert_eq!(r.status(), 422);
     assert_eq!(error_code(&r.json().await.unwrap()), "invalid_body");
 
-    let r = raw(json!({"learner": "a"}).to_string(), "application/json")
-        .await
-        .unwrap();
+    let r = raw(json!({"learner": "a"}).to_string(), "application/json").await.unwrap();
     assert_eq!(r.status(), 422, "a missing field");
 
-    let r = raw(
-        json!({"learner": "a", "exercise": "hello"}).to_string(),
-        "text/plain",
-    )
-    .await
-    .unwrap();
+    let r = raw(json!({"learner": "a", "exercise": "hello"}).to_string(), "text/plain").await.unwrap();
     assert_eq!(r.status(), 415);
 
     let big = json!({"learner": "a".repeat(10_000), "exercise": "hello"}).to_string();
@@ -244,22 +121,13 @@ async fn malformed_and_oversized_bodies_get_json_errors() {
     assert_eq!(r.status(), 413);
     assert_eq!(error_code(&r.json().await.unwrap()), "body_too_large");
 
-    let (s, v) = app
-        .post(
-            "/v1/sessions",
-            json!({"learner": "a b", "exercise": "hello"}),
-        )
-        .await;
+    let (s, v) = app.post("/v1/sessions", json!({"learner": "a b", "exercise": "hello"})).await;
     assert_eq!((s, error_code(&v)), (422, "invalid_learner"));
-    let (s, v) = app
-        .post("/v1/sessions", json!({"learner": "a", "exercise": "nope"}))
-        .await;
+    let (s, v) = app.post("/v1/sessions", json!({"learner": "a", "exercise": "nope"})).await;
     assert_eq!((s, error_code(&v)), (404, "exercise_not_found"));
     let (s, v) = app.get("/v1/sessions/not-a-uuid").await;
     assert_eq!((s, error_code(&v)), (404, "session_not_found"));
-    let (s, v) = app
-        .get(&format!("/v1/sessions/{}", uuid::Uuid::new_v4()))
-        .await;
+    let (s, v) = app.get(&format!("/v1/sessions/{}", uuid::Uuid::new_v4())).await;
     assert_eq!((s, error_code(&v)), (404, "session_not_found"));
     let (s, v) = app.get("/v1/sessions?state=sleeping").await;
     assert_eq!((s, error_code(&v)), (400, "invalid_query"));
@@ -284,19 +152,10 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     let mut statuses = Vec::new();
     let mut retry_after = None;
     for _ in 0..8 {
-        let r = app
-            .client
-            .get(app.url("/v1/exercises"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = app.client.get(app.url("/v1/exercises")).bearer_auth(TOKEN).send().await.unwrap();
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
-            retry_after = r
-                .headers()
-                .get("retry-after")
-                .map(|v| v.to_str().unwrap().to_string());
+            retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
             let v: Value = r.json().await.unwrap();
             assert_eq!(error_code(&v), "rate_limited");
         }
@@ -306,15 +165,7 @@ async fn the_rate_limit_answers_429_with_retry_after() {
     let secs: u64 = retry_after.expect("Retry-After on 429").parse().unwrap();
     assert!(secs >= 1);
     // Health checks are not rate limited.
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,20 +176,12 @@ async fn concurrent_starts_are_bounded_and_the_excess_gets_503() {
     })
     .await;
     app.exercise("busy", json!({})).await;
-    let requests = (0..6).map(|i| {
-        app.post(
-            "/v1/sessions",
-            json!({"learner": format!("l{i}"), "exercise": "busy"}),
-        )
-    });
+    let requests = (0..6).map(|i| app.post("/v1/sessions", json!({"learner": format!("l{i}"), "exercise": "busy"})));
     let results = futures_util::future::join_all(requests).await;
     let created = results.iter().filter(|(s, _)| *s == 201).count();
     let refused: Vec<_> = results.iter().filter(|(s, _)| *s == 503).collect();
     assert!(created >= 1, "{results:?}");
-    assert!(
-        !refused.is_empty(),
-        "past the bound requests are refused: {results:?}"
-    );
+    assert!(!refused.is_empty(), "past the bound requests are refused: {results:?}");
     for (_, v) in &refused {
         assert_eq!(error_code(v), "start_queue_full");
     }

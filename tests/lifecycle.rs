@@ -19,21 +19,13 @@ struct RunnerProcess {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl RunnerProcess {
     async fn start(data_dir: &Path, instance: &str) -> RunnerProcess {
         let port = free_port();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("runner.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("runner.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_runner"))
             .arg("serve")
             .env("RUNNER_LISTEN", format!("127.0.0.1:{port}"))
@@ -48,11 +40,7 @@ impl RunnerProcess {
             .stderr(log)
             .spawn()
             .expect("starting the runner binary");
-        let p = RunnerProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-        };
+        let p = RunnerProcess { child, base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = p.client.get(format!("{}/readyz", p.base)).send().await {
@@ -60,20 +48,13 @@ impl RunnerProcess {
                     return p;
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "runner did not get ready; log:\n{}",
-                read_log(data_dir)
-            );
+            assert!(Instant::now() < deadline, "runner did not get ready; log:\n{}", read_log(data_dir));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(TOKEN);
+        let mut req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(TOKEN);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -85,11 +66,7 @@ impl RunnerProcess {
 
     async fn session(&self, learner: &str, exercise: &str) -> Value {
         let (s, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/sessions",
-                Some(json!({"learner": learner, "exercise": exercise})),
-            )
+            .call(reqwest::Method::POST, "/v1/sessions", Some(json!({"learner": learner, "exercise": exercise})))
             .await;
         assert!(s == 201 || s == 200, "{s} {v}");
         v
@@ -102,11 +79,7 @@ impl RunnerProcess {
 
     fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -137,10 +110,7 @@ impl Drop for Cleanup {
 }
 
 fn started_at(container: &str) -> String {
-    inspect(container)["State"]["StartedAt"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    inspect(container)["State"]["StartedAt"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,13 +119,7 @@ async fn after_kill_9_and_restart_every_session_is_live_with_the_same_container(
     let (instance, tmp) = new_instance();
     let _cleanup = Cleanup(instance.clone(), tmp.path().to_path_buf());
     let mut first = RunnerProcess::start(tmp.path(), &instance).await;
-    let (s, v) = first
-        .call(
-            reqwest::Method::PUT,
-            "/v1/exercises/crash",
-            Some(json!({"image": IMAGE})),
-        )
-        .await;
+    let (s, v) = first.call(reqwest::Method::PUT, "/v1/exercises/crash", Some(json!({"image": IMAGE}))).await;
     assert_eq!(s, 201, "{v}");
     let kept = first.session("kept", "crash").await;
     let vanished = first.session("vanished", "crash").await;
@@ -164,10 +128,7 @@ async fn after_kill_9_and_restart_every_session_is_live_with_the_same_container(
     let kept_c = session_container(&instance, &kept_id).unwrap();
     let vanished_c = session_container(&instance, &vanished_id).unwrap();
     let kept_started = started_at(&kept_c);
-    assert_eq!(
-        sandbox_exec(&vanished_c, "echo precious > /workspace/work.txt").0,
-        0
-    );
+    assert_eq!(sandbox_exec(&vanished_c, "echo precious > /workspace/work.txt").0, 0);
 
     first.kill_9();
 
@@ -191,46 +152,19 @@ async fn after_kill_9_and_restart_every_session_is_live_with_the_same_container(
     let second = RunnerProcess::start(tmp.path(), &instance).await;
 
     // The same container, not restarted.
-    let (_, v) = second
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/sessions/{kept_id}"),
-            None,
-        )
-        .await;
+    let (_, v) = second.call(reqwest::Method::GET, &format!("/v1/sessions/{kept_id}"), None).await;
     assert_eq!(v["state"], "running", "{v}");
-    assert_eq!(
-        session_container(&instance, &kept_id).as_deref(),
-        Some(kept_c.as_str())
-    );
+    assert_eq!(session_container(&instance, &kept_id).as_deref(), Some(kept_c.as_str()));
     assert_eq!(started_at(&kept_c), kept_started, "adopted, not restarted");
     // The vanished one is recreated on its workspace: nothing of the learner is lost.
-    let (_, v) = second
-        .call(
-            reqwest::Method::GET,
-            &format!("/v1/sessions/{vanished_id}"),
-            None,
-        )
-        .await;
+    let (_, v) = second.call(reqwest::Method::GET, &format!("/v1/sessions/{vanished_id}"), None).await;
     assert_eq!(v["state"], "running", "{v}");
     let new_c = session_container(&instance, &vanished_id).expect("recreated");
     assert_ne!(new_c, vanished_c);
-    assert_eq!(
-        sandbox_exec(&new_c, "cat /workspace/work.txt").1,
-        "precious\n"
-    );
+    assert_eq!(sandbox_exec(&new_c, "cat /workspace/work.txt").1, "precious\n");
     // The orphan is gone, and nothing is duplicated.
-    assert!(
-        docker(&["ps", "-aq", "--no-trunc"])
-            .lines()
-            .all(|c| c != orphan),
-        "orphan removed"
-    );
-    assert_eq!(
-        containers_of(&instance).len(),
-        2,
-        "one container per live session"
-    );
+    assert!(docker(&["ps", "-aq", "--no-trunc"]).lines().all(|c| c != orphan), "orphan removed");
+    assert_eq!(containers_of(&instance).len(), 2, "one container per live session");
     // Creating the same sessions again answers with the live ones.
     assert_eq!(second.session("kept", "crash").await["id"], kept["id"]);
     drop(second);
@@ -243,26 +177,13 @@ async fn sigterm_stops_the_runner_gracefully_and_sandboxes_keep_running() {
     let (instance, tmp) = new_instance();
     let _cleanup = Cleanup(instance.clone(), tmp.path().to_path_buf());
     let mut p = RunnerProcess::start(tmp.path(), &instance).await;
-    p.call(
-        reqwest::Method::PUT,
-        "/v1/exercises/term",
-        Some(json!({"image": IMAGE})),
-    )
-    .await;
+    p.call(reqwest::Method::PUT, "/v1/exercises/term", Some(json!({"image": IMAGE}))).await;
     let s = p.session("ada", "term").await;
     let c = session_container(&instance, s["id"].as_str().unwrap()).unwrap();
     let status = p.terminate();
-    assert!(
-        status.success(),
-        "exit status {status:?}; log:\n{}",
-        read_log(tmp.path())
-    );
+    assert!(status.success(), "exit status {status:?}; log:\n{}", read_log(tmp.path()));
     assert!(read_log(tmp.path()).contains("SIGTERM"));
-    assert_eq!(
-        inspect(&c)["State"]["Running"],
-        true,
-        "a runner restart must not cost learners their sandbox"
-    );
+    assert_eq!(inspect(&c)["State"]["Running"], true, "a runner restart must not cost learners their sandbox");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,19 +203,8 @@ async fn a_crashed_sandbox_is_started_again_by_reconciliation() {
     let (_, v) = app.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(v["state"], "running");
     assert_eq!(sandbox_exec(&c, "cat /workspace/f").1, "still-here\n");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("runner_reconcile_actions_total{action=\"restarted\"}"),
-        "{metrics}"
-    );
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runner_reconcile_actions_total{action=\"restarted\"}"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,14 +216,9 @@ async fn a_sandbox_removed_behind_the_runners_back_is_recreated_while_it_runs() 
     let c = session_container(&app.instance, &id).unwrap();
     assert_eq!(sandbox_exec(&c, "echo mine > /workspace/f").0, 0);
     docker(&["rm", "-f", &c]);
-    let new_c = eventually(
-        Duration::from_secs(15),
-        "a new container for the session",
-        || {
-            session_container(&app.instance, &id)
-                .filter(|n| *n != c && inspect(n)["State"]["Running"] == true)
-        },
-    )
+    let new_c = eventually(Duration::from_secs(15), "a new container for the session", || {
+        session_container(&app.instance, &id).filter(|n| *n != c && inspect(n)["State"]["Running"] == true)
+    })
     .await;
     assert_eq!(sandbox_exec(&new_c, "cat /workspace/f").1, "mine\n");
     assert_eq!(app.containers().len(), 1);
@@ -324,39 +229,19 @@ async fn a_session_whose_sandbox_cannot_start_is_failed_with_a_reason_and_leaves
     let app = spawn_app().await;
     // An image whose command does not exist: create works, start fails.
     app.exercise("broken", json!({})).await;
-    docker(&[
-        "tag",
-        IMAGE,
-        &format!("exercise-runner-test/broken-{}:1", app.instance),
-    ]);
+    docker(&["tag", IMAGE, &format!("exercise-runner-test/broken-{}:1", app.instance)]);
     let image = format!("exercise-runner-test/broken-{}:1", app.instance);
-    let (status, _) = app
-        .put("/v1/exercises/broken", json!({"image": image}))
-        .await;
+    let (status, _) = app.put("/v1/exercises/broken", json!({"image": image})).await;
     assert_eq!(status, 200);
     docker(&["rmi", &image]);
-    let (status, v) = app
-        .post(
-            "/v1/sessions",
-            json!({"learner": "ada", "exercise": "broken"}),
-        )
-        .await;
+    let (status, v) = app.post("/v1/sessions", json!({"learner": "ada", "exercise": "broken"})).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "sandbox_start_failed");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("failed to start"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("failed to start"), "{v}");
     let (_, list) = app.get("/v1/sessions?learner=ada").await;
     let s = &list["sessions"][0];
     assert_eq!(s["state"], "failed");
     let reason = s["failure_reason"].as_str().unwrap();
-    assert!(
-        reason.contains("creating container") && reason.contains("No such image"),
-        "{reason}"
-    );
+    assert!(reason.contains("creating container") && reason.contains("No such image"), "{reason}");
     assert!(app.containers().is_empty(), "no stray container");
 }

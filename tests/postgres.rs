@@ -14,12 +14,8 @@ async fn fresh_database(instance: &str) -> String {
     let admin = std::env::var("RUNNER_TEST_POSTGRES_URL")
         .expect("RUNNER_TEST_POSTGRES_URL is not set: run ./scripts/test (scripts/test-postgres.sh starts PostgreSQL)");
     let name = format!("runner_test_{}", instance.replace('-', "_"));
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connecting to PostgreSQL");
-    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
-        .await
-        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connecting to PostgreSQL");
+    conn.execute(format!("CREATE DATABASE \"{name}\"").as_str()).await.unwrap();
     let base = admin.rsplit_once('/').unwrap().0;
     format!("{base}/{name}")
 }
@@ -41,31 +37,20 @@ async fn the_session_lifecycle_works_on_postgresql() {
     let (app, _) = spawn_pg_app(|s| s.idle_timeout = Duration::from_secs(3)).await;
     let (s, v) = app.get("/readyz").await;
     assert_eq!(s, 200, "{v}");
-    app.exercise("pg", json!({"limits": {"memory_mb": 100}}))
-        .await;
-    let (status, _) = app
-        .put(
-            "/v1/exercises/pg",
-            json!({"image": IMAGE, "title": "again"}),
-        )
-        .await;
+    app.exercise("pg", json!({"limits": {"memory_mb": 100}})).await;
+    let (status, _) = app.put("/v1/exercises/pg", json!({"image": IMAGE, "title": "again"})).await;
     assert_eq!(status, 200);
 
     let results = futures_util::future::join_all(
         (0..8).map(|_| app.post("/v1/sessions", json!({"learner": "ada", "exercise": "pg"}))),
     )
     .await;
-    let ids: HashSet<_> = results
-        .iter()
-        .map(|(_, v)| v["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids: HashSet<_> = results.iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), 1, "{results:?}");
     assert_eq!(app.containers().len(), 1);
     let id = ids.into_iter().next().unwrap();
 
-    let (status, _) = app
-        .post(&format!("/v1/sessions/{id}/activity"), json!({}))
-        .await;
+    let (status, _) = app.post(&format!("/v1/sessions/{id}/activity"), json!({})).await;
     assert_eq!(status, 204);
     let (_, list) = app.get("/v1/sessions?learner=ada&state=running").await;
     assert_eq!(list["sessions"].as_array().unwrap().len(), 1);
@@ -79,23 +64,9 @@ async fn the_session_lifecycle_works_on_postgresql() {
     let c = session_container(&app.instance, next["id"].as_str().unwrap()).unwrap();
     assert_eq!(sandbox_exec(&c, "cat /workspace/f").1, "pg\n");
     // Reaped when idle.
-    app.wait_session(next["id"].as_str().unwrap(), Duration::from_secs(18), |v| {
-        v["state"] == "stopped"
-    })
-    .await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("runner_sessions{state=\"stopped\"} 2"),
-        "{metrics}"
-    );
+    app.wait_session(next["id"].as_str().unwrap(), Duration::from_secs(18), |v| v["state"] == "stopped").await;
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runner_sessions{state=\"stopped\"} 2"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,9 +84,6 @@ async fn a_restarted_runner_on_postgresql_adopts_its_sandboxes() {
     let again = start(settings).await;
     let (_, v) = again.get(&format!("/v1/sessions/{id}")).await;
     assert_eq!(v["state"], "running");
-    assert_eq!(
-        session_container(&app.instance, &id).as_deref(),
-        Some(c.as_str())
-    );
+    assert_eq!(session_container(&app.instance, &id).as_deref(), Some(c.as_str()));
     drop(again);
 }

@@ -18,27 +18,15 @@ async fn one_session(app: &TestApp, slug: &str, extra: serde_json::Value) -> (St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_inspect_shows_the_whole_hardening_policy() {
     let app = spawn_app().await;
-    let (id, c) = one_session(
-        &app,
-        "inspect",
-        json!({"limits": {"memory_mb": 96, "cpus": 0.5, "pids": 64}}),
-    )
-    .await;
+    let (id, c) = one_session(&app, "inspect", json!({"limits": {"memory_mb": 96, "cpus": 0.5, "pids": 64}})).await;
     let i = inspect(&c);
     let h = &i["HostConfig"];
     assert_eq!(h["ReadonlyRootfs"], true);
     assert_eq!(h["CapDrop"], json!(["ALL"]));
     assert!(h["CapAdd"].is_null() || h["CapAdd"] == json!([]));
     assert_eq!(h["Privileged"], false);
-    assert!(h["SecurityOpt"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|o| o.as_str().unwrap().starts_with("no-new-privileges")));
-    assert!(
-        !h["SecurityOpt"].to_string().contains("unconfined"),
-        "default seccomp kept"
-    );
+    assert!(h["SecurityOpt"].as_array().unwrap().iter().any(|o| o.as_str().unwrap().starts_with("no-new-privileges")));
+    assert!(!h["SecurityOpt"].to_string().contains("unconfined"), "default seccomp kept");
     assert_eq!(h["Memory"], 96 * 1024 * 1024);
     assert_eq!(h["Memory"], h["MemorySwap"], "no swap beyond memory");
     assert_eq!(h["PidsLimit"], 64);
@@ -49,25 +37,15 @@ async fn docker_inspect_shows_the_whole_hardening_policy() {
     assert_eq!(h["Runtime"], "runc");
     assert!(h["Binds"].is_null(), "no host paths");
     for m in i["Mounts"].as_array().unwrap() {
-        assert_eq!(
-            m["Type"], "volume",
-            "only the workspace volume is mounted: {m}"
-        );
+        assert_eq!(m["Type"], "volume", "only the workspace volume is mounted: {m}");
     }
     for p in ["/tmp", "/var/tmp", "/run"] {
-        assert!(
-            h["Tmpfs"][p].as_str().unwrap().contains("size=16m"),
-            "{p}: {}",
-            h["Tmpfs"]
-        );
+        assert!(h["Tmpfs"][p].as_str().unwrap().contains("size=16m"), "{p}: {}", h["Tmpfs"]);
     }
     assert_eq!(h["LogConfig"]["Config"]["max-size"], "1m");
     assert_eq!(i["Config"]["User"], "1000:1000");
     assert_eq!(i["Config"]["Labels"]["exercise-runner.managed"], "true");
-    assert_eq!(
-        i["Config"]["Labels"]["exercise-runner.session"],
-        id.as_str()
-    );
+    assert_eq!(i["Config"]["Labels"]["exercise-runner.session"], id.as_str());
 
     // And from inside: not root, read-only root, no capabilities, no network.
     let (_, out) = sandbox_exec(&c, "id -u");
@@ -75,19 +53,12 @@ async fn docker_inspect_shows_the_whole_hardening_policy() {
     let (code, out) = sandbox_exec(&c, "touch /etc/evil");
     assert_ne!(code, 0);
     assert!(out.contains("Read-only"), "{out}");
-    let (_, out) = sandbox_exec(
-        &c,
-        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status",
-    );
+    let (_, out) = sandbox_exec(&c, "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
     assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     let (_, out) = sandbox_exec(&c, "ls /sys/class/net");
-    assert_eq!(
-        out.split_whitespace().collect::<Vec<_>>(),
-        vec!["lo"],
-        "only loopback"
-    );
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), vec!["lo"], "only loopback");
     let (_, out) = sandbox_exec(&c, "cat /proc/1/cmdline | tr '\\0' ' '");
     assert!(out.contains("init"), "PID 1 is an init: {out}");
 }
@@ -98,14 +69,7 @@ async fn a_fork_bomb_is_contained_and_the_api_keeps_answering() {
     let (id, c) = one_session(&app, "forkbomb", json!({"limits": {"pids": 64}})).await;
     // The classic bomb, in the background, for a few seconds.
     let bomb = std::process::Command::new("docker")
-        .args([
-            "exec",
-            "-d",
-            &c,
-            "sh",
-            "-c",
-            "bomb() { bomb | bomb & }; bomb",
-        ])
+        .args(["exec", "-d", &c, "sh", "-c", "bomb() { bomb | bomb & }; bomb"])
         .status()
         .unwrap();
     assert!(bomb.success());
@@ -115,27 +79,15 @@ async fn a_fork_bomb_is_contained_and_the_api_keeps_answering() {
         let t = Instant::now();
         let (status, _) = app.get(&format!("/v1/sessions/{id}")).await;
         assert_eq!(status, 200);
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the API stalled during the bomb"
-        );
-        if let Ok(s) =
-            std::fs::read_to_string(format!("/sys/fs/cgroup/pids/docker/{c}/pids.current"))
-        {
+        assert!(t.elapsed() < Duration::from_secs(5), "the API stalled during the bomb");
+        if let Ok(s) = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/docker/{c}/pids.current")) {
             worst_pids = worst_pids.max(s.trim().parse().unwrap_or(0));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(
-        worst_pids > 8,
-        "the bomb ran (saw {worst_pids} pids; is the pids cgroup at /sys/fs/cgroup/pids/docker?)"
-    );
-    assert!(
-        worst_pids <= 64,
-        "pids stayed within the limit, saw {worst_pids}"
-    );
-    let events =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/docker/{c}/pids.events")).unwrap();
+    assert!(worst_pids > 8, "the bomb ran (saw {worst_pids} pids; is the pids cgroup at /sys/fs/cgroup/pids/docker?)");
+    assert!(worst_pids <= 64, "pids stayed within the limit, saw {worst_pids}");
+    let events = std::fs::read_to_string(format!("/sys/fs/cgroup/pids/docker/{c}/pids.events")).unwrap();
     let refused: u64 = events.trim().strip_prefix("max ").unwrap().parse().unwrap();
     assert!(refused > 0, "forks were refused at the limit: {events}");
     // The host is fine and the session can be ended (which kills the bomb).
@@ -159,12 +111,7 @@ async fn a_memory_bomb_is_oom_killed_and_the_sandbox_survives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_cannot_fill_the_disk() {
     let app = spawn_app().await;
-    let (_, c) = one_session(
-        &app,
-        "diskfill",
-        json!({"limits": {"workspace_mb": 16, "tmpfs_mb": 8}}),
-    )
-    .await;
+    let (_, c) = one_session(&app, "diskfill", json!({"limits": {"workspace_mb": 16, "tmpfs_mb": 8}})).await;
     let (code, out) = sandbox_exec(&c, "dd if=/dev/zero of=/workspace/big bs=1M count=64");
     assert_ne!(code, 0);
     assert!(out.contains("No space left on device"), "{out}");
@@ -177,11 +124,7 @@ async fn a_learner_cannot_fill_the_disk() {
     }
     // Nowhere else is writable.
     for dir in ["/", "/home/learner", "/etc", "/usr"] {
-        assert_ne!(
-            sandbox_exec(&c, &format!("echo x > {dir}/f")).0,
-            0,
-            "{dir} is writable"
-        );
+        assert_ne!(sandbox_exec(&c, &format!("echo x > {dir}/f")).0, 0, "{dir} is writable");
     }
 }
 
@@ -194,10 +137,7 @@ async fn sandboxes_run_under_gvisor_when_configured() {
     let (_, out) = sandbox_exec(&c, "dmesg 2>/dev/null | head -3; id -u");
     assert!(out.contains("gVisor") || out.contains("Starting"), "{out}");
     assert!(out.trim_end().ends_with("1000"), "{out}");
-    assert_eq!(
-        sandbox_exec(&c, "echo hi > /workspace/f && cat /workspace/f").1,
-        "hi\n"
-    );
+    assert_eq!(sandbox_exec(&c, "echo hi > /workspace/f && cat /workspace/f").1, "hi\n");
     let (status, v) = app.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!((status, v["state"].as_str()), (200, Some("stopped")));
 }
@@ -210,14 +150,6 @@ async fn network_is_only_there_for_exercises_that_opt_in() {
     assert_eq!(i["HostConfig"]["NetworkMode"], "bridge");
     // Operators can forbid it altogether.
     let strict = spawn_app_with(|s| s.sandbox_network = None).await;
-    let (status, v) = strict
-        .put(
-            "/v1/exercises/online",
-            json!({"image": IMAGE, "network": true}),
-        )
-        .await;
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (422, Some("network_not_allowed"))
-    );
+    let (status, v) = strict.put("/v1/exercises/online", json!({"image": IMAGE, "network": true})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("network_not_allowed")));
 }

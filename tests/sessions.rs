@@ -12,12 +12,7 @@ async fn a_session_is_created_found_touched_and_ended() {
     let app = spawn_app().await;
     app.exercise("hello", json!({})).await;
 
-    let (status, s) = app
-        .post(
-            "/v1/sessions",
-            json!({"learner": "ada", "exercise": "hello"}),
-        )
-        .await;
+    let (status, s) = app.post("/v1/sessions", json!({"learner": "ada", "exercise": "hello"})).await;
     assert_eq!(status, 201, "{s}");
     let id = s["id"].as_str().unwrap().to_string();
     assert!(uuid::Uuid::parse_str(&id).is_ok());
@@ -27,17 +22,11 @@ async fn a_session_is_created_found_touched_and_ended() {
     for field in ["created_at", "last_activity_at", "expires_at"] {
         assert!(chrono_like(&s[field]), "{field}: {s}");
     }
-    let container =
-        session_container(&app.instance, &id).expect("a container labelled with the session");
+    let container = session_container(&app.instance, &id).expect("a container labelled with the session");
     assert_eq!(inspect(&container)["State"]["Running"], true);
 
     // The same learner and exercise again: the same session, 200.
-    let (status, again) = app
-        .post(
-            "/v1/sessions",
-            json!({"learner": "ada", "exercise": "hello"}),
-        )
-        .await;
+    let (status, again) = app.post("/v1/sessions", json!({"learner": "ada", "exercise": "hello"})).await;
     assert_eq!(status, 200);
     assert_eq!(again["id"], s["id"]);
 
@@ -56,65 +45,38 @@ async fn a_session_is_created_found_touched_and_ended() {
 
     // Activity pushes the idle deadline.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let (status, _) = app
-        .post(&format!("/v1/sessions/{id}/activity"), json!({}))
-        .await;
+    let (status, _) = app.post(&format!("/v1/sessions/{id}/activity"), json!({})).await;
     assert_eq!(status, 204);
     let (_, touched) = app.get(&format!("/v1/sessions/{id}")).await;
-    assert!(
-        touched["last_activity_at"].as_str() > s["last_activity_at"].as_str(),
-        "{touched}"
-    );
-    assert!(
-        touched["expires_at"].as_str() > s["expires_at"].as_str(),
-        "{touched}"
-    );
+    assert!(touched["last_activity_at"].as_str() > s["last_activity_at"].as_str(), "{touched}");
+    assert!(touched["expires_at"].as_str() > s["expires_at"].as_str(), "{touched}");
 
     // Ending it removes the container; ending it again is harmless.
     let (status, ended) = app.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!(status, 200, "{ended}");
     assert_eq!(ended["state"], "stopped");
     assert!(ended["expires_at"].is_null());
-    assert!(
-        session_container(&app.instance, &id).is_none(),
-        "the container is gone"
-    );
+    assert!(session_container(&app.instance, &id).is_none(), "the container is gone");
     let (status, ended) = app.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!((status, ended["state"].as_str()), (200, Some("stopped")));
-    let (status, v) = app
-        .post(&format!("/v1/sessions/{id}/activity"), json!({}))
-        .await;
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (409, Some("session_not_live"))
-    );
+    let (status, v) = app.post(&format!("/v1/sessions/{id}/activity"), json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("session_not_live")));
 
     // A new session after the end is a new one.
-    let (status, next) = app
-        .post(
-            "/v1/sessions",
-            json!({"learner": "ada", "exercise": "hello"}),
-        )
-        .await;
+    let (status, next) = app.post("/v1/sessions", json!({"learner": "ada", "exercise": "hello"})).await;
     assert_eq!(status, 201);
     assert_ne!(next["id"], s["id"]);
 }
 
 fn chrono_like(v: &serde_json::Value) -> bool {
-    v.as_str()
-        .is_some_and(|s| s.len() >= 20 && s.contains('T') && s.ends_with('Z'))
+    v.as_str().is_some_and(|s| s.len() >= 20 && s.contains('T') && s.ends_with('Z'))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_identical_requests_make_one_session_and_one_container() {
     let app = spawn_app().await;
     app.exercise("race", json!({})).await;
-    let requests = (0..12).map(|_| {
-        app.post(
-            "/v1/sessions",
-            json!({"learner": "racer", "exercise": "race"}),
-        )
-    });
+    let requests = (0..12).map(|_| app.post("/v1/sessions", json!({"learner": "racer", "exercise": "race"})));
     let results = futures_util::future::join_all(requests).await;
     let ids: HashSet<String> = results
         .iter()
@@ -124,11 +86,7 @@ async fn concurrent_identical_requests_make_one_session_and_one_container() {
         })
         .collect();
     assert_eq!(ids.len(), 1, "one session for all: {results:?}");
-    assert_eq!(
-        results.iter().filter(|(s, _)| *s == 201).count(),
-        1,
-        "exactly one 201"
-    );
+    assert_eq!(results.iter().filter(|(s, _)| *s == 201).count(), 1, "exactly one 201");
     assert_eq!(app.containers().len(), 1, "exactly one container");
 }
 
@@ -139,7 +97,10 @@ async fn workspace_files_come_back_in_the_next_session() {
     let first = app.session("ada", "persist").await;
     let id = first["id"].as_str().unwrap();
     let c = session_container(&app.instance, id).unwrap();
-    let (code, out) = sandbox_exec(&c, "echo 'print(42)' > /workspace/main.py && mkdir -p /workspace/src && echo x > /workspace/src/a");
+    let (code, out) = sandbox_exec(
+        &c,
+        "echo 'print(42)' > /workspace/main.py && mkdir -p /workspace/src && echo x > /workspace/src/a",
+    );
     assert_eq!(code, 0, "{out}");
     app.delete(&format!("/v1/sessions/{id}")).await;
 
@@ -168,39 +129,19 @@ async fn idle_sessions_are_reaped_and_activity_keeps_them_alive() {
 
     // Keep one busy for longer than the idle timeout.
     for _ in 0..10 {
-        let (status, _) = app
-            .post(&format!("/v1/sessions/{busy_id}/activity"), json!({}))
-            .await;
+        let (status, _) = app.post(&format!("/v1/sessions/{busy_id}/activity"), json!({})).await;
         assert_eq!(status, 204);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The idle one is stopped within timeout + 15 s, its container removed.
-    let reaped = app
-        .wait_session(idle_id, Duration::from_secs(18), |v| {
-            v["state"] == "stopped"
-        })
-        .await;
+    let reaped = app.wait_session(idle_id, Duration::from_secs(18), |v| v["state"] == "stopped").await;
     assert!(reaped["ended_at"].is_string());
     assert!(session_container(&app.instance, idle_id).is_none());
     let (_, b) = app.get(&format!("/v1/sessions/{busy_id}")).await;
-    assert_eq!(
-        b["state"], "running",
-        "activity kept it alive past the idle timeout"
-    );
+    assert_eq!(b["state"], "running", "activity kept it alive past the idle timeout");
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("runner_sessions_reaped_total{reason=\"idle\"} 1"),
-        "{metrics}"
-    );
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runner_sessions_reaped_total{reason=\"idle\"} 1"), "{metrics}");
 
     // The API kept answering while reaping went on.
     assert_eq!(app.get("/v1/exercises").await.0, 200);
@@ -217,20 +158,12 @@ async fn sessions_end_at_their_maximum_lifetime_despite_activity() {
         let (_, v) = app.get(&format!("/v1/sessions/{id}")).await;
         if v["state"] == "stopped" {
             assert!(
-                v["failure_reason"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("lifetime")
-                    || v["failure_reason"].is_null()
+                v["failure_reason"].as_str().unwrap_or_default().contains("lifetime") || v["failure_reason"].is_null()
             );
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not reaped at its maximum lifetime: {v}"
-        );
-        app.post(&format!("/v1/sessions/{id}/activity"), json!({}))
-            .await;
+        assert!(std::time::Instant::now() < deadline, "not reaped at its maximum lifetime: {v}");
+        app.post(&format!("/v1/sessions/{id}/activity"), json!({})).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     assert!(session_container(&app.instance, &id).is_none());
@@ -250,20 +183,12 @@ async fn workspaces_are_removed_after_retention() {
     app.delete(&format!("/v1/sessions/{id}")).await;
 
     let images = app.data_dir.join("workspaces");
-    eventually(
-        Duration::from_secs(15),
-        "the workspace image to be deleted",
-        || {
-            let n = std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0);
-            (n == 0).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(15), "the workspace image to be deleted", || {
+        let n = std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0);
+        (n == 0).then_some(())
+    })
     .await;
     let s = app.session("ada", "keep").await;
     let c = session_container(&app.instance, s["id"].as_str().unwrap()).unwrap();
-    assert_ne!(
-        sandbox_exec(&c, "test -e /workspace/f").0,
-        0,
-        "a fresh workspace after retention"
-    );
+    assert_ne!(sandbox_exec(&c, "test -e /workspace/f").0, 0, "a fresh workspace after retention");
 }

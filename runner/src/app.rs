@@ -9,9 +9,7 @@ use std::{
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
-use crate::{
-    config::Settings, docker::Engine, metrics::Metrics, store::Store, workspaces::Workspaces,
-};
+use crate::{config::Settings, docker::Engine, metrics::Metrics, store::Store, workspaces::Workspaces};
 
 pub struct App {
     pub settings: Settings,
@@ -30,8 +28,7 @@ pub struct App {
     /// Wakes the build worker when a build is queued.
     pub build_wake: tokio::sync::Notify,
     /// Cancellation of the builds running in this process.
-    pub build_cancels:
-        Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    pub build_cancels: Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
     /// Requests per API token.
     pub rate_limiter: DefaultKeyedRateLimiter<String>,
 }
@@ -55,9 +52,8 @@ impl App {
             store.clone(),
         );
         workspaces.check().await?;
-        let quota =
-            Quota::per_second(NonZeroU32::new(settings.rate_limit_per_sec).expect("validated"))
-                .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
+        let quota = Quota::per_second(NonZeroU32::new(settings.rate_limit_per_sec).expect("validated"))
+            .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
         Ok(Arc::new(App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),

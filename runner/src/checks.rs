@@ -49,35 +49,22 @@ pub async fn wait_for_services(
     loop {
         let out = status(vec![]).await?;
         // 0: all running; 3: some not running (yet); 126/127: no supervisorctl in this image.
-        if out.exit_code == 126
-            || out.exit_code == 127
-            || out.output.contains("executable file not found")
-        {
+        if out.exit_code == 126 || out.exit_code == 127 || out.output.contains("executable file not found") {
             return Ok(());
         }
         if out.exit_code == 0 || out.exit_code == 3 {
             let pending: Vec<&String> = services
                 .iter()
-                .filter(|s| {
-                    !out.output
-                        .lines()
-                        .any(|l| l.starts_with(s.as_str()) && l.contains("RUNNING"))
-                })
+                .filter(|s| !out.output.lines().any(|l| l.starts_with(s.as_str()) && l.contains("RUNNING")))
                 .collect();
             if pending.is_empty() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                anyhow::bail!(
-                    "services not RUNNING after {SERVICES_DEADLINE:?}: {pending:?}\n{}",
-                    out.output.trim()
-                );
+                anyhow::bail!("services not RUNNING after {SERVICES_DEADLINE:?}: {pending:?}\n{}", out.output.trim());
             }
         } else if Instant::now() > deadline {
-            anyhow::bail!(
-                "supervisord did not answer after {SERVICES_DEADLINE:?}: {}",
-                out.output.trim()
-            );
+            anyhow::bail!("supervisord did not answer after {SERVICES_DEADLINE:?}: {}", out.output.trim());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -95,12 +82,7 @@ pub async fn run_check(
     let secs = spec.check.timeout_secs;
     // `timeout` inside the sandbox kills the check at its limit; the host-side deadline only
     // guards against an engine that stops answering.
-    let mut cmd = vec![
-        "timeout".to_string(),
-        "-s".to_string(),
-        "KILL".to_string(),
-        secs.to_string(),
-    ];
+    let mut cmd = vec!["timeout".to_string(), "-s".to_string(), "KILL".to_string(), secs.to_string()];
     cmd.extend(spec.check.command.iter().cloned());
     let mut req = ExecRequest::new(cmd, user);
     req.workdir = Some(spec.workdir.clone());
@@ -157,35 +139,18 @@ pub async fn check_session(app: &Arc<App>, session_id: &str) -> Result<CheckReco
     if session.state != SessionState::Running {
         return Err(SessionError::NotRunning(session_id.to_string()));
     }
-    let container = session
-        .container_id
-        .clone()
-        .ok_or_else(|| SessionError::NotRunning(session_id.to_string()))?;
+    let container = session.container_id.clone().ok_or_else(|| SessionError::NotRunning(session_id.to_string()))?;
     let spec: SandboxSpec = serde_json::from_str(&session.spec).map_err(anyhow::Error::from)?;
-    let _permit = match tokio::time::timeout(
-        Duration::from_secs(10),
-        app.check_slots.clone().acquire_owned(),
-    )
-    .await
-    {
+    let _permit = match tokio::time::timeout(Duration::from_secs(10), app.check_slots.clone().acquire_owned()).await {
         Ok(Ok(p)) => p,
         _ => {
-            app.metrics
-                .rejected_requests
-                .with_label_values(&["check_queue"])
-                .inc();
+            app.metrics.rejected_requests.with_label_values(&["check_queue"]).inc();
             return Err(SessionError::CheckQueueFull);
         }
     };
     app.store.touch_session(session_id, now_ms()).await?;
-    let outcome = run_check(
-        &app.engine,
-        &container,
-        &spec,
-        &app.settings.sandbox_user,
-        app.settings.check_output_bytes,
-    )
-    .await?;
+    let outcome =
+        run_check(&app.engine, &container, &spec, &app.settings.sandbox_user, app.settings.check_output_bytes).await?;
     let record = CheckRecord {
         id: uuid::Uuid::new_v4().to_string(),
         session_id: session_id.to_string(),
@@ -199,9 +164,6 @@ pub async fn check_session(app: &Arc<App>, session_id: &str) -> Result<CheckReco
     };
     app.store.insert_check(&record).await?;
     app.store.touch_session(session_id, now_ms()).await?;
-    app.metrics
-        .checks
-        .with_label_values(&[if record.passed { "passed" } else { "failed" }])
-        .inc();
+    app.metrics.checks.with_label_values(&[if record.passed { "passed" } else { "failed" }]).inc();
     Ok(record)
 }

@@ -86,20 +86,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub const DEFAULT: Limits = Limits {
-        memory_mb: 512,
-        cpus: 1.0,
-        pids: 256,
-        tmpfs_mb: 64,
-        workspace_mb: 512,
-    };
-    pub const DEFAULT_CAPS: Limits = Limits {
-        memory_mb: 4096,
-        cpus: 2.0,
-        pids: 1024,
-        tmpfs_mb: 512,
-        workspace_mb: 4096,
-    };
+    pub const DEFAULT: Limits = Limits { memory_mb: 512, cpus: 1.0, pids: 256, tmpfs_mb: 64, workspace_mb: 512 };
+    pub const DEFAULT_CAPS: Limits =
+        Limits { memory_mb: 4096, cpus: 2.0, pids: 1024, tmpfs_mb: 512, workspace_mb: 4096 };
 }
 
 #[derive(Debug, Clone)]
@@ -200,26 +189,18 @@ impl Settings {
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        fn parse<T: FromStr>(
-            get: &impl Fn(&str) -> Option<String>,
-            key: &str,
-        ) -> anyhow::Result<Option<T>>
+        fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, key: &str) -> anyhow::Result<Option<T>>
         where
             T::Err: fmt::Display,
         {
             match get(key) {
                 None => Ok(None),
                 Some(v) if v.trim().is_empty() => Ok(None),
-                Some(v) => v
-                    .trim()
-                    .parse::<T>()
-                    .map(Some)
-                    .map_err(|e| anyhow::anyhow!("{key}={v:?} is invalid: {e}")),
+                Some(v) => v.trim().parse::<T>().map(Some).map_err(|e| anyhow::anyhow!("{key}={v:?} is invalid: {e}")),
             }
         }
-        let secs = |key: &str| -> anyhow::Result<Option<Duration>> {
-            Ok(parse::<u64>(&get, key)?.map(Duration::from_secs))
-        };
+        let secs =
+            |key: &str| -> anyhow::Result<Option<Duration>> { Ok(parse::<u64>(&get, key)?.map(Duration::from_secs)) };
 
         let mut s = Settings::defaults();
         if let Some(v) = parse(&get, "RUNNER_LISTEN")? {
@@ -232,9 +213,7 @@ impl Settings {
         if let Some(v) = get("RUNNER_DATABASE_URL").filter(|v| !v.is_empty()) {
             s.database_url = Secret::new(v);
         }
-        s.api_token = get("RUNNER_API_TOKEN")
-            .filter(|v| !v.is_empty())
-            .map(Secret::new);
+        s.api_token = get("RUNNER_API_TOKEN").filter(|v| !v.is_empty()).map(Secret::new);
         if let Some(v) = get("RUNNER_INSTANCE").filter(|v| !v.is_empty()) {
             s.instance = v;
         }
@@ -336,9 +315,7 @@ impl Settings {
         if let Some(v) = parse(&get, "RUNNER_GIT_ALLOW_LOCAL")? {
             s.git_allow_local = v;
         }
-        s.git_hook_secret = get("RUNNER_GIT_HOOK_SECRET")
-            .filter(|v| !v.is_empty())
-            .map(Secret::new);
+        s.git_hook_secret = get("RUNNER_GIT_HOOK_SECRET").filter(|v| !v.is_empty()).map(Secret::new);
         if let Some(v) = parse(&get, "RUNNER_CHECK_OUTPUT_BYTES")? {
             s.check_output_bytes = v;
         }
@@ -352,22 +329,13 @@ impl Settings {
     pub fn validate(&self) -> anyhow::Result<()> {
         let user = self.sandbox_user.split(':').next().unwrap_or_default();
         if user.is_empty() || user == "0" || user == "root" {
-            bail!(
-                "RUNNER_SANDBOX_USER must name a non-root user, got {:?}",
-                self.sandbox_user
-            );
+            bail!("RUNNER_SANDBOX_USER must name a non-root user, got {:?}", self.sandbox_user);
         }
         if self.instance.is_empty()
             || self.instance.len() > 32
-            || !self
-                .instance
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            || !self.instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            bail!(
-                "RUNNER_INSTANCE must be 1-32 characters of [A-Za-z0-9-], got {:?}",
-                self.instance
-            );
+            bail!("RUNNER_INSTANCE must be 1-32 characters of [A-Za-z0-9-], got {:?}", self.instance);
         }
         let (d, c) = (&self.default_limits, &self.limit_caps);
         if d.memory_mb > c.memory_mb
@@ -378,21 +346,14 @@ impl Settings {
         {
             bail!("default sandbox limits {d:?} exceed the caps {c:?}");
         }
-        if d.memory_mb < 16 || d.cpus <= 0.0 || d.pids < 8 || d.tmpfs_mb == 0 || d.workspace_mb < 8
-        {
+        if d.memory_mb < 16 || d.cpus <= 0.0 || d.pids < 8 || d.tmpfs_mb == 0 || d.workspace_mb < 8 {
             bail!("default sandbox limits {d:?} are too small to run anything");
         }
-        if self.max_concurrent_starts == 0
-            || self.rate_limit_per_sec == 0
-            || self.rate_limit_burst == 0
-        {
+        if self.max_concurrent_starts == 0 || self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
             bail!("RUNNER_MAX_CONCURRENT_STARTS and the rate limits must be positive");
         }
         let url = self.database_url.expose();
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             bail!("RUNNER_DATABASE_URL must be a sqlite: or postgres:// URL");
         }
         Ok(())
@@ -417,11 +378,7 @@ impl Settings {
             _ => {
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
-                let token = format!(
-                    "{}{}",
-                    uuid::Uuid::new_v4().simple(),
-                    uuid::Uuid::new_v4().simple()
-                );
+                let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create(true)
@@ -448,10 +405,8 @@ mod tests {
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> anyhow::Result<Settings> {
-        let map: std::collections::HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -475,9 +430,7 @@ mod tests {
 
     #[test]
     fn invalid_values_are_errors_that_name_the_variable() {
-        let err = from(&[("RUNNER_IDLE_TIMEOUT_SECS", "soon")])
-            .unwrap_err()
-            .to_string();
+        let err = from(&[("RUNNER_IDLE_TIMEOUT_SECS", "soon")]).unwrap_err().to_string();
         assert!(err.contains("RUNNER_IDLE_TIMEOUT_SECS"), "{err}");
         assert!(from(&[("RUNNER_SANDBOX_USER", "root")]).is_err());
         assert!(from(&[("RUNNER_SANDBOX_USER", "0:0")]).is_err());
@@ -488,10 +441,7 @@ mod tests {
     fn secrets_are_redacted_in_debug_output() {
         let s = from(&[
             ("RUNNER_API_TOKEN", "hunter2-very-secret"),
-            (
-                "RUNNER_DATABASE_URL",
-                "postgres://runner:db-password-42@127.0.0.1/runner",
-            ),
+            ("RUNNER_DATABASE_URL", "postgres://runner:db-password-42@127.0.0.1/runner"),
         ])
         .unwrap();
         let debug = format!("{s:?}");

@@ -12,10 +12,7 @@ pub struct Invalid {
 
 impl Invalid {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        Invalid {
-            code,
-            message: message.into(),
-        }
+        Invalid { code, message: message.into() }
     }
 }
 
@@ -30,15 +27,11 @@ impl Slug {
         let ok = !b.is_empty()
             && b.len() <= 64
             && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
         if ok {
             Ok(Slug(s.to_string()))
         } else {
-            Err(Invalid::new(
-                "invalid_slug",
-                format!("exercise slug {s:?} must match [a-z0-9][a-z0-9-]{{0,63}}"),
-            ))
+            Err(Invalid::new("invalid_slug", format!("exercise slug {s:?} must match [a-z0-9][a-z0-9-]{{0,63}}")))
         }
     }
     pub fn as_str(&self) -> &str {
@@ -59,17 +52,12 @@ pub struct LearnerId(String);
 
 impl LearnerId {
     pub fn parse(s: &str) -> Result<LearnerId, Invalid> {
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.@:+".contains(&c));
+        let ok =
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.@:+".contains(&c));
         if ok {
             Ok(LearnerId(s.to_string()))
         } else {
-            Err(Invalid::new(
-                "invalid_learner",
-                "learner must be 1-128 characters of letters, digits and - _ . @ : +",
-            ))
+            Err(Invalid::new("invalid_learner", "learner must be 1-128 characters of letters, digits and - _ . @ : +"))
         }
     }
     pub fn as_str(&self) -> &str {

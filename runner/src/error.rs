@@ -33,13 +33,7 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after_secs: None,
-            internal: None,
-        }
+        ApiError { status, code, message: message.into(), retry_after_secs: None, internal: None }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -54,36 +48,20 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, code, message)
     }
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required")
     }
-    pub fn unavailable(
-        code: &'static str,
-        message: impl Into<String>,
-        retry_after_secs: u64,
-    ) -> Self {
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
         e.retry_after_secs = Some(retry_after_secs);
         e
     }
     pub fn rate_limited(retry_after_secs: u64) -> Self {
-        let mut e = Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests for this token",
-        );
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests for this token");
         e.retry_after_secs = Some(retry_after_secs.max(1));
         e
     }
     pub fn internal(cause: anyhow::Error) -> Self {
-        let mut e = Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        );
+        let mut e = Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error");
         e.internal = Some(cause);
         e
     }
@@ -109,8 +87,7 @@ impl IntoResponse for ApiError {
         let body = json!({"error": {"code": self.code, "message": self.message, "request_id": request_id}});
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }

@@ -120,17 +120,11 @@ pub enum ExerciseError {
 
 pub fn effective_limits(defaults: &Limits, caps: &Limits, o: &LimitOverrides) -> Limits {
     Limits {
-        memory_mb: o
-            .memory_mb
-            .unwrap_or(defaults.memory_mb)
-            .min(caps.memory_mb),
+        memory_mb: o.memory_mb.unwrap_or(defaults.memory_mb).min(caps.memory_mb),
         cpus: o.cpus.unwrap_or(defaults.cpus).min(caps.cpus),
         pids: o.pids.unwrap_or(defaults.pids).min(caps.pids),
         tmpfs_mb: o.tmpfs_mb.unwrap_or(defaults.tmpfs_mb).min(caps.tmpfs_mb),
-        workspace_mb: o
-            .workspace_mb
-            .unwrap_or(defaults.workspace_mb)
-            .min(caps.workspace_mb),
+        workspace_mb: o.workspace_mb.unwrap_or(defaults.workspace_mb).min(caps.workspace_mb),
     }
 }
 
@@ -142,14 +136,12 @@ pub fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
         cap: T,
     ) -> Result<(), Invalid> {
         match v {
-            Some(v) if v < min => Err(Invalid::new(
-                "limit_too_small",
-                format!("limits.{field} = {v} is below the minimum {min}"),
-            )),
-            Some(v) if v > cap => Err(Invalid::new(
-                "limit_exceeds_cap",
-                format!("limits.{field} = {v} exceeds the operator's cap {cap}"),
-            )),
+            Some(v) if v < min => {
+                Err(Invalid::new("limit_too_small", format!("limits.{field} = {v} is below the minimum {min}")))
+            }
+            Some(v) if v > cap => {
+                Err(Invalid::new("limit_exceeds_cap", format!("limits.{field} = {v} exceeds the operator's cap {cap}")))
+            }
             _ => Ok(()),
         }
     }
@@ -159,10 +151,7 @@ pub fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
     check("tmpfs_mb", o.tmpfs_mb, 1, caps.tmpfs_mb)?;
     check("workspace_mb", o.workspace_mb, 8, caps.workspace_mb)?;
     if o.cpus.is_some_and(|c| !c.is_finite()) {
-        return Err(Invalid::new(
-            "invalid_limit",
-            "limits.cpus must be a number",
-        ));
+        return Err(Invalid::new("invalid_limit", "limits.cpus must be a number"));
     }
     Ok(())
 }
@@ -170,17 +159,12 @@ pub fn check_limits(caps: &Limits, o: &LimitOverrides) -> Result<(), Invalid> {
 pub fn check_image_reference(image: &str) -> Result<(), Invalid> {
     let ok = !image.is_empty()
         && image.len() <= 255
-        && image
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
+        && image.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b))
         && !image.starts_with(['-', '.', '/', ':']);
     if ok {
         Ok(())
     } else {
-        Err(Invalid::new(
-            "invalid_image",
-            format!("image {image:?} is not a valid image reference"),
-        ))
+        Err(Invalid::new("invalid_image", format!("image {image:?} is not a valid image reference")))
     }
 }
 
@@ -190,28 +174,23 @@ pub fn check_workdir(dir: &str) -> Result<(), Invalid> {
         && dir.len() <= 200
         && !dir.split('/').any(|c| c == ".." || c == ".")
         && !dir.ends_with('/')
-        && dir
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_-.".contains(&b))
-        && !TMPFS_PATHS
+        && dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-.".contains(&b))
+        && !TMPFS_PATHS.iter().any(|t| dir == *t || dir.starts_with(&format!("{t}/")))
+        && !["/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/usr", "/lib"]
             .iter()
-            .any(|t| dir == *t || dir.starts_with(&format!("{t}/")))
-        && ![
-            "/proc", "/sys", "/dev", "/etc", "/bin", "/sbin", "/usr", "/lib",
-        ]
-        .iter()
-        .any(|p| dir == *p || dir.starts_with(&format!("{p}/")));
+            .any(|p| dir == *p || dir.starts_with(&format!("{p}/")));
     if ok {
         Ok(())
     } else {
-        Err(Invalid::new("invalid_workdir", format!("workdir {dir:?} must be an absolute, normalised path outside system and tmpfs directories")))
+        Err(Invalid::new(
+            "invalid_workdir",
+            format!("workdir {dir:?} must be an absolute, normalised path outside system and tmpfs directories"),
+        ))
     }
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn to_view(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<Exercise> {
@@ -236,13 +215,8 @@ pub fn to_view(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<Exerci
 
 pub fn check_check(c: &CheckSpec) -> Result<(), Invalid> {
     let bad = |m: &str| Invalid::new("invalid_check", format!("check: {m}"));
-    if c.command.is_empty()
-        || c.command.len() > 64
-        || c.command.iter().any(|a| a.is_empty() || a.contains('\0'))
-    {
-        return Err(bad(
-            "command must be a non-empty list of non-empty arguments",
-        ));
+    if c.command.is_empty() || c.command.len() > 64 || c.command.iter().any(|a| a.is_empty() || a.contains('\0')) {
+        return Err(bad("command must be a non-empty list of non-empty arguments"));
     }
     if !(1..=600).contains(&c.timeout_secs) {
         return Err(bad("timeout_secs must be between 1 and 600"));
@@ -260,27 +234,18 @@ pub fn check_git(g: &GitSource, allow_local: bool) -> Result<(), Invalid> {
     if !url_ok {
         return Err(Invalid::new(
             "invalid_git_url",
-            format!(
-                "git.url {:?} must be an http(s) URL{}",
-                g.url,
-                if allow_local { " or a local path" } else { "" }
-            ),
+            format!("git.url {:?} must be an http(s) URL{}", g.url, if allow_local { " or a local path" } else { "" }),
         ));
     }
     let ref_ok = !g.git_ref.is_empty()
         && g.git_ref.len() <= 200
         && !g.git_ref.starts_with('-')
         && !g.git_ref.contains("..")
-        && g.git_ref
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
+        && g.git_ref.bytes().all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b));
     if !ref_ok {
         return Err(Invalid::new(
             "invalid_git_ref",
-            format!(
-                "git.ref {:?} is not a branch, tag or commit name",
-                g.git_ref
-            ),
+            format!("git.ref {:?} is not a branch, tag or commit name", g.git_ref),
         ));
     }
     Ok(())
@@ -305,9 +270,7 @@ pub async fn put(
     }
     if let Some(t) = &input.title {
         if t.chars().count() > 200 {
-            return Err(
-                Invalid::new("invalid_title", "title must be at most 200 characters").into(),
-            );
+            return Err(Invalid::new("invalid_title", "title must be at most 200 characters").into());
         }
     }
     if let Some(w) = &input.workdir {
@@ -319,37 +282,19 @@ pub async fn put(
     if let Some(g) = &input.git {
         check_git(g, settings.git_allow_local)?;
     }
-    if input
-        .hook_secret
-        .as_ref()
-        .is_some_and(|s| s.len() < 16 || s.len() > 256)
-    {
-        return Err(Invalid::new(
-            "invalid_hook_secret",
-            "hook_secret must be 16-256 characters",
-        )
-        .into());
+    if input.hook_secret.as_ref().is_some_and(|s| s.len() < 16 || s.len() > 256) {
+        return Err(Invalid::new("invalid_hook_secret", "hook_secret must be 16-256 characters").into());
     }
     let existing = store.exercise(slug.as_str()).await?;
     let mut spec: ExerciseSpec = match &existing {
         Some(r) => serde_json::from_str(&r.spec).map_err(anyhow::Error::from)?,
-        None => ExerciseSpec {
-            workdir: "/workspace".into(),
-            auto_publish: true,
-            ..Default::default()
-        },
+        None => ExerciseSpec { workdir: "/workspace".into(), auto_publish: true, ..Default::default() },
     };
-    let mut image = existing
-        .as_ref()
-        .map(|r| r.image.clone())
-        .unwrap_or_default();
+    let mut image = existing.as_ref().map(|r| r.image.clone()).unwrap_or_default();
     if let Some(reference) = &input.image {
         check_image_reference(reference)?;
         let info = engine.image(reference).await?.ok_or_else(|| {
-            Invalid::new(
-                "image_not_found",
-                format!("image {reference:?} does not exist on the Docker engine"),
-            )
+            Invalid::new("image_not_found", format!("image {reference:?} does not exist on the Docker engine"))
         })?;
         image = reference.clone();
         spec.limits = input.limits.clone();
@@ -376,16 +321,10 @@ pub async fn put(
         spec.hook_secret = input.hook_secret;
     }
     let created = store
-        .upsert_exercise(
-            slug.as_str(),
-            &image,
-            &serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
-        )
+        .upsert_exercise(slug.as_str(), &image, &serde_json::to_string(&spec).map_err(anyhow::Error::from)?)
         .await?;
-    let record = store
-        .exercise(slug.as_str())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("exercise vanished after write"))?;
+    let record =
+        store.exercise(slug.as_str()).await?.ok_or_else(|| anyhow::anyhow!("exercise vanished after write"))?;
     Ok((to_view(settings, &record)?, created))
 }
 
@@ -395,11 +334,7 @@ pub fn sandbox_spec(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<S
     Ok(SandboxSpec {
         image: r.image.clone(),
         limits: effective_limits(&settings.default_limits, &settings.limit_caps, &spec.limits),
-        network: if spec.network {
-            settings.sandbox_network.clone()
-        } else {
-            None
-        },
+        network: if spec.network { settings.sandbox_network.clone() } else { None },
         workdir: spec.workdir,
         writable: spec.writable,
         check: spec.check,
@@ -413,49 +348,18 @@ mod tests {
     #[test]
     fn limits_are_checked_against_caps() {
         let caps = Limits::DEFAULT_CAPS;
-        assert!(check_limits(
-            &caps,
-            &LimitOverrides {
-                memory_mb: Some(256),
-                ..Default::default()
-            }
-        )
-        .is_ok());
-        let e = check_limits(
-            &caps,
-            &LimitOverrides {
-                memory_mb: Some(1 << 20),
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
+        assert!(check_limits(&caps, &LimitOverrides { memory_mb: Some(256), ..Default::default() }).is_ok());
+        let e = check_limits(&caps, &LimitOverrides { memory_mb: Some(1 << 20), ..Default::default() }).unwrap_err();
         assert_eq!(e.code, "limit_exceeds_cap");
         assert!(e.message.contains("memory_mb"));
-        assert!(check_limits(
-            &caps,
-            &LimitOverrides {
-                pids: Some(1),
-                ..Default::default()
-            }
-        )
-        .is_err());
+        assert!(check_limits(&caps, &LimitOverrides { pids: Some(1), ..Default::default() }).is_err());
     }
 
     #[test]
     fn workdirs() {
         assert!(check_workdir("/workspace").is_ok());
         assert!(check_workdir("/home/learner/project").is_ok());
-        for bad in [
-            "",
-            "/",
-            "relative",
-            "/tmp",
-            "/tmp/x",
-            "/a/../etc",
-            "/etc",
-            "/proc/1",
-            "/a b",
-        ] {
+        for bad in ["", "/", "relative", "/tmp", "/tmp/x", "/a/../etc", "/etc", "/proc/1", "/a b"] {
             assert!(check_workdir(bad).is_err(), "{bad}");
         }
     }

@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the code map and the invariants.
 
 pub mod app;
+pub mod base_image;
 pub mod builds;
 pub mod checks;
 pub mod config;
@@ -33,18 +34,13 @@ pub async fn launch(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir).with_context(|| {
-        format!(
-            "creating the data directory {}",
-            settings.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
     settings.resolve_api_token()?;
     let app = App::build(settings).await?;
-    let report = sessions::reconcile::reconcile_once(&app)
-        .await
-        .context("reconciling at start")?;
+    let report = sessions::reconcile::reconcile_once(&app).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
+    builds::recover(&app).await.context("recovering builds at start")?;
 
     let cancel = CancellationToken::new();
     let background = [
@@ -55,9 +51,7 @@ pub async fn launch(
     tracing::info!(addr = %listener.local_addr()?, instance = %app.settings.instance,
         runtime = app.settings.runtime.as_str(), "exercise-runner listening");
     let router = http::router::build_axum_router(app.clone());
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
     cancel.cancel();
     for task in background {
         let _ = task.await;

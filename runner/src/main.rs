@@ -12,6 +12,21 @@ struct Cli {
 enum Command {
     /// Run the service (configuration from RUNNER_* environment variables; see README).
     Serve,
+    /// Manage the images sandboxes are made from.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Build exercise-runner/base:latest (making debian:bookworm-slim first when it is missing).
+    BuildBase {
+        /// Rebuild even when the image is up to date.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[tokio::main]
@@ -25,6 +40,12 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
             runner::launch(settings, listener, runner::shutdown_signal()).await
+        }
+        Command::Images { command: ImagesCommand::BuildBase { force } } => {
+            runner::telemetry::init(false);
+            let metrics = std::sync::Arc::new(runner::metrics::Metrics::new());
+            let engine = runner::docker::Engine::connect("images", metrics).await?;
+            runner::base_image::ensure(&engine, force, |line| eprintln!("[build-base] {line}")).await
         }
     }
 }

@@ -1,9 +1,7 @@
 //! Prometheus metrics. Counters and histograms are updated where things happen; gauges that
 //! mirror the database (sessions by state) are read from it at scrape time.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -20,59 +18,37 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let sessions = IntGaugeVec::new(
-            Opts::new("runner_sessions", "Sessions by state"),
-            &["state"],
-        )
-        .unwrap();
+        let sessions = IntGaugeVec::new(Opts::new("runner_sessions", "Sessions by state"), &["state"]).unwrap();
         let session_start_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "runner_session_start_duration_seconds",
-                "Time from session request to running sandbox",
-            )
-            .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            HistogramOpts::new("runner_session_start_duration_seconds", "Time from session request to running sandbox")
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
             &["runtime"],
         )
         .unwrap();
         let sessions_reaped = IntCounterVec::new(
-            Opts::new(
-                "runner_sessions_reaped_total",
-                "Sessions stopped by the reaper",
-            ),
+            Opts::new("runner_sessions_reaped_total", "Sessions stopped by the reaper"),
             &["reason"],
         )
         .unwrap();
-        let docker_errors = IntCounterVec::new(
-            Opts::new("runner_docker_errors_total", "Docker API calls that failed"),
-            &["operation"],
-        )
-        .unwrap();
+        let docker_errors =
+            IntCounterVec::new(Opts::new("runner_docker_errors_total", "Docker API calls that failed"), &["operation"])
+                .unwrap();
         let reconcile_actions = IntCounterVec::new(
-            Opts::new(
-                "runner_reconcile_actions_total",
-                "What reconciliation did to make Docker match the database",
-            ),
+            Opts::new("runner_reconcile_actions_total", "What reconciliation did to make Docker match the database"),
             &["action"],
         )
         .unwrap();
         let rejected_requests = IntCounterVec::new(
-            Opts::new(
-                "runner_rejected_requests_total",
-                "Requests refused by back-pressure or rate limits",
-            ),
+            Opts::new("runner_rejected_requests_total", "Requests refused by back-pressure or rate limits"),
             &["reason"],
         )
         .unwrap();
-        let checks = IntCounterVec::new(
-            Opts::new("runner_checks_total", "Checks of learners' work by verdict"),
-            &["verdict"],
-        )
-        .unwrap();
-        let builds = IntCounterVec::new(
-            Opts::new("runner_builds_total", "Finished exercise builds by outcome"),
-            &["outcome"],
-        )
-        .unwrap();
+        let checks =
+            IntCounterVec::new(Opts::new("runner_checks_total", "Checks of learners' work by verdict"), &["verdict"])
+                .unwrap();
+        let builds =
+            IntCounterVec::new(Opts::new("runner_builds_total", "Finished exercise builds by outcome"), &["outcome"])
+                .unwrap();
         for c in [
             Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(builds.clone()),
@@ -100,9 +76,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

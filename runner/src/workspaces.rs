@@ -38,38 +38,19 @@ async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
         .args(args)
         .output()
         .await
-        .with_context(|| {
-            format!("running {program} (is it installed? scripts/host-setup.sh installs it)")
-        })?;
+        .with_context(|| format!("running {program} (is it installed? scripts/host-setup.sh installs it)"))?;
     if !out.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Workspaces {
-    pub fn new(
-        driver: WorkspaceDriver,
-        dir: PathBuf,
-        sandbox_user: &str,
-        engine: Engine,
-        store: Store,
-    ) -> Arc<Self> {
+    pub fn new(driver: WorkspaceDriver, dir: PathBuf, sandbox_user: &str, engine: Engine, store: Store) -> Arc<Self> {
         let mut ids = sandbox_user.split(':').map(|s| s.parse::<u32>().ok());
         let uid = ids.next().flatten().unwrap_or(1000);
         let gid = ids.next().flatten().unwrap_or(uid);
-        Arc::new(Workspaces {
-            driver,
-            dir,
-            owner: (uid, gid),
-            engine,
-            store,
-            lock: Mutex::new(()),
-        })
+        Arc::new(Workspaces { driver, dir, owner: (uid, gid), engine, store, lock: Mutex::new(()) })
     }
 
     fn image_path(&self, volume: &str) -> PathBuf {
@@ -79,31 +60,17 @@ impl Workspaces {
     /// Checks that this machine can provide workspaces with the configured driver.
     pub async fn check(&self) -> anyhow::Result<()> {
         if self.driver == WorkspaceDriver::Loop {
-            tokio::fs::create_dir_all(&self.dir)
-                .await
-                .with_context(|| format!("creating {}", self.dir.display()))?;
-            run("losetup", &["--version"])
-                .await
-                .context("the loop workspace driver needs losetup")?;
-            run("mkfs.ext4", &["-V"])
-                .await
-                .context("the loop workspace driver needs mkfs.ext4")?;
+            tokio::fs::create_dir_all(&self.dir).await.with_context(|| format!("creating {}", self.dir.display()))?;
+            run("losetup", &["--version"]).await.context("the loop workspace driver needs losetup")?;
+            run("mkfs.ext4", &["-V"]).await.context("the loop workspace driver needs mkfs.ext4")?;
         }
         Ok(())
     }
 
     /// Makes the workspace of a learner and exercise ready to mount; returns the volume name.
-    pub async fn prepare(
-        &self,
-        learner: &str,
-        exercise: &str,
-        size_mb: u64,
-    ) -> anyhow::Result<String> {
+    pub async fn prepare(&self, learner: &str, exercise: &str, size_mb: u64) -> anyhow::Result<String> {
         let volume = volume_name(self.engine.instance(), learner, exercise);
-        let record = self
-            .store
-            .claim_workspace(learner, exercise, &volume, size_mb as i64)
-            .await?;
+        let record = self.store.claim_workspace(learner, exercise, &volume, size_mb as i64).await?;
         let _guard = self.lock.lock().await;
         match self.driver {
             WorkspaceDriver::Volume => {
@@ -117,10 +84,8 @@ impl Workspaces {
                     self.make_image(&image, record.size_mb as u64).await?;
                 }
                 let device = self.attach(&image).await?;
-                let want = HashMap::from([
-                    ("type".to_string(), "ext4".to_string()),
-                    ("device".to_string(), device.clone()),
-                ]);
+                let want =
+                    HashMap::from([("type".to_string(), "ext4".to_string()), ("device".to_string(), device.clone())]);
                 match self.engine.volume_options(&volume).await? {
                     Some(opts) if opts.get("device") == Some(&device) => {}
                     Some(_) => {
@@ -145,22 +110,7 @@ impl Workspaces {
         drop(file);
         let owner = format!("root_owner={}:{}", self.owner.0, self.owner.1);
         let tmp_str = tmp.to_str().context("workspace path is not UTF-8")?;
-        if let Err(e) = run(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-m",
-                "0",
-                "-E",
-                &owner,
-                "-L",
-                "workspace",
-                tmp_str,
-            ],
-        )
-        .await
-        {
+        if let Err(e) = run("mkfs.ext4", &["-q", "-F", "-m", "0", "-E", &owner, "-L", "workspace", tmp_str]).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
@@ -174,20 +124,12 @@ impl Workspaces {
         if let Some(dev) = Self::attached_device(path).await? {
             return Ok(dev);
         }
-        Ok(run("losetup", &["-f", "--show", path])
-            .await?
-            .trim()
-            .to_string())
+        Ok(run("losetup", &["-f", "--show", path]).await?.trim().to_string())
     }
 
     async fn attached_device(path: &str) -> anyhow::Result<Option<String>> {
         let out = run("losetup", &["-j", path]).await?;
-        Ok(out
-            .lines()
-            .next()
-            .and_then(|l| l.split(':').next())
-            .map(|d| d.trim().to_string())
-            .filter(|d| !d.is_empty()))
+        Ok(out.lines().next().and_then(|l| l.split(':').next()).map(|d| d.trim().to_string()).filter(|d| !d.is_empty()))
     }
 
     /// After the last session of a workspace ended: drop the volume and the loop device, keep
@@ -258,8 +200,7 @@ impl Workspaces {
     /// Volumes of this instance that no workspace record knows of (left by a crash between
     /// volume create and record write, or by a deleted database): removed.
     pub async fn remove_orphan_volumes(&self) -> anyhow::Result<usize> {
-        let known: std::collections::HashSet<String> =
-            self.store.workspace_volumes().await?.into_iter().collect();
+        let known: std::collections::HashSet<String> = self.store.workspace_volumes().await?.into_iter().collect();
         let mut removed = 0;
         for v in self.engine.list_workspace_volumes().await? {
             if !known.contains(&v) {

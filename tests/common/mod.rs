@@ -18,22 +18,14 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 /// Fails loudly, never skips, when there is no Docker engine.
 pub fn require_docker() {
-    let ok = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .map(|o| o.status.success());
+    let ok =
+        Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().map(|o| o.status.success());
     assert!(
         matches!(ok, Ok(true)),
         "these tests need a running Docker engine: run ./scripts/test (it starts one) or scripts/host-setup.sh"
     );
-    let img = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
-        .output()
-        .map(|o| o.status.success());
-    assert!(
-        matches!(img, Ok(true)),
-        "test image {IMAGE} is missing: run scripts/make-images.sh"
-    );
+    let img = Command::new("docker").args(["image", "inspect", IMAGE]).output().map(|o| o.status.success());
+    assert!(matches!(img, Ok(true)), "test image {IMAGE} is missing: run scripts/make-images.sh");
 }
 
 /// Settings for a test: fast loops, small limits, a fresh data dir and instance.
@@ -41,10 +33,7 @@ pub fn test_settings(data_dir: &Path, instance: &str) -> Settings {
     let mut s = Settings::defaults();
     s.listen = "127.0.0.1:0".parse().unwrap();
     s.data_dir = data_dir.to_path_buf();
-    s.database_url = runner::config::Secret::new(format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join("runner.db").display()
-    ));
+    s.database_url = runner::config::Secret::new(format!("sqlite://{}?mode=rwc", data_dir.join("runner.db").display()));
     s.api_token = Some(runner::config::Secret::new(TOKEN));
     s.instance = instance.to_string();
     s.default_limits.memory_mb = 128;
@@ -69,10 +58,7 @@ pub struct TestApp {
 
 pub fn new_instance() -> (String, tempfile::TempDir) {
     let instance = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let tmp = tempfile::Builder::new()
-        .prefix("exercise-runner-test-")
-        .tempdir()
-        .unwrap();
+    let tmp = tempfile::Builder::new().prefix("exercise-runner-test-").tempdir().unwrap();
     (instance, tmp)
 }
 
@@ -92,6 +78,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// Starts a runner in-process on the given settings (e.g. again on a previous app's data).
 pub async fn start(settings: Settings) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        runner::telemetry::init(false);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -117,12 +106,7 @@ impl TestApp {
     pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self
-                .client
-                .get(format!("{}/healthz", self.base))
-                .send()
-                .await
-            {
+            if let Ok(r) = self.client.get(format!("{}/healthz", self.base)).send().await {
                 if r.status().is_success() {
                     return;
                 }
@@ -130,10 +114,7 @@ impl TestApp {
             if let Some(server) = &self.server {
                 assert!(!server.is_finished(), "the runner exited during start");
             }
-            assert!(
-                Instant::now() < deadline,
-                "the runner did not become healthy"
-            );
+            assert!(Instant::now() < deadline, "the runner did not become healthy");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -162,27 +143,16 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(TOKEN);
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, self.url(path)).bearer_auth(TOKEN);
         if let Some(b) = body {
             req = req.json(&b);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, value)
     }
 
@@ -211,23 +181,13 @@ impl TestApp {
     }
 
     pub async fn session(&self, learner: &str, exercise: &str) -> Value {
-        let (status, v) = self
-            .post(
-                "/v1/sessions",
-                json!({"learner": learner, "exercise": exercise}),
-            )
-            .await;
+        let (status, v) = self.post("/v1/sessions", json!({"learner": learner, "exercise": exercise})).await;
         assert!(status == 201 || status == 200, "POST session: {status} {v}");
         v
     }
 
     /// Polls a session until `pred` holds or the deadline passes.
-    pub async fn wait_session(
-        &self,
-        id: &str,
-        within: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn wait_session(&self, id: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let (status, v) = self.get(&format!("/v1/sessions/{id}")).await;
@@ -235,10 +195,7 @@ impl TestApp {
             if pred(&v) {
                 return v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "session did not reach the expected state in {within:?}: {v}"
-            );
+            assert!(Instant::now() < deadline, "session did not reach the expected state in {within:?}: {v}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -264,22 +221,11 @@ pub fn cleanup_instance(instance: &str, data_dir: &Path) {
     for c in containers_of(instance) {
         let _ = Command::new("docker").args(["rm", "-f", &c]).output();
     }
-    let vols = docker(&[
-        "volume",
-        "ls",
-        "-q",
-        "--filter",
-        &format!("label=exercise-runner.instance={instance}"),
-    ]);
+    let vols = docker(&["volume", "ls", "-q", "--filter", &format!("label=exercise-runner.instance={instance}")]);
     for v in vols.lines().filter(|l| !l.is_empty()) {
-        let _ = Command::new("docker")
-            .args(["volume", "rm", "-f", v])
-            .output();
+        let _ = Command::new("docker").args(["volume", "rm", "-f", v]).output();
     }
-    let loops = Command::new("losetup")
-        .arg("-a")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let loops = Command::new("losetup").arg("-a").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     for line in loops.unwrap_or_default().lines() {
         if line.contains(&*data_dir.to_string_lossy()) {
             if let Some(dev) = line.split(':').next() {
@@ -290,39 +236,24 @@ pub fn cleanup_instance(instance: &str, data_dir: &Path) {
 }
 
 pub fn containers_of(instance: &str) -> Vec<String> {
-    docker(&[
-        "ps",
-        "-aq",
-        "--no-trunc",
-        "--filter",
-        &format!("label=exercise-runner.instance={instance}"),
-    ])
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(str::to_string)
-    .collect()
+    docker(&["ps", "-aq", "--no-trunc", "--filter", &format!("label=exercise-runner.instance={instance}")])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Runs the docker CLI and returns its stdout (panics on failure).
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("running docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("docker").args(args).output().expect("running docker");
+    assert!(out.status.success(), "docker {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `docker exec` as the sandbox user; returns (exit code, stdout+stderr).
 pub fn sandbox_exec(container: &str, script: &str) -> (i32, String) {
-    let out = Command::new("docker")
-        .args(["exec", container, "sh", "-c", script])
-        .output()
-        .expect("running docker exec");
+    let out =
+        Command::new("docker").args(["exec", container, "sh", "-c", script]).output().expect("running docker exec");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
@@ -356,10 +287,126 @@ pub async fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> 
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// ---- exercise repositories for build tests ----
+
+/// A tar of a directory tree (regular files and directories; modes kept, times zeroed).
+pub fn tar_dir(dir: &Path) -> Vec<u8> {
+    fn walk(b: &mut tar::Builder<Vec<u8>>, root: &Path, dir: &Path) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                walk(b, root, &path);
+            } else if meta.is_file() {
+                use std::os::unix::fs::PermissionsExt;
+                let data = std::fs::read(&path).unwrap();
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(meta.permissions().mode() & 0o777);
+                h.set_mtime(0);
+                b.append_data(&mut h, rel, data.as_slice()).unwrap();
+            }
+        }
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    walk(&mut b, dir, dir);
+    b.into_inner().unwrap()
+}
+
+/// A tar of (path, content) files.
+pub fn tar_files(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A tiny exercise on the busybox image that builds in a second: the learner must put 42 in
+/// answer.txt. `extra` files override the defaults (e.g. a different Dockerfile).
+pub fn quick_exercise(slug: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let manifest = format!(
+        "slug = \"{slug}\"\ntitle = \"The answer\"\ncheck = [\"sh\", \"/opt/exercise/tests/check.sh\"]\ncheck_timeout_secs = 10\n"
+    );
+    let mut files: Vec<(&str, String)> = vec![
+        ("exercise.toml", manifest),
+        (
+            "Dockerfile",
+            format!("FROM {IMAGE}\nCOPY --chown=1000:1000 exercise/ /workspace/\nCOPY tests/ /opt/exercise/tests/\n"),
+        ),
+        ("exercise/answer.txt", "TODO\n".into()),
+        (
+            "tests/check.sh",
+            "if grep -qx 42 answer.txt; then echo correct; else echo \"expected 42, got: $(cat answer.txt)\"; exit 1; fi\n".into(),
+        ),
+        ("solution/answer.txt", "42\n".into()),
+    ];
+    for (path, data) in extra {
+        match files.iter_mut().find(|(p, _)| p == path) {
+            Some(f) => f.1 = data.to_string(),
+            None => files.push((path, data.to_string())),
+        }
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, d)| (*p, d.as_str())).collect();
+    tar_files(&refs)
+}
+
+impl TestApp {
+    /// Submits a repository archive as a build.
+    pub async fn submit_build(&self, slug: &str, archive: Vec<u8>) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(&format!("/v1/exercises/{slug}/builds")))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/x-tar")
+            .body(archive)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits for a build to end; returns it.
+    pub async fn wait_build(&self, id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, v) = self.get(&format!("/v1/builds/{id}")).await;
+            assert_eq!(status, 200, "{v}");
+            if !matches!(v["state"].as_str(), Some("queued" | "building" | "testing")) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "build still {} after {within:?}: {v}", v["state"]);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn build_log(&self, id: &str) -> String {
+        let r = self.client.get(self.url(&format!("/v1/builds/{id}/logs"))).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+}
+
+/// Copies files into a running sandbox as the learner (through docker exec, like a learner would).
+pub fn learner_writes(container: &str, path: &str, content: &str) {
+    use std::io::Write;
+    let mut child = Command::new("docker")
+        .args(["exec", "-i", container, "sh", "-c", &format!("cat > {path}")])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
 }

@@ -24,10 +24,7 @@ pub struct Caps {
 
 impl Default for Caps {
     fn default() -> Self {
-        Caps {
-            max_unpacked_bytes: 128 * 1024 * 1024,
-            max_files: 10_000,
-        }
+        Caps { max_unpacked_bytes: 128 * 1024 * 1024, max_files: 10_000 }
     }
 }
 
@@ -54,23 +51,13 @@ fn clean_path(raw: &Path) -> Result<Option<String>, Invalid> {
     for c in raw.components() {
         match c {
             Component::Normal(p) => {
-                let p = p
-                    .to_str()
-                    .ok_or_else(|| reject(format!("{raw:?}: path is not UTF-8")))?;
+                let p = p.to_str().ok_or_else(|| reject(format!("{raw:?}: path is not UTF-8")))?;
                 parts.push(p.to_string());
             }
             Component::CurDir => {}
-            Component::ParentDir => {
-                return Err(reject(format!(
-                    "{}: '..' is not allowed in paths",
-                    raw.display()
-                )))
-            }
+            Component::ParentDir => return Err(reject(format!("{}: '..' is not allowed in paths", raw.display()))),
             Component::RootDir | Component::Prefix(_) => {
-                return Err(reject(format!(
-                    "{}: absolute paths are not allowed",
-                    raw.display()
-                )))
+                return Err(reject(format!("{}: absolute paths are not allowed", raw.display())))
             }
         }
     }
@@ -120,15 +107,10 @@ impl Tree {
         let mut archive = tar::Archive::new(reader);
         let mut tree = Tree::default();
         let mut total: u64 = 0;
-        let entries = archive
-            .entries()
-            .map_err(|e| reject(format!("not a tar archive: {e}")))?;
+        let entries = archive.entries().map_err(|e| reject(format!("not a tar archive: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| reject(format!("unreadable archive: {e}")))?;
-            let raw_path = entry
-                .path()
-                .map_err(|e| reject(format!("bad path in archive: {e}")))?
-                .into_owned();
+            let raw_path = entry.path().map_err(|e| reject(format!("bad path in archive: {e}")))?.into_owned();
             let kind = entry.header().entry_type();
             if matches!(
                 kind,
@@ -150,10 +132,7 @@ impl Tree {
                     let size = entry.header().size().unwrap_or(u64::MAX);
                     total = total.saturating_add(size);
                     if total > caps.max_unpacked_bytes {
-                        return Err(reject(format!(
-                            "unpacked size over {} bytes",
-                            caps.max_unpacked_bytes
-                        )));
+                        return Err(reject(format!("unpacked size over {} bytes", caps.max_unpacked_bytes)));
                     }
                     let mut data = Vec::with_capacity(size.min(1 << 20) as usize);
                     (&mut entry)
@@ -164,10 +143,7 @@ impl Tree {
                         return Err(reject(format!("{path}: truncated archive")));
                     }
                     let mode = entry.header().mode().unwrap_or(0o644);
-                    Node::File {
-                        data,
-                        executable: mode & 0o111 != 0,
-                    }
+                    Node::File { data, executable: mode & 0o111 != 0 }
                 }
                 tar::EntryType::Directory => Node::Dir,
                 tar::EntryType::Symlink => {
@@ -177,26 +153,16 @@ impl Tree {
                         .and_then(|t| t.to_str().map(str::to_string))
                         .ok_or_else(|| reject(format!("{path}: symlink without a UTF-8 target")))?;
                     if !symlink_stays_inside(&path, &target) {
-                        return Err(reject(format!(
-                            "{path}: symlink to {target:?} points outside the repository"
-                        )));
+                        return Err(reject(format!("{path}: symlink to {target:?} points outside the repository")));
                     }
                     Node::Symlink { target }
                 }
-                tar::EntryType::Link => {
-                    return Err(reject(format!("{path}: hard links are not allowed")))
-                }
+                tar::EntryType::Link => return Err(reject(format!("{path}: hard links are not allowed"))),
                 tar::EntryType::Char | tar::EntryType::Block => {
                     return Err(reject(format!("{path}: device files are not allowed")))
                 }
-                tar::EntryType::Fifo => {
-                    return Err(reject(format!("{path}: FIFOs are not allowed")))
-                }
-                other => {
-                    return Err(reject(format!(
-                        "{path}: entries of type {other:?} are not allowed"
-                    )))
-                }
+                tar::EntryType::Fifo => return Err(reject(format!("{path}: FIFOs are not allowed"))),
+                other => return Err(reject(format!("{path}: entries of type {other:?} are not allowed"))),
             };
             if let Some(previous) = tree.nodes.get(&path) {
                 if !(previous == &Node::Dir && node == Node::Dir) {
@@ -211,22 +177,14 @@ impl Tree {
         // A file must not sit where a directory is needed, nor under a symlink.
         for path in tree.nodes.keys() {
             let mut prefix = String::new();
-            for part in path
-                .split('/')
-                .collect::<Vec<_>>()
-                .split_last()
-                .map(|(_, p)| p)
-                .unwrap_or(&[])
-            {
+            for part in path.split('/').collect::<Vec<_>>().split_last().map(|(_, p)| p).unwrap_or(&[]) {
                 if !prefix.is_empty() {
                     prefix.push('/');
                 }
                 prefix.push_str(part);
                 match tree.nodes.get(&prefix) {
                     Some(Node::Dir) | None => {}
-                    Some(_) => {
-                        return Err(reject(format!("{path}: a parent of it is not a directory")))
-                    }
+                    Some(_) => return Err(reject(format!("{path}: a parent of it is not a directory"))),
                 }
             }
         }
@@ -320,8 +278,7 @@ impl Tree {
     pub fn build_context_tar(&self, exclude: &str) -> Vec<u8> {
         let prefix = format!("{exclude}/");
         self.to_tar(|p| {
-            let skipped =
-                p == exclude || p.starts_with(&prefix) || p == ".git" || p.starts_with(".git/");
+            let skipped = p == exclude || p.starts_with(&prefix) || p == ".git" || p.starts_with(".git/");
             (!skipped).then(|| p.to_string())
         })
     }
@@ -368,12 +325,7 @@ mod tests {
         assert_eq!(again.digest(), tree.digest());
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &t).unwrap();
-        assert_eq!(
-            Tree::from_archive(&gz.finish().unwrap(), Caps::default())
-                .unwrap()
-                .digest(),
-            tree.digest()
-        );
+        assert_eq!(Tree::from_archive(&gz.finish().unwrap(), Caps::default()).unwrap().digest(), tree.digest());
     }
 
     #[test]
@@ -382,35 +334,14 @@ mod tests {
             (tar_of(&[("../evil", Regular, b"x", None)]), "'..'"),
             (tar_of(&[("a/../../evil", Regular, b"x", None)]), "'..'"),
             (tar_of(&[("/etc/passwd", Regular, b"x", None)]), "absolute"),
-            (
-                tar_of(&[("link", Symlink, b"", Some("/etc/passwd"))]),
-                "outside",
-            ),
-            (
-                tar_of(&[("a/link", Symlink, b"", Some("../../etc"))]),
-                "outside",
-            ),
-            (
-                tar_of(&[("hard", Link, b"", Some("/etc/shadow"))]),
-                "hard links",
-            ),
+            (tar_of(&[("link", Symlink, b"", Some("/etc/passwd"))]), "outside"),
+            (tar_of(&[("a/link", Symlink, b"", Some("../../etc"))]), "outside"),
+            (tar_of(&[("hard", Link, b"", Some("/etc/shadow"))]), "hard links"),
             (tar_of(&[("dev", Char, b"", None)]), "device"),
             (tar_of(&[("fifo", Fifo, b"", None)]), "FIFO"),
-            (
-                tar_of(&[("a", Regular, b"x", None), ("a", Regular, b"y", None)]),
-                "twice",
-            ),
-            (
-                tar_of(&[
-                    ("l", Symlink, b"", Some("sub")),
-                    ("l/x", Regular, b"y", None),
-                ]),
-                "not a directory",
-            ),
-            (
-                b"definitely not a tar archive, just some text that is long enough".repeat(20),
-                "archive",
-            ),
+            (tar_of(&[("a", Regular, b"x", None), ("a", Regular, b"y", None)]), "twice"),
+            (tar_of(&[("l", Symlink, b"", Some("sub")), ("l/x", Regular, b"y", None)]), "not a directory"),
+            (b"definitely not a tar archive, just some text that is long enough".repeat(20), "archive"),
         ];
         for (bytes, needle) in cases {
             let e = Tree::from_archive(&bytes, Caps::default()).unwrap_err();
@@ -419,38 +350,18 @@ mod tests {
         }
         // Size and count caps, on the unpacked content.
         let big = tar_of(&[("big", Regular, &vec![0u8; 4096], None)]);
-        let caps = Caps {
-            max_unpacked_bytes: 1000,
-            max_files: 10,
-        };
-        assert!(Tree::from_archive(&big, caps)
-            .unwrap_err()
-            .message
-            .contains("unpacked size"));
-        let many: Vec<(String, tar::EntryType, &[u8], Option<&str>)> = (0..20)
-            .map(|i| (format!("f{i}"), Regular, &b"x"[..], None))
-            .collect();
-        let many: Vec<_> = many
-            .iter()
-            .map(|(p, k, d, l)| (p.as_str(), *k, *d, *l))
-            .collect();
-        assert!(Tree::from_archive(&tar_of(&many), caps)
-            .unwrap_err()
-            .message
-            .contains("more than"));
+        let caps = Caps { max_unpacked_bytes: 1000, max_files: 10 };
+        assert!(Tree::from_archive(&big, caps).unwrap_err().message.contains("unpacked size"));
+        let many: Vec<(String, tar::EntryType, &[u8], Option<&str>)> =
+            (0..20).map(|i| (format!("f{i}"), Regular, &b"x"[..], None)).collect();
+        let many: Vec<_> = many.iter().map(|(p, k, d, l)| (p.as_str(), *k, *d, *l)).collect();
+        assert!(Tree::from_archive(&tar_of(&many), caps).unwrap_err().message.contains("more than"));
         // A gzip bomb: small compressed, huge unpacked.
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        std::io::Write::write_all(
-            &mut gz,
-            &tar_of(&[("zeros", Regular, &vec![0u8; 8 << 20], None)]),
-        )
-        .unwrap();
+        std::io::Write::write_all(&mut gz, &tar_of(&[("zeros", Regular, &vec![0u8; 8 << 20], None)])).unwrap();
         let bomb = gz.finish().unwrap();
         assert!(bomb.len() < 64 * 1024);
-        let caps = Caps {
-            max_unpacked_bytes: 1 << 20,
-            max_files: 10,
-        };
+        let caps = Caps { max_unpacked_bytes: 1 << 20, max_files: 10 };
         assert!(Tree::from_archive(&bomb, caps).is_err());
     }
 

@@ -17,14 +17,7 @@ fn git(dir: &std::path::Path, allow_local: bool) -> Command {
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("HOME", dir)
-        .args([
-            "-c",
-            "protocol.allow=never",
-            "-c",
-            "protocol.https.allow=always",
-            "-c",
-            "protocol.http.allow=always",
-        ]);
+        .args(["-c", "protocol.allow=never", "-c", "protocol.https.allow=always", "-c", "protocol.http.allow=always"]);
     if allow_local {
         cmd.args(["-c", "protocol.file.allow=always"]);
     }
@@ -44,17 +37,7 @@ pub async fn fetch(
     let out = tokio::time::timeout(
         FETCH_TIMEOUT,
         git(scratch, allow_local)
-            .args([
-                "clone",
-                "--quiet",
-                "--bare",
-                "--depth",
-                "1",
-                "--single-branch",
-                "--branch",
-                &source.git_ref,
-                "--",
-            ])
+            .args(["clone", "--quiet", "--bare", "--depth", "1", "--single-branch", "--branch", &source.git_ref, "--"])
             .arg(&source.url)
             .arg(&bare)
             .output(),
@@ -83,14 +66,9 @@ pub async fn fetch(
     let mut stdout = child.stdout.take().expect("piped");
     (&mut stdout).take(limit + 1).read_to_end(&mut tar).await?;
     if tar.len() as u64 > limit {
-        bail!(
-            "the repository is over the size limit of {} bytes",
-            caps.max_unpacked_bytes
-        );
+        bail!("the repository is over the size limit of {} bytes", caps.max_unpacked_bytes);
     }
-    let status = tokio::time::timeout(FETCH_TIMEOUT, child.wait())
-        .await
-        .context("git archive timed out")??;
+    let status = tokio::time::timeout(FETCH_TIMEOUT, child.wait()).await.context("git archive timed out")??;
     if !status.success() {
         bail!("git archive failed");
     }

@@ -69,11 +69,7 @@ pub async fn handle(
     body: &[u8],
 ) -> Result<HookOutcome, HookError> {
     let signature = signature.ok_or(HookError::BadSignature)?;
-    let global = app
-        .settings
-        .git_hook_secret
-        .as_ref()
-        .map(|s| s.expose().as_bytes().to_vec());
+    let global = app.settings.git_hook_secret.as_ref().map(|s| s.expose().as_bytes().to_vec());
     if event == Some("ping") {
         // A ping proves the secret is set up; accept it when any known secret signs it.
         let mut secrets: Vec<Vec<u8>> = global.into_iter().collect();
@@ -83,26 +79,18 @@ pub async fn handle(
             }
         }
         return if secrets.iter().any(|s| verify(s, body, signature)) {
-            Ok(HookOutcome {
-                builds: vec![],
-                ignored: Some("ping"),
-            })
+            Ok(HookOutcome { builds: vec![], ignored: Some("ping") })
         } else {
             Err(HookError::BadSignature)
         };
     }
-    let push: Push =
-        serde_json::from_slice(body).map_err(|e| HookError::BadPayload(e.to_string()))?;
-    let urls: Vec<String> = [
-        &push.repository.clone_url,
-        &push.repository.html_url,
-        &push.repository.ssh_url,
-        &push.repository.git_url,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
+    let push: Push = serde_json::from_slice(body).map_err(|e| HookError::BadPayload(e.to_string()))?;
+    let urls: Vec<String> =
+        [&push.repository.clone_url, &push.repository.html_url, &push.repository.ssh_url, &push.repository.git_url]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
     let mut matched = Vec::new();
     let mut verified_any = global.as_ref().is_some_and(|g| verify(g, body, signature));
     for r in app.store.exercises().await.map_err(BuildError::from)? {
@@ -110,9 +98,8 @@ pub async fn handle(
             continue;
         };
         let Some(git) = spec.git else { continue };
-        let same_repo = urls.iter().any(|u| {
-            u == &git.url || u.trim_end_matches(".git") == git.url.trim_end_matches(".git")
-        });
+        let same_repo =
+            urls.iter().any(|u| u == &git.url || u.trim_end_matches(".git") == git.url.trim_end_matches(".git"));
         if !same_repo {
             continue;
         }
@@ -123,10 +110,7 @@ pub async fn handle(
         };
         if ok {
             verified_any = true;
-            let pushed = push
-                .git_ref
-                .strip_prefix("refs/heads/")
-                .or_else(|| push.git_ref.strip_prefix("refs/tags/"));
+            let pushed = push.git_ref.strip_prefix("refs/heads/").or_else(|| push.git_ref.strip_prefix("refs/tags/"));
             if pushed == Some(git.git_ref.as_str()) {
                 matched.push((r.slug.clone(), git));
             }
@@ -136,24 +120,15 @@ pub async fn handle(
         return Err(HookError::BadSignature);
     }
     if matched.is_empty() {
-        return Ok(HookOutcome {
-            builds: vec![],
-            ignored: Some("no exercise builds this repository and branch"),
-        });
+        return Ok(HookOutcome { builds: vec![], ignored: Some("no exercise builds this repository and branch") });
     }
     let mut builds = Vec::new();
     for (slug, git) in matched {
         let slug = Slug::parse(&slug).map_err(BuildError::from)?;
-        let commit = push
-            .after
-            .clone()
-            .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
+        let commit = push.after.clone().filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
         builds.push(super::submit_git(app, &slug, Some(git), commit).await?);
     }
-    Ok(HookOutcome {
-        builds,
-        ignored: None,
-    })
+    Ok(HookOutcome { builds, ignored: None })
 }
 
 #[cfg(test)]

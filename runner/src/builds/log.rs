@@ -19,21 +19,9 @@ pub fn path(dir: &std::path::Path, build_id: &str) -> PathBuf {
 impl BuildLog {
     pub fn open(dir: &std::path::Path, build_id: &str) -> BuildLog {
         let _ = std::fs::create_dir_all(dir);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path(dir, build_id))
-            .ok();
-        let written = file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map(|m| m.len())
-            .unwrap_or(0);
-        BuildLog {
-            file,
-            written,
-            full: false,
-        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path(dir, build_id)).ok();
+        let written = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
+        BuildLog { file, written, full: false }
     }
 
     /// Appends text (a line is ended with a newline when it lacks one).

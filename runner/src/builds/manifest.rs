@@ -23,11 +23,7 @@ pub struct CheckSpec {
 
 impl Default for CheckSpec {
     fn default() -> Self {
-        CheckSpec {
-            command: vec!["make".into(), "test".into()],
-            timeout_secs: 30,
-            services: vec![],
-        }
+        CheckSpec { command: vec!["make".into(), "test".into()], timeout_secs: 30, services: vec![] }
     }
 }
 
@@ -80,15 +76,11 @@ fn repo_dir(name: &str, v: Option<String>, default: &str) -> Result<String, Inva
         && v.len() <= 100
         && !v.starts_with('/')
         && v.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_-.".contains(&b));
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-.".contains(&b));
     if ok {
         Ok(v)
     } else {
-        Err(field(
-            name,
-            format!("{v:?} must be a relative directory inside the repository"),
-        ))
+        Err(field(name, format!("{v:?} must be a relative directory inside the repository")))
     }
 }
 
@@ -101,10 +93,7 @@ impl Manifest {
                 Some(span) => {
                     let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
-                    Invalid::new(
-                        "invalid_manifest",
-                        format!("{FILE}: line {line_no} ({line}): {msg}"),
-                    )
+                    Invalid::new("invalid_manifest", format!("{FILE}: line {line_no} ({line}): {msg}"))
                 }
                 None => Invalid::new("invalid_manifest", format!("{FILE}: {msg}")),
             }
@@ -117,14 +106,9 @@ impl Manifest {
         let command = raw.check.unwrap_or_else(|| CheckSpec::default().command);
         if command.is_empty()
             || command.len() > 64
-            || command
-                .iter()
-                .any(|a| a.is_empty() || a.len() > 4096 || a.contains('\0'))
+            || command.iter().any(|a| a.is_empty() || a.len() > 4096 || a.contains('\0'))
         {
-            return Err(field(
-                "check",
-                "must be a non-empty list of non-empty arguments",
-            ));
+            return Err(field("check", "must be a non-empty list of non-empty arguments"));
         }
         let timeout_secs = raw.check_timeout_secs.unwrap_or(30);
         if !(1..=600).contains(&timeout_secs) {
@@ -142,15 +126,10 @@ impl Manifest {
             return Err(field("writable", "at most 8 paths"));
         }
         for s in &raw.services {
-            let ok = !s.is_empty()
-                && s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+            let ok =
+                !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
             if !ok {
-                return Err(field(
-                    "services",
-                    format!("{s:?} is not a supervisord program name"),
-                ));
+                return Err(field("services", format!("{s:?} is not a supervisord program name")));
             }
         }
         check_limits(caps, &raw.limits).map_err(|e| field("limits", e.message))?;
@@ -160,11 +139,7 @@ impl Manifest {
         Ok(Manifest {
             slug: raw.slug,
             title,
-            check: CheckSpec {
-                command,
-                timeout_secs,
-                services: raw.services,
-            },
+            check: CheckSpec { command, timeout_secs, services: raw.services },
             workdir,
             learner_files,
             hidden_tests,
@@ -190,11 +165,7 @@ mod tests {
         assert_eq!(m.check.command, vec!["make", "test"]);
         assert_eq!(m.workdir, "/workspace");
         assert_eq!(
-            (
-                m.learner_files.as_str(),
-                m.hidden_tests.as_str(),
-                m.solution.as_str()
-            ),
+            (m.learner_files.as_str(), m.hidden_tests.as_str(), m.solution.as_str()),
             ("exercise", "tests", "solution")
         );
     }
@@ -207,23 +178,11 @@ mod tests {
             ("slug = \"a\"\ntitle = \"\"", "title"),
             ("slug = \"a\"\ntitle = \"A\"\ncheck = []", "check"),
             ("slug = \"a\"\ntitle = \"A\"\nworkdir = \"/etc\"", "workdir"),
-            (
-                "slug = \"a\"\ntitle = \"A\"\nsolution = \"../x\"",
-                "solution",
-            ),
-            (
-                "slug = \"a\"\ntitle = \"A\"\n[limits]\nmemory_mb = 99999999",
-                "limits",
-            ),
-            (
-                "slug = \"a\"\ntitle = \"A\"\nservices = [\"a b\"]",
-                "services",
-            ),
+            ("slug = \"a\"\ntitle = \"A\"\nsolution = \"../x\"", "solution"),
+            ("slug = \"a\"\ntitle = \"A\"\n[limits]\nmemory_mb = 99999999", "limits"),
+            ("slug = \"a\"\ntitle = \"A\"\nservices = [\"a b\"]", "services"),
             ("slug = \"a\"\ntitle = \"A\"\nbogus = 1", "bogus"),
-            (
-                "slug = \"a\"\ntitle = \"A\"\ncheck_timeout_secs = \"x\"",
-                "check_timeout_secs",
-            ),
+            ("slug = \"a\"\ntitle = \"A\"\ncheck_timeout_secs = \"x\"", "check_timeout_secs"),
         ];
         for (text, name) in cases {
             let e = parse(text).unwrap_err();

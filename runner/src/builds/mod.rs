@@ -91,9 +91,7 @@ pub struct Build {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn to_view(r: &BuildRecord) -> Build {
@@ -106,10 +104,7 @@ pub fn to_view(r: &BuildRecord) -> Build {
         image: r.image.clone(),
         cached: r.cached,
         failure_reason: r.failure_reason.clone(),
-        self_test: r
-            .self_test
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok()),
+        self_test: r.self_test.as_deref().and_then(|s| serde_json::from_str(s).ok()),
         created_at: rfc3339(r.created_at),
         started_at: r.started_at.map(rfc3339),
         finished_at: r.finished_at.map(rfc3339),
@@ -137,27 +132,17 @@ pub enum BuildError {
 }
 
 pub fn caps(app: &App) -> Caps {
-    Caps {
-        max_unpacked_bytes: app.settings.max_unpacked_bytes,
-        max_files: app.settings.max_archive_files,
-    }
+    Caps { max_unpacked_bytes: app.settings.max_unpacked_bytes, max_files: app.settings.max_archive_files }
 }
 
 /// Checks that a repository tree is an exercise for `slug`: a valid manifest naming it, a
 /// Dockerfile, the learner files and the solution.
 pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, Invalid> {
     let text = tree.file(manifest::FILE).ok_or_else(|| {
-        Invalid::new(
-            "invalid_manifest",
-            format!("the repository has no {} at its root", manifest::FILE),
-        )
+        Invalid::new("invalid_manifest", format!("the repository has no {} at its root", manifest::FILE))
     })?;
-    let text = std::str::from_utf8(text).map_err(|_| {
-        Invalid::new(
-            "invalid_manifest",
-            format!("{} is not UTF-8", manifest::FILE),
-        )
-    })?;
+    let text = std::str::from_utf8(text)
+        .map_err(|_| Invalid::new("invalid_manifest", format!("{} is not UTF-8", manifest::FILE)))?;
     let m = Manifest::parse(text, &app.settings.limit_caps)?;
     if m.slug != slug.as_str() {
         return Err(Invalid::new(
@@ -173,29 +158,17 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
     if m.network && app.settings.sandbox_network.is_none() {
         return Err(Invalid::new(
             "network_not_allowed",
-            format!(
-                "{}: network: this runner does not allow sandboxes to have a network",
-                manifest::FILE
-            ),
+            format!("{}: network: this runner does not allow sandboxes to have a network", manifest::FILE),
         ));
     }
     if tree.file("Dockerfile").is_none() {
-        return Err(Invalid::new(
-            "invalid_repository",
-            "the repository has no Dockerfile at its root",
-        ));
+        return Err(Invalid::new("invalid_repository", "the repository has no Dockerfile at its root"));
     }
-    for (field, dir) in [
-        ("learner_files", &m.learner_files),
-        ("solution", &m.solution),
-    ] {
+    for (field, dir) in [("learner_files", &m.learner_files), ("solution", &m.solution)] {
         if !tree.has_dir(dir) {
             return Err(Invalid::new(
                 "invalid_repository",
-                format!(
-                    "{}: {field}: the directory {dir:?} is missing or empty",
-                    manifest::FILE
-                ),
+                format!("{}: {field}: the directory {dir:?} is missing or empty", manifest::FILE),
             ));
         }
     }
@@ -205,41 +178,26 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
 async fn check_queue(app: &App) -> Result<(), BuildError> {
     let active = app.store.count_builds_in(&ACTIVE).await?;
     if active >= app.settings.max_queued_builds as i64 {
-        app.metrics
-            .rejected_requests
-            .with_label_values(&["build_queue"])
-            .inc();
+        app.metrics.rejected_requests.with_label_values(&["build_queue"]).inc();
         return Err(BuildError::QueueFull(app.settings.max_queued_builds));
     }
     Ok(())
 }
 
 /// Queues a build of an uploaded archive. Nothing is written unless the archive is accepted.
-pub async fn submit_archive(
-    app: &Arc<App>,
-    slug: &Slug,
-    body: bytes::Bytes,
-) -> Result<BuildRecord, BuildError> {
+pub async fn submit_archive(app: &Arc<App>, slug: &Slug, body: bytes::Bytes) -> Result<BuildRecord, BuildError> {
     check_queue(app).await?;
     let caps = caps(app);
-    let tree = tokio::task::spawn_blocking(move || Tree::from_archive(&body, caps))
-        .await
-        .map_err(anyhow::Error::from)??;
+    let tree =
+        tokio::task::spawn_blocking(move || Tree::from_archive(&body, caps)).await.map_err(anyhow::Error::from)??;
     validate_tree(app, slug, &tree)?;
     let id = uuid::Uuid::new_v4().to_string();
     let blob = tree.to_full_tar();
     let dir = app.settings.builds_dir();
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(anyhow::Error::from)?;
+    tokio::fs::create_dir_all(&dir).await.map_err(anyhow::Error::from)?;
     let path = dir.join(format!("{id}.tar"));
-    tokio::fs::write(&path, &blob)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let source = serde_json::to_string(&Source::Archive {
-        bytes: blob.len() as u64,
-    })
-    .map_err(anyhow::Error::from)?;
+    tokio::fs::write(&path, &blob).await.map_err(anyhow::Error::from)?;
+    let source = serde_json::to_string(&Source::Archive { bytes: blob.len() as u64 }).map_err(anyhow::Error::from)?;
     if let Err(e) = app.store.insert_build(&id, slug.as_str(), &source).await {
         let _ = tokio::fs::remove_file(&path).await;
         return Err(e.into());
@@ -275,61 +233,32 @@ pub async fn submit_git(
     };
     crate::exercises::check_git(&source, app.settings.git_allow_local)?;
     let id = uuid::Uuid::new_v4().to_string();
-    let src = Source::Git {
-        url: source.url,
-        git_ref: source.git_ref,
-        commit,
-    };
-    app.store
-        .insert_build(
-            &id,
-            slug.as_str(),
-            &serde_json::to_string(&src).map_err(anyhow::Error::from)?,
-        )
-        .await?;
+    let src = Source::Git { url: source.url, git_ref: source.git_ref, commit };
+    app.store.insert_build(&id, slug.as_str(), &serde_json::to_string(&src).map_err(anyhow::Error::from)?).await?;
     app.build_wake.notify_one();
     app.store.build(&id).await?.ok_or(BuildError::NotFound(id))
 }
 
 /// Cancels a queued or running build.
 pub async fn cancel(app: &App, id: &str) -> Result<BuildRecord, BuildError> {
-    let b = app
-        .store
-        .build(id)
-        .await?
-        .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+    let b = app.store.build(id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))?;
     if !ACTIVE.contains(&b.state.as_str()) {
         return Err(BuildError::Finished(id.to_string()));
     }
     let running_here = app.build_cancels.lock().expect("lock").get(id).cloned();
-    if app
-        .store
-        .transition_build(
-            id,
-            &[QUEUED],
-            CANCELLED,
-            Some("cancelled before it started"),
-        )
-        .await?
-    {
+    if app.store.transition_build(id, &[QUEUED], CANCELLED, Some("cancelled before it started")).await? {
         let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{id}.tar"))).await;
         BuildLog::open(&app.settings.builds_dir(), id).step("cancelled before it started");
     } else if let Some(token) = running_here {
         token.cancel();
     } else {
         // Running in no process (a replica died): end it here.
-        app.store
-            .transition_build(id, &[BUILDING, TESTING], CANCELLED, Some("cancelled"))
-            .await?;
+        app.store.transition_build(id, &[BUILDING, TESTING], CANCELLED, Some("cancelled")).await?;
     }
     // The running build notices the token within moments; report what the caller asked for.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let b = app
-            .store
-            .build(id)
-            .await?
-            .ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+        let b = app.store.build(id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))?;
         if !ACTIVE.contains(&b.state.as_str()) || tokio::time::Instant::now() > deadline {
             return Ok(b);
         }
@@ -352,8 +281,7 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
             )
             .await?;
         BuildLog::open(&app.settings.builds_dir(), &b.id).step("interrupted by a runner restart");
-        let _ =
-            tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", b.id))).await;
+        let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", b.id))).await;
     }
     for c in app.engine.list_selftest_containers().await? {
         app.engine.remove_container(&c).await?;
@@ -390,11 +318,7 @@ pub async fn run_worker(app: Arc<App>, cancel: CancellationToken) {
 async fn claim_next(app: &App) -> anyhow::Result<Option<BuildRecord>> {
     for b in app.store.builds_in(&[QUEUED]).await? {
         // Conditional: with several replicas only one claims a build.
-        if app
-            .store
-            .transition_build(&b.id, &[QUEUED], BUILDING, None)
-            .await?
-        {
+        if app.store.transition_build(&b.id, &[QUEUED], BUILDING, None).await? {
             return app.store.build(&b.id).await;
         }
     }
@@ -408,15 +332,9 @@ enum Stop {
 
 async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePermit) {
     let token = CancellationToken::new();
-    app.build_cancels
-        .lock()
-        .expect("lock")
-        .insert(build.id.clone(), token.clone());
+    app.build_cancels.lock().expect("lock").insert(build.id.clone(), token.clone());
     let mut log = BuildLog::open(&app.settings.builds_dir(), &build.id);
-    log.step(&format!(
-        "build {} of exercise {}",
-        build.id, build.exercise
-    ));
+    log.step(&format!("build {} of exercise {}", build.id, build.exercise));
     let timeout = app.settings.build_timeout;
     let outcome = tokio::select! {
         _ = token.cancelled() => Err(Stop::Cancelled),
@@ -428,8 +346,7 @@ async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePer
         },
     };
     // Whatever happened, no self-test container outlives its build.
-    let name =
-        crate::docker::policy::Purpose::SelfTest(&build.id).container_name(app.engine.instance());
+    let name = crate::docker::policy::Purpose::SelfTest(&build.id).container_name(app.engine.instance());
     let _ = app.engine.remove_container(&name).await;
     let active = [BUILDING, TESTING];
     let (state, reason) = match outcome {
@@ -442,17 +359,12 @@ async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePer
     } else {
         log.step(state);
     }
-    if let Err(e) = app
-        .store
-        .transition_build(&build.id, &active, state, reason.as_deref())
-        .await
-    {
+    if let Err(e) = app.store.transition_build(&build.id, &active, state, reason.as_deref()).await {
         tracing::error!(build = %build.id, error = %format!("{e:#}"), "could not record the end of a build");
     }
     app.metrics.builds.with_label_values(&[state]).inc();
     tracing::info!(build = %build.id, exercise = %build.exercise, state, "build finished");
-    let _ =
-        tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", build.id))).await;
+    let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", build.id))).await;
     app.build_cancels.lock().expect("lock").remove(&build.id);
     app.build_wake.notify_one();
 }
@@ -461,24 +373,14 @@ async fn load_tree(app: &App, build: &BuildRecord, log: &mut BuildLog) -> anyhow
     let source: Source = serde_json::from_str(&build.source)?;
     match source {
         Source::Archive { .. } => {
-            let bytes =
-                tokio::fs::read(app.settings.builds_dir().join(format!("{}.tar", build.id)))
-                    .await?;
+            let bytes = tokio::fs::read(app.settings.builds_dir().join(format!("{}.tar", build.id))).await?;
             Tree::from_archive(&bytes, caps(app)).map_err(|e| anyhow::anyhow!(e.message))
         }
         Source::Git { url, git_ref, .. } => {
             log.step(&format!("fetching {url} at {git_ref}"));
-            let scratch = tempfile::Builder::new()
-                .prefix("git-")
-                .tempdir_in(app.settings.builds_dir())?;
+            let scratch = tempfile::Builder::new().prefix("git-").tempdir_in(app.settings.builds_dir())?;
             let src = GitSource { url, git_ref };
-            let tree = git::fetch(
-                &src,
-                app.settings.git_allow_local,
-                caps(app),
-                scratch.path(),
-            )
-            .await;
+            let tree = git::fetch(&src, app.settings.git_allow_local, caps(app), scratch.path()).await;
             drop(scratch);
             tree
         }
@@ -505,14 +407,8 @@ async fn build_steps(
     };
     if let Some(known) = cached {
         log.step("this content was built and proven before: no rebuild (cached)");
-        let self_test = app
-            .store
-            .build(&known.build_id)
-            .await?
-            .and_then(|b| b.self_test);
-        app.store
-            .set_build_result(&build.id, &version, &image, true, self_test.as_deref())
-            .await?;
+        let self_test = app.store.build(&known.build_id).await?.and_then(|b| b.self_test);
+        app.store.set_build_result(&build.id, &version, &image, true, self_test.as_deref()).await?;
     } else {
         log.step("docker build");
         let labels = HashMap::from([
@@ -525,18 +421,12 @@ async fn build_steps(
             labels,
             memory_mb: app.settings.build_memory_mb,
         };
-        app.engine
-            .build_image(req, token, |line| log.write(line.trim_end_matches('\n')))
-            .await?;
-        app.store
-            .transition_build(&build.id, &[BUILDING], TESTING, None)
-            .await?;
+        app.engine.build_image(req, token, |line| log.write(line.trim_end_matches('\n'))).await?;
+        app.store.transition_build(&build.id, &[BUILDING], TESTING, None).await?;
         log.step("self-test: the check must fail on the starting files and pass with the solution");
         let report = selftest::run(app, &build.id, &image, &manifest, &tree, log).await;
         let report_json = serde_json::to_string(&report.report)?;
-        app.store
-            .set_build_result(&build.id, &version, &image, false, Some(&report_json))
-            .await?;
+        app.store.set_build_result(&build.id, &version, &image, false, Some(&report_json)).await?;
         report.result?;
         app.store
             .insert_version(&VersionRecord {
@@ -556,11 +446,11 @@ async fn build_steps(
     };
     if auto {
         log.step(&format!("publishing version {version}"));
-        versions::publish(app, &slug, &version)
-            .await
-            .map_err(|e| anyhow::anyhow!("publishing: {e}"))?;
+        versions::publish(app, &slug, &version).await.map_err(|e| anyhow::anyhow!("publishing: {e}"))?;
     } else {
-        log.step(&format!("version {version} is ready; publish it with POST /v1/exercises/{slug}/versions/{version}/publish"));
+        log.step(&format!(
+            "version {version} is ready; publish it with POST /v1/exercises/{slug}/versions/{version}/publish"
+        ));
     }
     if let Err(e) = versions::collect_garbage(app, &slug).await {
         log.write(&format!("warning: could not remove old versions: {e:#}"));

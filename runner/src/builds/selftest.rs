@@ -48,11 +48,7 @@ async fn steps(
     let spec = SandboxSpec {
         image: image.to_string(),
         limits: effective_limits(&s.default_limits, &s.limit_caps, &m.limits),
-        network: if m.network {
-            s.sandbox_network.clone()
-        } else {
-            None
-        },
+        network: if m.network { s.sandbox_network.clone() } else { None },
         workdir: m.workdir.clone(),
         writable: m.writable.clone(),
         check: m.check.clone(),
@@ -63,13 +59,7 @@ async fn steps(
         learner: "self-test",
         exercise: &m.slug,
     };
-    let config = policy::sandbox_container(
-        &spec,
-        &owner,
-        WorkspaceMount::Tmpfs,
-        s.runtime,
-        &s.sandbox_user,
-    );
+    let config = policy::sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, s.runtime, &s.sandbox_user);
     let name = owner.purpose.container_name(owner.instance);
     app.engine.remove_container(&name).await?;
     let container = app.engine.create_container(&name, config).await?;
@@ -77,66 +67,53 @@ async fn steps(
 
     let user = &s.sandbox_user;
     let (container, spec) = (&container, &spec);
+    checks::wait_for_services(&app.engine, container, user, &spec.check.services).await?;
+    // Images on the base image seed an empty workspace themselves (sandbox-init); for any other
+    // image the self-test puts the starting files in place, as the learner.
+    let mut probe = ExecRequest::new(vec!["ls".into(), "-A".into(), m.workdir.clone()], user);
+    probe.deadline = std::time::Duration::from_secs(10);
+    let listing = app.engine.exec(container, probe).await?;
+    if listing.exit_code == 0 && listing.output.split_whitespace().all(|e| e == "lost+found") {
+        log.step(&format!("seeding the workspace with the starting files ({}/)", m.learner_files));
+        extract(app, container, user, &m.workdir, tree.subtree_tar(&m.learner_files)).await?;
+    }
     let run = |label: &'static str| async move {
         let out = checks::run_check(&app.engine, container, spec, user, 64 * 1024).await?;
         anyhow::Ok((label, out))
     };
     let (label, first) = run("starting files").await?;
-    log.step(&format!(
-        "check on the {label}: exit {} in {} ms",
-        first.exit_code, first.duration_ms
-    ));
+    log.step(&format!("check on the {label}: exit {} in {} ms", first.exit_code, first.duration_ms));
     log.write(&first.output);
-    report.starting_files = Some(RunSummary {
-        passed: first.passed,
-        exit_code: first.exit_code,
-        duration_ms: first.duration_ms,
-    });
+    report.starting_files =
+        Some(RunSummary { passed: first.passed, exit_code: first.exit_code, duration_ms: first.duration_ms });
     if first.passed {
         bail!("self-test: the check passes on the learner's starting files, so it would accept unchanged work");
     }
 
-    log.step(&format!(
-        "copying the reference solution ({}/) over the starting files",
-        m.solution
-    ));
-    let mut req = ExecRequest::new(
-        vec![
-            "tar".into(),
-            "-x".into(),
-            "-o".into(),
-            "-C".into(),
-            m.workdir.clone(),
-        ],
-        user,
-    );
-    req.stdin = Some(tree.subtree_tar(&m.solution));
-    let copied = app.engine.exec(container, req).await?;
-    if copied.exit_code != 0 {
-        bail!(
-            "self-test: copying the solution into the sandbox failed: {}",
-            copied.output.trim()
-        );
-    }
+    log.step(&format!("copying the reference solution ({}/) over the starting files", m.solution));
+    extract(app, container, user, &m.workdir, tree.subtree_tar(&m.solution)).await?;
 
     let (label, second) = run("reference solution").await?;
-    log.step(&format!(
-        "check with the {label}: exit {} in {} ms",
-        second.exit_code, second.duration_ms
-    ));
+    log.step(&format!("check with the {label}: exit {} in {} ms", second.exit_code, second.duration_ms));
     log.write(&second.output);
-    report.solution = Some(RunSummary {
-        passed: second.passed,
-        exit_code: second.exit_code,
-        duration_ms: second.duration_ms,
-    });
+    report.solution =
+        Some(RunSummary { passed: second.passed, exit_code: second.exit_code, duration_ms: second.duration_ms });
     if !second.passed {
         let why = if second.timed_out { " (timed out)" } else { "" };
-        bail!(
-            "self-test: the check fails with the reference solution{why} (exit {})",
-            second.exit_code
-        );
+        bail!("self-test: the check fails with the reference solution{why} (exit {})", second.exit_code);
     }
     app.engine.remove_container(container).await?;
+    Ok(())
+}
+
+/// Unpacks a tar inside the sandbox, as the sandbox user: the host never writes into a
+/// sandbox-writable path itself (DESIGN.md invariant 4).
+async fn extract(app: &App, container: &str, user: &str, dir: &str, tar: Vec<u8>) -> anyhow::Result<()> {
+    let mut req = ExecRequest::new(vec!["tar".into(), "-x".into(), "-o".into(), "-C".into(), dir.to_string()], user);
+    req.stdin = Some(tar);
+    let out = app.engine.exec(container, req).await?;
+    if out.exit_code != 0 {
+        bail!("self-test: copying files into the sandbox failed: {}", out.output.trim());
+    }
     Ok(())
 }

@@ -18,19 +18,13 @@ pub async fn publish(app: &Arc<App>, slug: &Slug, version: &str) -> Result<Exerc
         .await?
         .ok_or_else(|| BuildError::VersionNotFound(slug.to_string(), version.to_string()))?;
     if app.engine.image(&v.image).await?.is_none() {
-        return Err(BuildError::VersionImageRemoved(
-            slug.to_string(),
-            version.to_string(),
-        ));
+        return Err(BuildError::VersionImageRemoved(slug.to_string(), version.to_string()));
     }
     let m: Manifest = serde_json::from_str(&v.manifest).map_err(anyhow::Error::from)?;
     let existing = app.store.exercise(slug.as_str()).await?;
     let mut spec: ExerciseSpec = match &existing {
         Some(r) => serde_json::from_str(&r.spec).map_err(anyhow::Error::from)?,
-        None => ExerciseSpec {
-            auto_publish: true,
-            ..Default::default()
-        },
+        None => ExerciseSpec { auto_publish: true, ..Default::default() },
     };
     spec.title = Some(m.title);
     spec.limits = m.limits;
@@ -40,15 +34,10 @@ pub async fn publish(app: &Arc<App>, slug: &Slug, version: &str) -> Result<Exerc
     spec.check = m.check;
     spec.current_version = Some(version.to_string());
     let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
-    app.store
-        .publish_version(slug.as_str(), version, &v.image, &spec_json)
-        .await?;
+    app.store.publish_version(slug.as_str(), version, &v.image, &spec_json).await?;
     tracing::info!(exercise = %slug, version, "published");
-    let record = app
-        .store
-        .exercise(slug.as_str())
-        .await?
-        .ok_or_else(|| BuildError::ExerciseNotFound(slug.to_string()))?;
+    let record =
+        app.store.exercise(slug.as_str()).await?.ok_or_else(|| BuildError::ExerciseNotFound(slug.to_string()))?;
     Ok(exercises::to_view(&app.settings, &record)?)
 }
 
@@ -61,16 +50,8 @@ pub async fn collect_garbage(app: &Arc<App>, slug: &Slug) -> anyhow::Result<usiz
     };
     let in_use: HashSet<String> = app.store.images_in_use().await?.into_iter().collect();
     let mut removed = 0;
-    for (i, v) in app
-        .store
-        .versions(slug.as_str())
-        .await?
-        .into_iter()
-        .enumerate()
-    {
-        if i < app.settings.keep_versions
-            || current.as_deref() == Some(v.version.as_str())
-            || in_use.contains(&v.image)
+    for (i, v) in app.store.versions(slug.as_str()).await?.into_iter().enumerate() {
+        if i < app.settings.keep_versions || current.as_deref() == Some(v.version.as_str()) || in_use.contains(&v.image)
         {
             continue;
         }

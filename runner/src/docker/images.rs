@@ -41,9 +41,7 @@ impl Engine {
             labels,
             ..Default::default()
         };
-        let mut stream = self
-            .docker
-            .build_image(opts, None, Some(req.context_tar.into()));
+        let mut stream = self.docker.build_image(opts, None, Some(req.context_tar.into()));
         loop {
             let item = tokio::select! {
                 _ = cancel.cancelled() => bail!("cancelled"),
@@ -60,11 +58,13 @@ impl Engine {
                         log(&text);
                     }
                 }
+                // A failing Dockerfile step arrives as a stream error carrying the step's message.
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    log(&error);
+                    bail!("the Dockerfile failed: {}", error.trim());
+                }
                 Err(e) => {
-                    self.metrics
-                        .docker_errors
-                        .with_label_values(&["build_image"])
-                        .inc();
+                    self.metrics.docker_errors.with_label_values(&["build_image"]).inc();
                     return Err(e).context("docker build");
                 }
             }
@@ -90,9 +90,7 @@ impl Engine {
             changes: changes.to_vec(),
             ..Default::default()
         };
-        let mut stream = self
-            .docker
-            .create_image(Some(opts), Some(rootfs_tar.into()), None);
+        let mut stream = self.docker.create_image(Some(opts), Some(rootfs_tar.into()), None);
         while let Some(item) = stream.next().await {
             let info = self.count("import_image", item)?;
             if let Some(err) = info.error {
@@ -105,24 +103,11 @@ impl Engine {
     /// Removes an image by tag; a missing one, or one a container still uses, is left alone.
     /// Returns whether it was removed.
     pub async fn remove_image(&self, reference: &str) -> anyhow::Result<bool> {
-        match self
-            .docker
-            .remove_image(
-                reference,
-                Some(RemoveImageOptions {
-                    force: false,
-                    noprune: false,
-                }),
-                None,
-            )
-            .await
+        match self.docker.remove_image(reference, Some(RemoveImageOptions { force: false, noprune: false }), None).await
         {
             Ok(_) => Ok(true),
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
-            Err(e) => Err(self
-                .count("remove_image", Err::<(), _>(e))
-                .unwrap_err()
-                .into()),
+            Err(e) => Err(self.count("remove_image", Err::<(), _>(e)).unwrap_err().into()),
         }
     }
 }

@@ -11,11 +11,12 @@ use std::{collections::HashMap, sync::Arc};
 use anyhow::Context;
 use bollard::{
     container::{
-        CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
-        RemoveContainerOptions, StartContainerOptions,
+        CreateContainerOptions, InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
+        StartContainerOptions,
     },
     errors::Error as BollardError,
     exec::{CreateExecOptions, StartExecResults},
+    models::ContainerStateStatusEnum,
     volume::{CreateVolumeOptions, ListVolumesOptions, RemoveVolumeOptions},
     Docker,
 };
@@ -98,27 +99,19 @@ impl Engine {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket) and agrees on an API
     /// version the engine speaks (Debian's docker.io speaks 1.41).
     pub async fn connect(instance: &str, metrics: Arc<Metrics>) -> anyhow::Result<Engine> {
-        let docker =
-            Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
-        let docker = docker.negotiate_version().await.context(
-            "the Docker engine is not reachable (is dockerd running? run scripts/host-setup.sh)",
-        )?;
-        Ok(Engine {
-            docker,
-            instance: instance.to_string(),
-            metrics,
-        })
+        let docker = Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .context("the Docker engine is not reachable (is dockerd running? run scripts/host-setup.sh)")?;
+        Ok(Engine { docker, instance: instance.to_string(), metrics })
     }
 
     pub fn instance(&self) -> &str {
         &self.instance
     }
 
-    pub(crate) fn count<T>(
-        &self,
-        op: &'static str,
-        r: Result<T, BollardError>,
-    ) -> Result<T, BollardError> {
+    pub(crate) fn count<T>(&self, op: &'static str, r: Result<T, BollardError>) -> Result<T, BollardError> {
         if let Err(e) = &r {
             if !is_status(e, 404) && !is_status(e, 409) && !is_status(e, 304) {
                 self.metrics.docker_errors.with_label_values(&[op]).inc();
@@ -145,21 +138,11 @@ impl Engine {
         match self.docker.inspect_image(reference).await {
             Ok(img) => Ok(Some(ImageInfo {
                 id: img.id.unwrap_or_default(),
-                labels: img
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.labels.clone())
-                    .unwrap_or_default(),
-                working_dir: img
-                    .config
-                    .and_then(|c| c.working_dir)
-                    .filter(|w| !w.is_empty()),
+                labels: img.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default(),
+                working_dir: img.config.and_then(|c| c.working_dir).filter(|w| !w.is_empty()),
             })),
             Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(self
-                .count("inspect_image", Err::<(), _>(e))
-                .unwrap_err()
-                .into()),
+            Err(e) => Err(self.count("inspect_image", Err::<(), _>(e)).unwrap_err().into()),
         }
     }
 
@@ -170,34 +153,38 @@ impl Engine {
         name: &str,
         config: bollard::container::Config<String>,
     ) -> anyhow::Result<String> {
-        let opts = CreateContainerOptions {
-            name: name.to_string(),
-            platform: None,
-        };
-        match self.docker.create_container(Some(opts), config).await {
-            Ok(r) => Ok(r.id),
-            Err(e) if is_status(&e, 409) => {
-                let existing = self
-                    .docker
-                    .inspect_container(name, None::<InspectContainerOptions>)
-                    .await;
-                Ok(self
-                    .count("inspect_container", existing)?
-                    .id
-                    .unwrap_or_default())
+        for _ in 0..2 {
+            let opts = CreateContainerOptions { name: name.to_string(), platform: None };
+            match self.docker.create_container(Some(opts), config.clone()).await {
+                Ok(r) => return Ok(r.id),
+                Err(e) if is_status(&e, 409) => {
+                    let existing = self.docker.inspect_container(name, None::<InspectContainerOptions>).await;
+                    let existing = match existing {
+                        Ok(c) => c,
+                        Err(e) if is_status(&e, 404) => continue, // gone meanwhile: create again
+                        Err(e) => return Err(self.count("inspect_container", Err::<(), _>(e)).unwrap_err().into()),
+                    };
+                    let status = existing.state.as_ref().and_then(|s| s.status);
+                    let dying =
+                        matches!(status, Some(ContainerStateStatusEnum::REMOVING | ContainerStateStatusEnum::DEAD));
+                    if !dying {
+                        return Ok(existing.id.unwrap_or_default());
+                    }
+                    // The name still belongs to a container on its way out: wait, then create.
+                    self.remove_container(name).await?;
+                }
+                Err(e) => {
+                    return Err(self.count("create_container", Err::<(), _>(e)).unwrap_err())
+                        .with_context(|| format!("creating container {name}"))
+                }
             }
-            Err(e) => Err(self.count("create_container", Err::<(), _>(e)).unwrap_err())
-                .with_context(|| format!("creating container {name}")),
         }
+        anyhow::bail!("creating container {name}: the name stayed taken by a container being removed")
     }
 
     /// Starts a container; starting a running one is fine.
     pub async fn start_container(&self, id: &str) -> anyhow::Result<()> {
-        match self
-            .docker
-            .start_container(id, None::<StartContainerOptions<String>>)
-            .await
-        {
+        match self.docker.start_container(id, None::<StartContainerOptions<String>>).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) => Ok(()),
             Err(e) => Err(self.count("start_container", Err::<(), _>(e)).unwrap_err())
@@ -206,31 +193,31 @@ impl Engine {
     }
 
     /// Removes a container and its anonymous volumes, running or not; a missing one is fine.
+    /// Returns once the container is gone, also when another caller's removal was in progress.
     pub async fn remove_container(&self, id_or_name: &str) -> anyhow::Result<()> {
-        let opts = RemoveContainerOptions {
-            force: true,
-            v: true,
-            link: false,
-        };
+        let opts = RemoveContainerOptions { force: true, v: true, link: false };
         match self.docker.remove_container(id_or_name, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            // 409: removal already in progress.
-            Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(self.count("remove_container", Err::<(), _>(e)).unwrap_err())
-                .with_context(|| format!("removing container {id_or_name}")),
+            Ok(()) => return Ok(()),
+            Err(e) if is_status(&e, 404) => return Ok(()),
+            // 409: a removal is already in progress; wait for it below.
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => {
+                return Err(self.count("remove_container", Err::<(), _>(e)).unwrap_err())
+                    .with_context(|| format!("removing container {id_or_name}"))
+            }
         }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.container_status(id_or_name).await?.is_some() {
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("container {id_or_name} is still being removed after 30 s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Ok(())
     }
 
-    pub async fn container_status(
-        &self,
-        id_or_name: &str,
-    ) -> anyhow::Result<Option<ContainerStatus>> {
-        match self
-            .docker
-            .inspect_container(id_or_name, None::<InspectContainerOptions>)
-            .await
-        {
+    pub async fn container_status(&self, id_or_name: &str) -> anyhow::Result<Option<ContainerStatus>> {
+        match self.docker.inspect_container(id_or_name, None::<InspectContainerOptions>).await {
             Ok(c) => {
                 let st = c.state.unwrap_or_default();
                 Ok(Some(ContainerStatus {
@@ -240,10 +227,7 @@ impl Engine {
                 }))
             }
             Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(self
-                .count("inspect_container", Err::<(), _>(e))
-                .unwrap_err()
-                .into()),
+            Err(e) => Err(self.count("inspect_container", Err::<(), _>(e)).unwrap_err().into()),
         }
     }
 
@@ -251,25 +235,14 @@ impl Engine {
     pub async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![
-                format!("{}=true", policy::LABEL_MANAGED),
-                format!("{}={}", policy::LABEL_INSTANCE, self.instance),
-            ],
+            vec![format!("{}=true", policy::LABEL_MANAGED), format!("{}={}", policy::LABEL_INSTANCE, self.instance)],
         )]);
-        let opts = ListContainersOptions {
-            all: true,
-            filters,
-            ..Default::default()
-        };
+        let opts = ListContainersOptions { all: true, filters, ..Default::default() };
         let r = self.docker.list_containers(Some(opts)).await;
         let list = self.count("list_containers", r)?;
         Ok(list
             .into_iter()
-            .filter(|c| {
-                c.labels
-                    .as_ref()
-                    .is_some_and(|l| l.contains_key(policy::LABEL_SESSION))
-            })
+            .filter(|c| c.labels.as_ref().is_some_and(|l| l.contains_key(policy::LABEL_SESSION)))
             .map(|c| FoundSandbox {
                 id: c.id.unwrap_or_default(),
                 session_id: c.labels.and_then(|mut l| l.remove(policy::LABEL_SESSION)),
@@ -299,21 +272,11 @@ impl Engine {
         let mut output = Vec::new();
         let mut truncated = false;
         let mut timed_out = false;
-        if let StartExecResults::Attached {
-            output: mut stream,
-            mut input,
-        } = self.count("start_exec", r)?
-        {
+        if let StartExecResults::Attached { output: mut stream, mut input } = self.count("start_exec", r)? {
             if let Some(data) = req.stdin {
                 use tokio::io::AsyncWriteExt;
-                input
-                    .write_all(&data)
-                    .await
-                    .context("writing to the command's stdin")?;
-                input
-                    .shutdown()
-                    .await
-                    .context("closing the command's stdin")?;
+                input.write_all(&data).await.context("writing to the command's stdin")?;
+                input.shutdown().await.context("closing the command's stdin")?;
             }
             let deadline = tokio::time::Instant::now() + req.deadline;
             loop {
@@ -335,11 +298,7 @@ impl Engine {
             }
         }
         let r = self.docker.inspect_exec(&exec.id).await;
-        let exit_code = if timed_out {
-            None
-        } else {
-            self.count("inspect_exec", r)?.exit_code
-        };
+        let exit_code = if timed_out { None } else { self.count("inspect_exec", r)?.exit_code };
         Ok(ExecOutput {
             exit_code: exit_code.unwrap_or(-1),
             output: String::from_utf8_lossy(&output).into_owned(),
@@ -352,70 +311,39 @@ impl Engine {
     pub async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![
-                format!("{}={}", policy::LABEL_INSTANCE, self.instance),
-                policy::LABEL_BUILD.to_string(),
-            ],
+            vec![format!("{}={}", policy::LABEL_INSTANCE, self.instance), policy::LABEL_BUILD.to_string()],
         )]);
-        let opts = ListContainersOptions {
-            all: true,
-            filters,
-            ..Default::default()
-        };
+        let opts = ListContainersOptions { all: true, filters, ..Default::default() };
         let r = self.docker.list_containers(Some(opts)).await;
-        Ok(self
-            .count("list_containers", r)?
-            .into_iter()
-            .filter_map(|c| c.id)
-            .collect())
+        Ok(self.count("list_containers", r)?.into_iter().filter_map(|c| c.id).collect())
     }
 
     // ---- volumes ----
 
     /// The driver options of a volume, when it exists.
-    pub async fn volume_options(
-        &self,
-        name: &str,
-    ) -> anyhow::Result<Option<HashMap<String, String>>> {
+    pub async fn volume_options(&self, name: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
         match self.docker.inspect_volume(name).await {
             Ok(v) => Ok(Some(v.options)),
             Err(e) if is_status(&e, 404) => Ok(None),
-            Err(e) => Err(self
-                .count("inspect_volume", Err::<(), _>(e))
-                .unwrap_err()
-                .into()),
+            Err(e) => Err(self.count("inspect_volume", Err::<(), _>(e)).unwrap_err().into()),
         }
     }
 
-    pub async fn create_volume(
-        &self,
-        name: &str,
-        driver_opts: HashMap<String, String>,
-    ) -> anyhow::Result<()> {
+    pub async fn create_volume(&self, name: &str, driver_opts: HashMap<String, String>) -> anyhow::Result<()> {
         let labels = HashMap::from([
             (policy::LABEL_MANAGED.to_string(), "true".to_string()),
             (policy::LABEL_INSTANCE.to_string(), self.instance.clone()),
             (policy::LABEL_WORKSPACE.to_string(), name.to_string()),
         ]);
-        let opts = CreateVolumeOptions {
-            name: name.to_string(),
-            driver: "local".to_string(),
-            driver_opts,
-            labels,
-        };
+        let opts = CreateVolumeOptions { name: name.to_string(), driver: "local".to_string(), driver_opts, labels };
         let r = self.docker.create_volume(opts).await;
-        self.count("create_volume", r)
-            .with_context(|| format!("creating volume {name}"))?;
+        self.count("create_volume", r).with_context(|| format!("creating volume {name}"))?;
         Ok(())
     }
 
     /// Removes a volume. Returns false when a container still uses it (then nothing changes).
     pub async fn remove_volume(&self, name: &str) -> anyhow::Result<bool> {
-        match self
-            .docker
-            .remove_volume(name, Some(RemoveVolumeOptions { force: false }))
-            .await
-        {
+        match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: false })).await {
             Ok(()) => Ok(true),
             Err(e) if is_status(&e, 404) => Ok(true),
             Err(e) if is_status(&e, 409) => Ok(false),
@@ -428,21 +356,10 @@ impl Engine {
     pub async fn list_workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![
-                format!("{}=true", policy::LABEL_MANAGED),
-                format!("{}={}", policy::LABEL_INSTANCE, self.instance),
-            ],
+            vec![format!("{}=true", policy::LABEL_MANAGED), format!("{}={}", policy::LABEL_INSTANCE, self.instance)],
         )]);
-        let r = self
-            .docker
-            .list_volumes(Some(ListVolumesOptions { filters }))
-            .await;
+        let r = self.docker.list_volumes(Some(ListVolumesOptions { filters })).await;
         let list = self.count("list_volumes", r)?;
-        Ok(list
-            .volumes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.name)
-            .collect())
+        Ok(list.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
     }
 }

@@ -9,8 +9,7 @@ use std::collections::HashMap;
 use bollard::{
     container::Config,
     models::{
-        HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits, RestartPolicy,
-        RestartPolicyNameEnum,
+        HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
     },
 };
 
@@ -42,6 +41,9 @@ pub struct SandboxSpec {
     #[serde(default)]
     pub check: CheckSpec,
 }
+
+/// Host threads gVisor's sandbox kernel may use beyond the learner's pids limit.
+pub const RUNSC_THREAD_ALLOWANCE: u64 = 2048;
 
 /// What is mounted at the working directory.
 #[derive(Debug, Clone, Copy)]
@@ -115,12 +117,22 @@ pub fn sandbox_container(
     };
     // `exec`: Docker defaults tmpfs to noexec, which would break running programs built in /tmp.
     let tmpfs_opts = |mb: u64| format!("rw,exec,nosuid,nodev,size={mb}m,mode=1777");
-    let mut tmpfs: HashMap<String, String> = TMPFS_PATHS
-        .iter()
-        .copied()
-        .chain(spec.writable.iter().map(String::as_str))
-        .map(|p| (p.to_string(), tmpfs_opts(l.tmpfs_mb)))
-        .collect();
+    // A tmpfs over a directory of the image is root's (Docker 20.10 applies only the directory's
+    // mode): the learner's own writable paths are given to the sandbox user.
+    let owned_by_user = |mb: u64| {
+        let mut opts = tmpfs_opts(mb);
+        let mut ids = user.split(':').map(|s| s.parse::<u32>().ok());
+        if let Some(Some(uid)) = ids.next() {
+            let gid = ids.next().flatten().unwrap_or(uid);
+            opts.push_str(&format!(",uid={uid},gid={gid}"));
+        }
+        opts
+    };
+    let mut tmpfs: HashMap<String, String> =
+        TMPFS_PATHS.iter().map(|p| (p.to_string(), tmpfs_opts(l.tmpfs_mb))).collect();
+    for p in &spec.writable {
+        tmpfs.insert(p.clone(), owned_by_user(l.tmpfs_mb));
+    }
     let mut mounts = Vec::new();
     match workspace {
         WorkspaceMount::Volume(volume) => mounts.push(Mount {
@@ -131,9 +143,16 @@ pub fn sandbox_container(
             ..Default::default()
         }),
         WorkspaceMount::Tmpfs => {
-            tmpfs.insert(spec.workdir.clone(), tmpfs_opts(l.workspace_mb));
+            tmpfs.insert(spec.workdir.clone(), owned_by_user(l.workspace_mb));
         }
     }
+    // Under gVisor the pids cgroup also counts the sandbox kernel's own host threads (about 65
+    // at rest, ~35 more per exec, ~570 under load): a learner-sized limit would kill the sandbox.
+    // Learner processes there are goroutines of the sandbox kernel, bounded by its memory limit.
+    let pids_limit = match runtime {
+        Runtime::Runc => l.pids,
+        Runtime::Runsc => l.pids + RUNSC_THREAD_ALLOWANCE,
+    };
     let host_config = HostConfig {
         // Pick the runtime: runc, or gVisor's runsc for a second kernel boundary.
         runtime: Some(runtime.as_str().to_string()),
@@ -158,18 +177,10 @@ pub fn sandbox_container(
         cpu_period: Some(cpu_period),
         cpu_quota: Some((l.cpus * cpu_period as f64).round() as i64),
         // A fork bomb hits the pids limit.
-        pids_limit: Some(l.pids as i64),
+        pids_limit: Some(pids_limit as i64),
         ulimits: Some(vec![
-            ResourcesUlimits {
-                name: Some("nofile".into()),
-                soft: Some(4096),
-                hard: Some(4096),
-            },
-            ResourcesUlimits {
-                name: Some("core".into()),
-                soft: Some(0),
-                hard: Some(0),
-            },
+            ResourcesUlimits { name: Some("nofile".into()), soft: Some(4096), hard: Some(4096) },
+            ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
         ]),
         // No network unless the exercise opted in (and the operator allows it).
         network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
@@ -183,10 +194,7 @@ pub fn sandbox_container(
             ])),
         }),
         // The runner decides about restarts (reconciliation), not the engine.
-        restart_policy: Some(RestartPolicy {
-            name: Some(RestartPolicyNameEnum::NO),
-            maximum_retry_count: None,
-        }),
+        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
         ..Default::default()
     };
     Config {
@@ -216,19 +224,8 @@ mod tests {
             writable: vec!["/home/learner/.cache".into()],
             check: CheckSpec::default(),
         };
-        let owner = SandboxOwner {
-            instance: "i",
-            purpose: Purpose::Session("s"),
-            learner: "l",
-            exercise: "e",
-        };
-        let c = sandbox_container(
-            &spec,
-            &owner,
-            WorkspaceMount::Volume("vol"),
-            Runtime::Runc,
-            "1000:1000",
-        );
+        let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
+        let c = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000");
         let h = c.host_config.as_ref().unwrap();
         assert_eq!(h.readonly_rootfs, Some(true));
         assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
@@ -236,34 +233,23 @@ mod tests {
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert_eq!(h.init, Some(true));
         assert!(h.binds.is_none());
-        assert!(
-            h.tmpfs
-                .as_ref()
-                .unwrap()
-                .contains_key("/home/learner/.cache"),
-            "writable paths are tmpfs"
-        );
+        assert!(h.tmpfs.as_ref().unwrap().contains_key("/home/learner/.cache"), "writable paths are tmpfs");
         assert_eq!(c.labels.as_ref().unwrap()[LABEL_SESSION], "s");
         // A self-test sandbox has a tmpfs workspace and no volume.
-        let owner = SandboxOwner {
-            instance: "i",
-            purpose: Purpose::SelfTest("b"),
-            learner: "l",
-            exercise: "e",
-        };
-        let c = sandbox_container(
-            &spec,
-            &owner,
-            WorkspaceMount::Tmpfs,
-            Runtime::Runc,
-            "1000:1000",
-        );
+        let owner = SandboxOwner { instance: "i", purpose: Purpose::SelfTest("b"), learner: "l", exercise: "e" };
+        let c = sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, Runtime::Runc, "1000:1000");
         let h = c.host_config.as_ref().unwrap();
         assert!(h.mounts.as_ref().unwrap().is_empty());
         assert!(h.tmpfs.as_ref().unwrap()["/workspace"].contains("size=512m"));
+        assert!(h.tmpfs.as_ref().unwrap()["/workspace"].contains("uid=1000,gid=1000"));
         assert_eq!(c.labels.as_ref().unwrap()[LABEL_BUILD], "b");
         assert!(!c.labels.as_ref().unwrap().contains_key(LABEL_SESSION));
         assert_eq!(c.user.as_deref(), Some("1000:1000"));
         assert_eq!(c.labels.as_ref().unwrap()[LABEL_MANAGED], "true");
+        assert!(h.tmpfs.as_ref().unwrap()["/home/learner/.cache"].contains("uid=1000,gid=1000"));
+        assert_eq!(h.pids_limit, Some(Limits::DEFAULT.pids as i64));
+        let c = sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, Runtime::Runsc, "1000:1000");
+        let pids = c.host_config.unwrap().pids_limit.unwrap();
+        assert_eq!(pids, (Limits::DEFAULT.pids + RUNSC_THREAD_ALLOWANCE) as i64, "room for gVisor's own threads");
     }
 }

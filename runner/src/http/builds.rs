@@ -12,6 +12,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
+use super::extract::ApiBytes;
 use crate::{
     app::App,
     builds::{self, hooks, log, Build, BuildError},
@@ -55,52 +56,32 @@ pub async fn create(
     State(app): State<Arc<App>>,
     Path(slug): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<Build>)> {
     let slug = Slug::parse(&slug)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let record = if content_type.starts_with("application/json") {
-        let req: GitBuild = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-        })?;
+        let req: GitBuild = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
         builds::submit_git(&app, &slug, req.git, None).await?
     } else {
         if body.is_empty() {
-            return Err(ApiError::invalid(
-                "invalid_archive",
-                "send the repository as a tar or tar.gz body",
-            ));
+            return Err(ApiError::invalid("invalid_archive", "send the repository as a tar or tar.gz body"));
         }
         builds::submit_archive(&app, &slug, body).await?
     };
     Ok((StatusCode::ACCEPTED, Json(builds::to_view(&record))))
 }
 
-pub async fn list(
-    State(app): State<Arc<App>>,
-    Path(slug): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let slug = Slug::parse(&slug)?;
-    let list: Vec<Build> = app
-        .store
-        .builds_of(slug.as_str(), 100)
-        .await?
-        .iter()
-        .map(builds::to_view)
-        .collect();
+    let list: Vec<Build> = app.store.builds_of(slug.as_str(), 100).await?.iter().map(builds::to_view).collect();
     Ok(Json(json!({ "builds": list })))
 }
 
 pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Build>> {
     let id = build_id(&id)?;
-    let b = app
-        .store
-        .build(&id)
-        .await?
-        .ok_or_else(|| ApiError::from(BuildError::NotFound(id)))?;
+    let b = app.store.build(&id).await?.ok_or_else(|| ApiError::from(BuildError::NotFound(id)))?;
     Ok(Json(builds::to_view(&b)))
 }
 
@@ -113,13 +94,9 @@ pub async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
 /// output and the self-test), then the whole log replayed once it has ended.
 pub async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = build_id(&id)?;
-    app.store
-        .build(&id)
-        .await?
-        .ok_or_else(|| ApiError::from(BuildError::NotFound(id.clone())))?;
+    app.store.build(&id).await?.ok_or_else(|| ApiError::from(BuildError::NotFound(id.clone())))?;
     let path = log::path(&app.settings.builds_dir(), &id);
-    let give_up =
-        tokio::time::Instant::now() + app.settings.build_timeout + Duration::from_secs(120);
+    let give_up = tokio::time::Instant::now() + app.settings.build_timeout + Duration::from_secs(120);
     struct Follow {
         app: Arc<App>,
         id: String,
@@ -128,14 +105,7 @@ pub async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiRes
         done: bool,
         give_up: tokio::time::Instant,
     }
-    let state = Follow {
-        app,
-        id,
-        path,
-        offset: 0,
-        done: false,
-        give_up,
-    };
+    let state = Follow { app, id, path, offset: 0, done: false, give_up };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if s.done {
@@ -166,11 +136,7 @@ pub async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiRes
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
 }
 
 async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
@@ -186,10 +152,7 @@ async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
     buf
 }
 
-pub async fn versions(
-    State(app): State<Arc<App>>,
-    Path(slug): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub async fn versions(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let slug = Slug::parse(&slug)?;
     let current = match app.store.exercise(slug.as_str()).await? {
         Some(r) => {
@@ -220,9 +183,7 @@ pub async fn versions(
             })
         })
         .collect();
-    Ok(Json(
-        json!({ "versions": list, "current_version": current }),
-    ))
+    Ok(Json(json!({ "versions": list, "current_version": current })))
 }
 
 pub async fn publish(
@@ -239,29 +200,17 @@ pub async fn publish(
 pub async fn git_hook(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    match hooks::handle(
-        &app,
-        header("x-github-event"),
-        header("x-hub-signature-256"),
-        &body,
-    )
-    .await
-    {
+    match hooks::handle(&app, header("x-github-event"), header("x-hub-signature-256"), &body).await {
         Ok(outcome) => {
             let list: Vec<Build> = outcome.builds.iter().map(builds::to_view).collect();
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({"builds": list, "ignored": outcome.ignored})),
-            ))
+            Ok((StatusCode::ACCEPTED, Json(json!({"builds": list, "ignored": outcome.ignored}))))
         }
-        Err(hooks::HookError::BadSignature) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_signature",
-            "missing or invalid X-Hub-Signature-256",
-        )),
+        Err(hooks::HookError::BadSignature) => {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", "missing or invalid X-Hub-Signature-256"))
+        }
         Err(hooks::HookError::BadPayload(m)) => Err(ApiError::bad_request("invalid_push_event", m)),
         Err(hooks::HookError::Build(e)) => Err(e.into()),
     }

@@ -23,29 +23,17 @@ pub async fn put(
     ApiJson(input): ApiJson<ExerciseInput>,
 ) -> ApiResult<(StatusCode, Json<Exercise>)> {
     let slug = Slug::parse(&slug)?;
-    let (exercise, created) =
-        exercises::put(&app.settings, &app.store, &app.engine, &slug, input).await?;
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(exercise),
-    ))
+    let (exercise, created) = exercises::put(&app.settings, &app.store, &app.engine, &slug, input).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(exercise)))
 }
 
-pub async fn get(
-    State(app): State<Arc<App>>,
-    Path(slug): Path<String>,
-) -> ApiResult<Json<Exercise>> {
+pub async fn get(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<Exercise>> {
     let slug = Slug::parse(&slug)?;
-    let record = app.store.exercise(slug.as_str()).await?.ok_or_else(|| {
-        ApiError::not_found(
-            "exercise_not_found",
-            format!("exercise {slug:?} does not exist"),
-        )
-    })?;
+    let record = app
+        .store
+        .exercise(slug.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("exercise_not_found", format!("exercise {slug:?} does not exist")))?;
     Ok(Json(exercises::to_view(&app.settings, &record)?))
 }
 

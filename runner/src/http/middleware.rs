@@ -25,11 +25,7 @@ pub async fn request_id(req: Request, next: Next) -> Response {
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
@@ -48,36 +44,24 @@ pub async fn request_id(req: Request, next: Next) -> Response {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Compare digests so neither the length nor a prefix of the token leaks through timing.
     let (a, b) = (Sha256::digest(a), Sha256::digest(b));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Requires `Authorization: Bearer <RUNNER_API_TOKEN>`, then applies the token's rate limit.
 pub async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    let expected = app
-        .settings
-        .api_token
-        .as_ref()
-        .expect("token resolved at launch");
+    let expected = app.settings.api_token.as_ref().expect("token resolved at launch");
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let Some(token) =
-        presented.filter(|t| constant_time_eq(t.as_bytes(), expected.expose().as_bytes()))
-    else {
+    let Some(token) = presented.filter(|t| constant_time_eq(t.as_bytes(), expected.expose().as_bytes())) else {
         return ApiError::unauthorized().into_response();
     };
     let key = hex::encode(&Sha256::digest(token.as_bytes())[..8]);
     if let Err(not_until) = app.rate_limiter.check_key(&key) {
-        app.metrics
-            .rejected_requests
-            .with_label_values(&["rate_limit"])
-            .inc();
+        app.metrics.rejected_requests.with_label_values(&["rate_limit"]).inc();
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         return ApiError::rate_limited(wait.as_secs_f64().ceil() as u64).into_response();
     }

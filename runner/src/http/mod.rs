@@ -29,9 +29,7 @@ impl From<SessionError> for ApiError {
             SessionError::CheckQueueFull => ApiError::unavailable("check_queue_full", msg, 5),
             SessionError::AtCapacity(_) => ApiError::unavailable("session_capacity", msg, 30),
             SessionError::StartQueueFull => ApiError::unavailable("start_queue_full", msg, 5),
-            SessionError::StartFailed { .. } => {
-                ApiError::unavailable("sandbox_start_failed", msg, 5)
-            }
+            SessionError::StartFailed { .. } => ApiError::unavailable("sandbox_start_failed", msg, 5),
             SessionError::Internal(e) => ApiError::internal(e),
         }
     }

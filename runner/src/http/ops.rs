@@ -29,12 +29,11 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     };
     let (db, docker) = (check(db), check(docker));
     let ready = db["ok"] == true && docker["ok"] == true;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(json!({"status": if ready {"ready"} else {"unavailable"}, "checks": {"database": db, "docker": docker}})))
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        Json(json!({"status": if ready {"ready"} else {"unavailable"}, "checks": {"database": db, "docker": docker}})),
+    )
         .into_response()
 }
 
@@ -42,22 +41,8 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
 pub async fn metrics(State(app): State<Arc<App>>) -> ApiResult<Response> {
     let counts = app.store.count_sessions_by_state().await?;
     for state in SessionState::ALL {
-        let n = counts
-            .iter()
-            .find(|(s, _)| s == state.as_str())
-            .map(|(_, n)| *n)
-            .unwrap_or(0);
-        app.metrics
-            .sessions
-            .with_label_values(&[state.as_str()])
-            .set(n);
+        let n = counts.iter().find(|(s, _)| s == state.as_str()).map(|(_, n)| *n).unwrap_or(0);
+        app.metrics.sessions.with_label_values(&[state.as_str()]).set(n);
     }
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        app.metrics.render(),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response())
 }

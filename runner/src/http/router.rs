@@ -21,39 +21,22 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/exercises", get(exercises::list))
         .route("/exercises/{slug}", get(exercises::get).put(exercises::put))
         .route("/sessions", post(sessions::create).get(sessions::list))
-        .route(
-            "/sessions/{id}",
-            get(sessions::get).delete(sessions::delete),
-        )
+        .route("/sessions/{id}", get(sessions::get).delete(sessions::delete))
         .route("/sessions/{id}/activity", post(sessions::activity))
-        .route(
-            "/sessions/{id}/checks",
-            post(sessions::create_check).get(sessions::list_checks),
-        )
+        .route("/sessions/{id}/checks", post(sessions::create_check).get(sessions::list_checks))
         .route(
             "/exercises/{slug}/builds",
-            post(builds::create)
-                .get(builds::list)
-                .layer(DefaultBodyLimit::max(app.settings.max_archive_bytes)),
+            post(builds::create).get(builds::list).layer(DefaultBodyLimit::max(app.settings.max_archive_bytes)),
         )
         .route("/exercises/{slug}/versions", get(builds::versions))
-        .route(
-            "/exercises/{slug}/versions/{version}/publish",
-            post(builds::publish),
-        )
+        .route("/exercises/{slug}/versions/{version}/publish", post(builds::publish))
         .route("/builds/{id}", get(builds::get))
         .route("/builds/{id}/logs", get(builds::logs))
         .route("/builds/{id}/cancel", post(builds::cancel))
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            mw::require_token,
-        ))
+        .route_layer(middleware::from_fn_with_state(app.clone(), mw::require_token))
         // Push hooks authenticate by signature (the sender cannot hold our bearer token).
-        .merge(Router::new().route(
-            "/hooks/git",
-            post(builds::git_hook).layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)),
-        ));
+        .merge(Router::new().route("/hooks/git", post(builds::git_hook).layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT))));
 
     Router::new()
         .route("/healthz", get(ops::healthz))
@@ -72,9 +55,5 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
 }

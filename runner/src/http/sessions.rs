@@ -30,12 +30,7 @@ pub struct CreateSession {
 fn session_id(id: &str) -> ApiResult<String> {
     uuid::Uuid::parse_str(id)
         .map(|u| u.to_string())
-        .map_err(|_| {
-            ApiError::not_found(
-                "session_not_found",
-                format!("session {id:?} does not exist"),
-            )
-        })
+        .map_err(|_| ApiError::not_found("session_not_found", format!("session {id:?} does not exist")))
 }
 
 pub async fn create(
@@ -45,11 +40,7 @@ pub async fn create(
     let learner = LearnerId::parse(&body.learner)?;
     let exercise = Slug::parse(&body.exercise)?;
     let created = sessions::create(&app, &learner, &exercise).await?;
-    let status = if created.new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if created.new { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(sessions::to_view(&app, &created.session))))
 }
 
@@ -67,10 +58,7 @@ pub struct ListQuery {
     limit: Option<u32>,
 }
 
-pub async fn list(
-    State(app): State<Arc<App>>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
     let state = match q.state.as_deref() {
         None | Some("") => None,
         Some(s) => Some(SessionState::parse(s).ok_or_else(|| {
@@ -86,26 +74,16 @@ pub async fn list(
         state,
         limit: q.limit.unwrap_or(100).clamp(1, 1000) as i64,
     };
-    let list: Vec<Session> = sessions::list(&app, &filter)
-        .await?
-        .iter()
-        .map(|s| sessions::to_view(&app, s))
-        .collect();
+    let list: Vec<Session> = sessions::list(&app, &filter).await?.iter().map(|s| sessions::to_view(&app, s)).collect();
     Ok(Json(json!({ "sessions": list })))
 }
 
-pub async fn delete(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Session>> {
+pub async fn delete(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Session>> {
     let s = sessions::stop(&app, &session_id(&id)?, Some("deleted through the API")).await?;
     Ok(Json(sessions::to_view(&app, &s)))
 }
 
-pub async fn activity(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-) -> ApiResult<StatusCode> {
+pub async fn activity(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     sessions::touch(&app, &session_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -118,18 +96,9 @@ pub async fn create_check(
     Ok((StatusCode::CREATED, Json(crate::checks::to_view(&record))))
 }
 
-pub async fn list_checks(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list_checks(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let id = session_id(&id)?;
     sessions::get(&app, &id).await?;
-    let list: Vec<_> = app
-        .store
-        .checks_of(&id, 100)
-        .await?
-        .iter()
-        .map(crate::checks::to_view)
-        .collect();
+    let list: Vec<_> = app.store.checks_of(&id, 100).await?.iter().map(crate::checks::to_view).collect();
     Ok(Json(json!({ "checks": list })))
 }

@@ -68,9 +68,7 @@ pub struct Session {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn to_view(app: &App, r: &SessionRecord) -> Session {
@@ -85,9 +83,7 @@ pub fn to_view(app: &App, r: &SessionRecord) -> Session {
         state: r.state,
         failure_reason: r.failure_reason.clone(),
         image: r.image.clone(),
-        limits: spec
-            .map(|s| s.limits)
-            .unwrap_or(app.settings.default_limits),
+        limits: spec.map(|s| s.limits).unwrap_or(app.settings.default_limits),
         created_at: rfc3339(r.created_at),
         last_activity_at: rfc3339(r.last_activity_at),
         expires_at: r.state.is_live().then(|| rfc3339(expires)),
@@ -103,11 +99,7 @@ pub struct Created {
 
 /// Gives the learner a sandbox for the exercise: their live session if they have one, else a new
 /// one whose sandbox is started before this returns (or marked failed).
-pub async fn create(
-    app: &Arc<App>,
-    learner: &LearnerId,
-    exercise: &Slug,
-) -> Result<Created, SessionError> {
+pub async fn create(app: &Arc<App>, learner: &LearnerId, exercise: &Slug) -> Result<Created, SessionError> {
     let record = app
         .store
         .exercise(exercise.as_str())
@@ -116,39 +108,22 @@ pub async fn create(
     if record.image.is_empty() {
         return Err(SessionError::NotPublished(exercise.to_string()));
     }
-    if let Some(live) = app
-        .store
-        .live_session_for(learner.as_str(), exercise.as_str())
-        .await?
-    {
-        return Ok(Created {
-            session: live,
-            new: false,
-        });
+    if let Some(live) = app.store.live_session_for(learner.as_str(), exercise.as_str()).await? {
+        return Ok(Created { session: live, new: false });
     }
     if app.store.count_live_sessions().await? >= app.settings.max_live_sessions as i64 {
-        app.metrics
-            .rejected_requests
-            .with_label_values(&["session_capacity"])
-            .inc();
+        app.metrics.rejected_requests.with_label_values(&["session_capacity"]).inc();
         return Err(SessionError::AtCapacity(app.settings.max_live_sessions));
     }
     let requested_at = Instant::now();
-    let permit = match tokio::time::timeout(
-        app.settings.start_queue_timeout,
-        app.start_slots.clone().acquire_owned(),
-    )
-    .await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
-            app.metrics
-                .rejected_requests
-                .with_label_values(&["start_queue"])
-                .inc();
-            return Err(SessionError::StartQueueFull);
-        }
-    };
+    let permit =
+        match tokio::time::timeout(app.settings.start_queue_timeout, app.start_slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => {
+                app.metrics.rejected_requests.with_label_values(&["start_queue"]).inc();
+                return Err(SessionError::StartQueueFull);
+            }
+        };
     let spec = exercises::sandbox_spec(&app.settings, &record)?;
     let now = now_ms();
     let session = SessionRecord {
@@ -166,26 +141,16 @@ pub async fn create(
     };
     if app.store.insert_session(&session).await?.is_none() {
         // A concurrent request for the same learner and exercise won the race: answer with its session.
-        let live = app
-            .store
-            .live_session_for(learner.as_str(), exercise.as_str())
-            .await?;
+        let live = app.store.live_session_for(learner.as_str(), exercise.as_str()).await?;
         return match live {
-            Some(live) => Ok(Created {
-                session: live,
-                new: false,
-            }),
+            Some(live) => Ok(Created { session: live, new: false }),
             None => Err(anyhow::anyhow!("session conflict without a live session").into()),
         };
     }
     // The start runs in its own task: a caller that disconnects does not abandon a half-made sandbox.
     let task = spawn_start(app.clone(), session.clone(), permit, requested_at);
     let _ = task.await;
-    let session = app
-        .store
-        .session(&session.id)
-        .await?
-        .ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
+    let session = app.store.session(&session.id).await?.ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
     if session.state == SessionState::Failed {
         return Err(SessionError::StartFailed {
             id: session.id.clone(),
@@ -203,10 +168,7 @@ pub(crate) fn spawn_start(
     permit: OwnedSemaphorePermit,
     requested_at: Instant,
 ) -> tokio::task::JoinHandle<()> {
-    app.starting
-        .lock()
-        .expect("lock")
-        .insert(session.id.clone());
+    app.starting.lock().expect("lock").insert(session.id.clone());
     tokio::spawn(async move {
         let _permit = permit;
         let id = session.id.clone();
@@ -226,10 +188,7 @@ pub(crate) fn spawn_start(
                 let reason = format!("{e:#}");
                 let reason: String = reason.chars().take(500).collect();
                 tracing::warn!(session = %id, error = %reason, "sandbox failed to start");
-                let _ = app
-                    .engine
-                    .remove_container(&policy::sandbox_name(app.engine.instance(), &id))
-                    .await;
+                let _ = app.engine.remove_container(&policy::sandbox_name(app.engine.instance(), &id)).await;
                 let _ = app
                     .store
                     .transition(
@@ -250,14 +209,7 @@ pub(crate) fn spawn_start(
 /// session was ended meanwhile (its container is then removed again).
 async fn start_sandbox(app: &App, session: &SessionRecord) -> anyhow::Result<bool> {
     let spec: SandboxSpec = serde_json::from_str(&session.spec)?;
-    let volume = app
-        .workspaces
-        .prepare(
-            &session.learner,
-            &session.exercise,
-            spec.limits.workspace_mb,
-        )
-        .await?;
+    let volume = app.workspaces.prepare(&session.learner, &session.exercise, spec.limits.workspace_mb).await?;
     let owner = SandboxOwner {
         instance: app.engine.instance(),
         purpose: Purpose::Session(&session.id),
@@ -284,11 +236,7 @@ async fn start_sandbox(app: &App, session: &SessionRecord) -> anyhow::Result<boo
 
 /// Drops the workspace's volume and loop device unless the learner has a live session again.
 async fn release_workspace(app: &App, session: &SessionRecord) {
-    match app
-        .store
-        .live_session_for(&session.learner, &session.exercise)
-        .await
-    {
+    match app.store.live_session_for(&session.learner, &session.exercise).await {
         Ok(None) => {}
         Ok(Some(_)) => return,
         Err(e) => {
@@ -296,20 +244,13 @@ async fn release_workspace(app: &App, session: &SessionRecord) {
             return;
         }
     }
-    if let Err(e) = app
-        .workspaces
-        .release(&session.learner, &session.exercise)
-        .await
-    {
+    if let Err(e) = app.workspaces.release(&session.learner, &session.exercise).await {
         tracing::warn!(session = %session.id, error = %format!("{e:#}"), "could not release the workspace");
     }
 }
 
 pub async fn get(app: &App, id: &str) -> Result<SessionRecord, SessionError> {
-    app.store
-        .session(id)
-        .await?
-        .ok_or_else(|| SessionError::NotFound(id.to_string()))
+    app.store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_string()))
 }
 
 pub async fn list(app: &App, filter: &SessionFilter) -> Result<Vec<SessionRecord>, SessionError> {
@@ -317,47 +258,23 @@ pub async fn list(app: &App, filter: &SessionFilter) -> Result<Vec<SessionRecord
 }
 
 /// Ends a session: its container is removed, its workspace kept. Idempotent.
-pub async fn stop(
-    app: &App,
-    id: &str,
-    reason: Option<&str>,
-) -> Result<SessionRecord, SessionError> {
+pub async fn stop(app: &App, id: &str, reason: Option<&str>) -> Result<SessionRecord, SessionError> {
     let session = get(app, id).await?;
     if matches!(session.state, SessionState::Stopped | SessionState::Failed) {
         return Ok(session);
     }
-    app.store
-        .transition(
-            id,
-            &[SessionState::Starting, SessionState::Running],
-            SessionState::Stopping,
-            None,
-        )
-        .await?;
+    app.store.transition(id, &[SessionState::Starting, SessionState::Running], SessionState::Stopping, None).await?;
     finish_stop(app, &session, reason).await?;
     get(app, id).await
 }
 
 /// The second half of a stop, also used by the reconciler for sessions left in `stopping`.
-pub(crate) async fn finish_stop(
-    app: &App,
-    session: &SessionRecord,
-    reason: Option<&str>,
-) -> anyhow::Result<()> {
-    app.engine
-        .remove_container(&policy::sandbox_name(app.engine.instance(), &session.id))
-        .await?;
+pub(crate) async fn finish_stop(app: &App, session: &SessionRecord, reason: Option<&str>) -> anyhow::Result<()> {
+    app.engine.remove_container(&policy::sandbox_name(app.engine.instance(), &session.id)).await?;
     if let Some(c) = &session.container_id {
         app.engine.remove_container(c).await?;
     }
-    app.store
-        .transition(
-            &session.id,
-            &[SessionState::Stopping],
-            SessionState::Stopped,
-            reason,
-        )
-        .await?;
+    app.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await?;
     release_workspace(app, session).await;
     Ok(())
 }

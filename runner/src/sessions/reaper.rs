@@ -30,33 +30,20 @@ pub async fn reap_once(app: &Arc<App>) -> anyhow::Result<()> {
     let now = now_ms();
     let idle_before = now - app.settings.idle_timeout.as_millis() as i64;
     let created_before = now - app.settings.max_lifetime.as_millis() as i64;
-    let expired = app
-        .store
-        .expired_sessions(idle_before, created_before)
-        .await?;
+    let expired = app.store.expired_sessions(idle_before, created_before).await?;
     futures_util::stream::iter(expired)
         .for_each_concurrent(PARALLEL_STOPS, |s| async move {
-            let reason = if s.created_at < created_before {
-                "lifetime"
-            } else {
-                "idle"
-            };
+            let reason = if s.created_at < created_before { "lifetime" } else { "idle" };
             match super::stop(app, &s.id, Some(&format!("reaped: {reason}"))).await {
                 Ok(_) => {
-                    app.metrics
-                        .sessions_reaped
-                        .with_label_values(&[reason])
-                        .inc();
+                    app.metrics.sessions_reaped.with_label_values(&[reason]).inc();
                     tracing::info!(session = %s.id, reason, "reaped session");
                 }
                 Err(e) => tracing::warn!(session = %s.id, error = %e, "could not reap session"),
             }
         })
         .await;
-    let removed = app
-        .workspaces
-        .remove_expired(app.settings.workspace_retention)
-        .await?;
+    let removed = app.workspaces.remove_expired(app.settings.workspace_retention).await?;
     if removed > 0 {
         tracing::info!(removed, "removed workspaces past retention");
     }

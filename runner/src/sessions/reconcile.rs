@@ -50,12 +50,7 @@ pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
         }
     }
     let in_flight = app.starting.lock().expect("lock").clone();
-    let count = |action: &str| {
-        app.metrics
-            .reconcile_actions
-            .with_label_values(&[action])
-            .inc()
-    };
+    let count = |action: &str| app.metrics.reconcile_actions.with_label_values(&[action]).inc();
 
     for s in &live {
         if in_flight.contains(&s.id) {
@@ -69,9 +64,7 @@ pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
         }
         match by_session.get(s.id.as_str()) {
             Some(c) if c.running => {
-                if s.state != SessionState::Running
-                    || s.container_id.as_deref() != Some(c.id.as_str())
-                {
+                if s.state != SessionState::Running || s.container_id.as_deref() != Some(c.id.as_str()) {
                     app.store.mark_running(&s.id, &c.id).await?;
                 }
                 report.adopted += 1;
@@ -104,10 +97,7 @@ pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
 
     let live_ids: std::collections::HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
     for c in &containers {
-        let owned = c
-            .session_id
-            .as_deref()
-            .is_some_and(|s| live_ids.contains(s) || in_flight.contains(s));
+        let owned = c.session_id.as_deref().is_some_and(|s| live_ids.contains(s) || in_flight.contains(s));
         if !owned {
             tracing::info!(container = %c.id, session = ?c.session_id, "removing orphan sandbox container");
             app.engine.remove_container(&c.id).await?;

@@ -17,13 +17,10 @@ impl Store {
     }
 
     pub async fn build(&self, id: &str) -> anyhow::Result<Option<BuildRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM builds WHERE id = $1",
-            BuildRecord::COLUMNS
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {} FROM builds WHERE id = $1", BuildRecord::COLUMNS))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| BuildRecord::from_row(&r)).transpose()
     }
 
@@ -40,11 +37,7 @@ impl Store {
     }
 
     pub async fn builds_in(&self, states: &[&str]) -> anyhow::Result<Vec<BuildRecord>> {
-        let list = states
-            .iter()
-            .map(|s| format!("'{s}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
         let rows = sqlx::query(&format!(
             "SELECT {} FROM builds WHERE state IN ({list}) ORDER BY created_at, id",
             BuildRecord::COLUMNS
@@ -55,16 +48,10 @@ impl Store {
     }
 
     pub async fn count_builds_in(&self, states: &[&str]) -> anyhow::Result<i64> {
-        let list = states
-            .iter()
-            .map(|s| format!("'{s}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let row = sqlx::query(&format!(
-            "SELECT COUNT(*) AS n FROM builds WHERE state IN ({list})"
-        ))
-        .fetch_one(&self.pool)
-        .await?;
+        let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM builds WHERE state IN ({list})"))
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 
@@ -76,11 +63,7 @@ impl Store {
         to: &str,
         reason: Option<&str>,
     ) -> anyhow::Result<bool> {
-        let list = from
-            .iter()
-            .map(|s| format!("'{s}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
         let terminal = matches!(to, "succeeded" | "failed" | "cancelled");
         let now = now_ms();
         let n = sqlx::query(&format!(
@@ -138,11 +121,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn version(
-        &self,
-        exercise: &str,
-        version: &str,
-    ) -> anyhow::Result<Option<VersionRecord>> {
+    pub async fn version(&self, exercise: &str, version: &str) -> anyhow::Result<Option<VersionRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {} FROM exercise_versions WHERE exercise = $1 AND version = $2",
             VersionRecord::COLUMNS
@@ -166,42 +145,34 @@ impl Store {
     }
 
     /// Records a publish: the exercise's image and spec, and the version's publish time, at once.
-    pub async fn publish_version(
-        &self,
-        exercise: &str,
-        version: &str,
-        image: &str,
-        spec: &str,
-    ) -> anyhow::Result<()> {
+    pub async fn publish_version(&self, exercise: &str, version: &str, image: &str, spec: &str) -> anyhow::Result<()> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4",
-        )
-        .bind(image)
-        .bind(spec)
-        .bind(now)
-        .bind(exercise)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let updated = sqlx::query("UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4")
+            .bind(image)
+            .bind(spec)
+            .bind(now)
+            .bind(exercise)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if updated == 0 {
-            sqlx::query("INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
-                .bind(exercise)
-                .bind(image)
-                .bind(spec)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+            )
+            .bind(exercise)
+            .bind(image)
+            .bind(spec)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
-        sqlx::query(
-            "UPDATE exercise_versions SET published_at = $1 WHERE exercise = $2 AND version = $3",
-        )
-        .bind(now)
-        .bind(exercise)
-        .bind(version)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("UPDATE exercise_versions SET published_at = $1 WHERE exercise = $2 AND version = $3")
+            .bind(now)
+            .bind(exercise)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -217,12 +188,11 @@ impl Store {
 
     /// Images that live sessions run (they keep their version until they end).
     pub async fn images_in_use(&self) -> anyhow::Result<Vec<String>> {
-        let rows = sqlx::query("SELECT DISTINCT image FROM sessions WHERE state IN ('starting', 'running', 'stopping')")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("image")?))
-            .collect()
+        let rows =
+            sqlx::query("SELECT DISTINCT image FROM sessions WHERE state IN ('starting', 'running', 'stopping')")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("image")?)).collect()
     }
 
     // ---- checks ----
@@ -246,11 +216,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn checks_of(
-        &self,
-        session_id: &str,
-        limit: i64,
-    ) -> anyhow::Result<Vec<CheckRecord>> {
+    pub async fn checks_of(&self, session_id: &str, limit: i64) -> anyhow::Result<Vec<CheckRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM checks WHERE session_id = $1 ORDER BY created_at DESC, id LIMIT $2",
             CheckRecord::COLUMNS

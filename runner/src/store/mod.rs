@@ -9,9 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
-pub use records::{
-    BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord,
-};
+pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
 
 use crate::domain::SessionState;
 
@@ -38,13 +36,9 @@ pub struct SessionFilter {
 impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
-        if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .map(|p| p.split('?').next().unwrap_or(p))
-        {
+        if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
             if let Some(dir) = std::path::Path::new(path).parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
         }
         let is_sqlite = url.starts_with("sqlite:");
@@ -55,18 +49,10 @@ impl Store {
                 Box::pin(async move {
                     if is_sqlite {
                         // WAL lets readers run beside the writer; writers wait instead of failing.
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA foreign_keys = ON")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
-                            .execute(&mut *conn)
-                            .await?;
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -74,10 +60,7 @@ impl Store {
             .connect(url)
             .await
             .with_context(|| "connecting to the database (RUNNER_DATABASE_URL)".to_string())?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .context("running database migrations")?;
+        MIGRATOR.run(&pool).await.context("running database migrations")?;
         Ok(Store { pool })
     }
 
@@ -89,24 +72,17 @@ impl Store {
     // ---- exercises ----
 
     /// Creates or replaces an exercise; returns true when it was created.
-    pub async fn upsert_exercise(
-        &self,
-        slug: &str,
-        image: &str,
-        spec: &str,
-    ) -> anyhow::Result<bool> {
+    pub async fn upsert_exercise(&self, slug: &str, image: &str, spec: &str) -> anyhow::Result<bool> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4",
-        )
-        .bind(image)
-        .bind(spec)
-        .bind(now)
-        .bind(slug)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let updated = sqlx::query("UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4")
+            .bind(image)
+            .bind(spec)
+            .bind(now)
+            .bind(slug)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if updated == 0 {
             sqlx::query(
                 "INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
@@ -123,23 +99,17 @@ impl Store {
     }
 
     pub async fn exercise(&self, slug: &str) -> anyhow::Result<Option<ExerciseRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM exercises WHERE slug = $1",
-            ExerciseRecord::COLUMNS
-        ))
-        .bind(slug)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {} FROM exercises WHERE slug = $1", ExerciseRecord::COLUMNS))
+            .bind(slug)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| ExerciseRecord::from_row(&r)).transpose()
     }
 
     pub async fn exercises(&self) -> anyhow::Result<Vec<ExerciseRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {} FROM exercises ORDER BY slug",
-            ExerciseRecord::COLUMNS
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {} FROM exercises ORDER BY slug", ExerciseRecord::COLUMNS))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(ExerciseRecord::from_row).collect()
     }
 
@@ -170,21 +140,14 @@ impl Store {
     }
 
     pub async fn session(&self, id: &str) -> anyhow::Result<Option<SessionRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {} FROM sessions WHERE id = $1",
-            SessionRecord::COLUMNS
-        ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {} FROM sessions WHERE id = $1", SessionRecord::COLUMNS))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| SessionRecord::from_row(&r)).transpose()
     }
 
-    pub async fn live_session_for(
-        &self,
-        learner: &str,
-        exercise: &str,
-    ) -> anyhow::Result<Option<SessionRecord>> {
+    pub async fn live_session_for(&self, learner: &str, exercise: &str) -> anyhow::Result<Option<SessionRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {} FROM sessions WHERE learner = $1 AND exercise = $2 AND state IN ('starting', 'running')",
             SessionRecord::COLUMNS
@@ -198,10 +161,7 @@ impl Store {
 
     pub async fn sessions(&self, f: &SessionFilter) -> anyhow::Result<Vec<SessionRecord>> {
         // Placeholders are numbered in the order the optional filters appear.
-        let mut sql = format!(
-            "SELECT {} FROM sessions WHERE 1 = 1",
-            SessionRecord::COLUMNS
-        );
+        let mut sql = format!("SELECT {} FROM sessions WHERE 1 = 1", SessionRecord::COLUMNS);
         let mut n = 0;
         let mut next = || {
             n += 1;
@@ -242,29 +202,20 @@ impl Store {
     }
 
     pub async fn count_live_sessions(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM sessions WHERE state IN ('starting', 'running')",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE state IN ('starting', 'running')")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 
     pub async fn count_sessions_by_state(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM sessions GROUP BY state")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?)))
-            .collect()
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM sessions GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?))).collect()
     }
 
     /// Sessions idle since before `idle_before` or created before `created_before`.
-    pub async fn expired_sessions(
-        &self,
-        idle_before: i64,
-        created_before: i64,
-    ) -> anyhow::Result<Vec<SessionRecord>> {
+    pub async fn expired_sessions(&self, idle_before: i64, created_before: i64) -> anyhow::Result<Vec<SessionRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM sessions WHERE state IN ('starting', 'running') \
              AND (last_activity_at < $1 OR created_at < $2)",
@@ -287,11 +238,7 @@ impl Store {
         reason: Option<&str>,
     ) -> anyhow::Result<bool> {
         let ended = matches!(to, SessionState::Stopped | SessionState::Failed).then(now_ms);
-        let from_list = from
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let from_list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "UPDATE sessions SET state = $1, failure_reason = COALESCE($2, failure_reason), \
              ended_at = COALESCE($3, ended_at) WHERE id = $4 AND state IN ({from_list})"
@@ -361,14 +308,12 @@ impl Store {
         .await?
         .rows_affected();
         if inserted == 0 {
-            sqlx::query(
-                "UPDATE workspaces SET last_used_at = $1 WHERE learner = $2 AND exercise = $3",
-            )
-            .bind(now)
-            .bind(learner)
-            .bind(exercise)
-            .execute(&self.pool)
-            .await?;
+            sqlx::query("UPDATE workspaces SET last_used_at = $1 WHERE learner = $2 AND exercise = $3")
+                .bind(now)
+                .bind(learner)
+                .bind(exercise)
+                .execute(&self.pool)
+                .await?;
         }
         let row = sqlx::query(&format!(
             "SELECT {} FROM workspaces WHERE learner = $1 AND exercise = $2",
@@ -406,19 +351,12 @@ impl Store {
     }
 
     pub async fn delete_workspace(&self, volume: &str) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM workspaces WHERE volume = $1")
-            .bind(volume)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM workspaces WHERE volume = $1").bind(volume).execute(&self.pool).await?;
         Ok(())
     }
 
     pub async fn workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
-        let rows = sqlx::query("SELECT volume FROM workspaces")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<String, _>("volume")?))
-            .collect()
+        let rows = sqlx::query("SELECT volume FROM workspaces").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("volume")?)).collect()
     }
 }

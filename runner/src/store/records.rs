@@ -45,8 +45,7 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
-    pub const COLUMNS: &'static str =
-        "id, learner, exercise, image, spec, state, failure_reason, container_id, \
+    pub const COLUMNS: &'static str = "id, learner, exercise, image, spec, state, failure_reason, container_id, \
         created_at, last_activity_at, ended_at";
     pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
         let state: String = r.try_get("state")?;
@@ -56,8 +55,7 @@ impl SessionRecord {
             exercise: r.try_get("exercise")?,
             image: r.try_get("image")?,
             spec: r.try_get("spec")?,
-            state: SessionState::parse(&state)
-                .with_context(|| format!("unknown session state {state:?}"))?,
+            state: SessionState::parse(&state).with_context(|| format!("unknown session state {state:?}"))?,
             failure_reason: r.try_get("failure_reason")?,
             container_id: r.try_get("container_id")?,
             created_at: r.try_get("created_at")?,
@@ -78,8 +76,7 @@ pub struct WorkspaceRecord {
 }
 
 impl WorkspaceRecord {
-    pub const COLUMNS: &'static str =
-        "learner, exercise, volume, size_mb, created_at, last_used_at";
+    pub const COLUMNS: &'static str = "learner, exercise, volume, size_mb, created_at, last_used_at";
     pub const COLUMNS_W: &'static str =
         "w.learner AS learner, w.exercise AS exercise, w.volume AS volume, w.size_mb AS size_mb, \
          w.created_at AS created_at, w.last_used_at AS last_used_at";
@@ -148,8 +145,7 @@ pub struct VersionRecord {
 }
 
 impl VersionRecord {
-    pub const COLUMNS: &'static str =
-        "exercise, version, image, manifest, build_id, created_at, published_at";
+    pub const COLUMNS: &'static str = "exercise, version, image, manifest, build_id, created_at, published_at";
     pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
         Ok(VersionRecord {
             exercise: r.try_get("exercise")?,

@@ -1,0 +1,454 @@
+//! Exercise images: builds from repositories, the self-test, versions, push hooks and checks.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const BUILD_DEADLINE: Duration = Duration::from_secs(900);
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../exercise-images/examples")
+}
+
+fn session_of(app: &TestApp, s: &Value) -> String {
+    session_container(&app.instance, s["id"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_build_prove_themselves_and_check_learners_work() {
+    let app = spawn_app_with(|s| s.max_concurrent_builds = 2).await;
+    let names = ["python-fizzbuzz", "shell-wordcount", "redis-counter"];
+    let mut builds = Vec::new();
+    for name in names {
+        let (status, b) = app.submit_build(name, tar_dir(&examples().join(name))).await;
+        assert_eq!(status, 202, "{name}: {b}");
+        assert_eq!(b["state"], "queued");
+        builds.push(b["id"].as_str().unwrap().to_string());
+    }
+    for (name, id) in names.iter().zip(&builds) {
+        let b = app.wait_build(id, BUILD_DEADLINE).await;
+        assert_eq!(b["state"], "succeeded", "{name}: {b}\n{}", app.build_log(id).await);
+        let version = b["version"].as_str().unwrap();
+        assert_eq!(b["image"], format!("exercise-runner/{name}:{version}"));
+        assert_eq!(b["self_test"]["starting_files"]["passed"], false, "{b}");
+        assert_eq!(b["self_test"]["solution"]["passed"], true, "{b}");
+        let log = app.build_log(id).await;
+        assert!(log.contains("docker build") && log.contains("self-test") && log.contains("succeeded"), "{log}");
+        let (_, e) = app.get(&format!("/v1/exercises/{name}")).await;
+        assert_eq!(e["current_version"], version, "published automatically: {e}");
+
+        // A learner's session: the untouched exercise fails its check, the solution passes.
+        let s = app.session("ada", name).await;
+        assert_eq!(s["image"], b["image"]);
+        let c = session_of(&app, &s);
+        let sid = s["id"].as_str().unwrap();
+        let (status, check) = app.post(&format!("/v1/sessions/{sid}/checks"), json!({})).await;
+        assert_eq!(status, 201, "{check}");
+        assert_eq!(check["passed"], false, "{name}: {check}");
+        assert_ne!(check["exit_code"], 0);
+        assert!(!check["output"].as_str().unwrap().is_empty());
+        let solution = examples().join(name).join("solution");
+        for f in std::fs::read_dir(&solution).unwrap() {
+            let f = f.unwrap();
+            let content = std::fs::read_to_string(f.path()).unwrap();
+            learner_writes(&c, &format!("/workspace/{}", f.file_name().to_str().unwrap()), &content);
+        }
+        let (_, check) = app.post(&format!("/v1/sessions/{sid}/checks"), json!({})).await;
+        assert_eq!(check["passed"], true, "{name}: {check}");
+        assert_eq!(check["exit_code"], 0);
+        let (_, list) = app.get(&format!("/v1/sessions/{sid}/checks")).await;
+        assert_eq!(list["checks"].as_array().unwrap().len(), 2);
+        // Hidden tests are in the image, not in the learner's workspace; the solution is nowhere.
+        assert_ne!(sandbox_exec(&c, "ls /opt/exercise/tests | grep -q . && ls -a /workspace | grep -q '^tests$'").0, 0);
+        assert_ne!(
+            sandbox_exec(&c, "find / -path /proc -prune -o -name 'solution' -print 2>/dev/null | grep -q .").0,
+            0
+        );
+    }
+
+    // The same content again: the same version, no rebuild.
+    let (_, again) = app.submit_build("shell-wordcount", tar_dir(&examples().join("shell-wordcount"))).await;
+    let again = app.wait_build(again["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(again["cached"], true);
+    let (_, first) = app.get(&format!("/v1/builds/{}", builds[1])).await;
+    assert_eq!(again["version"], first["version"]);
+    assert!(app.build_log(again["id"].as_str().unwrap()).await.contains("no rebuild"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_dockerfile_fails_with_its_log() {
+    let app = spawn_app().await;
+    let repo = quick_exercise("broken", &[("Dockerfile", &format!("FROM {IMAGE}\nRUN echo building && exit 7\n"))]);
+    let (status, b) = app.submit_build("broken", repo).await;
+    assert_eq!(status, 202, "{b}");
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "failed");
+    assert!(b["failure_reason"].as_str().unwrap().contains("Dockerfile failed"), "{b}");
+    let log = app.build_log(b["id"].as_str().unwrap()).await;
+    assert!(log.contains("building") && log.contains("returned a non-zero code: 7"), "{log}");
+    let (status, _) = app.get("/v1/exercises/broken").await;
+    assert_eq!(status, 404, "a failed first build publishes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exercise_whose_check_always_passes_fails_its_self_test() {
+    let app = spawn_app().await;
+    let repo = quick_exercise("lenient", &[("tests/check.sh", "echo looks fine to me\n")]);
+    let (_, b) = app.submit_build("lenient", repo).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "failed", "{b}");
+    assert!(b["failure_reason"].as_str().unwrap().contains("passes on the learner's starting files"), "{b}");
+    assert_eq!(b["self_test"]["starting_files"]["passed"], true);
+    // And one whose solution does not pass.
+    let repo = quick_exercise("strict", &[("solution/answer.txt", "41\n")]);
+    let (_, b) = app.submit_build("strict", repo).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "failed", "{b}");
+    assert!(b["failure_reason"].as_str().unwrap().contains("fails with the reference solution"), "{b}");
+    assert!(app.build_log(b["id"].as_str().unwrap()).await.contains("expected 42, got: 41"));
+    assert!(app.containers().is_empty(), "no self-test container is left");
+}
+
+fn raw_tar(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_and_malformed_repositories_are_rejected_and_leave_nothing() {
+    let app = spawn_app_with(|s| s.max_unpacked_bytes = 4 << 20).await;
+    use tar::EntryType::*;
+    let manifest = b"slug = \"evil\"\ntitle = \"t\"\n";
+    let bomb = {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(
+            &mut gz,
+            &raw_tar(&[("exercise.toml", Regular, manifest, None), ("zeros", Regular, &vec![0u8; 32 << 20], None)]),
+        )
+        .unwrap();
+        gz.finish().unwrap()
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str, &str)> = vec![
+        ("traversal", raw_tar(&[("../../etc/cron.d/evil", Regular, b"x", None)]), 422, "invalid_archive", "'..'"),
+        ("absolute", raw_tar(&[("/etc/passwd", Regular, b"x", None)]), 422, "invalid_archive", "absolute"),
+        (
+            "symlink escape",
+            raw_tar(&[("exercise.toml", Regular, manifest, None), ("exercise", Symlink, b"", Some("/etc"))]),
+            422,
+            "invalid_archive",
+            "outside",
+        ),
+        (
+            "device",
+            raw_tar(&[("exercise.toml", Regular, manifest, None), ("null", Char, b"", None)]),
+            422,
+            "invalid_archive",
+            "device",
+        ),
+        ("bomb", bomb, 422, "invalid_archive", "unpacked size"),
+        (
+            "not an archive",
+            b"hello, I am not a tar file at all, just text, long enough to look like one".repeat(10),
+            422,
+            "invalid_archive",
+            "archive",
+        ),
+        ("no manifest", tar_files(&[("Dockerfile", "FROM x")]), 422, "invalid_manifest", "no exercise.toml"),
+        (
+            "bad manifest",
+            quick_exercise("evil", &[("exercise.toml", "slug = \"evil\"\ntitle = \"t\"\ncheck_timeout_secs = 9999\n")]),
+            422,
+            "invalid_manifest",
+            "check_timeout_secs",
+        ),
+        ("other slug", quick_exercise("not-evil", &[]), 422, "invalid_manifest", "does not match"),
+        (
+            "no solution",
+            tar_files(&[
+                ("exercise.toml", "slug = \"evil\"\ntitle = \"t\"\n"),
+                ("Dockerfile", "FROM x"),
+                ("exercise/a", "a"),
+            ]),
+            422,
+            "invalid_repository",
+            "solution",
+        ),
+    ];
+    for (name, body, status, code, needle) in cases {
+        let (s, v) = app.submit_build("evil", body).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{name}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{name}: {v}");
+    }
+    let (s, v) = app.submit_build("Bad_Slug", quick_exercise("evil", &[])).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (422, Some("invalid_slug")));
+    // Over the compressed size limit: 413.
+    let app_small = spawn_app_with(|s| s.max_archive_bytes = 1024).await;
+    let (s, v) = app_small.submit_build("evil", quick_exercise("evil", &[("big.txt", &"x".repeat(4096))])).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (413, Some("body_too_large")), "{v}");
+
+    // Nothing was recorded or left on disk.
+    let (_, list) = app.get("/v1/exercises/evil/builds").await;
+    assert_eq!(list["builds"].as_array().unwrap().len(), 0);
+    let leftovers = std::fs::read_dir(app.data_dir.join("builds")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leftovers, 0, "no files left in the builds directory");
+    assert!(!Path::new("/etc/cron.d/evil").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_publish_roll_back_and_live_sessions_keep_theirs() {
+    let app = spawn_app().await;
+    let build = |check_msg: &'static str| {
+        let app = &app;
+        async move {
+            let script = format!("if grep -qx 42 answer.txt; then echo {check_msg}; else exit 1; fi\n");
+            let (_, b) = app.submit_build("answer", quick_exercise("answer", &[("tests/check.sh", &script)])).await;
+            let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+            assert_eq!(b["state"], "succeeded", "{b}");
+            b
+        }
+    };
+    let v1 = build("v1").await;
+    let s1 = app.session("early", "answer").await;
+    assert_eq!(s1["image"], v1["image"]);
+    let v2 = build("v2").await;
+    assert_ne!(v1["version"], v2["version"]);
+    let (_, e) = app.get("/v1/exercises/answer").await;
+    assert_eq!(e["current_version"], v2["version"]);
+    // The live session keeps v1; a new one gets v2.
+    let c1 = session_of(&app, &s1);
+    assert_eq!(inspect(&c1)["Config"]["Image"], v1["image"]);
+    let s2 = app.session("late", "answer").await;
+    assert_eq!(s2["image"], v2["image"]);
+    learner_writes(&session_of(&app, &s2), "/workspace/answer.txt", "42\n");
+    let (_, check) = app.post(&format!("/v1/sessions/{}/checks", s2["id"].as_str().unwrap()), json!({})).await;
+    assert_eq!(check["output"], "v2\n");
+
+    // Roll back to v1.
+    let (status, e) = app
+        .post(&format!("/v1/exercises/answer/versions/{}/publish", v1["version"].as_str().unwrap()), json!({}))
+        .await;
+    assert_eq!(status, 200, "{e}");
+    assert_eq!(e["current_version"], v1["version"]);
+    let s3 = app.session("rolled-back", "answer").await;
+    assert_eq!(s3["image"], v1["image"]);
+    let (_, versions) = app.get("/v1/exercises/answer/versions").await;
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(versions["current_version"], v1["version"]);
+
+    // Manual publishing: a new build waits to be published.
+    let (status, _) = app.put("/v1/exercises/answer", json!({"auto_publish": false})).await;
+    assert_eq!(status, 200);
+    let v3 = build("v3").await;
+    let (_, e) = app.get("/v1/exercises/answer").await;
+    assert_eq!(e["current_version"], v1["version"], "not published automatically");
+    assert!(app.build_log(v3["id"].as_str().unwrap()).await.contains("publish it with"));
+    let (status, _) = app
+        .post(&format!("/v1/exercises/answer/versions/{}/publish", v3["version"].as_str().unwrap()), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, v) = app.post("/v1/exercises/answer/versions/000000000000/publish", json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("version_not_found")));
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.email=author@example.org", "-c", "user.name=Author", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_push_hook_builds_the_branch_and_a_bad_signature_builds_nothing() {
+    let app = spawn_app_with(|s| s.git_allow_local = true).await;
+    // An author's repository, pushed to a local bare repository.
+    let work = tempfile::tempdir().unwrap();
+    let bare = tempfile::tempdir().unwrap();
+    let mut ar = tar::Archive::new(std::io::Cursor::new(quick_exercise("hooked", &[])));
+    ar.unpack(work.path()).unwrap();
+    git(bare.path(), &["init", "--bare", "-q"]);
+    git(work.path(), &["init", "-q"]);
+    git(work.path(), &["add", "."]);
+    git(work.path(), &["commit", "-q", "-m", "exercise"]);
+    git(work.path(), &["push", "-q", bare.path().to_str().unwrap(), "HEAD:main"]);
+    let url = bare.path().to_str().unwrap().to_string();
+    let secret = "a-long-enough-hook-secret";
+    let (status, e) =
+        app.put("/v1/exercises/hooked", json!({"git": {"url": url, "ref": "main"}, "hook_secret": secret})).await;
+    assert_eq!(status, 201, "{e}");
+    assert_eq!(e["hook_secret_set"], true);
+    assert!(!e.to_string().contains(secret), "the secret is never shown");
+
+    let payload =
+        serde_json::to_vec(&json!({"ref": "refs/heads/main", "after": "0123abcd", "repository": {"clone_url": url}}))
+            .unwrap();
+    let hook = |sig: Option<String>| {
+        let mut req = app.client.post(app.url("/v1/hooks/git")).header("x-github-event", "push").body(payload.clone());
+        if let Some(sig) = sig {
+            req = req.header("x-hub-signature-256", sig);
+        }
+        req.send()
+    };
+    for bad in [None, Some(sign("wrong-secret-wrong-secret", &payload)), Some("sha256=00".into())] {
+        let r = hook(bad).await.unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "invalid_signature");
+    }
+    let (_, list) = app.get("/v1/exercises/hooked/builds").await;
+    assert_eq!(list["builds"].as_array().unwrap().len(), 0, "a bad signature builds nothing");
+
+    let r = hook(Some(sign(secret, &payload))).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    let builds = v["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 1, "{v}");
+    assert_eq!(builds[0]["source"]["kind"], "git");
+    let b = app.wait_build(builds[0]["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{}", app.build_log(b["id"].as_str().unwrap()).await);
+    let (_, e) = app.get("/v1/exercises/hooked").await;
+    assert_eq!(e["current_version"], b["version"]);
+
+    // A push to another branch is acknowledged and builds nothing.
+    let other = serde_json::to_vec(&json!({"ref": "refs/heads/wip", "repository": {"clone_url": url}})).unwrap();
+    let r = app
+        .client
+        .post(app.url("/v1/hooks/git"))
+        .header("x-github-event", "push")
+        .header("x-hub-signature-256", sign(secret, &other))
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["builds"].as_array().unwrap().len(), 0);
+    // A JSON build request from the exercise's configured source.
+    let (status, b) = app.post("/v1/exercises/hooked/builds", json!({})).await;
+    assert_eq!(status, 202, "{b}");
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!((b["state"].as_str(), b["cached"].as_bool()), (Some("succeeded"), Some(true)), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_cap_output_time_out_and_need_a_running_session() {
+    let app = spawn_app().await;
+    let loud = json!({"image": IMAGE, "check": {"command": ["sh", "-c", "yes 0123456789 | head -c 300000; exit 3"], "timeout_secs": 10}});
+    let (status, _) = app.put("/v1/exercises/loud", loud).await;
+    assert_eq!(status, 201);
+    let s = app.session("ada", "loud").await;
+    let sid = s["id"].as_str().unwrap();
+    let (status, c) = app.post(&format!("/v1/sessions/{sid}/checks"), json!({})).await;
+    assert_eq!(status, 201, "{c}");
+    assert_eq!(
+        (c["passed"].as_bool(), c["exit_code"].as_i64(), c["truncated"].as_bool()),
+        (Some(false), Some(3), Some(true))
+    );
+    assert!(c["output"].as_str().unwrap().len() <= 64 * 1024);
+    // A check counts as activity.
+    let (_, after) = app.get(&format!("/v1/sessions/{sid}")).await;
+    assert!(after["last_activity_at"].as_str() > s["last_activity_at"].as_str());
+
+    let slow = json!({"image": IMAGE, "check": {"command": ["sleep", "60"], "timeout_secs": 1}});
+    app.put("/v1/exercises/slow", slow).await;
+    let s2 = app.session("ada", "slow").await;
+    let started = std::time::Instant::now();
+    let (_, c) = app.post(&format!("/v1/sessions/{}/checks", s2["id"].as_str().unwrap()), json!({})).await;
+    assert_eq!((c["passed"].as_bool(), c["timed_out"].as_bool()), (Some(false), Some(true)), "{c}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    app.delete(&format!("/v1/sessions/{sid}")).await;
+    let (status, v) = app.post(&format!("/v1/sessions/{sid}/checks"), json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("session_not_running")));
+    let (status, _) = app.post(&format!("/v1/sessions/{}/checks", uuid::Uuid::new_v4()), json!({})).await;
+    assert_eq!(status, 404);
+    // An exercise registered without an image cannot start sessions yet.
+    app.put("/v1/exercises/unbuilt", json!({"title": "soon"})).await;
+    let (status, v) = app.post("/v1/sessions", json!({"learner": "ada", "exercise": "unbuilt"})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("exercise_not_published")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_build_streams_its_log_and_can_be_cancelled() {
+    let app = spawn_app().await;
+    let slow = quick_exercise("slow", &[("Dockerfile", &format!("FROM {IMAGE}\nRUN echo step-one && sleep 120\n"))]);
+    let (_, b) = app.submit_build("slow", slow).await;
+    let id = b["id"].as_str().unwrap().to_string();
+    // Follow the log live: the first lines arrive while the build runs.
+    let mut resp = app.client.get(app.url(&format!("/v1/builds/{id}/logs"))).bearer_auth(TOKEN).send().await.unwrap();
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !seen.contains("step-one") {
+        assert!(std::time::Instant::now() < deadline, "no live log: {seen}");
+        let chunk =
+            tokio::time::timeout(Duration::from_secs(60), resp.chunk()).await.unwrap().unwrap().expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let (_, now) = app.get(&format!("/v1/builds/{id}")).await;
+    assert_eq!(now["state"], "building");
+    let (status, c) = app.post(&format!("/v1/builds/{id}/cancel"), json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(c["state"], "cancelled", "{c}");
+    // The stream ends once the build has.
+    let rest = tokio::time::timeout(Duration::from_secs(10), resp.text()).await.expect("the log stream ends").unwrap();
+    assert!(rest.contains("cancelled"), "{rest}");
+    let (status, v) = app.post(&format!("/v1/builds/{id}/cancel"), json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("build_finished")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_builds_survive_a_restart_and_interrupted_ones_are_failed_with_the_reason() {
+    let mut app = spawn_app().await;
+    let slow = quick_exercise("slow-one", &[("Dockerfile", &format!("FROM {IMAGE}\nRUN sleep 120\n"))]);
+    let (_, running) = app.submit_build("slow-one", slow).await;
+    let (_, queued) = app.submit_build("next-one", quick_exercise("next-one", &[])).await;
+    let running_id = running["id"].as_str().unwrap().to_string();
+    let queued_id = queued["id"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(30), "the first build to start", || Some(())).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, b) = app.get(&format!("/v1/builds/{running_id}")).await;
+        if b["state"] == "building" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, q) = app.get(&format!("/v1/builds/{queued_id}")).await;
+    assert_eq!(q["state"], "queued", "one build at a time");
+    app.stop_server().await;
+
+    let again = start(test_settings(&app.data_dir, &app.instance)).await;
+    let (_, b) = again.get(&format!("/v1/builds/{running_id}")).await;
+    assert_eq!(b["state"], "failed");
+    assert!(b["failure_reason"].as_str().unwrap().contains("interrupted by a runner restart"), "{b}");
+    let q = again.wait_build(&queued_id, BUILD_DEADLINE).await;
+    assert_eq!(q["state"], "succeeded", "the queued build ran after the restart: {q}");
+    drop(again);
+}
