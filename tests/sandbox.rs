@@ -59,6 +59,9 @@ async fn docker_inspect_shows_the_whole_hardening_policy() {
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     let (_, out) = sandbox_exec(&c, "ls /sys/class/net");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), vec!["lo"], "only loopback");
+    // The Docker socket is nowhere in reach.
+    let (code, _) = sandbox_exec(&c, "test -e /var/run/docker.sock || test -e /run/docker.sock");
+    assert_ne!(code, 0, "the Docker socket must never be reachable from a sandbox");
     let (_, out) = sandbox_exec(&c, "cat /proc/1/cmdline | tr '\\0' ' '");
     assert!(out.contains("init"), "PID 1 is an init: {out}");
 }

@@ -343,7 +343,11 @@ pub fn quick_exercise(slug: &str, extra: &[(&str, &str)]) -> Vec<u8> {
         ("exercise.toml", manifest),
         (
             "Dockerfile",
-            format!("FROM {IMAGE}\nCOPY --chown=1000:1000 exercise/ /workspace/\nCOPY tests/ /opt/exercise/tests/\n"),
+            // The build itself cannot reach the Docker socket either.
+            format!(
+                "FROM {IMAGE}\nRUN test ! -e /var/run/docker.sock && test ! -e /run/docker.sock\n\
+                 COPY --chown=1000:1000 exercise/ /workspace/\nCOPY tests/ /opt/exercise/tests/\n"
+            ),
         ),
         ("exercise/answer.txt", "TODO\n".into()),
         (
