@@ -31,6 +31,8 @@ pub struct App {
     pub build_cancels: Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
     /// Requests per API token.
     pub rate_limiter: DefaultKeyedRateLimiter<String>,
+    /// The web IDE proxy (`/ide/{session}/`).
+    pub ide: Arc<web_ide_proxy::Proxy<crate::ide::RunnerBackend>>,
 }
 
 impl App {
@@ -54,7 +56,9 @@ impl App {
         workspaces.check().await?;
         let quota = Quota::per_second(NonZeroU32::new(settings.rate_limit_per_sec).expect("validated"))
             .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
-        Ok(Arc::new(App {
+        let proxy_config = crate::ide::proxy_config(&settings);
+        let user = settings.sandbox_user.clone();
+        Ok(Arc::new_cyclic(|weak| App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
             check_slots: Arc::new(Semaphore::new(8)),
@@ -62,6 +66,10 @@ impl App {
             build_wake: tokio::sync::Notify::new(),
             build_cancels: Mutex::new(Default::default()),
             rate_limiter: RateLimiter::keyed(quota),
+            ide: web_ide_proxy::Proxy::new(
+                crate::ide::RunnerBackend { app: weak.clone(), store: store.clone(), engine: engine.clone(), user },
+                proxy_config,
+            ),
             settings,
             store,
             engine,

@@ -21,16 +21,24 @@ const RECIPE: &[(&str, &[u8], u32)] = &[
     ("Dockerfile", include_bytes!("../../exercise-images/base/Dockerfile"), 0o644),
     ("supervisord.conf", include_bytes!("../../exercise-images/base/supervisord.conf"), 0o644),
     ("sandbox-init", include_bytes!("../../exercise-images/base/sandbox-init"), 0o755),
+    ("ide-agent.conf", include_bytes!("../../exercise-images/base/ide-agent.conf"), 0o644),
 ];
 
-fn recipe_tar() -> Vec<u8> {
+/// Where `build-base` looks for the IDE agent by default: beside this binary (cargo builds both
+/// into the same target directory).
+pub fn default_agent_path() -> Option<std::path::PathBuf> {
+    Some(std::env::current_exe().ok()?.parent()?.join("ide-agent"))
+}
+
+fn recipe_tar(agent: &[u8]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
-    for (name, data, mode) in RECIPE {
+    let files = RECIPE.iter().copied().chain(std::iter::once(("ide-agent", agent, 0o755)));
+    for (name, data, mode) in files {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
-        h.set_mode(*mode);
+        h.set_mode(mode);
         h.set_mtime(0);
-        b.append_data(&mut h, name, *data).expect("tar in memory");
+        b.append_data(&mut h, name, data).expect("tar in memory");
     }
     b.into_inner().expect("tar in memory")
 }
@@ -80,10 +88,17 @@ async fn ensure_debian(engine: &Engine, say: &mut impl FnMut(&str)) -> anyhow::R
 }
 
 /// Builds the base image unless it is up to date; `force` rebuilds anyway.
-pub async fn ensure(engine: &Engine, force: bool, mut say: impl FnMut(&str)) -> anyhow::Result<()> {
+pub async fn ensure(
+    engine: &Engine,
+    agent: &std::path::Path,
+    force: bool,
+    mut say: impl FnMut(&str),
+) -> anyhow::Result<()> {
+    let agent = std::fs::read(agent)
+        .with_context(|| format!("reading the IDE agent at {} (cargo build -p ide-agent)", agent.display()))?;
     ensure_debian(engine, &mut say).await?;
     let debian = engine.image(DEBIAN_IMAGE).await?.context("the Debian image vanished")?;
-    let context = recipe_tar();
+    let context = recipe_tar(&agent);
     let mut h = Sha256::new();
     h.update(&context);
     h.update(debian.id.as_bytes());

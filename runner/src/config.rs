@@ -139,6 +139,17 @@ pub struct Settings {
     pub git_hook_secret: Option<Secret>,
     /// Output kept from one check (the rest is cut, `truncated: true`).
     pub check_output_bytes: usize,
+    // ---- the web IDE ----
+    /// Signs IDE tokens and cookies. When unset, one is generated into `<data_dir>/ide-secret`;
+    /// a separate `runner ide-proxy` must be given the same one.
+    pub ide_secret: Option<Secret>,
+    /// The base URL browsers reach this runner at (for `ide_url`).
+    pub public_url: String,
+    pub ide_token_ttl: Duration,
+    /// Origins allowed to open IDE WebSockets; empty: the same host as the request.
+    pub ide_allowed_origins: Vec<String>,
+    pub ide_max_connections: usize,
+    pub ide_max_message_bytes: usize,
 }
 
 impl Settings {
@@ -180,6 +191,12 @@ impl Settings {
             git_allow_local: false,
             git_hook_secret: None,
             check_output_bytes: 64 * 1024,
+            ide_secret: None,
+            public_url: "http://127.0.0.1:8080".into(),
+            ide_token_ttl: Duration::from_secs(120),
+            ide_allowed_origins: vec![],
+            ide_max_connections: 16,
+            ide_max_message_bytes: 1024 * 1024,
         }
     }
 
@@ -319,6 +336,23 @@ impl Settings {
         if let Some(v) = parse(&get, "RUNNER_CHECK_OUTPUT_BYTES")? {
             s.check_output_bytes = v;
         }
+        s.ide_secret = get("RUNNER_IDE_SECRET").filter(|v| !v.is_empty()).map(Secret::new);
+        s.public_url = match get("RUNNER_PUBLIC_URL").filter(|v| !v.is_empty()) {
+            Some(v) => v,
+            None => format!("http://{}", s.listen),
+        };
+        if let Some(v) = secs("RUNNER_IDE_TOKEN_TTL_SECS")? {
+            s.ide_token_ttl = v;
+        }
+        if let Some(v) = get("RUNNER_IDE_ALLOWED_ORIGINS") {
+            s.ide_allowed_origins = v.split(',').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+        }
+        if let Some(v) = parse(&get, "RUNNER_IDE_MAX_CONNECTIONS")? {
+            s.ide_max_connections = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_IDE_MAX_MESSAGE_BYTES")? {
+            s.ide_max_message_bytes = v;
+        }
         if let Some(v) = get("RUNNER_LOG_FORMAT") {
             s.log_json = v.trim() == "json";
         }
@@ -367,13 +401,24 @@ impl Settings {
         self.data_dir.join("workspaces")
     }
 
-    /// The API token, generating and storing one (mode 0600) when none was configured.
+    /// The API token and the IDE secret, generating and storing them (mode 0600) when none was
+    /// configured.
     pub fn resolve_api_token(&mut self) -> anyhow::Result<()> {
+        if self.ide_secret.is_none() {
+            self.ide_secret = Some(Secret::new(stored_secret(&self.data_dir.join("ide-secret"))?));
+        }
         if self.api_token.is_some() {
             return Ok(());
         }
-        let path = self.data_dir.join("api-token");
-        let token = match std::fs::read_to_string(&path) {
+        self.api_token = Some(Secret::new(stored_secret(&self.data_dir.join("api-token"))?));
+        Ok(())
+    }
+}
+
+/// A random secret kept in a file (mode 0600), created on first use.
+fn stored_secret(path: &std::path::Path) -> anyhow::Result<String> {
+    {
+        let token = match std::fs::read_to_string(path) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {
                 use std::io::Write;
@@ -384,15 +429,14 @@ impl Settings {
                     .create(true)
                     .truncate(true)
                     .mode(0o600)
-                    .open(&path)
+                    .open(path)
                     .with_context(|| format!("writing {}", path.display()))?;
                 f.write_all(token.as_bytes())?;
-                tracing::info!(path = %path.display(), "generated an API token (RUNNER_API_TOKEN was not set)");
+                tracing::info!(path = %path.display(), "generated a secret (none was configured)");
                 token
             }
         };
-        self.api_token = Some(Secret::new(token));
-        Ok(())
+        Ok(token)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod domain;
 pub mod error;
 pub mod exercises;
 pub mod http;
+pub mod ide;
 pub mod metrics;
 pub mod sessions;
 pub mod store;
@@ -47,6 +48,7 @@ pub async fn launch(
         tokio::spawn(sessions::reaper::run(app.clone(), cancel.clone())),
         tokio::spawn(sessions::reconcile::run(app.clone(), cancel.clone())),
         tokio::spawn(builds::run_worker(app.clone(), cancel.clone())),
+        app.ide.spawn_background(cancel.clone()),
     ];
     tracing::info!(addr = %listener.local_addr()?, instance = %app.settings.instance,
         runtime = app.settings.runtime.as_str(), "exercise-runner listening");
@@ -72,3 +74,27 @@ pub async fn shutdown_signal() {
 }
 
 pub type SharedApp = Arc<App>;
+
+/// Runs only the web IDE proxy (`runner ide-proxy`): the same `/ide/{session}/` routes as
+/// `runner serve`, against the same database and Docker engine, so the proxy can be scaled apart
+/// from the API. It needs the same `RUNNER_IDE_SECRET` as the runners that issue `ide_url`s.
+pub async fn launch_ide_proxy(
+    mut settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)?;
+    settings.resolve_api_token()?;
+    let app = App::build(settings).await?;
+    let cancel = CancellationToken::new();
+    let background = app.ide.spawn_background(cancel.clone());
+    let router = axum::Router::new()
+        .route("/healthz", axum::routing::get(http::ops::healthz))
+        .merge(app.ide.router())
+        .layer(axum::middleware::from_fn(http::middleware::request_id));
+    tracing::info!(addr = %listener.local_addr()?, "exercise-runner IDE proxy listening");
+    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    cancel.cancel();
+    let _ = background.await;
+    served.context("serving HTTP")
+}

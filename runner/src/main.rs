@@ -12,6 +12,8 @@ struct Cli {
 enum Command {
     /// Run the service (configuration from RUNNER_* environment variables; see README).
     Serve,
+    /// Run only the web IDE proxy (/ide/{session}/), against the same database and engine.
+    IdeProxy,
     /// Manage the images sandboxes are made from.
     Images {
         #[command(subcommand)]
@@ -26,6 +28,9 @@ enum ImagesCommand {
         /// Rebuild even when the image is up to date.
         #[arg(long)]
         force: bool,
+        /// The ide-agent binary to put in the image (default: beside this binary).
+        #[arg(long)]
+        ide_agent: Option<std::path::PathBuf>,
     },
 }
 
@@ -41,11 +46,22 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
             runner::launch(settings, listener, runner::shutdown_signal()).await
         }
-        Command::Images { command: ImagesCommand::BuildBase { force } } => {
+        Command::IdeProxy => {
+            let settings = runner::Settings::from_env()?;
+            runner::telemetry::init(settings.log_json);
+            let listener = tokio::net::TcpListener::bind(settings.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
+            runner::launch_ide_proxy(settings, listener, runner::shutdown_signal()).await
+        }
+        Command::Images { command: ImagesCommand::BuildBase { force, ide_agent } } => {
             runner::telemetry::init(false);
             let metrics = std::sync::Arc::new(runner::metrics::Metrics::new());
             let engine = runner::docker::Engine::connect("images", metrics).await?;
-            runner::base_image::ensure(&engine, force, |line| eprintln!("[build-base] {line}")).await
+            let agent = ide_agent
+                .or_else(runner::base_image::default_agent_path)
+                .ok_or_else(|| anyhow::anyhow!("pass --ide-agent PATH"))?;
+            runner::base_image::ensure(&engine, &agent, force, |line| eprintln!("[build-base] {line}")).await
         }
     }
 }

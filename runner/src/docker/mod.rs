@@ -3,6 +3,7 @@
 //! Everything else in the runner talks about sandboxes, images and volumes; only this module
 //! knows bollard. Every call counts its failures in the `runner_docker_errors_total` metric.
 
+pub mod exec_io;
 pub mod images;
 pub mod policy;
 
@@ -305,6 +306,25 @@ impl Engine {
             truncated,
             timed_out,
         })
+    }
+
+    /// Starts `cmd` in a running container and returns its stdin/stdout as one byte stream.
+    pub async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<exec_io::ExecIo> {
+        let opts = CreateExecOptions {
+            cmd: Some(cmd),
+            user: Some(user.to_string()),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let r = self.docker.create_exec(container, opts).await;
+        let exec = self.count("create_exec", r)?;
+        let r = self.docker.start_exec(&exec.id, None).await;
+        match self.count("start_exec", r)? {
+            StartExecResults::Attached { output, input } => Ok(exec_io::ExecIo::new(output, input)),
+            StartExecResults::Detached => anyhow::bail!("the exec did not attach"),
+        }
     }
 
     /// Build containers of this instance (self-tests), running or not.

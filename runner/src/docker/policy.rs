@@ -203,6 +203,7 @@ pub fn sandbox_container(
         user: Some(user.to_string()),
         working_dir: Some(spec.workdir.clone()),
         hostname: Some("sandbox".into()),
+        env: Some(vec![format!("EXERCISE_SLUG={}", owner.exercise)]),
         labels: Some(labels),
         network_disabled: Some(spec.network.is_none()),
         host_config: Some(host_config),

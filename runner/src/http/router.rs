@@ -38,6 +38,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         // Push hooks authenticate by signature (the sender cannot hold our bearer token).
         .merge(Router::new().route("/hooks/git", post(builds::git_hook).layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT))));
 
+    let ide = app.ide.router();
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -45,9 +46,10 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app.clone())
+        .merge(ide)
         .layer(DefaultBodyLimit::max(app.settings.max_body_bytes))
         .layer(middleware::from_fn(mw::request_id))
-        .with_state(app)
 }
 
 async fn not_found() -> ApiError {

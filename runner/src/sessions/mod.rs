@@ -65,6 +65,9 @@ pub struct Session {
     pub expires_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
+    /// The browser IDE of a live session, with a short-lived token (a fresh one on every read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ide_url: Option<String>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -88,6 +91,7 @@ pub fn to_view(app: &App, r: &SessionRecord) -> Session {
         last_activity_at: rfc3339(r.last_activity_at),
         expires_at: r.state.is_live().then(|| rfc3339(expires)),
         ended_at: r.ended_at.map(rfc3339),
+        ide_url: r.state.is_live().then(|| crate::ide::ide_url(app, &r.id)),
     }
 }
 
@@ -264,6 +268,7 @@ pub async fn stop(app: &App, id: &str, reason: Option<&str>) -> Result<SessionRe
         return Ok(session);
     }
     app.store.transition(id, &[SessionState::Starting, SessionState::Running], SessionState::Stopping, None).await?;
+    app.ide.session_ended(id);
     finish_stop(app, &session, reason).await?;
     get(app, id).await
 }

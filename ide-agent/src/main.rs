@@ -1,0 +1,84 @@
+//! ide-agent: the browser IDE inside every sandbox built on the base image.
+//!
+//! `ide-agent serve` is started by supervisord as the learner. It listens on a Unix socket (the
+//! sandbox has no network) and serves the page, the learner's files and terminals on real PTYs.
+//! `ide-agent connect SOCKET` joins its stdin/stdout to that socket: the runner's web-ide-proxy
+//! runs it through `docker exec`, whose stdio streams work under runc and gVisor alike.
+
+mod files;
+mod terminals;
+mod web;
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+
+pub const DEFAULT_SOCKET: &str = "/run/ide-agent/agent.sock";
+
+pub struct Agent {
+    pub root: PathBuf,
+    pub terminals: terminals::Terminals,
+}
+
+fn usage() -> ! {
+    eprintln!("usage: ide-agent serve [--socket PATH] [--root DIR]\n       ide-agent connect [SOCKET]");
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            let mut socket = PathBuf::from(DEFAULT_SOCKET);
+            let mut root = std::env::current_dir()?;
+            let mut it = args[1..].iter();
+            while let Some(a) = it.next() {
+                match a.as_str() {
+                    "--socket" => socket = it.next().unwrap_or_else(|| usage()).into(),
+                    "--root" => root = it.next().unwrap_or_else(|| usage()).into(),
+                    _ => usage(),
+                }
+            }
+            tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+            serve(socket, root).await
+        }
+        Some("connect") => connect(args.get(1).map(String::as_str).unwrap_or(DEFAULT_SOCKET)).await,
+        _ => usage(),
+    }
+}
+
+async fn serve(socket: PathBuf, root: PathBuf) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let agent = Arc::new(Agent { root: root.canonicalize()?, terminals: terminals::Terminals::default() });
+    tracing::info!(socket = %socket.display(), root = %agent.root.display(), "ide-agent listening");
+    axum::serve(listener, web::router(agent)).await?;
+    Ok(())
+}
+
+/// Pipes stdin to the socket and the socket to stdout until either side ends.
+async fn connect(socket: &str) -> anyhow::Result<()> {
+    let stream = tokio::net::UnixStream::connect(socket).await.with_context(|| format!("connecting to {socket}"))?;
+    let (mut from_agent, mut to_agent) = stream.into_split();
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    let up = async {
+        let _ = tokio::io::copy(&mut stdin, &mut to_agent).await;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut to_agent).await;
+    };
+    let down = async {
+        let _ = tokio::io::copy(&mut from_agent, &mut stdout).await;
+        let _ = tokio::io::AsyncWriteExt::flush(&mut stdout).await;
+    };
+    // The agent closing its side ends the connection; stdin closing only half-closes it.
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+    }
+    Ok(())
+}

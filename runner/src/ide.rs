@@ -1,0 +1,80 @@
+//! The runner's side of the web IDE: how web-ide-proxy finds sessions, reaches the agent in a
+//! sandbox (a `docker exec` of `ide-agent connect`), runs checks and records activity.
+
+use std::{sync::Weak, time::Duration};
+
+use axum::http::StatusCode;
+use web_ide_proxy::{Backend, BoxIo, Config, SessionLookup};
+
+use crate::{app::App, config::Settings, domain::SessionState, error::ApiError, store::Store};
+
+/// Where the agent listens inside every sandbox built on the base image.
+pub const AGENT_SOCKET: &str = "/run/ide-agent/agent.sock";
+pub const AGENT_BIN: &str = "/usr/local/bin/ide-agent";
+
+pub struct RunnerBackend {
+    pub(crate) app: Weak<App>,
+    pub(crate) store: Store,
+    pub(crate) engine: crate::docker::Engine,
+    pub(crate) user: String,
+}
+
+impl Backend for RunnerBackend {
+    async fn session(&self, id: &str) -> anyhow::Result<SessionLookup> {
+        Ok(match self.store.session(id).await? {
+            None => SessionLookup::Missing,
+            Some(s) if s.state == SessionState::Running => match s.container_id {
+                Some(container) => SessionLookup::Running { container },
+                None => SessionLookup::NotRunning("starting".into()),
+            },
+            Some(s) => SessionLookup::NotRunning(s.state.as_str().into()),
+        })
+    }
+
+    async fn connect(&self, container: &str) -> anyhow::Result<BoxIo> {
+        let cmd = vec![AGENT_BIN.to_string(), "connect".to_string(), AGENT_SOCKET.to_string()];
+        Ok(Box::new(self.engine.exec_stream(container, cmd, &self.user).await?))
+    }
+
+    async fn check(&self, session: &str) -> (StatusCode, serde_json::Value) {
+        let Some(app) = self.app.upgrade() else {
+            return (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": {"code": "unavailable"}}));
+        };
+        match crate::checks::check_session(&app, session).await {
+            Ok(c) => (StatusCode::CREATED, serde_json::to_value(crate::checks::to_view(&c)).unwrap_or_default()),
+            Err(e) => {
+                let e = ApiError::from(e);
+                (e.status, serde_json::json!({"error": {"code": e.code, "message": e.message}}))
+            }
+        }
+    }
+
+    async fn touch(&self, activity: Vec<(String, i64)>) {
+        for (session, at) in activity {
+            if let Err(e) = self.store.touch_session(&session, at).await {
+                tracing::warn!(session, error = %format!("{e:#}"), "could not record IDE activity");
+            }
+        }
+    }
+}
+
+pub fn proxy_config(s: &Settings) -> Config {
+    Config {
+        secret: s.ide_secret.as_ref().map(|x| x.expose().as_bytes().to_vec()).unwrap_or_default(),
+        cookie_ttl: s.max_lifetime,
+        allowed_origins: s.ide_allowed_origins.clone(),
+        max_connections_per_session: s.ide_max_connections,
+        max_message_bytes: s.ide_max_message_bytes,
+        max_body_bytes: 4 * 1024 * 1024,
+        // Flush well inside the idle timeout, so IDE use keeps a session alive.
+        activity_flush: (s.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        watch_interval: Duration::from_secs(2),
+        cookie_secure: s.public_url.starts_with("https://"),
+    }
+}
+
+/// The URL the web app embeds: the session's IDE with a short-lived token.
+pub fn ide_url(app: &App, session: &str) -> String {
+    let token = app.ide.url_token(session, app.settings.ide_token_ttl);
+    format!("{}/ide/{session}/?token={token}", app.settings.public_url.trim_end_matches('/'))
+}

@@ -1,0 +1,108 @@
+//! Plain HTTP to the agent: HTTP/1.1 over a stream from the backend, kept alive and pooled per
+//! container so a page load does not start an exec per asset.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{header, HeaderName, StatusCode},
+    response::{IntoResponse, Response},
+};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::{error, Backend, Proxy};
+
+const MAX_IDLE_PER_CONTAINER: usize = 4;
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<SendRequest<Body>>>>,
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip(headers: &mut axum::http::HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(HeaderName::from_static(h));
+    }
+}
+
+async fn sender<B: Backend>(proxy: &Proxy<B>, container: &str) -> anyhow::Result<SendRequest<Body>> {
+    loop {
+        let candidate = proxy.pool.idle.lock().expect("lock").get_mut(container).and_then(Vec::pop);
+        match candidate {
+            Some(mut s) if !s.is_closed() => {
+                if tokio::time::timeout(Duration::from_secs(5), s.ready()).await.is_ok_and(|r| r.is_ok()) {
+                    return Ok(s);
+                }
+            }
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    let io = proxy.backend.connect(container).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+pub async fn http<B: Backend>(proxy: &Proxy<B>, container: &str, path_and_query: &str, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, proxy.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large"),
+    };
+    strip(&mut parts.headers);
+    // The agent needs neither our cookie nor any credential.
+    parts.headers.remove(header::COOKIE);
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.insert(header::HOST, header::HeaderValue::from_static("agent"));
+    let Ok(uri) = path_and_query.parse() else {
+        return error(StatusCode::BAD_REQUEST, "invalid_path", "invalid path");
+    };
+    parts.uri = uri;
+    parts.version = axum::http::Version::HTTP_11;
+    let upstream = Request::from_parts(parts, Body::from(body));
+
+    let mut s = match sender(proxy, container).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
+            return error(StatusCode::BAD_GATEWAY, "agent_unreachable", "the IDE in the sandbox is not answering yet");
+        }
+    };
+    let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, s.send_request(upstream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "IDE proxy: request to the agent failed");
+            return error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer");
+        }
+        Err(_) => {
+            return error(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", "the IDE in the sandbox did not answer in time")
+        }
+    };
+    {
+        let mut idle = proxy.pool.idle.lock().expect("lock");
+        let list = idle.entry(container.to_string()).or_default();
+        if list.len() < MAX_IDLE_PER_CONTAINER {
+            list.push(s);
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body)).into_response()
+}

@@ -1,0 +1,354 @@
+//! web-ide-proxy: from a learner's browser to the IDE agent inside their sandbox.
+//!
+//! Mounted under `/ide/{session}/` by `runner serve` (or run alone by `runner ide-proxy`). Every
+//! request is authenticated before anything reaches a sandbox: the `ide_url` token (short-lived,
+//! signed for one session) is exchanged once for an HttpOnly cookie scoped to the session's path;
+//! WebSocket upgrades must come from an allowed `Origin`; the session must be running. Traffic is
+//! forwarded over a byte stream to the agent that the [`Backend`] provides (the runner uses a
+//! `docker exec` of `ide-agent connect`, which works with the sandbox's network off, under runc and
+//! gVisor). WebSockets are terminated on both sides so messages are bounded, activity is counted
+//! in memory (flushed in batches, not a database write per message), and a session that ends
+//! closes its sockets with close code 4000.
+
+mod forward;
+pub mod token;
+mod ws;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::{FromRequestParts, Path, Request, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::any,
+    Json, Router,
+};
+use serde_json::json;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{watch, Semaphore},
+};
+use tokio_util::sync::CancellationToken;
+
+pub const COOKIE_NAME: &str = "exercise_runner_ide";
+/// Close code sent to the browser when the session ends (deleted, reaped).
+pub const CLOSE_SESSION_ENDED: u16 = 4000;
+
+/// A byte stream to an agent.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub type BoxIo = Box<dyn Io>;
+
+pub enum SessionLookup {
+    Missing,
+    NotRunning(String),
+    Running { container: String },
+}
+
+/// What the proxy needs from the service that owns sessions.
+pub trait Backend: Send + Sync + 'static {
+    fn session(&self, id: &str) -> impl Future<Output = anyhow::Result<SessionLookup>> + Send;
+    /// A fresh byte stream to the agent of a running container.
+    fn connect(&self, container: &str) -> impl Future<Output = anyhow::Result<BoxIo>> + Send;
+    /// Runs the session's check (the IDE's Check button): status and JSON body.
+    fn check(&self, session: &str) -> impl Future<Output = (StatusCode, serde_json::Value)> + Send;
+    /// Records activity: (session, unix milliseconds) pairs, batched.
+    fn touch(&self, activity: Vec<(String, i64)>) -> impl Future<Output = ()> + Send;
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub secret: Vec<u8>,
+    pub cookie_ttl: Duration,
+    /// Origins allowed to open WebSockets; empty means "the same host as the request".
+    pub allowed_origins: Vec<String>,
+    pub max_connections_per_session: usize,
+    pub max_message_bytes: usize,
+    pub max_body_bytes: usize,
+    pub activity_flush: Duration,
+    pub watch_interval: Duration,
+    pub cookie_secure: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            secret: vec![],
+            cookie_ttl: Duration::from_secs(8 * 3600),
+            allowed_origins: vec![],
+            max_connections_per_session: 16,
+            max_message_bytes: 1024 * 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+            activity_flush: Duration::from_secs(5),
+            watch_interval: Duration::from_secs(2),
+            cookie_secure: false,
+        }
+    }
+}
+
+struct Slot {
+    permits: Arc<Semaphore>,
+    ended: watch::Sender<bool>,
+}
+
+pub struct Proxy<B> {
+    backend: B,
+    config: Config,
+    pool: forward::Pool,
+    slots: Mutex<HashMap<String, Slot>>,
+    activity: Mutex<HashMap<String, i64>>,
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl<B: Backend> Proxy<B> {
+    pub fn new(backend: B, config: Config) -> Arc<Self> {
+        assert!(!config.secret.is_empty(), "the IDE token secret must not be empty");
+        Arc::new(Proxy {
+            backend,
+            config,
+            pool: forward::Pool::default(),
+            slots: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// A fresh `ide_url` token for a session, valid for `ttl`.
+    pub fn url_token(&self, session: &str, ttl: Duration) -> String {
+        token::sign(&self.config.secret, token::Kind::Url, session, token::now_unix() + ttl.as_secs())
+    }
+
+    /// The routes, to be merged into a router: `/ide/{session}/...`.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/ide/{session}", any(redirect_to_slash))
+            .route("/ide/{session}/", any(handle_root::<B>))
+            .route("/ide/{session}/{*rest}", any(handle_rest::<B>))
+            .with_state(self.clone())
+    }
+
+    /// Closes every socket of a session now (it was deleted or reaped).
+    pub fn session_ended(&self, session: &str) {
+        if let Some(slot) = self.slots.lock().expect("lock").get(session) {
+            let _ = slot.ended.send(true);
+        }
+    }
+
+    fn slot(&self, session: &str) -> (Arc<Semaphore>, watch::Receiver<bool>) {
+        let mut slots = self.slots.lock().expect("lock");
+        let slot = slots.entry(session.to_string()).or_insert_with(|| Slot {
+            permits: Arc::new(Semaphore::new(self.config.max_connections_per_session)),
+            ended: watch::channel(false).0,
+        });
+        (slot.permits.clone(), slot.ended.subscribe())
+    }
+
+    pub(crate) fn mark_active(&self, session: &str) {
+        self.activity.lock().expect("lock").insert(session.to_string(), now_ms());
+    }
+
+    /// Flushes activity in batches and closes sockets of sessions that stopped running.
+    pub fn spawn_background(self: &Arc<Self>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let mut flush = tokio::time::interval(proxy.config.activity_flush);
+            let mut watch = tokio::time::interval(proxy.config.watch_interval);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => {
+                        proxy.flush_activity().await;
+                        return;
+                    }
+                    _ = flush.tick() => proxy.flush_activity().await,
+                    _ = watch.tick() => proxy.watch_sessions().await,
+                }
+            }
+        })
+    }
+
+    async fn flush_activity(&self) {
+        let batch: Vec<(String, i64)> = self.activity.lock().expect("lock").drain().collect();
+        if !batch.is_empty() {
+            self.backend.touch(batch).await;
+        }
+    }
+
+    async fn watch_sessions(&self) {
+        let watched: Vec<String> = {
+            let mut slots = self.slots.lock().expect("lock");
+            // Forget sessions with no open connection.
+            slots.retain(|_, s| s.permits.available_permits() < self.config.max_connections_per_session);
+            slots.keys().cloned().collect()
+        };
+        for session in watched {
+            if !matches!(self.backend.session(&session).await, Ok(SessionLookup::Running { .. })) {
+                self.session_ended(&session);
+            }
+        }
+    }
+
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        if !self.config.allowed_origins.is_empty() {
+            return self.config.allowed_origins.iter().any(|o| o == origin);
+        }
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or("");
+        !host.is_empty() && origin_host == host
+    }
+}
+
+async fn redirect_to_slash(Path(session): Path<String>) -> Response {
+    (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, format!("/ide/{session}/"))]).into_response()
+}
+
+async fn handle_root<B: Backend>(
+    State(proxy): State<Arc<Proxy<B>>>,
+    Path(session): Path<String>,
+    req: Request,
+) -> Response {
+    handle(proxy, session, String::new(), req).await
+}
+
+async fn handle_rest<B: Backend>(
+    State(proxy): State<Arc<Proxy<B>>>,
+    Path((session, rest)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    handle(proxy, session, rest, req).await
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == COOKIE_NAME).then(|| v.to_string())
+    })
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string))
+}
+
+async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String, req: Request) -> Response {
+    let valid_id = session.len() == 36 && session.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if !valid_id {
+        return error(StatusCode::NOT_FOUND, "session_not_found", "no such session");
+    }
+    let secret = &proxy.config.secret;
+    let now = token::now_unix();
+    // 1. Authenticate: the URL token (exchanged for a cookie), or the cookie.
+    if let Some(t) = query_token(req.uri().query()) {
+        return match token::verify(secret, &t, token::Kind::Url, &session, now) {
+            Ok(()) => {
+                let cookie =
+                    token::sign(secret, token::Kind::Cookie, &session, now + proxy.config.cookie_ttl.as_secs());
+                let secure = if proxy.config.cookie_secure { "; Secure" } else { "" };
+                let set_cookie = format!(
+                    "{COOKIE_NAME}={cookie}; Path=/ide/{session}/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+                    proxy.config.cookie_ttl.as_secs()
+                );
+                let mut resp =
+                    (StatusCode::SEE_OTHER, [(header::LOCATION, format!("/ide/{session}/{rest}"))]).into_response();
+                if let Ok(v) = HeaderValue::from_str(&set_cookie) {
+                    resp.headers_mut().insert(header::SET_COOKIE, v);
+                }
+                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp
+            }
+            Err(token::TokenError::Expired) => {
+                error(StatusCode::UNAUTHORIZED, "token_expired", "this IDE link has expired; open the exercise again")
+            }
+            Err(_) => error(StatusCode::UNAUTHORIZED, "invalid_token", "this IDE link is not valid for this session"),
+        };
+    }
+    match cookie_value(req.headers()).map(|c| token::verify(secret, &c, token::Kind::Cookie, &session, now)) {
+        Some(Ok(())) => {}
+        Some(Err(token::TokenError::Expired)) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "cookie_expired",
+                "the IDE login has expired; open the exercise again",
+            )
+        }
+        Some(Err(_)) | None => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "not_authenticated",
+                "open the IDE through the link of your session",
+            )
+        }
+    }
+    // 2. WebSockets only from allowed origins (no cross-site socket hijacking).
+    let is_upgrade =
+        req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if is_upgrade && !proxy.origin_allowed(req.headers()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "WebSocket connections from this origin are not allowed",
+        );
+    }
+    // 3. Only running sessions.
+    let container = match proxy.backend.session(&session).await {
+        Ok(SessionLookup::Running { container }) => container,
+        Ok(SessionLookup::Missing) => return error(StatusCode::NOT_FOUND, "session_not_found", "no such session"),
+        Ok(SessionLookup::NotRunning(state)) => {
+            return error(StatusCode::CONFLICT, "session_not_running", &format!("the session is {state}"))
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "IDE proxy: session lookup failed");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly");
+        }
+    };
+    proxy.mark_active(&session);
+    // 4. The Check button is the runner's, not the agent's: checks are recorded and authoritative.
+    if rest == "_runner/check" {
+        if req.method() != axum::http::Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "POST to run the check");
+        }
+        let (status, body) = proxy.backend.check(&session).await;
+        return (status, Json(body)).into_response();
+    }
+    // 5. Bounded connections per session.
+    let (permits, ended) = proxy.slot(&session);
+    let Ok(permit) = permits.try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            "too many open connections to this session",
+        );
+    };
+    let path_and_query = {
+        let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        format!("/{rest}{q}")
+    };
+    if is_upgrade {
+        let (mut parts, _body) = req.into_parts();
+        let upgrade = match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(u) => u,
+            Err(e) => return e.into_response(),
+        };
+        ws::bridge(proxy, session, container, path_and_query, upgrade, ended, permit).await
+    } else {
+        let resp = forward::http(&proxy, &container, &path_and_query, req).await;
+        drop(permit);
+        resp
+    }
+}

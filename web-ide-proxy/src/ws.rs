@@ -1,0 +1,168 @@
+//! WebSockets, terminated on both sides: the browser's (axum) and the agent's (tungstenite over
+//! a stream from the backend). Messages are bounded in size, activity is noted in memory at most
+//! once a second per socket, and the end of the session closes the browser's socket with 4000.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio_tungstenite::tungstenite::{self as tg, protocol::WebSocketConfig};
+
+use crate::{error, Backend, Proxy, CLOSE_SESSION_ENDED};
+
+fn to_agent(m: ws::Message) -> Option<tg::Message> {
+    Some(match m {
+        ws::Message::Text(t) => tg::Message::Text(t.as_str().into()),
+        ws::Message::Binary(b) => tg::Message::Binary(b),
+        ws::Message::Ping(b) => tg::Message::Ping(b),
+        ws::Message::Pong(b) => tg::Message::Pong(b),
+        ws::Message::Close(_) => return None,
+    })
+}
+
+fn to_browser(m: tg::Message) -> Option<ws::Message> {
+    Some(match m {
+        tg::Message::Text(t) => ws::Message::Text(t.as_str().into()),
+        tg::Message::Binary(b) => ws::Message::Binary(b),
+        tg::Message::Ping(b) => ws::Message::Ping(b),
+        tg::Message::Pong(b) => ws::Message::Pong(b),
+        tg::Message::Close(f) => {
+            return Some(ws::Message::Close(
+                f.map(|f| CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() }),
+            ))
+        }
+        tg::Message::Frame(_) => return None,
+    })
+}
+
+pub async fn bridge<B: Backend>(
+    proxy: Arc<Proxy<B>>,
+    session: String,
+    container: String,
+    path_and_query: String,
+    upgrade: WebSocketUpgrade,
+    mut ended: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) -> Response {
+    let max = proxy.config.max_message_bytes;
+    // Connect to the agent first, so a refusal there is a proper HTTP answer to the browser.
+    let io = match proxy.backend.connect(&container).await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
+            return error(StatusCode::BAD_GATEWAY, "agent_unreachable", "the IDE in the sandbox is not answering yet");
+        }
+    };
+    let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
+    let url = format!("ws://agent{path_and_query}");
+    let agent = match tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_tungstenite::client_async_with_config(url, io, Some(config)),
+    )
+    .await
+    {
+        Ok(Ok((agent, _))) => agent,
+        Ok(Err(tg::Error::Http(resp))) => {
+            let status = resp.status();
+            return error(status, "agent_refused", &format!("the IDE in the sandbox answered {status}"));
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "IDE proxy: WebSocket to the agent failed");
+            return error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer");
+        }
+        Err(_) => {
+            return error(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", "the IDE in the sandbox did not answer in time")
+        }
+    };
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |browser: WebSocket| async move {
+            let _permit = permit;
+            pump(&proxy, &session, browser, agent, &mut ended).await;
+        })
+        .into_response()
+}
+
+async fn pump<B: Backend, S>(
+    proxy: &Proxy<B>,
+    session: &str,
+    mut browser: WebSocket,
+    mut agent: tokio_tungstenite::WebSocketStream<S>,
+    ended: &mut watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut last_mark = Instant::now();
+    let mut mark = |proxy: &Proxy<B>| {
+        if last_mark.elapsed() >= Duration::from_secs(1) {
+            proxy.mark_active(session);
+            last_mark = Instant::now();
+        }
+    };
+    if *ended.borrow() {
+        let _ = close_ended(&mut browser).await;
+        return;
+    }
+    loop {
+        tokio::select! {
+            changed = ended.changed() => {
+                if changed.is_err() || *ended.borrow() {
+                    let _ = close_ended(&mut browser).await;
+                    let _ = agent.close(None).await;
+                    return;
+                }
+            }
+            from_browser = browser.recv() => match from_browser {
+                Some(Ok(ws::Message::Close(_))) | None | Some(Err(_)) => {
+                    let _ = agent.close(None).await;
+                    return;
+                }
+                Some(Ok(m)) => {
+                    mark(proxy);
+                    if let Some(m) = to_agent(m) {
+                        if agent.send(m).await.is_err() {
+                            let _ = browser.send(ws::Message::Close(Some(CloseFrame { code: 1011, reason: "the IDE agent went away".into() }))).await;
+                            return;
+                        }
+                    }
+                }
+            },
+            from_agent = agent.next() => match from_agent {
+                Some(Ok(m)) => {
+                    mark(proxy);
+                    let closing = matches!(m, tg::Message::Close(_));
+                    if let Some(m) = to_browser(m) {
+                        if browser.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    if closing {
+                        return;
+                    }
+                }
+                None | Some(Err(_)) => {
+                    let _ = browser.send(ws::Message::Close(Some(CloseFrame { code: 1011, reason: "the IDE agent went away".into() }))).await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
+async fn close_ended(browser: &mut WebSocket) -> Result<(), axum::Error> {
+    browser
+        .send(ws::Message::Close(Some(CloseFrame {
+            code: CLOSE_SESSION_ENDED,
+            reason: "the session has ended".into(),
+        })))
+        .await
+}
