@@ -501,3 +501,73 @@ async fn a_build_over_its_time_limit_fails_with_the_reason() {
     assert_eq!(b["state"], "failed");
     assert!(b["failure_reason"].as_str().unwrap().contains("timed out after 3 s"), "{b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_that_would_escape_the_sandbox_limits_are_refused() {
+    let app = spawn_app().await;
+    // A VOLUME would give learners an unbounded anonymous volume on the host's disk.
+    let vol = quick_exercise(
+        "volumed",
+        &[("Dockerfile", &format!("FROM {IMAGE}\nCOPY --chown=1000:1000 exercise/ /workspace/\nCOPY tests/ /opt/exercise/tests/\nVOLUME /data\n"))],
+    );
+    let (_, b) = app.submit_build("volumed", vol).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "failed");
+    assert!(b["failure_reason"].as_str().unwrap().contains("VOLUME"), "{b}");
+    let image = b["image"].as_str().unwrap().to_string();
+    let exists = |img: &str| {
+        std::process::Command::new("docker").args(["image", "inspect", img]).output().unwrap().status.success()
+    };
+    assert!(!exists(&image), "a failed build leaves no image behind");
+    // The same image registered directly is refused too.
+    let tag = format!("exercise-runner-test/volumed-{}:1", app.instance);
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {IMAGE}\nVOLUME /data\n")).unwrap();
+    let built = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &tag, ctx.path().to_str().unwrap()])
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .unwrap();
+    assert!(built.status.success());
+    let (status, v) = app.put("/v1/exercises/volumed", json!({"image": tag})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("image_declares_volumes")), "{v}");
+    let _ = std::process::Command::new("docker").args(["rmi", &tag]).output();
+
+    // Labels the runner recognises its containers by cannot be planted by an image.
+    let planted = quick_exercise(
+        "planted",
+        &[(
+            "Dockerfile",
+            &format!("FROM {IMAGE}\nLABEL exercise-runner.build=planted\nCOPY tests/ /opt/exercise/tests/\n"),
+        )],
+    );
+    let (_, b) = app.submit_build("planted", planted).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "failed");
+    assert!(b["failure_reason"].as_str().unwrap().contains("labels"), "{b}");
+
+    // ADD from a URL would make the engine fetch from the host's own network namespace.
+    let ssrf = quick_exercise("ssrf", &[("Dockerfile", &format!("FROM {IMAGE}\nADD {}/metrics /opt/x\n", app.base))]);
+    let (status, v) = app.submit_build("ssrf", ssrf).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_dockerfile")), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_exercise_cannot_fill_the_build_queue() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let slow = quick_exercise("greedy", &[("Dockerfile", &format!("FROM {IMAGE}\nRUN sleep 120 # {n}\n"))]);
+        let (status, b) = app.submit_build("greedy", slow).await;
+        assert_eq!(status, 202, "{b}");
+        ids.push(b["id"].as_str().unwrap().to_string());
+    }
+    let (status, v) = app.submit_build("greedy", quick_exercise("greedy", &[])).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (503, Some("build_queue_full")), "{v}");
+    // Other exercises still get in.
+    let (status, _) = app.submit_build("modest", quick_exercise("modest", &[])).await;
+    assert_eq!(status, 202);
+    for id in ids {
+        app.post(&format!("/v1/builds/{id}/cancel"), json!({})).await;
+    }
+}

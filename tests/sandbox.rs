@@ -147,7 +147,11 @@ async fn sandboxes_run_under_gvisor_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_is_only_there_for_exercises_that_opt_in() {
-    let app = spawn_app().await;
+    // By default no exercise may opt in: the operator names a network first.
+    let default = spawn_app().await;
+    let (status, v) = default.put("/v1/exercises/online", json!({"image": IMAGE, "network": true})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("network_not_allowed")));
+    let app = spawn_app_with(|s| s.sandbox_network = Some("bridge".into())).await;
     let (_, c) = one_session(&app, "online", json!({"network": true})).await;
     let i = inspect(&c);
     assert_eq!(i["HostConfig"]["NetworkMode"], "bridge");

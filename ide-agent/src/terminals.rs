@@ -111,7 +111,16 @@ impl Terminals {
                         let mut out = t.output.lock().expect("lock");
                         out.scrollback.extend(&buf[..n]);
                         let excess = out.scrollback.len().saturating_sub(SCROLLBACK_BYTES);
-                        out.scrollback.drain(..excess);
+                        if excess > 0 {
+                            // Cut at a line start, not inside a UTF-8 character or escape sequence.
+                            let cut = out
+                                .scrollback
+                                .iter()
+                                .skip(excess)
+                                .position(|b| *b == b'\n')
+                                .map_or(excess, |p| excess + p + 1);
+                            out.scrollback.drain(..cut);
+                        }
                         let _ = out.tx.send(Bytes::copy_from_slice(&buf[..n]));
                     }
                 }

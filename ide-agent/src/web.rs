@@ -125,7 +125,12 @@ async fn terminal_socket(State(agent): State<Arc<Agent>>, Path(id): Path<String>
             let _ = socket.send(Message::Close(Some(frame))).await;
             return;
         }
+        // The replay always comes first, as one frame (maybe empty), then a marker: the page
+        // ignores terminal queries inside the replay instead of answering them again.
         if socket.send(Message::Binary(att.replay.clone())).await.is_err() {
+            return;
+        }
+        if socket.send(Message::Text(r#"{"type":"replayed"}"#.into())).await.is_err() {
             return;
         }
         loop {

@@ -23,6 +23,8 @@ pub struct App {
     pub starting: Mutex<HashSet<String>>,
     /// Bounds concurrent checks of learners' work.
     pub check_slots: Arc<Semaphore>,
+    /// Bounds repositories being unpacked in memory at once.
+    pub intake_slots: Arc<Semaphore>,
     /// Bounds concurrent builds; queued builds wait in the database.
     pub build_slots: Arc<Semaphore>,
     /// Wakes the build worker when a build is queued.
@@ -62,6 +64,7 @@ impl App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
             check_slots: Arc::new(Semaphore::new(8)),
+            intake_slots: Arc::new(Semaphore::new(2)),
             build_slots: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
             build_wake: tokio::sync::Notify::new(),
             build_cancels: Mutex::new(Default::default()),

@@ -117,6 +117,8 @@ pub async fn ensure(
         tag: BASE_IMAGE,
         labels: [(RECIPE_LABEL.to_string(), recipe)].into(),
         memory_mb: 2048,
+        cpus: 2.0,
+        network: "default".into(),
     };
     engine.build_image(req, &CancellationToken::new(), |line| say(line.trim_end())).await?;
     say(&format!("built {BASE_IMAGE}"));

@@ -126,6 +126,9 @@ pub struct Settings {
     pub max_queued_builds: u64,
     pub build_timeout: Duration,
     pub build_memory_mb: u64,
+    pub build_cpus: f64,
+    /// Network of `RUN` steps (package installs need one); `none` builds offline.
+    pub build_network: String,
     /// Largest repository archive accepted (compressed, as sent).
     pub max_archive_bytes: usize,
     /// Largest repository accepted once unpacked (in memory; never on disk).
@@ -168,7 +171,8 @@ impl Settings {
             sandbox_user: "1000:1000".into(),
             default_limits: Limits::DEFAULT,
             limit_caps: Limits::DEFAULT_CAPS,
-            sandbox_network: Some("bridge".into()),
+            // Opting into a network needs an operator's decision (ideally a dedicated network).
+            sandbox_network: None,
             workspace_driver: WorkspaceDriver::Loop,
             workspace_retention: Duration::from_secs(30 * 86400),
             max_concurrent_starts: 4,
@@ -184,6 +188,8 @@ impl Settings {
             max_queued_builds: 20,
             build_timeout: Duration::from_secs(900),
             build_memory_mb: 2048,
+            build_cpus: 1.0,
+            build_network: "default".into(),
             max_archive_bytes: 32 * 1024 * 1024,
             max_unpacked_bytes: 128 * 1024 * 1024,
             max_archive_files: 10_000,
@@ -316,6 +322,12 @@ impl Settings {
         }
         if let Some(v) = parse(&get, "RUNNER_BUILD_MEMORY_MB")? {
             s.build_memory_mb = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_BUILD_CPUS")? {
+            s.build_cpus = v;
+        }
+        if let Some(v) = get("RUNNER_BUILD_NETWORK").filter(|v| !v.is_empty()) {
+            s.build_network = v;
         }
         if let Some(v) = parse(&get, "RUNNER_MAX_ARCHIVE_BYTES")? {
             s.max_archive_bytes = v;

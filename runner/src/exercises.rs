@@ -224,6 +224,28 @@ pub fn check_check(c: &CheckSpec) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Images that would escape the sandbox's limits or impersonate the runner's own containers.
+pub fn reject_unsafe_image(info: &crate::docker::ImageInfo) -> Result<(), Invalid> {
+    if !info.volumes.is_empty() {
+        return Err(Invalid::new(
+            "image_declares_volumes",
+            format!(
+                "the image declares VOLUME {:?}: each would be an unbounded volume on the host's disk; \
+                 remove the VOLUME lines (list such paths in `writable` for a sized tmpfs)",
+                info.volumes
+            ),
+        ));
+    }
+    let spoofed = info.spoofed_labels();
+    if !spoofed.is_empty() {
+        return Err(Invalid::new(
+            "image_spoofs_labels",
+            format!("the image carries the runner's own labels {spoofed:?}"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_git(g: &GitSource, allow_local: bool) -> Result<(), Invalid> {
     let url_ok = g.url.len() <= 1000
         && !g.url.starts_with('-')
@@ -296,6 +318,7 @@ pub async fn put(
         let info = engine.image(reference).await?.ok_or_else(|| {
             Invalid::new("image_not_found", format!("image {reference:?} does not exist on the Docker engine"))
         })?;
+        reject_unsafe_image(&info)?;
         image = reference.clone();
         spec.limits = input.limits.clone();
         spec.network = input.network;

@@ -212,19 +212,26 @@ async function main() {
   });
 
   await step('type a line at the end of the document', 15000, async () => {
+    const activeLine = () => page.evaluate(() => document.querySelector('#editor .cm-activeLine')?.textContent ?? null);
+    // Enter, then remove the indentation the editor may have added (so the line is exactly ours).
+    const newline = async () => {
+      await page.keyboard.press('Escape'); // close a completion popup, if one is open
+      await page.keyboard.press('Enter');
+      for (let i = 0; i < 40; i++) {
+        const text = await activeLine();
+        if (!text || text.trim() !== '') break;
+        await page.keyboard.press('Backspace');
+      }
+    };
     await page.click('#editor .cm-content');
     await page.keyboard.press('Control+End');
-    const lastLineEmpty = await page.evaluate(() => (document.querySelector('#editor .cm-activeLine')?.textContent ?? 'x') === '');
-    if (!lastLineEmpty) {
-      await page.keyboard.press('Escape');
-      await page.keyboard.press('Enter');
-    }
+    const endsWithNewline = (await activeLine()) === '';
+    if (!endsWithNewline) await newline();
     await page.keyboard.type(EDIT_LINE);
-    await page.keyboard.press('Escape'); // close a completion popup, if one opened
-    await page.keyboard.press('Enter');
+    if (endsWithNewline) await newline(); // keep the file's final newline
     await until('the typed line in the editor', 5000, () =>
       page.evaluate(
-        (line) => [...document.querySelectorAll('#editor .cm-line')].some((l) => l.textContent.trim() === line),
+        (line) => [...document.querySelectorAll('#editor .cm-line')].some((l) => l.textContent === line),
         EDIT_LINE,
       ),
     );

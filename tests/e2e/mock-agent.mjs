@@ -9,8 +9,9 @@
 //   PORT            port on 127.0.0.1 (default 0 = any free port)
 //   DIST            the built page (default: ide-agent/web/dist next to this repository's tests/)
 //   SESSION         session id in the path (default test-session)
-//   TOKEN           the token the page URL carries (default mock-token); the first page load with
-//                   ?token= sets a cookie scoped to /ide/{session}/, later requests need the cookie
+//   TOKEN           the token the page URL carries (default mock-token); like web-ide-proxy, a
+//                   request with ?token= gets a cookie scoped to /ide/{session}/ and a 303 to the
+//                   same URL without the token; every other request needs the cookie
 //   MOCK_CONTAINER  a running container (e.g. exercise-runner/busybox): files are read and written
 //                   in its /workspace with `docker exec`, terminals are `docker exec -it ... sh`
 //   MOCK_WORKDIR    without MOCK_CONTAINER: a local directory for the files (default: a fresh temp
@@ -136,9 +137,7 @@ const files = {
       throw new HttpError(404, 'not_found', `no such file: ${p}`);
     }
     if (buf.length > MAX_FILE) throw new HttpError(413, 'too_large', `file is larger than ${MAX_FILE} bytes`);
-    const text = new TextDecoder('utf-8', { fatal: false }).decode(buf);
-    if (text.includes('\ufffd')) throw new HttpError(400, 'not_text', 'file is not UTF-8 text');
-    return text;
+    return buf; // raw bytes, like the agent (the page detects text that is not UTF-8)
   },
   async write(p, body) {
     if (CONTAINER) {
@@ -165,6 +164,7 @@ function createTerminal() {
     cwd: CONTAINER ? os.tmpdir() : WORKDIR,
     env: { ...process.env, TERM: 'xterm-256color', PS1: '\\W $ ', HISTFILE: '/dev/null' },
     stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true, // its own process group, so shutdown() can end the shell and what it runs
   });
   const t = { id, proc, scrollback: [], size: 0, clients: new Set() };
   const output = (chunk) => {
@@ -215,8 +215,8 @@ function cookies(req) {
   return out;
 }
 
-function authorised(req, url) {
-  return cookies(req)[COOKIE] === TOKEN || url.searchParams.get('token') === TOKEN;
+function authorised(req) {
+  return cookies(req)[COOKIE] === TOKEN;
 }
 
 function sendJson(res, status, body, headers = {}) {
@@ -264,16 +264,23 @@ async function handle(req, res) {
     console.error(`[mock] WARNING: request outside ${PREFIX}: ${req.method} ${url.pathname} (the page must use relative URLs)`);
     return sendError(res, 404, 'not_found', 'not found');
   }
-  if (!authorised(req, url)) return sendError(res, 401, 'unauthorized', 'missing or bad token');
   const rest = url.pathname.slice(PREFIX.length);
+  if (url.searchParams.has('token')) {
+    // Like web-ide-proxy: exchange the URL token for a path-scoped cookie, redirect without it.
+    if (url.searchParams.get('token') !== TOKEN) return sendError(res, 401, 'invalid_token', 'bad token');
+    res.writeHead(303, {
+      Location: PREFIX + rest,
+      'Set-Cookie': `${COOKIE}=${TOKEN}; Path=${PREFIX}; HttpOnly; SameSite=Lax`,
+      'Cache-Control': 'no-store',
+    });
+    return res.end();
+  }
+  if (!authorised(req)) return sendError(res, 401, 'not_authenticated', 'missing or bad cookie');
 
   if (req.method === 'GET' && rest in STATIC) {
     const [file, type] = STATIC[rest];
     const data = fs.readFileSync(path.join(DIST, file));
-    const headers = { 'Content-Type': type, 'Content-Length': data.length, 'Cache-Control': 'no-cache' };
-    if (url.searchParams.get('token') === TOKEN)
-      headers['Set-Cookie'] = `${COOKIE}=${TOKEN}; Path=${PREFIX}; HttpOnly; SameSite=Lax`;
-    res.writeHead(200, headers);
+    res.writeHead(200, { 'Content-Type': type, 'Content-Length': data.length, 'Cache-Control': 'no-cache' });
     return res.end(data);
   }
   if (sessionEnded) return sendError(res, 410, 'session_ended', 'the session has ended');
@@ -430,7 +437,7 @@ server.on('upgrade', (req, socket, head) => {
     console.error(`[mock] WARNING: websocket outside ${PREFIX}: ${url.pathname}`);
     return reject(404, 'Not Found');
   }
-  if (!authorised(req, url)) return reject(401, 'Unauthorized');
+  if (!authorised(req)) return reject(401, 'Unauthorized');
   const m = url.pathname.slice(PREFIX.length).match(/^api\/terminals\/([^/]+)\/socket$/);
   const key = req.headers['sec-websocket-key'];
   if (!m || !key) return reject(404, 'Not Found');
@@ -474,7 +481,13 @@ server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
 });
 
 function shutdown() {
-  for (const t of terminals.values()) t.proc.kill();
+  for (const t of terminals.values()) {
+    try {
+      process.kill(-t.proc.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
   server.close();
   process.exit(0);
 }

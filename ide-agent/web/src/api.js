@@ -53,7 +53,17 @@ const q = (path) => encodeURIComponent(path);
 export const api = {
   info: () => json('api/info'),
   files: () => json('api/files'),
-  readFile: async (path) => (await request(`api/file?path=${q(path)}`)).text(),
+  // -> {text, binary}: binary when the bytes are not UTF-8 text (or contain NUL); such a file is
+  // shown read-only, since saving the decoded text back would corrupt it.
+  readFile: async (path) => {
+    const bytes = await (await request(`api/file?path=${q(path)}`)).arrayBuffer();
+    try {
+      const text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+      return { text, binary: text.includes('\0') };
+    } catch {
+      return { text: new TextDecoder('utf-8').decode(bytes), binary: true };
+    }
+  },
   writeFile: (path, text) =>
     request(`api/file?path=${q(path)}`, {
       method: 'PUT',

@@ -43,7 +43,7 @@ export class Editor {
     return !doc.eq(f.saved);
   }
 
-  makeState(path, text) {
+  makeState(path, text, binary = false) {
     return EditorState.create({
       doc: text,
       extensions: [
@@ -51,7 +51,8 @@ export class Editor {
         keymap.of([indentWithTab]),
         theme,
         languageFor(path),
-        editable.of(EditorView.editable.of(!this.readOnly)),
+        editable.of(EditorView.editable.of(!this.readOnly && !binary)),
+        EditorState.readOnly.of(binary),
         EditorView.updateListener.of((u) => {
           if (u.docChanged) this.docChanged(path);
         }),
@@ -74,8 +75,9 @@ export class Editor {
     if (!file) {
       this.showPlaceholder(`Opening ${path}\u2026`);
       let text;
+      let binary;
       try {
-        text = await api.readFile(path);
+        ({ text, binary } = await api.readFile(path));
       } catch (e) {
         if (seq !== this.openSeq) return;
         this.stash();
@@ -88,8 +90,9 @@ export class Editor {
       if (seq !== this.openSeq) return; // another file was clicked meanwhile
       file = this.files.get(path); // (opened concurrently?)
       if (!file) {
-        const state = this.makeState(path, text);
-        file = { state, saved: state.doc, status: { text: '', kind: '' } };
+        const state = this.makeState(path, text, binary);
+        file = { state, saved: state.doc, binary, status: { text: '', kind: '' } };
+        if (binary) file.status = { text: 'Read-only: not UTF-8 text', kind: 'dirty' };
         this.files.set(path, file);
       }
     }
@@ -153,6 +156,10 @@ export class Editor {
     if (!path || this.readOnly) return false;
     const f = this.files.get(path);
     if (!f) return false;
+    if (f.binary) {
+      this.setStatus(path, 'Not saved: this file is not UTF-8 text, it is shown read-only', 'error');
+      return true; // nothing to save (and nothing that stops a check)
+    }
     const doc = path === this.current && this.view ? this.view.state.doc : f.state.doc;
     this.setStatus(path, 'Saving\u2026', 'saving');
     try {

@@ -26,10 +26,15 @@ let sessionEnded = false;
 
 // ---------- banner ----------
 
+let bannerTimer = null;
+// 'ended' stays; other banners (a failed request) go away after a while.
 function showBanner(text, kind = 'info') {
+  if (els.banner.className === 'ended' && !els.banner.hidden) return;
+  clearTimeout(bannerTimer);
   els.banner.textContent = text;
   els.banner.className = kind;
   els.banner.hidden = false;
+  if (kind !== 'ended') bannerTimer = setTimeout(() => (els.banner.hidden = true), 8000);
 }
 
 // ---------- file tree + editor ----------

@@ -1,6 +1,7 @@
 // Terminals: one xterm.js (DOM renderer) per agent terminal, each attached over a WebSocket at
 // api/terminals/{id}/socket.
-//   server -> client: BINARY frames = output bytes (the scrollback is replayed first on attach)
+//   server -> client: BINARY frames = output bytes (the scrollback is replayed first on attach),
+//                     then TEXT {"type":"replayed"} once the replay is complete
 //   client -> server: TEXT frames = {"type":"input","data":...} | {"type":"resize","cols","rows"}
 //   close 4000 = the session ended, 4001 = this terminal's shell exited, anything else = reconnect.
 import { Terminal } from '@xterm/xterm';
@@ -139,7 +140,17 @@ class TerminalTab {
         gotData = true;
         this.attempts = 0;
       }
-      const data = typeof ev.data === 'string' ? ev.data : new Uint8Array(ev.data);
+      if (typeof ev.data === 'string') {
+        // Control from the agent: {"type":"replayed"} ends the scrollback replay, once xterm
+        // has processed everything written before it.
+        try {
+          if (JSON.parse(ev.data).type === 'replayed') {
+            this.term.write(new Uint8Array(0), () => { this.replayUntil = 0; this.replayDeadline = 0; });
+          }
+        } catch (_) { /* not control: ignore */ }
+        return;
+      }
+      const data = new Uint8Array(ev.data);
       const now = performance.now();
       if (now < this.replayUntil && now < this.replayDeadline) {
         this.replayPending++;

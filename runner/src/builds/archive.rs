@@ -52,6 +52,9 @@ fn clean_path(raw: &Path) -> Result<Option<String>, Invalid> {
         match c {
             Component::Normal(p) => {
                 let p = p.to_str().ok_or_else(|| reject(format!("{raw:?}: path is not UTF-8")))?;
+                if p.contains('\0') {
+                    return Err(reject(format!("{raw:?}: NUL bytes are not allowed in paths")));
+                }
                 parts.push(p.to_string());
             }
             Component::CurDir => {}
@@ -152,7 +155,7 @@ impl Tree {
                         .map_err(|e| reject(format!("{path}: bad link: {e}")))?
                         .and_then(|t| t.to_str().map(str::to_string))
                         .ok_or_else(|| reject(format!("{path}: symlink without a UTF-8 target")))?;
-                    if !symlink_stays_inside(&path, &target) {
+                    if target.contains('\0') || !symlink_stays_inside(&path, &target) {
                         return Err(reject(format!("{path}: symlink to {target:?} points outside the repository")));
                     }
                     Node::Symlink { target }
@@ -348,6 +351,27 @@ mod tests {
             assert_eq!(e.code, "invalid_archive");
             assert!(e.message.contains(needle), "{needle}: {}", e.message);
         }
+        // A NUL byte in a (PAX) path is refused, not a crash.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(Regular);
+        let mut pax = Vec::new();
+        let rec = b"path=exercise/x\0y\n";
+        pax.extend_from_slice(format!("{} ", rec.len() + 3).as_bytes());
+        pax.extend_from_slice(rec);
+        let mut ph = tar::Header::new_ustar();
+        ph.set_entry_type(tar::EntryType::XHeader);
+        ph.set_size(pax.len() as u64);
+        ph.set_path("pax").unwrap();
+        ph.set_cksum();
+        b.append(&ph, pax.as_slice()).unwrap();
+        h.set_path("placeholder").unwrap();
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let e = Tree::from_archive(&b.into_inner().unwrap(), Caps::default()).unwrap_err();
+        assert!(e.message.contains("NUL"), "{}", e.message);
         // Size and count caps, on the unpacked content.
         let big = tar_of(&[("big", Regular, &vec![0u8; 4096], None)]);
         let caps = Caps { max_unpacked_bytes: 1000, max_files: 10 };

@@ -84,7 +84,14 @@ pub async fn handle(
             Err(HookError::BadSignature)
         };
     }
-    let push: Push = serde_json::from_slice(body).map_err(|e| HookError::BadPayload(e.to_string()))?;
+    let push: Push = match serde_json::from_slice(body) {
+        Ok(p) => p,
+        // Unsigned garbage is a 401 like any unsigned delivery; only a signed one learns more.
+        Err(e) if global.as_ref().is_some_and(|g| verify(g, body, signature)) => {
+            return Err(HookError::BadPayload(e.to_string()))
+        }
+        Err(_) => return Err(HookError::BadSignature),
+    };
     let urls: Vec<String> =
         [&push.repository.clone_url, &push.repository.html_url, &push.repository.ssh_url, &push.repository.git_url]
             .into_iter()

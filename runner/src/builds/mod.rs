@@ -127,6 +127,8 @@ pub enum BuildError {
     Finished(String),
     #[error("{0} builds are waiting already; try again later")]
     QueueFull(u64),
+    #[error("too many repositories are being unpacked; try again shortly")]
+    IntakeBusy,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -161,9 +163,10 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
             format!("{}: network: this runner does not allow sandboxes to have a network", manifest::FILE),
         ));
     }
-    if tree.file("Dockerfile").is_none() {
+    let Some(dockerfile) = tree.file("Dockerfile") else {
         return Err(Invalid::new("invalid_repository", "the repository has no Dockerfile at its root"));
-    }
+    };
+    check_dockerfile(&String::from_utf8_lossy(dockerfile))?;
     for (field, dir) in [("learner_files", &m.learner_files), ("solution", &m.solution)] {
         if !tree.has_dir(dir) {
             return Err(Invalid::new(
@@ -175,18 +178,55 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
     Ok(m)
 }
 
-async fn check_queue(app: &App) -> Result<(), BuildError> {
+/// Active builds one exercise may have: one author cannot take the whole queue.
+pub const MAX_ACTIVE_PER_EXERCISE: usize = 3;
+
+/// Refuses Dockerfile instructions that make the engine itself fetch a URL: the engine runs in
+/// the host's network namespace, so `ADD http://127.0.0.1:...` would read the host's own services.
+pub fn check_dockerfile(text: &str) -> Result<(), Invalid> {
+    let joined = text.replace("\\\n", " ");
+    for (n, line) in joined.lines().enumerate() {
+        let mut words = line.split_whitespace();
+        let Some(instruction) = words.next() else { continue };
+        if instruction.eq_ignore_ascii_case("ADD") {
+            let remote = words.any(|w| {
+                let w = w.trim_matches(|c| c == '"' || c == '[' || c == ']' || c == ',').to_ascii_lowercase();
+                w.contains("://") || w.starts_with("git@")
+            });
+            if remote {
+                return Err(Invalid::new(
+                    "invalid_dockerfile",
+                    format!("Dockerfile line {}: ADD from a URL is not allowed; download in a RUN step instead", n + 1),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn check_queue(app: &App, slug: &Slug) -> Result<(), BuildError> {
     let active = app.store.count_builds_in(&ACTIVE).await?;
-    if active >= app.settings.max_queued_builds as i64 {
+    let mine =
+        app.store.builds_of(slug.as_str(), 100).await?.iter().filter(|b| ACTIVE.contains(&b.state.as_str())).count();
+    if active >= app.settings.max_queued_builds as i64 || mine >= MAX_ACTIVE_PER_EXERCISE {
         app.metrics.rejected_requests.with_label_values(&["build_queue"]).inc();
-        return Err(BuildError::QueueFull(app.settings.max_queued_builds));
+        return Err(BuildError::QueueFull(if mine >= MAX_ACTIVE_PER_EXERCISE {
+            MAX_ACTIVE_PER_EXERCISE as u64
+        } else {
+            app.settings.max_queued_builds
+        }));
     }
     Ok(())
 }
 
 /// Queues a build of an uploaded archive. Nothing is written unless the archive is accepted.
 pub async fn submit_archive(app: &Arc<App>, slug: &Slug, body: bytes::Bytes) -> Result<BuildRecord, BuildError> {
-    check_queue(app).await?;
+    check_queue(app, slug).await?;
+    // Unpacking holds a whole repository in memory: a few at a time.
+    let Ok(_slot) = app.intake_slots.clone().try_acquire_owned() else {
+        app.metrics.rejected_requests.with_label_values(&["intake"]).inc();
+        return Err(BuildError::IntakeBusy);
+    };
     let caps = caps(app);
     let tree =
         tokio::task::spawn_blocking(move || Tree::from_archive(&body, caps)).await.map_err(anyhow::Error::from)??;
@@ -213,7 +253,7 @@ pub async fn submit_git(
     source: Option<GitSource>,
     commit: Option<String>,
 ) -> Result<BuildRecord, BuildError> {
-    check_queue(app).await?;
+    check_queue(app, slug).await?;
     let source = match source {
         Some(s) => s,
         None => {
@@ -232,6 +272,16 @@ pub async fn submit_git(
         }
     };
     crate::exercises::check_git(&source, app.settings.git_allow_local)?;
+    // A redelivered hook (or a double click) joins the build already waiting for the same source.
+    for b in app.store.builds_of(slug.as_str(), 20).await? {
+        if b.state == QUEUED {
+            if let Ok(Source::Git { url, git_ref, .. }) = serde_json::from_str::<Source>(&b.source) {
+                if url == source.url && git_ref == source.git_ref {
+                    return Ok(b);
+                }
+            }
+        }
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let src = Source::Git { url: source.url, git_ref: source.git_ref, commit };
     app.store.insert_build(&id, slug.as_str(), &serde_json::to_string(&src).map_err(anyhow::Error::from)?).await?;
@@ -359,6 +409,9 @@ async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePer
     } else {
         log.step(state);
     }
+    if state != SUCCEEDED {
+        remove_unpublished_image(&app, &build.id).await;
+    }
     if let Err(e) = app.store.transition_build(&build.id, &active, state, reason.as_deref()).await {
         tracing::error!(build = %build.id, error = %format!("{e:#}"), "could not record the end of a build");
     }
@@ -367,6 +420,19 @@ async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePer
     let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", build.id))).await;
     app.build_cancels.lock().expect("lock").remove(&build.id);
     app.build_wake.notify_one();
+}
+
+/// A build that did not succeed leaves no image behind, unless a version (an earlier build of
+/// the same content) owns it.
+async fn remove_unpublished_image(app: &App, build_id: &str) {
+    let Ok(Some(b)) = app.store.build(build_id).await else { return };
+    let (Some(version), Some(image)) = (b.version, b.image) else { return };
+    if b.cached || matches!(app.store.version(&b.exercise, &version).await, Ok(Some(_))) {
+        return;
+    }
+    if let Err(e) = app.engine.remove_image(&image).await {
+        tracing::warn!(build = build_id, error = %format!("{e:#}"), "could not remove the image of a failed build");
+    }
 }
 
 async fn load_tree(app: &App, build: &BuildRecord, log: &mut BuildLog) -> anyhow::Result<Tree> {
@@ -420,8 +486,14 @@ async fn build_steps(
             tag: &image,
             labels,
             memory_mb: app.settings.build_memory_mb,
+            cpus: app.settings.build_cpus,
+            network: app.settings.build_network.clone(),
         };
+        // Recorded before building, so whatever ends the build can remove what it made.
+        app.store.set_build_result(&build.id, &version, &image, false, None).await?;
         app.engine.build_image(req, token, |line| log.write(line.trim_end_matches('\n'))).await?;
+        let info = app.engine.image(&image).await?.ok_or_else(|| anyhow::anyhow!("the built image vanished"))?;
+        crate::exercises::reject_unsafe_image(&info).map_err(|e| anyhow::anyhow!(e.message))?;
         app.store.transition_build(&build.id, &[BUILDING], TESTING, None).await?;
         log.step("self-test: the check must fail on the starting files and pass with the solution");
         let report = selftest::run(app, &build.id, &image, &manifest, &tree, log).await;
@@ -456,4 +528,24 @@ async fn build_steps(
         log.write(&format!("warning: could not remove old versions: {e:#}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerfiles_may_not_make_the_engine_fetch_urls() {
+        assert!(check_dockerfile("FROM x\nADD app.tar /opt/\nCOPY a b\n").is_ok());
+        for bad in [
+            "FROM x\nADD http://127.0.0.1:8080/metrics /x\n",
+            "FROM x\nadd HTTPS://example.org/a /x\n",
+            "FROM x\nADD --chown=1 \\\n  http://10.0.0.1/a /x\n",
+            "FROM x\nADD [\"http://127.0.0.1/a\", \"/x\"]\n",
+            "FROM x\nADD git@github.com:a/b.git /x\n",
+        ] {
+            let e = check_dockerfile(bad).unwrap_err();
+            assert_eq!(e.code, "invalid_dockerfile", "{bad}");
+        }
+    }
 }

@@ -15,6 +15,9 @@ pub struct BuildRequest<'a> {
     pub tag: &'a str,
     pub labels: HashMap<String, String>,
     pub memory_mb: u64,
+    pub cpus: f64,
+    /// Network of `RUN` steps.
+    pub network: String,
 }
 
 impl Engine {
@@ -38,6 +41,9 @@ impl Engine {
             pull: false,
             memory: Some(memory),
             memswap: Some(memory as i64),
+            cpuperiod: Some(100_000),
+            cpuquota: Some((req.cpus * 100_000.0).round() as u64),
+            networkmode: req.network,
             labels,
             ..Default::default()
         };

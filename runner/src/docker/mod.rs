@@ -39,6 +39,16 @@ pub struct ImageInfo {
     pub id: String,
     pub working_dir: Option<String>,
     pub labels: HashMap<String, String>,
+    /// `VOLUME`s the image declares: Docker would give each an anonymous volume with no size
+    /// limit, on the host's disk.
+    pub volumes: Vec<String>,
+}
+
+impl ImageInfo {
+    /// Labels the runner uses to recognise its own containers must not come from an image.
+    pub fn spoofed_labels(&self) -> Vec<&str> {
+        [policy::LABEL_SESSION, policy::LABEL_BUILD].into_iter().filter(|l| self.labels.contains_key(*l)).collect()
+    }
 }
 
 /// A sandbox container as found on the engine.
@@ -140,6 +150,12 @@ impl Engine {
             Ok(img) => Ok(Some(ImageInfo {
                 id: img.id.unwrap_or_default(),
                 labels: img.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default(),
+                volumes: img
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.volumes.as_ref())
+                    .map(|v| v.keys().cloned().collect())
+                    .unwrap_or_default(),
                 working_dir: img.config.and_then(|c| c.working_dir).filter(|w| !w.is_empty()),
             })),
             Err(e) if is_status(&e, 404) => Ok(None),
@@ -243,7 +259,16 @@ impl Engine {
         let list = self.count("list_containers", r)?;
         Ok(list
             .into_iter()
-            .filter(|c| c.labels.as_ref().is_some_and(|l| l.contains_key(policy::LABEL_SESSION)))
+            // Labels can come from an image; the name cannot. Only a container with the name the
+            // runner gives a session's sandbox is one.
+            .filter(|c| {
+                let session = c.labels.as_ref().and_then(|l| l.get(policy::LABEL_SESSION));
+                let names = c.names.as_deref().unwrap_or_default();
+                session.is_some_and(|s| {
+                    let expected = format!("/{}", policy::sandbox_name(&self.instance, s));
+                    names.iter().any(|n| *n == expected)
+                })
+            })
             .map(|c| FoundSandbox {
                 id: c.id.unwrap_or_default(),
                 session_id: c.labels.and_then(|mut l| l.remove(policy::LABEL_SESSION)),
@@ -335,7 +360,13 @@ impl Engine {
         )]);
         let opts = ListContainersOptions { all: true, filters, ..Default::default() };
         let r = self.docker.list_containers(Some(opts)).await;
-        Ok(self.count("list_containers", r)?.into_iter().filter_map(|c| c.id).collect())
+        let prefix = format!("/{}", policy::Purpose::SelfTest("").container_name(&self.instance));
+        Ok(self
+            .count("list_containers", r)?
+            .into_iter()
+            .filter(|c| c.names.as_deref().unwrap_or_default().iter().any(|n| n.starts_with(&prefix)))
+            .filter_map(|c| c.id)
+            .collect())
     }
 
     // ---- volumes ----

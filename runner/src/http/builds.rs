@@ -32,6 +32,7 @@ impl From<BuildError> for ApiError {
             BuildError::VersionImageRemoved(..) => ApiError::conflict("version_image_removed", msg),
             BuildError::Finished(_) => ApiError::conflict("build_finished", msg),
             BuildError::QueueFull(_) => ApiError::unavailable("build_queue_full", msg, 30),
+            BuildError::IntakeBusy => ApiError::unavailable("intake_busy", msg, 5),
             BuildError::Internal(e) => ApiError::internal(e),
         }
     }

@@ -212,7 +212,16 @@ pub(crate) fn spawn_start(
 /// Makes the session's sandbox run: workspace, container, start, record. Returns false when the
 /// session was ended meanwhile (its container is then removed again).
 async fn start_sandbox(app: &App, session: &SessionRecord) -> anyhow::Result<bool> {
-    let spec: SandboxSpec = serde_json::from_str(&session.spec)?;
+    let mut spec: SandboxSpec = serde_json::from_str(&session.spec)?;
+    // Defence in depth: an image that declares VOLUMEs (refused at registration and build, but
+    // perhaps registered before that rule) gets a sized tmpfs over each instead of a disk volume.
+    if let Some(image) = app.engine.image(&spec.image).await? {
+        for v in image.volumes {
+            if v != spec.workdir && !spec.writable.contains(&v) {
+                spec.writable.push(v);
+            }
+        }
+    }
     let volume = app.workspaces.prepare(&session.learner, &session.exercise, spec.limits.workspace_mb).await?;
     let owner = SandboxOwner {
         instance: app.engine.instance(),
