@@ -266,7 +266,7 @@ impl Engine {
                 let names = c.names.as_deref().unwrap_or_default();
                 session.is_some_and(|s| {
                     let expected = format!("/{}", policy::sandbox_name(&self.instance, s));
-                    names.iter().any(|n| *n == expected)
+                    names.contains(&expected)
                 })
             })
             .map(|c| FoundSandbox {
