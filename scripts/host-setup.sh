@@ -41,6 +41,11 @@ need_pkg debootstrap debootstrap
 need_pkg python3 python3
 need_pkg git git
 need_pkg tar tar
+# The IDE front-end is built from npm packages (ide-agent/build.rs); its tests drive a real
+# headless Chromium.
+need_pkg node nodejs
+need_pkg npm npm
+need_pkg chromium chromium
 
 # 2. runsc registered as a runtime. gVisor needs --network=none when dockerd runs in the root
 #    network namespace of these machines; sandboxes have no network by default anyway.

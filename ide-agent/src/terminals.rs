@@ -58,6 +58,31 @@ impl Terminal {
     }
 }
 
+/// Starts a login shell with the PTY as its controlling terminal. util-linux `setsid --ctty` makes
+/// the new session and takes the terminal; pty-process's own hook for that aborts under this
+/// gVisor (its `setsid` result fails a pid assertion), and `unsafe` is not used in this workspace.
+fn spawn_on(pts: &pty_process::Pts, shell: &str, root: &Path) -> anyhow::Result<tokio::process::Child> {
+    use std::os::fd::AsFd;
+    let fd = || -> std::io::Result<std::process::Stdio> { Ok(pts.as_fd().try_clone_to_owned()?.into()) };
+    if Path::new("/usr/bin/setsid").exists() {
+        return Ok(tokio::process::Command::new("/usr/bin/setsid")
+            .args(["--ctty", shell, "-l"])
+            .current_dir(root)
+            .env("TERM", "xterm-256color")
+            .stdin(fd()?)
+            .stdout(fd()?)
+            .stderr(fd()?)
+            .kill_on_drop(true)
+            .spawn()?);
+    }
+    Ok(pty_process::Command::new(shell)
+        .arg("-l")
+        .current_dir(root)
+        .env("TERM", "xterm-256color")
+        .kill_on_drop(true)
+        .spawn_borrowed(pts)?)
+}
+
 #[derive(Default)]
 pub struct Terminals {
     inner: Mutex<(u32, BTreeMap<String, Arc<Terminal>>)>,
@@ -85,12 +110,8 @@ impl Terminals {
         let (pty, pts) = pty_process::open()?;
         pty.resize(pty_process::Size::new(24, 80))?;
         let shell = if Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
-        let mut child = pty_process::Command::new(shell)
-            .arg("-l")
-            .current_dir(root)
-            .env("TERM", "xterm-256color")
-            .kill_on_drop(true)
-            .spawn(pts)?;
+        let mut child = spawn_on(&pts, shell, root)?;
+        drop(pts);
         let (mut reader, writer) = pty.into_split();
         let (tx, _) = broadcast::channel(256);
         let (exited, _) = watch::channel(false);

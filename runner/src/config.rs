@@ -146,7 +146,8 @@ pub struct Settings {
     /// Signs IDE tokens and cookies. When unset, one is generated into `<data_dir>/ide-secret`;
     /// a separate `runner ide-proxy` must be given the same one.
     pub ide_secret: Option<Secret>,
-    /// The base URL browsers reach this runner at (for `ide_url`).
+    /// The base URL browsers reach this runner at (for `ide_url`); empty: `http://` and the
+    /// address the listener is bound to.
     pub public_url: String,
     pub ide_token_ttl: Duration,
     /// Origins allowed to open IDE WebSockets; empty: the same host as the request.
@@ -198,7 +199,7 @@ impl Settings {
             git_hook_secret: None,
             check_output_bytes: 64 * 1024,
             ide_secret: None,
-            public_url: "http://127.0.0.1:8080".into(),
+            public_url: String::new(),
             ide_token_ttl: Duration::from_secs(120),
             ide_allowed_origins: vec![],
             ide_max_connections: 16,
@@ -349,10 +350,9 @@ impl Settings {
             s.check_output_bytes = v;
         }
         s.ide_secret = get("RUNNER_IDE_SECRET").filter(|v| !v.is_empty()).map(Secret::new);
-        s.public_url = match get("RUNNER_PUBLIC_URL").filter(|v| !v.is_empty()) {
-            Some(v) => v,
-            None => format!("http://{}", s.listen),
-        };
+        if let Some(v) = get("RUNNER_PUBLIC_URL").filter(|v| !v.is_empty()) {
+            s.public_url = v;
+        }
         if let Some(v) = secs("RUNNER_IDE_TOKEN_TTL_SECS")? {
             s.ide_token_ttl = v;
         }

@@ -38,6 +38,9 @@ pub async fn launch(
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
     settings.resolve_api_token()?;
+    if settings.public_url.is_empty() {
+        settings.public_url = format!("http://{}", listener.local_addr()?);
+    }
     let app = App::build(settings).await?;
     let report = sessions::reconcile::reconcile_once(&app).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");

@@ -16,6 +16,8 @@ use crate::{error, Backend, Proxy};
 
 const MAX_IDLE_PER_CONTAINER: usize = 4;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for an agent that is still starting.
+pub const AGENT_START_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Default)]
 pub struct Pool {
@@ -76,23 +78,39 @@ pub async fn http<B: Backend>(proxy: &Proxy<B>, container: &str, path_and_query:
     };
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
-    let upstream = Request::from_parts(parts, Body::from(body));
-
-    let mut s = match sender(proxy, container).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
-            return error(StatusCode::BAD_GATEWAY, "agent_unreachable", "the IDE in the sandbox is not answering yet");
+    // An agent that is still starting (the sandbox just came up) refuses connections for a
+    // moment: retry within a deadline instead of failing the learner's first page load.
+    let deadline = tokio::time::Instant::now() + AGENT_START_GRACE;
+    let (s, resp) = loop {
+        let upstream = Request::from_parts(parts.clone(), Body::from(body.clone()));
+        let attempt = async {
+            let mut s = sender(proxy, container).await?;
+            let r = tokio::time::timeout(RESPONSE_TIMEOUT, s.send_request(upstream)).await;
+            anyhow::Ok((s, r))
         }
-    };
-    let resp = match tokio::time::timeout(RESPONSE_TIMEOUT, s.send_request(upstream)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "IDE proxy: request to the agent failed");
-            return error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer");
-        }
-        Err(_) => {
-            return error(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", "the IDE in the sandbox did not answer in time")
+        .await;
+        match attempt {
+            Ok((s, Ok(Ok(r)))) => break (s, r),
+            Ok((_, Err(_))) => {
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "agent_timeout",
+                    "the IDE in the sandbox did not answer in time",
+                )
+            }
+            Ok((_, Ok(Err(e)))) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %e, "IDE proxy: request to the agent failed");
+                return error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer");
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "agent_unreachable",
+                    "the IDE in the sandbox is not answering yet",
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
     {

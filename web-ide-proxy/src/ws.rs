@@ -53,33 +53,48 @@ pub async fn bridge<B: Backend>(
     permit: OwnedSemaphorePermit,
 ) -> Response {
     let max = proxy.config.max_message_bytes;
-    // Connect to the agent first, so a refusal there is a proper HTTP answer to the browser.
-    let io = match proxy.backend.connect(&container).await {
-        Ok(io) => io,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
-            return error(StatusCode::BAD_GATEWAY, "agent_unreachable", "the IDE in the sandbox is not answering yet");
-        }
-    };
+    // Connect to the agent first, so a refusal there is a proper HTTP answer to the browser; an
+    // agent still starting gets a moment.
     let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
     let url = format!("ws://agent{path_and_query}");
-    let agent = match tokio::time::timeout(
-        Duration::from_secs(15),
-        tokio_tungstenite::client_async_with_config(url, io, Some(config)),
-    )
-    .await
-    {
-        Ok(Ok((agent, _))) => agent,
-        Ok(Err(tg::Error::Http(resp))) => {
-            let status = resp.status();
-            return error(status, "agent_refused", &format!("the IDE in the sandbox answered {status}"));
+    let deadline = tokio::time::Instant::now() + crate::forward::AGENT_START_GRACE;
+    let agent = loop {
+        let attempt = async {
+            let io = proxy.backend.connect(&container).await?;
+            let r = tokio::time::timeout(
+                Duration::from_secs(15),
+                tokio_tungstenite::client_async_with_config(url.clone(), io, Some(config)),
+            )
+            .await;
+            anyhow::Ok(r)
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "IDE proxy: WebSocket to the agent failed");
-            return error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer");
-        }
-        Err(_) => {
-            return error(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", "the IDE in the sandbox did not answer in time")
+        .await;
+        match attempt {
+            Ok(Ok(Ok((agent, _)))) => break agent,
+            Ok(Ok(Err(tg::Error::Http(resp)))) => {
+                let status = resp.status();
+                return error(status, "agent_refused", &format!("the IDE in the sandbox answered {status}"));
+            }
+            Ok(Err(_)) => {
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "agent_timeout",
+                    "the IDE in the sandbox did not answer in time",
+                )
+            }
+            Ok(Ok(Err(e))) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %e, "IDE proxy: WebSocket to the agent failed");
+                return error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer");
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "agent_unreachable",
+                    "the IDE in the sandbox is not answering yet",
+                );
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
     upgrade

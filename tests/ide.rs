@@ -1,0 +1,264 @@
+//! The browser IDE: web-ide-proxy's gatekeeping and forwarding, and the whole IDE in a real
+//! headless Chromium (tests/e2e/ide.mjs, playwright-core), under runc and gVisor.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+/// An exercise on the base image (which runs the IDE agent), registered directly: no build.
+async fn ide_exercise(app: &TestApp, slug: &str) {
+    let body = json!({"image": "exercise-runner/base:latest", "check": {"command": ["sh", "-c", "test -f done"], "timeout_secs": 10}});
+    let (status, v) = app.put(&format!("/v1/exercises/{slug}"), body).await;
+    assert!(status == 200 || status == 201, "{v}");
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// Follows an `ide_url` like a browser: the token is exchanged for the session's cookie.
+async fn login(app: &TestApp, ide_url: &str) -> String {
+    let r = no_redirects().get(ide_url).send().await.unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    let set_cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    let location = r.headers().get("location").unwrap().to_str().unwrap().to_string();
+    assert!(!location.contains("token="), "the token leaves the address bar: {location}");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("Path=/ide/"), "{set_cookie}");
+    let _ = app;
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+async fn get_with(app: &TestApp, path: &str, cookie: &str) -> (u16, Value) {
+    let r = no_redirects().get(app.url(path)).header("cookie", cookie).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Opens the WebSocket of terminal 1 with the given Origin; returns the socket or the HTTP status.
+async fn terminal_socket(
+    app: &TestApp,
+    session: &str,
+    cookie: &str,
+    origin: &str,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, u16> {
+    let r = no_redirects()
+        .post(app.url(&format!("/ide/{session}/api/terminals")))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "creating a terminal: {}", r.status());
+    let id: Value = r.json().await.unwrap();
+    let url = app
+        .url(&format!("/ide/{session}/api/terminals/{}/socket", id["id"].as_str().unwrap()))
+        .replace("http://", "ws://");
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    req.headers_mut().insert("origin", origin.parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+async fn wait_agent(app: &TestApp, session: &str, cookie: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = get_with(app, &format!("/ide/{session}/api/files"), cookie).await;
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the agent did not answer: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads terminal output until `needle` shows up.
+async fn read_until<S>(ws: &mut S, needle: &str) -> String
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("terminal ended before {needle:?}: {other:?}; saw {seen:?}"),
+        }
+    }
+    seen
+}
+
+fn input(text: &str) -> Message {
+    Message::Text(json!({"type": "input", "data": text}).to_string().into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ide_links_and_cookies_are_bound_to_their_session_and_expire() {
+    let app = spawn_app_with(|s| s.ide_token_ttl = Duration::from_secs(2)).await;
+    ide_exercise(&app, "ide-auth").await;
+    let a = app.session("ada", "ide-auth").await;
+    let b = app.session("bob", "ide-auth").await;
+    let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let a_url = a["ide_url"].as_str().unwrap();
+    assert!(a_url.starts_with(&format!("{}/ide/{a_id}/?token=", app.base)), "{a_url}");
+    let a_token = a_url.split("token=").nth(1).unwrap();
+
+    // A's token on B's IDE, a tampered token, no credentials at all: refused before the sandbox.
+    let r = no_redirects().get(app.url(&format!("/ide/{b_id}/?token={a_token}"))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "invalid_token");
+    let tampered = a_token.replacen(|c: char| c.is_ascii_digit(), "9", 1);
+    let r = no_redirects().get(app.url(&format!("/ide/{a_id}/?token={tampered}"))).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let (status, v) = get_with(&app, &format!("/ide/{a_id}/api/files"), "").await;
+    assert_eq!((status, v["error"]["code"].as_str()), (401, Some("not_authenticated")));
+
+    // A's own link works; its cookie opens A's IDE and not B's.
+    let a_cookie = login(&app, a_url).await;
+    wait_agent(&app, a_id, &a_cookie).await;
+    let (status, v) = get_with(&app, &format!("/ide/{a_id}/api/info"), &a_cookie).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["workdir"], "/workspace");
+    let (status, _) = get_with(&app, &format!("/ide/{b_id}/api/files"), &a_cookie).await;
+    assert_eq!(status, 401, "a cookie of one session does not open another");
+
+    // Links expire.
+    let (_, fresh) = app.get(&format!("/v1/sessions/{a_id}")).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = no_redirects().get(fresh["ide_url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "token_expired");
+
+    // A session that is not running gets nothing through.
+    app.delete(&format!("/v1/sessions/{a_id}")).await;
+    let (status, v) = get_with(&app, &format!("/ide/{a_id}/api/files"), &a_cookie).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("session_not_running")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminals_need_an_allowed_origin_and_run_real_shells() {
+    let app = spawn_app().await;
+    ide_exercise(&app, "ide-ws").await;
+    let s = app.session("ada", "ide-ws").await;
+    let id = s["id"].as_str().unwrap();
+    let cookie = login(&app, s["ide_url"].as_str().unwrap()).await;
+    wait_agent(&app, id, &cookie).await;
+    let err = terminal_socket(&app, id, &cookie, "http://evil.example").await.err();
+    assert_eq!(err, Some(403), "a cross-site socket is refused");
+    let origin = app.base.clone();
+    let mut ws = terminal_socket(&app, id, &cookie, &origin).await.expect("same-origin socket");
+    ws.send(Message::Text(json!({"type": "resize", "cols": 100, "rows": 30}).to_string().into())).await.unwrap();
+    ws.send(input("echo $((6*7)); id -u\r")).await.unwrap();
+    let out = read_until(&mut ws, "1000").await;
+    assert!(out.contains("42"), "{out}");
+    // Files written in the terminal are in the sandbox and in the file list.
+    ws.send(input("echo hello > from-terminal.txt\r")).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, files) = get_with(&app, &format!("/ide/{id}/api/files"), &cookie).await;
+        if files.to_string().contains("from-terminal.txt") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{files}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A message over the size limit closes the socket instead of reaching the sandbox.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let _ = ws.send(input(&big)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activity_keeps_a_session_alive_and_reaping_closes_the_socket() {
+    let app = spawn_app_with(|s| s.idle_timeout = Duration::from_secs(3)).await;
+    ide_exercise(&app, "ide-idle").await;
+    let s = app.session("ada", "ide-idle").await;
+    let id = s["id"].as_str().unwrap();
+    let cookie = login(&app, s["ide_url"].as_str().unwrap()).await;
+    wait_agent(&app, id, &cookie).await;
+    let mut ws = terminal_socket(&app, id, &cookie, &app.base.clone()).await.unwrap();
+    // Typing for twice the idle timeout, with no API calls at all: the session stays.
+    let until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < until {
+        ws.send(input("true\r")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(10), ws.next()).await {}
+    }
+    let (_, v) = app.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(v["state"], "running", "IDE traffic is activity: {v}");
+    // Silence: the session is reaped and the socket closes with code 4000.
+    let started = Instant::now();
+    let code = tokio::time::timeout(Duration::from_secs(25), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(u16::from(frame.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the socket closes once the session is reaped");
+    assert_eq!(code, Some(4000), "the page is told the session ended");
+    assert!(started.elapsed() < Duration::from_secs(25));
+    app.wait_session(id, Duration::from_secs(10), |v| v["state"] == "stopped").await;
+}
+
+async fn browser_pass(runtime: runner::config::Runtime) {
+    let app = spawn_app_with(move |s| s.runtime = runtime).await;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../exercise-images/examples/python-fizzbuzz");
+    let (status, b) = app.submit_build("python-fizzbuzz", tar_dir(&example)).await;
+    assert_eq!(status, 202, "{b}");
+    let b = app.wait_build(b["id"].as_str().unwrap(), Duration::from_secs(900)).await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let s = app.session("ada", "python-fizzbuzz").await;
+    let container = session_container(&app.instance, s["id"].as_str().unwrap()).unwrap();
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-artifacts")
+        .join(format!("ide-{}", runtime.as_str()));
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/ide.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("IDE_URL", s["ide_url"].as_str().unwrap())
+        .env("CONTAINER", &container)
+        .env("ARTIFACTS", &artifacts)
+        .env("EDIT_FILE", "fizzbuzz.py")
+        .env("EXPECT_VERDICT", "Failed")
+        .output()
+        .await
+        .expect("running node tests/e2e/ide.mjs (scripts/test installs node, npm packages and chromium)");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser test failed (screenshots in {}):\n{log}", artifacts.display());
+    // The Check button recorded a check of the session.
+    let (_, checks) = app.get(&format!("/v1/sessions/{}/checks", s["id"].as_str().unwrap())).await;
+    assert!(!checks["checks"].as_array().unwrap().is_empty(), "{checks}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ide_works_in_a_real_browser() {
+    browser_pass(runner::config::Runtime::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ide_works_in_a_real_browser_under_gvisor() {
+    browser_pass(runner::config::Runtime::Runsc).await;
+}
