@@ -134,19 +134,16 @@ async fn after_kill_9_and_restart_every_session_is_live_with_the_same_container(
 
     // While the runner is down: one sandbox disappears, an orphan appears.
     docker(&["rm", "-f", &vanished_c]);
-    let orphan = docker(&[
-        "run",
-        "-d",
-        "--label",
-        "exercise-runner.managed=true",
-        "--label",
-        &format!("exercise-runner.instance={instance}"),
-        "--label",
-        &format!("exercise-runner.session={}", uuid::Uuid::new_v4()),
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
+    // An orphan: a sandbox (the runner's name and labels) of a session the database never knew.
+    let ghost = uuid::Uuid::new_v4().to_string();
+    let (name, inst, sess) = (
+        format!("exercise-runner-{instance}-{ghost}"),
+        format!("exercise-runner.instance={instance}"),
+        format!("exercise-runner.session={ghost}"),
+    );
+    let args =
+        ["run", "-d", "--name", &name, "--label", "exercise-runner.managed=true", "--label", &inst, "--label", &sess];
+    let orphan = docker(&[&args[..], &[IMAGE, "sleep", "600"]].concat());
     let orphan = orphan.trim().to_string();
 
     let second = RunnerProcess::start(tmp.path(), &instance).await;
@@ -244,4 +241,62 @@ async fn a_session_whose_sandbox_cannot_start_is_failed_with_a_reason_and_leaves
     let reason = s["failure_reason"].as_str().unwrap();
     assert!(reason.contains("creating container") && reason.contains("No such image"), "{reason}");
     assert!(app.containers().is_empty(), "no stray container");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ide_proxy_runs_on_its_own_beside_the_api() {
+    require_docker();
+    let (instance, tmp) = new_instance();
+    let _cleanup = Cleanup(instance.clone(), tmp.path().to_path_buf());
+    let api = RunnerProcess::start(tmp.path(), &instance).await;
+    api.call(reqwest::Method::PUT, "/v1/exercises/apart", Some(json!({"image": "exercise-runner/base:latest"}))).await;
+    let s = api.session("ada", "apart").await;
+    let id = s["id"].as_str().unwrap();
+    // A second process serving only /ide/, on the same data (database and IDE secret).
+    let port = free_port();
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(tmp.path().join("proxy.log")).unwrap();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("ide-proxy")
+        .env("RUNNER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUNNER_DATA_DIR", tmp.path())
+        .env("RUNNER_INSTANCE", &instance)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = s["ide_url"].as_str().unwrap().replace(&api.base, &format!("http://127.0.0.1:{port}"));
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let login = loop {
+        if let Ok(r) = client.get(&url).send().await {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ide-proxy did not start: {}",
+            std::fs::read_to_string(tmp.path().join("proxy.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}/ide/{id}/api/info"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The API is not served there.
+    let r = client.get(format!("http://127.0.0.1:{port}/v1/sessions")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
 }
