@@ -33,6 +33,11 @@ pub struct App {
     pub build_cancels: Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
     /// Requests per API token.
     pub rate_limiter: DefaultKeyedRateLimiter<String>,
+    /// Routes of the managed apps' ingress.
+    pub ingress: Arc<crate::apps::ingress::Ingress>,
+    pub supervisor: crate::apps::supervise::Supervisor,
+    /// For health checks and webhooks.
+    pub http_client: reqwest::Client,
     /// The web IDE proxy (`/ide/{session}/`).
     pub ide: Arc<web_ide_proxy::Proxy<crate::ide::RunnerBackend>>,
 }
@@ -69,6 +74,12 @@ impl App {
             build_wake: tokio::sync::Notify::new(),
             build_cancels: Mutex::new(Default::default()),
             rate_limiter: RateLimiter::keyed(quota),
+            ingress: Arc::new(Default::default()),
+            supervisor: Default::default(),
+            http_client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("http client"),
             ide: web_ide_proxy::Proxy::new(
                 crate::ide::RunnerBackend { app: weak.clone(), store: store.clone(), engine: engine.clone(), user },
                 proxy_config,

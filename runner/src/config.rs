@@ -154,6 +154,11 @@ pub struct Settings {
     pub ide_allowed_origins: Vec<String>,
     pub ide_max_connections: usize,
     pub ide_max_message_bytes: usize,
+    // ---- managed apps ----
+    /// Where the ingress for managed apps listens (`None`: no ingress).
+    pub ingress_listen: Option<SocketAddr>,
+    /// The Docker network app containers join.
+    pub app_network: String,
 }
 
 impl Settings {
@@ -204,6 +209,8 @@ impl Settings {
             ide_allowed_origins: vec![],
             ide_max_connections: 16,
             ide_max_message_bytes: 1024 * 1024,
+            ingress_listen: None,
+            app_network: "bridge".into(),
         }
     }
 
@@ -364,6 +371,12 @@ impl Settings {
         }
         if let Some(v) = parse(&get, "RUNNER_IDE_MAX_MESSAGE_BYTES")? {
             s.ide_max_message_bytes = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_INGRESS_LISTEN")? {
+            s.ingress_listen = Some(v);
+        }
+        if let Some(v) = get("RUNNER_APP_NETWORK").filter(|v| !v.is_empty()) {
+            s.app_network = v;
         }
         if let Some(v) = get("RUNNER_LOG_FORMAT") {
             s.log_json = v.trim() == "json";

@@ -3,9 +3,11 @@
 //! See `docs/ARCHITECTURE.md` for the code map and the invariants.
 
 pub mod app;
+pub mod apps;
 pub mod base_image;
 pub mod builds;
 pub mod checks;
+pub mod cli;
 pub mod config;
 pub mod docker;
 pub mod domain;
@@ -52,13 +54,27 @@ pub async fn launch(
         tokio::spawn(sessions::reconcile::run(app.clone(), cancel.clone())),
         tokio::spawn(builds::run_worker(app.clone(), cancel.clone())),
         app.ide.spawn_background(cancel.clone()),
+        tokio::spawn(apps::supervise::run(app.clone(), cancel.clone())),
     ];
+    let ingress = match app.settings.ingress_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the ingress to {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "ingress listening");
+            let router = app.ingress.router();
+            let stop = cancel.clone();
+            Some(tokio::spawn(async move {
+                let _ =
+                    axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            }))
+        }
+        None => None,
+    };
     tracing::info!(addr = %listener.local_addr()?, instance = %app.settings.instance,
         runtime = app.settings.runtime.as_str(), "exercise-runner listening");
     let router = http::router::build_axum_router(app.clone());
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
     cancel.cancel();
-    for task in background {
+    for task in background.into_iter().chain(ingress) {
         let _ = task.await;
     }
     tracing::info!("exercise-runner stopped");

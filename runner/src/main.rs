@@ -14,6 +14,20 @@ enum Command {
     Serve,
     /// Run only the web IDE proxy (/ide/{session}/), against the same database and engine.
     IdeProxy,
+    /// Deploy VERSION (an image tag) of a managed app, following its steps (RUNNER_URL, RUNNER_API_TOKEN).
+    Deploy { app: String, version: String },
+    /// Roll an app back to its previous successful version (or --to VERSION).
+    Rollback {
+        app: String,
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Run a one-off command in the app's current image with its environment: runner run APP -- CMD...
+    Run {
+        app: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Manage the images sandboxes are made from.
     Images {
         #[command(subcommand)]
@@ -45,6 +59,18 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
             runner::launch(settings, listener, runner::shutdown_signal()).await
+        }
+        Command::Deploy { app, version } => {
+            let ok = runner::cli::Client::from_env()?.deploy(&app, &version).await?;
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        Command::Rollback { app, to } => {
+            let ok = runner::cli::Client::from_env()?.rollback(&app, to.as_deref()).await?;
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        Command::Run { app, command } => {
+            let code = runner::cli::Client::from_env()?.run(&app, command).await?;
+            std::process::exit(code);
         }
         Command::IdeProxy => {
             let settings = runner::Settings::from_env()?;

@@ -3,6 +3,7 @@
 //! Everything else in the runner talks about sandboxes, images and volumes; only this module
 //! knows bollard. Every call counts its failures in the `runner_docker_errors_total` metric.
 
+pub mod apps;
 pub mod exec_io;
 pub mod images;
 pub mod policy;

@@ -88,6 +88,10 @@ pub const LABEL_LEARNER: &str = "exercise-runner.learner";
 pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
 pub const LABEL_WORKSPACE: &str = "exercise-runner.workspace";
 pub const LABEL_BUILD: &str = "exercise-runner.build";
+pub const LABEL_APP: &str = "exercise-runner.app";
+pub const LABEL_SERVICE: &str = "exercise-runner.service";
+pub const LABEL_VERSION: &str = "exercise-runner.version";
+pub const LABEL_DEPLOY: &str = "exercise-runner.deploy";
 
 /// The container name of a session's sandbox.
 pub fn sandbox_name(instance: &str, session_id: &str) -> String {
@@ -206,6 +210,107 @@ pub fn sandbox_container(
         env: Some(vec![format!("EXERCISE_SLUG={}", owner.exercise)]),
         labels: Some(labels),
         network_disabled: Some(spec.network.is_none()),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// One container of a managed app: a service replica, a release (migration) or a one-off command.
+pub struct AppContainer<'a> {
+    pub instance: &'a str,
+    pub app: &'a str,
+    /// The service, or `release` / `run` for one-off containers.
+    pub role: &'a str,
+    pub version: &'a str,
+    pub deploy: &'a str,
+    /// The pinned image (`repo@sha256:...`).
+    pub image: &'a str,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub port: Option<u16>,
+    pub writable: &'a [String],
+    /// (Docker volume name, mount path).
+    pub volumes: Vec<(String, String)>,
+    pub memory_mb: u64,
+    pub network: &'a str,
+    pub tty: bool,
+}
+
+impl AppContainer<'_> {
+    pub fn name(&self, suffix: &str) -> String {
+        format!("exercise-runner-{}-app-{}-{}-{suffix}", self.instance, self.app, self.role)
+    }
+}
+
+/// The app's own code is the school's, not a stranger's, but it still runs locked down the
+/// Hexlet way: read-only root with tmpfs for its writable paths, no capabilities, no new
+/// privileges, bounded memory, pids and logs; its port is published on 127.0.0.1 only, where the
+/// runner's ingress reaches it.
+pub fn app_container(c: &AppContainer<'_>) -> Config<String> {
+    let memory = (c.memory_mb * 1024 * 1024) as i64;
+    let labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_INSTANCE.to_string(), c.instance.to_string()),
+        (LABEL_APP.to_string(), c.app.to_string()),
+        (LABEL_SERVICE.to_string(), c.role.to_string()),
+        (LABEL_VERSION.to_string(), c.version.to_string()),
+        (LABEL_DEPLOY.to_string(), c.deploy.to_string()),
+    ]);
+    let tmpfs =
+        c.writable.iter().map(|p| (p.clone(), "rw,exec,nosuid,nodev,size=256m,mode=1777".to_string())).collect();
+    let mounts = c
+        .volumes
+        .iter()
+        .map(|(name, path)| Mount {
+            target: Some(path.clone()),
+            source: Some(name.clone()),
+            typ: Some(MountTypeEnum::VOLUME),
+            read_only: Some(false),
+            ..Default::default()
+        })
+        .collect();
+    let port_key = c.port.map(|p| format!("{p}/tcp"));
+    let host_config = HostConfig {
+        init: Some(true),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges:true".into()]),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(tmpfs),
+        mounts: Some(mounts),
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        pids_limit: Some(4096),
+        network_mode: Some(c.network.to_string()),
+        port_bindings: port_key.clone().map(|k| {
+            HashMap::from([(
+                k,
+                Some(vec![bollard::models::PortBinding {
+                    host_ip: Some("127.0.0.1".into()),
+                    host_port: Some(String::new()),
+                }]),
+            )])
+        }),
+        log_config: Some(HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), "10m".to_string()),
+                ("max-file".to_string(), "3".to_string()),
+            ])),
+        }),
+        restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        ..Default::default()
+    };
+    Config {
+        image: Some(c.image.to_string()),
+        cmd: Some(c.command.clone()),
+        env: Some(c.env.clone()),
+        labels: Some(labels),
+        exposed_ports: port_key.map(|k| HashMap::from([(k, HashMap::new())])),
+        tty: Some(c.tty),
+        open_stdin: Some(c.tty),
+        attach_stdin: Some(c.tty),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
         host_config: Some(host_config),
         ..Default::default()
     }

@@ -3,10 +3,9 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    body::{Body, Bytes},
     extract::{Path, State},
     http::{header, HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
+    response::Response,
     Json,
 };
 use serde::Deserialize;
@@ -97,60 +96,16 @@ pub async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiRes
     let id = build_id(&id)?;
     app.store.build(&id).await?.ok_or_else(|| ApiError::from(BuildError::NotFound(id.clone())))?;
     let path = log::path(&app.settings.builds_dir(), &id);
-    let give_up = tokio::time::Instant::now() + app.settings.build_timeout + Duration::from_secs(120);
-    struct Follow {
-        app: Arc<App>,
-        id: String,
-        path: std::path::PathBuf,
-        offset: u64,
-        done: bool,
-        give_up: tokio::time::Instant,
-    }
-    let state = Follow { app, id, path, offset: 0, done: false, give_up };
-    let stream = futures_util::stream::unfold(state, |mut s| async move {
-        loop {
-            if s.done {
-                return None;
+    let give_up = app.settings.build_timeout + Duration::from_secs(120);
+    Ok(super::follow::follow_file(path, give_up, move || {
+        let (app, id) = (app.clone(), id.clone());
+        async move {
+            match app.store.build(&id).await {
+                Ok(Some(b)) => builds::ACTIVE.contains(&b.state.as_str()),
+                _ => false,
             }
-            let chunk = read_from(&s.path, s.offset).await;
-            if !chunk.is_empty() {
-                s.offset += chunk.len() as u64;
-                return Some((Ok::<_, std::io::Error>(Bytes::from(chunk)), s));
-            }
-            let finished = match s.app.store.build(&s.id).await {
-                Ok(Some(b)) => !builds::ACTIVE.contains(&b.state.as_str()),
-                _ => true,
-            };
-            if finished {
-                // One last read: the end of the log is written before the state changes.
-                let rest = read_from(&s.path, s.offset).await;
-                s.done = true;
-                if rest.is_empty() {
-                    return None;
-                }
-                s.offset += rest.len() as u64;
-                return Some((Ok(Bytes::from(rest)), s));
-            }
-            if tokio::time::Instant::now() > s.give_up {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    });
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
-}
-
-async fn read_from(path: &std::path::Path, offset: u64) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let Ok(mut f) = tokio::fs::File::open(path).await else {
-        return vec![];
-    };
-    if f.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
-        return vec![];
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(256 * 1024).read_to_end(&mut buf).await;
-    buf
+    }))
 }
 
 pub async fn versions(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<serde_json::Value>> {

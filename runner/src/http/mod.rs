@@ -1,9 +1,11 @@
 //! The HTTP edge: routing, auth, limits, JSON in and out. Handlers are thin: parse and
 //! authorize, call the domain, map the result. Nothing here knows bollard or SQL.
 
+pub mod apps;
 pub mod builds;
 pub mod exercises;
 pub mod extract;
+pub mod follow;
 pub mod middleware;
 pub mod ops;
 pub mod router;

@@ -10,7 +10,7 @@ use axum::{
     Router,
 };
 
-use super::{builds, exercises, middleware as mw, ops, sessions};
+use super::{apps, builds, exercises, middleware as mw, ops, sessions};
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
 const HOOK_BODY_LIMIT: usize = 1024 * 1024;
@@ -33,6 +33,13 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/builds/{id}", get(builds::get))
         .route("/builds/{id}/logs", get(builds::logs))
         .route("/builds/{id}/cancel", post(builds::cancel))
+        .route("/apps", get(apps::list))
+        .route("/apps/{app}", get(apps::get).put(apps::put))
+        .route("/apps/{app}/deploys", post(apps::create_deploy).get(apps::list_deploys))
+        .route("/apps/{app}/rollback", post(apps::rollback))
+        .route("/apps/{app}/commands", post(apps::command))
+        .route("/deploys/{id}", get(apps::get_deploy))
+        .route("/deploys/{id}/logs", get(apps::deploy_logs))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), mw::require_token))
         // Push hooks authenticate by signature (the sender cannot hold our bearer token).

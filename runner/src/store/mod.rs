@@ -1,6 +1,7 @@
 //! All SQL lives here. One code path for SQLite (the embedded default) and PostgreSQL: runtime
 //! queries through `sqlx::Any`, portable SQL, `$n` placeholders (SQLite accepts them too).
 
+mod apps;
 mod builds;
 mod records;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
+pub use apps::{AppRecord, DeployRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
 
 use crate::domain::SessionState;

@@ -1,0 +1,133 @@
+//! Managed apps: the course web app deployed as "just another managed image" (tagged image
+//! pulled and pinned by digest, a one-off release container for migrations, services rolled with
+//! health checks behind the runner's ingress, rollbacks by re-pinning, chat notifications).
+
+pub mod deploy;
+pub mod ingress;
+pub mod notify;
+pub mod spec;
+pub mod supervise;
+
+use serde::Serialize;
+
+use crate::{
+    app::App,
+    domain::Invalid,
+    store::{AppRecord, DeployRecord},
+};
+pub use spec::{AppInput, AppSpec, Secrets};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("app {0:?} does not exist")]
+    NotFound(String),
+    #[error("deploy {0:?} does not exist")]
+    DeployNotFound(String),
+    #[error("app {0:?} is being deployed already")]
+    DeployRunning(String),
+    #[error("host {0:?} is served by app {1:?}")]
+    HostTaken(String, String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// An app as the API shows it: the definition without secret values, and its state.
+#[derive(Debug, Serialize)]
+pub struct AppView {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: AppSpec,
+    pub current_version: Option<String>,
+    pub current_image: Option<String>,
+    pub services_state: std::collections::BTreeMap<String, supervise::ServiceState>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub fn view(app: &App, r: &AppRecord) -> anyhow::Result<AppView> {
+    let spec: AppSpec = serde_json::from_str(&r.spec)?;
+    let services_state = app.supervisor.states(&r.name, &spec);
+    Ok(AppView {
+        name: r.name.clone(),
+        spec,
+        current_version: r.current_version.clone(),
+        current_image: r.current_image.clone(),
+        services_state,
+        created_at: rfc3339(r.created_at),
+        updated_at: rfc3339(r.updated_at),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeployView {
+    pub id: String,
+    pub app: String,
+    pub kind: String,
+    pub version: String,
+    pub image: Option<String>,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub previous_version: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}
+
+pub fn deploy_view(d: &DeployRecord) -> DeployView {
+    DeployView {
+        id: d.id.clone(),
+        app: d.app.clone(),
+        kind: d.kind.clone(),
+        version: d.version.clone(),
+        image: d.image.clone(),
+        state: d.state.clone(),
+        failure_reason: d.failure_reason.clone(),
+        previous_version: d.previous_version.clone(),
+        created_at: rfc3339(d.created_at),
+        finished_at: d.finished_at.map(rfc3339),
+    }
+}
+
+/// Creates or replaces an app's definition. Returns the view and whether it was created.
+pub async fn put(app: &App, name: &str, input: AppInput) -> Result<(AppView, bool), AppError> {
+    let existing = app.store.app(name).await?;
+    let old_secrets: Option<Secrets> = existing.as_ref().and_then(|r| serde_json::from_str(&r.secrets).ok());
+    let (spec, secrets) = spec::validate(name, input, old_secrets.as_ref())?;
+    if let Some(host) = &spec.host {
+        for other in app.store.apps().await? {
+            if other.name != name
+                && serde_json::from_str::<AppSpec>(&other.spec).is_ok_and(|s| s.host.as_ref() == Some(host))
+            {
+                return Err(AppError::HostTaken(host.clone(), other.name));
+            }
+        }
+    }
+    let created = app
+        .store
+        .upsert_app(
+            name,
+            &serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
+            &serde_json::to_string(&secrets).map_err(anyhow::Error::from)?,
+        )
+        .await?;
+    let record = app.store.app(name).await?.ok_or_else(|| AppError::NotFound(name.to_string()))?;
+    // A changed host moves the route at once.
+    app.supervisor.refresh_routes(app, &record).await;
+    Ok((view(app, &record)?, created))
+}
+
+pub async fn get(app: &App, name: &str) -> Result<AppRecord, AppError> {
+    app.store.app(name).await?.ok_or_else(|| AppError::NotFound(name.to_string()))
+}
+
+pub fn parse(r: &AppRecord) -> anyhow::Result<(AppSpec, Secrets)> {
+    Ok((serde_json::from_str(&r.spec)?, serde_json::from_str(&r.secrets)?))
+}

@@ -1,0 +1,137 @@
+//! Engine calls for managed apps: pulling with credentials, digests, waiting, logs, ports.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context};
+use bollard::{
+    auth::DockerCredentials,
+    container::{ListContainersOptions, LogsOptions, WaitContainerOptions},
+    image::CreateImageOptions,
+};
+use futures_util::StreamExt;
+
+use super::{policy, Engine};
+
+/// An app container as found on the engine.
+#[derive(Debug, Clone)]
+pub struct AppContainerInfo {
+    pub id: String,
+    pub service: String,
+    pub version: String,
+    pub deploy: String,
+    pub running: bool,
+}
+
+impl Engine {
+    /// Pulls `repo:tag`, with credentials when given, reporting progress lines.
+    pub async fn pull(
+        &self,
+        repo: &str,
+        tag: &str,
+        auth: Option<(&str, &str)>,
+        mut log: impl FnMut(&str),
+    ) -> anyhow::Result<()> {
+        let creds = auth.map(|(u, p)| DockerCredentials {
+            username: Some(u.to_string()),
+            password: Some(p.to_string()),
+            serveraddress: repo.split('/').next().map(str::to_string),
+            ..Default::default()
+        });
+        let opts = CreateImageOptions { from_image: repo.to_string(), tag: tag.to_string(), ..Default::default() };
+        let mut stream = self.docker.create_image(Some(opts), None, creds);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error {
+                        bail!("pulling {repo}:{tag}: {e}");
+                    }
+                    if let (Some(status), None) = (&info.status, &info.progress) {
+                        log(&format!("{}{status}", info.id.map(|i| format!("{i}: ")).unwrap_or_default()));
+                    }
+                }
+                Err(e) => {
+                    self.metrics.docker_errors.with_label_values(&["pull"]).inc();
+                    return Err(e).with_context(|| format!("pulling {repo}:{tag}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The content-addressed reference of a pulled image (`repo@sha256:...`), to pin deploys to.
+    pub async fn repo_digest(&self, reference: &str, repo: &str) -> anyhow::Result<Option<String>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(img) => {
+                Ok(img.repo_digests.unwrap_or_default().into_iter().find(|d| d.starts_with(&format!("{repo}@"))))
+            }
+            Err(e) if super::is_status(&e, 404) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits for a container to exit; its exit code.
+    pub async fn wait_exit(&self, id: &str) -> anyhow::Result<i64> {
+        let mut s = self.docker.wait_container(id, Some(WaitContainerOptions { condition: "not-running" }));
+        match s.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(e.into()),
+            None => bail!("waiting for {id}: the engine closed the stream"),
+        }
+    }
+
+    /// Streams a container's output (stdout and stderr) from the start, following it while it
+    /// runs, to `sink`, up to `max` bytes.
+    pub async fn follow_logs(&self, id: &str, max: usize, mut sink: impl FnMut(&[u8])) -> anyhow::Result<()> {
+        let opts = LogsOptions::<String> { follow: true, stdout: true, stderr: true, ..Default::default() };
+        let mut s = self.docker.logs(id, Some(opts));
+        let mut seen = 0;
+        while let Some(item) = s.next().await {
+            let bytes = item?.into_bytes();
+            if seen < max {
+                let n = bytes.len().min(max - seen);
+                sink(&bytes[..n]);
+                seen += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// The 127.0.0.1 port a container's `port/tcp` is published on.
+    pub async fn published_port(&self, id: &str, port: u16) -> anyhow::Result<Option<u16>> {
+        let c = self.docker.inspect_container(id, None).await?;
+        let key = format!("{port}/tcp");
+        Ok(c.network_settings
+            .and_then(|n| n.ports)
+            .and_then(|mut p| p.remove(&key))
+            .flatten()
+            .and_then(|b| b.into_iter().find_map(|b| b.host_port.and_then(|p| p.parse().ok()))))
+    }
+
+    /// The containers of one app (all its deploys), running or not.
+    pub async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={}", policy::LABEL_INSTANCE, self.instance), format!("{}={app}", policy::LABEL_APP)],
+        )]);
+        let opts = ListContainersOptions { all: true, filters, ..Default::default() };
+        let r = self.docker.list_containers(Some(opts)).await;
+        let prefix = format!("/exercise-runner-{}-app-{app}-", self.instance);
+        Ok(self
+            .count("list_containers", r)?
+            .into_iter()
+            .filter(|c| c.names.as_deref().unwrap_or_default().iter().any(|n| n.starts_with(&prefix)))
+            .map(|c| {
+                let label = |k: &str| c.labels.as_ref().and_then(|l| l.get(k)).cloned().unwrap_or_default();
+                AppContainerInfo {
+                    service: label(policy::LABEL_SERVICE),
+                    version: label(policy::LABEL_VERSION),
+                    deploy: label(policy::LABEL_DEPLOY),
+                    running: c.state.as_deref() == Some("running"),
+                    id: c.id.clone().unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+}

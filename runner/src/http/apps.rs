@@ -1,0 +1,157 @@
+//! `/v1/apps`, `/v1/deploys`
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::extract::ApiJson;
+use crate::{
+    app::App,
+    apps::{self, deploy, AppError, AppInput, AppView, DeployView},
+    error::{ApiError, ApiResult},
+};
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let msg = e.to_string();
+        match e {
+            AppError::Invalid(i) => i.into(),
+            AppError::NotFound(_) => ApiError::not_found("app_not_found", msg),
+            AppError::DeployNotFound(_) => ApiError::not_found("deploy_not_found", msg),
+            AppError::DeployRunning(_) => ApiError::conflict("deploy_running", msg),
+            AppError::HostTaken(..) => ApiError::conflict("host_taken", msg),
+            AppError::Conflict(_) => ApiError::conflict("nothing_to_roll_back_to", msg),
+            AppError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
+pub async fn put(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ApiJson(input): ApiJson<AppInput>,
+) -> ApiResult<(StatusCode, Json<AppView>)> {
+    let (view, created) = apps::put(&app, &name, input).await?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
+}
+
+pub async fn get(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<AppView>> {
+    let rec = apps::get(&app, &name).await?;
+    Ok(Json(apps::view(&app, &rec)?))
+}
+
+pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<serde_json::Value>> {
+    let list = app.store.apps().await?.iter().map(|r| apps::view(&app, r)).collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Json(json!({ "apps": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    version: String,
+}
+
+pub async fn create_deploy(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<DeployBody>,
+) -> ApiResult<(StatusCode, Json<DeployView>)> {
+    let d = deploy::start(&app, &name, &b.version, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(apps::deploy_view(&d))))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    #[serde(default)]
+    version: Option<String>,
+}
+
+pub async fn rollback(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<DeployView>)> {
+    let b: RollbackBody = if body.is_empty() {
+        RollbackBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?
+    };
+    let d = deploy::rollback(&app, &name, b.version.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(apps::deploy_view(&d))))
+}
+
+pub async fn list_deploys(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    apps::get(&app, &name).await?;
+    let list: Vec<DeployView> = app.store.deploys_of(&name, 100).await?.iter().map(apps::deploy_view).collect();
+    Ok(Json(json!({ "deploys": list })))
+}
+
+fn deploy_id(id: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::from(AppError::DeployNotFound(id.to_string())))
+}
+
+pub async fn get_deploy(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<DeployView>> {
+    let id = deploy_id(&id)?;
+    let d = app.store.deploy(&id).await?.ok_or(AppError::DeployNotFound(id))?;
+    Ok(Json(apps::deploy_view(&d)))
+}
+
+pub async fn deploy_logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = deploy_id(&id)?;
+    app.store.deploy(&id).await?.ok_or_else(|| AppError::DeployNotFound(id.clone()))?;
+    let path = deploy::log_path(&app, &id);
+    Ok(super::follow::follow_file(path, Duration::from_secs(3600), move || {
+        let (app, id) = (app.clone(), id.clone());
+        async move { matches!(app.store.deploy(&id).await, Ok(Some(d)) if d.state == "running") }
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    command: Vec<String>,
+}
+
+/// `POST /v1/apps/{app}/commands`: a one-off command in the app's current image with its
+/// environment (migrations by hand, a rake task). The output streams as it comes; the last line
+/// is `[exit N]`.
+pub async fn command(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<CommandBody>,
+) -> ApiResult<Response> {
+    if b.command.is_empty() || b.command.len() > 64 || b.command.iter().any(|a| a.is_empty() || a.contains('\0')) {
+        return Err(ApiError::invalid("invalid_command", "command must be a non-empty argument vector"));
+    }
+    let rec = apps::get(&app, &name).await?;
+    let (Some(version), Some(image)) = (rec.current_version.clone(), rec.current_image.clone()) else {
+        return Err(ApiError::conflict("app_not_deployed", format!("{name:?} has no deployed version yet")));
+    };
+    let (spec, secrets) = apps::parse(&rec)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    tokio::spawn(async move {
+        let sink_tx = tx.clone();
+        let code = deploy::run_once(&app, &name, &spec, &secrets, "run", &version, &image, b.command, move |chunk| {
+            let _ = sink_tx.try_send(Ok(Bytes::copy_from_slice(chunk)));
+        })
+        .await;
+        let last = match code {
+            Ok(c) => format!("\n[exit {c}]\n"),
+            Err(e) => format!("\n[error: {e:#}]\n[exit 125]\n"),
+        };
+        let _ = tx.send(Ok(Bytes::from(last))).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
+}

@@ -1,0 +1,186 @@
+//! SQL for apps and deploys.
+
+use sqlx::{any::AnyRow, Row};
+
+use super::{now_ms, Store};
+
+#[derive(Debug, Clone)]
+pub struct AppRecord {
+    pub name: String,
+    pub spec: String,
+    pub secrets: String,
+    pub current_version: Option<String>,
+    pub current_image: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl AppRecord {
+    const COLUMNS: &'static str = "name, spec, secrets, current_version, current_image, created_at, updated_at";
+    fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        Ok(AppRecord {
+            name: r.try_get("name")?,
+            spec: r.try_get("spec")?,
+            secrets: r.try_get("secrets")?,
+            current_version: r.try_get("current_version")?,
+            current_image: r.try_get("current_image")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployRecord {
+    pub id: String,
+    pub app: String,
+    pub kind: String,
+    pub version: String,
+    pub image: Option<String>,
+    pub state: String,
+    pub failure_reason: Option<String>,
+    pub previous_version: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl DeployRecord {
+    const COLUMNS: &'static str =
+        "id, app, kind, version, image, state, failure_reason, previous_version, created_at, finished_at";
+    fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        Ok(DeployRecord {
+            id: r.try_get("id")?,
+            app: r.try_get("app")?,
+            kind: r.try_get("kind")?,
+            version: r.try_get("version")?,
+            image: r.try_get("image")?,
+            state: r.try_get("state")?,
+            failure_reason: r.try_get("failure_reason")?,
+            previous_version: r.try_get("previous_version")?,
+            created_at: r.try_get("created_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+}
+
+impl Store {
+    /// Creates or replaces an app's definition; returns true when created.
+    pub async fn upsert_app(&self, name: &str, spec: &str, secrets: &str) -> anyhow::Result<bool> {
+        let now = now_ms();
+        let updated = sqlx::query("UPDATE apps SET spec = $1, secrets = $2, updated_at = $3 WHERE name = $4")
+            .bind(spec)
+            .bind(secrets)
+            .bind(now)
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            sqlx::query(
+                "INSERT INTO apps (name, spec, secrets, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(spec)
+            .bind(secrets)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(updated == 0)
+    }
+
+    pub async fn app(&self, name: &str) -> anyhow::Result<Option<AppRecord>> {
+        let row = sqlx::query(&format!("SELECT {} FROM apps WHERE name = $1", AppRecord::COLUMNS))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| AppRecord::from_row(&r)).transpose()
+    }
+
+    pub async fn apps(&self) -> anyhow::Result<Vec<AppRecord>> {
+        let rows = sqlx::query(&format!("SELECT {} FROM apps ORDER BY name", AppRecord::COLUMNS))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(AppRecord::from_row).collect()
+    }
+
+    pub async fn set_app_current(&self, name: &str, version: &str, image: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE apps SET current_version = $1, current_image = $2, updated_at = $3 WHERE name = $4")
+            .bind(version)
+            .bind(image)
+            .bind(now_ms())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a deploy; `None` when the app has one running already.
+    pub async fn insert_deploy(&self, d: &DeployRecord) -> anyhow::Result<Option<()>> {
+        let r = sqlx::query(
+            "INSERT INTO deploys (id, app, kind, version, image, state, previous_version, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
+        )
+        .bind(&d.id)
+        .bind(&d.app)
+        .bind(&d.kind)
+        .bind(&d.version)
+        .bind(&d.image)
+        .bind(&d.previous_version)
+        .bind(d.created_at)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(Some(())),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn set_deploy_image(&self, id: &str, image: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE deploys SET image = $1 WHERE id = $2").bind(image).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn finish_deploy(&self, id: &str, state: &str, reason: Option<&str>) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE deploys SET state = $1, failure_reason = $2, finished_at = $3 WHERE id = $4 AND state = 'running'",
+        )
+        .bind(state)
+        .bind(reason)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn deploy(&self, id: &str) -> anyhow::Result<Option<DeployRecord>> {
+        let row = sqlx::query(&format!("SELECT {} FROM deploys WHERE id = $1", DeployRecord::COLUMNS))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| DeployRecord::from_row(&r)).transpose()
+    }
+
+    pub async fn deploys_of(&self, app: &str, limit: i64) -> anyhow::Result<Vec<DeployRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM deploys WHERE app = $1 ORDER BY created_at DESC, id LIMIT $2",
+            DeployRecord::COLUMNS
+        ))
+        .bind(app)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(DeployRecord::from_row).collect()
+    }
+
+    /// Deploys left running by a crash of the runner.
+    pub async fn running_deploys(&self) -> anyhow::Result<Vec<DeployRecord>> {
+        let rows = sqlx::query(&format!("SELECT {} FROM deploys WHERE state = 'running'", DeployRecord::COLUMNS))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(DeployRecord::from_row).collect()
+    }
+}

@@ -1,0 +1,414 @@
+//! The course web app as a managed image: definitions, deploys with zero failed requests,
+//! migrations once, failed deploys that change nothing, rollbacks, restart limits, restarts of
+//! the runner, notifications, one-off commands, the CLI, and secrets never shown.
+//! Needs the test registry and the sample app (scripts/test sets RUNNER_TEST_REGISTRY).
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const SECRET: &str = "top-secret-key-base-4242";
+const REGISTRY_PASSWORD: &str = "deployer-secret-42";
+const HOST: &str = "www.sample.test";
+const DEPLOY_DEADLINE: Duration = Duration::from_secs(180);
+
+fn registry() -> String {
+    std::env::var("RUNNER_TEST_REGISTRY")
+        .expect("RUNNER_TEST_REGISTRY is not set: run ./scripts/test (scripts/test-registry.sh starts the registry)")
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// What a webhook receiver got: (signature check, payload).
+type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
+
+/// A webhook receiver on loopback that records what it gets.
+async fn receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let g = g.clone();
+            async move {
+                let sig = headers.get("x-runner-signature-256").map(|v| v.to_str().unwrap().to_string());
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
+                let valid = sig.as_ref().map(|s| {
+                    let mut m = Hmac::<Sha256>::new_from_slice(b"hook-secret-for-tests").unwrap();
+                    m.update(body.as_bytes());
+                    *s == format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+                });
+                g.lock().unwrap().push((valid.map(|ok| if ok { "valid" } else { "invalid" }.to_string()), v));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+fn definition(hook: &str, crash: bool) -> Value {
+    let worker = if crash { json!(["sh", "-c", "sleep 2; exit 3"]) } else { json!(["/app/worker"]) };
+    json!({
+        "image": format!("{}/sample/web", registry()),
+        "host": HOST,
+        "env": {"RAILS_ENV": "production"},
+        "secrets": {"SECRET_KEY_BASE": SECRET},
+        "release": ["/app/migrate"],
+        "writable": ["/tmp", "/var/tmp"],
+        "volumes": {"data": "/data"},
+        "registry": {"username": "deployer", "password": REGISTRY_PASSWORD},
+        "notifications": [
+            {"url": hook, "format": "json", "secret": "hook-secret-for-tests"},
+            {"url": "http://127.0.0.1:9/dead-receiver", "format": "slack"}
+        ],
+        "services": {
+            "web": {"command": ["/app/web"], "port": 8080, "replicas": 2,
+                    "health": {"path": "/up", "timeout_secs": 10}, "restart": {"max": 3, "within_secs": 30}},
+            "worker": {"command": worker, "restart": {"max": 2, "within_secs": 60}}
+        }
+    })
+}
+
+async fn spawn_with_ingress() -> (TestApp, SocketAddr) {
+    let ingress = free_addr();
+    let app = spawn_app_with(move |s| s.ingress_listen = Some(ingress)).await;
+    (app, ingress)
+}
+
+async fn deploy(app: &TestApp, name: &str, version: &str) -> Value {
+    let (status, d) = app.post(&format!("/v1/apps/{name}/deploys"), json!({"version": version})).await;
+    assert_eq!(status, 202, "{d}");
+    wait_deploy(app, d["id"].as_str().unwrap()).await
+}
+
+async fn wait_deploy(app: &TestApp, id: &str) -> Value {
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let (_, d) = app.get(&format!("/v1/deploys/{id}")).await;
+        if d["state"] != "running" {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "deploy still running: {d}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn page(ingress: SocketAddr) -> Result<String, String> {
+    let r = reqwest::Client::new()
+        .get(format!("http://{ingress}/"))
+        .header("host", HOST)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("status {}", r.status()));
+    }
+    r.text().await.map_err(|e| e.to_string())
+}
+
+async fn logs_of(app: &TestApp, id: &str) -> String {
+    app.client
+        .get(app.url(&format!("/v1/deploys/{id}/logs")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn run(app: &TestApp, name: &str, command: &[&str]) -> String {
+    let r = app
+        .client
+        .post(app.url(&format!("/v1/apps/{name}/commands")))
+        .bearer_auth(TOKEN)
+        .json(&json!({"command": command}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+fn cleanup_app_volumes(instance: &str) {
+    let vols = docker(&["volume", "ls", "-q", "--filter", &format!("name=exercise-runner-{instance}-app-")]);
+    for v in vols.lines().filter(|l| !l.is_empty()) {
+        let _ = std::process::Command::new("docker").args(["volume", "rm", "-f", v]).output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_definitions_are_validated_and_secrets_are_write_only() {
+    let app = spawn_app().await;
+    let (status, v) = app.put("/v1/apps/course", definition("http://127.0.0.1:9/x", false)).await;
+    assert_eq!(status, 201, "{v}");
+    let (_, got) = app.get("/v1/apps/course").await;
+    let (_, list) = app.get("/v1/apps").await;
+    for body in [&v, &got, &list] {
+        let text = body.to_string();
+        assert!(
+            !text.contains(SECRET) && !text.contains(REGISTRY_PASSWORD) && !text.contains("hook-secret-for-tests"),
+            "{text}"
+        );
+    }
+    assert_eq!(got["secret_keys"], json!(["SECRET_KEY_BASE"]));
+    assert_eq!(got["registry"], json!({"username": "deployer"}));
+    assert_eq!(got["services"]["web"]["replicas"], 2);
+    assert!(got["current_version"].is_null());
+
+    let mut bad = definition("http://127.0.0.1:9/x", false);
+    bad["image"] = json!("127.0.0.1:5000/sample/web:v1");
+    let (status, v) = app.put("/v1/apps/course", bad).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_app")));
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("image"), "{v}");
+    let (status, v) = app.put("/v1/apps/other", definition("http://127.0.0.1:9/x", false)).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("host_taken")), "{v}");
+    let (status, v) = app.post("/v1/apps/course/deploys", json!({"version": "../etc"})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_version")));
+    let (status, _) = app.post("/v1/apps/nope/deploys", json!({"version": "v1"})).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_lose_no_request_migrate_once_fail_safely_and_roll_back() {
+    let (app, ingress) = spawn_with_ingress().await;
+    let (hook, received) = receiver().await;
+    let (status, v) = app.put("/v1/apps/course", definition(&hook, false)).await;
+    assert_eq!(status, 201, "{v}");
+
+    let d1 = deploy(&app, "course", "v1").await;
+    assert_eq!(d1["state"], "succeeded", "{d1}\n{}", logs_of(&app, d1["id"].as_str().unwrap()).await);
+    assert!(d1["image"].as_str().unwrap().contains("@sha256:"), "pinned by digest: {d1}");
+    assert_eq!(page(ingress).await.unwrap(), "sample v1");
+
+    // v1 → v2 while a client keeps asking.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::<String>::new())));
+    let client = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let mut seen_v2 = false;
+            while !stop.load(Ordering::SeqCst) {
+                match page(ingress).await {
+                    Ok(body) => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        seen_v2 |= body == "sample v2";
+                    }
+                    Err(e) => failed.lock().unwrap().push(e),
+                }
+            }
+            seen_v2
+        })
+    };
+    let (status, d2) = app.post("/v1/apps/course/deploys", json!({"version": "v2"})).await;
+    assert_eq!(status, 202);
+    let (status, v) = app.post("/v1/apps/course/deploys", json!({"version": "v2"})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("deploy_running")), "one deploy at a time");
+    let d2 = wait_deploy(&app, d2["id"].as_str().unwrap()).await;
+    assert_eq!(d2["state"], "succeeded", "{d2}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let seen_v2 = client.await.unwrap();
+    let failures = failed.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{} failed requests during the deploy: {failures:?}", failures.len());
+    assert!(ok.load(Ordering::SeqCst) > 20 && seen_v2, "the client kept getting answers and saw v2");
+    assert_eq!(page(ingress).await.unwrap(), "sample v2");
+    let (_, a) = app.get("/v1/apps/course").await;
+    assert_eq!(a["current_version"], "v2");
+    assert_eq!(a["services_state"]["web"]["replicas"], 2);
+
+    // Each deploy's migration ran exactly once.
+    let out = run(&app, "course", &["cat", "/data/migrations.log"]).await;
+    assert_eq!(out.matches("migrated v1").count(), 1, "{out}");
+    assert_eq!(out.matches("migrated v2").count(), 1, "{out}");
+    assert!(out.trim_end().ends_with("[exit 0]"), "{out}");
+    let out = run(&app, "course", &["sh", "-c", "echo $RAILS_ENV $APP_VERSION; exit 7"]).await;
+    assert!(out.contains("production v2") && out.trim_end().ends_with("[exit 7]"), "{out}");
+
+    // A failing migration: the deploy fails with its log, nothing restarted, v2 still serves.
+    let d3 = deploy(&app, "course", "v3-broken").await;
+    assert_eq!(d3["state"], "failed");
+    assert!(d3["failure_reason"].as_str().unwrap().contains("release command exited with 1"), "{d3}");
+    assert!(logs_of(&app, d3["id"].as_str().unwrap()).await.contains("relation \"users\" already exists"));
+    assert_eq!(page(ingress).await.unwrap(), "sample v2");
+    // A version that never gets healthy is not switched to.
+    let d4 = deploy(&app, "course", "v4-unhealthy").await;
+    assert_eq!(d4["state"], "failed");
+    assert!(d4["failure_reason"].as_str().unwrap().contains("not healthy"), "{d4}");
+    assert_eq!(page(ingress).await.unwrap(), "sample v2");
+    let (_, a) = app.get("/v1/apps/course").await;
+    assert_eq!(a["current_version"], "v2");
+
+    // Rollback to the previous successful version: re-pinned, no pull, no migration.
+    // (v4's release did run: migrations run once per deploy, before its services roll.)
+    let before = run(&app, "course", &["cat", "/data/migrations.log"]).await.matches("migrated").count();
+    let (status, r) = app.post("/v1/apps/course/rollback", json!({})).await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!((r["kind"].as_str(), r["version"].as_str()), (Some("rollback"), Some("v1")));
+    assert_eq!(r["image"], d1["image"], "the same pinned image");
+    let r = wait_deploy(&app, r["id"].as_str().unwrap()).await;
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(page(ingress).await.unwrap(), "sample v1");
+    let out = run(&app, "course", &["cat", "/data/migrations.log"]).await;
+    assert_eq!(out.matches("migrated").count(), before, "a rollback migrates nothing: {out}");
+    let (_, history) = app.get("/v1/apps/course/deploys").await;
+    let states: Vec<(&str, &str)> = history["deploys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["version"].as_str().unwrap(), d["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("v1", "succeeded"),
+            ("v4-unhealthy", "failed"),
+            ("v3-broken", "failed"),
+            ("v2", "succeeded"),
+            ("v1", "succeeded")
+        ]
+    );
+
+    // Notifications reached the live receiver, signed; the dead one failed nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kinds: Vec<String> =
+            received.lock().unwrap().iter().map(|(_, v)| v["event"].as_str().unwrap_or("").to_string()).collect();
+        if ["deploy_started", "deploy_succeeded", "deploy_failed", "rolled_back"]
+            .iter()
+            .all(|k| kinds.iter().any(|x| x == k))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "notifications: {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(received.lock().unwrap().iter().all(|(sig, _)| sig.as_deref() == Some("valid")));
+
+    // Secrets appear in no response and no deploy log.
+    for d in history["deploys"].as_array().unwrap() {
+        let log = logs_of(&app, d["id"].as_str().unwrap()).await;
+        assert!(!log.contains(SECRET) && !log.contains(REGISTRY_PASSWORD), "{log}");
+    }
+    assert!(!history.to_string().contains(SECRET));
+    cleanup_app_volumes(&app.instance);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_service_is_restarted_up_to_its_limit_then_failed_and_reported() {
+    let (app, _) = spawn_with_ingress().await;
+    let (hook, received) = receiver().await;
+    app.put("/v1/apps/crashy", definition(&hook, true)).await;
+    let d = deploy(&app, "crashy", "v1").await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, a) = app.get("/v1/apps/crashy").await;
+        if a["services_state"]["worker"]["state"] == "failed" {
+            assert_eq!(a["services_state"]["worker"]["restarts"], 2, "{a}");
+            assert_eq!(a["services_state"]["web"]["state"], "running", "{a}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker was never marked failed: {a}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !received.lock().unwrap().iter().any(|(_, v)| v["event"] == "service_failed") {
+        assert!(Instant::now() < deadline, "no service_failed notification");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cleanup_app_volumes(&app.instance);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_come_back_after_a_runner_restart_and_the_cli_deploys() {
+    let (mut app, ingress) = spawn_with_ingress().await;
+    app.put("/v1/apps/course", definition("http://127.0.0.1:9/x", false)).await;
+    assert_eq!(deploy(&app, "course", "v1").await["state"], "succeeded");
+    app.stop_server().await;
+    let mut settings = test_settings(&app.data_dir, &app.instance);
+    settings.ingress_listen = Some(ingress);
+    let again = start(settings).await;
+    // Routes are rebuilt from the running containers.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while page(ingress).await.as_deref() != Ok("sample v1") {
+        assert!(Instant::now() < deadline, "the app did not come back: {:?}", page(ingress).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A replica removed behind the runner's back is started again.
+    let web: Vec<String> = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=exercise-runner.instance={}", app.instance),
+        "--filter",
+        "label=exercise-runner.service=web",
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect();
+    assert_eq!(web.len(), 2);
+    docker(&["rm", "-f", &web[0]]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=exercise-runner.instance={}", app.instance),
+            "--filter",
+            "label=exercise-runner.service=web",
+        ])
+        .lines()
+        .count();
+        if n == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica was not replaced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The operator CLI, against the running runner.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .args(args)
+            .env("RUNNER_URL", &again.base)
+            .env("RUNNER_API_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["deploy", "course", "v2"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("pulling") && text.contains("switching") && text.contains("succeeded"),
+        "progress is shown: {text}"
+    );
+    assert_eq!(page(ingress).await.unwrap(), "sample v2");
+    let out = cli(&["run", "course", "--", "sh", "-c", "echo hi from $APP_VERSION; exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hi from v2"));
+    let out = cli(&["rollback", "course"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(page(ingress).await.unwrap(), "sample v1");
+    drop(again);
+    cleanup_app_volumes(&app.instance);
+}
