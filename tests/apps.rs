@@ -409,6 +409,35 @@ async fn services_come_back_after_a_runner_restart_and_the_cli_deploys() {
     let out = cli(&["rollback", "course"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(page(ingress).await.unwrap(), "sample v1");
+
+    // An interactive console with a TTY, over a WebSocket, in the app's environment.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let url = format!("{}/v1/apps/course/console", again.base.replace("http://", "ws://"));
+    let unauthenticated = tokio_tungstenite::connect_async(url.clone().into_client_request().unwrap()).await;
+    assert!(matches!(unauthenticated, Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 401));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("console");
+    ws.send(Message::Text(json!({"type": "resize", "cols": 120, "rows": 40}).to_string().into())).await.unwrap();
+    ws.send(Message::Binary("echo con-$APP_VERSION-$(tty)\n".into())).await.unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains("con-v1-/dev/pts") {
+        assert!(Instant::now() < deadline, "console output: {seen:?}");
+        if let Ok(Some(Ok(Message::Binary(b)))) = tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            seen.push_str(&String::from_utf8_lossy(&b));
+        }
+    }
+    ws.send(Message::Binary("exit 5\n".into())).await.unwrap();
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("the console closes") {
+            Some(Ok(Message::Close(Some(f)))) => break f.reason.to_string(),
+            Some(Ok(_)) => {}
+            other => panic!("console ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(reason, "exit 5");
     drop(again);
     cleanup_app_volumes(&app.instance);
 }

@@ -22,7 +22,37 @@ pub struct AppContainerInfo {
     pub running: bool,
 }
 
+/// A container's attached stdio (a TTY console).
+pub struct Attached {
+    pub output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>,
+    >,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
 impl Engine {
+    /// Attaches to a created container's stdio (before starting it, so no output is missed).
+    pub async fn attach(&self, id: &str) -> anyhow::Result<Attached> {
+        let opts = bollard::container::AttachContainerOptions::<String> {
+            stdin: Some(true),
+            stdout: Some(true),
+            stderr: Some(true),
+            stream: Some(true),
+            logs: Some(true),
+            detach_keys: None,
+        };
+        let r = self.docker.attach_container(id, Some(opts)).await;
+        let a = self.count("attach_container", r)?;
+        Ok(Attached { output: a.output, input: a.input })
+    }
+
+    pub async fn resize_tty(&self, id: &str, cols: u16, rows: u16) -> anyhow::Result<()> {
+        let opts =
+            bollard::container::ResizeContainerTtyOptions { width: cols.clamp(2, 1000), height: rows.clamp(2, 500) };
+        self.docker.resize_container_tty(id, opts).await?;
+        Ok(())
+    }
+
     /// Pulls `repo:tag`, with credentials when given, reporting progress lines.
     pub async fn pull(
         &self,

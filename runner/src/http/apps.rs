@@ -155,3 +155,97 @@ pub async fn command(
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleQuery {
+    /// A JSON argument vector; default `["sh"]`.
+    #[serde(default)]
+    command: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ConsoleControl {
+    Input { data: String },
+    Resize { cols: u16, rows: u16 },
+}
+
+/// `GET /v1/apps/{app}/console` (WebSocket): an interactive one-off container with a TTY in the
+/// app's current image and environment, like `rails console`. Binary frames carry keystrokes and
+/// output; text frames are JSON `{"type": "resize", "cols", "rows"}` or `{"type": "input", "data"}`.
+/// When the program ends, the socket closes with code 1000 and the reason `exit N`.
+pub async fn console(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    super::extract::ApiQuery(q): super::extract::ApiQuery<ConsoleQuery>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let command: Vec<String> = match q.command {
+        None => vec!["sh".into()],
+        Some(c) => serde_json::from_str(&c)
+            .map_err(|_| ApiError::invalid("invalid_command", "command must be a JSON array of strings"))?,
+    };
+    if command.is_empty() || command.iter().any(|a| a.is_empty() || a.contains('\0')) {
+        return Err(ApiError::invalid("invalid_command", "command must be a non-empty argument vector"));
+    }
+    let rec = apps::get(&app, &name).await?;
+    let (Some(version), Some(image)) = (rec.current_version.clone(), rec.current_image.clone()) else {
+        return Err(ApiError::conflict("app_not_deployed", format!("{name:?} has no deployed version yet")));
+    };
+    let (spec, secrets) = apps::parse(&rec)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let config = deploy::container(&app, &name, &spec, &secrets, "console", &version, &id, &image, command, None, true);
+    let cname = format!("exercise-runner-{}-app-{name}-console-{}", app.engine.instance(), &id[..8]);
+    let cid = app.engine.create_container(&cname, config).await?;
+    let attached = match app.engine.attach(&cid).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = app.engine.remove_container(&cid).await;
+            return Err(e.into());
+        }
+    };
+    Ok(ws.max_message_size(1024 * 1024).on_upgrade(move |socket| async move {
+        if let Err(e) = console_session(&app, &cid, attached, socket).await {
+            tracing::warn!(app = %name, error = %format!("{e:#}"), "console ended with an error");
+        }
+        let _ = app.engine.remove_container(&cid).await;
+    }))
+}
+
+async fn console_session(
+    app: &App,
+    cid: &str,
+    attached: crate::docker::apps::Attached,
+    mut socket: axum::extract::ws::WebSocket,
+) -> anyhow::Result<()> {
+    use axum::extract::ws::{CloseFrame, Message};
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let crate::docker::apps::Attached { mut output, mut input } = attached;
+    app.engine.start_container(cid).await?;
+    loop {
+        tokio::select! {
+            out = output.next() => match out {
+                Some(Ok(chunk)) => socket.send(Message::Binary(chunk.into_bytes())).await?,
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    let code = app.engine.wait_exit(cid).await.unwrap_or(-1);
+                    let frame = CloseFrame { code: 1000, reason: format!("exit {code}").into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return Ok(());
+                }
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) => input.write_all(&b).await?,
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ConsoleControl>(&t) {
+                    Ok(ConsoleControl::Input { data }) => input.write_all(data.as_bytes()).await?,
+                    Ok(ConsoleControl::Resize { cols, rows }) => app.engine.resize_tty(cid, cols, rows).await?,
+                    Err(_) => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

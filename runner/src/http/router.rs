@@ -38,6 +38,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/apps/{app}/deploys", post(apps::create_deploy).get(apps::list_deploys))
         .route("/apps/{app}/rollback", post(apps::rollback))
         .route("/apps/{app}/commands", post(apps::command))
+        .route("/apps/{app}/console", get(apps::console))
         .route("/deploys/{id}", get(apps::get_deploy))
         .route("/deploys/{id}/logs", get(apps::deploy_logs))
         .method_not_allowed_fallback(method_not_allowed)
