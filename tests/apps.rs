@@ -344,10 +344,19 @@ async fn services_come_back_after_a_runner_restart_and_the_cli_deploys() {
     let (mut app, ingress) = spawn_with_ingress().await;
     app.put("/v1/apps/course", definition("http://127.0.0.1:9/x", false)).await;
     assert_eq!(deploy(&app, "course", "v1").await["state"], "succeeded");
+    // A deploy in progress when the runner stops is failed with the reason at the next start.
+    let (_, interrupted) = app.post("/v1/apps/course/deploys", json!({"version": "v2"})).await;
     app.stop_server().await;
     let mut settings = test_settings(&app.data_dir, &app.instance);
     settings.ingress_listen = Some(ingress);
     let again = start(settings).await;
+    let (_, d) = again.get(&format!("/v1/deploys/{}", interrupted["id"].as_str().unwrap())).await;
+    if d["state"] == "failed" {
+        assert!(d["failure_reason"].as_str().unwrap().contains("interrupted"), "{d}");
+    } else {
+        assert_eq!(d["state"], "succeeded", "it finished before the stop: {d}");
+        assert_eq!(deploy(&again, "course", "v1").await["state"], "succeeded");
+    }
     // Routes are rebuilt from the running containers.
     let deadline = Instant::now() + Duration::from_secs(15);
     while page(ingress).await.as_deref() != Ok("sample v1") {

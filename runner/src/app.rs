@@ -38,6 +38,8 @@ pub struct App {
     pub supervisor: crate::apps::supervise::Supervisor,
     /// For health checks and webhooks.
     pub http_client: reqwest::Client,
+    /// Cancelled when the service shuts down; long tasks (deploys) stop with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// The web IDE proxy (`/ide/{session}/`).
     pub ide: Arc<web_ide_proxy::Proxy<crate::ide::RunnerBackend>>,
 }
@@ -75,6 +77,7 @@ impl App {
             build_cancels: Mutex::new(Default::default()),
             rate_limiter: RateLimiter::keyed(quota),
             ingress: Arc::new(Default::default()),
+            shutdown: tokio_util::sync::CancellationToken::new(),
             supervisor: Default::default(),
             http_client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

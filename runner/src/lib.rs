@@ -47,8 +47,9 @@ pub async fn launch(
     let report = sessions::reconcile::reconcile_once(&app).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
     builds::recover(&app).await.context("recovering builds at start")?;
+    apps::deploy::recover(&app).await.context("recovering deploys at start")?;
 
-    let cancel = CancellationToken::new();
+    let cancel = app.shutdown.clone();
     let background = [
         tokio::spawn(sessions::reaper::run(app.clone(), cancel.clone())),
         tokio::spawn(sessions::reconcile::run(app.clone(), cancel.clone())),

@@ -116,7 +116,10 @@ async fn run(app: Arc<App>, d: DeployRecord) {
         event("deploy_started", format!("{} of {} started", d.kind, d.version)),
     );
     log.step(&format!("{} of {} to {}", d.kind, d.app, d.version));
-    let outcome = steps(&app, &rec, &spec, &secrets, &d, &mut log).await;
+    let outcome = tokio::select! {
+        r = steps(&app, &rec, &spec, &secrets, &d, &mut log) => r,
+        _ = app.shutdown.cancelled() => Err(anyhow::anyhow!("interrupted by a runner shutdown; deploy again")),
+    };
     // Whatever failed, the new containers go and the old version keeps serving.
     if outcome.is_err() {
         remove_deploy_containers(&app, &d.app, &d.id).await;
@@ -195,6 +198,14 @@ pub(crate) fn container(
     })
 }
 
+/// The app's named volumes, made (and labelled) before a container mounts them.
+pub(crate) async fn ensure_volumes(app: &App, name: &str, spec: &AppSpec) -> anyhow::Result<()> {
+    for (volume, _) in volumes(app, name, spec) {
+        app.engine.ensure_app_volume(&volume, name).await?;
+    }
+    Ok(())
+}
+
 pub(crate) fn replica_name(app: &App, name: &str, service: &str, deploy: &str, replica: u32) -> String {
     format!("exercise-runner-{}-app-{name}-{service}-{}-{replica}", app.engine.instance(), &deploy[..8])
 }
@@ -213,6 +224,7 @@ pub(crate) async fn start_replica(
     image: &str,
     replica: u32,
 ) -> anyhow::Result<String> {
+    ensure_volumes(app, name, spec).await?;
     let config =
         container(app, name, spec, secrets, service, version, deploy, image, svc.command.clone(), svc.port, false);
     let id = app.engine.create_container(&replica_name(app, name, service, deploy, replica), config).await?;
@@ -282,6 +294,7 @@ pub(crate) async fn run_once(
     mut sink: impl FnMut(&[u8]),
 ) -> anyhow::Result<i64> {
     let id = uuid::Uuid::new_v4().to_string();
+    ensure_volumes(app, name, spec).await?;
     let config = container(app, name, spec, secrets, role, version, &id, image, command, None, false);
     let cname = format!("exercise-runner-{}-app-{name}-{role}-{}", app.engine.instance(), &id[..8]);
     let cid = app.engine.create_container(&cname, config).await?;
@@ -408,4 +421,16 @@ async fn remove_deploy_containers(app: &App, name: &str, deploy: &str) {
             let _ = app.engine.remove_container(&c.id).await;
         }
     }
+}
+
+/// At start: deploys a crash interrupted are failed with the reason (else the app could never be
+/// deployed again), and the containers they had started go; the previous version kept serving.
+pub async fn recover(app: &App) -> anyhow::Result<()> {
+    for d in app.store.running_deploys().await? {
+        tracing::warn!(app = %d.app, deploy = %d.id, "deploy interrupted by a runner restart");
+        BuildLog::open(&logs_dir(app), &d.id).step("interrupted by a runner restart");
+        remove_deploy_containers(app, &d.app, &d.id).await;
+        app.store.finish_deploy(&d.id, "failed", Some("interrupted by a runner restart; deploy again")).await?;
+    }
+    Ok(())
 }

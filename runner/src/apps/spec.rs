@@ -376,7 +376,7 @@ mod tests {
             (serde_json::json!({"image": "r/web", "env": {"1X": "a"}, "services": {"web": {"command": ["x"]}}}), "env"),
             (
                 serde_json::json!({"image": "r/web", "services": {"web": {"command": ["x"], "health": {"path": "/up"}}}}),
-                "health",
+                "services.web.health",
             ),
             (serde_json::json!({"image": "r/web", "services": {"web": {"command": []}}}), "services.web.command"),
             (

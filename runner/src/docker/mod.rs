@@ -393,6 +393,27 @@ impl Engine {
         Ok(())
     }
 
+    /// Creates an app's named volume (labelled as the app's) unless it exists.
+    pub async fn ensure_app_volume(&self, name: &str, app: &str) -> anyhow::Result<()> {
+        if self.volume_options(name).await?.is_some() {
+            return Ok(());
+        }
+        let labels = HashMap::from([
+            (policy::LABEL_MANAGED.to_string(), "true".to_string()),
+            (policy::LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (policy::LABEL_APP.to_string(), app.to_string()),
+        ]);
+        let opts = CreateVolumeOptions {
+            name: name.to_string(),
+            driver: "local".to_string(),
+            driver_opts: HashMap::new(),
+            labels,
+        };
+        let r = self.docker.create_volume(opts).await;
+        self.count("create_volume", r).with_context(|| format!("creating volume {name}"))?;
+        Ok(())
+    }
+
     /// Removes a volume. Returns false when a container still uses it (then nothing changes).
     pub async fn remove_volume(&self, name: &str) -> anyhow::Result<bool> {
         match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: false })).await {
@@ -408,7 +429,12 @@ impl Engine {
     pub async fn list_workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{}=true", policy::LABEL_MANAGED), format!("{}={}", policy::LABEL_INSTANCE, self.instance)],
+            vec![
+                format!("{}=true", policy::LABEL_MANAGED),
+                format!("{}={}", policy::LABEL_INSTANCE, self.instance),
+                // Only workspaces: app volumes hold an app's data and are never "orphans".
+                policy::LABEL_WORKSPACE.to_string(),
+            ],
         )]);
         let r = self.docker.list_volumes(Some(ListVolumesOptions { filters })).await;
         let list = self.count("list_volumes", r)?;

@@ -195,6 +195,7 @@ pub async fn console(
     };
     let (spec, secrets) = apps::parse(&rec)?;
     let id = uuid::Uuid::new_v4().to_string();
+    deploy::ensure_volumes(&app, &name, &spec).await?;
     let config = deploy::container(&app, &name, &spec, &secrets, "console", &version, &id, &image, command, None, true);
     let cname = format!("exercise-runner-{}-app-{name}-console-{}", app.engine.instance(), &id[..8]);
     let cid = app.engine.create_container(&cname, config).await?;
