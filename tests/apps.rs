@@ -450,3 +450,75 @@ async fn services_come_back_after_a_runner_restart_and_the_cli_deploys() {
     drop(again);
     cleanup_app_volumes(&app.instance);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_runners_own_log() {
+    require_docker();
+    let (instance, tmp) = new_instance();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log_path = tmp.path().join("runner.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+        .arg("serve")
+        .env("RUNNER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUNNER_DATA_DIR", tmp.path())
+        .env("RUNNER_API_TOKEN", TOKEN)
+        .env("RUNNER_INSTANCE", &instance)
+        .env("RUNNER_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "the runner did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = client
+        .put(format!("{base}/v1/apps/logged"))
+        .bearer_auth(TOKEN)
+        .json(&definition("http://127.0.0.1:9/x", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let d: Value = client
+        .post(format!("{base}/v1/apps/logged/deploys"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"version": "v1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DEPLOY_DEADLINE;
+    loop {
+        let d: Value = client
+            .get(format!("{base}/v1/deploys/{}", d["id"].as_str().unwrap()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if d["state"] != "running" {
+            assert_eq!(d["state"], "succeeded", "{d}");
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(text.contains("deploy succeeded"), "the log was written: {}", &text[..text.len().min(2000)]);
+    for secret in [SECRET, REGISTRY_PASSWORD, "hook-secret-for-tests", TOKEN] {
+        let leaks: Vec<&str> = text.lines().filter(|l| l.contains(secret)).map(|l| &l[..l.len().min(300)]).collect();
+        assert!(leaks.is_empty(), "{secret} leaked into the log:\n{}", leaks.join("\n"));
+    }
+    cleanup_instance(&instance, tmp.path());
+}

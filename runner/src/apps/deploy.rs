@@ -198,6 +198,11 @@ pub(crate) fn container(
     })
 }
 
+/// The app's registry login, when it has one.
+fn registry_auth<'a>(spec: &'a AppSpec, secrets: &'a Secrets) -> Option<(&'a str, &'a str)> {
+    spec.registry.as_ref().zip(secrets.registry_password.as_ref()).map(|(r, p)| (r.username.as_str(), p.as_str()))
+}
+
 /// The app's named volumes, made (and labelled) before a container mounts them.
 pub(crate) async fn ensure_volumes(app: &App, name: &str, spec: &AppSpec) -> anyhow::Result<()> {
     for (volume, _) in volumes(app, name, spec) {
@@ -323,22 +328,14 @@ async fn steps(
             log.step(&format!("re-pinning {pinned} (no pull, no rebuild)"));
             if app.engine.image(pinned).await?.is_none() {
                 let (repo, digest) = pinned.split_once('@').context("a pinned image is repo@digest")?;
-                let auth = spec
-                    .registry
-                    .as_ref()
-                    .zip(secrets.registry_password.as_ref())
-                    .map(|(r, p)| (r.username.as_str(), p.as_str()));
+                let auth = registry_auth(spec, secrets);
                 app.engine.pull(repo, digest, auth, |l| log.write(l)).await?;
             }
             pinned.clone()
         }
         None => {
             log.step(&format!("pulling {}:{}", spec.image, d.version));
-            let auth = spec
-                .registry
-                .as_ref()
-                .zip(secrets.registry_password.as_ref())
-                .map(|(r, p)| (r.username.as_str(), p.as_str()));
+            let auth = registry_auth(spec, secrets);
             app.engine.pull(&spec.image, &d.version, auth, |l| log.write(l)).await?;
             let tagged = format!("{}:{}", spec.image, d.version);
             let pinned = match app.engine.repo_digest(&tagged, &spec.image).await? {

@@ -148,25 +148,7 @@ impl Store {
     pub async fn publish_version(&self, exercise: &str, version: &str, image: &str, spec: &str) -> anyhow::Result<()> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query("UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4")
-            .bind(image)
-            .bind(spec)
-            .bind(now)
-            .bind(exercise)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            sqlx::query(
-                "INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
-            )
-            .bind(exercise)
-            .bind(image)
-            .bind(spec)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        super::upsert_exercise_in(&mut tx, exercise, image, spec, now).await?;
         sqlx::query("UPDATE exercise_versions SET published_at = $1 WHERE exercise = $2 AND version = $3")
             .bind(now)
             .bind(exercise)

@@ -15,6 +15,35 @@ pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, Versi
 
 use crate::domain::SessionState;
 
+/// Update-or-insert of an exercise inside a transaction (SQLite and PostgreSQL alike); true when
+/// it was inserted.
+async fn upsert_exercise_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    slug: &str,
+    image: &str,
+    spec: &str,
+    now: i64,
+) -> anyhow::Result<bool> {
+    let updated = sqlx::query("UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4")
+        .bind(image)
+        .bind(spec)
+        .bind(now)
+        .bind(slug)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if updated == 0 {
+        sqlx::query("INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
+            .bind(slug)
+            .bind(image)
+            .bind(spec)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(updated == 0)
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 #[derive(Clone)]
@@ -75,29 +104,10 @@ impl Store {
 
     /// Creates or replaces an exercise; returns true when it was created.
     pub async fn upsert_exercise(&self, slug: &str, image: &str, spec: &str) -> anyhow::Result<bool> {
-        let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query("UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4")
-            .bind(image)
-            .bind(spec)
-            .bind(now)
-            .bind(slug)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            sqlx::query(
-                "INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
-            )
-            .bind(slug)
-            .bind(image)
-            .bind(spec)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let created = upsert_exercise_in(&mut tx, slug, image, spec, now_ms()).await?;
         tx.commit().await?;
-        Ok(updated == 0)
+        Ok(created)
     }
 
     pub async fn exercise(&self, slug: &str) -> anyhow::Result<Option<ExerciseRecord>> {
