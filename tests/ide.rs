@@ -131,6 +131,30 @@ async fn ide_links_and_cookies_are_bound_to_their_session_and_expire() {
     let (status, _) = get_with(&app, &format!("/ide/{b_id}/api/files"), &a_cookie).await;
     assert_eq!(status, 401, "a cookie of one session does not open another");
 
+    // The page's assets come gzipped and revalidate by ETag.
+    let r = no_redirects()
+        .get(app.url(&format!("/ide/{a_id}/app.js")))
+        .header("cookie", &a_cookie)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let gz_len = r.bytes().await.unwrap().len();
+    let plain =
+        no_redirects().get(app.url(&format!("/ide/{a_id}/app.js"))).header("cookie", &a_cookie).send().await.unwrap();
+    assert!(gz_len * 2 < plain.bytes().await.unwrap().len(), "gzip at least halves the script");
+    let r = no_redirects()
+        .get(app.url(&format!("/ide/{a_id}/app.js")))
+        .header("cookie", &a_cookie)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+
     // Links expire.
     let (_, fresh) = app.get(&format!("/v1/sessions/{a_id}")).await;
     tokio::time::sleep(Duration::from_millis(3100)).await;
@@ -261,4 +285,15 @@ async fn the_ide_works_in_a_real_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ide_works_in_a_real_browser_under_gvisor() {
     browser_pass(runner::config::Runtime::Runsc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ide_cookie_can_be_made_for_embedding_in_another_site() {
+    let app = spawn_app_with(|s| s.ide_cookie_cross_site = true).await;
+    app.exercise("embedded", json!({})).await;
+    let s = app.session("ada", "embedded").await;
+    let r = no_redirects().get(s["ide_url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("SameSite=None; Secure") && cookie.contains("HttpOnly"), "{cookie}");
 }

@@ -9,7 +9,7 @@ use axum::{
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
         DefaultBodyLimit, Path, Query, State,
     },
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -27,9 +27,9 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
-        .route("/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
-        .route("/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
+        .route("/", get(|h: HeaderMap| async move { asset(&h, "text/html; charset=utf-8", INDEX) }))
+        .route("/app.js", get(|h: HeaderMap| async move { asset(&h, "text/javascript; charset=utf-8", APP_JS) }))
+        .route("/app.css", get(|h: HeaderMap| async move { asset(&h, "text/css; charset=utf-8", APP_CSS) }))
         .route("/api/info", get(info))
         .route("/api/files", get(list_files))
         .route("/api/file", get(read_file).put(write_file))
@@ -40,8 +40,44 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
-fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+/// An embedded asset, gzipped once and tagged with its content hash.
+struct Packed {
+    gzip: Vec<u8>,
+    etag: String,
+}
+
+fn packed(body: &'static [u8]) -> &'static Packed {
+    use std::{collections::HashMap, hash::Hasher, io::Write, sync::Mutex, sync::OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<usize, &'static Packed>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().expect("lock");
+    cache.entry(body.as_ptr() as usize).or_insert_with(|| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(body).expect("gzip in memory");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write(body);
+        Box::leak(Box::new(Packed {
+            gzip: gz.finish().expect("gzip in memory"),
+            etag: format!("\"{:016x}\"", h.finish()),
+        }))
+    })
+}
+
+/// The page's assets are a few hundred KiB and travel through an exec stream: sent gzipped when
+/// the browser takes it, and revalidated by ETag (304) on later loads.
+fn asset(req: &HeaderMap, content_type: &'static str, body: &'static [u8]) -> Response {
+    let p = packed(body);
+    let common =
+        [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache"), (header::VARY, "Accept-Encoding")];
+    if req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(p.etag.as_str()) {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, p.etag.clone())]).into_response();
+    }
+    let gzip_ok = req.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("gzip"));
+    if gzip_ok {
+        (common, [(header::CONTENT_ENCODING, "gzip".to_string()), (header::ETAG, p.etag.clone())], p.gzip.clone())
+            .into_response()
+    } else {
+        (common, [(header::ETAG, p.etag.clone())], body).into_response()
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

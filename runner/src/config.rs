@@ -154,6 +154,9 @@ pub struct Settings {
     pub ide_allowed_origins: Vec<String>,
     pub ide_max_connections: usize,
     pub ide_max_message_bytes: usize,
+    /// `RUNNER_IDE_COOKIE_SAMESITE=none`: the IDE cookie works inside an exercise page on another
+    /// site (`SameSite=None; Secure`, so the runner must be reached over https).
+    pub ide_cookie_cross_site: bool,
     // ---- managed apps ----
     /// Where the ingress for managed apps listens (`None`: no ingress).
     pub ingress_listen: Option<SocketAddr>,
@@ -209,6 +212,7 @@ impl Settings {
             ide_allowed_origins: vec![],
             ide_max_connections: 16,
             ide_max_message_bytes: 1024 * 1024,
+            ide_cookie_cross_site: false,
             ingress_listen: None,
             app_network: "bridge".into(),
         }
@@ -371,6 +375,13 @@ impl Settings {
         }
         if let Some(v) = parse(&get, "RUNNER_IDE_MAX_MESSAGE_BYTES")? {
             s.ide_max_message_bytes = v;
+        }
+        if let Some(v) = get("RUNNER_IDE_COOKIE_SAMESITE") {
+            s.ide_cookie_cross_site = match v.trim().to_ascii_lowercase().as_str() {
+                "none" => true,
+                "" | "lax" => false,
+                other => bail!("RUNNER_IDE_COOKIE_SAMESITE={other:?} is invalid: use lax or none"),
+            };
         }
         if let Some(v) = parse(&get, "RUNNER_INGRESS_LISTEN")? {
             s.ingress_listen = Some(v);

@@ -70,6 +70,7 @@ pub fn proxy_config(s: &Settings) -> Config {
         activity_flush: (s.idle_timeout / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)),
         watch_interval: Duration::from_secs(2),
         cookie_secure: s.public_url.starts_with("https://"),
+        cookie_cross_site: s.ide_cookie_cross_site,
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Config {
     pub activity_flush: Duration,
     pub watch_interval: Duration,
     pub cookie_secure: bool,
+    /// `SameSite=None; Secure` instead of `Lax`: for an exercise page on another site than the
+    /// runner that embeds the IDE (needs https).
+    pub cookie_cross_site: bool,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             activity_flush: Duration::from_secs(5),
             watch_interval: Duration::from_secs(2),
             cookie_secure: false,
+            cookie_cross_site: false,
         }
     }
 }
@@ -259,9 +263,13 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
             Ok(()) => {
                 let cookie =
                     token::sign(secret, token::Kind::Cookie, &session, now + proxy.config.cookie_ttl.as_secs());
-                let secure = if proxy.config.cookie_secure { "; Secure" } else { "" };
+                let same_site = match (proxy.config.cookie_cross_site, proxy.config.cookie_secure) {
+                    (true, _) => "SameSite=None; Secure",
+                    (false, true) => "SameSite=Lax; Secure",
+                    (false, false) => "SameSite=Lax",
+                };
                 let set_cookie = format!(
-                    "{COOKIE_NAME}={cookie}; Path=/ide/{session}/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+                    "{COOKIE_NAME}={cookie}; Path=/ide/{session}/; Max-Age={}; HttpOnly; {same_site}",
                     proxy.config.cookie_ttl.as_secs()
                 );
                 let mut resp =
