@@ -127,9 +127,7 @@ pub fn to_view(c: &CheckRecord) -> Check {
         truncated: c.truncated,
         timed_out: c.timed_out,
         duration_ms: c.duration_ms,
-        created_at: chrono::DateTime::from_timestamp_millis(c.created_at)
-            .unwrap_or_default()
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        created_at: crate::domain::rfc3339(c.created_at),
     }
 }
 

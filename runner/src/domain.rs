@@ -2,6 +2,11 @@
 
 use std::fmt;
 
+/// A time column (milliseconds since the epoch) as the API shows it: RFC 3339, UTC, milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Input that breaks a rule: a stable code and a message naming the field and the reason.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]

@@ -1,5 +1,6 @@
 //! The exercise registry: which image an exercise runs, with which limits and network.
 
+use crate::domain::rfc3339;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -187,10 +188,6 @@ pub fn check_workdir(dir: &str) -> Result<(), Invalid> {
             format!("workdir {dir:?} must be an absolute, normalised path outside system and tmpfs directories"),
         ))
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn to_view(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<Exercise> {

@@ -41,6 +41,52 @@ fn strip(headers: &mut axum::http::HeaderMap) {
     }
 }
 
+/// Why one attempt to reach the agent did not get through.
+pub(crate) enum AgentError {
+    /// An answer for the browser as it is: no retry.
+    Final(Response),
+    /// No stream to the agent (its socket is not there yet).
+    Unreachable(anyhow::Error),
+    /// A stream, but the agent did not speak (it is still starting, or it broke).
+    Failed(String),
+}
+
+pub(crate) fn agent_timeout() -> Response {
+    error(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", "the IDE in the sandbox did not answer in time")
+}
+
+/// Runs `attempt` until it gets through. An agent that is still starting (the sandbox just came
+/// up) refuses connections for a moment: retry within `AGENT_START_GRACE` instead of failing the
+/// learner's first page load; past it, the browser gets a 502 saying why.
+pub(crate) async fn while_agent_starts<T, F, Fut>(mut attempt: F) -> Result<T, Response>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AgentError>>,
+{
+    let deadline = tokio::time::Instant::now() + AGENT_START_GRACE;
+    loop {
+        let failure = match attempt().await {
+            Ok(x) => return Ok(x),
+            Err(AgentError::Final(resp)) => return Err(resp),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(match failure {
+                AgentError::Unreachable(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
+                    error(StatusCode::BAD_GATEWAY, "agent_unreachable", "the IDE in the sandbox is not answering yet")
+                }
+                AgentError::Failed(e) => {
+                    tracing::warn!(error = %e, "IDE proxy: the agent failed to answer");
+                    error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer")
+                }
+                AgentError::Final(resp) => resp,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn sender<B: Backend>(proxy: &Proxy<B>, container: &str) -> anyhow::Result<SendRequest<Body>> {
     loop {
         let candidate = proxy.pool.idle.lock().expect("lock").get_mut(container).and_then(Vec::pop);
@@ -78,40 +124,20 @@ pub async fn http<B: Backend>(proxy: &Proxy<B>, container: &str, path_and_query:
     };
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
-    // An agent that is still starting (the sandbox just came up) refuses connections for a
-    // moment: retry within a deadline instead of failing the learner's first page load.
-    let deadline = tokio::time::Instant::now() + AGENT_START_GRACE;
-    let (s, resp) = loop {
+    let attempt = || {
         let upstream = Request::from_parts(parts.clone(), Body::from(body.clone()));
-        let attempt = async {
-            let mut s = sender(proxy, container).await?;
-            let r = tokio::time::timeout(RESPONSE_TIMEOUT, s.send_request(upstream)).await;
-            anyhow::Ok((s, r))
+        async move {
+            let mut s = sender(proxy, container).await.map_err(AgentError::Unreachable)?;
+            match tokio::time::timeout(RESPONSE_TIMEOUT, s.send_request(upstream)).await {
+                Ok(Ok(r)) => Ok((s, r)),
+                Ok(Err(e)) => Err(AgentError::Failed(e.to_string())),
+                Err(_) => Err(AgentError::Final(agent_timeout())),
+            }
         }
-        .await;
-        match attempt {
-            Ok((s, Ok(Ok(r)))) => break (s, r),
-            Ok((_, Err(_))) => {
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "agent_timeout",
-                    "the IDE in the sandbox did not answer in time",
-                )
-            }
-            Ok((_, Ok(Err(e)))) if tokio::time::Instant::now() >= deadline => {
-                tracing::warn!(error = %e, "IDE proxy: request to the agent failed");
-                return error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer");
-            }
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "agent_unreachable",
-                    "the IDE in the sandbox is not answering yet",
-                );
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
+    };
+    let (s, resp) = match while_agent_starts(attempt).await {
+        Ok(x) => x,
+        Err(resp) => return resp,
     };
     {
         let mut idle = proxy.pool.idle.lock().expect("lock");

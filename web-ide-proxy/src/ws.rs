@@ -9,14 +9,17 @@ use std::{
 
 use axum::{
     extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade},
-    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_tungstenite::tungstenite::{self as tg, protocol::WebSocketConfig};
 
-use crate::{error, Backend, Proxy, CLOSE_SESSION_ENDED};
+use crate::{
+    error,
+    forward::{agent_timeout, while_agent_starts, AgentError},
+    Backend, Proxy, CLOSE_SESSION_ENDED,
+};
 
 fn to_agent(m: ws::Message) -> Option<tg::Message> {
     Some(match m {
@@ -57,45 +60,29 @@ pub async fn bridge<B: Backend>(
     // agent still starting gets a moment.
     let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
     let url = format!("ws://agent{path_and_query}");
-    let deadline = tokio::time::Instant::now() + crate::forward::AGENT_START_GRACE;
-    let agent = loop {
-        let attempt = async {
-            let io = proxy.backend.connect(&container).await?;
-            let r = tokio::time::timeout(
-                Duration::from_secs(15),
-                tokio_tungstenite::client_async_with_config(url.clone(), io, Some(config)),
-            )
-            .await;
-            anyhow::Ok(r)
+    let attempt = || {
+        let (proxy, container, url) = (&proxy, &container, url.clone());
+        async move {
+            let io = proxy.backend.connect(container).await.map_err(AgentError::Unreachable)?;
+            let handshake = tokio_tungstenite::client_async_with_config(url, io, Some(config));
+            match tokio::time::timeout(Duration::from_secs(15), handshake).await {
+                Ok(Ok((agent, _))) => Ok(agent),
+                Ok(Err(tg::Error::Http(resp))) => {
+                    let status = resp.status();
+                    Err(AgentError::Final(error(
+                        status,
+                        "agent_refused",
+                        &format!("the IDE in the sandbox answered {status}"),
+                    )))
+                }
+                Ok(Err(e)) => Err(AgentError::Failed(e.to_string())),
+                Err(_) => Err(AgentError::Final(agent_timeout())),
+            }
         }
-        .await;
-        match attempt {
-            Ok(Ok(Ok((agent, _)))) => break agent,
-            Ok(Ok(Err(tg::Error::Http(resp)))) => {
-                let status = resp.status();
-                return error(status, "agent_refused", &format!("the IDE in the sandbox answered {status}"));
-            }
-            Ok(Err(_)) => {
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "agent_timeout",
-                    "the IDE in the sandbox did not answer in time",
-                )
-            }
-            Ok(Ok(Err(e))) if tokio::time::Instant::now() >= deadline => {
-                tracing::warn!(error = %e, "IDE proxy: WebSocket to the agent failed");
-                return error(StatusCode::BAD_GATEWAY, "agent_error", "the IDE in the sandbox failed to answer");
-            }
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                tracing::warn!(error = %format!("{e:#}"), "IDE proxy: cannot reach the agent");
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "agent_unreachable",
-                    "the IDE in the sandbox is not answering yet",
-                );
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
+    };
+    let agent = match while_agent_starts(attempt).await {
+        Ok(agent) => agent,
+        Err(resp) => return resp,
     };
     upgrade
         .max_message_size(max)

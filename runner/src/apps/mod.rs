@@ -8,6 +8,7 @@ pub mod notify;
 pub mod spec;
 pub mod supervise;
 
+use crate::domain::rfc3339;
 use serde::Serialize;
 
 use crate::{
@@ -33,10 +34,6 @@ pub enum AppError {
     Conflict(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// An app as the API shows it: the definition without secret values, and its state.

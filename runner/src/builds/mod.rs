@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod selftest;
 pub mod versions;
 
+use crate::domain::rfc3339;
 use std::{collections::HashMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
@@ -88,10 +89,6 @@ pub struct Build {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn to_view(r: &BuildRecord) -> Build {

@@ -124,11 +124,7 @@ pub async fn versions(State(app): State<Arc<App>>, Path(slug): Path<String>) -> 
         .await?
         .into_iter()
         .map(|v| {
-            let ts = |ms: i64| {
-                chrono::DateTime::from_timestamp_millis(ms)
-                    .unwrap_or_default()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            };
+            let ts = crate::domain::rfc3339;
             json!({
                 "version": v.version,
                 "image": v.image,

@@ -7,6 +7,7 @@
 pub mod reaper;
 pub mod reconcile;
 
+use crate::domain::rfc3339;
 use std::{sync::Arc, time::Instant};
 
 use serde::Serialize;
@@ -68,10 +69,6 @@ pub struct Session {
     /// The browser IDE of a live session, with a short-lived token (a fresh one on every read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ide_url: Option<String>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn to_view(app: &App, r: &SessionRecord) -> Session {
