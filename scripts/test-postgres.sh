@@ -5,6 +5,12 @@
 # each test makes its own). Prints the URL for RUNNER_TEST_POSTGRES_URL on stdout.
 set -euo pipefail
 say() { printf '[test-postgres] %s\n' "$*" >&2; }
+# Only the result goes to the caller's stdout (it is captured with $(...)): whatever the tools
+# print goes to stderr (pg_ctlcluster, for one, says "Removed stale pid file." on stdout), and
+# no server started here inherits the capture pipe (fd 3 is closed for the whole body), or the
+# caller would wait for that server to exit.
+exec 3>&1 1>&2
+{
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -35,4 +41,5 @@ done
 if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname = 'runner_test'")" != "1" ]; then
   psql_admin -c "CREATE ROLE runner_test LOGIN CREATEDB PASSWORD 'runner_test'"
 fi
-echo "postgres://runner_test:runner_test@127.0.0.1:${port}/postgres"
+} 3>&-
+echo "postgres://runner_test:runner_test@127.0.0.1:${port}/postgres" >&3

@@ -12,6 +12,12 @@
 set -euo pipefail
 say() { printf '[test-registry] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+# Only the result goes to the caller's stdout (it is captured with $(...)): whatever the tools
+# print goes to stderr (pg_ctlcluster, for one, says "Removed stale pid file." on stdout), and
+# no server started here inherits the capture pipe (fd 3 is closed for the whole body), or the
+# caller would wait for that server to exit.
+exec 3>&1 1>&2
+{
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -168,4 +174,5 @@ DOCKER_CONFIG=$login_config docker logout "$ADDR" >/dev/null 2>&1 || true
 docker logout "$ADDR" >/dev/null 2>&1 || true
 say "docker login $ADDR as $USER_NAME works (logged out again)"
 
-echo "$ADDR"
+} 3>&-
+echo "$ADDR" >&3
