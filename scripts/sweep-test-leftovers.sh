@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Removes what test runs may have left if a test process died hard: containers and volumes whose
-# exercise-runner.instance label starts with "test-", and loop devices backing test workspaces.
+# exercise-runner.instance label starts with "test-", loop devices backing test workspaces, and
+# the build cgroups of test instances.
 set -uo pipefail
 for c in $(docker ps -aq --filter label=exercise-runner.managed=true); do
   inst="$(docker inspect -f '{{index .Config.Labels "exercise-runner.instance"}}' "$c" 2>/dev/null)"
@@ -12,6 +13,10 @@ for v in $(docker volume ls -q --filter label=exercise-runner.managed=true); do
 done
 losetup -a 2>/dev/null | grep 'exercise-runner-test-' | cut -d: -f1 | while read -r dev; do
   losetup -d "$dev" 2>/dev/null
+done
+# Build cgroups of test instances (named <instance>-<uuid>; rmdir only removes empty ones).
+for d in /sys/fs/cgroup/*/exercise-runner-build/test-* /sys/fs/cgroup/exercise-runner-build/test-*; do
+  [ -d "$d" ] && rmdir "$d" 2>/dev/null
 done
 # Databases made by tests/postgres.rs.
 if [ -n "${RUNNER_TEST_POSTGRES_URL:-}" ] && command -v psql >/dev/null; then

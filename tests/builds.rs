@@ -96,6 +96,45 @@ async fn a_broken_dockerfile_fails_with_its_log() {
     assert_eq!(status, 404, "a failed first build publishes nothing");
 }
 
+/// An author's `RUN` step that forks without end stops at the build's pids limit (a cgroup the
+/// runner makes for the build and removes after it), instead of filling the host's process table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_in_a_dockerfile_stops_at_the_build_pids_limit() {
+    let app = spawn_app_with(|s| s.build_pids_limit = 48).await;
+    // 200 background sleeps: far more than the limit, few enough for the host either way.
+    let bomb = "RUN i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); done; echo spawned $i";
+    let repo = quick_exercise("forky", &[("Dockerfile", &format!("FROM {IMAGE}\n{bomb}\n"))]);
+    let (status, b) = app.submit_build("forky", repo).await;
+    assert_eq!(status, 202, "{b}");
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    let log = app.build_log(b["id"].as_str().unwrap()).await;
+    assert_eq!(b["state"], "failed", "{log}");
+    assert!(log.contains("can't fork"), "the shell must have been refused a fork: {log}");
+    assert!(!log.contains("spawned 200"), "{log}");
+    // The log names the build's cgroup; it is gone from every hierarchy once the build ended.
+    let cgroup = log
+        .split("(cgroup ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("the log names no build cgroup: {log}"))
+        .trim_start_matches('/')
+        .to_string();
+    assert!(log.contains("at most 48 processes"), "{log}");
+    let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| h.path().join(&cgroup))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(left.is_empty(), "build cgroups left behind: {left:?}");
+    // A sane Dockerfile builds under the same limit.
+    let ok = quick_exercise("forky", &[]);
+    let (_, b) = app.submit_build("forky", ok).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "succeeded", "{}", app.build_log(b["id"].as_str().unwrap()).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exercise_whose_check_always_passes_fails_its_self_test() {
     let app = spawn_app().await;

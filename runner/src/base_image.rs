@@ -118,6 +118,7 @@ pub async fn ensure(
         labels: [(RECIPE_LABEL.to_string(), recipe)].into(),
         memory_mb: 2048,
         cpus: 2.0,
+        pids_limit: 4096,
         network: "default".into(),
     };
     engine.build_image(req, &CancellationToken::new(), |line| say(line.trim_end())).await?;

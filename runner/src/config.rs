@@ -127,6 +127,9 @@ pub struct Settings {
     pub build_timeout: Duration,
     pub build_memory_mb: u64,
     pub build_cpus: f64,
+    /// Most processes a build's `RUN` steps may have at once (a cgroup parent with `pids.max`);
+    /// 0 turns the limit off (for engines without the cgroupfs driver).
+    pub build_pids_limit: u64,
     /// Network of `RUN` steps (package installs need one); `none` builds offline.
     pub build_network: String,
     /// Largest repository archive accepted (compressed, as sent).
@@ -198,6 +201,7 @@ impl Settings {
             build_timeout: Duration::from_secs(900),
             build_memory_mb: 2048,
             build_cpus: 1.0,
+            build_pids_limit: 1024,
             build_network: "default".into(),
             max_archive_bytes: 32 * 1024 * 1024,
             max_unpacked_bytes: 128 * 1024 * 1024,
@@ -337,6 +341,9 @@ impl Settings {
         }
         if let Some(v) = parse(&get, "RUNNER_BUILD_CPUS")? {
             s.build_cpus = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_BUILD_PIDS_LIMIT")? {
+            s.build_pids_limit = v;
         }
         if let Some(v) = get("RUNNER_BUILD_NETWORK").filter(|v| !v.is_empty()) {
             s.build_network = v;

@@ -484,6 +484,7 @@ async fn build_steps(
             labels,
             memory_mb: app.settings.build_memory_mb,
             cpus: app.settings.build_cpus,
+            pids_limit: app.settings.build_pids_limit,
             network: app.settings.build_network.clone(),
         };
         // Recorded before building, so whatever ends the build can remove what it made.

@@ -3,11 +3,14 @@
 use std::collections::HashMap;
 
 use anyhow::{bail, Context};
-use bollard::image::{BuildImageOptions, CreateImageOptions, RemoveImageOptions};
+use bollard::image::{CreateImageOptions, RemoveImageOptions};
+use bytes::Bytes;
 use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use super::{is_status, policy, Engine};
+use super::{build_cgroup::BuildCgroup, is_status, policy, Engine};
 
 /// Limits and labels of one `docker build`.
 pub struct BuildRequest<'a> {
@@ -16,69 +19,171 @@ pub struct BuildRequest<'a> {
     pub labels: HashMap<String, String>,
     pub memory_mb: u64,
     pub cpus: f64,
+    /// Most processes all `RUN` steps together may have at once; 0 for no limit.
+    pub pids_limit: u64,
     /// Network of `RUN` steps.
     pub network: String,
 }
 
+/// Longest line of build output kept in memory while waiting for its end.
+const MAX_BUILD_LINE: usize = 1 << 20;
+
+/// One line of the engine's build output (a JSON object per line).
+#[derive(serde::Deserialize)]
+struct BuildLine {
+    stream: Option<String>,
+    status: Option<String>,
+    error: Option<String>,
+}
+
+/// Aborts the HTTP connection task when dropped: dropping the connection is how a build is
+/// cancelled, whatever ends the call (cancel token, timeout, error).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Engine {
-    /// Builds an image from a tar context, sending each line of output to `log`. Cancelling the
-    /// token drops the connection, which makes the engine stop the build.
+    /// Builds an image from a tar context, sending each line of output to `log`. Every `RUN`
+    /// step runs under the request's memory, CPU and pids limits. Cancelling the token drops the
+    /// connection, which makes the engine stop the build.
     pub async fn build_image(
         &self,
         req: BuildRequest<'_>,
         cancel: &CancellationToken,
         mut log: impl FnMut(&str),
     ) -> anyhow::Result<()> {
+        let tag = req.tag.to_string();
+        let cgroup = if req.pids_limit > 0 {
+            let info = self.count("info", self.docker.info().await)?;
+            let driver = info.cgroup_driver.map(|d| d.to_string()).unwrap_or_default();
+            // Named after the instance, so an operator (or the test sweep) can tell whose it is.
+            let instance: String =
+                self.instance.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+            let name = format!("{instance}-{}", uuid::Uuid::new_v4().simple());
+            let cgroup = BuildCgroup::create(&name, req.pids_limit, &driver)?;
+            log(&format!("RUN steps may have at most {} processes (cgroup {})\n", req.pids_limit, cgroup.parent()));
+            Some(cgroup)
+        } else {
+            None
+        };
+        let result = self.build_in(req, cgroup.as_ref().map(|c| c.parent()), cancel, log).await;
+        if let Some(cgroup) = cgroup {
+            cgroup.remove().await;
+        }
+        result?;
+        if self.image(&tag).await?.is_none() {
+            bail!("docker build finished without producing {tag}");
+        }
+        Ok(())
+    }
+
+    /// `POST /build` over the engine's socket. bollard's build options have no `cgroupparent`,
+    /// so this one call speaks HTTP itself; the query is the same one `docker build` sends.
+    async fn build_in(
+        &self,
+        req: BuildRequest<'_>,
+        cgroup_parent: Option<&str>,
+        cancel: &CancellationToken,
+        mut log: impl FnMut(&str),
+    ) -> anyhow::Result<()> {
+        let Some(socket) = &self.socket else {
+            bail!("builds need the engine on this host (DOCKER_HOST=unix://...)");
+        };
         let memory = req.memory_mb * 1024 * 1024;
         let mut labels = req.labels;
         labels.insert(policy::LABEL_MANAGED.to_string(), "true".to_string());
         labels.insert(policy::LABEL_INSTANCE.to_string(), self.instance.clone());
-        let opts = BuildImageOptions {
-            t: req.tag.to_string(),
-            dockerfile: "Dockerfile".to_string(),
-            rm: true,
-            forcerm: true,
-            pull: false,
-            memory: Some(memory),
-            memswap: Some(memory as i64),
-            cpuperiod: Some(100_000),
-            cpuquota: Some((req.cpus * 100_000.0).round() as u64),
-            networkmode: req.network,
-            labels,
-            ..Default::default()
+        // In a block: the serializer is not `Send`, so it must not live across an await.
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query
+                .append_pair("t", req.tag)
+                .append_pair("dockerfile", "Dockerfile")
+                .append_pair("rm", "1")
+                .append_pair("forcerm", "1")
+                .append_pair("pull", "0")
+                .append_pair("memory", &memory.to_string())
+                .append_pair("memswap", &memory.to_string())
+                .append_pair("cpuperiod", "100000")
+                .append_pair("cpuquota", &((req.cpus * 100_000.0).round() as u64).to_string())
+                .append_pair("networkmode", &req.network)
+                .append_pair("labels", &serde_json::to_string(&labels)?);
+            if let Some(parent) = cgroup_parent {
+                query.append_pair("cgroupparent", parent);
+            }
+            query.finish()
         };
-        let mut stream = self.docker.build_image(opts, None, Some(req.context_tar.into()));
+        let version = self.docker.client_version();
+        let uri = format!("/v{}.{}/build?{query}", version.major_version, version.minor_version);
+
+        let failed = |e: anyhow::Error| {
+            self.metrics.docker_errors.with_label_values(&["build_image"]).inc();
+            e.context("docker build")
+        };
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .with_context(|| format!("connecting to {}", socket.display()))
+            .map_err(failed)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| failed(e.into()))?;
+        let _conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let request = hyper::Request::post(uri)
+            .header(hyper::header::HOST, "docker")
+            .header(hyper::header::CONTENT_TYPE, "application/x-tar")
+            .body(Full::new(Bytes::from(req.context_tar)))?;
+        let response = tokio::select! {
+            _ = cancel.cancelled() => bail!("cancelled"),
+            r = sender.send_request(request) => r.map_err(|e| failed(e.into()))?,
+        };
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned());
+            return Err(failed(anyhow::anyhow!("the engine answered {status}: {message}")));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        let handle = |line: &[u8], log: &mut dyn FnMut(&str)| -> anyhow::Result<()> {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return Ok(());
+            }
+            let line: BuildLine = serde_json::from_slice(line).context("reading the engine's build output")?;
+            if let Some(err) = line.error {
+                log(&err);
+                bail!("the Dockerfile failed: {}", err.trim());
+            }
+            if let Some(text) = line.stream.or(line.status) {
+                log(&text);
+            }
+            Ok(())
+        };
         loop {
-            let item = tokio::select! {
+            let frame = tokio::select! {
                 _ = cancel.cancelled() => bail!("cancelled"),
-                item = stream.next() => item,
+                frame = body.frame() => frame,
             };
-            let Some(item) = item else { break };
-            match item {
-                Ok(info) => {
-                    if let Some(err) = info.error {
-                        log(&err);
-                        bail!("the Dockerfile failed: {}", err.trim());
-                    }
-                    if let Some(text) = info.stream.or(info.status) {
-                        log(&text);
-                    }
-                }
-                // A failing Dockerfile step arrives as a stream error carrying the step's message.
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    log(&error);
-                    bail!("the Dockerfile failed: {}", error.trim());
-                }
-                Err(e) => {
-                    self.metrics.docker_errors.with_label_values(&["build_image"]).inc();
-                    return Err(e).context("docker build");
-                }
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| failed(e.into()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                handle(&line, &mut log)?;
+            }
+            if pending.len() > MAX_BUILD_LINE {
+                return Err(failed(anyhow::anyhow!("a line of build output is longer than {MAX_BUILD_LINE} bytes")));
             }
         }
-        if self.image(req.tag).await?.is_none() {
-            bail!("docker build finished without producing {}", req.tag);
-        }
-        Ok(())
+        handle(&pending, &mut log)
     }
 
     /// Imports a root filesystem tar as an image (`docker import`), e.g. a debootstrap tree.

@@ -4,11 +4,12 @@
 //! knows bollard. Every call counts its failures in the `runner_docker_errors_total` metric.
 
 pub mod apps;
+pub mod build_cgroup;
 pub mod exec_io;
 pub mod images;
 pub mod policy;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use bollard::{
@@ -32,6 +33,9 @@ pub struct Engine {
     docker: Docker,
     instance: String,
     metrics: Arc<Metrics>,
+    /// The engine's Unix socket, for the one call bollard cannot make (`docker build` with a
+    /// cgroup parent); `None` when `DOCKER_HOST` names a remote engine.
+    socket: Option<PathBuf>,
 }
 
 /// What the runner needs to know about an image.
@@ -103,6 +107,14 @@ pub struct ExecOutput {
     pub timed_out: bool,
 }
 
+/// The engine's Unix socket, as bollard's local defaults pick it.
+fn local_socket() -> Option<PathBuf> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) if !host.is_empty() => host.strip_prefix("unix://").map(PathBuf::from),
+        _ => Some(PathBuf::from("/var/run/docker.sock")),
+    }
+}
+
 pub(crate) fn is_status(e: &BollardError, code: u16) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
@@ -116,7 +128,7 @@ impl Engine {
             .negotiate_version()
             .await
             .context("the Docker engine is not reachable (is dockerd running? run scripts/host-setup.sh)")?;
-        Ok(Engine { docker, instance: instance.to_string(), metrics })
+        Ok(Engine { docker, instance: instance.to_string(), metrics, socket: local_socket() })
     }
 
     pub fn instance(&self) -> &str {

@@ -8,7 +8,11 @@
 //! - a session left `stopping` by a crash: its stop is finished;
 //! - a labelled container of this instance with no live session: removed (an orphan).
 
-use std::{collections::HashMap, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio_util::sync::CancellationToken;
 
@@ -107,6 +111,11 @@ pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
     }
     if let Err(e) = app.workspaces.remove_orphan_volumes().await {
         tracing::warn!(error = %format!("{e:#}"), "could not remove orphan workspace volumes");
+    }
+    // Cgroups of builds a crash interrupted (older than any build may run).
+    let stale = crate::docker::build_cgroup::sweep_stale(app.settings.build_timeout + Duration::from_secs(300));
+    if stale > 0 {
+        tracing::info!(cgroups = stale, "removed stale build cgroups");
     }
     if report != Report::default() {
         tracing::info!(?report, "reconciled");
