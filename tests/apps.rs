@@ -171,6 +171,18 @@ async fn app_definitions_are_validated_and_secrets_are_write_only() {
         );
     }
     assert_eq!(got["secret_keys"], json!(["SECRET_KEY_BASE"]));
+    // Nor in the database: a dump or backup of it holds the secrets only sealed.
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(&app.data_dir).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("runner.db") {
+            stored.extend(std::fs::read(entry.path()).unwrap());
+        }
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    for secret in [SECRET, REGISTRY_PASSWORD, "hook-secret-for-tests"] {
+        assert!(!stored.contains(secret), "{secret} is in the database in clear");
+    }
+    assert!(stored.contains("sealed:v1:"), "the secrets are stored sealed");
     assert_eq!(got["registry"], json!({"username": "deployer"}));
     assert_eq!(got["services"]["web"]["replicas"], 2);
     assert!(got["current_version"].is_null());
@@ -186,6 +198,29 @@ async fn app_definitions_are_validated_and_secrets_are_write_only() {
     assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_version")));
     let (status, _) = app.post("/v1/apps/nope/deploys", json!({"version": "v1"})).await;
     assert_eq!(status, 404);
+}
+
+/// Secrets sealed under one key do not open under another: a deploy says so instead of running
+/// the app without them, and giving the secrets again under the new key makes deploys work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_sealed_under_another_key_fail_deploys_until_given_again() {
+    let mut app = spawn_app().await;
+    app.put("/v1/apps/course", definition("http://127.0.0.1:9/x", false)).await;
+    app.stop_server().await;
+    let mut settings = test_settings(&app.data_dir, &app.instance);
+    settings.secrets_key = Some(runner::config::Secret::new("a-different-key"));
+    let again = start(settings).await;
+    let d = deploy(&again, "course", "v1").await;
+    assert_eq!(d["state"], "failed", "{d}");
+    assert!(d["failure_reason"].as_str().unwrap().contains("do not open with this runner's key"), "{d}");
+    assert!(again.containers().is_empty(), "nothing was started without its secrets");
+    let (status, v) = again.put("/v1/apps/course", definition("http://127.0.0.1:9/x", false)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(deploy(&again, "course", "v1").await["state"], "succeeded");
+    let instance = app.instance.clone();
+    drop(again);
+    drop(app);
+    cleanup_app_volumes(&instance);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

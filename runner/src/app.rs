@@ -42,6 +42,8 @@ pub struct App {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The web IDE proxy (`/ide/{session}/`).
     pub ide: Arc<web_ide_proxy::Proxy<crate::ide::RunnerBackend>>,
+    /// Seals and opens app secrets stored in the database.
+    pub secret_box: crate::secret_box::SecretBox,
 }
 
 impl App {
@@ -67,6 +69,13 @@ impl App {
             .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
         let proxy_config = crate::ide::proxy_config(&settings);
         let user = settings.sandbox_user.clone();
+        let secret_box = crate::secret_box::SecretBox::new(
+            anyhow::Context::context(
+                settings.secrets_key.as_ref(),
+                "the secrets key is not resolved (Settings::resolve_secrets)",
+            )?
+            .expose(),
+        );
         Ok(Arc::new_cyclic(|weak| App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
@@ -87,6 +96,7 @@ impl App {
                 crate::ide::RunnerBackend { app: weak.clone(), store: store.clone(), engine: engine.clone(), user },
                 proxy_config,
             ),
+            secret_box,
             settings,
             store,
             engine,

@@ -149,6 +149,9 @@ pub struct Settings {
     /// Signs IDE tokens and cookies. When unset, one is generated into `<data_dir>/ide-secret`;
     /// a separate `runner ide-proxy` must be given the same one.
     pub ide_secret: Option<Secret>,
+    /// Seals app secrets in the database (`secret_box.rs`). When unset, one is generated into
+    /// `<data_dir>/secrets-key`; runners sharing a database must be given the same one.
+    pub secrets_key: Option<Secret>,
     /// The base URL browsers reach this runner at (for `ide_url`); empty: `http://` and the
     /// address the listener is bound to.
     pub public_url: String,
@@ -211,6 +214,7 @@ impl Settings {
             git_hook_secret: None,
             check_output_bytes: 64 * 1024,
             ide_secret: None,
+            secrets_key: None,
             public_url: String::new(),
             ide_token_ttl: Duration::from_secs(120),
             ide_allowed_origins: vec![],
@@ -368,6 +372,7 @@ impl Settings {
             s.check_output_bytes = v;
         }
         s.ide_secret = get("RUNNER_IDE_SECRET").filter(|v| !v.is_empty()).map(Secret::new);
+        s.secrets_key = get("RUNNER_SECRETS_KEY").filter(|v| !v.is_empty()).map(Secret::new);
         if let Some(v) = get("RUNNER_PUBLIC_URL").filter(|v| !v.is_empty()) {
             s.public_url = v;
         }
@@ -444,11 +449,14 @@ impl Settings {
         self.data_dir.join("workspaces")
     }
 
-    /// The API token and the IDE secret, generating and storing them (mode 0600) when none was
-    /// configured.
-    pub fn resolve_api_token(&mut self) -> anyhow::Result<()> {
+    /// The API token, the IDE secret and the secrets key, generating and storing them (mode 0600)
+    /// when none was configured.
+    pub fn resolve_secrets(&mut self) -> anyhow::Result<()> {
         if self.ide_secret.is_none() {
             self.ide_secret = Some(Secret::new(stored_secret(&self.data_dir.join("ide-secret"))?));
+        }
+        if self.secrets_key.is_none() {
+            self.secrets_key = Some(Secret::new(stored_secret(&self.data_dir.join("secrets-key"))?));
         }
         if self.api_token.is_some() {
             return Ok(());
@@ -529,10 +537,15 @@ mod tests {
         let s = from(&[
             ("RUNNER_API_TOKEN", "hunter2-very-secret"),
             ("RUNNER_DATABASE_URL", "postgres://runner:db-password-42@127.0.0.1/runner"),
+            ("RUNNER_IDE_SECRET", "ide-secret-77"),
+            ("RUNNER_SECRETS_KEY", "sealing-key-99"),
+            ("RUNNER_GIT_HOOK_SECRET", "hook-secret-55"),
         ])
         .unwrap();
         let debug = format!("{s:?}");
-        assert!(!debug.contains("hunter2"), "{debug}");
-        assert!(!debug.contains("db-password-42"), "{debug}");
+        for secret in ["hunter2", "db-password-42", "ide-secret-77", "sealing-key-99", "hook-secret-55"] {
+            assert!(!debug.contains(secret), "{secret}: {debug}");
+        }
+        assert_eq!(s.secrets_key.as_ref().map(|k| k.expose()), Some("sealing-key-99"));
     }
 }

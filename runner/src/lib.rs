@@ -16,6 +16,7 @@ pub mod exercises;
 pub mod http;
 pub mod ide;
 pub mod metrics;
+pub mod secret_box;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
@@ -39,7 +40,7 @@ pub async fn launch(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating the data directory {}", settings.data_dir.display()))?;
-    settings.resolve_api_token()?;
+    settings.resolve_secrets()?;
     if settings.public_url.is_empty() {
         settings.public_url = format!("http://{}", listener.local_addr()?);
     }
@@ -48,6 +49,10 @@ pub async fn launch(
     tracing::info!(?report, "reconciled at start");
     builds::recover(&app).await.context("recovering builds at start")?;
     apps::deploy::recover(&app).await.context("recovering deploys at start")?;
+    let sealed = apps::seal_legacy_secrets(&app).await.context("sealing stored app secrets")?;
+    if sealed > 0 {
+        tracing::info!(apps = sealed, "sealed the secrets of apps stored in clear by an older runner");
+    }
 
     let cancel = app.shutdown.clone();
     let background = [
@@ -104,7 +109,7 @@ pub async fn launch_ide_proxy(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)?;
-    settings.resolve_api_token()?;
+    settings.resolve_secrets()?;
     let app = App::build(settings).await?;
     let cancel = CancellationToken::new();
     let background = app.ide.spawn_background(cancel.clone());

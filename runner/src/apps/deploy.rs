@@ -95,7 +95,7 @@ async fn run(app: Arc<App>, d: DeployRecord) {
             return;
         }
     };
-    let (spec, secrets) = match super::parse(&rec) {
+    let (spec, secrets) = match super::parse(&app, &rec) {
         Ok(x) => x,
         Err(e) => {
             let _ = app.store.finish_deploy(&d.id, "failed", Some(&format!("{e:#}"))).await;

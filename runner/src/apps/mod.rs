@@ -96,7 +96,18 @@ pub fn deploy_view(d: &DeployRecord) -> DeployView {
 /// Creates or replaces an app's definition. Returns the view and whether it was created.
 pub async fn put(app: &App, name: &str, input: AppInput) -> Result<(AppView, bool), AppError> {
     let existing = app.store.app(name).await?;
-    let old_secrets: Option<Secrets> = existing.as_ref().and_then(|r| serde_json::from_str(&r.secrets).ok());
+    // Secrets the new definition does not repeat are kept. Ones sealed under another key cannot
+    // be: the new definition then stands alone (and says so in the log).
+    let old_secrets: Option<Secrets> = match &existing {
+        Some(r) => match open_secrets(app, r) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(app = %name, error = %format!("{e:#}"), "stored secrets do not open; replacing them");
+                None
+            }
+        },
+        None => None,
+    };
     let (spec, secrets) = spec::validate(name, input, old_secrets.as_ref())?;
     if let Some(host) = &spec.host {
         for other in app.store.apps().await? {
@@ -112,7 +123,7 @@ pub async fn put(app: &App, name: &str, input: AppInput) -> Result<(AppView, boo
         .upsert_app(
             name,
             &serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
-            &serde_json::to_string(&secrets).map_err(anyhow::Error::from)?,
+            &app.secret_box.seal(name, &serde_json::to_string(&secrets).map_err(anyhow::Error::from)?)?,
         )
         .await?;
     let record = app.store.app(name).await?.ok_or_else(|| AppError::NotFound(name.to_string()))?;
@@ -125,6 +136,26 @@ pub async fn get(app: &App, name: &str) -> Result<AppRecord, AppError> {
     app.store.app(name).await?.ok_or_else(|| AppError::NotFound(name.to_string()))
 }
 
-pub fn parse(r: &AppRecord) -> anyhow::Result<(AppSpec, Secrets)> {
-    Ok((serde_json::from_str(&r.spec)?, serde_json::from_str(&r.secrets)?))
+/// An app's definition and its secrets, opened with the runner's secrets key.
+pub fn parse(app: &App, r: &AppRecord) -> anyhow::Result<(AppSpec, Secrets)> {
+    Ok((serde_json::from_str(&r.spec)?, open_secrets(app, r)?))
+}
+
+fn open_secrets(app: &App, r: &AppRecord) -> anyhow::Result<Secrets> {
+    let json = app.secret_box.open(&r.name, &r.secrets)?;
+    anyhow::Context::context(serde_json::from_str(&json), "reading an app's secrets")
+}
+
+/// Seals the secrets of apps stored before secrets were sealed (plaintext rows). Run at start.
+pub async fn seal_legacy_secrets(app: &App) -> anyhow::Result<usize> {
+    let mut sealed = 0;
+    for r in app.store.apps().await? {
+        if !crate::secret_box::SecretBox::is_sealed(&r.secrets) {
+            let value = app.secret_box.seal(&r.name, &r.secrets)?;
+            if app.store.replace_app_secrets(&r.name, &r.secrets, &value).await? {
+                sealed += 1;
+            }
+        }
+    }
+    Ok(sealed)
 }

@@ -74,7 +74,7 @@ impl Supervisor {
 
     /// Points the app's host at the running web containers of its current deploy.
     pub async fn refresh_routes(&self, app: &App, rec: &AppRecord) {
-        let Ok((spec, _)) = super::parse(rec) else { return };
+        let Ok(spec) = serde_json::from_str::<super::AppSpec>(&rec.spec) else { return };
         let Some(deploy_id) = current_deploy(app, &rec.name).await else { return };
         let Some((web, svc)) = spec.web_service() else { return };
         let (Some(host), Some(port)) = (&spec.host, svc.port) else {
@@ -134,7 +134,7 @@ async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {
         return Ok(());
     }
     let Some(deploy_id) = current_deploy(app, &rec.name).await else { return Ok(()) };
-    let (spec, secrets) = super::parse(rec)?;
+    let (spec, secrets) = super::parse(app, rec)?;
     let containers = app.engine.app_containers(&rec.name).await?;
     let sup = &app.supervisor;
     for (service, svc) in &spec.services {

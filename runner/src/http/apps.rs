@@ -138,7 +138,7 @@ pub async fn command(
     let (Some(version), Some(image)) = (rec.current_version.clone(), rec.current_image.clone()) else {
         return Err(ApiError::conflict("app_not_deployed", format!("{name:?} has no deployed version yet")));
     };
-    let (spec, secrets) = apps::parse(&rec)?;
+    let (spec, secrets) = apps::parse(&app, &rec)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
         let sink_tx = tx.clone();
@@ -193,7 +193,7 @@ pub async fn console(
     let (Some(version), Some(image)) = (rec.current_version.clone(), rec.current_image.clone()) else {
         return Err(ApiError::conflict("app_not_deployed", format!("{name:?} has no deployed version yet")));
     };
-    let (spec, secrets) = apps::parse(&rec)?;
+    let (spec, secrets) = apps::parse(&app, &rec)?;
     let id = uuid::Uuid::new_v4().to_string();
     deploy::ensure_volumes(&app, &name, &spec).await?;
     let config = deploy::container(&app, &name, &spec, &secrets, "console", &version, &id, &image, command, None, true);

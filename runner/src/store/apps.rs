@@ -90,6 +90,18 @@ impl Store {
         Ok(updated == 0)
     }
 
+    /// Replaces an app's stored secrets if they are still `old` (compare-and-set); whether they were.
+    pub async fn replace_app_secrets(&self, name: &str, old: &str, new: &str) -> anyhow::Result<bool> {
+        let done = sqlx::query("UPDATE apps SET secrets = $1 WHERE name = $2 AND secrets = $3")
+            .bind(new)
+            .bind(name)
+            .bind(old)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(done == 1)
+    }
+
     pub async fn app(&self, name: &str) -> anyhow::Result<Option<AppRecord>> {
         let row = sqlx::query(&format!("SELECT {} FROM apps WHERE name = $1", AppRecord::COLUMNS))
             .bind(name)
