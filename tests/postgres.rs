@@ -87,3 +87,80 @@ async fn a_restarted_runner_on_postgresql_adopts_its_sandboxes() {
     assert_eq!(session_container(&app.instance, &id).as_deref(), Some(c.as_str()));
     drop(again);
 }
+
+/// Reconciliation rounds a runner has completed, from its /metrics.
+async fn reconcile_rounds(app: &TestApp) -> u64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("runner_reconcile_rounds_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Two runner replicas on one PostgreSQL database and one Docker host (sharing the instance name
+/// and data directory, as a highly available deployment does): starts through both make one
+/// session and one sandbox per learner, neither replica's reconciler restarts, duplicates or
+/// removes what the other started, and a session started through one ends through the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_postgresql_share_sessions_without_duplicates() {
+    require_docker();
+    let fast = Duration::from_millis(250);
+    let (a, url) = spawn_pg_app(|s| s.reconcile_interval = fast).await;
+    let mut settings = test_settings(&a.data_dir, &a.instance);
+    settings.database_url = runner::config::Secret::new(url);
+    settings.reconcile_interval = fast;
+    let b = start(settings).await;
+    let replica = |i: usize| if i.is_multiple_of(2) { &a } else { &b };
+    a.exercise("pg-ha", json!({})).await;
+
+    // The same learner's start, twelve times at once through both replicas; and six learners.
+    let same = futures_util::future::join_all(
+        (0..12).map(|i| replica(i).post("/v1/sessions", json!({"learner": "ada", "exercise": "pg-ha"}))),
+    )
+    .await;
+    let ids: HashSet<String> = same.iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 1, "{same:?}");
+    assert_eq!(same.iter().filter(|(s, _)| *s == 201).count(), 1, "one create, the rest find it: {same:?}");
+    let ada = ids.into_iter().next().unwrap();
+    let others = futures_util::future::join_all(
+        (0..6).map(|i| replica(i).post("/v1/sessions", json!({"learner": format!("l{i}"), "exercise": "pg-ha"}))),
+    )
+    .await;
+    let mut all = vec![ada.clone()];
+    all.extend(others.iter().map(|(s, v)| {
+        assert_eq!(*s, 201, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    }));
+    for id in &all {
+        b.wait_session(id, Duration::from_secs(30), |v| v["state"] == "running").await;
+    }
+    let started: Vec<(String, String)> = all
+        .iter()
+        .map(|id| {
+            let c = session_container(&a.instance, id).unwrap_or_else(|| panic!("no sandbox for {id}"));
+            let at = inspect(&c)["State"]["StartedAt"].as_str().unwrap().to_string();
+            (c, at)
+        })
+        .collect();
+    assert_eq!(a.containers().len(), all.len(), "one sandbox per session");
+
+    // Both reconcilers run several rounds over all of it: nothing moves.
+    let (ra, rb) = (reconcile_rounds(&a).await, reconcile_rounds(&b).await);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reconcile_rounds(&a).await < ra + 4 || reconcile_rounds(&b).await < rb + 4 {
+        assert!(std::time::Instant::now() < deadline, "the reconcilers stopped running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (c, at) in &started {
+        assert_eq!(inspect(c)["State"]["StartedAt"].as_str(), Some(at.as_str()), "{c} was restarted");
+    }
+    assert_eq!(a.containers().len(), all.len(), "no sandbox duplicated or removed");
+
+    // Ended through the replica that did not start it; the other one's view agrees.
+    let (status, v) = b.delete(&format!("/v1/sessions/{ada}")).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("stopped")), "{v}");
+    assert_eq!(a.get(&format!("/v1/sessions/{ada}")).await.1["state"], "stopped");
+    assert!(session_container(&a.instance, &ada).is_none());
+    assert_eq!(a.containers().len(), all.len() - 1);
+    drop(b);
+}

@@ -184,7 +184,9 @@ async fn workspaces_are_removed_after_retention() {
 
     let images = app.data_dir.join("workspaces");
     eventually(Duration::from_secs(15), "the workspace image to be deleted", || {
-        let n = std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0);
+        let n = std::fs::read_dir(&images)
+            .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "ext4")).count())
+            .unwrap_or(0);
         (n == 0).then_some(())
     })
     .await;

@@ -1,7 +1,9 @@
 //! Prometheus metrics. Counters and histograms are updated where things happen; gauges that
 //! mirror the database (sessions by state) are read from it at scrape time.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -10,6 +12,7 @@ pub struct Metrics {
     pub sessions_reaped: IntCounterVec,
     pub docker_errors: IntCounterVec,
     pub reconcile_actions: IntCounterVec,
+    pub reconcile_rounds: IntCounter,
     pub rejected_requests: IntCounterVec,
     pub checks: IntCounterVec,
     pub builds: IntCounterVec,
@@ -38,6 +41,11 @@ impl Metrics {
             &["action"],
         )
         .unwrap();
+        let reconcile_rounds = IntCounter::new(
+            "runner_reconcile_rounds_total",
+            "Reconciliation rounds completed (a stalled count means reconciliation is failing)",
+        )
+        .unwrap();
         let rejected_requests = IntCounterVec::new(
             Opts::new("runner_rejected_requests_total", "Requests refused by back-pressure or rate limits"),
             &["reason"],
@@ -57,6 +65,7 @@ impl Metrics {
             Box::new(sessions_reaped.clone()),
             Box::new(docker_errors.clone()),
             Box::new(reconcile_actions.clone()),
+            Box::new(reconcile_rounds.clone()),
             Box::new(rejected_requests.clone()),
         ] {
             registry.register(c).unwrap();
@@ -68,6 +77,7 @@ impl Metrics {
             sessions_reaped,
             docker_errors,
             reconcile_actions,
+            reconcile_rounds,
             rejected_requests,
             checks,
             builds,

@@ -27,6 +27,13 @@ pub struct Workspaces {
     lock: Mutex<()>,
 }
 
+/// Held while attaching, detaching or creating workspaces: this process's mutex plus an advisory
+/// lock on `<dir>/.lock`, which serialises the other runner replicas sharing the directory.
+struct Exclusive<'a> {
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+    _file: std::fs::File,
+}
+
 /// The volume name of a workspace: stable for a learner, exercise and runner instance.
 pub fn volume_name(instance: &str, learner: &str, exercise: &str) -> String {
     let digest = Sha256::digest(format!("{instance}\0{learner}\0{exercise}").as_bytes());
@@ -53,6 +60,20 @@ impl Workspaces {
         Arc::new(Workspaces { driver, dir, owner: (uid, gid), engine, store, lock: Mutex::new(()) })
     }
 
+    async fn exclusive(&self) -> anyhow::Result<Exclusive<'_>> {
+        let guard = self.lock.lock().await;
+        tokio::fs::create_dir_all(&self.dir).await?;
+        let path = self.dir.join(".lock");
+        let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+            file.lock()?; // released when the file is closed
+            Ok(file)
+        })
+        .await?
+        .context("locking the workspace directory")?;
+        Ok(Exclusive { _guard: guard, _file: file })
+    }
+
     fn image_path(&self, volume: &str) -> PathBuf {
         self.dir.join(format!("{volume}.ext4"))
     }
@@ -71,7 +92,7 @@ impl Workspaces {
     pub async fn prepare(&self, learner: &str, exercise: &str, size_mb: u64) -> anyhow::Result<String> {
         let volume = volume_name(self.engine.instance(), learner, exercise);
         let record = self.store.claim_workspace(learner, exercise, &volume, size_mb as i64).await?;
-        let _guard = self.lock.lock().await;
+        let _guard = self.exclusive().await?;
         match self.driver {
             WorkspaceDriver::Volume => {
                 if self.engine.volume_options(&volume).await?.is_none() {
@@ -140,7 +161,7 @@ impl Workspaces {
         if self.driver == WorkspaceDriver::Volume {
             return Ok(());
         }
-        let _guard = self.lock.lock().await;
+        let _guard = self.exclusive().await?;
         self.detach(&volume).await
     }
 
@@ -159,7 +180,7 @@ impl Workspaces {
 
     /// Deletes a workspace and its files for good (retention ended).
     pub async fn destroy(&self, volume: &str) -> anyhow::Result<()> {
-        let _guard = self.lock.lock().await;
+        let _guard = self.exclusive().await?;
         match self.driver {
             WorkspaceDriver::Volume => {
                 if !self.engine.remove_volume(volume).await? {
@@ -204,7 +225,7 @@ impl Workspaces {
         let mut removed = 0;
         for v in self.engine.list_workspace_volumes().await? {
             if !known.contains(&v) {
-                let _guard = self.lock.lock().await;
+                let _guard = self.exclusive().await?;
                 self.detach(&v).await?;
                 removed += 1;
             }

@@ -161,8 +161,12 @@ pub async fn create(app: &Arc<App>, learner: &LearnerId, exercise: &Slug) -> Res
     Ok(Created { session, new: true })
 }
 
-/// Starts (or restarts) the sandbox of a live session in a task of its own, tracked so the
-/// reconciler leaves it alone meanwhile.
+/// How long a replica may take to start a sandbox before another may take the start over.
+pub(crate) const START_LEASE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Starts (or restarts) the sandbox of a live session in a task of its own, tracked (in this
+/// process, and by a start lease in the database for other replicas) so reconcilers leave it
+/// alone meanwhile.
 pub(crate) fn spawn_start(
     app: Arc<App>,
     session: SessionRecord,
@@ -173,6 +177,21 @@ pub(crate) fn spawn_start(
     tokio::spawn(async move {
         let _permit = permit;
         let id = session.id.clone();
+        // Another replica on the same database may be starting this sandbox already.
+        let now = crate::store::now_ms();
+        match app.store.claim_start(&id, now, now + START_LEASE.as_millis() as i64).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(session = %id, "another replica is starting this sandbox");
+                app.starting.lock().expect("lock").remove(&id);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, error = %format!("{e:#}"), "could not take the start lease; will retry");
+                app.starting.lock().expect("lock").remove(&id);
+                return;
+            }
+        }
         match start_sandbox(&app, &session).await {
             Ok(true) => {
                 app.metrics
@@ -201,6 +220,9 @@ pub(crate) fn spawn_start(
                     .await;
                 release_workspace(&app, &session).await;
             }
+        }
+        if let Err(e) = app.store.release_start(&id).await {
+            tracing::warn!(session = %id, error = %format!("{e:#}"), "could not release the start lease; it expires");
         }
         app.starting.lock().expect("lock").remove(&id);
     })

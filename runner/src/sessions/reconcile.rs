@@ -53,7 +53,9 @@ pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
             by_session.insert(s, c);
         }
     }
-    let in_flight = app.starting.lock().expect("lock").clone();
+    let mut in_flight = app.starting.lock().expect("lock").clone();
+    // Starts other replicas on the same database are making right now.
+    in_flight.extend(app.store.leased_starts(crate::store::now_ms()).await?);
     let count = |action: &str| app.metrics.reconcile_actions.with_label_values(&[action]).inc();
 
     for s in &live {
@@ -120,6 +122,7 @@ pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
     if report != Report::default() {
         tracing::info!(?report, "reconciled");
     }
+    app.metrics.reconcile_rounds.inc();
     Ok(report)
 }
 

@@ -279,6 +279,36 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Takes the start lease of a live session until `until` (ms), unless another holder's lease
+    /// is still running. Whoever holds it is the only one starting that sandbox.
+    pub async fn claim_start(&self, id: &str, now: i64, until: i64) -> anyhow::Result<bool> {
+        let n = sqlx::query(
+            "UPDATE sessions SET start_lease_until = $1 WHERE id = $2 AND state IN ('starting', 'running') \
+             AND (start_lease_until IS NULL OR start_lease_until < $3)",
+        )
+        .bind(until)
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    pub async fn release_start(&self, id: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE sessions SET start_lease_until = NULL WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Sessions whose sandbox some replica is starting right now (an unexpired start lease).
+    pub async fn leased_starts(&self, now: i64) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM sessions WHERE start_lease_until >= $1")
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("id")?)).collect()
+    }
+
     /// Pushes the idle deadline of a live session; false when it is not live.
     pub async fn touch_session(&self, id: &str, at: i64) -> anyhow::Result<bool> {
         let n = sqlx::query(
