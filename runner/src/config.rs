@@ -121,6 +121,8 @@ pub struct Settings {
     pub rate_limit_burst: u32,
     pub max_body_bytes: usize,
     pub log_json: bool,
+    /// `RUNNER_LOG`: which log lines to keep (`info` when unset; `debug`, `runner=debug,info`, ...).
+    pub log_filter: Option<String>,
     // ---- builds and checks ----
     pub max_concurrent_builds: usize,
     pub max_queued_builds: u64,
@@ -199,6 +201,7 @@ impl Settings {
             rate_limit_burst: 100,
             max_body_bytes: 64 * 1024,
             log_json: false,
+            log_filter: None,
             max_concurrent_builds: 1,
             max_queued_builds: 20,
             build_timeout: Duration::from_secs(900),
@@ -229,6 +232,37 @@ impl Settings {
     /// Defaults overridden by `RUNNER_*` variables; an invalid value is an error naming it.
     pub fn from_env() -> anyhow::Result<Self> {
         Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Defaults, overridden by a TOML file (when given), overridden by `RUNNER_*` variables.
+    /// The file's keys are the variables' names without `RUNNER_`, in lower case
+    /// (`idle_timeout_secs = 900`, `docker_runtime = "runsc"`); a key the runner does not know is
+    /// an error naming it, so a typo is never silently ignored.
+    pub fn load(config_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        Self::load_with(config_file, |k| std::env::var(k).ok())
+    }
+
+    fn load_with(config_file: Option<&std::path::Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let Some(path) = config_file else { return Self::from_lookup(env) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file = file_values(&text).with_context(|| format!("in {}", path.display()))?;
+        let asked = std::cell::RefCell::new(std::collections::HashSet::new());
+        let settings = Self::from_lookup(|k| {
+            asked.borrow_mut().insert(k.to_string());
+            env(k).or_else(|| file.get(k).cloned())
+        })
+        .with_context(|| format!("with {}", path.display()))?;
+        let asked = asked.into_inner();
+        let mut unknown: Vec<String> = file
+            .keys()
+            .filter(|k| !asked.contains(*k))
+            .map(|k| k.trim_start_matches("RUNNER_").to_lowercase())
+            .collect();
+        unknown.sort();
+        if !unknown.is_empty() {
+            anyhow::bail!("{}: unknown setting(s): {}", path.display(), unknown.join(", "));
+        }
+        Ok(settings)
     }
 
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
@@ -401,6 +435,11 @@ impl Settings {
         if let Some(v) = get("RUNNER_APP_NETWORK").filter(|v| !v.is_empty()) {
             s.app_network = v;
         }
+        s.log_filter = get("RUNNER_LOG").filter(|v| !v.trim().is_empty());
+        if let Some(f) = &s.log_filter {
+            tracing_subscriber::EnvFilter::try_new(f)
+                .map_err(|e| anyhow::anyhow!("RUNNER_LOG={f:?} is invalid: {e}"))?;
+        }
         if let Some(v) = get("RUNNER_LOG_FORMAT") {
             s.log_json = v.trim() == "json";
         }
@@ -464,6 +503,25 @@ impl Settings {
         self.api_token = Some(Secret::new(stored_secret(&self.data_dir.join("api-token"))?));
         Ok(())
     }
+}
+
+/// A TOML settings file as the variables it stands for: `idle_timeout_secs = 900` is
+/// `RUNNER_IDLE_TIMEOUT_SECS=900`.
+fn file_values(text: &str) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let table: toml::Table = text.parse().context("not valid TOML")?;
+    table
+        .into_iter()
+        .map(|(k, v)| {
+            let value = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => anyhow::bail!("{k}: must be a string, number or boolean"),
+            };
+            Ok((format!("RUNNER_{}", k.to_uppercase()), value))
+        })
+        .collect()
 }
 
 /// A random secret kept in a file (mode 0600), created on first use.
@@ -530,6 +588,12 @@ mod tests {
         assert!(from(&[("RUNNER_SANDBOX_USER", "root")]).is_err());
         assert!(from(&[("RUNNER_SANDBOX_USER", "0:0")]).is_err());
         assert!(from(&[("RUNNER_SANDBOX_MEMORY_MB", "999999")]).is_err());
+        let err = from(&[("RUNNER_LOG", "runner=loud")]).unwrap_err().to_string();
+        assert!(err.contains("RUNNER_LOG"), "{err}");
+        assert_eq!(
+            from(&[("RUNNER_LOG", "runner=debug,info")]).unwrap().log_filter.as_deref(),
+            Some("runner=debug,info")
+        );
     }
 
     #[test]
@@ -547,5 +611,73 @@ mod tests {
             assert!(!debug.contains(secret), "{secret}: {debug}");
         }
         assert_eq!(s.secrets_key.as_ref().map(|k| k.expose()), Some("sealing-key-99"));
+    }
+
+    #[test]
+    fn a_settings_file_layers_under_the_environment_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runner.toml");
+        let no_env = |_: &str| None;
+        std::fs::write(
+            &path,
+            "idle_timeout_secs = 77\nbuild_cpus = 1.5\nlog_format = \"json\"\nsandbox_memory_mb = 300\n",
+        )
+        .unwrap();
+        let s = Settings::load_with(Some(&path), no_env).unwrap();
+        assert_eq!(s.idle_timeout, Duration::from_secs(77));
+        assert_eq!(s.build_cpus, 1.5);
+        assert!(s.log_json);
+        // The environment wins over the file.
+        let s =
+            Settings::load_with(Some(&path), |k| (k == "RUNNER_IDLE_TIMEOUT_SECS").then(|| "5".to_string())).unwrap();
+        assert_eq!(s.idle_timeout, Duration::from_secs(5));
+        assert_eq!(s.build_cpus, 1.5);
+
+        for (text, named) in [
+            ("idle_timeout_sec = 77\n", "unknown setting(s): idle_timeout_sec"),
+            ("idle_timeout_secs = \"soon\"\n", "RUNNER_IDLE_TIMEOUT_SECS"),
+            ("[sandbox]\nmemory_mb = 1\n", "sandbox: must be a string, number or boolean"),
+            ("idle_timeout_secs = \n", "not valid TOML"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = format!("{:#}", Settings::load_with(Some(&path), no_env).unwrap_err());
+            assert!(e.contains(named) && e.contains("runner.toml"), "{text:?}: {e}");
+        }
+        let e = format!("{:#}", Settings::load_with(Some(&dir.path().join("missing.toml")), no_env).unwrap_err());
+        assert!(e.contains("missing.toml"), "{e}");
+        // The README's example is a valid file.
+        let readme = include_str!("../../README.md");
+        let example =
+            readme.split("```toml\n").nth(1).and_then(|r| r.split("```").next()).expect("README has a toml example");
+        std::fs::write(&path, example).unwrap();
+        let s = Settings::load_with(Some(&path), no_env).unwrap();
+        assert_eq!(s.idle_timeout, Duration::from_secs(900));
+    }
+
+    /// Every `RUNNER_*` variable the README documents for the service is one the settings read,
+    /// so it can also be set in the file.
+    #[test]
+    fn the_documented_variables_are_the_ones_read() {
+        let asked = std::cell::RefCell::new(std::collections::HashSet::new());
+        Settings::from_lookup(|k| {
+            asked.borrow_mut().insert(k.to_string());
+            None
+        })
+        .unwrap();
+        let asked = asked.into_inner();
+        let readme = include_str!("../../README.md");
+        let not_service =
+            ["RUNNER_CONFIG", "RUNNER_URL", "RUNNER_TEST_POSTGRES_URL", "RUNNER_TEST_REGISTRY", "RUNNER_TEST_THREADS"];
+        let mut missing = Vec::new();
+        for word in readme.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')) {
+            let documented =
+                word.starts_with("RUNNER_") && word.len() > 7 && !not_service.contains(&word) && !word.ends_with('_');
+            if documented && !asked.contains(word) {
+                missing.push(word);
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        assert!(missing.is_empty(), "documented but never read: {missing:?}");
     }
 }

@@ -4,13 +4,17 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "runner", version, about)]
 struct Cli {
+    /// A TOML settings file under the RUNNER_* variables (keys: the variable names without
+    /// RUNNER_, lower case; the environment wins).
+    #[arg(long, global = true, env = "RUNNER_CONFIG")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the service (configuration from RUNNER_* environment variables; see README).
+    /// Run the service (configuration from RUNNER_* environment variables and --config; see README).
     Serve,
     /// Run only the web IDE proxy (/ide/{session}/), against the same database and engine.
     IdeProxy,
@@ -49,12 +53,23 @@ enum ImagesCommand {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    // An error ends the process with its chain of causes on one line, for operators (no
+    // backtrace dump, whatever RUST_BACKTRACE says).
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("runner: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => {
-            let settings = runner::Settings::from_env()?;
-            runner::telemetry::init(settings.log_json);
+            let settings = runner::Settings::load(cli.config.as_deref())?;
+            runner::telemetry::init(settings.log_json, settings.log_filter.as_deref());
             let listener = tokio::net::TcpListener::bind(settings.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
@@ -73,15 +88,15 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::IdeProxy => {
-            let settings = runner::Settings::from_env()?;
-            runner::telemetry::init(settings.log_json);
+            let settings = runner::Settings::load(cli.config.as_deref())?;
+            runner::telemetry::init(settings.log_json, settings.log_filter.as_deref());
             let listener = tokio::net::TcpListener::bind(settings.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
             runner::launch_ide_proxy(settings, listener, runner::shutdown_signal()).await
         }
         Command::Images { command: ImagesCommand::BuildBase { force, ide_agent } } => {
-            runner::telemetry::init(false);
+            runner::telemetry::init(false, std::env::var("RUNNER_LOG").ok().as_deref());
             let metrics = std::sync::Arc::new(runner::metrics::Metrics::new());
             let engine = runner::docker::Engine::connect("images", metrics).await?;
             let agent = ide_agent

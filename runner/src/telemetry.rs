@@ -3,8 +3,9 @@
 
 use tracing_subscriber::{fmt, EnvFilter};
 
-pub fn init(json: bool) {
-    let filter = EnvFilter::try_from_env("RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// `filter`: a `RUNNER_LOG` directive (`Settings::log_filter`); `None` or an invalid one: `info`.
+pub fn init(json: bool, filter: Option<&str>) {
+    let filter = filter.and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new("info"));
     // bollard's debug output dumps whole Docker API bodies, container environments (app secrets)
     // among them: it stays at info whatever RUNNER_LOG asks, so no secret reaches a log line.
     let filter = filter.add_directive("bollard=info".parse().expect("a valid directive"));

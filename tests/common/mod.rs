@@ -79,7 +79,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// Starts a runner in-process on the given settings (e.g. again on a previous app's data).
 pub async fn start(settings: Settings) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        runner::telemetry::init(false);
+        runner::telemetry::init(false, std::env::var("RUNNER_LOG").ok().as_deref());
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
