@@ -71,6 +71,19 @@ async fn the_examples_build_prove_themselves_and_check_learners_work() {
         );
     }
 
+    // A seeding cut short (the sandbox stopped mid-copy leaves its marker) is finished at the
+    // next start: the missing starting file comes back and the marker goes.
+    let seeded =
+        |c: &str| sandbox_exec(c, "test -f /workspace/README.md && test ! -e /workspace/.sandbox-seeding").0 == 0;
+    let s = app.session("bob", "shell-wordcount").await;
+    let c = session_of(&app, &s);
+    eventually(Duration::from_secs(15), "the first seeding", || seeded(&c).then_some(())).await;
+    assert_eq!(sandbox_exec(&c, "rm /workspace/README.md && : > /workspace/.sandbox-seeding").0, 0);
+    app.delete(&format!("/v1/sessions/{}", s["id"].as_str().unwrap())).await;
+    let s = app.session("bob", "shell-wordcount").await;
+    let c = session_of(&app, &s);
+    eventually(Duration::from_secs(15), "the interrupted seeding to be finished", || seeded(&c).then_some(())).await;
+
     // The same content again: the same version, no rebuild.
     let (_, again) = app.submit_build("shell-wordcount", tar_dir(&examples().join("shell-wordcount"))).await;
     let again = app.wait_build(again["id"].as_str().unwrap(), BUILD_DEADLINE).await;
