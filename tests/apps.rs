@@ -223,6 +223,52 @@ async fn secrets_sealed_under_another_key_fail_deploys_until_given_again() {
     cleanup_app_volumes(&instance);
 }
 
+/// A release command that prints a secret (a migration echoing its environment, say) does not
+/// put it in the deploy log: secret values are redacted, even when split across output chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_a_release_command_prints_are_redacted_in_the_deploy_log() {
+    let app = spawn_app().await;
+    let mut def = definition("http://127.0.0.1:9/x", false);
+    def["release"] = json!(["sh", "-c", "echo \"using $SECRET_KEY_BASE\"; printf '%s' \"$SECRET_KEY_BASE\" | head -c 7; sleep 0.3; printf '%s\\n' \"$SECRET_KEY_BASE\" | tail -c +8; exec /app/migrate"]);
+    let (status, v) = app.put("/v1/apps/course", def).await;
+    assert_eq!(status, 201, "{v}");
+    let d = deploy(&app, "course", "v1").await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let log = logs_of(&app, d["id"].as_str().unwrap()).await;
+    assert!(log.contains("using [redacted]"), "{log}");
+    assert!(!log.replace('\n', "").contains(SECRET), "a secret split across chunks leaked: {log}");
+    let instance = app.instance.clone();
+    drop(app);
+    cleanup_app_volumes(&instance);
+}
+
+/// A response still streaming when a deploy switches the route is sent to its end: the old
+/// containers are drained of whole responses, not just of requests waiting for headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_still_streaming_when_a_deploy_switches_is_not_cut() {
+    let (app, ingress) = spawn_with_ingress().await;
+    app.put("/v1/apps/course", definition("http://127.0.0.1:9/x", false)).await;
+    assert_eq!(deploy(&app, "course", "v1").await["state"], "succeeded");
+    // Headers received: the request is in flight on v1, its body still coming (~4 s).
+    let slow = reqwest::Client::new()
+        .get(format!("http://{ingress}/cgi-bin/slow"))
+        .header("host", HOST)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert!(slow.status().is_success(), "{}", slow.status());
+    let body = tokio::spawn(async move { slow.text().await });
+    let d = deploy(&app, "course", "v2").await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let text = body.await.unwrap().expect("the streaming response was cut");
+    assert!(text.contains("chunk 19") && text.trim_end().ends_with("end"), "{text}");
+    assert_eq!(page(ingress).await.as_deref(), Ok("sample v2"));
+    let instance = app.instance.clone();
+    drop(app);
+    cleanup_app_volumes(&instance);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_lose_no_request_migrate_once_fail_safely_and_roll_back() {
     let (app, ingress) = spawn_with_ingress().await;

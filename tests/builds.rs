@@ -243,6 +243,24 @@ async fn malicious_and_malformed_repositories_are_rejected_and_leave_nothing() {
             "invalid_repository",
             "solution",
         ),
+        (
+            "solution inside the learner's files",
+            tar_files(&[
+                ("exercise.toml", "slug = \"evil\"\ntitle = \"t\"\nsolution = \"exercise/answer\"\n"),
+                ("Dockerfile", "FROM x"),
+                ("exercise/answer/a", "a"),
+            ]),
+            422,
+            "invalid_manifest",
+            "learners would see the solution",
+        ),
+        (
+            "hidden tests named but missing",
+            quick_exercise("evil", &[("exercise.toml", "slug = \"evil\"\ntitle = \"t\"\nhidden_tests = \"spec\"\n")]),
+            422,
+            "invalid_repository",
+            "hidden_tests",
+        ),
     ];
     for (name, body, status, code, needle) in cases {
         let (s, v) = app.submit_build("evil", body).await;

@@ -185,7 +185,9 @@ impl<B: Backend> Proxy<B> {
         })
     }
 
-    async fn flush_activity(&self) {
+    /// Writes the activity counted since the last flush (the backend's `touch`). Also called by
+    /// a reaper in the same process before it decides who is idle.
+    pub async fn flush_activity(&self) {
         let batch: Vec<(String, i64)> = self.activity.lock().expect("lock").drain().collect();
         if !batch.is_empty() {
             self.backend.touch(batch).await;

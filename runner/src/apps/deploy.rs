@@ -102,6 +102,8 @@ async fn run(app: Arc<App>, d: DeployRecord) {
             return;
         }
     };
+    // Whatever the release command or a health check prints, no secret value reaches the log.
+    log.redact(secrets.values());
     let event = |kind, message: String| Event {
         app: d.app.clone(),
         kind,
@@ -351,10 +353,22 @@ async fn steps(
     // 2. The release command, once, in a one-off container. Failure stops here.
     if let (Some(release), DEPLOY) = (&spec.release, d.kind.as_str()) {
         log.step(&format!("release: {}", release.join(" ")));
+        // Whole lines only, so a secret split across two output chunks is still redacted.
+        let mut pending: Vec<u8> = Vec::new();
         let code = run_once(app, name, spec, secrets, "release", &d.version, &pinned, release.clone(), |b| {
-            log.write(String::from_utf8_lossy(b).trim_end_matches('\n'))
+            pending.extend_from_slice(b);
+            if let Some(end) = pending.iter().rposition(|c| *c == b'\n') {
+                let lines: Vec<u8> = pending.drain(..=end).collect();
+                log.write(String::from_utf8_lossy(&lines).trim_end_matches('\n'));
+            } else if pending.len() > 64 * 1024 {
+                log.write(&String::from_utf8_lossy(&std::mem::take(&mut pending)));
+            }
         })
-        .await?;
+        .await;
+        if !pending.is_empty() {
+            log.write(&String::from_utf8_lossy(&pending));
+        }
+        let code = code?;
         if code != 0 {
             bail!("the release command exited with {code}; nothing was restarted");
         }

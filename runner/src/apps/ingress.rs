@@ -20,19 +20,32 @@ use axum::{
     response::{IntoResponse, Response},
     Json, Router,
 };
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::json;
 
 pub struct Backend {
     pub addr: SocketAddr,
     pub container: String,
-    in_flight: AtomicUsize,
 }
 
 pub struct Route {
     pub app: String,
     pub backends: Vec<Arc<Backend>>,
     next: AtomicUsize,
+    /// Requests that took this route and are not done yet: from the route lookup (under the
+    /// routes lock, so a swap cannot slip between) to the last byte of the response body.
+    in_flight: AtomicUsize,
+}
+
+/// One request's hold on its route; dropped when the response body ends (or the request fails).
+struct InFlight(Arc<Route>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct Ingress {
@@ -56,11 +69,9 @@ impl Ingress {
     pub fn set(&self, host: &str, app: &str, backends: Vec<(SocketAddr, String)>) -> Option<Arc<Route>> {
         let route = Arc::new(Route {
             app: app.to_string(),
-            backends: backends
-                .into_iter()
-                .map(|(addr, container)| Arc::new(Backend { addr, container, in_flight: AtomicUsize::new(0) }))
-                .collect(),
+            backends: backends.into_iter().map(|(addr, container)| Arc::new(Backend { addr, container })).collect(),
             next: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
         });
         self.routes.write().expect("lock").insert(host.to_ascii_lowercase(), route)
     }
@@ -69,15 +80,25 @@ impl Ingress {
         self.routes.read().expect("lock").get(&host.to_ascii_lowercase()).cloned()
     }
 
+    /// The host's route, counted in flight before the lock is released: once `set` has swapped
+    /// a route, nobody can take the old one any more, and everybody who took it is counted.
+    fn enter(&self, host: &str) -> Option<InFlight> {
+        let routes = self.routes.read().expect("lock");
+        let route = routes.get(&host.to_ascii_lowercase())?.clone();
+        route.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some(InFlight(route))
+    }
+
     /// Forgets every host of an app (its definition changed host, or it was removed).
     pub fn remove_app(&self, app: &str) {
         self.routes.write().expect("lock").retain(|_, r| r.app != app);
     }
 
-    /// Waits until no request is in flight to the route's backends (or the deadline passes).
+    /// Waits until no request that took the route is still in flight, response bodies included
+    /// (or the deadline passes).
     pub async fn drain(route: &Route, within: Duration) {
         let deadline = Instant::now() + within;
-        while route.backends.iter().any(|b| b.in_flight.load(Ordering::SeqCst) > 0) && Instant::now() < deadline {
+        while route.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -99,9 +120,10 @@ async fn forward(State(ingress): State<Arc<Ingress>>, req: Request) -> Response 
         .map(|h| h.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(h, |(h, _)| h))
         .unwrap_or("")
         .to_string();
-    let Some(route) = ingress.route(&host) else {
+    let Some(hold) = ingress.enter(&host) else {
         return error(StatusCode::NOT_FOUND, "unknown_host", "no app is served at this host");
     };
+    let route = hold.0.clone();
     if route.backends.is_empty() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no_backend", "the app has no healthy container");
     }
@@ -129,16 +151,19 @@ async fn forward(State(ingress): State<Arc<Ingress>>, req: Request) -> Response 
         let mut p = parts.clone();
         p.uri = uri;
         let upstream = Request::from_parts(p, Body::from(body.clone()));
-        backend.in_flight.fetch_add(1, Ordering::SeqCst);
         let result = tokio::time::timeout(Duration::from_secs(60), ingress.client.request(upstream)).await;
-        backend.in_flight.fetch_sub(1, Ordering::SeqCst);
         match result {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 for h in HOP_BY_HOP {
                     parts.headers.remove(HeaderName::from_static(h));
                 }
-                return Response::from_parts(parts, Body::new(body));
+                // The hold goes with the body: the backend is drained only once it is sent.
+                let body = body.into_data_stream().map(move |chunk| {
+                    let _hold = &hold;
+                    chunk
+                });
+                return Response::from_parts(parts, Body::from_stream(body));
             }
             Ok(Err(e)) => last_error = e.to_string(),
             Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "app_timeout", "the app did not answer in time"),

@@ -159,6 +159,13 @@ pub struct Secrets {
     pub webhooks: BTreeMap<String, String>,
 }
 
+impl Secrets {
+    /// Every secret value (for redaction).
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.env.values().chain(self.registry_password.iter()).chain(self.webhooks.values()).map(String::as_str)
+    }
+}
+
 fn bad(field: &str, why: impl std::fmt::Display) -> Invalid {
     Invalid::new("invalid_app", format!("{field}: {why}"))
 }

@@ -10,7 +10,13 @@ pub struct BuildLog {
     file: Option<std::fs::File>,
     written: u64,
     full: bool,
+    /// Values replaced by `[redacted]` wherever they appear (a deploy's secrets), longest first.
+    redactions: Vec<String>,
 }
+
+/// Secret values shorter than this are not redacted: masking every "1" or "yes" in a log would
+/// hide the log, not the secret.
+pub const MIN_REDACTED_LEN: usize = 4;
 
 pub fn path(dir: &std::path::Path, build_id: &str) -> PathBuf {
     dir.join(format!("{build_id}.log"))
@@ -21,7 +27,14 @@ impl BuildLog {
         let _ = std::fs::create_dir_all(dir);
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path(dir, build_id)).ok();
         let written = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
-        BuildLog { file, written, full: false }
+        BuildLog { file, written, full: false, redactions: Vec::new() }
+    }
+
+    /// From now on, every occurrence of these values is written as `[redacted]`.
+    pub fn redact<'a>(&mut self, values: impl IntoIterator<Item = &'a str>) {
+        self.redactions.extend(values.into_iter().filter(|v| v.len() >= MIN_REDACTED_LEN).map(str::to_string));
+        self.redactions.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        self.redactions.dedup();
     }
 
     /// Appends text (a line is ended with a newline when it lacks one).
@@ -31,6 +44,11 @@ impl BuildLog {
         }
         let Some(f) = self.file.as_mut() else { return };
         let mut text = text.to_string();
+        for secret in &self.redactions {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), "[redacted]");
+            }
+        }
         if !text.ends_with('\n') {
             text.push('\n');
         }

@@ -52,6 +52,9 @@ struct Raw {
 }
 
 /// A parsed and validated manifest.
+/// Where hidden tests are when the manifest does not say.
+pub const DEFAULT_HIDDEN_TESTS: &str = "tests";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub slug: String,
@@ -134,7 +137,7 @@ impl Manifest {
         }
         check_limits(caps, &raw.limits).map_err(|e| field("limits", e.message))?;
         let learner_files = repo_dir("learner_files", raw.learner_files, "exercise")?;
-        let hidden_tests = repo_dir("hidden_tests", raw.hidden_tests, "tests")?;
+        let hidden_tests = repo_dir("hidden_tests", raw.hidden_tests, DEFAULT_HIDDEN_TESTS)?;
         let solution = repo_dir("solution", raw.solution, "solution")?;
         Ok(Manifest {
             slug: raw.slug,

@@ -172,7 +172,37 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
             ));
         }
     }
+    // Hidden tests are optional (a check may need none), but a directory named on purpose must
+    // be there: a typo would otherwise ship an exercise whose check finds no tests.
+    if m.hidden_tests != manifest::DEFAULT_HIDDEN_TESTS && !tree.has_dir(&m.hidden_tests) {
+        return Err(Invalid::new(
+            "invalid_repository",
+            format!("{}: hidden_tests: the directory {:?} is missing or empty", manifest::FILE, m.hidden_tests),
+        ));
+    }
+    // What learners get must not hold the tests or the solution.
+    for (field, dir) in [("hidden_tests", &m.hidden_tests), ("solution", &m.solution)] {
+        if dirs_overlap(&m.learner_files, dir) {
+            return Err(Invalid::new(
+                "invalid_manifest",
+                format!(
+                    "{}: learner_files {:?} and {field} {dir:?} overlap: learners would see the {field}",
+                    manifest::FILE,
+                    m.learner_files
+                ),
+            ));
+        }
+    }
     Ok(m)
+}
+
+/// Whether one repository directory is the other or inside it (`""` and `"."` are the root).
+fn dirs_overlap(a: &str, b: &str) -> bool {
+    let parts =
+        |p: &str| -> Vec<String> { p.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).collect() };
+    let (a, b) = (parts(a), parts(b));
+    let n = a.len().min(b.len());
+    a[..n] == b[..n]
 }
 
 /// Active builds one exercise may have: one author cannot take the whole queue.

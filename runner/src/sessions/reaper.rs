@@ -27,6 +27,9 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 
 /// One round: stop what expired, drop workspaces past retention.
 pub async fn reap_once(app: &Arc<App>) -> anyhow::Result<()> {
+    // IDE traffic this process has counted but not yet written is activity too: write it first,
+    // so a learner typing is never reaped for a batch still in memory.
+    app.ide.flush_activity().await;
     let now = now_ms();
     let idle_before = now - app.settings.idle_timeout.as_millis() as i64;
     let created_before = now - app.settings.max_lifetime.as_millis() as i64;
