@@ -237,6 +237,40 @@ async fn secrets_a_release_command_prints_are_redacted_in_the_deploy_log() {
     let log = logs_of(&app, d["id"].as_str().unwrap()).await;
     assert!(log.contains("using [redacted]"), "{log}");
     assert!(!log.replace('\n', "").contains(SECRET), "a secret split across chunks leaked: {log}");
+    // The app's containers are locked down like the definition says (they are not sandboxes, but
+    // an app bug should not get a writable root or capabilities).
+    let web = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=exercise-runner.instance={}", app.instance),
+        "--filter",
+        "label=exercise-runner.service=web",
+    ]);
+    let web = web.lines().next().expect("a web container");
+    let c = inspect(web);
+    let hc = &c["HostConfig"];
+    assert_eq!(hc["ReadonlyRootfs"], true, "{hc}");
+    assert_eq!(hc["CapDrop"], json!(["ALL"]), "{hc}");
+    assert!(hc["SecurityOpt"].to_string().contains("no-new-privileges"), "{hc}");
+    assert_eq!(hc["Memory"], hc["MemorySwap"], "{hc}");
+    assert!(hc["PidsLimit"].as_i64().unwrap_or(0) > 0, "{hc}");
+    let tmpfs: Vec<&String> = hc["Tmpfs"].as_object().unwrap().keys().collect();
+    assert_eq!(tmpfs, ["/tmp", "/var/tmp"], "the writable paths and nothing else");
+    assert!(
+        c["Mounts"].as_array().unwrap().iter().any(|m| m["Destination"] == "/data" && m["Type"] == "volume"),
+        "{c}"
+    );
+    for (host, port) in hc["PortBindings"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|b| b.as_array().unwrap())
+        .map(|b| (b["HostIp"].clone(), b["HostPort"].clone()))
+    {
+        assert_eq!(host, "127.0.0.1", "ports are published on loopback only ({port})");
+    }
+    assert_ne!(sandbox_exec(web, "touch /app/x 2>/dev/null").0, 0, "the image's files are read-only");
     let instance = app.instance.clone();
     drop(app);
     cleanup_app_volumes(&instance);

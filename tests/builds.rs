@@ -453,6 +453,18 @@ async fn checks_cap_output_time_out_and_need_a_running_session() {
     assert_eq!((c["passed"].as_bool(), c["timed_out"].as_bool()), (Some(false), Some(true)), "{c}");
     assert!(started.elapsed() < Duration::from_secs(30));
 
+    // The check runs as the learner, not as root, and the record says when and how long.
+    let whoami = json!({"image": IMAGE, "check": {"command": ["sh", "-c", "echo uid=$(id -u)"], "timeout_secs": 10}});
+    app.put("/v1/exercises/whoami", whoami).await;
+    let s3 = app.session("ada", "whoami").await;
+    let (_, c) = app.post(&format!("/v1/sessions/{}/checks", s3["id"].as_str().unwrap()), json!({})).await;
+    assert_eq!(c["passed"], true, "{c}");
+    assert!(
+        c["output"].as_str().unwrap().contains("uid=") && !c["output"].as_str().unwrap().contains("uid=0\n"),
+        "{c}"
+    );
+    assert!(c["id"].is_string() && c["created_at"].is_string() && c["duration_ms"].as_u64().is_some(), "{c}");
+
     app.delete(&format!("/v1/sessions/{sid}")).await;
     let (status, v) = app.post(&format!("/v1/sessions/{sid}/checks"), json!({})).await;
     assert_eq!((status, v["error"]["code"].as_str()), (409, Some("session_not_running")));
@@ -560,6 +572,22 @@ async fn images_of_old_versions_are_removed_unless_current_or_in_use() {
     for b in [&v1, &v2, &v3] {
         let _ = std::process::Command::new("docker").args(["rmi", b["image"].as_str().unwrap()]).output();
     }
+}
+
+/// A `RUN` step that allocates past the build's memory limit is killed (no swap beyond it), and
+/// the build fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_over_its_memory_limit_fails() {
+    let app = spawn_app_with(|s| s.build_memory_mb = 64).await;
+    let hog = quick_exercise(
+        "hog",
+        &[("Dockerfile", &format!("FROM {IMAGE}\nRUN dd if=/dev/zero of=/dev/null bs=200M count=1\n"))],
+    );
+    let (_, b) = app.submit_build("hog", hog).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    let log = app.build_log(b["id"].as_str().unwrap()).await;
+    assert_eq!(b["state"], "failed", "{log}");
+    assert!(log.contains("returned a non-zero code: 137"), "killed by the memory limit: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

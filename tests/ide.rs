@@ -297,3 +297,33 @@ async fn the_ide_cookie_can_be_made_for_embedding_in_another_site() {
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(cookie.contains("SameSite=None; Secure") && cookie.contains("HttpOnly"), "{cookie}");
 }
+
+/// A session's open connections are bounded: past the bound the proxy answers 429 with
+/// Retry-After and nothing reaches the sandbox; closing one frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_one_session_are_bounded() {
+    let app = spawn_app_with(|s| s.ide_max_connections = 2).await;
+    ide_exercise(&app, "ide-cap").await;
+    let s = app.session("ada", "ide-cap").await;
+    let id = s["id"].as_str().unwrap();
+    let cookie = login(&app, s["ide_url"].as_str().unwrap()).await;
+    wait_agent(&app, id, &cookie).await;
+    let first = terminal_socket(&app, id, &cookie, &app.base.clone()).await.unwrap();
+    let _second = terminal_socket(&app, id, &cookie, &app.base.clone()).await.unwrap();
+    let r =
+        no_redirects().get(app.url(&format!("/ide/{id}/api/files"))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "too_many_connections", "{v}");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, files) = get_with(&app, &format!("/ide/{id}/api/files"), &cookie).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a closed socket did not free its place: {status} {files}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

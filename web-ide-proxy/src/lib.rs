@@ -339,11 +339,13 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
     // 5. Bounded connections per session.
     let (permits, ended) = proxy.slot(&session);
     let Ok(permit) = permits.try_acquire_owned() else {
-        return error(
+        let mut resp = error(
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_connections",
-            "too many open connections to this session",
+            "too many open connections to this session; close a tab or terminal",
         );
+        resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        return resp;
     };
     let path_and_query = {
         let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
