@@ -451,6 +451,52 @@ async fn a_crashing_service_is_restarted_up_to_its_limit_then_failed_and_reporte
         assert!(Instant::now() < deadline, "no service_failed notification");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A runner restart does not forget it: still failed, not restarted again, not reported again.
+    let mut app = app;
+    let worker_started = |instance: &str| -> Vec<String> {
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=exercise-runner.instance={instance}"),
+            "--filter",
+            "label=exercise-runner.service=worker",
+        ])
+        .lines()
+        .map(|c| inspect(c)["State"]["StartedAt"].as_str().unwrap_or_default().to_string())
+        .collect()
+    };
+    let before = worker_started(&app.instance);
+    let reports = received.lock().unwrap().iter().filter(|(_, v)| v["event"] == "service_failed").count();
+    app.stop_server().await;
+    let again = start(test_settings(&app.data_dir, &app.instance)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, a) = again.get("/v1/apps/crashy").await;
+        if a["services_state"]["worker"]["state"] == "failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "forgotten after a restart: {a}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several supervisor rounds later, nothing was restarted or reported.
+    let rounds = || async {
+        let text = again.client.get(again.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("runner_app_supervise_rounds_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let first = rounds().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rounds().await < first + 3 {
+        assert!(Instant::now() < deadline, "the supervisor stopped running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(worker_started(&app.instance), before, "the failed worker was restarted after the runner restart");
+    let reports_now = received.lock().unwrap().iter().filter(|(_, v)| v["event"] == "service_failed").count();
+    assert_eq!(reports_now, reports, "reported twice");
+    drop(again);
     cleanup_app_volumes(&app.instance);
 }
 

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub docker_errors: IntCounterVec,
     pub reconcile_actions: IntCounterVec,
     pub reconcile_rounds: IntCounter,
+    pub supervise_rounds: IntCounter,
     pub rejected_requests: IntCounterVec,
     pub checks: IntCounterVec,
     pub builds: IntCounterVec,
@@ -46,6 +47,8 @@ impl Metrics {
             "Reconciliation rounds completed (a stalled count means reconciliation is failing)",
         )
         .unwrap();
+        let supervise_rounds =
+            IntCounter::new("runner_app_supervise_rounds_total", "Rounds of the managed apps' supervisor").unwrap();
         let rejected_requests = IntCounterVec::new(
             Opts::new("runner_rejected_requests_total", "Requests refused by back-pressure or rate limits"),
             &["reason"],
@@ -66,6 +69,7 @@ impl Metrics {
             Box::new(docker_errors.clone()),
             Box::new(reconcile_actions.clone()),
             Box::new(reconcile_rounds.clone()),
+            Box::new(supervise_rounds.clone()),
             Box::new(rejected_requests.clone()),
         ] {
             registry.register(c).unwrap();
@@ -78,6 +82,7 @@ impl Metrics {
             docker_errors,
             reconcile_actions,
             reconcile_rounds,
+            supervise_rounds,
             rejected_requests,
             checks,
             builds,

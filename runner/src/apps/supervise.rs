@@ -124,6 +124,7 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
                 tracing::warn!(app = %rec.name, error = %format!("{e:#}"), "supervising the app failed");
             }
         }
+        app.metrics.supervise_rounds.inc();
     }
 }
 
@@ -137,6 +138,10 @@ async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {
     let (spec, secrets) = super::parse(app, rec)?;
     let containers = app.engine.app_containers(&rec.name).await?;
     let sup = &app.supervisor;
+    // Failures recorded before a runner restart (or by another replica) still hold.
+    for (service, reason) in app.store.service_failures(&rec.name, &deploy_id).await? {
+        sup.failed.lock().expect("lock").entry((rec.name.clone(), service)).or_insert(reason);
+    }
     for (service, svc) in &spec.services {
         let key = (rec.name.clone(), service.clone());
         let mine: Vec<_> = containers.iter().filter(|c| c.deploy == deploy_id && &c.service == service).collect();
@@ -178,6 +183,7 @@ async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {
                     svc.restart.max, svc.restart.within_secs
                 );
                 tracing::error!(app = %rec.name, service, "{reason}; marked failed");
+                app.store.record_service_failure(&rec.name, service, &deploy_id, &reason).await?;
                 sup.failed.lock().expect("lock").insert(key.clone(), reason.clone());
                 let event = Event {
                     app: rec.name.clone(),

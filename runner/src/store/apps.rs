@@ -90,6 +90,38 @@ impl Store {
         Ok(updated == 0)
     }
 
+    /// Records that an app's service failed (kept crashing) in a deploy.
+    pub async fn record_service_failure(
+        &self,
+        app: &str,
+        service: &str,
+        deploy_id: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO app_service_failures (app, service, deploy_id, reason, failed_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (app, service) DO UPDATE SET deploy_id = $3, reason = $4, failed_at = $5",
+        )
+        .bind(app)
+        .bind(service)
+        .bind(deploy_id)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The services of an app that failed in this deploy, with the reason.
+    pub async fn service_failures(&self, app: &str, deploy_id: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT service, reason FROM app_service_failures WHERE app = $1 AND deploy_id = $2")
+            .bind(app)
+            .bind(deploy_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("service")?, r.try_get("reason")?))).collect()
+    }
+
     /// Replaces an app's stored secrets if they are still `old` (compare-and-set); whether they were.
     pub async fn replace_app_secrets(&self, name: &str, old: &str, new: &str) -> anyhow::Result<bool> {
         let done = sqlx::query("UPDATE apps SET secrets = $1 WHERE name = $2 AND secrets = $3")
