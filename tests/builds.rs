@@ -141,8 +141,12 @@ async fn a_fork_bomb_in_a_dockerfile_stops_at_the_build_pids_limit() {
         .map(|p| p.display().to_string())
         .collect();
     assert!(left.is_empty(), "build cgroups left behind: {left:?}");
-    // A sane Dockerfile builds under the same limit.
-    let ok = quick_exercise("forky", &[]);
+    // A sane Dockerfile builds under the same limit (sent as a .tar.gz this time).
+    let ok = {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &quick_exercise("forky", &[])).unwrap();
+        gz.finish().unwrap()
+    };
     let (_, b) = app.submit_build("forky", ok).await;
     let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
     assert_eq!(b["state"], "succeeded", "{}", app.build_log(b["id"].as_str().unwrap()).await);
@@ -588,6 +592,25 @@ async fn a_build_over_its_memory_limit_fails() {
     let log = app.build_log(b["id"].as_str().unwrap()).await;
     assert_eq!(b["state"], "failed", "{log}");
     assert!(log.contains("returned a non-zero code: 137"), "killed by the memory limit: {log}");
+}
+
+/// The manifest's `writable` paths are writable by the learner in a session (sized tmpfs on the
+/// read-only root); the rest of the root is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_writable_paths_are_the_only_writable_places_besides_the_workspace() {
+    let app = spawn_app().await;
+    let manifest = "slug = \"scratch\"\ntitle = \"t\"\ncheck = [\"sh\", \"/opt/exercise/tests/check.sh\"]\nwritable = [\"/var/cache/answers\"]\n";
+    let repo = quick_exercise("scratch", &[("exercise.toml", manifest)]);
+    let (_, b) = app.submit_build("scratch", repo).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "succeeded", "{}", app.build_log(b["id"].as_str().unwrap()).await);
+    let s = app.session("ada", "scratch").await;
+    let c = session_of(&app, &s);
+    let (code, out) = sandbox_exec(&c, "echo x > /var/cache/answers/f && cat /var/cache/answers/f && id -u");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("x\n") && !out.ends_with("\n0\n"), "written as the learner: {out}");
+    assert_ne!(sandbox_exec(&c, "touch /opt/x").0, 0, "the root stays read-only");
+    assert_ne!(sandbox_exec(&c, "touch /var/cache/x").0, 0, "only the named path is writable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -309,7 +309,7 @@ async fn connections_to_one_session_are_bounded() {
     let cookie = login(&app, s["ide_url"].as_str().unwrap()).await;
     wait_agent(&app, id, &cookie).await;
     let first = terminal_socket(&app, id, &cookie, &app.base.clone()).await.unwrap();
-    let _second = terminal_socket(&app, id, &cookie, &app.base.clone()).await.unwrap();
+    let mut second = terminal_socket(&app, id, &cookie, &app.base.clone()).await.unwrap();
     let r =
         no_redirects().get(app.url(&format!("/ide/{id}/api/files"))).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(r.status(), 429);
@@ -326,4 +326,19 @@ async fn connections_to_one_session_are_bounded() {
         assert!(Instant::now() < deadline, "a closed socket did not free its place: {status} {files}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Ending the session through the API closes the sockets still open, telling the page why.
+    let (status, _) = app.delete(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(status, 200);
+    let code = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match second.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(u16::from(frame.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the socket closes once the session is deleted");
+    assert_eq!(code, Some(4000));
 }
