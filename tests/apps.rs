@@ -8,7 +8,7 @@ mod common;
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -122,6 +122,37 @@ async fn page(ingress: SocketAddr) -> Result<String, String> {
         return Err(format!("status {}", r.status()));
     }
     r.text().await.map_err(|e| e.to_string())
+}
+
+/// A client asking the ingress for the page in a loop, from now until stopped; it returns how
+/// many pages it got and its failures.
+type Hammer = tokio::task::JoinHandle<(usize, Vec<String>)>;
+
+fn hammer(ingress: SocketAddr) -> (Arc<AtomicBool>, Hammer) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let client = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !s.load(Ordering::SeqCst) {
+            match page(ingress).await {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        (ok, failed)
+    });
+    (stop, client)
+}
+
+/// Stops the client once the ingress serves `expect` (the switch is done).
+async fn stop_hammer(ingress: SocketAddr, stop: Arc<AtomicBool>, client: Hammer, expect: &str) -> (usize, Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while page(ingress).await.as_deref() != Ok(expect) {
+        assert!(Instant::now() < deadline, "the ingress never served {expect}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    client.await.unwrap()
 }
 
 async fn logs_of(app: &TestApp, id: &str) -> String {
@@ -303,6 +334,76 @@ async fn a_response_still_streaming_when_a_deploy_switches_is_not_cut() {
     cleanup_app_volumes(&instance);
 }
 
+/// Webhooks are retried with backoff when the receiver fails, Slack-format ones carry `text`, and
+/// a receiver that never answers holds up nothing: the deploy ends while its webhook still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_retried_and_a_receiver_that_never_answers_delays_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    // Slack-compatible receiver that fails its first two requests.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let texts: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (c, t) = (calls.clone(), texts.clone());
+    let flaky = axum::Router::new().route(
+        "/slack",
+        axum::routing::post(move |body: String| {
+            let (c, t) = (c.clone(), t.clone());
+            async move {
+                if c.fetch_add(1, SeqCst) < 2 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let v: Value = serde_json::from_str(&body).unwrap();
+                t.lock().unwrap().push(v["text"].as_str().unwrap_or_default().to_string());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    // A receiver that accepts and never answers.
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let w = waiting.clone();
+    let silent = axum::Router::new().route(
+        "/silent",
+        axum::routing::post(move || {
+            let w = w.clone();
+            async move {
+                w.fetch_add(1, SeqCst);
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "late"
+            }
+        }),
+    );
+    let mut urls = Vec::new();
+    for router in [flaky, silent] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    }
+    let app = spawn_app().await;
+    let mut def = definition("http://127.0.0.1:9/x", false);
+    def["notifications"] = json!([
+        {"url": format!("{}/slack", urls[0]), "format": "slack"},
+        {"url": format!("{}/silent", urls[1]), "format": "json"}
+    ]);
+    let (status, v) = app.put("/v1/apps/course", def).await;
+    assert_eq!(status, 201, "{v}");
+    let d = deploy(&app, "course", "v1").await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    assert!(waiting.load(SeqCst) >= 1, "the silent receiver was called and is still holding its request");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !texts.lock().unwrap().iter().any(|t| t.starts_with("[course]") && t.contains("v1")) {
+        assert!(
+            Instant::now() < deadline,
+            "no Slack message after retries: {} calls, {:?}",
+            calls.load(SeqCst),
+            texts.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(calls.load(SeqCst) >= texts.lock().unwrap().len() + 2, "the two refused deliveries were retried");
+    let instance = app.instance.clone();
+    drop(app);
+    cleanup_app_volumes(&instance);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploys_lose_no_request_migrate_once_fail_safely_and_roll_back() {
     let (app, ingress) = spawn_with_ingress().await;
@@ -316,36 +417,16 @@ async fn deploys_lose_no_request_migrate_once_fail_safely_and_roll_back() {
     assert_eq!(page(ingress).await.unwrap(), "sample v1");
 
     // v1 → v2 while a client keeps asking.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(Mutex::new(Vec::<String>::new())));
-    let client = {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        tokio::spawn(async move {
-            let mut seen_v2 = false;
-            while !stop.load(Ordering::SeqCst) {
-                match page(ingress).await {
-                    Ok(body) => {
-                        ok.fetch_add(1, Ordering::SeqCst);
-                        seen_v2 |= body == "sample v2";
-                    }
-                    Err(e) => failed.lock().unwrap().push(e),
-                }
-            }
-            seen_v2
-        })
-    };
+    let (stop, client) = hammer(ingress);
     let (status, d2) = app.post("/v1/apps/course/deploys", json!({"version": "v2"})).await;
     assert_eq!(status, 202);
     let (status, v) = app.post("/v1/apps/course/deploys", json!({"version": "v2"})).await;
     assert_eq!((status, v["error"]["code"].as_str()), (409, Some("deploy_running")), "one deploy at a time");
     let d2 = wait_deploy(&app, d2["id"].as_str().unwrap()).await;
     assert_eq!(d2["state"], "succeeded", "{d2}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let seen_v2 = client.await.unwrap();
-    let failures = failed.lock().unwrap().clone();
+    let (pages, failures) = stop_hammer(ingress, stop, client, "sample v2").await;
     assert!(failures.is_empty(), "{} failed requests during the deploy: {failures:?}", failures.len());
-    assert!(ok.load(Ordering::SeqCst) > 20 && seen_v2, "the client kept getting answers and saw v2");
+    assert!(pages > 20, "the client kept getting answers ({pages})");
     assert_eq!(page(ingress).await.unwrap(), "sample v2");
     let (_, a) = app.get("/v1/apps/course").await;
     assert_eq!(a["current_version"], "v2");
@@ -402,6 +483,15 @@ async fn deploys_lose_no_request_migrate_once_fail_safely_and_roll_back() {
             ("v1", "succeeded")
         ]
     );
+
+    // A rollback to a named version, under traffic as well: no request lost.
+    let (stop, client) = hammer(ingress);
+    let (status, r) = app.post("/v1/apps/course/rollback", json!({"version": "v2"})).await;
+    assert_eq!((status, r["version"].as_str()), (202, Some("v2")), "{r}");
+    assert_eq!(wait_deploy(&app, r["id"].as_str().unwrap()).await["state"], "succeeded");
+    let (pages, failures) = stop_hammer(ingress, stop, client, "sample v2").await;
+    assert!(failures.is_empty(), "{} failed requests during the rollback: {failures:?}", failures.len());
+    assert!(pages > 5, "the client kept getting answers ({pages})");
 
     // Notifications reached the live receiver, signed; the dead one failed nothing.
     let deadline = Instant::now() + Duration::from_secs(10);
