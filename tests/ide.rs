@@ -342,3 +342,28 @@ async fn connections_to_one_session_are_bounded() {
     .expect("the socket closes once the session is deleted");
     assert_eq!(code, Some(4000));
 }
+
+/// An expired cookie is refused with its own code (the page can say "open the IDE again"), a
+/// forged one too; an operator's list of allowed origins replaces the same-host rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_cookies_and_origins_outside_the_configured_list_are_refused() {
+    let app = spawn_app_with(|s| s.ide_allowed_origins = vec!["https://course.example".to_string()]).await;
+    ide_exercise(&app, "ide-gate").await;
+    let s = app.session("ada", "ide-gate").await;
+    let id = s["id"].as_str().unwrap();
+    let cookie = login(&app, s["ide_url"].as_str().unwrap()).await;
+    wait_agent(&app, id, &cookie).await;
+    // Origins: only the configured one, not even the runner's own.
+    assert_eq!(terminal_socket(&app, id, &cookie, &app.base.clone()).await.err(), Some(403));
+    assert!(terminal_socket(&app, id, &cookie, "https://course.example").await.is_ok());
+    // Cookies: one signed with the runner's secret but expired, and one signed with another.
+    let secret = std::fs::read_to_string(app.data_dir.join("ide-secret")).unwrap();
+    let name = web_ide_proxy::COOKIE_NAME;
+    let expired = web_ide_proxy::token::sign(secret.trim().as_bytes(), web_ide_proxy::token::Kind::Cookie, id, 1);
+    let (status, v) = get_with(&app, &format!("/ide/{id}/api/files"), &format!("{name}={expired}")).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (401, Some("cookie_expired")), "{v}");
+    let far = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let forged = web_ide_proxy::token::sign(b"not-the-secret", web_ide_proxy::token::Kind::Cookie, id, far);
+    let (status, _) = get_with(&app, &format!("/ide/{id}/api/files"), &format!("{name}={forged}")).await;
+    assert_eq!(status, 401);
+}
