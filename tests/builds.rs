@@ -360,7 +360,12 @@ fn sign(secret: &str, body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_push_hook_builds_the_branch_and_a_bad_signature_builds_nothing() {
-    let app = spawn_app_with(|s| s.git_allow_local = true).await;
+    const GLOBAL: &str = "the-operators-global-hook-secret";
+    let app = spawn_app_with(|s| {
+        s.git_allow_local = true;
+        s.git_hook_secret = Some(runner::config::Secret::new(GLOBAL));
+    })
+    .await;
     // An author's repository, pushed to a local bare repository.
     let work = tempfile::tempdir().unwrap();
     let bare = tempfile::tempdir().unwrap();
@@ -428,6 +433,23 @@ async fn a_signed_push_hook_builds_the_branch_and_a_bad_signature_builds_nothing
     assert_eq!(status, 202, "{b}");
     let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
     assert_eq!((b["state"].as_str(), b["cached"].as_bool()), (Some("succeeded"), Some(true)), "{b}");
+    // And one naming the source itself.
+    let (status, b) = app.post("/v1/exercises/hooked/builds", json!({"git": {"url": url, "ref": "main"}})).await;
+    assert_eq!(status, 202, "{b}");
+    assert_eq!(b["source"]["kind"], "git", "{b}");
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+
+    // The operator's global secret signs pushes for exercises without their own secret, and
+    // only for those: it cannot trigger an exercise that has its own.
+    let (status, e) = app.put("/v1/exercises/hooked-too", json!({"git": {"url": url, "ref": "main"}})).await;
+    assert_eq!(status, 201, "{e}");
+    let r = hook(Some(sign(GLOBAL, &payload))).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    let exercises: Vec<&str> =
+        v["builds"].as_array().unwrap().iter().map(|b| b["exercise"].as_str().unwrap()).collect();
+    assert_eq!(exercises, ["hooked-too"], "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
