@@ -184,6 +184,10 @@ async fn terminals_need_an_allowed_origin_and_run_real_shells() {
     ws.send(input("echo $((6*7)); id -u\r")).await.unwrap();
     let out = read_until(&mut ws, "1000").await;
     assert!(out.contains("42"), "{out}");
+    // The resize reached the PTY.
+    ws.send(input("stty size\r")).await.unwrap();
+    let out = read_until(&mut ws, "30 100").await;
+    assert!(out.contains("30 100"), "{out}");
     // Files written in the terminal are in the sandbox and in the file list.
     ws.send(input("echo hello > from-terminal.txt\r")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
