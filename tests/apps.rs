@@ -180,6 +180,13 @@ async fn run(app: &TestApp, name: &str, command: &[&str]) -> String {
     r.text().await.unwrap()
 }
 
+/// Ends a test's runner: its containers go (TestApp's drop), then the app volumes they used.
+fn finish(app: TestApp) {
+    let instance = app.instance.clone();
+    drop(app);
+    cleanup_app_volumes(&instance);
+}
+
 fn cleanup_app_volumes(instance: &str) {
     let vols = docker(&["volume", "ls", "-q", "--filter", &format!("name=exercise-runner-{instance}-app-")]);
     for v in vols.lines().filter(|l| !l.is_empty()) {
@@ -248,10 +255,8 @@ async fn secrets_sealed_under_another_key_fail_deploys_until_given_again() {
     let (status, v) = again.put("/v1/apps/course", definition("http://127.0.0.1:9/x", false)).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(deploy(&again, "course", "v1").await["state"], "succeeded");
-    let instance = app.instance.clone();
     drop(again);
-    drop(app);
-    cleanup_app_volumes(&instance);
+    finish(app);
 }
 
 /// A release command that prints a secret (a migration echoing its environment, say) does not
@@ -302,9 +307,7 @@ async fn secrets_a_release_command_prints_are_redacted_in_the_deploy_log() {
         assert_eq!(host, "127.0.0.1", "ports are published on loopback only ({port})");
     }
     assert_ne!(sandbox_exec(web, "touch /app/x 2>/dev/null").0, 0, "the image's files are read-only");
-    let instance = app.instance.clone();
-    drop(app);
-    cleanup_app_volumes(&instance);
+    finish(app);
 }
 
 /// A response still streaming when a deploy switches the route is sent to its end: the old
@@ -329,9 +332,7 @@ async fn a_response_still_streaming_when_a_deploy_switches_is_not_cut() {
     let text = body.await.unwrap().expect("the streaming response was cut");
     assert!(text.contains("chunk 19") && text.trim_end().ends_with("end"), "{text}");
     assert_eq!(page(ingress).await.as_deref(), Ok("sample v2"));
-    let instance = app.instance.clone();
-    drop(app);
-    cleanup_app_volumes(&instance);
+    finish(app);
 }
 
 /// Webhooks are retried with backoff when the receiver fails, Slack-format ones carry `text`, and
@@ -399,9 +400,7 @@ async fn webhooks_are_retried_and_a_receiver_that_never_answers_delays_nothing()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(calls.load(SeqCst) >= texts.lock().unwrap().len() + 2, "the two refused deliveries were retried");
-    let instance = app.instance.clone();
-    drop(app);
-    cleanup_app_volumes(&instance);
+    finish(app);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,7 +514,7 @@ async fn deploys_lose_no_request_migrate_once_fail_safely_and_roll_back() {
         assert!(!log.contains(SECRET) && !log.contains(REGISTRY_PASSWORD), "{log}");
     }
     assert!(!history.to_string().contains(SECRET));
-    cleanup_app_volumes(&app.instance);
+    finish(app);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -587,7 +586,7 @@ async fn a_crashing_service_is_restarted_up_to_its_limit_then_failed_and_reporte
     let reports_now = received.lock().unwrap().iter().filter(|(_, v)| v["event"] == "service_failed").count();
     assert_eq!(reports_now, reports, "reported twice");
     drop(again);
-    cleanup_app_volumes(&app.instance);
+    finish(app);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -699,7 +698,7 @@ async fn services_come_back_after_a_runner_restart_and_the_cli_deploys() {
     };
     assert_eq!(reason, "exit 5");
     drop(again);
-    cleanup_app_volumes(&app.instance);
+    finish(app);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,6 +67,24 @@ async fn terminal_socket(
     }
 }
 
+/// The close code the socket ends with, within the deadline: `Ok(None)` for an end without a
+/// close frame, `Err` when it stays open.
+async fn close_code(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    within: Duration,
+) -> Result<Option<u16>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return Some(u16::from(frame.code)),
+                Some(Ok(_)) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await
+}
+
 async fn wait_agent(app: &TestApp, session: &str, cookie: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -234,17 +252,8 @@ async fn socket_activity_keeps_a_session_alive_and_reaping_closes_the_socket() {
     assert_eq!(v["state"], "running", "IDE traffic is activity: {v}");
     // Silence: the session is reaped and the socket closes with code 4000.
     let started = Instant::now();
-    let code = tokio::time::timeout(Duration::from_secs(25), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return Some(u16::from(frame.code)),
-                Some(Ok(_)) => {}
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("the socket closes once the session is reaped");
+    let code =
+        close_code(&mut ws, Duration::from_secs(25)).await.expect("the socket closes once the session is reaped");
     assert_eq!(code, Some(4000), "the page is told the session ended");
     assert!(started.elapsed() < Duration::from_secs(25));
     app.wait_session(id, Duration::from_secs(10), |v| v["state"] == "stopped").await;
@@ -333,17 +342,8 @@ async fn connections_to_one_session_are_bounded() {
     // Ending the session through the API closes the sockets still open, telling the page why.
     let (status, _) = app.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!(status, 200);
-    let code = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            match second.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return Some(u16::from(frame.code)),
-                Some(Ok(_)) => {}
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("the socket closes once the session is deleted");
+    let code =
+        close_code(&mut second, Duration::from_secs(15)).await.expect("the socket closes once the session is deleted");
     assert_eq!(code, Some(4000));
 }
 
