@@ -280,6 +280,9 @@ async fn browser_pass(runtime: runner::config::Runtime) {
         .env("ARTIFACTS", &artifacts)
         .env("EDIT_FILE", "fizzbuzz.py")
         .env("EXPECT_VERDICT", "Failed")
+        // Last, the script ends the session through the API and expects the page to say so.
+        .env("END_SESSION_URL", app.url(&format!("/v1/sessions/{}", s["id"].as_str().unwrap())))
+        .env("API_TOKEN", TOKEN)
         .output()
         .await
         .expect("running node tests/e2e/ide.mjs (scripts/test installs node, npm packages and chromium)");
@@ -288,6 +291,8 @@ async fn browser_pass(runtime: runner::config::Runtime) {
     // The Check button recorded a check of the session.
     let (_, checks) = app.get(&format!("/v1/sessions/{}/checks", s["id"].as_str().unwrap())).await;
     assert!(!checks["checks"].as_array().unwrap().is_empty(), "{checks}");
+    let (_, ended) = app.get(&format!("/v1/sessions/{}", s["id"].as_str().unwrap())).await;
+    assert_eq!(ended["state"], "stopped", "the browser test ended the session: {ended}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

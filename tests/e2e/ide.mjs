@@ -8,7 +8,8 @@
 // Steps: open the IDE; wait for a terminal; run `echo $((6*7))` and see `42`; open EDIT_FILE from
 // the file tree; append a line; Ctrl-S; see "Saved"; check the file inside the container with
 // `docker exec`; reload and see `42` again (the replayed scrollback); click Check and see
-// EXPECT_VERDICT. Every wait polls against a deadline. On failure: a full-page screenshot
+// EXPECT_VERDICT; with END_SESSION_URL and API_TOKEN, end the session through the API and see
+// the page say so. Every wait polls against a deadline. On failure: a full-page screenshot
 // $ARTIFACTS/<step>.png, the error and the browser's console, exit 1. On success:
 // $ARTIFACTS/ide.png, exit 0.
 import { execFileSync } from 'node:child_process';
@@ -37,6 +38,10 @@ const EDIT_FILE = env('EDIT_FILE').replace(/^\/+/, '');
 const EXPECT_VERDICT = env('EXPECT_VERDICT');
 const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const CHECK_TIMEOUT_MS = Number(env('CHECK_TIMEOUT_MS', '180000'));
+// Optional: the runner's URL of this session and a token to DELETE it with; the page must then
+// say the session ended, and the Check button go disabled.
+const END_SESSION_URL = env('END_SESSION_URL', '');
+const API_TOKEN = env('API_TOKEN', '');
 const WORKDIR = '/workspace';
 const EDIT_LINE = '# edited in the browser';
 
@@ -282,6 +287,13 @@ async function main() {
     const cls = (await page.getAttribute('#verdict', 'class')) ?? '';
     if (!cls.split(/\s+/).includes(EXPECT_VERDICT.toLowerCase()))
       throw new Error(`#verdict has classes "${cls}", expected "${EXPECT_VERDICT.toLowerCase()}"`);
+    // The learner sees what the tests said, not only the verdict.
+    await until('the check output panel', 10000, async () => {
+      const shown = (await page.getAttribute('#check-output', 'hidden')) === null;
+      const meta = (await page.textContent('#check-meta'))?.trim() ?? '';
+      const text = (await page.textContent('#check-text'))?.trim() ?? '';
+      return shown && /exit code/.test(meta) && text.length > 0;
+    });
   });
 
   await step('every request stayed under the IDE path', 5000, async () => {
@@ -293,6 +305,21 @@ async function main() {
     await page.screenshot({ path: path.join(ARTIFACTS, 'ide.png'), fullPage: true });
     log(`  screenshot: ${path.join(ARTIFACTS, 'ide.png')}`);
   });
+
+  if (END_SESSION_URL) {
+    await step('end the session through the API and see the page say so', 30000, async () => {
+      const r = await fetch(END_SESSION_URL, { method: 'DELETE', headers: { authorization: `Bearer ${API_TOKEN}` } });
+      if (r.status !== 200) throw new Error(`DELETE ${END_SESSION_URL}: ${r.status} ${await r.text()}`);
+      await until('the "session ended" banner', 25000, async () => {
+        const hidden = await page.getAttribute('#banner', 'hidden');
+        const cls = (await page.getAttribute('#banner', 'class')) ?? '';
+        const text = (await page.textContent('#banner'))?.trim() ?? '';
+        return hidden === null && cls === 'ended' && /session has ended/.test(text) ? text : null;
+      });
+      if (!(await page.isDisabled('#check'))) throw new Error('the Check button is still enabled');
+      await page.screenshot({ path: path.join(ARTIFACTS, 'ended.png'), fullPage: true });
+    });
+  }
 }
 
 let exitCode = 0;
