@@ -180,6 +180,22 @@ async fn run(app: &TestApp, name: &str, command: &[&str]) -> String {
     r.text().await.unwrap()
 }
 
+/// The containers of one service of the test instance's apps: running ones, or all with `all`.
+fn service_containers(instance: &str, service: &str, all: bool) -> Vec<String> {
+    docker(&[
+        "ps",
+        if all { "-aq" } else { "-q" },
+        "--filter",
+        &format!("label=exercise-runner.instance={instance}"),
+        "--filter",
+        &format!("label=exercise-runner.service={service}"),
+    ])
+    .lines()
+    .filter(|l| !l.is_empty())
+    .map(str::to_string)
+    .collect()
+}
+
 /// Ends a test's runner: its containers go (TestApp's drop), then the app volumes they used.
 fn finish(app: TestApp) {
     let instance = app.instance.clone();
@@ -275,15 +291,8 @@ async fn secrets_a_release_command_prints_are_redacted_in_the_deploy_log() {
     assert!(!log.replace('\n', "").contains(SECRET), "a secret split across chunks leaked: {log}");
     // The app's containers are locked down like the definition says (they are not sandboxes, but
     // an app bug should not get a writable root or capabilities).
-    let web = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=exercise-runner.instance={}", app.instance),
-        "--filter",
-        "label=exercise-runner.service=web",
-    ]);
-    let web = web.lines().next().expect("a web container");
+    let web = service_containers(&app.instance, "web", false);
+    let web = web.first().expect("a web container").as_str();
     let c = inspect(web);
     let hc = &c["HostConfig"];
     assert_eq!(hc["ReadonlyRootfs"], true, "{hc}");
@@ -543,17 +552,10 @@ async fn a_crashing_service_is_restarted_up_to_its_limit_then_failed_and_reporte
     // A runner restart does not forget it: still failed, not restarted again, not reported again.
     let mut app = app;
     let worker_started = |instance: &str| -> Vec<String> {
-        docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=exercise-runner.instance={instance}"),
-            "--filter",
-            "label=exercise-runner.service=worker",
-        ])
-        .lines()
-        .map(|c| inspect(c)["State"]["StartedAt"].as_str().unwrap_or_default().to_string())
-        .collect()
+        service_containers(instance, "worker", true)
+            .iter()
+            .map(|c| inspect(c)["State"]["StartedAt"].as_str().unwrap_or_default().to_string())
+            .collect()
     };
     let before = worker_started(&app.instance);
     let reports = received.lock().unwrap().iter().filter(|(_, v)| v["event"] == "service_failed").count();
@@ -614,31 +616,12 @@ async fn services_come_back_after_a_runner_restart_and_the_cli_deploys() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // A replica removed behind the runner's back is started again.
-    let web: Vec<String> = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=exercise-runner.instance={}", app.instance),
-        "--filter",
-        "label=exercise-runner.service=web",
-    ])
-    .lines()
-    .map(str::to_string)
-    .collect();
+    let web = service_containers(&app.instance, "web", false);
     assert_eq!(web.len(), 2);
     docker(&["rm", "-f", &web[0]]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let n = docker(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=exercise-runner.instance={}", app.instance),
-            "--filter",
-            "label=exercise-runner.service=web",
-        ])
-        .lines()
-        .count();
+        let n = service_containers(&app.instance, "web", false).len();
         if n == 2 {
             break;
         }

@@ -100,13 +100,6 @@ impl BuildCgroup {
         &self.parent
     }
 
-    /// The number of processes in the cgroup now (for tests and diagnostics).
-    pub fn pids_current(&self) -> Option<u64> {
-        let base = if v2() { PathBuf::from(CGROUP_ROOT) } else { Path::new(CGROUP_ROOT).join("pids") };
-        let text = std::fs::read_to_string(base.join(self.parent.trim_start_matches('/')).join("pids.current")).ok()?;
-        text.trim().parse().ok()
-    }
-
     /// Removes the cgroup from every hierarchy once the build's containers are gone (the engine
     /// removes them as the build ends; a moment's retry covers the last one's teardown).
     pub async fn remove(mut self) {
