@@ -8,6 +8,7 @@
 //! the repository, so the same content is never built twice.
 
 pub mod archive;
+pub mod dockerfile;
 pub mod git;
 pub mod hooks;
 pub mod log;
@@ -163,7 +164,9 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
     let Some(dockerfile) = tree.file("Dockerfile") else {
         return Err(Invalid::new("invalid_repository", "the repository has no Dockerfile at its root"));
     };
-    check_dockerfile(&String::from_utf8_lossy(dockerfile))?;
+    let dockerfile = std::str::from_utf8(dockerfile)
+        .map_err(|_| Invalid::new("invalid_dockerfile", "the Dockerfile is not UTF-8"))?;
+    check_dockerfile(dockerfile)?;
     for (field, dir) in [("learner_files", &m.learner_files), ("solution", &m.solution)] {
         if !tree.has_dir(dir) {
             return Err(Invalid::new(
@@ -196,6 +199,12 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
     Ok(m)
 }
 
+/// The images the tree's Dockerfile uses from outside (the tree passed [`validate_tree`]).
+fn tree_images(tree: &Tree) -> Result<dockerfile::Checked, Invalid> {
+    let text = tree.file("Dockerfile").unwrap_or_default();
+    check_dockerfile(std::str::from_utf8(text).unwrap_or_default())
+}
+
 /// Whether one repository directory is the other or inside it (`""` and `"."` are the root).
 fn dirs_overlap(a: &str, b: &str) -> bool {
     let parts =
@@ -208,24 +217,31 @@ fn dirs_overlap(a: &str, b: &str) -> bool {
 /// Active builds one exercise may have: one author cannot take the whole queue.
 pub const MAX_ACTIVE_PER_EXERCISE: usize = 3;
 
-/// Refuses Dockerfile instructions that make the engine itself fetch a URL: the engine runs in
-/// the host's network namespace, so `ADD http://127.0.0.1:...` would read the host's own services.
-pub fn check_dockerfile(text: &str) -> Result<(), Invalid> {
-    let joined = text.replace("\\\n", " ");
-    for (n, line) in joined.lines().enumerate() {
-        let mut words = line.split_whitespace();
-        let Some(instruction) = words.next() else { continue };
-        if instruction.eq_ignore_ascii_case("ADD") {
-            let remote = words.any(|w| {
-                let w = w.trim_matches(|c| c == '"' || c == '[' || c == ']' || c == ',').to_ascii_lowercase();
-                w.contains("://") || w.starts_with("git@")
-            });
-            if remote {
-                return Err(Invalid::new(
-                    "invalid_dockerfile",
-                    format!("Dockerfile line {}: ADD from a URL is not allowed; download in a RUN step instead", n + 1),
-                ));
-            }
+/// Refuses Dockerfiles that would make the engine fetch anything itself (see
+/// [`dockerfile::check`]); what it returns lists the images the build uses from outside.
+pub fn check_dockerfile(text: &str) -> Result<dockerfile::Checked, Invalid> {
+    dockerfile::check(text)
+}
+
+/// Checks the images a Dockerfile uses from outside against the engine: each must already be
+/// there (a missing one would be pulled by the engine, from the host's network namespace, and
+/// its triggers run unchecked), and a `FROM` image's `ONBUILD` triggers must meet the same
+/// policy as the Dockerfile's own lines.
+pub async fn check_images(app: &App, checked: &dockerfile::Checked) -> Result<(), BuildError> {
+    for use_ in &checked.images {
+        let Some(info) = app.engine.image(&use_.reference).await? else {
+            return Err(Invalid::new(
+                "invalid_dockerfile",
+                format!(
+                    "Dockerfile line {}: the image {} is not on this engine; builds use only images already there \
+                     (the runner pulls nothing during a build), such as exercise-runner/base:latest",
+                    use_.line, use_.reference
+                ),
+            )
+            .into());
+        };
+        if use_.base {
+            dockerfile::check_triggers(&use_.reference, use_.line, &info.on_build)?;
         }
     }
     Ok(())
@@ -258,6 +274,7 @@ pub async fn submit_archive(app: &Arc<App>, slug: &Slug, body: bytes::Bytes) -> 
     let tree =
         tokio::task::spawn_blocking(move || Tree::from_archive(&body, caps)).await.map_err(anyhow::Error::from)??;
     validate_tree(app, slug, &tree)?;
+    check_images(app, &tree_images(&tree)?).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let blob = tree.to_full_tar();
     let dir = app.settings.builds_dir();
@@ -489,6 +506,10 @@ async fn build_steps(
     let slug = Slug::parse(&build.exercise).map_err(|e| anyhow::anyhow!(e.message))?;
     let tree = load_tree(app, build, log).await?;
     let manifest = validate_tree(app, &slug, &tree).map_err(|e| anyhow::anyhow!(e.message))?;
+    // Again here: a git build's Dockerfile is first seen now, and an image may have changed
+    // since the submit.
+    let images = tree_images(&tree).map_err(|e| anyhow::anyhow!(e.message))?;
+    check_images(app, &images).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let version = tree.digest()[..12].to_string();
     let image = format!("exercise-runner/{}:{}", slug, version);
     log.step(&format!("version {version} ({image})"));
@@ -522,6 +543,14 @@ async fn build_steps(
         app.engine.build_image(req, token, |line| log.write(line.trim_end_matches('\n'))).await?;
         let info = app.engine.image(&image).await?.ok_or_else(|| anyhow::anyhow!("the built image vanished"))?;
         crate::exercises::reject_unsafe_image(&info).map_err(|e| anyhow::anyhow!(e.message))?;
+        if !info.on_build.is_empty() {
+            // Whatever spelling got past the Dockerfile check: an exercise image is a possible
+            // base of another author's build, and its triggers would run there.
+            anyhow::bail!(
+                "the image carries ONBUILD triggers {:?}; exercise images must not carry triggers into later builds",
+                info.on_build
+            );
+        }
         app.store.transition_build(&build.id, &[BUILDING], TESTING, None).await?;
         log.step("self-test: the check must fail on the starting files and pass with the solution");
         let report = selftest::run(app, &build.id, &image, &manifest, &tree, log).await;

@@ -47,6 +47,8 @@ pub struct ImageInfo {
     /// `VOLUME`s the image declares: Docker would give each an anonymous volume with no size
     /// limit, on the host's disk.
     pub volumes: Vec<String>,
+    /// `ONBUILD` triggers: instructions the engine runs when a build starts `FROM` this image.
+    pub on_build: Vec<String>,
 }
 
 impl ImageInfo {
@@ -169,6 +171,7 @@ impl Engine {
                     .and_then(|c| c.volumes.as_ref())
                     .map(|v| v.keys().cloned().collect())
                     .unwrap_or_default(),
+                on_build: img.config.as_ref().and_then(|c| c.on_build.clone()).unwrap_or_default(),
                 working_dir: img.config.and_then(|c| c.working_dir).filter(|w| !w.is_empty()),
             })),
             Err(e) if is_status(&e, 404) => Ok(None),
