@@ -132,7 +132,9 @@ pub struct Settings {
     /// Most processes a build's `RUN` steps may have at once (a cgroup parent with `pids.max`);
     /// 0 turns the limit off (for engines without the cgroupfs driver).
     pub build_pids_limit: u64,
-    /// Network of `RUN` steps (package installs need one); `none` builds offline.
+    /// Network of `RUN` steps (package installs need one): the runner's own, firewalled off the
+    /// host (`exercise-runner-build`, the default); `none` builds offline; another name is the
+    /// operator's network, whose firewall rules the runner checks (`builds/isolation.rs`).
     pub build_network: String,
     /// Largest repository archive accepted (compressed, as sent).
     pub max_archive_bytes: usize,
@@ -147,6 +149,8 @@ pub struct Settings {
     pub git_hook_secret: Option<Secret>,
     /// Output kept from one check (the rest is cut, `truncated: true`).
     pub check_output_bytes: usize,
+    /// Learners' checks running at once; each learner holds at most one of these slots.
+    pub max_concurrent_checks: usize,
     // ---- the web IDE ----
     /// Signs IDE tokens and cookies. When unset, one is generated into `<data_dir>/ide-secret`;
     /// a separate `runner ide-proxy` must be given the same one.
@@ -208,7 +212,7 @@ impl Settings {
             build_memory_mb: 2048,
             build_cpus: 1.0,
             build_pids_limit: 1024,
-            build_network: "default".into(),
+            build_network: crate::docker::build_network::MANAGED_NETWORK.into(),
             max_archive_bytes: 32 * 1024 * 1024,
             max_unpacked_bytes: 128 * 1024 * 1024,
             max_archive_files: 10_000,
@@ -216,6 +220,7 @@ impl Settings {
             git_allow_local: false,
             git_hook_secret: None,
             check_output_bytes: 64 * 1024,
+            max_concurrent_checks: 8,
             ide_secret: None,
             secrets_key: None,
             public_url: String::new(),
@@ -405,6 +410,9 @@ impl Settings {
         if let Some(v) = parse(&get, "RUNNER_CHECK_OUTPUT_BYTES")? {
             s.check_output_bytes = v;
         }
+        if let Some(v) = parse(&get, "RUNNER_MAX_CONCURRENT_CHECKS")? {
+            s.max_concurrent_checks = v;
+        }
         s.ide_secret = get("RUNNER_IDE_SECRET").filter(|v| !v.is_empty()).map(Secret::new);
         s.secrets_key = get("RUNNER_SECRETS_KEY").filter(|v| !v.is_empty()).map(Secret::new);
         if let Some(v) = get("RUNNER_PUBLIC_URL").filter(|v| !v.is_empty()) {
@@ -472,6 +480,9 @@ impl Settings {
         }
         if self.max_concurrent_starts == 0 || self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
             bail!("RUNNER_MAX_CONCURRENT_STARTS and the rate limits must be positive");
+        }
+        if self.max_concurrent_checks == 0 {
+            bail!("RUNNER_MAX_CONCURRENT_CHECKS must be positive (0 would refuse every check)");
         }
         let url = self.database_url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -588,6 +599,9 @@ mod tests {
         assert!(from(&[("RUNNER_SANDBOX_USER", "root")]).is_err());
         assert!(from(&[("RUNNER_SANDBOX_USER", "0:0")]).is_err());
         assert!(from(&[("RUNNER_SANDBOX_MEMORY_MB", "999999")]).is_err());
+        let err = from(&[("RUNNER_MAX_CONCURRENT_CHECKS", "0")]).unwrap_err().to_string();
+        assert!(err.contains("RUNNER_MAX_CONCURRENT_CHECKS"), "{err}");
+        assert_eq!(from(&[("RUNNER_MAX_CONCURRENT_CHECKS", "3")]).unwrap().max_concurrent_checks, 3);
         let err = from(&[("RUNNER_LOG", "runner=loud")]).unwrap_err().to_string();
         assert!(err.contains("RUNNER_LOG"), "{err}");
         assert_eq!(
