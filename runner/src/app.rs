@@ -21,12 +21,17 @@ pub struct App {
     pub start_slots: Arc<Semaphore>,
     /// Sessions whose sandbox is being started right now; the reconciler leaves them alone.
     pub starting: Mutex<HashSet<String>>,
-    /// Bounds concurrent checks of learners' work.
-    pub check_slots: Arc<Semaphore>,
+    /// Bounds concurrent checks of learners' work (`RUNNER_MAX_CONCURRENT_CHECKS`), one slot per
+    /// learner at a time.
+    pub check_slots: Arc<crate::checks::FairSlots>,
+    /// The check running for each session; a second request joins it.
+    pub checks_in_flight: Arc<crate::checks::SingleFlight<crate::checks::SharedResult>>,
     /// Bounds repositories being unpacked in memory at once.
     pub intake_slots: Arc<Semaphore>,
     /// Bounds concurrent builds; queued builds wait in the database.
     pub build_slots: Arc<Semaphore>,
+    /// The last verdict on the build network's isolation from the host (`/readyz`).
+    pub build_isolation: Mutex<Option<crate::builds::isolation::Report>>,
     /// Wakes the build worker when a build is queued.
     pub build_wake: tokio::sync::Notify,
     /// Cancellation of the builds running in this process.
@@ -79,9 +84,11 @@ impl App {
         Ok(Arc::new_cyclic(|weak| App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
-            check_slots: Arc::new(Semaphore::new(8)),
+            check_slots: crate::checks::FairSlots::new(settings.max_concurrent_checks, 1),
+            checks_in_flight: crate::checks::SingleFlight::new(),
             intake_slots: Arc::new(Semaphore::new(2)),
             build_slots: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
+            build_isolation: Mutex::new(None),
             build_wake: tokio::sync::Notify::new(),
             build_cancels: Mutex::new(Default::default()),
             rate_limiter: RateLimiter::keyed(quota),

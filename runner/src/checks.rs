@@ -1,12 +1,23 @@
 //! Checks: run the exercise's check inside a sandbox, against the files there, as the sandbox
 //! user, with a time limit and an output cap. Used for learners' sessions and build self-tests.
+//!
+//! Learners' checks share a bounded number of slots (`RUNNER_MAX_CONCURRENT_CHECKS`) and nothing
+//! a learner does inside their sandbox may keep another learner's check from running:
+//! - a session has at most one check in flight; a request while one runs joins it and gets its
+//!   result ([`check_session`]);
+//! - slots are handed out by [`FairSlots`]: a learner holds at most one at a time, and waiting
+//!   learners are served in arrival order;
+//! - one deadline covers the whole check, the wait for the exercise's services included, so a
+//!   slot is held at most the check's `timeout_secs` plus [`ENGINE_GRACE`].
 
 use std::{
-    sync::Arc,
-    time::{Duration, Instant},
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use serde::Serialize;
+use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
     app::App,
@@ -17,8 +28,21 @@ use crate::{
     store::{now_ms, CheckRecord},
 };
 
-/// How long services named by the exercise may take to come up before a check gives up.
+/// How long services named by the exercise may take to come up when nothing else bounds the
+/// wait (a build's self-test prepares its sandbox with it). A check's own wait is bounded by the
+/// check's deadline instead.
 const SERVICES_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a check may wait for a slot before the caller is told to come back (503).
+const SLOT_WAIT: Duration = Duration::from_secs(10);
+
+/// Past the check's deadline, how long the host waits for an engine that stops answering. The
+/// sandbox's own `timeout` ends the command at the deadline; this only bounds a stuck engine.
+pub const ENGINE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long one `supervisorctl status` may take: supervisord is the learner's process and may
+/// never answer (stopped with SIGSTOP), so every poll is bounded and killed inside the sandbox.
+const STATUS_POLL_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckOutcome {
@@ -30,47 +54,71 @@ pub struct CheckOutcome {
     pub duration_ms: u64,
 }
 
-/// Waits until supervisord answers and every named service is RUNNING. Images without
-/// supervisord (no `supervisorctl`) have nothing to wait for.
+/// Waits until supervisord answers and every named service is RUNNING, at most
+/// [`SERVICES_DEADLINE`]. Images without supervisord (no `supervisorctl`) have nothing to wait for.
 pub async fn wait_for_services(
     engine: &Engine,
     container: &str,
     user: &str,
     services: &[String],
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + SERVICES_DEADLINE;
-    let status = |args: Vec<String>| {
-        let mut cmd = vec!["supervisorctl".to_string(), "status".to_string()];
-        cmd.extend(args);
-        let mut req = ExecRequest::new(cmd, user);
-        req.deadline = Duration::from_secs(10);
-        engine.exec(container, req)
-    };
+    services_up(engine, container, user, services, Instant::now() + SERVICES_DEADLINE)
+        .await?
+        .map_err(anyhow::Error::msg)
+}
+
+/// Polls `supervisorctl status` until every named service is RUNNING or `deadline` passes.
+/// The outer error is the engine's; the inner one says what was not up by the deadline.
+async fn services_up(
+    engine: &Engine,
+    container: &str,
+    user: &str,
+    services: &[String],
+    deadline: Instant,
+) -> anyhow::Result<Result<(), String>> {
     loop {
-        let out = status(vec![]).await?;
-        // 0: all running; 3: some not running (yet); 126/127: no supervisorctl in this image.
+        let left = deadline.saturating_duration_since(Instant::now()).min(STATUS_POLL_LIMIT);
+        // `timeout` inside the sandbox kills a supervisorctl that hangs on a stopped supervisord,
+        // so polls do not pile up processes in the learner's sandbox.
+        // At least one second: `timeout 0` would mean no limit at all.
+        let limit = whole_secs(left).max(1);
+        let cmd = ["timeout", "-s", "KILL", &limit.to_string(), "supervisorctl", "status"];
+        let mut req = ExecRequest::new(cmd.iter().map(|s| s.to_string()).collect(), user);
+        req.deadline = left.max(Duration::from_millis(500));
+        let out = engine.exec(container, req).await?;
+        // 0: all running; 3: some not running (yet); 126/127: no supervisorctl (or no `timeout`)
+        // in this image.
         if out.exit_code == 126 || out.exit_code == 127 || out.output.contains("executable file not found") {
-            return Ok(());
+            return Ok(Ok(()));
         }
-        if out.exit_code == 0 || out.exit_code == 3 {
-            let pending: Vec<&String> = services
-                .iter()
-                .filter(|s| !out.output.lines().any(|l| l.starts_with(s.as_str()) && l.contains("RUNNING")))
-                .collect();
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                anyhow::bail!("services not RUNNING after {SERVICES_DEADLINE:?}: {pending:?}\n{}", out.output.trim());
-            }
-        } else if Instant::now() > deadline {
-            anyhow::bail!("supervisord did not answer after {SERVICES_DEADLINE:?}: {}", out.output.trim());
+        let pending: Vec<&String> = services
+            .iter()
+            .filter(|s| !out.output.lines().any(|l| l.starts_with(s.as_str()) && l.contains("RUNNING")))
+            .collect();
+        let answered = !out.timed_out && (out.exit_code == 0 || out.exit_code == 3);
+        if answered && pending.is_empty() {
+            return Ok(Ok(()));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if Instant::now() >= deadline {
+            return Ok(Err(if answered {
+                format!("services not RUNNING within the check's time limit: {pending:?}\n{}", out.output.trim())
+            } else {
+                format!("supervisord did not answer within the check's time limit: {}", out.output.trim())
+            }));
+        }
+        tokio::time::sleep_until(deadline.min(Instant::now() + Duration::from_millis(200))).await;
     }
 }
 
-/// Runs the check of `spec` in a running sandbox.
+/// Whole seconds for `timeout` (busybox's takes no fractions), rounded up and at least one, so
+/// the command is never given less than what is left.
+fn whole_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Runs the check of `spec` in a running sandbox. One deadline, `timeout_secs` from now, covers
+/// waiting for the exercise's services and the command; services not up by then make a failed,
+/// timed-out outcome that says so.
 pub async fn run_check(
     engine: &Engine,
     container: &str,
@@ -78,8 +126,19 @@ pub async fn run_check(
     user: &str,
     max_output: usize,
 ) -> anyhow::Result<CheckOutcome> {
-    wait_for_services(engine, container, user, &spec.check.services).await?;
-    let secs = spec.check.timeout_secs;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(spec.check.timeout_secs);
+    if let Err(why) = services_up(engine, container, user, &spec.check.services, deadline).await? {
+        return Ok(CheckOutcome {
+            passed: false,
+            exit_code: -1,
+            output: why,
+            truncated: false,
+            timed_out: true,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+    let secs = whole_secs(deadline.saturating_duration_since(Instant::now())).max(1);
     // `timeout` inside the sandbox kills the check at its limit; the host-side deadline only
     // guards against an engine that stops answering.
     let mut cmd = vec!["timeout".to_string(), "-s".to_string(), "KILL".to_string(), secs.to_string()];
@@ -88,18 +147,17 @@ pub async fn run_check(
     req.workdir = Some(spec.workdir.clone());
     req.env = vec![format!("EXERCISE_TESTS={TESTS_DIR}")];
     req.max_output = max_output;
-    req.deadline = Duration::from_secs(secs + 10);
-    let started = Instant::now();
+    req.deadline = Duration::from_secs(secs) + ENGINE_GRACE;
+    let command_started = Instant::now();
     let out = engine.exec(container, req).await?;
-    let elapsed = started.elapsed();
-    let timed_out = out.timed_out || (out.exit_code == 137 && elapsed >= Duration::from_secs(secs));
+    let timed_out = out.timed_out || (out.exit_code == 137 && command_started.elapsed() >= Duration::from_secs(secs));
     Ok(CheckOutcome {
         passed: out.exit_code == 0 && !timed_out,
         exit_code: out.exit_code,
         output: out.output,
         truncated: out.truncated,
         timed_out,
-        duration_ms: elapsed.as_millis() as u64,
+        duration_ms: started.elapsed().as_millis() as u64,
     })
 }
 
@@ -131,7 +189,16 @@ pub fn to_view(c: &CheckRecord) -> Check {
     }
 }
 
+/// The result of a session's check, as every request that joined it receives it.
+pub type SharedResult = Result<CheckRecord, Arc<SessionError>>;
+
 /// Checks a learner's current work in their running session; counts as activity.
+///
+/// A session has at most one check in flight. A request that arrives while one runs joins it
+/// and answers with its result: both routes (the API's and the IDE's Check button) come here,
+/// and a learner clicking twice, or a script firing many requests, gets one check, not many.
+/// The check runs in a task of its own, so a caller that goes away does not cut it short for the
+/// others, and its record is written either way.
 pub async fn check_session(app: &Arc<App>, session_id: &str) -> Result<CheckRecord, SessionError> {
     let session = crate::sessions::get(app, session_id).await?;
     if session.state != SessionState::Running {
@@ -139,16 +206,117 @@ pub async fn check_session(app: &Arc<App>, session_id: &str) -> Result<CheckReco
     }
     let container = session.container_id.clone().ok_or_else(|| SessionError::NotRunning(session_id.to_string()))?;
     let spec: SandboxSpec = serde_json::from_str(&session.spec).map_err(anyhow::Error::from)?;
-    let _permit = match tokio::time::timeout(Duration::from_secs(10), app.check_slots.clone().acquire_owned()).await {
-        Ok(Ok(p)) => p,
-        _ => {
-            app.metrics.rejected_requests.with_label_values(&["check_queue"]).inc();
-            return Err(SessionError::CheckQueueFull);
+    let check = {
+        let app = app.clone();
+        let id = session_id.to_string();
+        move || async move { run_session_check(&app, &id, &session.learner, &container, &spec).await.map_err(Arc::new) }
+    };
+    match app.checks_in_flight.run(session_id, check).await {
+        Some(Ok(record)) => Ok(record),
+        Some(Err(e)) => Err(same_error(&e)),
+        None => {
+            Err(SessionError::Internal(anyhow::anyhow!("the check of session {session_id} ended without a result")))
         }
+    }
+}
+
+/// At most one task per key: a caller for a key whose task still runs waits for that task's
+/// result instead of starting another.
+pub struct SingleFlight<T> {
+    running: Mutex<HashMap<String, tokio::sync::watch::Receiver<Option<T>>>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
+    pub fn new() -> Arc<Self> {
+        Arc::new(SingleFlight { running: Mutex::new(HashMap::new()) })
+    }
+
+    /// The result of the task running for `key`, starting it with `start` when none runs.
+    /// The task is spawned, so it finishes even if every caller goes away; `None` if it
+    /// panicked.
+    pub async fn run<F>(self: &Arc<Self>, key: &str, start: impl FnOnce() -> F) -> Option<T>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+    {
+        let mut result = {
+            let mut running = self.running.lock().expect("single flight");
+            match running.get(key) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    running.insert(key.to_string(), rx.clone());
+                    let entry = FlightEntry { flights: self.clone(), key: key.to_string() };
+                    let task = start();
+                    tokio::spawn(async move {
+                        let value = task.await;
+                        // Leave the map before answering: a caller from now on starts a new task
+                        // (a check on files that may have changed), one from before gets this.
+                        drop(entry);
+                        let _ = tx.send(Some(value));
+                    });
+                    rx
+                }
+            }
+        };
+        let answer = result.wait_for(Option::is_some).await.ok()?.clone();
+        answer
+    }
+
+    /// Keys with a task running (for tests).
+    pub fn running(&self) -> usize {
+        self.running.lock().expect("single flight").len()
+    }
+}
+
+/// A key's place in a [`SingleFlight`], removed when its task ends, even by a panic, so the key
+/// is never left joining a task that will not answer.
+struct FlightEntry<T> {
+    flights: Arc<SingleFlight<T>>,
+    key: String,
+}
+
+impl<T> Drop for FlightEntry<T> {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.flights.running.lock() {
+            running.remove(&self.key);
+        }
+    }
+}
+
+/// The error of a shared check, for one more caller (an internal cause is not `Clone`).
+fn same_error(e: &SessionError) -> SessionError {
+    match e {
+        SessionError::ExerciseNotFound(s) => SessionError::ExerciseNotFound(s.clone()),
+        SessionError::NotFound(s) => SessionError::NotFound(s.clone()),
+        SessionError::NotLive(s) => SessionError::NotLive(s.clone()),
+        SessionError::NotRunning(s) => SessionError::NotRunning(s.clone()),
+        SessionError::NotPublished(s) => SessionError::NotPublished(s.clone()),
+        SessionError::CheckQueueFull => SessionError::CheckQueueFull,
+        SessionError::AtCapacity(n) => SessionError::AtCapacity(*n),
+        SessionError::StartQueueFull => SessionError::StartQueueFull,
+        SessionError::StartFailed { id, reason } => {
+            SessionError::StartFailed { id: id.clone(), reason: reason.clone() }
+        }
+        SessionError::Internal(cause) => SessionError::Internal(anyhow::anyhow!("{cause:#}")),
+    }
+}
+
+/// One check of a session, in a slot of the learner's: the slot is held only while it runs.
+async fn run_session_check(
+    app: &App,
+    session_id: &str,
+    learner: &str,
+    container: &str,
+    spec: &SandboxSpec,
+) -> Result<CheckRecord, SessionError> {
+    let Some(slot) = app.check_slots.acquire(learner, SLOT_WAIT).await else {
+        app.metrics.rejected_requests.with_label_values(&["check_queue"]).inc();
+        return Err(SessionError::CheckQueueFull);
     };
     app.store.touch_session(session_id, now_ms()).await?;
     let outcome =
-        run_check(&app.engine, &container, &spec, &app.settings.sandbox_user, app.settings.check_output_bytes).await?;
+        run_check(&app.engine, container, spec, &app.settings.sandbox_user, app.settings.check_output_bytes).await?;
+    drop(slot);
     let record = CheckRecord {
         id: uuid::Uuid::new_v4().to_string(),
         session_id: session_id.to_string(),
@@ -164,4 +332,316 @@ pub async fn check_session(app: &Arc<App>, session_id: &str) -> Result<CheckReco
     app.store.touch_session(session_id, now_ms()).await?;
     app.metrics.checks.with_label_values(&[if record.passed { "passed" } else { "failed" }]).inc();
     Ok(record)
+}
+
+/// Check slots shared fairly between learners.
+///
+/// A plain semaphore is first come, first served per *request*, so one learner firing many
+/// requests (or holding checks in several sessions) can take every slot. Here each key (a
+/// learner) holds at most `per_key` slots; a free slot goes to the longest-waiting request whose
+/// key is below that, so a learner's extra requests wait behind everyone else's first one.
+pub struct FairSlots {
+    inner: Mutex<SlotsState>,
+}
+
+struct SlotsState {
+    capacity: usize,
+    per_key: usize,
+    in_use: usize,
+    held: HashMap<String, usize>,
+    waiting: VecDeque<Waiter>,
+    next_ticket: u64,
+}
+
+struct Waiter {
+    ticket: u64,
+    key: String,
+    grant: oneshot::Sender<SlotPermit>,
+}
+
+/// One slot, given back when dropped.
+pub struct SlotPermit {
+    slots: Arc<FairSlots>,
+    key: String,
+    /// False for a permit that never reached its waiter (its accounting is undone in place).
+    armed: bool,
+}
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        if self.armed {
+            self.slots.release(&self.key);
+        }
+    }
+}
+
+impl FairSlots {
+    pub fn new(capacity: usize, per_key: usize) -> Arc<Self> {
+        Arc::new(FairSlots {
+            inner: Mutex::new(SlotsState {
+                capacity,
+                per_key: per_key.max(1),
+                in_use: 0,
+                held: HashMap::new(),
+                waiting: VecDeque::new(),
+                next_ticket: 0,
+            }),
+        })
+    }
+
+    /// A slot for `key`, waiting at most `within`; `None` when none came in time.
+    pub async fn acquire(self: &Arc<Self>, key: &str, within: Duration) -> Option<SlotPermit> {
+        let (ticket, mut granted) = {
+            let mut s = self.inner.lock().expect("check slots");
+            // Everyone eligible was served when the state last changed, so a free slot with no
+            // eligible waiter ahead can be taken at once.
+            if s.in_use < s.capacity && s.held.get(key).copied().unwrap_or(0) < s.per_key {
+                s.take(key);
+                return Some(SlotPermit { slots: self.clone(), key: key.to_string(), armed: true });
+            }
+            let (tx, rx) = oneshot::channel();
+            let ticket = s.next_ticket;
+            s.next_ticket += 1;
+            s.waiting.push_back(Waiter { ticket, key: key.to_string(), grant: tx });
+            (ticket, rx)
+        };
+        match tokio::time::timeout(within, &mut granted).await {
+            Ok(Ok(permit)) => Some(permit),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                let mut s = self.inner.lock().expect("check slots");
+                s.waiting.retain(|w| w.ticket != ticket);
+                drop(s);
+                // Granted in the instant between the timeout and the lock: take it after all.
+                granted.try_recv().ok()
+            }
+        }
+    }
+
+    fn release(self: &Arc<Self>, key: &str) {
+        let mut s = self.inner.lock().expect("check slots");
+        s.give_back(key);
+        s.serve(self);
+    }
+
+    /// Slots in use and requests waiting (for tests and metrics).
+    pub fn usage(&self) -> (usize, usize) {
+        let s = self.inner.lock().expect("check slots");
+        (s.in_use, s.waiting.len())
+    }
+}
+
+impl SlotsState {
+    fn take(&mut self, key: &str) {
+        self.in_use += 1;
+        *self.held.entry(key.to_string()).or_default() += 1;
+    }
+
+    fn give_back(&mut self, key: &str) {
+        self.in_use -= 1;
+        if let Some(n) = self.held.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(key);
+            }
+        }
+    }
+
+    /// Hands free slots to the longest-waiting requests whose key is below its share.
+    fn serve(&mut self, slots: &Arc<FairSlots>) {
+        let mut i = 0;
+        while self.in_use < self.capacity && i < self.waiting.len() {
+            if self.waiting[i].grant.is_closed() {
+                // Its request went away while waiting.
+                self.waiting.remove(i);
+                continue;
+            }
+            if self.held.get(&self.waiting[i].key).copied().unwrap_or(0) >= self.per_key {
+                i += 1;
+                continue;
+            }
+            let w = self.waiting.remove(i).expect("in range");
+            self.take(&w.key);
+            let permit = SlotPermit { slots: slots.clone(), key: w.key.clone(), armed: true };
+            if let Err(mut unsent) = w.grant.send(permit) {
+                // The waiter went away (its request was dropped): the slot stays free.
+                unsent.armed = false;
+                self.give_back(&w.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Duration = Duration::ZERO;
+    const LONG: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn whole_seconds_round_up_so_the_command_gets_what_is_left() {
+        assert_eq!(whole_secs(Duration::from_secs(10)), 10);
+        assert_eq!(whole_secs(Duration::from_millis(9_001)), 10);
+        assert_eq!(whole_secs(Duration::from_millis(1)), 1);
+        assert_eq!(whole_secs(Duration::ZERO), 0);
+    }
+
+    #[tokio::test]
+    async fn a_learner_holds_at_most_one_slot_and_others_still_get_theirs() {
+        let slots = FairSlots::new(2, 1);
+        let a = slots.acquire("ada", NOW).await.expect("a free slot");
+        // Ada's second request does not get the second slot, even though it is free...
+        assert!(slots.acquire("ada", NOW).await.is_none());
+        // ...which stays for someone else.
+        let b = slots.acquire("bob", NOW).await.expect("bob's share");
+        assert_eq!(slots.usage(), (2, 0));
+        drop((a, b));
+        assert_eq!(slots.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn waiting_learners_are_served_in_arrival_order_and_a_repeat_goes_to_the_back() {
+        let slots = FairSlots::new(1, 1);
+        let held = slots.acquire("ada", NOW).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let wait_turn = |who: &'static str| {
+            let (slots, order) = (slots.clone(), order.clone());
+            tokio::spawn(async move {
+                let permit = slots.acquire(who, LONG).await.expect("served in time");
+                order.lock().unwrap().push(who);
+                // Hold it a moment, as a check would.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(permit);
+            })
+        };
+        let mut tasks = vec![wait_turn("bob")];
+        tokio::task::yield_now().await;
+        tasks.push(wait_turn("cy"));
+        tokio::task::yield_now().await;
+        assert_eq!(slots.usage(), (1, 2));
+        // Ada's check ends and she asks again at once: she waits behind Bob and Cy.
+        drop(held);
+        tasks.push(wait_turn("ada"));
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["bob", "cy", "ada"]);
+        assert_eq!(slots.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_learner_at_their_share_is_skipped_not_blocking_the_queue() {
+        let slots = FairSlots::new(2, 1);
+        let ada = slots.acquire("ada", NOW).await.unwrap();
+        let bob = slots.acquire("bob", NOW).await.unwrap();
+        let (s1, s2) = (slots.clone(), slots.clone());
+        let ada_again = tokio::spawn(async move { s1.acquire("ada", LONG).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        let cy = tokio::spawn(async move { s2.acquire("cy", LONG).await });
+        tokio::task::yield_now().await;
+        // Bob finishes: Ada is first in line but at her share, so Cy gets the slot.
+        drop(bob);
+        let cy = tokio::time::timeout(Duration::from_secs(10), cy).await.expect("cy served").unwrap().unwrap();
+        assert!(!ada_again.is_finished());
+        drop(ada);
+        assert!(tokio::time::timeout(Duration::from_secs(10), ada_again).await.unwrap().unwrap().is_some());
+        drop(cy);
+        assert_eq!(slots.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn waiting_ends_at_the_deadline_and_gives_nothing_away() {
+        let slots = FairSlots::new(1, 1);
+        let held = slots.acquire("ada", NOW).await.unwrap();
+        let started = Instant::now();
+        assert!(slots.acquire("bob", Duration::from_millis(100)).await.is_none());
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        // The timed-out waiter left the queue; the slot, once free, is anyone's at once.
+        assert_eq!(slots.usage(), (1, 0));
+        drop(held);
+        assert!(slots.acquire("bob", NOW).await.is_some());
+        assert_eq!(slots.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_away_does_not_keep_a_slot() {
+        let slots = FairSlots::new(1, 1);
+        let held = slots.acquire("ada", NOW).await.unwrap();
+        let s = slots.clone();
+        let gone = tokio::spawn(async move { s.acquire("bob", LONG).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert_eq!(slots.usage(), (1, 1));
+        gone.abort();
+        let _ = gone.await;
+        drop(held);
+        assert_eq!(slots.usage(), (0, 0));
+        assert!(slots.acquire("cy", NOW).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn callers_while_a_task_runs_join_it_and_later_ones_start_anew() {
+        let flights = SingleFlight::<u32>::new();
+        let started = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let entered = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut callers = Vec::new();
+        for _ in 0..10 {
+            let (flights, started, mut gate) = (flights.clone(), started.clone(), gate.clone());
+            let entered = entered.clone();
+            callers.push(tokio::spawn(async move {
+                // On this one-thread runtime, `run` has registered the caller before it first
+                // yields, so a count of 10 means all ten are in.
+                entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                flights
+                    .run("session-a", move || async move {
+                        let n = started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        let _ = gate.wait_for(|open| *open).await;
+                        n
+                    })
+                    .await
+            }));
+        }
+        // Every caller is in before the one task may finish.
+        while entered.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(flights.running(), 1);
+        release.send(true).unwrap();
+        for c in callers {
+            assert_eq!(c.await.unwrap(), Some(1), "every caller gets the one task's result");
+        }
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(flights.running(), 0);
+        // Once it has answered, the next caller runs a task of its own.
+        assert_eq!(flights.run("session-a", || async { 2 }).await, Some(2));
+        // Other keys never wait for each other.
+        assert_eq!(flights.run("session-b", || async { 3 }).await, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_answers_none_and_frees_its_key() {
+        let flights = SingleFlight::<u32>::new();
+        assert_eq!(flights.run("s", || async { panic!("a bug in a check") }).await, None);
+        assert_eq!(flights.running(), 0);
+        assert_eq!(flights.run("s", || async { 7 }).await, Some(7));
+    }
+
+    #[tokio::test]
+    async fn the_task_finishes_when_its_callers_go_away() {
+        let flights = SingleFlight::<u32>::new();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let f = flights.clone();
+        let caller = tokio::spawn(async move {
+            f.run("s", move || async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = done_tx.send(());
+                1
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        caller.abort();
+        tokio::time::timeout(Duration::from_secs(10), done_rx).await.expect("the task ran on").unwrap();
+    }
 }
