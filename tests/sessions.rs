@@ -194,3 +194,122 @@ async fn workspaces_are_removed_after_retention() {
     let c = session_container(&app.instance, s["id"].as_str().unwrap()).unwrap();
     assert_ne!(sandbox_exec(&c, "test -e /workspace/f").0, 0, "a fresh workspace after retention");
 }
+
+/// The IDE cookie of a session, as a browser gets it from the session's `ide_url`.
+async fn ide_cookie(session: &serde_json::Value) -> String {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = client.get(session["ide_url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_string()
+}
+
+/// `supervisorctl status` processes in a sandbox (a check waiting for the exercise's services).
+fn status_polls(container: &str) -> usize {
+    let script = r"for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < $f 2>/dev/null; echo; done | grep -c '^[^ ]*python[^ ]* [^ ]*supervisorctl status'";
+    sandbox_exec(container, script).1.trim().parse().unwrap_or(0)
+}
+
+/// Issue 15, part 2: a learner who stops their sandbox's supervisord and fires checks cannot keep
+/// another learner's check from running. Their own session runs one check at a time (the rest
+/// join it), holds at most one of the check slots, and the wait for supervisord counts against
+/// the check's time limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_who_stops_supervisord_and_floods_checks_does_not_block_other_learners() {
+    // Two slots: before the fix, Ada's ten requests took both and Bob's check got 503 after 10 s.
+    let app = spawn_app_with(|s| s.max_concurrent_checks = 2).await;
+    const STUCK_SECS: u64 = 15;
+    for slug in ["stuck", "stuck-too"] {
+        let body = json!({"image": "exercise-runner/base:latest",
+            "check": {"command": ["sh", "-c", "test -f done"], "timeout_secs": STUCK_SECS}});
+        let (status, v) = app.put(&format!("/v1/exercises/{slug}"), body).await;
+        assert!(status == 200 || status == 201, "{v}");
+    }
+    app.exercise("quick", json!({"check": {"command": ["sh", "-c", "echo fine"], "timeout_secs": 10}})).await;
+    let a = app.session("ada", "stuck").await;
+    let a2 = app.session("ada", "stuck-too").await;
+    let b = app.session("bob", "quick").await;
+    let (a_id, a2_id, b_id) =
+        (a["id"].as_str().unwrap().to_string(), a2["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    let cookie = ide_cookie(&a).await;
+    let (ca, ca2) =
+        (session_container(&app.instance, &a_id).unwrap(), session_container(&app.instance, a2_id).unwrap());
+
+    // The attack, as the learner: stop supervisord in both of Ada's sandboxes.
+    for c in [&ca, &ca2] {
+        eventually(Duration::from_secs(30), "supervisord to write its pid file", || {
+            (sandbox_exec(c, "test -s /run/supervisord.pid").0 == 0).then_some(())
+        })
+        .await;
+        let (code, out) = sandbox_exec(c, "test \"$(id -u)\" != 0 && kill -STOP $(cat /run/supervisord.pid)");
+        assert_eq!(code, 0, "{out}");
+    }
+
+    // Ten checks at once through the IDE's Check button.
+    let started = std::time::Instant::now();
+    let client = reqwest::Client::new();
+    let mut floods = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (client, url, cookie) = (client.clone(), app.url(&format!("/ide/{a_id}/_runner/check")), cookie.clone());
+        floods.spawn(async move {
+            let r = client.post(url).header("cookie", cookie).send().await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry_after, r.json::<serde_json::Value>().await.unwrap())
+        });
+    }
+    // Ada's check is waiting on her stopped supervisord: it holds a slot now.
+    eventually(Duration::from_secs(10), "Ada's check to poll supervisord", || (status_polls(&ca) > 0).then_some(()))
+        .await;
+    // A check in her other session waits for her share instead of taking the second slot.
+    let other = app.client.post(app.url(&format!("/v1/sessions/{a2_id}/checks"))).bearer_auth(TOKEN).send();
+    let other = tokio::spawn(other);
+    tokio::task::yield_now().await;
+
+    let b_started = std::time::Instant::now();
+    let (status, check) = app.post(&format!("/v1/sessions/{b_id}/checks"), json!({})).await;
+    assert_eq!(status, 201, "Bob's check runs despite Ada: {check}");
+    assert_eq!((check["passed"].as_bool(), check["output"].as_str()), (Some(true), Some("fine\n")), "{check}");
+    // Promptly: while Ada's stuck checks are still waiting on her supervisord, well under the
+    // 10 s after which it used to be refused.
+    assert!(b_started.elapsed() < Duration::from_secs(8), "Bob waited {:?}", b_started.elapsed());
+    assert_eq!(floods.len(), 10);
+    assert!(!other.is_finished(), "Ada's second session waits for her slot");
+    assert_eq!(status_polls(&ca2), 0, "Ada's second check has no slot while her first runs");
+    assert!(status_polls(&ca) <= 1, "one check in flight for Ada's session");
+
+    // Ada's ten requests share one check, which fails within its own time limit.
+    let mut ids = HashSet::new();
+    while let Some(answer) = floods.join_next().await {
+        let (status, retry_after, v) = answer.unwrap();
+        match status {
+            201 => {
+                assert_eq!((v["passed"].as_bool(), v["timed_out"].as_bool()), (Some(false), Some(true)), "{v}");
+                assert!(v["output"].as_str().unwrap().contains("supervisord did not answer"), "{v}");
+                ids.insert(v["id"].as_str().unwrap().to_string());
+            }
+            409 | 429 => assert!(retry_after.is_some(), "a refusal says when to retry: {v}"),
+            other => panic!("Ada's check answered {other}: {v}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "one check for the whole flood: {ids:?}");
+    // Before the fix the wait for supervisord alone took 30 s, outside the check's limit.
+    assert!(
+        started.elapsed() < Duration::from_secs(STUCK_SECS + 13),
+        "Ada's checks took {:?} with a {STUCK_SECS} s limit",
+        started.elapsed()
+    );
+    let (_, list) = app.get(&format!("/v1/sessions/{a_id}/checks")).await;
+    assert_eq!(list["checks"].as_array().unwrap().len(), 1, "{list}");
+
+    // Ada's other session: refused while her first check held her slot (it waits 10 s at most),
+    // or run after it; never alongside it.
+    let r = other.await.unwrap().unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r.headers().get("retry-after").is_some();
+    let v: serde_json::Value = r.json().await.unwrap();
+    match status {
+        503 => assert!(v["error"]["code"] == "check_queue_full" && retry_after, "{v}"),
+        201 => assert_eq!(v["timed_out"], true, "{v}"),
+        other => panic!("Ada's second session's check answered {other}: {v}"),
+    }
+}
