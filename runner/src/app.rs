@@ -30,6 +30,8 @@ pub struct App {
     pub intake_slots: Arc<Semaphore>,
     /// Bounds concurrent builds; queued builds wait in the database.
     pub build_slots: Arc<Semaphore>,
+    /// The last verdict on the build network's isolation from the host (`/readyz`).
+    pub build_isolation: Mutex<Option<crate::builds::isolation::Report>>,
     /// Wakes the build worker when a build is queued.
     pub build_wake: tokio::sync::Notify,
     /// Cancellation of the builds running in this process.
@@ -86,6 +88,7 @@ impl App {
             checks_in_flight: crate::checks::SingleFlight::new(),
             intake_slots: Arc::new(Semaphore::new(2)),
             build_slots: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
+            build_isolation: Mutex::new(None),
             build_wake: tokio::sync::Notify::new(),
             build_cancels: Mutex::new(Default::default()),
             rate_limiter: RateLimiter::keyed(quota),

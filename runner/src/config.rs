@@ -132,7 +132,9 @@ pub struct Settings {
     /// Most processes a build's `RUN` steps may have at once (a cgroup parent with `pids.max`);
     /// 0 turns the limit off (for engines without the cgroupfs driver).
     pub build_pids_limit: u64,
-    /// Network of `RUN` steps (package installs need one); `none` builds offline.
+    /// Network of `RUN` steps (package installs need one): the runner's own, firewalled off the
+    /// host (`exercise-runner-build`, the default); `none` builds offline; another name is the
+    /// operator's network, whose firewall rules the runner checks (`builds/isolation.rs`).
     pub build_network: String,
     /// Largest repository archive accepted (compressed, as sent).
     pub max_archive_bytes: usize,
@@ -210,7 +212,7 @@ impl Settings {
             build_memory_mb: 2048,
             build_cpus: 1.0,
             build_pids_limit: 1024,
-            build_network: "default".into(),
+            build_network: crate::docker::build_network::MANAGED_NETWORK.into(),
             max_archive_bytes: 32 * 1024 * 1024,
             max_unpacked_bytes: 128 * 1024 * 1024,
             max_archive_files: 10_000,

@@ -48,6 +48,9 @@ pub async fn launch(
     let report = sessions::reconcile::reconcile_once(&app).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
     builds::recover(&app).await.context("recovering builds at start")?;
+    // Not fatal: sessions work without it; builds are refused and /readyz says why.
+    let isolation = builds::isolation::refresh(&app).await;
+    tracing::info!(network = %isolation.network, mode = isolation.mode, isolated = isolation.ok, "build network checked");
     apps::deploy::recover(&app).await.context("recovering deploys at start")?;
     let sealed = apps::seal_legacy_secrets(&app).await.context("sealing stored app secrets")?;
     if sealed > 0 {
@@ -59,6 +62,7 @@ pub async fn launch(
         tokio::spawn(sessions::reaper::run(app.clone(), cancel.clone())),
         tokio::spawn(sessions::reconcile::run(app.clone(), cancel.clone())),
         tokio::spawn(builds::run_worker(app.clone(), cancel.clone())),
+        tokio::spawn(builds::isolation::run(app.clone(), cancel.clone())),
         app.ide.spawn_background(cancel.clone()),
         tokio::spawn(apps::supervise::run(app.clone(), cancel.clone())),
     ];

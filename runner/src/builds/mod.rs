@@ -11,6 +11,7 @@ pub mod archive;
 pub mod dockerfile;
 pub mod git;
 pub mod hooks;
+pub mod isolation;
 pub mod log;
 pub mod manifest;
 pub mod selftest;
@@ -524,6 +525,9 @@ async fn build_steps(
         let self_test = app.store.build(&known.build_id).await?.and_then(|b| b.self_test);
         app.store.set_build_result(&build.id, &version, &image, true, self_test.as_deref()).await?;
     } else {
+        if app.settings.build_network != "none" {
+            isolation::require(app).await?;
+        }
         log.step("docker build");
         let labels = HashMap::from([
             ("exercise-runner.exercise".to_string(), slug.to_string()),

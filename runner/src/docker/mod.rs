@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod build_cgroup;
+pub mod build_network;
 pub mod exec_io;
 pub mod images;
 pub mod policy;

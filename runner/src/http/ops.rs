@@ -17,7 +17,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The service can do its work: the database and the Docker engine answer.
+/// The service can do its work: the database and the Docker engine answer (503 when not).
+///
+/// `checks.build_network` says whether `RUN` steps are isolated from the host (issue 15). It is
+/// reported, not part of the status code: sessions and checks work without it, and taking the
+/// runner out of a load balancer for it would stop every learner's session over a build-only
+/// fault. Builds themselves fail closed while it is not in place.
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let limit = Duration::from_secs(3);
     let db = tokio::time::timeout(limit, app.store.ping()).await;
@@ -30,9 +35,17 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let (db, docker) = (check(db), check(docker));
     let ready = db["ok"] == true && docker["ok"] == true;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let isolation = app.build_isolation.lock().expect("lock").clone();
+    let build_network = match isolation {
+        Some(r) => serde_json::to_value(r).unwrap_or_default(),
+        None => json!({"ok": false, "error": "not checked yet"}),
+    };
     (
         status,
-        Json(json!({"status": if ready {"ready"} else {"unavailable"}, "checks": {"database": db, "docker": docker}})),
+        Json(json!({
+            "status": if ready {"ready"} else {"unavailable"},
+            "checks": {"database": db, "docker": docker, "build_network": build_network},
+        })),
     )
         .into_response()
 }
