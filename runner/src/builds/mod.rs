@@ -507,10 +507,6 @@ async fn build_steps(
     let slug = Slug::parse(&build.exercise).map_err(|e| anyhow::anyhow!(e.message))?;
     let tree = load_tree(app, build, log).await?;
     let manifest = validate_tree(app, &slug, &tree).map_err(|e| anyhow::anyhow!(e.message))?;
-    // Again here: a git build's Dockerfile is first seen now, and an image may have changed
-    // since the submit.
-    let images = tree_images(&tree).map_err(|e| anyhow::anyhow!(e.message))?;
-    check_images(app, &images).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let version = tree.digest()[..12].to_string();
     let image = format!("exercise-runner/{}:{}", slug, version);
     log.step(&format!("version {version} ({image})"));
@@ -525,6 +521,10 @@ async fn build_steps(
         let self_test = app.store.build(&known.build_id).await?.and_then(|b| b.self_test);
         app.store.set_build_result(&build.id, &version, &image, true, self_test.as_deref()).await?;
     } else {
+        // Again here: a git build's Dockerfile is first seen now, and an image may have changed
+        // since the submit.
+        let images = tree_images(&tree).map_err(|e| anyhow::anyhow!(e.message))?;
+        check_images(app, &images).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         if app.settings.build_network != "none" {
             isolation::require(app).await?;
         }
