@@ -18,6 +18,24 @@ done
 for d in /sys/fs/cgroup/*/exercise-runner-build/test-* /sys/fs/cgroup/exercise-runner-build/test-*; do
   [ -d "$d" ] && rmdir "$d" 2>/dev/null
 done
+# Docker networks of test instances (tests/builds.rs makes an operator-style build network).
+for n in $(docker network ls -q --filter label=exercise-runner.instance); do
+  inst="$(docker network inspect -f '{{index .Labels "exercise-runner.instance"}}' "$n" 2>/dev/null)"
+  case "$inst" in test-*) docker network rm "$n" >/dev/null 2>&1 ;; esac
+done
+# The runner's own build network and its firewall rules: every test runner makes them (they are
+# shared by all instances on a host, so they carry no instance label). A test machine runs no
+# production runner; a runner that starts again makes both again.
+if [ "$(docker network inspect -f '{{index .Labels "exercise-runner.managed"}}' exercise-runner-build 2>/dev/null)" = true ]; then
+  docker network rm exercise-runner-build >/dev/null 2>&1
+fi
+for bin in iptables ip6tables; do
+  command -v "$bin" >/dev/null || continue
+  for chain in INPUT DOCKER-USER FORWARD; do
+    "$bin" -w -S "$chain" 2>/dev/null | grep -F -- '--comment "exercise-runner build isolation"' | sed 's/^-A /-D /' |
+      while read -r rule; do eval "\"$bin\" -w $rule" 2>/dev/null; done
+  done
+done
 # Databases made by tests/postgres.rs.
 if [ -n "${RUNNER_TEST_POSTGRES_URL:-}" ] && command -v psql >/dev/null; then
   for db in $(psql "$RUNNER_TEST_POSTGRES_URL" -qtAX -c "SELECT datname FROM pg_database WHERE datname LIKE 'runner_test_%'" 2>/dev/null); do

@@ -714,3 +714,245 @@ async fn one_exercise_cannot_fill_the_build_queue() {
         app.post(&format!("/v1/builds/{id}/cancel"), json!({})).await;
     }
 }
+
+// ---- issue 15: builds reach nothing of the host ----
+
+/// A copy of `exercise-images/examples/shell-wordcount` as exercise `slug`, with `extra` lines
+/// after its Dockerfile's first line (the `FROM`) and, when given, a Dockerfile of its own.
+fn wordcount_copy(slug: &str, dockerfile: impl FnOnce(&str) -> String) -> Vec<u8> {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(&examples().join("shell-wordcount"), dir.path());
+    let manifest = std::fs::read_to_string(dir.path().join("exercise.toml")).unwrap();
+    std::fs::write(dir.path().join("exercise.toml"), manifest.replace("\"shell-wordcount\"", &format!("\"{slug}\"")))
+        .unwrap();
+    let original = std::fs::read_to_string(dir.path().join("Dockerfile")).unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile(&original)).unwrap();
+    tar_dir(dir.path())
+}
+
+/// A server on the host's loopback counting the connections it gets: what an `ADD <url>` would
+/// read. Only loopback traffic.
+async fn loopback_secret() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/secret", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 14\r\n\r\nloopback-only\n").await;
+        }
+    });
+    (url, hits)
+}
+
+/// Each spelling of the issue's attack, built the way the issue did (a copy of shell-wordcount
+/// with the lines added): refused with 422 before anything is written. The full list of
+/// spellings is in `builds::dockerfile`'s unit tests; these are the ones the issue names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_remote_add_is_refused_before_anything_is_written() {
+    let app = spawn_app().await;
+    let (url, hits) = loopback_secret().await;
+    let slug = "ssrf-spellings";
+    let spellings: Vec<(&str, String)> = vec![
+        ("escape directive", format!("# escape=`\nFROM-LINE\nADD `\n{url} /opt/x\n")),
+        ("whitespace after the continuation", format!("FROM-LINE\nADD \\ \n{url} /opt/x\n")),
+        ("CRLF", format!("FROM-LINE\r\nADD \\\r\n{url} /opt/x\r\n")),
+        ("ONBUILD ADD", format!("FROM-LINE\nONBUILD ADD {url} /opt/x\n")),
+        ("JSON form", format!("FROM-LINE\nADD [\"{url}\", \"/opt/x\"]\n")),
+        ("heredoc", format!("FROM-LINE\nRUN <<EOF\ntrue\nEOF\nADD {url} /opt/x\n")),
+        ("directive in capitals", format!("# ESCAPE=`\nFROM-LINE\nADD `\n{url} /opt/x\n")),
+        ("syntax directive", "# syntax=docker/dockerfile:1\nFROM-LINE\n".to_string()),
+        ("ARG variable", format!("FROM-LINE\nARG U={url}\nADD $U /opt/x\n")),
+        ("ARG variable in braces", format!("FROM-LINE\nARG U={url}\nADD ${{U}} /opt/x\n")),
+        ("quotes inside the word", format!("FROM-LINE\nADD \"h\"{} /opt/x\n", &url[1..])),
+    ];
+    for (what, text) in &spellings {
+        let repo = wordcount_copy(slug, |original| {
+            let from = original.lines().find(|l| l.starts_with("FROM")).unwrap();
+            let sep = if text.contains("\r\n") { "\r\n" } else { "\n" };
+            format!("{}{sep}RUN cat /opt/x{sep}", text.replace("FROM-LINE", from).trim_end())
+        });
+        let (status, v) = app.submit_build(slug, repo).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_dockerfile")), "{what}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("line "), "{what}: the message names the line: {v}");
+    }
+    // The unchanged copy is accepted: the refusals are the lines, not the repository.
+    let (status, v) = app.submit_build(slug, wordcount_copy(slug, str::to_string)).await;
+    assert_eq!(status, 202, "{v}");
+    app.post(&format!("/v1/builds/{}/cancel", v["id"].as_str().unwrap()), json!({})).await;
+    let (_, list) = app.get(&format!("/v1/exercises/{slug}/builds")).await;
+    assert_eq!(list["builds"].as_array().unwrap().len(), 1, "only the accepted one was recorded: {list}");
+    let stored: Vec<_> = std::fs::read_dir(app.data_dir.join("builds"))
+        .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "tar")).collect())
+        .unwrap_or_default();
+    assert!(stored.len() <= 1, "no repository of a refused build is stored: {stored:?}");
+    assert_eq!(docker(&["images", "-q", &format!("exercise-runner/{slug}")]).trim(), "", "no image was made");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing fetched the loopback server");
+}
+
+/// A base image's ONBUILD triggers run in the build that starts FROM it: they meet the same
+/// policy, and an image the engine would have to pull is refused (nothing is pulled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_images_with_remote_triggers_or_not_on_the_engine_are_refused() {
+    let app = spawn_app().await;
+    let (url, hits) = loopback_secret().await;
+    let tag = format!("exercise-runner-test/onbuild-{}:1", app.instance);
+    let made = docker(&["create", "--label", &format!("exercise-runner.instance={}", app.instance), IMAGE]);
+    docker(&[
+        "commit",
+        "--change",
+        &format!("ONBUILD ADD {url} /opt/x"),
+        "--change",
+        &format!("LABEL exercise-runner.instance={}", app.instance),
+        made.trim(),
+        &tag,
+    ]);
+    docker(&["rm", made.trim()]);
+    let repo =
+        quick_exercise("triggered", &[("Dockerfile", &format!("FROM {tag}\nCOPY tests/ /opt/exercise/tests/\n"))]);
+    let (status, v) = app.submit_build("triggered", repo).await;
+    let _ = std::process::Command::new("docker").args(["rmi", "-f", &tag]).output();
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_dockerfile")), "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("ONBUILD trigger") && message.contains("ADD from a URL"), "{message}");
+
+    let repo = quick_exercise("pulled", &[("Dockerfile", "FROM 127.0.0.1:5000/not-here/at-all:1\n")]);
+    let (status, v) = app.submit_build("pulled", repo).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_dockerfile")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("not on this engine"), "{v}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+fn iptables_has(rule: &runner::docker::build_network::Rule) -> bool {
+    let mut args = vec!["-w", "-C", rule.chain.as_str()];
+    args.extend(rule.spec.iter().map(String::as_str));
+    std::process::Command::new(rule.binary).args(&args).output().unwrap().status.success()
+}
+
+fn managed_rules() -> Vec<runner::docker::build_network::Rule> {
+    use runner::docker::build_network::*;
+    let out = std::process::Command::new("iptables").args(["-w", "-S", "DOCKER-USER"]).output().unwrap();
+    let forward = if out.status.success() { "DOCKER-USER" } else { "FORWARD" };
+    rules_for(MANAGED_BRIDGE, forward, host_has_ipv6())
+}
+
+/// `RUN` steps run on the runner's own bridge, whose traffic to the host's addresses, published
+/// ports and link-local metadata is dropped. By this workplace's rule tests send packets only to
+/// loopback, so the drops themselves are asserted by the rules being in place (`iptables -C`),
+/// not by sending packets to the gateway or 169.254.169.254.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_steps_build_on_a_firewalled_network_and_a_removed_rule_is_put_back() {
+    use runner::docker::build_network::{MANAGED_BRIDGE, MANAGED_NETWORK};
+    let app = spawn_app().await;
+    let (_, ready) = app.get("/readyz").await;
+    let iso = &ready["checks"]["build_network"];
+    assert_eq!((iso["ok"].as_bool(), iso["mode"].as_str()), (Some(true), Some("managed")), "{ready}");
+    assert_eq!(iso["interface"], MANAGED_BRIDGE);
+    let net: Value = serde_json::from_str(&docker(&["network", "inspect", MANAGED_NETWORK])).unwrap();
+    assert_eq!(net[0]["Driver"], "bridge");
+    assert_eq!(net[0]["Options"]["com.docker.network.bridge.name"], MANAGED_BRIDGE);
+    assert_eq!(net[0]["Labels"]["exercise-runner.managed"], "true");
+    let rules = managed_rules();
+    for r in &rules {
+        assert!(iptables_has(r), "missing: {}", r.describe());
+    }
+
+    // Someone removes the INPUT drop: the next round reports it and puts it back.
+    let input = &rules[0];
+    let mut del = vec!["-w", "-D", input.chain.as_str()];
+    del.extend(input.spec.iter().map(String::as_str));
+    assert!(std::process::Command::new("iptables").args(&del).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let restored = loop {
+        let (_, ready) = app.get("/readyz").await;
+        let iso = ready["checks"]["build_network"].clone();
+        let named = iso["restored"].as_array().is_some_and(|r| r.iter().any(|r| r.as_str() == Some(&input.describe())));
+        if named && iptables_has(input) {
+            break iso;
+        }
+        assert!(std::time::Instant::now() < deadline, "the removed rule was not reported and put back: {iso}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(restored["ok"], true, "{restored}");
+
+    // A RUN step cannot reach a server on the host's loopback: 127.0.0.1 in the build
+    // container is its own. (Loopback traffic only.)
+    let (url, hits) = loopback_secret().await;
+    let run = format!(
+        "RUN grep -q 127.0.0.11 /etc/resolv.conf && echo on-the-runners-network\n\
+         RUN if wget -q -T 3 -O - {url}; then echo REACHED-THE-HOST; exit 1; fi; echo host-loopback-unreachable\n"
+    );
+    let repo = quick_exercise(
+        "fenced",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {IMAGE}\n{run}COPY tests/ /opt/exercise/tests/\nCOPY --chown=1000:1000 exercise/ /workspace/\n"
+            ),
+        )],
+    );
+    let (status, b) = app.submit_build("fenced", repo).await;
+    assert_eq!(status, 202, "{b}");
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    let log = app.build_log(b["id"].as_str().unwrap()).await;
+    assert_eq!(b["state"], "succeeded", "{b}\n{log}");
+    assert!(log.contains("on-the-runners-network") && log.contains("host-loopback-unreachable"), "{log}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// An operator's own build network is checked, not changed: without the rules `/readyz` says so
+/// and builds are refused; `none` needs no rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_build_network_without_the_rules_is_reported_and_builds_are_refused() {
+    let (instance, tmp) = new_instance();
+    let name = format!("{instance}-build");
+    let bridge = format!("ert{}", &instance[5..13]);
+    docker(&[
+        "network",
+        "create",
+        "--label",
+        &format!("exercise-runner.instance={instance}"),
+        "-o",
+        &format!("com.docker.network.bridge.name={bridge}"),
+        &name,
+    ]);
+    let mut settings = test_settings(tmp.path(), &instance);
+    settings.build_network = name.clone();
+    let mut app = start(settings).await;
+    app.adopt_dir(tmp);
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, 200, "sessions still work: {ready}");
+    let iso = &ready["checks"]["build_network"];
+    assert_eq!((iso["ok"].as_bool(), iso["mode"].as_str()), (Some(false), Some("operator")), "{ready}");
+    assert_eq!(iso["interface"], bridge);
+    let missing = iso["missing"].as_array().unwrap();
+    assert!(missing.len() >= 3 && missing.iter().all(|r| r.as_str().unwrap().contains(&bridge)), "{iso}");
+    let (_, b) = app.submit_build("unfenced", quick_exercise("unfenced", &[])).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "failed", "{b}");
+    assert!(b["failure_reason"].as_str().unwrap().contains("not isolated"), "{b}");
+    // The runner added nothing to the operator's firewall.
+    for r in runner::docker::build_network::rules_for(&bridge, "FORWARD", false) {
+        assert!(!iptables_has(&r));
+    }
+    drop(app);
+    docker(&["network", "rm", &name]);
+
+    let app = spawn_app_with(|s| s.build_network = "none".into()).await;
+    let (_, ready) = app.get("/readyz").await;
+    assert_eq!(ready["checks"]["build_network"]["ok"], true, "{ready}");
+    assert_eq!(ready["checks"]["build_network"]["mode"], "none");
+}
