@@ -911,6 +911,7 @@ async fn run_steps_build_on_a_firewalled_network_and_a_removed_rule_is_put_back(
     assert_eq!(b["state"], "succeeded", "{b}\n{log}");
     assert!(log.contains("on-the-runners-network") && log.contains("host-loopback-unreachable"), "{log}");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let _ = std::process::Command::new("docker").args(["rmi", b["image"].as_str().unwrap()]).output();
 }
 
 /// An operator's own build network is checked, not changed: without the rules `/readyz` says so
