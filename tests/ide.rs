@@ -184,6 +184,25 @@ async fn ide_links_and_cookies_are_bound_to_their_session_and_expire() {
     app.delete(&format!("/v1/sessions/{a_id}")).await;
     let (status, v) = get_with(&app, &format!("/ide/{a_id}/api/files"), &a_cookie).await;
     assert_eq!((status, v["error"]["code"].as_str()), (409, Some("session_not_running")));
+    // Its link, even unexpired, is refused at the exchange: no cookie, no redirect.
+    let secret = std::fs::read_to_string(app.data_dir.join("ide-secret")).unwrap();
+    let far = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let link = web_ide_proxy::token::sign(secret.trim().as_bytes(), web_ide_proxy::token::Kind::Url, a_id, far);
+    let r = no_redirects().get(app.url(&format!("/ide/{a_id}/?token={link}"))).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.headers().get("set-cookie").is_none() && r.headers().get("location").is_none());
+    // A browser navigating there reads a sentence, not JSON.
+    let r = no_redirects()
+        .get(app.url(&format!("/ide/{a_id}/?token={link}")))
+        .header("sec-fetch-mode", "navigate")
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let text = r.text().await.unwrap();
+    assert!(text.contains("the session is stopp"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,4 +394,182 @@ async fn expired_cookies_and_origins_outside_the_configured_list_are_refused() {
     let forged = web_ide_proxy::token::sign(b"not-the-secret", web_ide_proxy::token::Kind::Cookie, id, far);
     let (status, _) = get_with(&app, &format!("/ide/{id}/api/files"), &format!("{name}={forged}")).await;
     assert_eq!(status, 401);
+}
+
+// ---- a learner who replaces the agent (issue 15: the agent is learner-controlled) ----
+
+/// Inside the sandbox, as the learner: stops the real agent and serves tests/e2e/hostile-agent.py
+/// on its socket; returns the container once the fake listens.
+async fn replace_agent_with_hostile_one(app: &TestApp, session: &str) -> String {
+    let container = session_container(&app.instance, session).unwrap();
+    let script =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/hostile-agent.py"))
+            .unwrap();
+    learner_writes(&container, "/tmp/hostile-agent.py", &script);
+    let (code, out) = sandbox_exec(&container, "id -u && supervisorctl stop ide-agent");
+    assert!(code == 0 && out.starts_with("1000"), "the learner stops the agent: {out}");
+    let serve = "python3 /tmp/hostile-agent.py /run/ide-agent/agent.sock >/tmp/hostile-agent.log 2>&1";
+    docker(&["exec", "-d", &container, "sh", "-c", serve]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sandbox_exec(&container, "test -f /tmp/hostile-agent.ready").0 != 0 {
+        let (_, why) = sandbox_exec(&container, "cat /tmp/hostile-agent.log; ps -eo pid,args");
+        assert!(Instant::now() < deadline, "the fake agent does not listen:\n{why}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    container
+}
+
+/// The attack of issue 15 (3): what a learner's agent answers reaches the browser as data only —
+/// no cookie, no HTML, no script, no CORS grant — and the page comes from the runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_agent_gets_only_data_to_the_browser() {
+    let app = spawn_app().await;
+    ide_exercise(&app, "ide-hostile").await;
+    let s = app.session("ada", "ide-hostile").await;
+    let id = s["id"].as_str().unwrap();
+    let cookie = login(&app, s["ide_url"].as_str().unwrap()).await;
+    wait_agent(&app, id, &cookie).await;
+    replace_agent_with_hostile_one(&app, id).await;
+    for path in ["api/files", "api/file?path=index.html", "api/anything"] {
+        let r =
+            no_redirects().get(app.url(&format!("/ide/{id}/{path}"))).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers().clone();
+        assert!(h.get_all("set-cookie").iter().next().is_none(), "{path}: a cookie from the sandbox: {h:?}");
+        assert_eq!(h["content-type"], "application/octet-stream", "{path}");
+        assert_eq!(h["content-disposition"], "attachment", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert!(h["content-security-policy"].to_str().unwrap().contains("sandbox"), "{path}: {h:?}");
+        assert!(h.get("access-control-allow-origin").is_none(), "{path}");
+        assert!(r.text().await.unwrap().contains("<script>"), "the body is passed on, as data");
+    }
+    // The page, its script and styles are the runner's, whatever the sandbox serves.
+    let page = no_redirects().get(app.url(&format!("/ide/{id}/"))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-eval"), "{csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("id=\"file-tree\"") && !html.contains("owned"), "{html}");
+    // Nothing but the agent's API reaches the sandbox.
+    let (status, v) = get_with(&app, &format!("/ide/{id}/evil.html"), &cookie).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+}
+
+/// The attack of issue 15 (4): an agent that streams bodies forever cannot pile up exec streams
+/// past the session's connection bound; a connection is free again only when its body ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_answers_hold_their_connection_until_they_end() {
+    const BOUND: usize = 6;
+    let app = spawn_app_with(|s| s.ide_max_connections = BOUND).await;
+    ide_exercise(&app, "ide-stream").await;
+    let s = app.session("ada", "ide-stream").await;
+    let id = s["id"].as_str().unwrap();
+    let cookie = login(&app, s["ide_url"].as_str().unwrap()).await;
+    wait_agent(&app, id, &cookie).await;
+    let container = replace_agent_with_hostile_one(&app, id).await;
+    let connects = || {
+        let (_, out) = sandbox_exec(&container, "ps -eo args | grep -c '^/usr/local/bin/ide-agent connect' || true");
+        out.trim().parse::<usize>().unwrap_or(usize::MAX)
+    };
+    // 30 parallel streams, each kept open: the bound's worth get through, the rest get 429.
+    let client = no_redirects();
+    let requests = (0..30).map(|n| {
+        let (client, url, cookie) = (client.clone(), app.url(&format!("/ide/{id}/api/slow{n}")), cookie.clone());
+        async move { client.get(url).header("cookie", cookie).send().await.unwrap() }
+    });
+    let mut open = vec![];
+    let mut refused = 0;
+    for mut r in futures_util::future::join_all(requests).await {
+        match r.status().as_u16() {
+            200 => {
+                assert!(r.chunk().await.unwrap().is_some(), "the stream flows");
+                open.push(r);
+            }
+            429 => {
+                assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(open.len(), BOUND, "{refused} refused");
+    // More attempts while they stream: still refused, and the sandbox's exec streams stay at the
+    // bound (plus the few idle ones a pool keeps), instead of growing towards its pids limit.
+    for n in 0..10 {
+        let r =
+            client.get(app.url(&format!("/ide/{id}/api/slow-more{n}"))).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(r.status(), 429);
+    }
+    let execs = connects();
+    assert!(execs <= BOUND + 4, "{execs} exec streams for a bound of {BOUND}");
+    // Ending the streams frees their places.
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = client.get(app.url(&format!("/ide/{id}/api/info"))).header("cookie", &cookie).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "closed streams did not free their places: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The attack of issue 15 (3) in real Chromium: a learner's fake agent cannot set a cookie, run
+/// script on the IDE's origin or reach another session, and its cookie bomb does not break the
+/// next session's IDE in the same browser. Once with all sessions on the runner's host, once
+/// with a host per session (`RUNNER_IDE_SUBDOMAIN_HOST`; `*.localhost` is loopback in Chromium).
+async fn hostile_agent_in_a_browser(separate_origins: bool) {
+    let app = spawn_app_with(move |s| {
+        if separate_origins {
+            s.ide_subdomain_host = Some("ide.localhost".into());
+        }
+    })
+    .await;
+    let slug = if separate_origins { "ide-hostile-hosts" } else { "ide-hostile-browser" };
+    ide_exercise(&app, slug).await;
+    let a = app.session("ada", slug).await;
+    let b = app.session("bob", slug).await;
+    let (a_id, b_id) = (a["id"].as_str().unwrap(), b["id"].as_str().unwrap());
+    if separate_origins {
+        let port = app.base.rsplit(':').next().unwrap();
+        let expected = format!("http://{a_id}.ide.localhost:{port}/ide/{a_id}/?token=");
+        assert!(a["ide_url"].as_str().unwrap().starts_with(&expected), "{}", a["ide_url"]);
+        // The session's path on the runner's own host is refused: only its host serves it.
+        let token = a["ide_url"].as_str().unwrap().split("token=").nth(1).unwrap();
+        let r = no_redirects().get(app.url(&format!("/ide/{a_id}/?token={token}"))).send().await.unwrap();
+        assert_eq!(r.status(), 421);
+    }
+    replace_agent_with_hostile_one(&app, a_id).await;
+    let b_container = session_container(&app.instance, b_id).unwrap();
+    learner_writes(&b_container, "/workspace/only-in-b.txt", "mine\n");
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-artifacts")
+        .join(if separate_origins { "ide-hostile-hosts" } else { "ide-hostile" });
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/hostile.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("IDE_A", a["ide_url"].as_str().unwrap())
+        .env("IDE_B", b["ide_url"].as_str().unwrap())
+        .env("SESSION_B", b_id)
+        .env("B_FILE", "only-in-b.txt")
+        .env("ARTIFACTS", &artifacts)
+        .env("SEPARATE_ORIGINS", if separate_origins { "1" } else { "0" })
+        .output()
+        .await
+        .expect("running node tests/e2e/hostile.mjs (scripts/test installs node, npm packages and chromium)");
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{log}");
+    assert!(out.status.success(), "the browser attack test failed (screenshots in {}):\n{log}", artifacts.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learners_fake_agent_cannot_act_on_the_browser() {
+    hostile_agent_in_a_browser(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_host_per_session_each_ide_is_an_origin_of_its_own() {
+    hostile_agent_in_a_browser(true).await;
 }

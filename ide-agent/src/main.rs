@@ -1,7 +1,7 @@
 //! ide-agent: the browser IDE inside every sandbox built on the base image.
 //!
 //! `ide-agent serve` is started by supervisord as the learner. It listens on a Unix socket (the
-//! sandbox has no network) and serves the page, the learner's files and terminals on real PTYs.
+//! sandbox has no network) and serves the learner's files and terminals on real PTYs (the page comes from the proxy).
 //! `ide-agent connect SOCKET` joins its stdin/stdout to that socket: the runner's web-ide-proxy
 //! runs it through `docker exec`, whose stdio streams work under runc and gVisor alike.
 

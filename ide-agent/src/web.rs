@@ -1,5 +1,7 @@
-//! The agent's HTTP routes: the page, files, terminals. The proxy in front of it has already
-//! authenticated the learner and strips the `/ide/{session}` prefix.
+//! The agent's HTTP routes: files and terminals, as JSON and WebSockets. The proxy in front of it
+//! has already authenticated the learner, strips the `/ide/{session}` prefix, serves the page
+//! itself and passes on only what is under `api/`, as data (the agent runs as the learner, so the
+//! proxy trusts nothing it says).
 
 use std::sync::Arc;
 
@@ -9,7 +11,7 @@ use axum::{
         ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade},
         DefaultBodyLimit, Path, Query, State,
     },
-    http::{header, HeaderMap, StatusCode},
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -19,17 +21,10 @@ use serde_json::json;
 
 use crate::{files, Agent};
 
-const INDEX: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/web/index.html"));
-const APP_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/web/app.js"));
-const APP_CSS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/web/app.css"));
-
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
-        .route("/", get(|h: HeaderMap| async move { asset(&h, "text/html; charset=utf-8", INDEX) }))
-        .route("/app.js", get(|h: HeaderMap| async move { asset(&h, "text/javascript; charset=utf-8", APP_JS) }))
-        .route("/app.css", get(|h: HeaderMap| async move { asset(&h, "text/css; charset=utf-8", APP_CSS) }))
         .route("/api/info", get(info))
         .route("/api/files", get(list_files))
         .route("/api/file", get(read_file).put(write_file))
@@ -38,46 +33,6 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/api/echo", get(echo_socket))
         .layer(DefaultBodyLimit::max(files::MAX_FILE_BYTES as usize))
         .with_state(agent)
-}
-
-/// An embedded asset, gzipped once and tagged with its content hash.
-struct Packed {
-    gzip: Vec<u8>,
-    etag: String,
-}
-
-fn packed(body: &'static [u8]) -> &'static Packed {
-    use std::{collections::HashMap, hash::Hasher, io::Write, sync::Mutex, sync::OnceLock};
-    static CACHE: OnceLock<Mutex<HashMap<usize, &'static Packed>>> = OnceLock::new();
-    let mut cache = CACHE.get_or_init(Default::default).lock().expect("lock");
-    cache.entry(body.as_ptr() as usize).or_insert_with(|| {
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        gz.write_all(body).expect("gzip in memory");
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write(body);
-        Box::leak(Box::new(Packed {
-            gzip: gz.finish().expect("gzip in memory"),
-            etag: format!("\"{:016x}\"", h.finish()),
-        }))
-    })
-}
-
-/// The page's assets are a few hundred KiB and travel through an exec stream: sent gzipped when
-/// the browser takes it, and revalidated by ETag (304) on later loads.
-fn asset(req: &HeaderMap, content_type: &'static str, body: &'static [u8]) -> Response {
-    let p = packed(body);
-    let common =
-        [(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache"), (header::VARY, "Accept-Encoding")];
-    if req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(p.etag.as_str()) {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, p.etag.clone())]).into_response();
-    }
-    let gzip_ok = req.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("gzip"));
-    if gzip_ok {
-        (common, [(header::CONTENT_ENCODING, "gzip".to_string()), (header::ETAG, p.etag.clone())], p.gzip.clone())
-            .into_response()
-    } else {
-        (common, [(header::ETAG, p.etag.clone())], body).into_response()
-    }
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -110,7 +65,7 @@ async fn read_file(State(agent): State<Arc<Agent>>, Query(q): Query<FileQuery>) 
             error(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", "the file is too large to edit here")
         }
         Ok(_) => match tokio::fs::read(&path).await {
-            Ok(data) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], data).into_response(),
+            Ok(data) => ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response(),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "read_failed", e.to_string()),
         },
         Err(_) => error(StatusCode::NOT_FOUND, "file_not_found", format!("{} does not exist", q.path)),

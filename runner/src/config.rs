@@ -169,6 +169,10 @@ pub struct Settings {
     /// `RUNNER_IDE_COOKIE_SAMESITE=none`: the IDE cookie works inside an exercise page on another
     /// site (`SameSite=None; Secure`, so the runner must be reached over https).
     pub ide_cookie_cross_site: bool,
+    /// `RUNNER_IDE_SUBDOMAIN_HOST=ide.example.com`: every session's IDE at its own host,
+    /// `{session}.ide.example.com` (needs wildcard DNS; scheme and port as in `public_url`), so
+    /// sessions never share an origin.
+    pub ide_subdomain_host: Option<String>,
     // ---- managed apps ----
     /// Where the ingress for managed apps listens (`None`: no ingress).
     pub ingress_listen: Option<SocketAddr>,
@@ -229,6 +233,7 @@ impl Settings {
             ide_max_connections: 16,
             ide_max_message_bytes: 1024 * 1024,
             ide_cookie_cross_site: false,
+            ide_subdomain_host: None,
             ingress_listen: None,
             app_network: "bridge".into(),
         }
@@ -436,6 +441,17 @@ impl Settings {
                 "" | "lax" => false,
                 other => bail!("RUNNER_IDE_COOKIE_SAMESITE={other:?} is invalid: use lax or none"),
             };
+        }
+        if let Some(v) = get("RUNNER_IDE_SUBDOMAIN_HOST").map(|v| v.trim().trim_start_matches('.').to_ascii_lowercase())
+        {
+            let label_ok = |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !v.is_empty() && !v.split('.').all(label_ok) {
+                bail!(
+                    "RUNNER_IDE_SUBDOMAIN_HOST={v:?} is invalid: a host name such as ide.example.com \
+                     (scheme and port come from RUNNER_PUBLIC_URL)"
+                );
+            }
+            s.ide_subdomain_host = Some(v).filter(|v| !v.is_empty());
         }
         if let Some(v) = parse(&get, "RUNNER_INGRESS_LISTEN")? {
             s.ingress_listen = Some(v);

@@ -25,8 +25,9 @@ impl Backend for RunnerBackend {
             None => SessionLookup::Missing,
             Some(s) if s.state == SessionState::Running => match s.container_id {
                 Some(container) => SessionLookup::Running { container },
-                None => SessionLookup::NotRunning("starting".into()),
+                None => SessionLookup::Starting,
             },
+            Some(s) if s.state == SessionState::Starting => SessionLookup::Starting,
             Some(s) => SessionLookup::NotRunning(s.state.as_str().into()),
         })
     }
@@ -71,11 +72,45 @@ pub fn proxy_config(s: &Settings) -> Config {
         watch_interval: Duration::from_secs(2),
         cookie_secure: s.public_url.starts_with("https://"),
         cookie_cross_site: s.ide_cookie_cross_site,
+        session_host: s.ide_subdomain_host.clone(),
     }
 }
 
 /// The URL the web app embeds: the session's IDE with a short-lived token.
 pub fn ide_url(app: &App, session: &str) -> String {
     let token = app.ide.url_token(session, app.settings.ide_token_ttl);
-    format!("{}/ide/{session}/?token={token}", app.settings.public_url.trim_end_matches('/'))
+    format!("{}/ide/{session}/?token={token}", ide_origin(&app.settings, session))
+}
+
+/// Where a session's IDE is served: the runner's public URL, or the session's own host (with the
+/// public URL's scheme and port).
+pub fn ide_origin(s: &Settings, session: &str) -> String {
+    let public = s.public_url.trim_end_matches('/');
+    let Some(host) = &s.ide_subdomain_host else { return public.to_string() };
+    let (scheme, rest) = public.split_once("://").unwrap_or(("http", public));
+    let authority = rest.split('/').next().unwrap_or("");
+    let port =
+        authority.rsplit_once(':').map(|(_, p)| p).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    match port {
+        Some(port) => format!("{scheme}://{session}.{host}:{port}"),
+        None => format!("{scheme}://{session}.{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_host_takes_the_public_urls_scheme_and_port() {
+        let mut s = Settings::defaults();
+        s.public_url = "http://127.0.0.1:8080/".into();
+        assert_eq!(ide_origin(&s, "abc"), "http://127.0.0.1:8080");
+        s.ide_subdomain_host = Some("ide.localhost".into());
+        assert_eq!(ide_origin(&s, "abc"), "http://abc.ide.localhost:8080");
+        s.public_url = "https://runner.example.com".into();
+        assert_eq!(ide_origin(&s, "abc"), "https://abc.ide.localhost");
+        s.public_url = "http://[::1]".into();
+        assert_eq!(ide_origin(&s, "abc"), "http://abc.ide.localhost");
+    }
 }

@@ -1,13 +1,13 @@
 #!/usr/bin/env node
 // A stand-in for the IDE agent + proxy, for developing and testing the browser front-end
-// (ide-agent/web) without the Rust side. No dependencies beyond Node.js 20 (the WebSocket server
+// (web-ide-proxy/web) without the Rust side. No dependencies beyond Node.js 20 (the WebSocket server
 // is a minimal RFC 6455 implementation below) and util-linux `script` (gives shells a real PTY).
 //
 //   node tests/e2e/mock-agent.mjs            # prints IDE_URL=http://127.0.0.1:PORT/ide/test-session/?token=...
 //
 // Environment (all optional):
 //   PORT            port on 127.0.0.1 (default 0 = any free port)
-//   DIST            the built page (default: ide-agent/web/dist next to this repository's tests/)
+//   DIST            the built page (default: web-ide-proxy/web/dist next to this repository's tests/)
 //   SESSION         session id in the path (default test-session)
 //   TOKEN           the token the page URL carries (default mock-token); like web-ide-proxy, a
 //                   request with ?token= gets a cookie scoped to /ide/{session}/ and a 303 to the
@@ -29,7 +29,7 @@ import { spawn, execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const DIST = path.resolve(process.env.DIST || path.join(here, '../../ide-agent/web/dist'));
+const DIST = path.resolve(process.env.DIST || path.join(here, '../../web-ide-proxy/web/dist'));
 const SESSION = process.env.SESSION || 'test-session';
 const TOKEN = process.env.TOKEN || 'mock-token';
 const PREFIX = `/ide/${SESSION}/`;
@@ -44,7 +44,7 @@ const WORKDIR_IN_CONTAINER = '/workspace';
 
 if (CONTAINER && !/^[\w.-]+$/.test(CONTAINER)) throw new Error('MOCK_CONTAINER: not a container id/name');
 if (!fs.existsSync(path.join(DIST, 'index.html'))) {
-  console.error(`mock-agent: ${DIST}/index.html not found; build the page first (cd ide-agent/web && npm ci && node build.mjs)`);
+  console.error(`mock-agent: ${DIST}/index.html not found; build the page first (cd web-ide-proxy/web && npm ci && node build.mjs)`);
   process.exit(2);
 }
 

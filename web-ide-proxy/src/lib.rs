@@ -11,6 +11,7 @@
 //! closes its sockets with close code 4000.
 
 mod forward;
+mod page;
 pub mod token;
 mod ws;
 
@@ -46,8 +47,13 @@ pub type BoxIo = Box<dyn Io>;
 
 pub enum SessionLookup {
     Missing,
+    /// Live, its sandbox not up yet: its link may be exchanged, nothing reaches it.
+    Starting,
+    /// Ended or ending (the state's name, for the message).
     NotRunning(String),
-    Running { container: String },
+    Running {
+        container: String,
+    },
 }
 
 /// What the proxy needs from the service that owns sessions.
@@ -76,6 +82,9 @@ pub struct Config {
     /// `SameSite=None; Secure` instead of `Lax`: for an exercise page on another site than the
     /// runner that embeds the IDE (needs https).
     pub cookie_cross_site: bool,
+    /// A host per session (`{session}.{session_host}`, e.g. `ide.example.com` with wildcard DNS),
+    /// so every session's IDE is an origin of its own; `None`: all sessions on one host. Any port.
+    pub session_host: Option<String>,
 }
 
 impl Default for Config {
@@ -91,6 +100,7 @@ impl Default for Config {
             watch_interval: Duration::from_secs(2),
             cookie_secure: false,
             cookie_cross_site: false,
+            session_host: None,
         }
     }
 }
@@ -103,7 +113,7 @@ struct Slot {
 pub struct Proxy<B> {
     backend: B,
     config: Config,
-    pool: forward::Pool,
+    pool: Arc<forward::Pool>,
     slots: Mutex<HashMap<String, Slot>>,
     activity: Mutex<HashMap<String, i64>>,
 }
@@ -122,7 +132,7 @@ impl<B: Backend> Proxy<B> {
         Arc::new(Proxy {
             backend,
             config,
-            pool: forward::Pool::default(),
+            pool: Arc::default(),
             slots: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
         })
@@ -208,6 +218,40 @@ impl<B: Backend> Proxy<B> {
         }
     }
 
+    /// The URL token's exchange: an HttpOnly cookie for this session's path (host-only, so with a
+    /// host per session it is sent to that host alone), and a redirect without the token.
+    fn exchange(&self, session: &str, rest: &str, now: u64) -> Response {
+        let cookie =
+            token::sign(&self.config.secret, token::Kind::Cookie, session, now + self.config.cookie_ttl.as_secs());
+        let same_site = match (self.config.cookie_cross_site, self.config.cookie_secure) {
+            (true, _) => "SameSite=None; Secure",
+            (false, true) => "SameSite=Lax; Secure",
+            (false, false) => "SameSite=Lax",
+        };
+        let set_cookie = format!(
+            "{COOKIE_NAME}={cookie}; Path=/ide/{session}/; Max-Age={}; HttpOnly; {same_site}",
+            self.config.cookie_ttl.as_secs()
+        );
+        let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, format!("/ide/{session}/{rest}"))]).into_response();
+        if let Ok(v) = HeaderValue::from_str(&set_cookie) {
+            resp.headers_mut().insert(header::SET_COOKIE, v);
+        }
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    /// With `session_host` set, a session's IDE is served only at `{session}.{session_host}`
+    /// (on whatever port the listener has).
+    fn host_allowed(&self, session: &str, headers: &HeaderMap) -> bool {
+        let Some(base) = &self.config.session_host else { return true };
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        name.eq_ignore_ascii_case(&format!("{session}.{base}"))
+    }
+
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
         let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
             return false;
@@ -252,80 +296,108 @@ fn query_token(query: Option<&str>) -> Option<String> {
     query?.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_string))
 }
 
+/// Whether a failed request was a browser navigating (a page load, not the page's own fetch):
+/// such a request gets a short human page instead of a JSON body.
+fn is_navigation(req: &Request) -> bool {
+    let h = req.headers();
+    match h.get("sec-fetch-mode").and_then(|v| v.to_str().ok()) {
+        Some(mode) => mode == "navigate",
+        None => {
+            req.method() == axum::http::Method::GET
+                && h.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/html"))
+        }
+    }
+}
+
 async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String, req: Request) -> Response {
+    let navigation = is_navigation(&req);
+    let fail = |status: StatusCode, code: &str, message: &str| {
+        if navigation {
+            page::error_page(status, code, message)
+        } else {
+            error(status, code, message)
+        }
+    };
     let valid_id = session.len() == 36 && session.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
     if !valid_id {
-        return error(StatusCode::NOT_FOUND, "session_not_found", "no such session");
+        return fail(StatusCode::NOT_FOUND, "session_not_found", "no such session");
+    }
+    // 0. With a host per session, a session's IDE answers only on its own host: no other
+    // session's page shares its origin.
+    if !proxy.host_allowed(&session, req.headers()) {
+        return fail(
+            StatusCode::MISDIRECTED_REQUEST,
+            "wrong_host",
+            "this session's IDE is served at its own address; open it through the session's link",
+        );
     }
     let secret = &proxy.config.secret;
     let now = token::now_unix();
-    // 1. Authenticate: the URL token (exchanged for a cookie), or the cookie.
-    if let Some(t) = query_token(req.uri().query()) {
-        return match token::verify(secret, &t, token::Kind::Url, &session, now) {
-            Ok(()) => {
-                let cookie =
-                    token::sign(secret, token::Kind::Cookie, &session, now + proxy.config.cookie_ttl.as_secs());
-                let same_site = match (proxy.config.cookie_cross_site, proxy.config.cookie_secure) {
-                    (true, _) => "SameSite=None; Secure",
-                    (false, true) => "SameSite=Lax; Secure",
-                    (false, false) => "SameSite=Lax",
-                };
-                let set_cookie = format!(
-                    "{COOKIE_NAME}={cookie}; Path=/ide/{session}/; Max-Age={}; HttpOnly; {same_site}",
-                    proxy.config.cookie_ttl.as_secs()
-                );
-                let mut resp =
-                    (StatusCode::SEE_OTHER, [(header::LOCATION, format!("/ide/{session}/{rest}"))]).into_response();
-                if let Ok(v) = HeaderValue::from_str(&set_cookie) {
-                    resp.headers_mut().insert(header::SET_COOKIE, v);
-                }
-                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                resp
-            }
+    // 1. Authenticate: the URL token (exchanged for a cookie below, once the session is known
+    // to be live), or the cookie.
+    let exchange = match query_token(req.uri().query()) {
+        Some(t) => match token::verify(secret, &t, token::Kind::Url, &session, now) {
+            Ok(()) => true,
             Err(token::TokenError::Expired) => {
-                error(StatusCode::UNAUTHORIZED, "token_expired", "this IDE link has expired; open the exercise again")
+                return fail(
+                    StatusCode::UNAUTHORIZED,
+                    "token_expired",
+                    "this IDE link has expired; open the exercise again",
+                )
             }
-            Err(_) => error(StatusCode::UNAUTHORIZED, "invalid_token", "this IDE link is not valid for this session"),
-        };
-    }
-    match cookie_value(req.headers()).map(|c| token::verify(secret, &c, token::Kind::Cookie, &session, now)) {
-        Some(Ok(())) => {}
-        Some(Err(token::TokenError::Expired)) => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "cookie_expired",
-                "the IDE login has expired; open the exercise again",
-            )
+            Err(_) => {
+                return fail(StatusCode::UNAUTHORIZED, "invalid_token", "this IDE link is not valid for this session")
+            }
+        },
+        None => {
+            match cookie_value(req.headers()).map(|c| token::verify(secret, &c, token::Kind::Cookie, &session, now)) {
+                Some(Ok(())) => false,
+                Some(Err(token::TokenError::Expired)) => {
+                    return fail(
+                        StatusCode::UNAUTHORIZED,
+                        "cookie_expired",
+                        "the IDE login has expired; open the exercise again",
+                    )
+                }
+                Some(Err(_)) | None => {
+                    return fail(
+                        StatusCode::UNAUTHORIZED,
+                        "not_authenticated",
+                        "open the IDE through the link of your session",
+                    )
+                }
+            }
         }
-        Some(Err(_)) | None => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "not_authenticated",
-                "open the IDE through the link of your session",
-            )
-        }
-    }
+    };
     // 2. WebSockets only from allowed origins (no cross-site socket hijacking).
     let is_upgrade =
         req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if is_upgrade && !proxy.origin_allowed(req.headers()) {
-        return error(
+        return fail(
             StatusCode::FORBIDDEN,
             "origin_not_allowed",
             "WebSocket connections from this origin are not allowed",
         );
     }
-    // 3. Only running sessions.
+    // 3. Only live sessions: an ended session's link is refused at the exchange, and everything
+    // else needs a running one.
     let container = match proxy.backend.session(&session).await {
-        Ok(SessionLookup::Running { container }) => container,
-        Ok(SessionLookup::Missing) => return error(StatusCode::NOT_FOUND, "session_not_found", "no such session"),
+        Ok(SessionLookup::Running { container }) => Some(container),
+        Ok(SessionLookup::Starting) => None,
+        Ok(SessionLookup::Missing) => return fail(StatusCode::NOT_FOUND, "session_not_found", "no such session"),
         Ok(SessionLookup::NotRunning(state)) => {
-            return error(StatusCode::CONFLICT, "session_not_running", &format!("the session is {state}"))
+            return fail(StatusCode::CONFLICT, "session_not_running", &format!("the session is {state}"))
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "IDE proxy: session lookup failed");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly");
+            return fail(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly");
         }
+    };
+    if exchange {
+        return proxy.exchange(&session, &rest, now);
+    }
+    let Some(container) = container else {
+        return fail(StatusCode::CONFLICT, "session_not_running", "the session is starting");
     };
     proxy.mark_active(&session);
     // 4. The Check button is the runner's, not the agent's: checks are recorded and authoritative.
@@ -336,7 +408,18 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
         let (status, body) = proxy.backend.check(&session).await;
         return (status, Json(body)).into_response();
     }
-    // 5. Bounded connections per session.
+    // 5. The page itself comes from the runner, never from the sandbox.
+    if let Some((content_type, body)) = page::asset_at(&rest) {
+        if !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD) || is_upgrade {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "the page is only read");
+        }
+        return page::serve(req.headers(), content_type, body);
+    }
+    // Only the agent's API reaches the sandbox.
+    if !rest.starts_with("api/") {
+        return fail(StatusCode::NOT_FOUND, "not_found", "no such page in the IDE");
+    }
+    // 6. Bounded connections per session, held until the response (or socket) ends.
     let (permits, ended) = proxy.slot(&session);
     let Ok(permit) = permits.try_acquire_owned() else {
         let mut resp = error(
@@ -359,8 +442,6 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
         };
         ws::bridge(proxy, session, container, path_and_query, upgrade, ended, permit).await
     } else {
-        let resp = forward::http(&proxy, &container, &path_and_query, req).await;
-        drop(permit);
-        resp
+        forward::http(&proxy, &container, &path_and_query, req, permit).await
     }
 }

@@ -68,7 +68,11 @@ pub async fn bridge<B: Backend>(
             match tokio::time::timeout(Duration::from_secs(15), handshake).await {
                 Ok(Ok((agent, _))) => Ok(agent),
                 Ok(Err(tg::Error::Http(resp))) => {
-                    let status = resp.status();
+                    // The agent's refusal, as data; an odd status from it becomes a 502.
+                    let status = match resp.status() {
+                        s if s.is_client_error() || s.is_server_error() => s,
+                        _ => axum::http::StatusCode::BAD_GATEWAY,
+                    };
                     Err(AgentError::Final(error(
                         status,
                         "agent_refused",

@@ -1,5 +1,5 @@
-//! Builds the IDE page from npm packages (`web/`, esbuild) into OUT_DIR, where `src/web.rs`
-//! embeds it: the agent serves everything itself, nothing is fetched at run time.
+//! Builds the IDE page from npm packages (`web/`, esbuild) into OUT_DIR, where `src/page.rs`
+//! embeds it: the proxy serves the page itself (never the sandbox), nothing is fetched at run time.
 
 use std::{path::Path, process::Command};
 
