@@ -209,3 +209,11 @@ async fn the_live_session_cap_answers_503_with_retry_after() {
     assert_eq!(error_code(&r.json().await.unwrap()), "session_capacity");
     assert_eq!(app.containers().len(), 1);
 }
+
+/// Concurrent PUTs of one exercise or app never fail and never lose a write (SQLite; the same
+/// on PostgreSQL in tests/postgres.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_of_one_definition_neither_fail_nor_lose_writes() {
+    let app = spawn_app().await;
+    concurrent_puts_neither_fail_nor_lose_writes(&app).await;
+}

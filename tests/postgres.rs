@@ -164,3 +164,11 @@ async fn two_replicas_on_one_postgresql_share_sessions_without_duplicates() {
     assert_eq!(a.containers().len(), all.len() - 1);
     drop(b);
 }
+
+/// Concurrent PUTs of one exercise or app never fail and never lose a write, on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_of_one_definition_neither_fail_nor_lose_writes_on_postgresql() {
+    require_docker();
+    let (app, _) = spawn_pg_app(|_| {}).await;
+    concurrent_puts_neither_fail_nor_lose_writes(&app).await;
+}

@@ -8,7 +8,7 @@ use crate::{
     config::{Limits, Settings},
     docker::{policy::TMPFS_PATHS, Engine, SandboxSpec},
     domain::{Invalid, Slug},
-    store::{ExerciseRecord, Store},
+    store::{ExerciseRecord, Store, Written},
 };
 
 /// Per-exercise overrides of the operator's default limits; each must stay within the caps.
@@ -304,48 +304,61 @@ pub async fn put(
     if input.hook_secret.as_ref().is_some_and(|s| s.len() < 16 || s.len() > 256) {
         return Err(Invalid::new("invalid_hook_secret", "hook_secret must be 16-256 characters").into());
     }
-    let existing = store.exercise(slug.as_str()).await?;
-    let mut spec: ExerciseSpec = match &existing {
-        Some(r) => serde_json::from_str(&r.spec).map_err(anyhow::Error::from)?,
-        None => ExerciseSpec { workdir: "/workspace".into(), auto_publish: true, ..Default::default() },
+    let image_info = match &input.image {
+        Some(reference) => {
+            check_image_reference(reference)?;
+            let info = engine.image(reference).await?.ok_or_else(|| {
+                Invalid::new("image_not_found", format!("image {reference:?} does not exist on the Docker engine"))
+            })?;
+            reject_unsafe_image(&info)?;
+            Some((reference.clone(), info))
+        }
+        None => None,
     };
-    let mut image = existing.as_ref().map(|r| r.image.clone()).unwrap_or_default();
-    if let Some(reference) = &input.image {
-        check_image_reference(reference)?;
-        let info = engine.image(reference).await?.ok_or_else(|| {
-            Invalid::new("image_not_found", format!("image {reference:?} does not exist on the Docker engine"))
-        })?;
-        reject_unsafe_image(&info)?;
-        image = reference.clone();
-        spec.limits = input.limits.clone();
-        spec.network = input.network;
-        spec.workdir = input
-            .workdir
-            .clone()
-            .or(info.working_dir.filter(|w| check_workdir(w).is_ok()))
-            .unwrap_or_else(|| "/workspace".to_string());
-        spec.check = input.check.clone().unwrap_or_default();
-        spec.writable = vec![];
-        spec.current_version = None;
+    // Read, merge, write if nobody wrote in between; else again (concurrent PUTs of one exercise
+    // all land, none is lost, none fails).
+    for _ in 0..crate::store::MAX_WRITE_ATTEMPTS {
+        let existing = store.exercise(slug.as_str()).await?;
+        let mut spec: ExerciseSpec = match &existing {
+            Some(r) => serde_json::from_str(&r.spec).map_err(anyhow::Error::from)?,
+            None => ExerciseSpec { workdir: "/workspace".into(), auto_publish: true, ..Default::default() },
+        };
+        let mut image = existing.as_ref().map(|r| r.image.clone()).unwrap_or_default();
+        if let Some((reference, info)) = &image_info {
+            image = reference.clone();
+            spec.limits = input.limits.clone();
+            spec.network = input.network;
+            spec.workdir = input
+                .workdir
+                .clone()
+                .or(info.working_dir.clone().filter(|w| check_workdir(w).is_ok()))
+                .unwrap_or_else(|| "/workspace".to_string());
+            spec.check = input.check.clone().unwrap_or_default();
+            spec.writable = vec![];
+            spec.current_version = None;
+        }
+        if input.title.is_some() {
+            spec.title = input.title.clone();
+        }
+        if let Some(a) = input.auto_publish {
+            spec.auto_publish = a;
+        }
+        if input.git.is_some() {
+            spec.git = input.git.clone();
+        }
+        if input.hook_secret.is_some() {
+            spec.hook_secret = input.hook_secret.clone();
+        }
+        let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
+        let written = store.write_exercise(slug.as_str(), &image, &spec_json, existing.map(|r| r.revision)).await?;
+        if written == Written::Conflict {
+            continue;
+        }
+        let record =
+            store.exercise(slug.as_str()).await?.ok_or_else(|| anyhow::anyhow!("exercise vanished after write"))?;
+        return Ok((to_view(settings, &record)?, written == Written::Created));
     }
-    if input.title.is_some() {
-        spec.title = input.title;
-    }
-    if let Some(a) = input.auto_publish {
-        spec.auto_publish = a;
-    }
-    if input.git.is_some() {
-        spec.git = input.git;
-    }
-    if input.hook_secret.is_some() {
-        spec.hook_secret = input.hook_secret;
-    }
-    let created = store
-        .upsert_exercise(slug.as_str(), &image, &serde_json::to_string(&spec).map_err(anyhow::Error::from)?)
-        .await?;
-    let record =
-        store.exercise(slug.as_str()).await?.ok_or_else(|| anyhow::anyhow!("exercise vanished after write"))?;
-    Ok((to_view(settings, &record)?, created))
+    Err(anyhow::anyhow!("exercise {slug}: too many concurrent writes").into())
 }
 
 /// The sandbox a new session of this exercise gets, under the operator's current settings.

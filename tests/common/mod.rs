@@ -414,3 +414,40 @@ pub fn learner_writes(container: &str, path: &str, content: &str) {
     child.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+// ---- concurrent writes (issue 8: race-free storage), run on SQLite and PostgreSQL ----
+
+/// 20 concurrent first PUTs of one exercise and of one app: one 201, the rest 200, never a 500;
+/// then 21 concurrent PUTs that each change one different field of the exercise: every change
+/// is there afterwards (none lost to another request's read-modify-write).
+pub async fn concurrent_puts_neither_fail_nor_lose_writes(app: &TestApp) {
+    let statuses = |results: &[(u16, Value)]| {
+        let mut s: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
+        s.sort();
+        s
+    };
+    let expected: Vec<u16> = std::iter::once(200).cycle().take(19).chain([201]).collect();
+
+    let puts = (0..20).map(|_| app.put("/v1/exercises/raced", json!({"image": IMAGE})));
+    let results = futures_util::future::join_all(puts).await;
+    assert_eq!(statuses(&results), expected, "first PUTs of one exercise: {results:?}");
+
+    let puts = (0..20).map(|n| {
+        let body = json!({"image": "registry.invalid/course/web", "env": {"N": n.to_string()},
+                          "services": {"web": {"command": ["/app/web"], "port": 8080}}});
+        async move { app.put("/v1/apps/raced", body).await }
+    });
+    let results = futures_util::future::join_all(puts).await;
+    assert_eq!(statuses(&results), expected, "first PUTs of one app: {results:?}");
+    let (status, got) = app.get("/v1/apps/raced").await;
+    assert_eq!(status, 200, "{got}");
+
+    let changes = [json!({"title": "Raced"}), json!({"auto_publish": false}), json!({"hook_secret": "a".repeat(24)})];
+    let puts = (0..21).map(|n| app.put("/v1/exercises/raced", changes[n % 3].clone()));
+    let results = futures_util::future::join_all(puts).await;
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let (_, v) = app.get("/v1/exercises/raced").await;
+    assert_eq!(v["title"], "Raced", "a concurrent PUT lost the title: {v}");
+    assert_eq!(v["auto_publish"], false, "a concurrent PUT lost auto_publish: {v}");
+    assert_eq!(v["hook_secret_set"], true, "a concurrent PUT lost the hook secret: {v}");
+}

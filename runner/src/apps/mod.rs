@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::{
     app::App,
     domain::Invalid,
-    store::{AppRecord, DeployRecord},
+    store::{AppRecord, DeployRecord, Written},
 };
 pub use spec::{AppInput, AppSpec, Secrets};
 
@@ -95,41 +95,50 @@ pub fn deploy_view(d: &DeployRecord) -> DeployView {
 
 /// Creates or replaces an app's definition. Returns the view and whether it was created.
 pub async fn put(app: &App, name: &str, input: AppInput) -> Result<(AppView, bool), AppError> {
-    let existing = app.store.app(name).await?;
-    // Secrets the new definition does not repeat are kept. Ones sealed under another key cannot
-    // be: the new definition then stands alone (and says so in the log).
-    let old_secrets: Option<Secrets> = match &existing {
-        Some(r) => match open_secrets(app, r) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(app = %name, error = %format!("{e:#}"), "stored secrets do not open; replacing them");
-                None
-            }
-        },
-        None => None,
-    };
-    let (spec, secrets) = spec::validate(name, input, old_secrets.as_ref())?;
-    if let Some(host) = &spec.host {
-        for other in app.store.apps().await? {
-            if other.name != name
-                && serde_json::from_str::<AppSpec>(&other.spec).is_ok_and(|s| s.host.as_ref() == Some(host))
-            {
-                return Err(AppError::HostTaken(host.clone(), other.name));
+    // Read, merge, write if nobody wrote in between; else again (concurrent PUTs of one app all
+    // land, none is lost, none fails).
+    for _ in 0..crate::store::MAX_WRITE_ATTEMPTS {
+        let existing = app.store.app(name).await?;
+        // Secrets the new definition does not repeat are kept. Ones sealed under another key
+        // cannot be: the new definition then stands alone (and says so in the log).
+        let old_secrets: Option<Secrets> = match &existing {
+            Some(r) => match open_secrets(app, r) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(app = %name, error = %format!("{e:#}"), "stored secrets do not open; replacing them");
+                    None
+                }
+            },
+            None => None,
+        };
+        let (spec, secrets) = spec::validate(name, input.clone(), old_secrets.as_ref())?;
+        if let Some(host) = &spec.host {
+            for other in app.store.apps().await? {
+                if other.name != name
+                    && serde_json::from_str::<AppSpec>(&other.spec).is_ok_and(|s| s.host.as_ref() == Some(host))
+                {
+                    return Err(AppError::HostTaken(host.clone(), other.name));
+                }
             }
         }
+        let written = app
+            .store
+            .write_app(
+                name,
+                &serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
+                &app.secret_box.seal(name, &serde_json::to_string(&secrets).map_err(anyhow::Error::from)?)?,
+                existing.map(|r| r.revision),
+            )
+            .await?;
+        if written == Written::Conflict {
+            continue;
+        }
+        let record = app.store.app(name).await?.ok_or_else(|| AppError::NotFound(name.to_string()))?;
+        // A changed host moves the route at once.
+        app.supervisor.refresh_routes(app, &record).await;
+        return Ok((view(app, &record)?, written == Written::Created));
     }
-    let created = app
-        .store
-        .upsert_app(
-            name,
-            &serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
-            &app.secret_box.seal(name, &serde_json::to_string(&secrets).map_err(anyhow::Error::from)?)?,
-        )
-        .await?;
-    let record = app.store.app(name).await?.ok_or_else(|| AppError::NotFound(name.to_string()))?;
-    // A changed host moves the route at once.
-    app.supervisor.refresh_routes(app, &record).await;
-    Ok((view(app, &record)?, created))
+    Err(anyhow::anyhow!("app {name}: too many concurrent writes").into())
 }
 
 pub async fn get(app: &App, name: &str) -> Result<AppRecord, AppError> {

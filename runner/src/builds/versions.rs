@@ -8,6 +8,7 @@ use crate::{
     app::App,
     domain::Slug,
     exercises::{self, Exercise, ExerciseSpec},
+    store::Written,
 };
 
 /// Makes `version` the one new sessions get. Live sessions keep the image they started with.
@@ -21,24 +22,32 @@ pub async fn publish(app: &Arc<App>, slug: &Slug, version: &str) -> Result<Exerc
         return Err(BuildError::VersionImageRemoved(slug.to_string(), version.to_string()));
     }
     let m: Manifest = serde_json::from_str(&v.manifest).map_err(anyhow::Error::from)?;
-    let existing = app.store.exercise(slug.as_str()).await?;
-    let mut spec: ExerciseSpec = match &existing {
-        Some(r) => serde_json::from_str(&r.spec).map_err(anyhow::Error::from)?,
-        None => ExerciseSpec { auto_publish: true, ..Default::default() },
-    };
-    spec.title = Some(m.title);
-    spec.limits = m.limits;
-    spec.network = m.network;
-    spec.workdir = m.workdir;
-    spec.writable = m.writable;
-    spec.check = m.check;
-    spec.current_version = Some(version.to_string());
-    let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
-    app.store.publish_version(slug.as_str(), version, &v.image, &spec_json).await?;
-    tracing::info!(exercise = %slug, version, "published");
-    let record =
-        app.store.exercise(slug.as_str()).await?.ok_or_else(|| BuildError::ExerciseNotFound(slug.to_string()))?;
-    Ok(exercises::to_view(&app.settings, &record)?)
+    // Read, merge, write if nobody wrote the exercise in between (a PUT racing a publish loses
+    // neither); else again.
+    for _ in 0..crate::store::MAX_WRITE_ATTEMPTS {
+        let existing = app.store.exercise(slug.as_str()).await?;
+        let mut spec: ExerciseSpec = match &existing {
+            Some(r) => serde_json::from_str(&r.spec).map_err(anyhow::Error::from)?,
+            None => ExerciseSpec { auto_publish: true, ..Default::default() },
+        };
+        spec.title = Some(m.title.clone());
+        spec.limits = m.limits.clone();
+        spec.network = m.network;
+        spec.workdir = m.workdir.clone();
+        spec.writable = m.writable.clone();
+        spec.check = m.check.clone();
+        spec.current_version = Some(version.to_string());
+        let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
+        let read = existing.map(|r| r.revision);
+        if app.store.publish_version(slug.as_str(), version, &v.image, &spec_json, read).await? == Written::Conflict {
+            continue;
+        }
+        tracing::info!(exercise = %slug, version, "published");
+        let record =
+            app.store.exercise(slug.as_str()).await?.ok_or_else(|| BuildError::ExerciseNotFound(slug.to_string()))?;
+        return Ok(exercises::to_view(&app.settings, &record)?);
+    }
+    Err(anyhow::anyhow!("exercise {slug}: too many concurrent writes").into())
 }
 
 /// Removes the images of versions beyond the newest `keep_versions`, except the current one and

@@ -2,7 +2,7 @@
 
 use sqlx::{any::AnyRow, Row};
 
-use super::{now_ms, Store};
+use super::{now_ms, Store, Written};
 
 #[derive(Debug, Clone)]
 pub struct AppRecord {
@@ -13,10 +13,14 @@ pub struct AppRecord {
     pub current_image: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Bumped by every write of the definition: the compare-and-set token of
+    /// [`Store::write_app`].
+    pub revision: i64,
 }
 
 impl AppRecord {
-    const COLUMNS: &'static str = "name, spec, secrets, current_version, current_image, created_at, updated_at";
+    const COLUMNS: &'static str =
+        "name, spec, secrets, current_version, current_image, created_at, updated_at, revision";
     fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
         Ok(AppRecord {
             name: r.try_get("name")?,
@@ -26,6 +30,7 @@ impl AppRecord {
             current_image: r.try_get("current_image")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            revision: r.try_get("revision")?,
         })
     }
 }
@@ -64,30 +69,34 @@ impl DeployRecord {
 }
 
 impl Store {
-    /// Creates or replaces an app's definition; returns true when created.
-    pub async fn upsert_app(&self, name: &str, spec: &str, secrets: &str) -> anyhow::Result<bool> {
+    /// Writes an app's definition if it is still as the caller read it: `read` is the revision
+    /// read, or `None` when there was no such app. `Written::Conflict` means another write came
+    /// first: read again, merge again, write again.
+    pub async fn write_app(&self, name: &str, spec: &str, secrets: &str, read: Option<i64>) -> anyhow::Result<Written> {
         let now = now_ms();
-        let updated = sqlx::query("UPDATE apps SET spec = $1, secrets = $2, updated_at = $3 WHERE name = $4")
+        let done = match read {
+            None => sqlx::query(
+                "INSERT INTO apps (name, spec, secrets, created_at, updated_at, revision) \
+                 VALUES ($1, $2, $3, $4, $4, 1) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
             .bind(spec)
             .bind(secrets)
-            .bind(now)
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            sqlx::query(
-                "INSERT INTO apps (name, spec, secrets, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
-                 ON CONFLICT (name) DO NOTHING",
+            .bind(now),
+            Some(revision) => sqlx::query(
+                "UPDATE apps SET spec = $2, secrets = $3, updated_at = $4, revision = revision + 1 \
+                 WHERE name = $1 AND revision = $5",
             )
             .bind(name)
             .bind(spec)
             .bind(secrets)
             .bind(now)
-            .execute(&self.pool)
-            .await?;
+            .bind(revision),
         }
-        Ok(updated == 0)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(Written::from(read, done))
     }
 
     /// Records that an app's service failed (kept crashing) in a deploy.

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{now_ms, BuildRecord, CheckRecord, Store, VersionRecord};
+use super::{now_ms, BuildRecord, CheckRecord, Store, VersionRecord, Written};
 
 impl Store {
     pub async fn insert_build(&self, id: &str, exercise: &str, source: &str) -> anyhow::Result<()> {
@@ -144,11 +144,22 @@ impl Store {
         rows.iter().map(VersionRecord::from_row).collect()
     }
 
-    /// Records a publish: the exercise's image and spec, and the version's publish time, at once.
-    pub async fn publish_version(&self, exercise: &str, version: &str, image: &str, spec: &str) -> anyhow::Result<()> {
+    /// Records a publish if the exercise is still at the revision the caller read: its image and
+    /// spec, and the version's publish time, at once.
+    pub async fn publish_version(
+        &self,
+        exercise: &str,
+        version: &str,
+        image: &str,
+        spec: &str,
+        read: Option<i64>,
+    ) -> anyhow::Result<Written> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        super::upsert_exercise_in(&mut tx, exercise, image, spec, now).await?;
+        let written = super::write_exercise_in(&mut *tx, exercise, image, spec, read, now).await?;
+        if written == Written::Conflict {
+            return Ok(written);
+        }
         sqlx::query("UPDATE exercise_versions SET published_at = $1 WHERE exercise = $2 AND version = $3")
             .bind(now)
             .bind(exercise)
@@ -156,7 +167,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(written)
     }
 
     pub async fn delete_version(&self, exercise: &str, version: &str) -> anyhow::Result<()> {

@@ -15,33 +15,58 @@ pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, Versi
 
 use crate::domain::SessionState;
 
-/// Update-or-insert of an exercise inside a transaction (SQLite and PostgreSQL alike); true when
-/// it was inserted.
-async fn upsert_exercise_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+/// How often a read-merge-write of one definition is tried before giving up: each round at least
+/// one of the racing writers wins, so this many concurrent writers of one key all get through.
+pub const MAX_WRITE_ATTEMPTS: usize = 64;
+
+/// What a compare-and-set write of a definition (exercise, app) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Created,
+    Replaced,
+    /// Another write came between the caller's read and this write; nothing was written.
+    Conflict,
+}
+
+impl Written {
+    fn from(read: Option<i64>, rows: u64) -> Written {
+        match (read, rows) {
+            (_, 0) => Written::Conflict,
+            (None, _) => Written::Created,
+            (Some(_), _) => Written::Replaced,
+        }
+    }
+}
+
+/// Writes an exercise if it is still at the revision the caller read (`None`: it did not exist).
+async fn write_exercise_in<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
     slug: &str,
     image: &str,
     spec: &str,
+    read: Option<i64>,
     now: i64,
-) -> anyhow::Result<bool> {
-    let updated = sqlx::query("UPDATE exercises SET image = $1, spec = $2, updated_at = $3 WHERE slug = $4")
+) -> anyhow::Result<Written> {
+    let query = match read {
+        None => sqlx::query(
+            "INSERT INTO exercises (slug, image, spec, created_at, updated_at, revision) \
+             VALUES ($1, $2, $3, $4, $4, 1) ON CONFLICT (slug) DO NOTHING",
+        )
+        .bind(slug)
+        .bind(image)
+        .bind(spec)
+        .bind(now),
+        Some(revision) => sqlx::query(
+            "UPDATE exercises SET image = $2, spec = $3, updated_at = $4, revision = revision + 1 \
+             WHERE slug = $1 AND revision = $5",
+        )
+        .bind(slug)
         .bind(image)
         .bind(spec)
         .bind(now)
-        .bind(slug)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if updated == 0 {
-        sqlx::query("INSERT INTO exercises (slug, image, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)")
-            .bind(slug)
-            .bind(image)
-            .bind(spec)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(updated == 0)
+        .bind(revision),
+    };
+    Ok(Written::from(read, query.execute(executor).await?.rows_affected()))
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -102,12 +127,16 @@ impl Store {
 
     // ---- exercises ----
 
-    /// Creates or replaces an exercise; returns true when it was created.
-    pub async fn upsert_exercise(&self, slug: &str, image: &str, spec: &str) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let created = upsert_exercise_in(&mut tx, slug, image, spec, now_ms()).await?;
-        tx.commit().await?;
-        Ok(created)
+    /// Writes an exercise if it is still at the revision the caller read (`None`: there was
+    /// none); on `Written::Conflict` the caller reads, merges and writes again.
+    pub async fn write_exercise(
+        &self,
+        slug: &str,
+        image: &str,
+        spec: &str,
+        read: Option<i64>,
+    ) -> anyhow::Result<Written> {
+        write_exercise_in(&self.pool, slug, image, spec, read, now_ms()).await
     }
 
     pub async fn exercise(&self, slug: &str) -> anyhow::Result<Option<ExerciseRecord>> {

@@ -13,10 +13,12 @@ pub struct ExerciseRecord {
     pub spec: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Bumped by every write: the compare-and-set token of [`crate::store::Store::write_exercise`].
+    pub revision: i64,
 }
 
 impl ExerciseRecord {
-    pub const COLUMNS: &'static str = "slug, image, spec, created_at, updated_at";
+    pub const COLUMNS: &'static str = "slug, image, spec, created_at, updated_at, revision";
     pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
         Ok(ExerciseRecord {
             slug: r.try_get("slug")?,
@@ -24,6 +26,7 @@ impl ExerciseRecord {
             spec: r.try_get("spec")?,
             created_at: r.try_get("created_at")?,
             updated_at: r.try_get("updated_at")?,
+            revision: r.try_get("revision")?,
         })
     }
 }
