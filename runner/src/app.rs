@@ -86,7 +86,7 @@ impl App {
             starting: Mutex::new(HashSet::new()),
             check_slots: crate::checks::FairSlots::new(settings.max_concurrent_checks, 1),
             checks_in_flight: crate::checks::SingleFlight::new(),
-            intake_slots: Arc::new(Semaphore::new(2)),
+            intake_slots: Arc::new(Semaphore::new(settings.max_concurrent_intakes)),
             build_slots: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
             build_isolation: Mutex::new(None),
             build_wake: tokio::sync::Notify::new(),

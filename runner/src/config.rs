@@ -151,6 +151,9 @@ pub struct Settings {
     pub check_output_bytes: usize,
     /// Learners' checks running at once; each learner holds at most one of these slots.
     pub max_concurrent_checks: usize,
+    /// Uploaded or cloned repositories being unpacked and checked at once (each is held in
+    /// memory whole); past it, 503 + `Retry-After`.
+    pub max_concurrent_intakes: usize,
     // ---- the web IDE ----
     /// Signs IDE tokens and cookies. When unset, one is generated into `<data_dir>/ide-secret`;
     /// a separate `runner ide-proxy` must be given the same one.
@@ -225,6 +228,7 @@ impl Settings {
             git_hook_secret: None,
             check_output_bytes: 64 * 1024,
             max_concurrent_checks: 8,
+            max_concurrent_intakes: 2,
             ide_secret: None,
             secrets_key: None,
             public_url: String::new(),
@@ -418,6 +422,9 @@ impl Settings {
         if let Some(v) = parse(&get, "RUNNER_MAX_CONCURRENT_CHECKS")? {
             s.max_concurrent_checks = v;
         }
+        if let Some(v) = parse(&get, "RUNNER_MAX_CONCURRENT_INTAKES")? {
+            s.max_concurrent_intakes = v;
+        }
         s.ide_secret = get("RUNNER_IDE_SECRET").filter(|v| !v.is_empty()).map(Secret::new);
         s.secrets_key = get("RUNNER_SECRETS_KEY").filter(|v| !v.is_empty()).map(Secret::new);
         if let Some(v) = get("RUNNER_PUBLIC_URL").filter(|v| !v.is_empty()) {
@@ -499,6 +506,9 @@ impl Settings {
         }
         if self.max_concurrent_checks == 0 {
             bail!("RUNNER_MAX_CONCURRENT_CHECKS must be positive (0 would refuse every check)");
+        }
+        if self.max_concurrent_intakes == 0 {
+            bail!("RUNNER_MAX_CONCURRENT_INTAKES must be positive (0 would refuse every build)");
         }
         let url = self.database_url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {

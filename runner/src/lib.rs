@@ -22,7 +22,7 @@ pub mod store;
 pub mod telemetry;
 pub mod workspaces;
 
-use std::{future::Future, sync::Arc};
+use std::future::Future;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -102,8 +102,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-pub type SharedApp = Arc<App>;
-
 /// Runs only the web IDE proxy (`runner ide-proxy`): the same `/ide/{session}/` routes as
 /// `runner serve`, against the same database and Docker engine, so the proxy can be scaled apart
 /// from the API. It needs the same `RUNNER_IDE_SECRET` as the runners that issue `ide_url`s.
@@ -126,4 +124,34 @@ pub async fn launch_ide_proxy(
     cancel.cancel();
     let _ = background.await;
     served.context("serving HTTP")
+}
+
+#[cfg(test)]
+mod tests {
+    /// The integration tests and benchmarks live in the workspace's top-level `tests/` and
+    /// `benches/`, outside this package, so cargo does not discover them: each file must be a
+    /// `[[test]]` (or `[[bench]]`) of `runner/Cargo.toml`, or it would silently never run.
+    #[test]
+    fn every_integration_test_and_bench_file_is_a_target() {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let manifest: toml::Table = std::fs::read_to_string(here.join("Cargo.toml")).unwrap().parse().unwrap();
+        for (kind, dir) in [("test", "tests"), ("bench", "benches")] {
+            let listed: Vec<String> = manifest
+                .get(kind)
+                .and_then(|t| t.as_array())
+                .map(|targets| targets.iter().filter_map(|t| t.get("path")?.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            let mut files: Vec<String> = std::fs::read_dir(here.join("..").join(dir))
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".rs"))
+                .collect();
+            files.sort();
+            assert!(!files.is_empty(), "no files in {dir}/");
+            for f in files {
+                let path = format!("../{dir}/{f}");
+                assert!(listed.contains(&path), "{path} is not a [[{kind}]] of runner/Cargo.toml: it would never run");
+            }
+        }
+    }
 }

@@ -6,8 +6,8 @@
 //! host's disk (overlay2 on ext4 has no `--storage-opt size=`). The loop device and the volume
 //! exist only while a session uses the workspace; the image file holds the files in between.
 //!
-//! The host never mounts the image itself nor reads or writes a path inside it (DESIGN.md
-//! invariant 4): it only creates, attaches and deletes the image file, with argument vectors.
+//! The host never mounts the image itself nor reads or writes a path inside it
+//! (docs/ARCHITECTURE.md, invariant 4): it only creates, attaches and deletes the image file, with argument vectors.
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 

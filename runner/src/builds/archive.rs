@@ -1,7 +1,7 @@
 //! Intake of an exercise repository sent as a tar or tar.gz archive.
 //!
 //! The archive is read and checked entirely in memory and never unpacked on the host, so the host
-//! cannot be made to follow a symlink an author planted (DESIGN.md invariant 4). Rejected: absolute
+//! cannot be made to follow a symlink an author planted (docs/ARCHITECTURE.md, invariant 4). Rejected: absolute
 //! paths, `..`, symlinks that leave the tree, hard links, device files and FIFOs, duplicate paths,
 //! and archives over the size and file-count caps (compressed and unpacked). What is accepted is a
 //! normalised tree (owner root, mtime 0, modes 0644/0755) whose digest is the exercise version.

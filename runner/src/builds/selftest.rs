@@ -107,7 +107,7 @@ async fn steps(
 }
 
 /// Unpacks a tar inside the sandbox, as the sandbox user: the host never writes into a
-/// sandbox-writable path itself (DESIGN.md invariant 4).
+/// sandbox-writable path itself (docs/ARCHITECTURE.md, invariant 4).
 async fn extract(app: &App, container: &str, user: &str, dir: &str, tar: Vec<u8>) -> anyhow::Result<()> {
     let mut req = ExecRequest::new(vec!["tar".into(), "-x".into(), "-o".into(), "-C".into(), dir.to_string()], user);
     req.stdin = Some(tar);

@@ -1,6 +1,6 @@
 //! A `docker exec` as a byte stream: the process's stdin and stdout joined into one
 //! `AsyncRead + AsyncWrite`. This is how the web-ide-proxy reaches the agent in a sandbox whose
-//! network is off, under runc and gVisor alike (DESIGN.md: exec streams work under both).
+//! network is off, under runc and gVisor alike (docs/ARCHITECTURE.md, "gVisor notes").
 
 use std::{
     pin::Pin,

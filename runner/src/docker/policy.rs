@@ -1,4 +1,4 @@
-//! THE sandbox hardening policy (DESIGN.md invariant 3), in one function a reader can audit.
+//! THE sandbox hardening policy (docs/ARCHITECTURE.md, invariant 3), in one function a reader can audit.
 //!
 //! Every sandbox container the runner creates is built by [`sandbox_container`]; nothing else
 //! creates sandbox containers. Per-exercise settings can only choose values inside the operator's
@@ -234,12 +234,6 @@ pub struct AppContainer<'a> {
     pub memory_mb: u64,
     pub network: &'a str,
     pub tty: bool,
-}
-
-impl AppContainer<'_> {
-    pub fn name(&self, suffix: &str) -> String {
-        format!("exercise-runner-{}-app-{}-{}-{suffix}", self.instance, self.app, self.role)
-    }
 }
 
 /// The app's own code is the school's, not a stranger's, but it still runs locked down the

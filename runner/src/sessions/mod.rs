@@ -1,6 +1,6 @@
 //! The session lifecycle: `starting → running → stopping → stopped`, or `failed` with a reason.
 //!
-//! The database holds the intent, Docker the fact (DESIGN.md invariant 2). Every step here is one
+//! The database holds the intent, Docker the fact (docs/ARCHITECTURE.md, invariant 2). Every step here is one
 //! idempotent Docker call followed by a conditional state write, so a step retried after a crash
 //! or raced by the reaper or the reconciler converges instead of duplicating containers.
 

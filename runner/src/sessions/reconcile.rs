@@ -1,4 +1,4 @@
-//! Reconciliation: make Docker match the database (DESIGN.md invariant 2). Runs at start, before
+//! Reconciliation: make Docker match the database (docs/ARCHITECTURE.md, invariant 2). Runs at start, before
 //! the API answers, and then periodically.
 //!
 //! - a live session whose container runs: adopted as it is (the same container);
