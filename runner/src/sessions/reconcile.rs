@@ -1,5 +1,5 @@
-//! Reconciliation: make Docker match the database (docs/ARCHITECTURE.md, invariant 2). Runs at start, before
-//! the API answers, and then periodically.
+//! Reconciliation: make Docker match the database (docs/ARCHITECTURE.md, invariant 2), as a pure
+//! [`plan`] and its execution. Runs at start, before the API answers, and then periodically.
 //!
 //! - a live session whose container runs: adopted as it is (the same container);
 //! - a live session whose container exited (a crash, an OOM kill of PID 1): started again;
@@ -9,14 +9,14 @@
 //! - a labelled container of this instance with no live session: removed (an orphan).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, domain::SessionState};
+use crate::{app::App, docker::FoundSandbox, domain::SessionState, store::SessionRecord};
 
 pub async fn run(app: Arc<App>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(app.settings.reconcile_interval);
@@ -42,74 +42,67 @@ pub struct Report {
     pub orphans_removed: usize,
 }
 
-pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
-    let mut report = Report::default();
-    // Read Docker first: a session created after this listing is in flight, and skipped below.
-    let containers = app.engine.list_sandboxes().await?;
-    let live = app.store.live_sessions().await?;
-    let mut by_session: HashMap<&str, &crate::docker::FoundSandbox> = HashMap::new();
-    for c in &containers {
+/// One step that makes Docker match the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A session left `stopping` (by a crash): finish its stop.
+    FinishStop { session: String },
+    /// Its container runs: keep it; `record` when the database does not say so yet.
+    Adopt { session: String, container: String, record: bool },
+    /// Its container exited: start it again (recreated when that fails).
+    Restart { session: String, container: String },
+    /// Its container vanished: make it again on the same workspace.
+    Recreate { session: String },
+    /// A container of this instance that no live session owns.
+    RemoveOrphan { container: String },
+}
+
+/// What to do, from what the database intends (`live` sessions), what Docker has (`observed`
+/// sandboxes of this instance) and which starts are in flight (here or in another replica, by
+/// its start lease): pure, so every case is a unit test.
+pub fn plan(live: &[SessionRecord], observed: &[FoundSandbox], in_flight: &HashSet<String>) -> Vec<Action> {
+    let mut by_session: HashMap<&str, &FoundSandbox> = HashMap::new();
+    for c in observed {
         if let Some(s) = c.session_id.as_deref() {
             by_session.insert(s, c);
         }
     }
+    let mut actions = vec![];
+    for s in live.iter().filter(|s| !in_flight.contains(&s.id)) {
+        let session = s.id.clone();
+        if s.state == SessionState::Stopping {
+            actions.push(Action::FinishStop { session });
+            continue;
+        }
+        actions.push(match by_session.get(s.id.as_str()) {
+            Some(c) if c.running => {
+                let record = s.state != SessionState::Running || s.container_id.as_deref() != Some(c.id.as_str());
+                Action::Adopt { session, container: c.id.clone(), record }
+            }
+            Some(c) => Action::Restart { session, container: c.id.clone() },
+            None => Action::Recreate { session },
+        });
+    }
+    let live_ids: HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
+    for c in observed {
+        let owned = c.session_id.as_deref().is_some_and(|s| live_ids.contains(s) || in_flight.contains(s));
+        if !owned {
+            actions.push(Action::RemoveOrphan { container: c.id.clone() });
+        }
+    }
+    actions
+}
+
+pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
+    // Read Docker first: a session created after this listing is in flight, and skipped.
+    let observed = app.engine.list_sandboxes().await?;
+    let live = app.store.live_sessions().await?;
     let mut in_flight = app.starting.lock().expect("lock").clone();
     // Starts other replicas on the same database are making right now.
     in_flight.extend(app.store.leased_starts(crate::store::now_ms()).await?);
-    let count = |action: &str| app.metrics.reconcile_actions.with_label_values(&[action]).inc();
-
-    for s in &live {
-        if in_flight.contains(&s.id) {
-            continue;
-        }
-        if s.state == SessionState::Stopping {
-            super::finish_stop(app, s, None).await?;
-            report.stops_finished += 1;
-            count("stop_finished");
-            continue;
-        }
-        match by_session.get(s.id.as_str()) {
-            Some(c) if c.running => {
-                if s.state != SessionState::Running || s.container_id.as_deref() != Some(c.id.as_str()) {
-                    app.store.mark_running(&s.id, &c.id).await?;
-                }
-                report.adopted += 1;
-            }
-            Some(c) => {
-                tracing::warn!(session = %s.id, container = %c.id, "sandbox container had exited; starting it again");
-                match app.engine.start_container(&c.id).await {
-                    Ok(()) => {
-                        app.store.mark_running(&s.id, &c.id).await?;
-                        report.restarted += 1;
-                        count("restarted");
-                    }
-                    Err(e) => {
-                        tracing::warn!(session = %s.id, error = %format!("{e:#}"), "restart failed; recreating");
-                        app.engine.remove_container(&c.id).await?;
-                        recreate(app, s).await;
-                        report.recreated += 1;
-                        count("recreated");
-                    }
-                }
-            }
-            None => {
-                tracing::warn!(session = %s.id, "sandbox container vanished; recreating it on the same workspace");
-                recreate(app, s).await;
-                report.recreated += 1;
-                count("recreated");
-            }
-        }
-    }
-
-    let live_ids: std::collections::HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
-    for c in &containers {
-        let owned = c.session_id.as_deref().is_some_and(|s| live_ids.contains(s) || in_flight.contains(s));
-        if !owned {
-            tracing::info!(container = %c.id, session = ?c.session_id, "removing orphan sandbox container");
-            app.engine.remove_container(&c.id).await?;
-            report.orphans_removed += 1;
-            count("orphan_removed");
-        }
+    let mut report = Report::default();
+    for action in plan(&live, &observed, &in_flight) {
+        execute(app, &live, action, &mut report).await?;
     }
     if let Err(e) = app.workspaces.remove_orphan_volumes().await {
         tracing::warn!(error = %format!("{e:#}"), "could not remove orphan workspace volumes");
@@ -126,11 +119,161 @@ pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Carries out one action of the plan (each step one idempotent Docker or database call).
+async fn execute(app: &Arc<App>, live: &[SessionRecord], action: Action, report: &mut Report) -> anyhow::Result<()> {
+    let count = |action: &str| app.metrics.reconcile_actions.with_label_values(&[action]).inc();
+    let record = |id: &str| live.iter().find(|s| s.id == id).expect("the plan names live sessions");
+    match action {
+        Action::FinishStop { session } => {
+            super::finish_stop(app, record(&session), None).await?;
+            report.stops_finished += 1;
+            count("stop_finished");
+        }
+        Action::Adopt { session, container, record: needs_record } => {
+            if needs_record {
+                app.store.mark_running(&session, &container).await?;
+            }
+            report.adopted += 1;
+        }
+        Action::Restart { session, container } => {
+            tracing::warn!(%session, %container, "sandbox container had exited; starting it again");
+            match app.engine.start_container(&container).await {
+                Ok(()) => {
+                    app.store.mark_running(&session, &container).await?;
+                    report.restarted += 1;
+                    count("restarted");
+                }
+                Err(e) => {
+                    tracing::warn!(%session, error = %format!("{e:#}"), "restart failed; recreating");
+                    app.engine.remove_container(&container).await?;
+                    recreate(app, record(&session)).await;
+                    report.recreated += 1;
+                    count("recreated");
+                }
+            }
+        }
+        Action::Recreate { session } => {
+            tracing::warn!(%session, "sandbox container vanished; recreating it on the same workspace");
+            recreate(app, record(&session)).await;
+            report.recreated += 1;
+            count("recreated");
+        }
+        Action::RemoveOrphan { container } => {
+            tracing::info!(%container, "removing orphan sandbox container");
+            app.engine.remove_container(&container).await?;
+            report.orphans_removed += 1;
+            count("orphan_removed");
+        }
+    }
+    Ok(())
+}
+
 /// Recreates a live session's sandbox (same session, same workspace), waiting for a start slot.
-async fn recreate(app: &Arc<App>, s: &crate::store::SessionRecord) {
+async fn recreate(app: &Arc<App>, s: &SessionRecord) {
     let permit = match app.start_slots.clone().acquire_owned().await {
         Ok(p) => p,
         Err(_) => return,
     };
     let _ = super::spawn_start(app.clone(), s.clone(), permit, Instant::now()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: &str, state: SessionState, container: Option<&str>) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            learner: "ada".into(),
+            exercise: "ex".into(),
+            image: "img".into(),
+            spec: "{}".into(),
+            state,
+            failure_reason: None,
+            container_id: container.map(str::to_string),
+            created_at: 0,
+            last_activity_at: 0,
+            ended_at: None,
+        }
+    }
+
+    fn sandbox(id: &str, session: Option<&str>, running: bool) -> FoundSandbox {
+        FoundSandbox { id: id.into(), session_id: session.map(str::to_string), running }
+    }
+
+    fn none() -> HashSet<String> {
+        HashSet::new()
+    }
+
+    #[test]
+    fn a_running_sandbox_is_adopted_and_recorded_only_when_the_database_lags() {
+        let live = [session("a", SessionState::Running, Some("c1")), session("b", SessionState::Starting, None)];
+        let observed = [sandbox("c1", Some("a"), true), sandbox("c2", Some("b"), true)];
+        assert_eq!(
+            plan(&live, &observed, &none()),
+            vec![
+                Action::Adopt { session: "a".into(), container: "c1".into(), record: false },
+                Action::Adopt { session: "b".into(), container: "c2".into(), record: true },
+            ]
+        );
+        // The database names another container than the one running: record the one that runs.
+        let live = [session("a", SessionState::Running, Some("old"))];
+        let observed = [sandbox("c1", Some("a"), true)];
+        assert_eq!(
+            plan(&live, &observed, &none()),
+            vec![Action::Adopt { session: "a".into(), container: "c1".into(), record: true }]
+        );
+    }
+
+    #[test]
+    fn an_exited_sandbox_is_restarted_and_a_vanished_one_recreated() {
+        let live = [session("a", SessionState::Running, Some("c1")), session("b", SessionState::Running, Some("c2"))];
+        let observed = [sandbox("c1", Some("a"), false)];
+        assert_eq!(
+            plan(&live, &observed, &none()),
+            vec![
+                Action::Restart { session: "a".into(), container: "c1".into() },
+                Action::Recreate { session: "b".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stop_cut_short_is_finished_whatever_docker_has() {
+        let live = [session("a", SessionState::Stopping, Some("c1")), session("b", SessionState::Stopping, None)];
+        let observed = [sandbox("c1", Some("a"), true)];
+        assert_eq!(
+            plan(&live, &observed, &none()),
+            vec![Action::FinishStop { session: "a".into() }, Action::FinishStop { session: "b".into() }]
+        );
+    }
+
+    #[test]
+    fn containers_no_live_session_owns_are_orphans() {
+        let live = [session("a", SessionState::Running, Some("c1"))];
+        let observed = [sandbox("c1", Some("a"), true), sandbox("c2", Some("gone"), true), sandbox("c3", None, false)];
+        assert_eq!(
+            plan(&live, &observed, &none()),
+            vec![
+                Action::Adopt { session: "a".into(), container: "c1".into(), record: false },
+                Action::RemoveOrphan { container: "c2".into() },
+                Action::RemoveOrphan { container: "c3".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn starts_in_flight_here_or_in_another_replica_are_left_alone() {
+        // A start in flight: its session has no container yet, and one may appear before the
+        // database row (or the row before the container). Neither is touched.
+        let live = [session("a", SessionState::Starting, None), session("b", SessionState::Running, Some("c2"))];
+        let observed = [sandbox("c-new", Some("new"), true), sandbox("c2", Some("b"), false)];
+        let in_flight: HashSet<String> = ["a".to_string(), "new".to_string(), "b".to_string()].into();
+        assert_eq!(plan(&live, &observed, &in_flight), vec![]);
+    }
+
+    #[test]
+    fn nothing_to_do_for_nothing() {
+        assert_eq!(plan(&[], &[], &none()), vec![]);
+    }
 }
