@@ -12,8 +12,9 @@ use std::{
 
 use futures_util::{SinkExt, StreamExt};
 use runner::{
-    config::{Runtime, Secret, Settings},
+    config::{Secret, Settings},
     docker::Engine,
+    domain::Runtime,
     metrics::Metrics,
 };
 use serde_json::{json, Value};

@@ -12,11 +12,12 @@ use std::{
 };
 
 use runner::{
-    config::{Limits, Runtime, Secret, Settings},
+    config::{Secret, Settings},
     docker::{
         policy::{self, Purpose, WorkspaceMount},
-        Engine, SandboxOwner, SandboxSpec,
+        Engine, SandboxOwner,
     },
+    domain::{Limits, Runtime, SandboxSpec},
     metrics::Metrics,
 };
 use serde_json::json;

@@ -278,7 +278,7 @@ async fn socket_activity_keeps_a_session_alive_and_reaping_closes_the_socket() {
     app.wait_session(id, Duration::from_secs(10), |v| v["state"] == "stopped").await;
 }
 
-async fn browser_pass(runtime: runner::config::Runtime) {
+async fn browser_pass(runtime: runner::domain::Runtime) {
     let app = spawn_app_with(move |s| s.runtime = runtime).await;
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../exercise-images/examples/python-fizzbuzz");
     let (status, b) = app.submit_build("python-fizzbuzz", tar_dir(&example)).await;
@@ -316,12 +316,12 @@ async fn browser_pass(runtime: runner::config::Runtime) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ide_works_in_a_real_browser() {
-    browser_pass(runner::config::Runtime::Runc).await;
+    browser_pass(runner::domain::Runtime::Runc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ide_works_in_a_real_browser_under_gvisor() {
-    browser_pass(runner::config::Runtime::Runsc).await;
+    browser_pass(runner::domain::Runtime::Runsc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,7 +138,7 @@ async fn a_learner_cannot_fill_the_disk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_run_under_gvisor_when_configured() {
-    let app = spawn_app_with(|s| s.runtime = runner::config::Runtime::Runsc).await;
+    let app = spawn_app_with(|s| s.runtime = runner::domain::Runtime::Runsc).await;
     let (id, c) = one_session(&app, "gvisor", json!({})).await;
     assert_eq!(inspect(&c)["HostConfig"]["Runtime"], "runsc");
     // gVisor's kernel announces itself in dmesg.

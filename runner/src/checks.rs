@@ -22,8 +22,8 @@ use tokio::{sync::oneshot, time::Instant};
 use crate::{
     app::App,
     builds::manifest::TESTS_DIR,
-    docker::{Engine, ExecRequest, SandboxSpec},
-    domain::SessionState,
+    docker::{Engine, ExecRequest},
+    domain::{SandboxSpec, SessionState},
     sessions::SessionError,
     store::{now_ms, CheckRecord},
 };

@@ -7,6 +7,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use anyhow::{bail, Context};
 
+use crate::domain::{Limits, Runtime};
+
 /// A secret value whose `Debug` and `Display` never show the value.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -23,33 +25,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// The container runtime that runs sandboxes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Runtime {
-    Runc,
-    Runsc,
-}
-
-impl Runtime {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Runtime::Runc => "runc",
-            Runtime::Runsc => "runsc",
-        }
-    }
-}
-
-impl FromStr for Runtime {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s {
-            "runc" => Ok(Runtime::Runc),
-            "runsc" | "gvisor" => Ok(Runtime::Runsc),
-            other => bail!("unknown runtime {other:?} (expected runc or runsc)"),
-        }
     }
 }
 
@@ -71,24 +46,6 @@ impl FromStr for WorkspaceDriver {
             other => bail!("unknown workspace driver {other:?} (expected loop or volume)"),
         }
     }
-}
-
-/// Resource limits of one sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Limits {
-    pub memory_mb: u64,
-    pub cpus: f64,
-    pub pids: u64,
-    /// Size of each tmpfs mounted at the writable paths (`/tmp`, `/var/tmp`, `/run`).
-    pub tmpfs_mb: u64,
-    /// Size of the learner's persistent workspace.
-    pub workspace_mb: u64,
-}
-
-impl Limits {
-    pub const DEFAULT: Limits = Limits { memory_mb: 512, cpus: 1.0, pids: 256, tmpfs_mb: 64, workspace_mb: 512 };
-    pub const DEFAULT_CAPS: Limits =
-        Limits { memory_mb: 4096, cpus: 2.0, pids: 1024, tmpfs_mb: 512, workspace_mb: 4096 };
 }
 
 #[derive(Debug, Clone)]

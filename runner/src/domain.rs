@@ -2,6 +2,9 @@
 
 use std::fmt;
 
+mod sandbox;
+pub use sandbox::{CheckSpec, Limits, Runtime, SandboxSpec};
+
 /// A time column (milliseconds since the epoch) as the API shows it: RFC 3339, UTC, milliseconds.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

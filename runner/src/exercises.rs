@@ -4,10 +4,9 @@ use crate::domain::rfc3339;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    builds::manifest::CheckSpec,
-    config::{Limits, Settings},
-    docker::{policy::TMPFS_PATHS, Engine, SandboxSpec},
-    domain::{Invalid, Slug},
+    config::Settings,
+    docker::{policy::TMPFS_PATHS, Engine},
+    domain::{CheckSpec, Invalid, Limits, SandboxSpec, Slug},
     store::{ExerciseRecord, Store, Written},
 };
 

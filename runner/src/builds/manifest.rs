@@ -3,29 +3,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::Limits,
-    domain::{Invalid, Slug},
+    domain::{CheckSpec, Invalid, Limits, Slug},
     exercises::{check_limits, check_workdir, LimitOverrides},
 };
 
 pub const FILE: &str = "exercise.toml";
-
-/// How the learner's work is checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckSpec {
-    /// Argument vector run in the working directory as the sandbox user.
-    pub command: Vec<String>,
-    pub timeout_secs: u64,
-    /// supervisord programs that must be RUNNING before the check runs.
-    #[serde(default)]
-    pub services: Vec<String>,
-}
-
-impl Default for CheckSpec {
-    fn default() -> Self {
-        CheckSpec { command: vec!["make".into(), "test".into()], timeout_secs: 30, services: vec![] }
-    }
-}
 
 /// Where hidden tests live in every image built on the base image.
 pub const TESTS_DIR: &str = "/opt/exercise/tests";

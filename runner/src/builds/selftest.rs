@@ -12,8 +12,9 @@ use crate::{
     checks,
     docker::{
         policy::{self, Purpose, WorkspaceMount},
-        ExecRequest, SandboxOwner, SandboxSpec,
+        ExecRequest, SandboxOwner,
     },
+    domain::SandboxSpec,
     exercises::effective_limits,
 };
 

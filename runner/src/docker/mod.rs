@@ -27,7 +27,7 @@ use bollard::{
 use futures_util::StreamExt;
 
 use crate::metrics::Metrics;
-pub use policy::{SandboxOwner, SandboxSpec};
+pub use policy::SandboxOwner;
 
 #[derive(Clone)]
 pub struct Engine {

@@ -13,34 +13,13 @@ use bollard::{
     },
 };
 
-use crate::{
-    builds::manifest::CheckSpec,
-    config::{Limits, Runtime},
-};
+use crate::domain::{Runtime, SandboxSpec};
 
 /// The writable paths every sandbox gets, as tmpfs of `Limits::tmpfs_mb` each. The root
 /// filesystem is read-only; these and the workspace are the only places a learner can write.
 /// Docker copies the image's directory (content and mode) onto each tmpfs, so who may write to
 /// `/run` is the image's decision, as on any system (the base image opens it to the learner).
 pub const TMPFS_PATHS: [&str; 3] = ["/tmp", "/var/tmp", "/run"];
-
-/// Everything that decides how one sandbox runs, resolved when its session is created and kept
-/// with the session so a recreated container is the same as the first.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SandboxSpec {
-    pub image: String,
-    pub limits: Limits,
-    /// Docker network to join; `None` means no network at all.
-    pub network: Option<String>,
-    /// Where the workspace volume is mounted, and the working directory of the sandbox.
-    pub workdir: String,
-    /// Extra paths that get a tmpfs (from the exercise manifest).
-    #[serde(default)]
-    pub writable: Vec<String>,
-    /// How the learner's work is checked.
-    #[serde(default)]
-    pub check: CheckSpec,
-}
 
 /// Host threads gVisor's sandbox kernel may use beyond the learner's pids limit.
 pub const RUNSC_THREAD_ALLOWANCE: u64 = 2048;
@@ -313,6 +292,7 @@ pub fn app_container(c: &AppContainer<'_>) -> Config<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{CheckSpec, Limits};
 
     #[test]
     fn policy_applies_every_protection() {

@@ -17,9 +17,9 @@ use crate::{
     app::App,
     docker::{
         policy::{self, Purpose, WorkspaceMount},
-        SandboxOwner, SandboxSpec,
+        SandboxOwner,
     },
-    domain::{LearnerId, SessionState, Slug},
+    domain::{LearnerId, SandboxSpec, SessionState, Slug},
     exercises,
     store::{now_ms, SessionFilter, SessionRecord},
 };
@@ -58,7 +58,7 @@ pub struct Session {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     pub image: String,
-    pub limits: crate::config::Limits,
+    pub limits: crate::domain::Limits,
     pub created_at: String,
     pub last_activity_at: String,
     /// When the reaper will stop it: the idle deadline or the end of its maximum lifetime,

@@ -37,7 +37,7 @@ pub struct SessionRecord {
     pub learner: String,
     pub exercise: String,
     pub image: String,
-    /// JSON of the [`crate::docker::SandboxSpec`] resolved when the session was created.
+    /// JSON of the [`crate::domain::SandboxSpec`] resolved when the session was created.
     pub spec: String,
     pub state: SessionState,
     pub failure_reason: Option<String>,

@@ -1,0 +1,88 @@
+//! What a sandbox is made of, as values: its limits, the runtime, how the learner's work is
+//! checked, and the whole resolved spec a session keeps. Plain data that the exercises, builds,
+//! sessions and the Docker policy all speak; it depends on nothing of theirs.
+
+use std::str::FromStr;
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+/// The container runtime that runs sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Runc,
+    Runsc,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Runc => "runc",
+            Runtime::Runsc => "runsc",
+        }
+    }
+}
+
+impl FromStr for Runtime {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "runc" => Ok(Runtime::Runc),
+            "runsc" | "gvisor" => Ok(Runtime::Runsc),
+            other => bail!("unknown runtime {other:?} (expected runc or runsc)"),
+        }
+    }
+}
+
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub cpus: f64,
+    pub pids: u64,
+    /// Size of each tmpfs mounted at the writable paths (`/tmp`, `/var/tmp`, `/run`).
+    pub tmpfs_mb: u64,
+    /// Size of the learner's persistent workspace.
+    pub workspace_mb: u64,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits { memory_mb: 512, cpus: 1.0, pids: 256, tmpfs_mb: 64, workspace_mb: 512 };
+    pub const DEFAULT_CAPS: Limits =
+        Limits { memory_mb: 4096, cpus: 2.0, pids: 1024, tmpfs_mb: 512, workspace_mb: 4096 };
+}
+
+/// How the learner's work is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSpec {
+    /// Argument vector run in the working directory as the sandbox user.
+    pub command: Vec<String>,
+    pub timeout_secs: u64,
+    /// supervisord programs that must be RUNNING before the check runs.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+impl Default for CheckSpec {
+    fn default() -> Self {
+        CheckSpec { command: vec!["make".into(), "test".into()], timeout_secs: 30, services: vec![] }
+    }
+}
+
+/// Everything that decides how one sandbox runs, resolved when its session is created and kept
+/// with the session so a recreated container is the same as the first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub image: String,
+    pub limits: Limits,
+    /// Docker network to join; `None` means no network at all.
+    pub network: Option<String>,
+    /// Where the workspace volume is mounted, and the working directory of the sandbox.
+    pub workdir: String,
+    /// Extra paths that get a tmpfs (from the exercise manifest).
+    #[serde(default)]
+    pub writable: Vec<String>,
+    /// How the learner's work is checked.
+    #[serde(default)]
+    pub check: CheckSpec,
+}
