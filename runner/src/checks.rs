@@ -21,9 +21,8 @@ use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
     app::App,
-    builds::manifest::TESTS_DIR,
     docker::{Engine, ExecRequest},
-    domain::{SandboxSpec, SessionState},
+    domain::{SandboxSpec, SessionState, TESTS_DIR},
     sessions::SessionError,
     store::{now_ms, CheckRecord},
 };

@@ -73,6 +73,7 @@ pub fn proxy_config(s: &Settings) -> Config {
         cookie_secure: s.public_url.starts_with("https://"),
         cookie_cross_site: s.ide_cookie_cross_site,
         session_host: s.ide_subdomain_host.clone(),
+        ..Config::default()
     }
 }
 

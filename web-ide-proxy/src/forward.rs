@@ -32,7 +32,8 @@ use crate::{error, Backend, Proxy};
 
 const MAX_IDLE_PER_CONTAINER: usize = 4;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a request waits for an agent that is still starting.
+/// How long a request waits for an agent that is still starting (the default of
+/// `Config::agent_start_grace`).
 pub const AGENT_START_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Default)]
@@ -143,23 +144,6 @@ impl Drop for Held {
     }
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn strip(headers: &mut axum::http::HeaderMap) {
-    for h in HOP_BY_HOP {
-        headers.remove(HeaderName::from_static(h));
-    }
-}
-
 /// Why one attempt to reach the agent did not get through.
 pub(crate) enum AgentError {
     /// An answer for the browser as it is: no retry.
@@ -175,14 +159,16 @@ pub(crate) fn agent_timeout() -> Response {
 }
 
 /// Runs `attempt` until it gets through. An agent that is still starting (the sandbox just came
-/// up) refuses connections for a moment: retry within `AGENT_START_GRACE` instead of failing the
-/// learner's first page load; past it, the browser gets a 502 saying why.
-pub(crate) async fn while_agent_starts<T, F, Fut>(mut attempt: F) -> Result<T, Response>
+/// up) refuses connections for a moment: retry within `grace` instead of failing the learner's
+/// first page load; past it, the browser gets a 502 saying why. Every attempt's new stream is
+/// paid from the container's budget ([`crate::Proxy::connect_agent`]), so retries cannot flood
+/// the engine with execs.
+pub(crate) async fn while_agent_starts<T, F, Fut>(grace: Duration, mut attempt: F) -> Result<T, Response>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, AgentError>>,
 {
-    let deadline = tokio::time::Instant::now() + AGENT_START_GRACE;
+    let deadline = tokio::time::Instant::now() + grace;
     loop {
         let failure = match attempt().await {
             Ok(x) => return Ok(x),
@@ -206,7 +192,7 @@ where
     }
 }
 
-async fn sender<B: Backend>(proxy: &Proxy<B>, container: &str) -> anyhow::Result<SendRequest<Body>> {
+async fn sender<B: Backend>(proxy: &Proxy<B>, session: &str, container: &str) -> anyhow::Result<SendRequest<Body>> {
     loop {
         let candidate = proxy.pool.idle.lock().expect("lock").get_mut(container).and_then(Vec::pop);
         match candidate {
@@ -219,7 +205,7 @@ async fn sender<B: Backend>(proxy: &Proxy<B>, container: &str) -> anyhow::Result
             None => break,
         }
     }
-    let io = proxy.backend.connect(container).await?;
+    let io = proxy.connect_agent(session, container).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -227,8 +213,25 @@ async fn sender<B: Backend>(proxy: &Proxy<B>, container: &str) -> anyhow::Result
     Ok(sender)
 }
 
+/// The browser's request headers the agent gets; nothing else of the browser's (cookies,
+/// credentials, an SSO proxy's identity headers, `Referer`, forwarding headers) reaches the
+/// learner-controlled agent.
+const REQUEST_HEADERS: [HeaderName; 3] = [header::CONTENT_TYPE, header::ACCEPT, header::IF_NONE_MATCH];
+
+pub(crate) fn agent_request_headers(browser: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for name in REQUEST_HEADERS {
+        if let Some(v) = browser.get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
+    h.insert(header::HOST, HeaderValue::from_static("agent"));
+    h
+}
+
 pub async fn http<B: Backend>(
     proxy: &Proxy<B>,
+    session: &str,
     container: &str,
     path_and_query: &str,
     req: Request,
@@ -239,11 +242,7 @@ pub async fn http<B: Backend>(
         Ok(b) => b,
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large"),
     };
-    strip(&mut parts.headers);
-    // The agent needs neither our cookie nor any credential.
-    parts.headers.remove(header::COOKIE);
-    parts.headers.remove(header::AUTHORIZATION);
-    parts.headers.insert(header::HOST, header::HeaderValue::from_static("agent"));
+    parts.headers = agent_request_headers(&parts.headers);
     let Ok(uri) = path_and_query.parse() else {
         return error(StatusCode::BAD_REQUEST, "invalid_path", "invalid path");
     };
@@ -252,7 +251,7 @@ pub async fn http<B: Backend>(
     let attempt = || {
         let upstream = Request::from_parts(parts.clone(), Body::from(body.clone()));
         async move {
-            let mut s = sender(proxy, container).await.map_err(AgentError::Unreachable)?;
+            let mut s = sender(proxy, session, container).await.map_err(AgentError::Unreachable)?;
             match tokio::time::timeout(RESPONSE_TIMEOUT, s.send_request(upstream)).await {
                 Ok(Ok(r)) => Ok((s, r)),
                 Ok(Err(e)) => Err(AgentError::Failed(e.to_string())),
@@ -260,7 +259,7 @@ pub async fn http<B: Backend>(
             }
         }
     };
-    let (sender, resp) = match while_agent_starts(attempt).await {
+    let (sender, resp) = match while_agent_starts(proxy.config.agent_start_grace, attempt).await {
         Ok(x) => x,
         Err(resp) => return resp,
     };

@@ -85,6 +85,13 @@ pub struct Config {
     /// A host per session (`{session}.{session_host}`, e.g. `ide.example.com` with wildcard DNS),
     /// so every session's IDE is an origin of its own; `None`: all sessions on one host. Any port.
     pub session_host: Option<String>,
+    /// How long a request waits for an agent that is still starting.
+    pub agent_start_grace: Duration,
+    /// New streams to one container's agent: this many at once, then `agent_connects_per_sec`
+    /// (each is a `docker exec`; a learner's dead or fake agent must not make the proxy flood
+    /// the engine).
+    pub agent_connects_burst: u32,
+    pub agent_connects_per_sec: f64,
 }
 
 impl Default for Config {
@@ -101,6 +108,9 @@ impl Default for Config {
             cookie_secure: false,
             cookie_cross_site: false,
             session_host: None,
+            agent_start_grace: forward::AGENT_START_GRACE,
+            agent_connects_burst: 16,
+            agent_connects_per_sec: 4.0,
         }
     }
 }
@@ -110,12 +120,19 @@ struct Slot {
     ended: watch::Sender<bool>,
 }
 
+/// A token bucket of new agent streams for one container.
+struct ConnectBudget {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
 pub struct Proxy<B> {
     backend: B,
     config: Config,
     pool: Arc<forward::Pool>,
     slots: Mutex<HashMap<String, Slot>>,
     activity: Mutex<HashMap<String, i64>>,
+    connects: Mutex<HashMap<String, ConnectBudget>>,
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -135,6 +152,7 @@ impl<B: Backend> Proxy<B> {
             pool: Arc::default(),
             slots: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
+            connects: Mutex::new(HashMap::new()),
         })
     }
 
@@ -170,6 +188,29 @@ impl<B: Backend> Proxy<B> {
             ended: watch::channel(false).0,
         });
         (slot.permits.clone(), slot.ended.subscribe())
+    }
+
+    /// A new stream to a container's agent, paid from its budget. Waiting for the agent is
+    /// activity of the session (a slow sandbox start is not the learner's idleness).
+    pub(crate) async fn connect_agent(&self, session: &str, container: &str) -> anyhow::Result<BoxIo> {
+        self.mark_active(session);
+        {
+            let (burst, rate) = (f64::from(self.config.agent_connects_burst), self.config.agent_connects_per_sec);
+            let now = std::time::Instant::now();
+            let mut budgets = self.connects.lock().expect("lock");
+            if budgets.len() > 4096 {
+                // Forget containers whose budget has refilled (gone or idle).
+                budgets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+            }
+            let b = budgets.entry(container.to_string()).or_insert(ConnectBudget { tokens: burst, at: now });
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+            b.at = now;
+            if b.tokens < 1.0 {
+                anyhow::bail!("too many new connections to this sandbox's agent; slowing down");
+            }
+            b.tokens -= 1.0;
+        }
+        self.backend.connect(container).await
     }
 
     pub(crate) fn mark_active(&self, session: &str) {
@@ -250,6 +291,20 @@ impl<B: Backend> Proxy<B> {
             _ => host,
         };
         name.eq_ignore_ascii_case(&format!("{session}.{base}"))
+    }
+
+    /// A request that changes something comes from the IDE's own page or an allowed origin.
+    /// Browsers send `Origin` with every such request; a client without it (and without
+    /// `Sec-Fetch-Site: cross-site`) is not a browser, so it carries no ambient cookie.
+    fn same_site_write(&self, headers: &HeaderMap) -> bool {
+        match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+            Some(origin) => {
+                let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let same_host = !host.is_empty() && origin.split_once("://").map(|(_, h)| h) == Some(host);
+                same_host || self.config.allowed_origins.iter().any(|o| o == origin)
+            }
+            None => headers.get("sec-fetch-site").is_none_or(|v| v.as_bytes() != b"cross-site"),
+        }
     }
 
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
@@ -369,7 +424,9 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
             }
         }
     };
-    // 2. WebSockets only from allowed origins (no cross-site socket hijacking).
+    // 2. WebSockets only from allowed origins (no cross-site socket hijacking), and nothing that
+    // changes anything from another site's page (with a `SameSite=None` cookie, a form on any
+    // site could otherwise run checks or open terminals).
     let is_upgrade =
         req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     if is_upgrade && !proxy.origin_allowed(req.headers()) {
@@ -378,6 +435,10 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
             "origin_not_allowed",
             "WebSocket connections from this origin are not allowed",
         );
+    }
+    let reads = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if !reads && !proxy.same_site_write(req.headers()) {
+        return error(StatusCode::FORBIDDEN, "origin_not_allowed", "changes from another site's page are not allowed");
     }
     // 3. Only live sessions: an ended session's link is refused at the exchange, and everything
     // else needs a running one.
@@ -442,6 +503,126 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
         };
         ws::bridge(proxy, session, container, path_and_query, upgrade, ended, permit).await
     } else {
-        forward::http(&proxy, &container, &path_and_query, req, permit).await
+        let resp = forward::http(&proxy, &session, &container, &path_and_query, req, permit).await;
+        // Again at the answer: a request that waited for an agent still starting was activity
+        // all along, however long the sandbox took.
+        proxy.mark_active(&session);
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const SESSION: &str = "0b5e2c1e-6d1f-4c7e-9a38-2f0d1c9e7a41";
+
+    /// A sandbox whose agent never answers (stopped by the learner): every connect fails.
+    #[derive(Default)]
+    struct DeadAgent {
+        connects: AtomicUsize,
+        checks: AtomicUsize,
+    }
+
+    impl Backend for Arc<DeadAgent> {
+        async fn session(&self, _: &str) -> anyhow::Result<SessionLookup> {
+            Ok(SessionLookup::Running { container: "c1".into() })
+        }
+        async fn connect(&self, _: &str) -> anyhow::Result<BoxIo> {
+            self.connects.fetch_add(1, Ordering::SeqCst);
+            anyhow::bail!("no agent socket")
+        }
+        async fn check(&self, _: &str) -> (StatusCode, serde_json::Value) {
+            self.checks.fetch_add(1, Ordering::SeqCst);
+            (StatusCode::CREATED, json!({}))
+        }
+        async fn touch(&self, _: Vec<(String, i64)>) {}
+    }
+
+    fn proxy(config: Config) -> (Arc<Proxy<Arc<DeadAgent>>>, Arc<DeadAgent>) {
+        let backend = Arc::new(DeadAgent::default());
+        (Proxy::new(backend.clone(), Config { secret: b"test-secret".to_vec(), ..config }), backend)
+    }
+
+    fn cookie() -> String {
+        let c = token::sign(b"test-secret", token::Kind::Cookie, SESSION, token::now_unix() + 600);
+        format!("{COOKIE_NAME}={c}")
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut b = Request::builder().method(method).uri(format!("/ide/{SESSION}/{path}"));
+        b = b.header("host", "runner.test").header("cookie", cookie());
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    /// Retrying a dead agent pays every new exec from the container's budget: sixteen requests
+    /// retrying for a second cost the burst plus a second's refill, not four execs a second each.
+    #[tokio::test]
+    async fn retries_against_a_dead_agent_do_not_flood_the_engine_with_execs() {
+        let config = Config {
+            agent_start_grace: Duration::from_secs(1),
+            agent_connects_burst: 4,
+            agent_connects_per_sec: 2.0,
+            ..Config::default()
+        };
+        let (proxy, backend) = proxy(config);
+        let router = proxy.router();
+        let requests = (0..16).map(|n| router.clone().oneshot(request("GET", &format!("api/x{n}"), &[])));
+        for resp in futures_util::future::join_all(requests).await {
+            assert_eq!(resp.unwrap().status(), StatusCode::BAD_GATEWAY);
+        }
+        let connects = backend.connects.load(Ordering::SeqCst);
+        assert!(connects <= 4 + 2 * 2, "{connects} execs for 16 requests within a second's grace");
+    }
+
+    /// With a `SameSite=None` cookie a form on any site could post: what changes something
+    /// must come from the IDE's own page or an allowed origin.
+    #[tokio::test]
+    async fn changes_from_another_sites_page_are_refused() {
+        let (proxy, backend) = proxy(Config::default());
+        let router = proxy.router();
+        for headers in [vec![("origin", "https://evil.example")], vec![("sec-fetch-site", "cross-site")]] {
+            let resp = router.clone().oneshot(request("POST", "_runner/check", &headers)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{headers:?}");
+            let resp = router.clone().oneshot(request("PUT", "api/file?path=a", &headers)).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{headers:?}");
+        }
+        assert_eq!(backend.checks.load(Ordering::SeqCst), 0, "no check ran for another site");
+        assert_eq!(backend.connects.load(Ordering::SeqCst), 0, "nothing reached the sandbox");
+        let own = [("origin", "http://runner.test"), ("sec-fetch-site", "same-origin")];
+        let resp = router.clone().oneshot(request("POST", "_runner/check", &own)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        assert_eq!(backend.checks.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn only_allow_listed_request_headers_reach_the_agent() {
+        let mut browser = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("accept", "*/*"),
+            ("cookie", "exercise_runner_ide=x"),
+            ("authorization", "Bearer t"),
+            ("cf-access-jwt-assertion", "eyJ.instructor"),
+            ("x-forwarded-user", "instructor@school"),
+            ("x-amzn-oidc-accesstoken", "tok"),
+            ("referer", "https://course.example/private"),
+            ("x-forwarded-for", "10.1.2.3"),
+        ] {
+            browser.insert(axum::http::HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let sent = forward::agent_request_headers(&browser);
+        let mut names: Vec<&str> = sent.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "content-type", "host"]);
+        assert_eq!(sent[header::HOST], "agent");
     }
 }

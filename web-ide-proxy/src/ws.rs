@@ -61,9 +61,9 @@ pub async fn bridge<B: Backend>(
     let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
     let url = format!("ws://agent{path_and_query}");
     let attempt = || {
-        let (proxy, container, url) = (&proxy, &container, url.clone());
+        let (proxy, session, container, url) = (&proxy, &session, &container, url.clone());
         async move {
-            let io = proxy.backend.connect(container).await.map_err(AgentError::Unreachable)?;
+            let io = proxy.connect_agent(session, container).await.map_err(AgentError::Unreachable)?;
             let handshake = tokio_tungstenite::client_async_with_config(url, io, Some(config));
             match tokio::time::timeout(Duration::from_secs(15), handshake).await {
                 Ok(Ok((agent, _))) => Ok(agent),
@@ -84,7 +84,7 @@ pub async fn bridge<B: Backend>(
             }
         }
     };
-    let agent = match while_agent_starts(attempt).await {
+    let agent = match while_agent_starts(proxy.config.agent_start_grace, attempt).await {
         Ok(agent) => agent,
         Err(resp) => return resp,
     };

@@ -9,9 +9,6 @@ use crate::{
 
 pub const FILE: &str = "exercise.toml";
 
-/// Where hidden tests live in every image built on the base image.
-pub const TESTS_DIR: &str = "/opt/exercise/tests";
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {

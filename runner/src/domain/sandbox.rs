@@ -7,6 +7,10 @@ use std::str::FromStr;
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
+/// Where hidden tests live in every image built on the base image (checks see it as
+/// `$EXERCISE_TESTS`).
+pub const TESTS_DIR: &str = "/opt/exercise/tests";
+
 /// The container runtime that runs sandboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {

@@ -295,13 +295,17 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Records the container of a starting session and marks it running.
+    /// Records the container of a starting session and marks it running. A session's idle time
+    /// counts from when its sandbox runs: a slow start is not the learner's idleness.
     pub async fn mark_running(&self, id: &str, container_id: &str) -> anyhow::Result<bool> {
         let n = sqlx::query(
-            "UPDATE sessions SET state = 'running', container_id = $1 WHERE id = $2 AND state IN ('starting', 'running')",
+            "UPDATE sessions SET container_id = $1, \
+             last_activity_at = CASE WHEN state = 'starting' AND last_activity_at < $3 THEN $3 ELSE last_activity_at END, \
+             state = 'running' WHERE id = $2 AND state IN ('starting', 'running')",
         )
         .bind(container_id)
         .bind(id)
+        .bind(now_ms())
         .execute(&self.pool)
         .await?
         .rows_affected();
