@@ -4,6 +4,8 @@ use std::fmt;
 
 mod sandbox;
 pub use sandbox::{CheckSpec, Limits, Runtime, SandboxSpec, TESTS_DIR};
+/// The session lifecycle lives with the others in [`crate::lifecycle`].
+pub use crate::lifecycle::SessionState;
 
 /// A time column (milliseconds since the epoch) as the API shows it: RFC 3339, UTC, milliseconds.
 pub fn rfc3339(ms: i64) -> String {
@@ -76,43 +78,6 @@ impl LearnerId {
 impl fmt::Display for LearnerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-/// Where a session is in its life. `starting → running → stopping → stopped`, or `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SessionState {
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-impl SessionState {
-    pub const ALL: [SessionState; 5] = [
-        SessionState::Starting,
-        SessionState::Running,
-        SessionState::Stopping,
-        SessionState::Stopped,
-        SessionState::Failed,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionState::Starting => "starting",
-            SessionState::Running => "running",
-            SessionState::Stopping => "stopping",
-            SessionState::Stopped => "stopped",
-            SessionState::Failed => "failed",
-        }
-    }
-    pub fn parse(s: &str) -> Option<SessionState> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-    /// Live sessions own (or are about to own) a container.
-    pub fn is_live(self) -> bool {
-        matches!(self, SessionState::Starting | SessionState::Running)
     }
 }
 

@@ -15,6 +15,7 @@ pub mod error;
 pub mod exercises;
 pub mod http;
 pub mod ide;
+pub mod lifecycle;
 pub mod metrics;
 pub mod secret_box;
 pub mod sessions;
