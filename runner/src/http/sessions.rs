@@ -64,7 +64,7 @@ pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>)
         Some(s) => Some(SessionState::parse(s).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_query",
-                format!("state {s:?} is not one of starting, running, stopping, stopped, failed"),
+                format!("state {s:?} is not one of {}", SessionState::ALL.map(SessionState::as_str).join(", ")),
             )
         })?),
     };

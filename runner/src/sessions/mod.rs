@@ -209,15 +209,7 @@ pub(crate) fn spawn_start(
                 let reason: String = reason.chars().take(500).collect();
                 tracing::warn!(session = %id, error = %reason, "sandbox failed to start");
                 let _ = app.engine.remove_container(&policy::sandbox_name(app.engine.instance(), &id)).await;
-                let _ = app
-                    .store
-                    .transition(
-                        &id,
-                        &[SessionState::Starting, SessionState::Running],
-                        SessionState::Failed,
-                        Some(&reason),
-                    )
-                    .await;
+                let _ = app.store.transition(&id, SessionState::LIVE, SessionState::Failed, Some(&reason)).await;
                 release_workspace(&app, &session).await;
             }
         }
@@ -292,10 +284,10 @@ pub async fn list(app: &App, filter: &SessionFilter) -> Result<Vec<SessionRecord
 /// Ends a session: its container is removed, its workspace kept. Idempotent.
 pub async fn stop(app: &App, id: &str, reason: Option<&str>) -> Result<SessionRecord, SessionError> {
     let session = get(app, id).await?;
-    if matches!(session.state, SessionState::Stopped | SessionState::Failed) {
+    if session.state.is_ended() {
         return Ok(session);
     }
-    app.store.transition(id, &[SessionState::Starting, SessionState::Running], SessionState::Stopping, None).await?;
+    app.store.transition(id, SessionState::LIVE, SessionState::Stopping, None).await?;
     app.ide.session_ended(id);
     finish_stop(app, &session, reason).await?;
     get(app, id).await

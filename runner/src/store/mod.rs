@@ -13,7 +13,27 @@ use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 pub use apps::{AppRecord, DeployRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
 
-use crate::domain::SessionState;
+use crate::lifecycle::{Lifecycle, SessionState};
+
+/// `<column> IN ('a', 'b')` for states of one lifecycle. The words are the enum's own
+/// (`as_str`), never input, so they are written into the statement: binding them instead would
+/// renumber the placeholders of every query that uses a list.
+fn state_in<L: Lifecycle>(column: &str, states: &[L]) -> String {
+    let words = states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
+    format!("{column} IN ({words})")
+}
+
+/// The condition of a move to `to` from one of `from` (`state IN (…)`). A move that the
+/// lifecycle's table (`crate::lifecycle`) does not allow is refused before anything is written.
+fn moving<L: Lifecycle>(from: &[L], to: L) -> anyhow::Result<String> {
+    if from.is_empty() {
+        anyhow::bail!("a {} is never moved to {:?}, only inserted in it", L::NAME, to);
+    }
+    if let Some(bad) = from.iter().find(|f| !L::can_move(**f, to)) {
+        anyhow::bail!("refusing the illegal {} move {:?} → {:?}", L::NAME, bad, to);
+    }
+    Ok(state_in("state", from))
+}
 
 /// How often a read-merge-write of one definition is tried before giving up: each round at least
 /// one of the racing writers wins, so this many concurrent writers of one key all get through.
@@ -190,8 +210,9 @@ impl Store {
 
     pub async fn live_session_for(&self, learner: &str, exercise: &str) -> anyhow::Result<Option<SessionRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {} FROM sessions WHERE learner = $1 AND exercise = $2 AND state IN ('starting', 'running')",
-            SessionRecord::COLUMNS
+            "SELECT {} FROM sessions WHERE learner = $1 AND exercise = $2 AND {}",
+            SessionRecord::COLUMNS,
+            state_in("state", SessionState::LIVE)
         ))
         .bind(learner)
         .bind(exercise)
@@ -234,8 +255,9 @@ impl Store {
 
     pub async fn live_sessions(&self) -> anyhow::Result<Vec<SessionRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM sessions WHERE state IN ('starting', 'running', 'stopping')",
-            SessionRecord::COLUMNS
+            "SELECT {} FROM sessions WHERE {}",
+            SessionRecord::COLUMNS,
+            state_in("state", SessionState::UNFINISHED)
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -243,9 +265,8 @@ impl Store {
     }
 
     pub async fn count_live_sessions(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE state IN ('starting', 'running')")
-            .fetch_one(&self.pool)
-            .await?;
+        let sql = format!("SELECT COUNT(*) AS n FROM sessions WHERE {}", state_in("state", SessionState::LIVE));
+        let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 
@@ -258,9 +279,9 @@ impl Store {
     /// Sessions idle since before `idle_before` or created before `created_before`.
     pub async fn expired_sessions(&self, idle_before: i64, created_before: i64) -> anyhow::Result<Vec<SessionRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM sessions WHERE state IN ('starting', 'running') \
-             AND (last_activity_at < $1 OR created_at < $2)",
-            SessionRecord::COLUMNS
+            "SELECT {} FROM sessions WHERE {} AND (last_activity_at < $1 OR created_at < $2)",
+            SessionRecord::COLUMNS,
+            state_in("state", SessionState::LIVE)
         ))
         .bind(idle_before)
         .bind(created_before)
@@ -269,8 +290,8 @@ impl Store {
         rows.iter().map(SessionRecord::from_row).collect()
     }
 
-    /// Moves a session between states, only from one of `from`. Returns false when the session
-    /// was not in one of them (someone else moved it first).
+    /// Moves a session between states, only from one of `from` (each a legal source of `to`).
+    /// Returns false when the session was not in one of them (someone else moved it first).
     pub async fn transition(
         &self,
         id: &str,
@@ -278,11 +299,11 @@ impl Store {
         to: SessionState,
         reason: Option<&str>,
     ) -> anyhow::Result<bool> {
-        let ended = matches!(to, SessionState::Stopped | SessionState::Failed).then(now_ms);
-        let from_list = from.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
+        let ended = to.is_ended().then(now_ms);
         let sql = format!(
             "UPDATE sessions SET state = $1, failure_reason = COALESCE($2, failure_reason), \
-             ended_at = COALESCE($3, ended_at) WHERE id = $4 AND state IN ({from_list})"
+             ended_at = COALESCE($3, ended_at) WHERE id = $4 AND {}",
+            moving(from, to)?
         );
         let n = sqlx::query(&sql)
             .bind(to.as_str())
@@ -295,36 +316,37 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Records the container of a starting session and marks it running. A session's idle time
+    /// Records the container of a live session and marks it running. A session's idle time
     /// counts from when its sandbox runs: a slow start is not the learner's idleness.
     pub async fn mark_running(&self, id: &str, container_id: &str) -> anyhow::Result<bool> {
-        let n = sqlx::query(
-            "UPDATE sessions SET container_id = $1, \
-             last_activity_at = CASE WHEN state = 'starting' AND last_activity_at < $3 THEN $3 ELSE last_activity_at END, \
-             state = 'running' WHERE id = $2 AND state IN ('starting', 'running')",
-        )
-        .bind(container_id)
-        .bind(id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let to = SessionState::Running;
+        let sql = format!(
+            "UPDATE sessions SET state = $1, container_id = $2, \
+             last_activity_at = CASE WHEN state = $4 AND last_activity_at < $5 THEN $5 ELSE last_activity_at END \
+             WHERE id = $3 AND {}",
+            moving(SessionState::sources(to), to)?
+        );
+        let n = sqlx::query(&sql)
+            .bind(to.as_str())
+            .bind(container_id)
+            .bind(id)
+            .bind(SessionState::Starting.as_str())
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(n == 1)
     }
 
     /// Takes the start lease of a live session until `until` (ms), unless another holder's lease
     /// is still running. Whoever holds it is the only one starting that sandbox.
     pub async fn claim_start(&self, id: &str, now: i64, until: i64) -> anyhow::Result<bool> {
-        let n = sqlx::query(
-            "UPDATE sessions SET start_lease_until = $1 WHERE id = $2 AND state IN ('starting', 'running') \
+        let sql = format!(
+            "UPDATE sessions SET start_lease_until = $1 WHERE id = $2 AND {} \
              AND (start_lease_until IS NULL OR start_lease_until < $3)",
-        )
-        .bind(until)
-        .bind(id)
-        .bind(now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+            state_in("state", SessionState::LIVE)
+        );
+        let n = sqlx::query(&sql).bind(until).bind(id).bind(now).execute(&self.pool).await?.rows_affected();
         Ok(n == 1)
     }
 
@@ -344,15 +366,11 @@ impl Store {
 
     /// Pushes the idle deadline of a live session; false when it is not live.
     pub async fn touch_session(&self, id: &str, at: i64) -> anyhow::Result<bool> {
-        let n = sqlx::query(
-            "UPDATE sessions SET last_activity_at = $1 WHERE id = $2 AND state IN ('starting', 'running') \
-             AND last_activity_at < $1",
-        )
-        .bind(at)
-        .bind(id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let sql = format!(
+            "UPDATE sessions SET last_activity_at = $1 WHERE id = $2 AND {} AND last_activity_at < $1",
+            state_in("state", SessionState::LIVE)
+        );
+        let n = sqlx::query(&sql).bind(at).bind(id).execute(&self.pool).await?.rows_affected();
         if n == 1 {
             return Ok(true);
         }
@@ -416,8 +434,9 @@ impl Store {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM workspaces w WHERE w.last_used_at < $1 AND NOT EXISTS ( \
                SELECT 1 FROM sessions s WHERE s.learner = w.learner AND s.exercise = w.exercise \
-               AND s.state IN ('starting', 'running', 'stopping'))",
-            WorkspaceRecord::COLUMNS_W
+               AND {})",
+            WorkspaceRecord::COLUMNS_W,
+            state_in("s.state", SessionState::UNFINISHED)
         ))
         .bind(before)
         .fetch_all(&self.pool)
