@@ -33,16 +33,9 @@ use crate::{
     app::App,
     domain::{Invalid, Slug},
     exercises::{ExerciseSpec, GitSource},
+    lifecycle::BuildState,
     store::{now_ms, BuildRecord, VersionRecord},
 };
-
-pub const QUEUED: &str = "queued";
-pub const BUILDING: &str = "building";
-pub const TESTING: &str = "testing";
-pub const SUCCEEDED: &str = "succeeded";
-pub const FAILED: &str = "failed";
-pub const CANCELLED: &str = "cancelled";
-pub const ACTIVE: [&str; 3] = [QUEUED, BUILDING, TESTING];
 
 /// Where a build's repository comes from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,7 +71,7 @@ pub struct RunSummary {
 pub struct Build {
     pub id: String,
     pub exercise: String,
-    pub state: String,
+    pub state: BuildState,
     pub source: serde_json::Value,
     pub version: Option<String>,
     pub image: Option<String>,
@@ -97,7 +90,7 @@ pub fn to_view(r: &BuildRecord) -> Build {
     Build {
         id: r.id.clone(),
         exercise: r.exercise.clone(),
-        state: r.state.clone(),
+        state: r.state,
         source: serde_json::from_str(&r.source).unwrap_or_default(),
         version: r.version.clone(),
         image: r.image.clone(),
@@ -249,9 +242,8 @@ pub async fn check_images(app: &App, checked: &dockerfile::Checked) -> Result<()
 }
 
 async fn check_queue(app: &App, slug: &Slug) -> Result<(), BuildError> {
-    let active = app.store.count_builds_in(&ACTIVE).await?;
-    let mine =
-        app.store.builds_of(slug.as_str(), 100).await?.iter().filter(|b| ACTIVE.contains(&b.state.as_str())).count();
+    let active = app.store.count_builds_in(BuildState::ACTIVE).await?;
+    let mine = app.store.builds_of(slug.as_str(), 100).await?.iter().filter(|b| b.state.is_active()).count();
     if active >= app.settings.max_queued_builds as i64 || mine >= MAX_ACTIVE_PER_EXERCISE {
         app.metrics.rejected_requests.with_label_values(&["build_queue"]).inc();
         return Err(BuildError::QueueFull(if mine >= MAX_ACTIVE_PER_EXERCISE {
@@ -319,7 +311,7 @@ pub async fn submit_git(
     crate::exercises::check_git(&source, app.settings.git_allow_local)?;
     // A redelivered hook (or a double click) joins the build already waiting for the same source.
     for b in app.store.builds_of(slug.as_str(), 20).await? {
-        if b.state == QUEUED {
+        if b.state == BuildState::Queued {
             if let Ok(Source::Git { url, git_ref, .. }) = serde_json::from_str::<Source>(&b.source) {
                 if url == source.url && git_ref == source.git_ref {
                     return Ok(b);
@@ -337,24 +329,28 @@ pub async fn submit_git(
 /// Cancels a queued or running build.
 pub async fn cancel(app: &App, id: &str) -> Result<BuildRecord, BuildError> {
     let b = app.store.build(id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))?;
-    if !ACTIVE.contains(&b.state.as_str()) {
+    if b.state.is_finished() {
         return Err(BuildError::Finished(id.to_string()));
     }
     let running_here = app.build_cancels.lock().expect("lock").get(id).cloned();
-    if app.store.transition_build(id, &[QUEUED], CANCELLED, Some("cancelled before it started")).await? {
+    if app
+        .store
+        .transition_build(id, &[BuildState::Queued], BuildState::Cancelled, Some("cancelled before it started"))
+        .await?
+    {
         let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{id}.tar"))).await;
         BuildLog::open(&app.settings.builds_dir(), id).step("cancelled before it started");
     } else if let Some(token) = running_here {
         token.cancel();
     } else {
         // Running in no process (a replica died): end it here.
-        app.store.transition_build(id, &[BUILDING, TESTING], CANCELLED, Some("cancelled")).await?;
+        app.store.transition_build(id, BuildState::RUNNING, BuildState::Cancelled, Some("cancelled")).await?;
     }
     // The running build notices the token within moments; report what the caller asked for.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let b = app.store.build(id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))?;
-        if !ACTIVE.contains(&b.state.as_str()) || tokio::time::Instant::now() > deadline {
+        if b.state.is_finished() || tokio::time::Instant::now() > deadline {
             return Ok(b);
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -365,13 +361,13 @@ pub async fn cancel(app: &App, id: &str) -> Result<BuildRecord, BuildError> {
 /// are marked failed with the reason. Queued builds stay queued and run. Leftover self-test
 /// containers are removed.
 pub async fn recover(app: &App) -> anyhow::Result<()> {
-    for b in app.store.builds_in(&[BUILDING, TESTING]).await? {
+    for b in app.store.builds_in(BuildState::RUNNING).await? {
         tracing::warn!(build = %b.id, "build interrupted by a runner restart");
         app.store
             .transition_build(
                 &b.id,
-                &[BUILDING, TESTING],
-                FAILED,
+                BuildState::RUNNING,
+                BuildState::Failed,
                 Some("interrupted by a runner restart; submit it again"),
             )
             .await?;
@@ -411,9 +407,9 @@ pub async fn run_worker(app: Arc<App>, cancel: CancellationToken) {
 }
 
 async fn claim_next(app: &App) -> anyhow::Result<Option<BuildRecord>> {
-    for b in app.store.builds_in(&[QUEUED]).await? {
+    for b in app.store.builds_in(&[BuildState::Queued]).await? {
         // Conditional: with several replicas only one claims a build.
-        if app.store.transition_build(&b.id, &[QUEUED], BUILDING, None).await? {
+        if app.store.transition_build(&b.id, &[BuildState::Queued], BuildState::Building, None).await? {
             return app.store.build(&b.id).await;
         }
     }
@@ -443,25 +439,24 @@ async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePer
     // Whatever happened, no self-test container outlives its build.
     let name = crate::docker::policy::Purpose::SelfTest(&build.id).container_name(app.engine.instance());
     let _ = app.engine.remove_container(&name).await;
-    let active = [BUILDING, TESTING];
     let (state, reason) = match outcome {
-        Ok(()) => (SUCCEEDED, None),
-        Err(Stop::Cancelled) => (CANCELLED, Some("cancelled".to_string())),
-        Err(Stop::Failed(reason)) => (FAILED, Some(reason.chars().take(2000).collect::<String>())),
+        Ok(()) => (BuildState::Succeeded, None),
+        Err(Stop::Cancelled) => (BuildState::Cancelled, Some("cancelled".to_string())),
+        Err(Stop::Failed(reason)) => (BuildState::Failed, Some(reason.chars().take(2000).collect::<String>())),
     };
     if let Some(r) = &reason {
         log.step(&format!("{state}: {r}"));
     } else {
-        log.step(state);
+        log.step(state.as_str());
     }
-    if state != SUCCEEDED {
+    if state != BuildState::Succeeded {
         remove_unpublished_image(&app, &build.id).await;
     }
-    if let Err(e) = app.store.transition_build(&build.id, &active, state, reason.as_deref()).await {
+    if let Err(e) = app.store.transition_build(&build.id, BuildState::RUNNING, state, reason.as_deref()).await {
         tracing::error!(build = %build.id, error = %format!("{e:#}"), "could not record the end of a build");
     }
-    app.metrics.builds.with_label_values(&[state]).inc();
-    tracing::info!(build = %build.id, exercise = %build.exercise, state, "build finished");
+    app.metrics.builds.with_label_values(&[state.as_str()]).inc();
+    tracing::info!(build = %build.id, exercise = %build.exercise, state = state.as_str(), "build finished");
     let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", build.id))).await;
     app.build_cancels.lock().expect("lock").remove(&build.id);
     app.build_wake.notify_one();
@@ -555,7 +550,7 @@ async fn build_steps(
                 info.on_build
             );
         }
-        app.store.transition_build(&build.id, &[BUILDING], TESTING, None).await?;
+        app.store.transition_build(&build.id, &[BuildState::Building], BuildState::Testing, None).await?;
         log.step("self-test: the check must fail on the starting files and pass with the solution");
         let report = selftest::run(app, &build.id, &image, &manifest, &tree, log).await;
         let report_json = serde_json::to_string(&report.report)?;

@@ -101,7 +101,7 @@ pub async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiRes
         let (app, id) = (app.clone(), id.clone());
         async move {
             match app.store.build(&id).await {
-                Ok(Some(b)) => builds::ACTIVE.contains(&b.state.as_str()),
+                Ok(Some(b)) => b.state.is_active(),
                 _ => false,
             }
         }

@@ -2,13 +2,15 @@
 
 use sqlx::Row;
 
-use super::{now_ms, BuildRecord, CheckRecord, Store, VersionRecord, Written};
+use super::{moving, now_ms, state_in, BuildRecord, CheckRecord, Store, VersionRecord, Written};
+use crate::lifecycle::{BuildState, SessionState};
 
 impl Store {
     pub async fn insert_build(&self, id: &str, exercise: &str, source: &str) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO builds (id, exercise, state, source, created_at) VALUES ($1, $2, 'queued', $3, $4)")
+        sqlx::query("INSERT INTO builds (id, exercise, state, source, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(exercise)
+            .bind(BuildState::Queued.as_str())
             .bind(source)
             .bind(now_ms())
             .execute(&self.pool)
@@ -36,47 +38,46 @@ impl Store {
         rows.iter().map(BuildRecord::from_row).collect()
     }
 
-    pub async fn builds_in(&self, states: &[&str]) -> anyhow::Result<Vec<BuildRecord>> {
-        let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+    pub async fn builds_in(&self, states: &[BuildState]) -> anyhow::Result<Vec<BuildRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM builds WHERE state IN ({list}) ORDER BY created_at, id",
-            BuildRecord::COLUMNS
+            "SELECT {} FROM builds WHERE {} ORDER BY created_at, id",
+            BuildRecord::COLUMNS,
+            state_in("state", states)
         ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(BuildRecord::from_row).collect()
     }
 
-    pub async fn count_builds_in(&self, states: &[&str]) -> anyhow::Result<i64> {
-        let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
-        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM builds WHERE state IN ({list})"))
+    pub async fn count_builds_in(&self, states: &[BuildState]) -> anyhow::Result<i64> {
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM builds WHERE {}", state_in("state", states)))
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 
-    /// Moves a build from one of `from` to `to`; false when it was not in one of them.
+    /// Moves a build from one of `from` (each a legal source of `to`) to `to`; false when it was
+    /// not in one of them.
     pub async fn transition_build(
         &self,
         id: &str,
-        from: &[&str],
-        to: &str,
+        from: &[BuildState],
+        to: BuildState,
         reason: Option<&str>,
     ) -> anyhow::Result<bool> {
-        let list = from.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
-        let terminal = matches!(to, "succeeded" | "failed" | "cancelled");
+        let condition = moving(from, to)?;
         let now = now_ms();
         let n = sqlx::query(&format!(
             "UPDATE builds SET state = $1, failure_reason = COALESCE($2, failure_reason), \
              started_at = CASE WHEN $3 = 1 THEN COALESCE(started_at, $4) ELSE started_at END, \
              finished_at = CASE WHEN $5 = 1 THEN $4 ELSE finished_at END \
-             WHERE id = $6 AND state IN ({list})"
+             WHERE id = $6 AND {condition}"
         ))
-        .bind(to)
+        .bind(to.as_str())
         .bind(reason)
-        .bind(i64::from(to == "building"))
+        .bind(i64::from(to == BuildState::Building))
         .bind(now)
-        .bind(i64::from(terminal))
+        .bind(i64::from(to.is_finished()))
         .bind(id)
         .execute(&self.pool)
         .await?
@@ -181,10 +182,8 @@ impl Store {
 
     /// Images that live sessions run (they keep their version until they end).
     pub async fn images_in_use(&self) -> anyhow::Result<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT DISTINCT image FROM sessions WHERE state IN ('starting', 'running', 'stopping')")
-                .fetch_all(&self.pool)
-                .await?;
+        let sql = format!("SELECT DISTINCT image FROM sessions WHERE {}", state_in("state", SessionState::UNFINISHED));
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok(r.try_get::<String, _>("image")?)).collect()
     }
 

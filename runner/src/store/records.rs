@@ -3,7 +3,7 @@
 use anyhow::Context;
 use sqlx::{any::AnyRow, Row};
 
-use crate::domain::SessionState;
+use crate::lifecycle::{BuildState, SessionState};
 
 #[derive(Debug, Clone)]
 pub struct ExerciseRecord {
@@ -99,7 +99,7 @@ impl WorkspaceRecord {
 pub struct BuildRecord {
     pub id: String,
     pub exercise: String,
-    pub state: String,
+    pub state: BuildState,
     /// JSON of [`crate::builds::Source`].
     pub source: String,
     pub version: Option<String>,
@@ -118,10 +118,11 @@ impl BuildRecord {
         "id, exercise, state, source, version, image, cached, failure_reason, self_test, \
         created_at, started_at, finished_at";
     pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        let state: String = r.try_get("state")?;
         Ok(BuildRecord {
             id: r.try_get("id")?,
             exercise: r.try_get("exercise")?,
-            state: r.try_get("state")?,
+            state: BuildState::parse(&state).with_context(|| format!("unknown build state {state:?}"))?,
             source: r.try_get("source")?,
             version: r.try_get("version")?,
             image: r.try_get("image")?,
