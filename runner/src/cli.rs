@@ -71,7 +71,7 @@ impl Client {
             .await?
             .json()
             .await?;
-        let ok = d["state"] == "succeeded";
+        let ok = d["state"] == crate::lifecycle::DeployState::Succeeded.as_str();
         eprintln!(
             "{}: {}",
             d["state"].as_str().unwrap_or("?"),

@@ -16,6 +16,7 @@ use crate::{
     builds::log::BuildLog,
     docker::policy::{self, AppContainer},
     domain::Invalid,
+    lifecycle::DeployState,
     store::{now_ms, AppRecord, DeployRecord},
 };
 
@@ -52,7 +53,7 @@ pub async fn start(app: &Arc<App>, name: &str, version: &str, image: Option<Stri
         kind: if image.is_some() { ROLLBACK } else { DEPLOY }.to_string(),
         version: version.to_string(),
         image,
-        state: "running".into(),
+        state: DeployState::Running,
         failure_reason: None,
         previous_version: rec.current_version.clone(),
         created_at: now_ms(),
@@ -70,7 +71,7 @@ pub async fn rollback(app: &Arc<App>, name: &str, to: Option<&str>) -> Result<De
     let rec = super::get(app, name).await?;
     let history = app.store.deploys_of(name, 200).await?;
     let target = history.iter().find(|d| {
-        d.state == "succeeded"
+        d.state == DeployState::Succeeded
             && d.image.is_some()
             && match to {
                 Some(v) => d.version == v,
@@ -91,14 +92,14 @@ async fn run(app: Arc<App>, d: DeployRecord) {
     let rec = match super::get(&app, &d.app).await {
         Ok(r) => r,
         Err(e) => {
-            let _ = app.store.finish_deploy(&d.id, "failed", Some(&e.to_string())).await;
+            let _ = app.store.finish_deploy(&d.id, DeployState::Failed, Some(&e.to_string())).await;
             return;
         }
     };
     let (spec, secrets) = match super::parse(&app, &rec) {
         Ok(x) => x,
         Err(e) => {
-            let _ = app.store.finish_deploy(&d.id, "failed", Some(&format!("{e:#}"))).await;
+            let _ = app.store.finish_deploy(&d.id, DeployState::Failed, Some(&format!("{e:#}"))).await;
             return;
         }
     };
@@ -129,7 +130,7 @@ async fn run(app: Arc<App>, d: DeployRecord) {
     match outcome {
         Ok(()) => {
             log.step("succeeded");
-            let _ = app.store.finish_deploy(&d.id, "succeeded", None).await;
+            let _ = app.store.finish_deploy(&d.id, DeployState::Succeeded, None).await;
             let (kind, what) = if d.kind == ROLLBACK {
                 ("rolled_back", "rolled back to")
             } else {
@@ -141,7 +142,7 @@ async fn run(app: Arc<App>, d: DeployRecord) {
         Err(e) => {
             let reason: String = format!("{e:#}").chars().take(2000).collect();
             log.step(&format!("failed: {reason}"));
-            let _ = app.store.finish_deploy(&d.id, "failed", Some(&reason)).await;
+            let _ = app.store.finish_deploy(&d.id, DeployState::Failed, Some(&reason)).await;
             notify::send(
                 &app.http_client,
                 &spec,
@@ -441,7 +442,9 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
         tracing::warn!(app = %d.app, deploy = %d.id, "deploy interrupted by a runner restart");
         BuildLog::open(&logs_dir(app), &d.id).step("interrupted by a runner restart");
         remove_deploy_containers(app, &d.app, &d.id).await;
-        app.store.finish_deploy(&d.id, "failed", Some("interrupted by a runner restart; deploy again")).await?;
+        app.store
+            .finish_deploy(&d.id, DeployState::Failed, Some("interrupted by a runner restart; deploy again"))
+            .await?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::{
     app::App,
     domain::Invalid,
+    lifecycle::DeployState,
     store::{AppRecord, DeployRecord, Written},
 };
 pub use spec::{AppInput, AppSpec, Secrets};
@@ -70,7 +71,7 @@ pub struct DeployView {
     pub kind: String,
     pub version: String,
     pub image: Option<String>,
-    pub state: String,
+    pub state: DeployState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     pub previous_version: Option<String>,
@@ -85,7 +86,7 @@ pub fn deploy_view(d: &DeployRecord) -> DeployView {
         kind: d.kind.clone(),
         version: d.version.clone(),
         image: d.image.clone(),
-        state: d.state.clone(),
+        state: d.state,
         failure_reason: d.failure_reason.clone(),
         previous_version: d.previous_version.clone(),
         created_at: rfc3339(d.created_at),

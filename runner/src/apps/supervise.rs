@@ -18,7 +18,7 @@ use super::{
     notify::{self, Event},
     spec::AppSpec,
 };
-use crate::{app::App, store::AppRecord};
+use crate::{app::App, lifecycle::DeployState, store::AppRecord};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceState {
@@ -107,7 +107,7 @@ impl Supervisor {
 /// The deploy whose containers are the app's current version.
 async fn current_deploy(app: &App, name: &str) -> Option<String> {
     let history = app.store.deploys_of(name, 50).await.ok()?;
-    history.into_iter().find(|d| d.state == "succeeded").map(|d| d.id)
+    history.into_iter().find(|d| d.state == DeployState::Succeeded).map(|d| d.id)
 }
 
 pub async fn run(app: Arc<App>, cancel: CancellationToken) {
@@ -131,7 +131,7 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {
     let (Some(version), Some(image)) = (&rec.current_version, &rec.current_image) else { return Ok(()) };
     // A running deploy owns the containers until it ends.
-    if app.store.deploys_of(&rec.name, 1).await?.first().is_some_and(|d| d.state == "running") {
+    if app.store.deploys_of(&rec.name, 1).await?.first().is_some_and(|d| d.state == DeployState::Running) {
         return Ok(());
     }
     let Some(deploy_id) = current_deploy(app, &rec.name).await else { return Ok(()) };

@@ -17,6 +17,7 @@ use crate::{
     app::App,
     apps::{self, deploy, AppError, AppInput, AppView, DeployView},
     error::{ApiError, ApiResult},
+    lifecycle::DeployState,
 };
 
 impl From<AppError> for ApiError {
@@ -113,7 +114,7 @@ pub async fn deploy_logs(State(app): State<Arc<App>>, Path(id): Path<String>) ->
     let path = deploy::log_path(&app, &id);
     Ok(super::follow::follow_file(path, Duration::from_secs(3600), move || {
         let (app, id) = (app.clone(), id.clone());
-        async move { matches!(app.store.deploy(&id).await, Ok(Some(d)) if d.state == "running") }
+        async move { matches!(app.store.deploy(&id).await, Ok(Some(d)) if d.state == DeployState::Running) }
     }))
 }
 

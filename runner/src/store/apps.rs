@@ -2,7 +2,10 @@
 
 use sqlx::{any::AnyRow, Row};
 
-use super::{now_ms, Store, Written};
+use anyhow::Context;
+
+use super::{moving, now_ms, state_in, Store, Written};
+use crate::lifecycle::DeployState;
 
 #[derive(Debug, Clone)]
 pub struct AppRecord {
@@ -42,7 +45,7 @@ pub struct DeployRecord {
     pub kind: String,
     pub version: String,
     pub image: Option<String>,
-    pub state: String,
+    pub state: DeployState,
     pub failure_reason: Option<String>,
     pub previous_version: Option<String>,
     pub created_at: i64,
@@ -53,13 +56,14 @@ impl DeployRecord {
     const COLUMNS: &'static str =
         "id, app, kind, version, image, state, failure_reason, previous_version, created_at, finished_at";
     fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        let state: String = r.try_get("state")?;
         Ok(DeployRecord {
             id: r.try_get("id")?,
             app: r.try_get("app")?,
             kind: r.try_get("kind")?,
             version: r.try_get("version")?,
             image: r.try_get("image")?,
-            state: r.try_get("state")?,
+            state: DeployState::parse(&state).with_context(|| format!("unknown deploy state {state:?}"))?,
             failure_reason: r.try_get("failure_reason")?,
             previous_version: r.try_get("previous_version")?,
             created_at: r.try_get("created_at")?,
@@ -169,17 +173,18 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a deploy; `None` when the app has one running already.
+    /// Starts a deploy (in `d.state`, `running`); `None` when the app has one running already.
     pub async fn insert_deploy(&self, d: &DeployRecord) -> anyhow::Result<Option<()>> {
         let r = sqlx::query(
             "INSERT INTO deploys (id, app, kind, version, image, state, previous_version, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&d.id)
         .bind(&d.app)
         .bind(&d.kind)
         .bind(&d.version)
         .bind(&d.image)
+        .bind(d.state.as_str())
         .bind(&d.previous_version)
         .bind(d.created_at)
         .execute(&self.pool)
@@ -196,16 +201,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn finish_deploy(&self, id: &str, state: &str, reason: Option<&str>) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE deploys SET state = $1, failure_reason = $2, finished_at = $3 WHERE id = $4 AND state = 'running'",
-        )
-        .bind(state)
-        .bind(reason)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+    /// Ends a running deploy in `state` (succeeded or failed).
+    pub async fn finish_deploy(&self, id: &str, state: DeployState, reason: Option<&str>) -> anyhow::Result<()> {
+        let sql = format!(
+            "UPDATE deploys SET state = $1, failure_reason = $2, finished_at = $3 WHERE id = $4 AND {}",
+            moving(DeployState::sources(state), state)?
+        );
+        sqlx::query(&sql).bind(state.as_str()).bind(reason).bind(now_ms()).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -231,9 +233,13 @@ impl Store {
 
     /// Deploys left running by a crash of the runner.
     pub async fn running_deploys(&self) -> anyhow::Result<Vec<DeployRecord>> {
-        let rows = sqlx::query(&format!("SELECT {} FROM deploys WHERE state = 'running'", DeployRecord::COLUMNS))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM deploys WHERE {}",
+            DeployRecord::COLUMNS,
+            state_in("state", &[DeployState::Running])
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(DeployRecord::from_row).collect()
     }
 }

@@ -454,3 +454,82 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get::<String, _>("volume")?)).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{BuildState, DeployState};
+
+    /// The store's source files without their comment lines.
+    fn store_sources() -> Vec<(&'static str, String)> {
+        [
+            ("mod.rs", include_str!("mod.rs")),
+            ("builds.rs", include_str!("builds.rs")),
+            ("apps.rs", include_str!("apps.rs")),
+            ("records.rs", include_str!("records.rs")),
+        ]
+        .into_iter()
+        .map(|(file, text)| {
+            (file, text.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n"))
+        })
+        .collect()
+    }
+
+    fn every_state_word() -> Vec<&'static str> {
+        let mut words: Vec<&str> = SessionState::ALL.iter().map(|s| s.as_str()).collect();
+        words.extend(BuildState::ALL.iter().map(|s| s.as_str()));
+        words.extend(DeployState::ALL.iter().map(|s| s.as_str()));
+        words
+    }
+
+    #[test]
+    fn the_store_spells_no_state_it_takes_them_from_the_lifecycle_tables() {
+        for (file, text) in store_sources() {
+            for word in every_state_word() {
+                for spelled in [format!("'{word}'"), format!("\"{word}\"")] {
+                    assert!(
+                        !text.contains(&spelled),
+                        "store/{file} spells the state {spelled}: take it from crate::lifecycle"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_scan_would_see_a_spelled_state() {
+        // The migrations must spell them (their partial indexes), so they show the scan's pattern works.
+        let migration = include_str!("../../../migrations/20261127000001_sessions.sql");
+        assert!(every_state_word().iter().any(|w| migration.contains(&format!("'{w}'"))));
+    }
+
+    #[test]
+    fn the_partial_unique_indexes_list_the_tables_states() {
+        // One live session per learner and exercise: the index and `SessionState::LIVE` agree.
+        let sessions = include_str!("../../../migrations/20261127000001_sessions.sql");
+        assert!(sessions.contains(&format!("WHERE {};", state_in("state", SessionState::LIVE))));
+        // One running deploy per app: the only state a deploy is inserted in.
+        let apps = include_str!("../../../migrations/20261127000003_apps.sql");
+        assert!(DeployState::sources(DeployState::Running).is_empty());
+        assert!(apps.contains(&format!("WHERE state = '{}';", DeployState::Running.as_str())));
+    }
+
+    #[test]
+    fn moves_are_written_from_the_table_and_illegal_ones_refused() {
+        assert_eq!(
+            moving(SessionState::LIVE, SessionState::Stopping).unwrap(),
+            format!("state IN ('{}', '{}')", SessionState::Starting, SessionState::Running)
+        );
+        assert_eq!(state_in("s.state", &[BuildState::Queued]), format!("s.state IN ('{}')", BuildState::Queued));
+        assert!(moving(&[SessionState::Stopped], SessionState::Running).is_err());
+        assert!(moving(&[SessionState::Stopping, SessionState::Running], SessionState::Stopped).is_err());
+        assert!(moving(&[BuildState::Queued], BuildState::Testing).is_err());
+        assert!(moving(&[DeployState::Failed], DeployState::Succeeded).is_err());
+        // A row is inserted in its first state, never moved there.
+        assert!(moving::<SessionState>(&[], SessionState::Starting).is_err());
+        for &to in BuildState::ALL.iter() {
+            let from = BuildState::sources(to);
+            assert_eq!(moving(from, to).is_ok(), !from.is_empty(), "{to:?}");
+        }
+    }
+}
