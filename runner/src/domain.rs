@@ -3,9 +3,9 @@
 use std::fmt;
 
 mod sandbox;
-pub use sandbox::{CheckSpec, Limits, Runtime, SandboxSpec, TESTS_DIR};
 /// The session lifecycle lives with the others in [`crate::lifecycle`].
 pub use crate::lifecycle::SessionState;
+pub use sandbox::{CheckSpec, Limits, Runtime, SandboxSpec, TESTS_DIR};
 
 /// A time column (milliseconds since the epoch) as the API shows it: RFC 3339, UTC, milliseconds.
 pub fn rfc3339(ms: i64) -> String {
