@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Removes what test runs may have left if a test process died hard: containers and volumes whose
-# exercise-runner.instance label starts with "test-", loop devices backing test workspaces, and
-# the build cgroups of test instances.
+# Removes what test runs may have left if a test process died hard: containers, volumes and images
+# whose exercise-runner.instance label starts with "test-", loop devices backing test workspaces,
+# the build cgroups of test instances, and the build network's firewall rules and chains.
 set -uo pipefail
 for c in $(docker ps -aq --filter label=exercise-runner.managed=true); do
   inst="$(docker inspect -f '{{index .Config.Labels "exercise-runner.instance"}}' "$c" 2>/dev/null)"
@@ -17,6 +17,11 @@ done
 # Build cgroups of test instances (named <instance>-<uuid>; rmdir only removes empty ones).
 for d in /sys/fs/cgroup/*/exercise-runner-build/test-* /sys/fs/cgroup/exercise-runner-build/test-*; do
   [ -d "$d" ] && rmdir "$d" 2>/dev/null
+done
+# Images tests made (labelled with their instance).
+for i in $(docker images -q --filter label=exercise-runner.instance | sort -u); do
+  inst="$(docker image inspect -f '{{index .Config.Labels "exercise-runner.instance"}}' "$i" 2>/dev/null)"
+  case "$inst" in test-*) docker rmi -f "$i" >/dev/null 2>&1 ;; esac
 done
 # Docker networks of test instances (tests/builds.rs makes an operator-style build network).
 for n in $(docker network ls -q --filter label=exercise-runner.instance); do
@@ -34,6 +39,10 @@ for bin in iptables ip6tables; do
   for chain in INPUT DOCKER-USER FORWARD; do
     "$bin" -w -S "$chain" 2>/dev/null | grep -F -- '--comment "exercise-runner build isolation"' | sed 's/^-A /-D /' |
       while read -r rule; do eval "\"$bin\" -w $rule" 2>/dev/null; done
+  done
+  # The runner's own chains (the jumps to them went with the rules above).
+  for chain in ER-BUILD-INPUT ER-BUILD-FORWARD; do
+    "$bin" -w -F "$chain" 2>/dev/null && "$bin" -w -X "$chain" 2>/dev/null
   done
 done
 # Databases made by tests/postgres.rs.

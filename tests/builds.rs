@@ -836,26 +836,60 @@ async fn base_images_with_remote_triggers_or_not_on_the_engine_are_refused() {
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
-fn iptables_has(rule: &runner::docker::build_network::Rule) -> bool {
-    let mut args = vec!["-w", "-C", rule.chain.as_str()];
-    args.extend(rule.spec.iter().map(String::as_str));
-    std::process::Command::new(rule.binary).args(&args).output().unwrap().status.success()
+/// Runs a command when dropped (cleanup that a failed assertion does not skip).
+struct Undo(Vec<String>);
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.0[0]).args(&self.0[1..]).output();
+    }
 }
 
-fn managed_rules() -> Vec<runner::docker::build_network::Rule> {
-    use runner::docker::build_network::*;
-    let out = std::process::Command::new("iptables").args(["-w", "-S", "DOCKER-USER"]).output().unwrap();
-    let forward = if out.status.success() { "DOCKER-USER" } else { "FORWARD" };
-    rules_for(MANAGED_BRIDGE, forward, host_has_ipv6())
+fn undo(args: &[&str]) -> Undo {
+    Undo(args.iter().map(|a| a.to_string()).collect())
 }
 
-/// `RUN` steps run on the runner's own bridge, whose traffic to the host's addresses, published
-/// ports and link-local metadata is dropped. By this workplace's rule tests send packets only to
-/// loopback, so the drops themselves are asserted by the rules being in place (`iptables -C`),
-/// not by sending packets to the gateway or 169.254.169.254.
+fn iptables(args: &[&str]) -> bool {
+    std::process::Command::new("iptables").arg("-w").args(args).status().unwrap().success()
+}
+
+async fn managed_plans() -> Vec<runner::docker::build_network::Plan> {
+    runner::docker::build_network::plans(runner::docker::build_network::MANAGED_BRIDGE, &[]).await.unwrap()
+}
+
+/// What of the managed bridge's isolation is not in place.
+async fn isolation_problems() -> Vec<String> {
+    let mut problems = Vec::new();
+    for plan in managed_plans().await {
+        problems.extend(runner::docker::build_network::inspect(&plan).await.unwrap().problems);
+    }
+    problems
+}
+
+/// Waits until `/readyz` names `rule` among the restored ones and the firewall is as planned.
+async fn until_restored(app: &TestApp, rule: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, ready) = app.get("/readyz").await;
+        let iso = ready["checks"]["build_network"].clone();
+        let named = iso["restored"].as_array().is_some_and(|r| r.iter().any(|r| r.as_str() == Some(rule)));
+        if named && isolation_problems().await.is_empty() {
+            return iso;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rule} was not reported and put back: {iso}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `RUN` steps run on the runner's own bridge. Its packets jump, by the first rule of INPUT and
+/// of DOCKER-USER (FORWARD without it), to the runner's chains, which drop what goes to the
+/// host's addresses, its published ports, link-local metadata and private networks. By this
+/// workplace's rule tests send packets only to loopback, so the drops are asserted by the rules
+/// being in place (read back with `iptables -S`), not by sending packets to the gateway,
+/// 169.254.169.254 or a private address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_steps_build_on_a_firewalled_network_and_a_removed_rule_is_put_back() {
-    use runner::docker::build_network::{MANAGED_BRIDGE, MANAGED_NETWORK};
+    use runner::docker::build_network::{chain_rules, FORWARD_CHAIN, MANAGED_BRIDGE, MANAGED_NETWORK};
     let app = spawn_app().await;
     let (_, ready) = app.get("/readyz").await;
     let iso = &ready["checks"]["build_network"];
@@ -865,28 +899,32 @@ async fn run_steps_build_on_a_firewalled_network_and_a_removed_rule_is_put_back(
     assert_eq!(net[0]["Driver"], "bridge");
     assert_eq!(net[0]["Options"]["com.docker.network.bridge.name"], MANAGED_BRIDGE);
     assert_eq!(net[0]["Labels"]["exercise-runner.managed"], "true");
-    let rules = managed_rules();
-    for r in &rules {
-        assert!(iptables_has(r), "missing: {}", r.describe());
+    assert_eq!(isolation_problems().await, Vec::<String>::new());
+    let plans = managed_plans().await;
+    let jump = &plans[0].jumps[0];
+    let input = chain_rules("iptables", "INPUT").await.unwrap().unwrap();
+    assert_eq!(input[0], jump.spec, "the jump is INPUT's first rule: {input:?}");
+    let forward = chain_rules("iptables", FORWARD_CHAIN).await.unwrap().unwrap();
+    for range in ["169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"] {
+        assert!(forward.iter().any(|r| r.join(" ") == format!("-d {range} -j DROP")), "{range}: {forward:?}");
     }
 
-    // Someone removes the INPUT drop: the next round reports it and puts it back.
-    let input = &rules[0];
-    let mut del = vec!["-w", "-D", input.chain.as_str()];
-    del.extend(input.spec.iter().map(String::as_str));
-    assert!(std::process::Command::new("iptables").args(&del).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let restored = loop {
-        let (_, ready) = app.get("/readyz").await;
-        let iso = ready["checks"]["build_network"].clone();
-        let named = iso["restored"].as_array().is_some_and(|r| r.iter().any(|r| r.as_str() == Some(&input.describe())));
-        if named && iptables_has(input) {
-            break iso;
-        }
-        assert!(std::time::Instant::now() < deadline, "the removed rule was not reported and put back: {iso}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // Someone removes a drop from the runner's chain: the next round reports it and puts it back.
+    assert!(iptables(&["-D", FORWARD_CHAIN, "-d", "10.0.0.0/8", "-j", "DROP"]));
+    until_restored(&app, &format!("iptables -A {FORWARD_CHAIN} -d 10.0.0.0/8 -j DROP")).await;
+
+    // Someone inserts an ACCEPT above the jump (`iptables -C` would still find the jump): the
+    // next round puts the jump back on top.
+    let remove_accept = undo(&["iptables", "-w", "-D", "INPUT", "-i", MANAGED_BRIDGE, "-j", "ACCEPT"]);
+    assert!(iptables(&["-I", "INPUT", "1", "-i", MANAGED_BRIDGE, "-j", "ACCEPT"]));
+    let restored = until_restored(&app, &format!("{} (the first rule of INPUT)", jump.describe())).await;
     assert_eq!(restored["ok"], true, "{restored}");
+    let input = chain_rules("iptables", "INPUT").await.unwrap().unwrap();
+    assert_eq!(input[0], jump.spec, "{input:?}");
+    assert_eq!(input.iter().filter(|r| **r == jump.spec).count(), 1, "one jump, on top: {input:?}");
+    drop(remove_accept);
+    let input = chain_rules("iptables", "INPUT").await.unwrap().unwrap();
+    assert!(!input.iter().any(|r| r.join(" ") == format!("-i {MANAGED_BRIDGE} -j ACCEPT")), "{input:?}");
 
     // A RUN step cannot reach a server on the host's loopback: 127.0.0.1 in the build
     // container is its own. (Loopback traffic only.)
@@ -939,15 +977,20 @@ async fn an_operators_build_network_without_the_rules_is_reported_and_builds_are
     let iso = &ready["checks"]["build_network"];
     assert_eq!((iso["ok"].as_bool(), iso["mode"].as_str()), (Some(false), Some("operator")), "{ready}");
     assert_eq!(iso["interface"], bridge);
-    let missing = iso["missing"].as_array().unwrap();
-    assert!(missing.len() >= 3 && missing.iter().all(|r| r.as_str().unwrap().contains(&bridge)), "{iso}");
+    let missing: Vec<&str> = iso["missing"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    let plans = runner::docker::build_network::plans(&bridge, &[]).await.unwrap();
+    for jump in plans.iter().flat_map(|p| &p.jumps) {
+        let want = format!("{} (the first rule of {})", jump.describe(), jump.chain);
+        assert!(missing.contains(&want.as_str()), "{want} in {missing:?}");
+    }
     let (_, b) = app.submit_build("unfenced", quick_exercise("unfenced", &[])).await;
     let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
     assert_eq!(b["state"], "failed", "{b}");
     assert!(b["failure_reason"].as_str().unwrap().contains("not isolated"), "{b}");
     // The runner added nothing to the operator's firewall.
-    for r in runner::docker::build_network::rules_for(&bridge, "FORWARD", false) {
-        assert!(!iptables_has(&r));
+    for jump in plans.iter().flat_map(|p| &p.jumps) {
+        let hook = runner::docker::build_network::chain_rules(jump.binary, &jump.chain).await.unwrap().unwrap();
+        assert!(!hook.iter().any(|r| r.contains(&bridge)), "{hook:?}");
     }
     drop(app);
     docker(&["network", "rm", &name]);

@@ -93,6 +93,10 @@ pub struct Settings {
     /// host (`exercise-runner-build`, the default); `none` builds offline; another name is the
     /// operator's network, whose firewall rules the runner checks (`builds/isolation.rs`).
     pub build_network: String,
+    /// `RUNNER_BUILD_NETWORK_ALLOW`: address blocks (`10.1.2.3`, `10.8.0.0/16`, `fd00::/8`) that
+    /// `RUN` steps may reach on the forward path although they are private (a package mirror);
+    /// the host itself, its published ports and link-local addresses stay unreachable.
+    pub build_network_allow: Vec<String>,
     /// Largest repository archive accepted (compressed, as sent).
     pub max_archive_bytes: usize,
     /// Largest repository accepted once unpacked (in memory; never on disk).
@@ -177,6 +181,7 @@ impl Settings {
             build_cpus: 1.0,
             build_pids_limit: 1024,
             build_network: crate::docker::build_network::MANAGED_NETWORK.into(),
+            build_network_allow: vec![],
             max_archive_bytes: 32 * 1024 * 1024,
             max_unpacked_bytes: 128 * 1024 * 1024,
             max_archive_files: 10_000,
@@ -357,6 +362,12 @@ impl Settings {
         if let Some(v) = get("RUNNER_BUILD_NETWORK").filter(|v| !v.is_empty()) {
             s.build_network = v;
         }
+        let list = |v: String| -> Vec<String> {
+            v.split(',').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect()
+        };
+        if let Some(v) = get("RUNNER_BUILD_NETWORK_ALLOW") {
+            s.build_network_allow = list(v);
+        }
         if let Some(v) = parse(&get, "RUNNER_MAX_ARCHIVE_BYTES")? {
             s.max_archive_bytes = v;
         }
@@ -467,11 +478,20 @@ impl Settings {
         if self.max_concurrent_intakes == 0 {
             bail!("RUNNER_MAX_CONCURRENT_INTAKES must be positive (0 would refuse every build)");
         }
+        for c in &self.build_network_allow {
+            crate::docker::build_network::Cidr::parse(c)
+                .map_err(|e| anyhow::anyhow!("RUNNER_BUILD_NETWORK_ALLOW: {e}"))?;
+        }
         let url = self.database_url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             bail!("RUNNER_DATABASE_URL must be a sqlite: or postgres:// URL");
         }
         Ok(())
+    }
+
+    /// `build_network_allow`, parsed (it was validated).
+    pub fn build_network_allow_cidrs(&self) -> Vec<crate::docker::build_network::Cidr> {
+        self.build_network_allow.iter().filter_map(|c| crate::docker::build_network::Cidr::parse(c).ok()).collect()
     }
 
     pub fn builds_dir(&self) -> PathBuf {
@@ -591,6 +611,19 @@ mod tests {
             from(&[("RUNNER_LOG", "runner=debug,info")]).unwrap().log_filter.as_deref(),
             Some("runner=debug,info")
         );
+    }
+
+    #[test]
+    fn the_build_network_allow_list_is_validated() {
+        let s = from(&[("RUNNER_BUILD_NETWORK_ALLOW", "10.1.2.3, fd00::/8")]).unwrap();
+        assert_eq!(
+            s.build_network_allow_cidrs().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            ["10.1.2.3/32", "fd00::/8"]
+        );
+        for bad in ["10.0.0.0/33", "mirror.internal"] {
+            let err = from(&[("RUNNER_BUILD_NETWORK_ALLOW", bad)]).unwrap_err().to_string();
+            assert!(err.contains("RUNNER_BUILD_NETWORK_ALLOW"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!
 //! `RUNNER_BUILD_NETWORK`:
 //! - `exercise-runner-build` (the default): the runner makes the network and keeps its rules in
-//!   place, at start, every reconcile interval and before every build; a missing rule is logged
-//!   and put back;
+//!   place, at start, every reconcile interval and before every build; a missing rule, a chain
+//!   holding anything else, or a jump that is not the first rule of its hook is logged and put
+//!   back;
 //! - `none`: builds have no network; nothing to check;
 //! - any other name: the operator's network. The runner checks the same rules for that network's
 //!   bridge and reports, but changes nothing of the operator's.
@@ -123,9 +124,9 @@ pub async fn refresh(app: &App) -> Report {
     report
 }
 
-async fn rules(interface: &str) -> anyhow::Result<Vec<net::Rule>> {
-    let forward = if net::chain_exists("iptables", "DOCKER-USER").await? { "DOCKER-USER" } else { "FORWARD" };
-    Ok(net::rules_for(interface, forward, net::host_has_ipv6()))
+/// The plans for this runner's settings.
+async fn plans(app: &App, interface: &str) -> anyhow::Result<Vec<net::Plan>> {
+    net::plans(interface, &app.settings.build_network_allow_cidrs()).await
 }
 
 async fn managed(app: &App, r: &mut Report) -> anyhow::Result<()> {
@@ -133,19 +134,21 @@ async fn managed(app: &App, r: &mut Report) -> anyhow::Result<()> {
     let interface = network.bridge.unwrap_or_default();
     r.interface = Some(interface.clone());
     let mut restored = Vec::new();
-    for rule in rules(&interface).await? {
-        if net::rule_present(&rule).await? {
+    for plan in plans(app, &interface).await? {
+        let found = net::inspect(&plan).await?;
+        if found.is_clean() {
             continue;
         }
-        net::insert_rule(&rule).await?;
-        if net::rule_present(&rule).await? {
-            restored.push(rule.describe());
+        net::repair(&plan, &found).await?;
+        let after = net::inspect(&plan).await?;
+        if after.is_clean() {
+            restored.extend(found.problems);
         } else {
-            r.missing.push(rule.describe());
+            r.missing.extend(after.problems);
         }
     }
     if !restored.is_empty() {
-        tracing::warn!(rules = ?restored, "build network firewall rules were missing; put them back");
+        tracing::warn!(rules = ?restored, "build network firewall rules were missing or not first; put them back");
         r.restored = restored;
         r.restored_at = Some(r.checked_at.clone());
     }
@@ -165,10 +168,8 @@ async fn operator(app: &App, r: &mut Report) -> anyhow::Result<()> {
         );
     };
     r.interface = Some(interface.clone());
-    for rule in rules(&interface).await? {
-        if !net::rule_present(&rule).await? {
-            r.missing.push(rule.describe());
-        }
+    for plan in plans(app, &interface).await? {
+        r.missing.extend(net::inspect(&plan).await?.problems);
     }
     Ok(())
 }
