@@ -227,7 +227,13 @@ async fn malicious_and_malformed_repositories_are_rejected_and_leave_nothing() {
             "invalid_archive",
             "archive",
         ),
-        ("no manifest", tar_files(&[("Dockerfile", "FROM x")]), 422, "invalid_manifest", "no exercise.toml"),
+        (
+            "no manifest",
+            tar_files(&[("Dockerfile", "FROM exercise-runner/busybox")]),
+            422,
+            "invalid_manifest",
+            "no exercise.toml",
+        ),
         (
             "bad manifest",
             quick_exercise("evil", &[("exercise.toml", "slug = \"evil\"\ntitle = \"t\"\ncheck_timeout_secs = 9999\n")]),
@@ -240,7 +246,7 @@ async fn malicious_and_malformed_repositories_are_rejected_and_leave_nothing() {
             "no solution",
             tar_files(&[
                 ("exercise.toml", "slug = \"evil\"\ntitle = \"t\"\n"),
-                ("Dockerfile", "FROM x"),
+                ("Dockerfile", "FROM exercise-runner/busybox"),
                 ("exercise/a", "a"),
             ]),
             422,
@@ -251,7 +257,7 @@ async fn malicious_and_malformed_repositories_are_rejected_and_leave_nothing() {
             "solution inside the learner's files",
             tar_files(&[
                 ("exercise.toml", "slug = \"evil\"\ntitle = \"t\"\nsolution = \"exercise/answer\"\n"),
-                ("Dockerfile", "FROM x"),
+                ("Dockerfile", "FROM exercise-runner/busybox"),
                 ("exercise/answer/a", "a"),
             ]),
             422,
@@ -807,7 +813,12 @@ async fn every_spelling_of_a_remote_add_is_refused_before_anything_is_written() 
 /// policy, and an image the engine would have to pull is refused (nothing is pulled).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_images_with_remote_triggers_or_not_on_the_engine_are_refused() {
-    let app = spawn_app().await;
+    // Both images are allowed by name, so what refuses them is the engine check.
+    let app = spawn_app_with(|s| {
+        s.build_base_images.push(format!("exercise-runner-test/onbuild-{}", s.instance));
+        s.build_base_images.push("127.0.0.1:5000/not-here/at-all".into());
+    })
+    .await;
     let (url, hits) = loopback_secret().await;
     let tag = format!("exercise-runner-test/onbuild-{}:1", app.instance);
     let made = docker(&["create", "--label", &format!("exercise-runner.instance={}", app.instance), IMAGE]);
@@ -834,6 +845,117 @@ async fn base_images_with_remote_triggers_or_not_on_the_engine_are_refused() {
     assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_dockerfile")), "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("not on this engine"), "{v}");
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// `COPY --from=<image>` reads any file of the image, and the engine resolves a name it has no
+/// tag for by searching image IDs by prefix: `COPY --from=<5 characters>` printed another
+/// exercise's hidden tests in the build log. ID-like references are refused, so are images
+/// outside `RUNNER_BUILD_BASE_IMAGES` (another exercise's by its name) with the same answer
+/// whether they exist or not, and an exercise image under an allowed repository name (an
+/// exercise whose slug is `busybox`) fails the engine check as if it were absent. Nothing is
+/// queued for any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_images_on_the_engine_are_not_readable_by_id_prefix_or_by_name() {
+    let app = spawn_app().await;
+    let inst = app.instance.clone();
+    let label = format!("exercise-runner.instance={inst}");
+    // Another exercise's image with hidden tests, tagged and labelled as the runner tags and
+    // labels its builds (a real build would take a minute; the policy sees the same image).
+    let victim = format!("exercise-runner/victim-{inst}:{}", &inst[5..17]);
+    let maker = format!("{inst}-victim");
+    docker(&[
+        "run",
+        "--name",
+        &maker,
+        "--label",
+        &label,
+        "--user",
+        "0",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /opt/exercise/tests && echo HIDDEN-TESTS > /opt/exercise/tests/check.sh",
+    ]);
+    let _rm_maker = undo(&["docker", "rm", "-f", &maker]);
+    let _rmi = undo(&["docker", "rmi", "-f", &victim]);
+    let mut prefix = None;
+    let mut _made = Vec::new();
+    for nonce in 0..40 {
+        docker(&[
+            "commit",
+            "--change",
+            &format!("LABEL exercise-runner.exercise=victim-{inst} nonce={nonce}"),
+            "--change",
+            &format!("LABEL {label}"),
+            &maker,
+            &victim,
+        ]);
+        let id =
+            docker(&["image", "inspect", "-f", "{{.Id}}", &victim]).trim().trim_start_matches("sha256:").to_string();
+        _made.push(undo(&["docker", "rmi", "-f", &id])); // a commit over the tag leaves the last one untagged
+        let p = id[..5].to_string();
+        // The attack needs a prefix with a letter that the engine resolves to this image alone.
+        let resolved =
+            std::process::Command::new("docker").args(["image", "inspect", "-f", "{{.Id}}", &p]).output().unwrap();
+        if p.bytes().any(|b| (b'a'..=b'f').contains(&b)) && String::from_utf8_lossy(&resolved.stdout).contains(&id) {
+            prefix = Some(p);
+            break;
+        }
+    }
+    let prefix = prefix.expect("an image ID whose first 5 characters hold a letter and name it alone");
+
+    let attempts = [
+        (
+            "thief",
+            format!(
+                "FROM {IMAGE}\nCOPY --from={prefix} /opt/exercise/ /loot/\nRUN find /loot -type f -exec cat {{}} +\n"
+            ),
+            "image ID",
+        ),
+        ("thief-sha", format!("FROM {IMAGE}\nCOPY --from=sha256:{prefix} /opt/exercise/ /loot/\n"), "image ID"),
+        ("thief-from", format!("FROM {prefix}\n"), "image ID"),
+        ("thief-name", format!("FROM {victim}\nRUN cat /opt/exercise/tests/check.sh\n"), "RUNNER_BUILD_BASE_IMAGES"),
+        (
+            "thief-copy",
+            format!("FROM {IMAGE}\nCOPY --from={victim} /opt/exercise/ /loot/\n"),
+            "RUNNER_BUILD_BASE_IMAGES",
+        ),
+    ];
+    for (slug, dockerfile, why) in &attempts {
+        let (status, v) = app.submit_build(slug, quick_exercise(slug, &[("Dockerfile", dockerfile)])).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_dockerfile")), "{slug}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{slug}: {v}");
+    }
+    // Not allowed: one answer, whether the image exists or not.
+    let message = |v: &Value, name: &str| v["error"]["message"].as_str().unwrap().replace(name, "<image>");
+    let absent = format!("exercise-runner/absent-{inst}:{}", &inst[5..17]);
+    let (_, exists) =
+        app.submit_build("probe", quick_exercise("probe", &[("Dockerfile", &format!("FROM {victim}\n"))])).await;
+    let (_, missing) =
+        app.submit_build("probe", quick_exercise("probe", &[("Dockerfile", &format!("FROM {absent}\n"))])).await;
+    assert_eq!(message(&exists, &victim), message(&missing, &absent), "{exists} / {missing}");
+
+    // An exercise image under an allowed repository's name is no build input either, and the
+    // answer is the one for an image that is not there.
+    let shadow = format!("exercise-runner/busybox:victim-{inst}");
+    let _rmi_shadow = undo(&["docker", "rmi", "-f", &shadow]);
+    docker(&["tag", &victim, &shadow]);
+    let not_there = format!("exercise-runner/busybox:absent-{inst}");
+    let (status, v) =
+        app.submit_build("probe", quick_exercise("probe", &[("Dockerfile", &format!("FROM {shadow}\n"))])).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (422, Some("invalid_dockerfile")), "{v}");
+    let (_, absent_v) =
+        app.submit_build("probe", quick_exercise("probe", &[("Dockerfile", &format!("FROM {not_there}\n"))])).await;
+    assert!(absent_v["error"]["message"].as_str().unwrap().contains("not on this engine"), "{absent_v}");
+    assert_eq!(message(&v, &shadow), message(&absent_v, &not_there));
+
+    for slug in attempts.iter().map(|a| a.0).chain(["probe"]) {
+        let (_, list) = app.get(&format!("/v1/exercises/{slug}/builds")).await;
+        assert!(list["builds"].as_array().is_none_or(|b| b.is_empty()), "{slug}: nothing was queued: {list}");
+        assert_eq!(docker(&["images", "-q", &format!("exercise-runner/{slug}")]).trim(), "", "no image was made");
+    }
 }
 
 /// Runs a command when dropped (cleanup that a failed assertion does not skip).

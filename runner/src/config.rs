@@ -97,6 +97,10 @@ pub struct Settings {
     /// `RUN` steps may reach on the forward path although they are private (a package mirror);
     /// the host itself, its published ports and link-local addresses stay unreachable.
     pub build_network_allow: Vec<String>,
+    /// `RUNNER_BUILD_BASE_IMAGES`: the repositories (any tag) whose images a Dockerfile may use
+    /// from outside (`FROM`, `COPY --from`); every other image on the engine (other exercises',
+    /// apps' private images) is not the author's to read.
+    pub build_base_images: Vec<String>,
     /// Largest repository archive accepted (compressed, as sent).
     pub max_archive_bytes: usize,
     /// Largest repository accepted once unpacked (in memory; never on disk).
@@ -182,6 +186,7 @@ impl Settings {
             build_pids_limit: 1024,
             build_network: crate::docker::build_network::MANAGED_NETWORK.into(),
             build_network_allow: vec![],
+            build_base_images: vec!["exercise-runner/base".into(), "exercise-runner/busybox".into()],
             max_archive_bytes: 32 * 1024 * 1024,
             max_unpacked_bytes: 128 * 1024 * 1024,
             max_archive_files: 10_000,
@@ -368,6 +373,9 @@ impl Settings {
         if let Some(v) = get("RUNNER_BUILD_NETWORK_ALLOW") {
             s.build_network_allow = list(v);
         }
+        if let Some(v) = get("RUNNER_BUILD_BASE_IMAGES") {
+            s.build_base_images = list(v);
+        }
         if let Some(v) = parse(&get, "RUNNER_MAX_ARCHIVE_BYTES")? {
             s.max_archive_bytes = v;
         }
@@ -481,6 +489,10 @@ impl Settings {
         for c in &self.build_network_allow {
             crate::docker::build_network::Cidr::parse(c)
                 .map_err(|e| anyhow::anyhow!("RUNNER_BUILD_NETWORK_ALLOW: {e}"))?;
+        }
+        for name in &self.build_base_images {
+            crate::builds::dockerfile::repository_name(name)
+                .map_err(|e| anyhow::anyhow!("RUNNER_BUILD_BASE_IMAGES: {e}"))?;
         }
         let url = self.database_url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -614,12 +626,23 @@ mod tests {
     }
 
     #[test]
-    fn the_build_network_allow_list_is_validated() {
-        let s = from(&[("RUNNER_BUILD_NETWORK_ALLOW", "10.1.2.3, fd00::/8")]).unwrap();
+    fn build_image_and_network_lists_are_validated() {
+        let s = from(&[
+            ("RUNNER_BUILD_BASE_IMAGES", " debian , exercise-runner/base,127.0.0.1:5000/team/tools "),
+            ("RUNNER_BUILD_NETWORK_ALLOW", "10.1.2.3, fd00::/8"),
+        ])
+        .unwrap();
+        assert_eq!(s.build_base_images, ["debian", "exercise-runner/base", "127.0.0.1:5000/team/tools"]);
         assert_eq!(
             s.build_network_allow_cidrs().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             ["10.1.2.3/32", "fd00::/8"]
         );
+        assert_eq!(from(&[]).unwrap().build_base_images, ["exercise-runner/base", "exercise-runner/busybox"]);
+        assert!(from(&[("RUNNER_BUILD_BASE_IMAGES", "")]).unwrap().build_base_images.is_empty());
+        for bad in ["debian:bookworm", "busybox@sha256:00", "Exercise-Runner/Base", "0237e", "a//b"] {
+            let err = from(&[("RUNNER_BUILD_BASE_IMAGES", bad)]).unwrap_err().to_string();
+            assert!(err.contains("RUNNER_BUILD_BASE_IMAGES"), "{bad}: {err}");
+        }
         for bad in ["10.0.0.0/33", "mirror.internal"] {
             let err = from(&[("RUNNER_BUILD_NETWORK_ALLOW", bad)]).unwrap_err().to_string();
             assert!(err.contains("RUNNER_BUILD_NETWORK_ALLOW"), "{bad}: {err}");

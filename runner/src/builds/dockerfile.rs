@@ -270,13 +270,128 @@ pub fn parse(text: &str) -> Result<Dockerfile, ParseError> {
 
 /// An image from outside the Dockerfile that a build uses. It must already be on the engine:
 /// the engine would pull a missing one from the host's network namespace, and a pulled base
-/// image's `ONBUILD` triggers would run unchecked.
+/// image's `ONBUILD` triggers would run unchecked. And it must be one the operator allows
+/// ([`check_allowed`]): `COPY --from=<image>` reads any file of it, so an author naming another
+/// exercise's image (or an app's private one) would print its hidden files in the build log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageUse {
     pub line: usize,
     pub reference: String,
+    /// The reference as the engine reads it.
+    pub name: ImageName,
     /// `FROM` runs the image's `ONBUILD` triggers; `COPY --from` does not.
     pub base: bool,
+}
+
+/// An image reference normalised as the engine normalises it (distribution/reference's
+/// `ParseNormalizedNamed`): `busybox` is `docker.io/library/busybox:latest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageName {
+    /// `docker.io/library/busybox`, `127.0.0.1:5000/team/tools`.
+    pub repository: String,
+    pub tag: String,
+}
+
+impl ImageName {
+    /// `repository:tag`.
+    pub fn full(&self) -> String {
+        format!("{}:{}", self.repository, self.tag)
+    }
+}
+
+/// A reference the engine could resolve by image ID rather than by name: the engine's image
+/// lookup falls back to a search of image IDs by prefix (`0a`, `0237e`, `sha256:0237e`) when no
+/// tag of that name exists, so such a word reaches any image on the engine, untagged ones
+/// included.
+fn id_like(reference: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let lower = reference.to_ascii_lowercase();
+    hex(&lower) || ["sha256:", "sha384:", "sha512:"].iter().any(|a| lower.starts_with(a))
+}
+
+/// A path component of a repository name: `[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*`.
+fn path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: &u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(&b[0]) || !alnum(&b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(&b[i]) {
+            i += 1;
+            continue;
+        }
+        let run = b[i..].iter().take_while(|x| !alnum(x)).count();
+        let sep = &c[i..i + run];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+        i += run;
+    }
+    true
+}
+
+/// A registry host: lowercase DNS labels (or an IPv4 address) and an optional `:port`.
+fn domain_ok(d: &str) -> bool {
+    let (host, port) = match d.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (d, None),
+    };
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    host.split('.').all(label)
+        && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Reads an image reference as the engine would, refusing every spelling that names an image by
+/// ID or digest rather than by repository and tag (and, stricter than the engine, capitals).
+pub fn normalize_reference(reference: &str) -> Result<ImageName, String> {
+    if id_like(reference) {
+        return Err(format!(
+            "{reference:?} looks like an image ID; name an image by repository and tag (the engine would search \
+             every image's ID for it)"
+        ));
+    }
+    if reference.contains('@') {
+        return Err(format!("{reference:?} names an image by digest; name it by repository and tag"));
+    }
+    let (domain, rest) = match reference.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (first, rest),
+        _ => ("docker.io", reference),
+    };
+    let domain = if domain == "index.docker.io" { "docker.io" } else { domain };
+    let (path, tag) = match rest.split_once(':') {
+        Some((p, t)) => (p, t),
+        None => (rest, "latest"),
+    };
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if !domain_ok(domain) || !path.split('/').all(path_component) || !tag_ok {
+        return Err(format!("{reference:?} is not an image reference (repository names are lowercase)"));
+    }
+    let path = if domain == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path.to_string() };
+    let repository = format!("{domain}/{path}");
+    if repository.len() > 255 {
+        return Err(format!("{reference:?} is too long for an image name"));
+    }
+    Ok(ImageName { repository, tag: tag.to_string() })
+}
+
+/// A repository name without a tag (an entry of `RUNNER_BUILD_BASE_IMAGES`), normalised.
+pub fn repository_name(name: &str) -> Result<String, String> {
+    let n = normalize_reference(name)?;
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') {
+        return Err(format!("{name:?}: name a repository without a tag (any tag of it is allowed)"));
+    }
+    Ok(n.repository)
 }
 
 /// What a Dockerfile that meets the policy needs from the engine.
@@ -377,14 +492,14 @@ fn plain_flag(flag: &str) -> Result<(&str, &str), String> {
     Ok((name, value))
 }
 
-fn check_image_ref(what: &str, reference: &str) -> Result<(), String> {
+fn check_image_ref(what: &str, reference: &str) -> Result<ImageName, String> {
     if reference.contains('$') {
         return Err(format!("{what} {reference:?} uses a variable; name the image literally"));
     }
     if reference.contains("://") || reference.is_empty() || !reference.chars().all(plain_value_char) {
         return Err(format!("{what} {reference:?} is not an image reference"));
     }
-    Ok(())
+    normalize_reference(reference).map_err(|m| format!("{what} {m}"))
 }
 
 fn add_arg_problem(word: &str) -> Option<String> {
@@ -506,14 +621,18 @@ impl Policy {
         if self.context != Context::Dockerfile {
             return Err(format!("{what} isn't allowed as an ONBUILD trigger"));
         }
-        self.allowed_flags(ins, what, &["platform"])?;
+        if let Some(flag) = ins.flags.first() {
+            return Err(format!(
+                "{what} {flag} is not allowed: FROM takes no flags here (engine versions differ on whether \
+                 --platform pulls an image of another platform)"
+            ));
+        }
         let words: Vec<&str> = ins.args.split(token_space).filter(|w| !w.is_empty()).collect();
         let (image, name) = match words.as_slice() {
             [image] => (*image, None),
             [image, kw_as, name] if kw_as.eq_ignore_ascii_case("as") => (*image, Some(name.to_ascii_lowercase())),
             _ => return Err("FROM takes an image and optionally AS <name>".to_string()),
         };
-        check_image_ref("FROM", image)?;
         if let Some(n) = &name {
             let ok = n.starts_with(|c: char| c.is_ascii_lowercase())
                 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
@@ -524,7 +643,10 @@ impl Policy {
         let lower = image.to_ascii_lowercase();
         let earlier_stage = self.stages.iter().flatten().any(|s| *s == lower);
         if !earlier_stage && image != "scratch" {
-            self.images.push(ImageUse { line: ins.line, reference: image.to_string(), base: true });
+            let name = check_image_ref("FROM", image)?;
+            self.images.push(ImageUse { line: ins.line, reference: image.to_string(), name, base: true });
+        } else if image.contains('$') {
+            return Err(format!("FROM {image:?} uses a variable; name the image literally"));
         }
         self.stages.push(name);
         Ok(())
@@ -545,8 +667,8 @@ impl Policy {
         if self.stages[..current].iter().flatten().any(|s| *s == lower) {
             return Ok(());
         }
-        check_image_ref(&format!("{what} --from"), from)?;
-        self.images.push(ImageUse { line: ins.line, reference: from.to_string(), base: false });
+        let name = check_image_ref(&format!("{what} --from"), from)?;
+        self.images.push(ImageUse { line: ins.line, reference: from.to_string(), name, base: false });
         Ok(())
     }
 
@@ -602,6 +724,26 @@ pub fn check(text: &str) -> Result<Checked, Invalid> {
         return Err(invalid("the Dockerfile has no FROM".to_string()));
     }
     Ok(Checked { images: policy.images })
+}
+
+/// Refuses every image the Dockerfile uses from outside whose repository is not one the
+/// operator allows (`RUNNER_BUILD_BASE_IMAGES`, any tag). Decided on the names alone, before
+/// the engine is asked anything: the answer is the same whether such an image exists or not.
+pub fn check_allowed(checked: &Checked, allowed: &[String]) -> Result<(), Invalid> {
+    let repositories: Vec<String> = allowed.iter().filter_map(|a| repository_name(a).ok()).collect();
+    for use_ in &checked.images {
+        if !repositories.contains(&use_.name.repository) {
+            let list = if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") };
+            return Err(invalid(format!(
+                "Dockerfile line {}: {} {} is not an image builds here may use: FROM and COPY --from name images \
+                 of the repositories this runner allows (RUNNER_BUILD_BASE_IMAGES: {list}), by tag",
+                use_.line,
+                if use_.base { "FROM" } else { "COPY --from" },
+                use_.reference
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the `ONBUILD` triggers of a base image a build starts `FROM` (at `line`): each one is
@@ -716,16 +858,21 @@ mod tests {
 
     #[test]
     fn ordinary_dockerfiles_pass() {
+        let defaults = crate::config::Settings::defaults().build_base_images;
         for name in ["python-fizzbuzz", "shell-wordcount", "redis-counter"] {
             let path = format!("{}/../exercise-images/examples/{name}/Dockerfile", env!("CARGO_MANIFEST_DIR"));
             let text = std::fs::read_to_string(&path).unwrap();
             let c = check(&text).unwrap_or_else(|e| panic!("{name}: {}", e.message));
+            let name_ = ImageName { repository: "docker.io/exercise-runner/base".into(), tag: "latest".into() };
             assert_eq!(
                 c.images,
-                [ImageUse { line: 1, reference: "exercise-runner/base:latest".into(), base: true }],
+                [ImageUse { line: 1, reference: "exercise-runner/base:latest".into(), name: name_, base: true }],
                 "{name}"
             );
+            check_allowed(&c, &defaults).unwrap_or_else(|e| panic!("{name}: {}", e.message));
         }
+        // The tests' image is allowed by default too.
+        check_allowed(&check("FROM exercise-runner/busybox:latest\n").unwrap(), &defaults).unwrap();
         let c = check(
             "ARG V=1\nFROM exercise-runner/base:latest AS build\nRUN make\nFROM busybox\n\
              COPY --from=build /out /out\nCOPY --from=0 /a /b\nCOPY --from=tools:1 /t /t\n\
@@ -735,6 +882,11 @@ mod tests {
         .unwrap();
         let refs: Vec<(&str, bool)> = c.images.iter().map(|i| (i.reference.as_str(), i.base)).collect();
         assert_eq!(refs, [("exercise-runner/base:latest", true), ("busybox", true), ("tools:1", false)]);
+        let names: Vec<String> = c.images.iter().map(|i| i.name.full()).collect();
+        assert_eq!(
+            names,
+            ["docker.io/exercise-runner/base:latest", "docker.io/library/busybox:latest", "docker.io/library/tools:1"]
+        );
         assert!(check("FROM scratch\nCOPY a /a\n").unwrap().images.is_empty());
     }
 
@@ -788,45 +940,143 @@ mod tests {
 
     #[test]
     fn directives_and_triggers_that_change_the_parser_are_refused() {
-        assert!(refused("# syntax=docker/dockerfile:1\nFROM a\n").contains("syntax"));
-        assert!(refused("# SYNTAX = evil/frontend\nFROM a\n").contains("syntax"));
-        assert!(refused("# escape=`\n# Syntax=evil\nFROM a\n").contains("syntax"));
+        assert!(refused("# syntax=docker/dockerfile:1\nFROM x\n").contains("syntax"));
+        assert!(refused("# SYNTAX = evil/frontend\nFROM x\n").contains("syntax"));
+        assert!(refused("# escape=`\n# Syntax=evil\nFROM x\n").contains("syntax"));
         // Not at the top: not a directive to Docker 20.10, but another parser might read it.
-        assert!(refused("# hello\n# syntax=evil\nFROM a\n").contains("line 2"));
-        assert!(refused("# check=skip=all\n# escape=`\nFROM a\nADD `\n http://x/y /z\n").contains("line 2"));
-        assert!(refused("#!/usr/bin/env docker\n# syntax=evil\nFROM a\n").contains("line 2"));
-        assert!(refused("// syntax=evil\nFROM a\n").contains("unknown instruction"));
+        assert!(refused("# hello\n# syntax=evil\nFROM x\n").contains("line 2"));
+        assert!(refused("# check=skip=all\n# escape=`\nFROM x\nADD `\n http://x/y /z\n").contains("line 2"));
+        assert!(refused("#!/usr/bin/env docker\n# syntax=evil\nFROM x\n").contains("line 2"));
+        assert!(refused("// syntax=evil\nFROM x\n").contains("unknown instruction"));
         assert!(refused("{\"syntax\": \"evil\"}\n").contains("unknown instruction"));
-        assert!(refused("# escape=x\nFROM a\n").contains("line 1"));
-        assert!(refused("FROM a\nONBUILD RUN make\n").contains("ONBUILD is not allowed"));
-        assert!(refused("FROM a\nONBUİLD RUN make\n").contains("unknown instruction"));
-        assert!(refused("FROM a\nRUN --network=host curl x\n").contains("RUN takes no flags"));
-        assert!(refused("FROM a\nRUN --mount=type=secret,id=x cat /run/secrets/x\n").contains("RUN takes no flags"));
-        assert!(refused("FROM a\nRUN cat <<'EOF'\nx\nEOF\n").contains("heredoc"));
-        assert!(refused("FROM a\nCOPY <<-EOF /x\nx\nEOF\n").contains("heredoc"));
-        assert!(refused("FROM a\nADD\u{a0}http://x/y /z\n").contains("unknown instruction"));
+        assert!(refused("# escape=x\nFROM x\n").contains("line 1"));
+        assert!(refused("FROM x\nONBUILD RUN make\n").contains("ONBUILD is not allowed"));
+        assert!(refused("FROM x\nONBUİLD RUN make\n").contains("unknown instruction"));
+        assert!(refused("FROM x\nRUN --network=host curl x\n").contains("RUN takes no flags"));
+        assert!(refused("FROM x\nRUN --mount=type=secret,id=x cat /run/secrets/x\n").contains("RUN takes no flags"));
+        assert!(refused("FROM x\nRUN cat <<'EOF'\nx\nEOF\n").contains("heredoc"));
+        assert!(refused("FROM x\nCOPY <<-EOF /x\nx\nEOF\n").contains("heredoc"));
+        assert!(refused("FROM x\nADD\u{a0}http://x/y /z\n").contains("unknown instruction"));
         assert!(refused("RUN x\n").contains("before the first FROM"));
         assert!(refused("").contains("no instructions"));
         assert!(refused("# just a comment\n\n").contains("no instructions"));
-        assert!(refused("FROM a b\n").contains("AS <name>"));
+        assert!(refused("FROM x b\n").contains("AS <name>"));
     }
 
     #[test]
     fn images_from_outside_are_plain_references() {
         assert!(refused("ARG B=x\nFROM $B\n").contains("variable"));
         assert!(refused("FROM http://evil/x\n").contains("not an image reference"));
-        assert!(refused("FROM a\nCOPY --from=$X /a /b\n").contains("variable"));
+        assert!(refused("FROM x\nCOPY --from=$X /a /b\n").contains("variable"));
         assert!(
-            refused("FROM a\nCOPY --from /a /b\n").contains("--name=value"),
+            refused("FROM x\nCOPY --from /a /b\n").contains("--name=value"),
             "the engine versions disagree on this form"
         );
-        assert!(refused("FROM a\nCOPY --from=\"x\" /a /b\n").contains("quotes"));
-        assert!(refused("FROM a\nCOPY --from=0 /a /b\n").contains("no earlier stage"));
-        assert!(refused("FROM a\nCOPY --link /a /b\n").contains("must be written"));
-        assert!(refused("FROM a\nCOPY --parents=true /a /b\n").contains("not allowed"));
-        assert!(refused("FROM a\nADD --checksum=sha256:0 x /b\n").contains("not allowed"));
+        assert!(refused("FROM x\nCOPY --from=\"x\" /a /b\n").contains("quotes"));
+        assert!(refused("FROM x\nCOPY --from=0 /a /b\n").contains("no earlier stage"));
+        assert!(refused("FROM x\nCOPY --link /a /b\n").contains("must be written"));
+        assert!(refused("FROM x\nCOPY --parents=true /a /b\n").contains("not allowed"));
+        assert!(refused("FROM x\nADD --checksum=sha256:0 x /b\n").contains("not allowed"));
         let c = check("FROM 127.0.0.1:5000/secret/app:1\nCOPY --from=localhost:5000/x /a /b\n").unwrap();
         assert_eq!(c.images.len(), 2, "listed, so the engine check refuses them unless they are already there");
+    }
+
+    /// The engine resolves a reference it has no tag for by searching image IDs, so a prefix
+    /// reaches any image on the engine: no spelling of an ID or digest passes, in FROM or
+    /// COPY --from.
+    #[test]
+    fn images_are_named_by_repository_and_tag_never_by_id_or_digest() {
+        let id = "0237e5cd1c0d4c8d18f8df88a9b2c3d4e5f60718293a4b5c6d7e8f9012345678";
+        for r in [
+            "0",
+            "0a",
+            "0237e",
+            "0237E",
+            id,
+            &id[..12],
+            &format!("sha256:{id}"),
+            "sha256:0237e",
+            "SHA256:0237e",
+            "sha512:ab",
+            &format!("busybox@sha256:{id}"),
+            &format!("exercise-runner/base:latest@sha256:{id}"),
+        ] {
+            let m = refused(&format!("FROM {r}\n"));
+            assert!(m.contains("image ID") || m.contains("digest"), "FROM {r}: {m}");
+            if r.bytes().all(|b| b.is_ascii_digit()) {
+                continue; // COPY --from=<digits> is a stage index
+            }
+            let m = refused(&format!("FROM exercise-runner/base\nCOPY --from={r} /opt/exercise/ /loot/\n"));
+            assert!(m.contains("image ID") || m.contains("digest"), "COPY --from={r}: {m}");
+            assert!(m.starts_with("Dockerfile line 2: COPY --from"), "{m}");
+        }
+        // Not hex, or not alone: names, as the engine reads them too.
+        for ok in ["0237g", "cafe-1", "a0237e/x", "0237e:1"] {
+            check(&format!("FROM {ok}\n")).unwrap_or_else(|e| panic!("{ok}: {}", e.message));
+        }
+        // A stage named like an ID is a stage, not an image.
+        let c =
+            check("FROM exercise-runner/base AS cafe\nFROM exercise-runner/base\nCOPY --from=cafe /a /b\n").unwrap();
+        assert_eq!(c.images.len(), 2);
+        assert!(refused("FROM --platform=linux/amd64 exercise-runner/base\n").contains("FROM takes no flags"));
+        assert!(refused("FROM --platform=$BUILDPLATFORM x\n").contains("FROM takes no flags"));
+        assert!(refused("FROM exercise-runner/base\nCOPY --from=0 /a /b\n").contains("no earlier stage"));
+        for bad in ["Exercise-Runner/base", "a//b", "a/-b", "a:", "a:-x", "-a", "a..b", "a___b", "Host.Example:5000/x"]
+        {
+            refused(&format!("FROM {bad}\n"));
+        }
+    }
+
+    #[test]
+    fn references_normalize_as_the_engine_reads_them() {
+        let n = |r: &str| normalize_reference(r).map(|n| n.full()).unwrap_or_else(|e| panic!("{r}: {e}"));
+        assert_eq!(n("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(n("library/busybox:1"), "docker.io/library/busybox:1");
+        assert_eq!(n("docker.io/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(n("index.docker.io/library/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(n("exercise-runner/base"), "docker.io/exercise-runner/base:latest");
+        assert_eq!(n("docker.io/exercise-runner/base:latest"), "docker.io/exercise-runner/base:latest");
+        assert_eq!(n("localhost/x"), "localhost/x:latest");
+        assert_eq!(n("127.0.0.1:5000/team/tools:2.1"), "127.0.0.1:5000/team/tools:2.1");
+        assert_eq!(n("registry.example.org/a/b_c__d-e--f.g"), "registry.example.org/a/b_c__d-e--f.g:latest");
+        assert_eq!(repository_name("busybox").unwrap(), "docker.io/library/busybox");
+        assert_eq!(repository_name("127.0.0.1:5000/x").unwrap(), "127.0.0.1:5000/x");
+        assert!(repository_name("busybox:1").is_err());
+        assert!(repository_name("0237e").is_err());
+    }
+
+    /// Only the operator's repositories, any tag, compared on the normalised name; the message
+    /// is the same for an image that exists and one that does not (no engine is asked).
+    #[test]
+    fn only_allowed_repositories_may_be_used_from_outside() {
+        let allowed = ["exercise-runner/base".to_string(), "debian".to_string()];
+        let ok = |text: &str| check_allowed(&check(text).unwrap(), &allowed);
+        for text in [
+            "FROM exercise-runner/base\n",
+            "FROM docker.io/exercise-runner/base:latest\n",
+            "FROM index.docker.io/exercise-runner/base:v2\n",
+            "FROM debian:bookworm-slim\nCOPY --from=library/debian:12 /a /b\n",
+            "FROM docker.io/library/debian\n",
+            "FROM scratch\nCOPY a /a\n",
+        ] {
+            ok(text).unwrap_or_else(|e| panic!("{text:?}: {}", e.message));
+        }
+        for (text, line) in [
+            ("FROM exercise-runner/shell-wordcount:f839ed45656e\n", 1),
+            ("FROM exercise-runner/base\nCOPY --from=exercise-runner/answer:a1ff1da21199 /opt/exercise/ /loot/\n", 2),
+            ("FROM exercise-runner/base-evil\n", 1),
+            ("FROM evil.example/exercise-runner/base\n", 1),
+            ("FROM localhost:5000/exercise-runner/base\n", 1),
+            ("FROM 127.0.0.1:5000/secret/app:1\n", 1),
+            ("FROM exercise-runner/debian\n", 1),
+        ] {
+            let e = ok(text).unwrap_err();
+            assert_eq!(e.code, "invalid_dockerfile");
+            assert!(e.message.starts_with(&format!("Dockerfile line {line}: ")), "{text:?}: {}", e.message);
+            assert!(e.message.contains("RUNNER_BUILD_BASE_IMAGES: exercise-runner/base, debian"), "{}", e.message);
+        }
+        let e = check_allowed(&check("FROM busybox\n").unwrap(), &[]).unwrap_err();
+        assert!(e.message.contains("RUNNER_BUILD_BASE_IMAGES: none"), "{}", e.message);
     }
 
     #[test]

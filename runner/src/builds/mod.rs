@@ -160,7 +160,7 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
     };
     let dockerfile = std::str::from_utf8(dockerfile)
         .map_err(|_| Invalid::new("invalid_dockerfile", "the Dockerfile is not UTF-8"))?;
-    check_dockerfile(dockerfile)?;
+    check_dockerfile(&app.settings.build_base_images, dockerfile)?;
     for (field, dir) in [("learner_files", &m.learner_files), ("solution", &m.solution)] {
         if !tree.has_dir(dir) {
             return Err(Invalid::new(
@@ -194,9 +194,9 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
 }
 
 /// The images the tree's Dockerfile uses from outside (the tree passed [`validate_tree`]).
-fn tree_images(tree: &Tree) -> Result<dockerfile::Checked, Invalid> {
+fn tree_images(app: &App, tree: &Tree) -> Result<dockerfile::Checked, Invalid> {
     let text = tree.file("Dockerfile").unwrap_or_default();
-    check_dockerfile(std::str::from_utf8(text).unwrap_or_default())
+    check_dockerfile(&app.settings.build_base_images, std::str::from_utf8(text).unwrap_or_default())
 }
 
 /// Whether one repository directory is the other or inside it (`""` and `"."` are the root).
@@ -212,18 +212,33 @@ fn dirs_overlap(a: &str, b: &str) -> bool {
 pub const MAX_ACTIVE_PER_EXERCISE: usize = 3;
 
 /// Refuses Dockerfiles that would make the engine fetch anything itself (see
-/// [`dockerfile::check`]); what it returns lists the images the build uses from outside.
-pub fn check_dockerfile(text: &str) -> Result<dockerfile::Checked, Invalid> {
-    dockerfile::check(text)
+/// [`dockerfile::check`]) or that use an image from outside the operator's list `allowed`
+/// ([`dockerfile::check_allowed`]); what it returns lists the images the build uses from outside.
+pub fn check_dockerfile(allowed: &[String], text: &str) -> Result<dockerfile::Checked, Invalid> {
+    let checked = dockerfile::check(text)?;
+    dockerfile::check_allowed(&checked, allowed)?;
+    Ok(checked)
 }
 
+/// The label every exercise image carries (set by the build request, over anything the
+/// Dockerfile says).
+pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
+
 /// Checks the images a Dockerfile uses from outside against the engine: each must already be
-/// there (a missing one would be pulled by the engine, from the host's network namespace, and
-/// its triggers run unchecked), and a `FROM` image's `ONBUILD` triggers must meet the same
-/// policy as the Dockerfile's own lines.
+/// there under the very name the Dockerfile gives (a missing one would be pulled by the engine,
+/// from the host's network namespace, and its triggers run unchecked; a lookup that found an
+/// image only by searching image IDs is no match), must not be an exercise image (an exercise
+/// whose slug is an allowed repository's, `exercise-runner/base:<version>`, holds its hidden
+/// tests), and a `FROM` image's `ONBUILD` triggers must meet the same policy as the
+/// Dockerfile's own lines. One answer for every way an image is not usable, so the check tells
+/// an author nothing about the engine's images beyond the allowed ones.
 pub async fn check_images(app: &App, checked: &dockerfile::Checked) -> Result<(), BuildError> {
     for use_ in &checked.images {
-        let Some(info) = app.engine.image(&use_.reference).await? else {
+        let found = app.engine.image(&use_.name.full()).await?.filter(|info| {
+            let named = info.repo_tags.iter().any(|t| dockerfile::normalize_reference(t).is_ok_and(|n| n == use_.name));
+            named && !info.labels.contains_key(LABEL_EXERCISE)
+        });
+        let Some(info) = found else {
             return Err(Invalid::new(
                 "invalid_dockerfile",
                 format!(
@@ -267,7 +282,7 @@ pub async fn submit_archive(app: &Arc<App>, slug: &Slug, body: bytes::Bytes) -> 
     let tree =
         tokio::task::spawn_blocking(move || Tree::from_archive(&body, caps)).await.map_err(anyhow::Error::from)??;
     validate_tree(app, slug, &tree)?;
-    check_images(app, &tree_images(&tree)?).await?;
+    check_images(app, &tree_images(app, &tree)?).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let blob = tree.to_full_tar();
     let dir = app.settings.builds_dir();
@@ -518,14 +533,14 @@ async fn build_steps(
     } else {
         // Again here: a git build's Dockerfile is first seen now, and an image may have changed
         // since the submit.
-        let images = tree_images(&tree).map_err(|e| anyhow::anyhow!(e.message))?;
+        let images = tree_images(app, &tree).map_err(|e| anyhow::anyhow!(e.message))?;
         check_images(app, &images).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         if app.settings.build_network != "none" {
             isolation::require(app).await?;
         }
         log.step("docker build");
         let labels = HashMap::from([
-            ("exercise-runner.exercise".to_string(), slug.to_string()),
+            (LABEL_EXERCISE.to_string(), slug.to_string()),
             ("exercise-runner.version".to_string(), version.clone()),
         ]);
         let req = crate::docker::images::BuildRequest {
@@ -592,7 +607,11 @@ mod tests {
 
     #[test]
     fn dockerfiles_may_not_make_the_engine_fetch_urls() {
+        let allowed = ["x".to_string()];
+        let check_dockerfile = |text: &str| check_dockerfile(&allowed, text);
         assert!(check_dockerfile("FROM x\nADD app.tar /opt/\nCOPY a b\n").is_ok());
+        let e = check_dockerfile("FROM y\n").unwrap_err();
+        assert!(e.message.contains("RUNNER_BUILD_BASE_IMAGES: x"), "{}", e.message);
         for bad in [
             "FROM x\nADD http://127.0.0.1:8080/metrics /x\n",
             "FROM x\nadd HTTPS://example.org/a /x\n",

@@ -50,6 +50,8 @@ pub struct ImageInfo {
     pub volumes: Vec<String>,
     /// `ONBUILD` triggers: instructions the engine runs when a build starts `FROM` this image.
     pub on_build: Vec<String>,
+    /// The image's `repository:tag` names (as the engine lists them, `busybox:latest`).
+    pub repo_tags: Vec<String>,
 }
 
 impl ImageInfo {
@@ -165,6 +167,7 @@ impl Engine {
         match self.docker.inspect_image(reference).await {
             Ok(img) => Ok(Some(ImageInfo {
                 id: img.id.unwrap_or_default(),
+                repo_tags: img.repo_tags.clone().unwrap_or_default(),
                 labels: img.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default(),
                 volumes: img
                     .config
