@@ -42,6 +42,14 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Drops connections that closed while idle (their container ended) and containers with none.
+    pub(crate) fn forget_closed(&self) {
+        self.idle.lock().expect("lock").retain(|_, list| {
+            list.retain(|s| !s.is_closed());
+            !list.is_empty()
+        });
+    }
+
     /// Keeps a connection whose last response has ended, for the container's next request.
     fn put_back(&self, container: &str, sender: SendRequest<Body>) {
         let mut idle = self.idle.lock().expect("lock");

@@ -252,6 +252,7 @@ impl<B: Backend> Proxy<B> {
             slots.retain(|_, s| s.permits.available_permits() < self.config.max_connections_per_session);
             slots.keys().cloned().collect()
         };
+        self.pool.forget_closed();
         for session in watched {
             if !matches!(self.backend.session(&session).await, Ok(SessionLookup::Running { .. })) {
                 self.session_ended(&session);
@@ -261,7 +262,7 @@ impl<B: Backend> Proxy<B> {
 
     /// The URL token's exchange: an HttpOnly cookie for this session's path (host-only, so with a
     /// host per session it is sent to that host alone), and a redirect without the token.
-    fn exchange(&self, session: &str, rest: &str, now: u64) -> Response {
+    fn exchange(&self, session: &str, path: &str, now: u64) -> Response {
         let cookie =
             token::sign(&self.config.secret, token::Kind::Cookie, session, now + self.config.cookie_ttl.as_secs());
         let same_site = match (self.config.cookie_cross_site, self.config.cookie_secure) {
@@ -273,7 +274,11 @@ impl<B: Backend> Proxy<B> {
             "{COOKIE_NAME}={cookie}; Path=/ide/{session}/; Max-Age={}; HttpOnly; {same_site}",
             self.config.cookie_ttl.as_secs()
         );
-        let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, format!("/ide/{session}/{rest}"))]).into_response();
+        // The request's own path, still percent-encoded (a URI is ASCII), without the token.
+        let location = HeaderValue::from_str(path)
+            .or_else(|_| HeaderValue::from_str(&format!("/ide/{session}/")))
+            .expect("a session id is ASCII");
+        let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response();
         if let Ok(v) = HeaderValue::from_str(&set_cookie) {
             resp.headers_mut().insert(header::SET_COOKIE, v);
         }
@@ -320,8 +325,20 @@ impl<B: Backend> Proxy<B> {
     }
 }
 
-async fn redirect_to_slash(Path(session): Path<String>) -> Response {
-    (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, format!("/ide/{session}/"))]).into_response()
+async fn redirect_to_slash(Path(session): Path<String>, req: Request) -> Response {
+    if !valid_session_id(&session) {
+        return error(StatusCode::NOT_FOUND, "session_not_found", "no such session");
+    }
+    // The page's URLs are relative to `/ide/{session}/`; the token (if any) comes along.
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    match HeaderValue::from_str(&format!("/ide/{session}/{query}")) {
+        Ok(location) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, location)]).into_response(),
+        Err(_) => error(StatusCode::BAD_REQUEST, "invalid_path", "invalid path"),
+    }
+}
+
+fn valid_session_id(id: &str) -> bool {
+    id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
 async fn handle_root<B: Backend>(
@@ -373,8 +390,7 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
             error(status, code, message)
         }
     };
-    let valid_id = session.len() == 36 && session.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    if !valid_id {
+    if !valid_session_id(&session) {
         return fail(StatusCode::NOT_FOUND, "session_not_found", "no such session");
     }
     // 0. With a host per session, a session's IDE answers only on its own host: no other
@@ -455,7 +471,7 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
         }
     };
     if exchange {
-        return proxy.exchange(&session, &rest, now);
+        return proxy.exchange(&session, req.uri().path(), now);
     }
     let Some(container) = container else {
         return fail(StatusCode::CONFLICT, "session_not_running", "the session is starting");
@@ -601,6 +617,29 @@ mod tests {
         let resp = router.clone().oneshot(request("POST", "_runner/check", &own)).await.unwrap();
         assert_eq!(resp.status(), StatusCode::CREATED);
         assert_eq!(backend.checks.load(Ordering::SeqCst), 1);
+    }
+
+    /// The exchange redirects to the link's own path as it was sent (percent-encoded), so a path
+    /// that is no header value once decoded (`%0A`, `%E2%9C%93`) is never a 500.
+    #[tokio::test]
+    async fn an_undecodable_link_path_is_redirected_to_the_page() {
+        let (proxy, _) = proxy(Config::default());
+        let link = token::sign(b"test-secret", token::Kind::Url, SESSION, token::now_unix() + 600);
+        let req = Request::builder().uri(format!("/ide/{SESSION}?token={link}")).body(Body::empty()).unwrap();
+        let resp = proxy.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.headers()[header::LOCATION], format!("/ide/{SESSION}/?token={link}"), "the token comes along");
+        let req = Request::builder().uri("/ide/a%0Ab").body(Body::empty()).unwrap();
+        assert_eq!(proxy.router().oneshot(req).await.unwrap().status(), StatusCode::NOT_FOUND);
+        for path in ["%E2%9C%93", "a%0Ab", "api/files"] {
+            let req = Request::builder()
+                .uri(format!("/ide/{SESSION}/{path}?token={link}"))
+                .header("host", "runner.test")
+                .body(Body::empty())
+                .unwrap();
+            let resp = proxy.router().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::SEE_OTHER, "{path}");
+            assert_eq!(resp.headers()[header::LOCATION], format!("/ide/{SESSION}/{path}"));
+        }
     }
 
     #[test]
