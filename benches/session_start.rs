@@ -14,7 +14,7 @@ use std::{
 use runner::{
     config::{Secret, Settings},
     docker::{
-        policy::{self, Purpose, WorkspaceMount},
+        policy::{Purpose, WorkspaceMount},
         Engine, SandboxOwner,
     },
     domain::{Limits, Runtime, SandboxSpec},
@@ -64,9 +64,9 @@ async fn main() -> anyhow::Result<()> {
         let id = format!("baseline-{i}");
         let owner =
             SandboxOwner { instance: &instance, purpose: Purpose::Session(&id), learner: "bench", exercise: "bench" };
-        let config = policy::sandbox_container(&spec, &owner, WorkspaceMount::Volume(&volume), runtime, "1000:1000");
+
         let t = Instant::now();
-        let c = engine.create_container(&policy::sandbox_name(&instance, &id), config).await?;
+        let c = engine.create_sandbox(&spec, &owner, WorkspaceMount::Volume(&volume), runtime, "1000:1000").await?;
         engine.start_container(&c).await?;
         baseline.push(t.elapsed());
         engine.remove_container(&c).await?;

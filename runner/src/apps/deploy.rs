@@ -14,7 +14,7 @@ use super::{
 use crate::{
     app::App,
     builds::log::BuildLog,
-    docker::policy::{self, AppContainer},
+    docker::policy::AppContainer,
     domain::Invalid,
     lifecycle::DeployState,
     store::{now_ms, AppRecord, DeployRecord},
@@ -168,22 +168,22 @@ pub(crate) fn volumes(app: &App, name: &str, spec: &AppSpec) -> Vec<(String, Str
         .collect()
 }
 
-/// A container of this app, made by the one app policy function.
+/// A container of this app, described for the one app policy function (`Engine::create_app_container`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn container(
-    app: &App,
-    name: &str,
-    spec: &AppSpec,
+pub(crate) fn container<'a>(
+    app: &'a App,
+    name: &'a str,
+    spec: &'a AppSpec,
     secrets: &Secrets,
-    role: &str,
-    version: &str,
-    deploy: &str,
-    image: &str,
+    role: &'a str,
+    version: &'a str,
+    deploy: &'a str,
+    image: &'a str,
     command: Vec<String>,
     port: Option<u16>,
     tty: bool,
-) -> bollard::container::Config<String> {
-    policy::app_container(&AppContainer {
+) -> AppContainer<'a> {
+    AppContainer {
         instance: app.engine.instance(),
         app: name,
         role,
@@ -198,7 +198,7 @@ pub(crate) fn container(
         memory_mb: spec.memory_mb,
         network: &app.settings.app_network,
         tty,
-    })
+    }
 }
 
 /// The app's registry login, when it has one.
@@ -235,7 +235,7 @@ pub(crate) async fn start_replica(
     ensure_volumes(app, name, spec).await?;
     let config =
         container(app, name, spec, secrets, service, version, deploy, image, svc.command.clone(), svc.port, false);
-    let id = app.engine.create_container(&replica_name(app, name, service, deploy, replica), config).await?;
+    let id = app.engine.create_app_container(&replica_name(app, name, service, deploy, replica), &config).await?;
     app.engine.start_container(&id).await?;
     Ok(id)
 }
@@ -305,7 +305,7 @@ pub(crate) async fn run_once(
     ensure_volumes(app, name, spec).await?;
     let config = container(app, name, spec, secrets, role, version, &id, image, command, None, false);
     let cname = format!("exercise-runner-{}-app-{name}-{role}-{}", app.engine.instance(), &id[..8]);
-    let cid = app.engine.create_container(&cname, config).await?;
+    let cid = app.engine.create_app_container(&cname, &config).await?;
     let result = async {
         app.engine.start_container(&cid).await?;
         app.engine.follow_logs(&cid, 4 * 1024 * 1024, &mut sink).await?;

@@ -11,7 +11,7 @@ use crate::{
     app::App,
     checks,
     docker::{
-        policy::{self, Purpose, WorkspaceMount},
+        policy::{Purpose, WorkspaceMount},
         ExecRequest, SandboxOwner,
     },
     domain::SandboxSpec,
@@ -60,10 +60,9 @@ async fn steps(
         learner: "self-test",
         exercise: &m.slug,
     };
-    let config = policy::sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, s.runtime, &s.sandbox_user);
     let name = owner.purpose.container_name(owner.instance);
     app.engine.remove_container(&name).await?;
-    let container = app.engine.create_container(&name, config).await?;
+    let container = app.engine.create_sandbox(&spec, &owner, WorkspaceMount::Tmpfs, s.runtime, &s.sandbox_user).await?;
     app.engine.start_container(&container).await?;
 
     let user = &s.sandbox_user;

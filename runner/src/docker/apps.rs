@@ -22,11 +22,9 @@ pub struct AppContainerInfo {
     pub running: bool,
 }
 
-/// A container's attached stdio (a TTY console).
+/// A container's attached stdio (a TTY console): its output as bytes, its input as a writer.
 pub struct Attached {
-    pub output: std::pin::Pin<
-        Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>,
-    >,
+    pub output: std::pin::Pin<Box<dyn futures_util::Stream<Item = anyhow::Result<bytes::Bytes>> + Send>>,
     pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
 }
 
@@ -43,13 +41,16 @@ impl Engine {
         };
         let r = self.docker.attach_container(id, Some(opts)).await;
         let a = self.count("attach_container", r)?;
-        Ok(Attached { output: a.output, input: a.input })
+        use futures_util::StreamExt;
+        let output = a.output.map(|chunk| chunk.map(|o| o.into_bytes()).map_err(anyhow::Error::from));
+        Ok(Attached { output: Box::pin(output), input: a.input })
     }
 
     pub async fn resize_tty(&self, id: &str, cols: u16, rows: u16) -> anyhow::Result<()> {
         let opts =
             bollard::container::ResizeContainerTtyOptions { width: cols.clamp(2, 1000), height: rows.clamp(2, 500) };
-        self.docker.resize_container_tty(id, opts).await?;
+        let r = self.docker.resize_container_tty(id, opts).await;
+        self.count("resize_container_tty", r)?;
         Ok(())
     }
 
@@ -95,7 +96,7 @@ impl Engine {
                 Ok(img.repo_digests.unwrap_or_default().into_iter().find(|d| d.starts_with(&format!("{repo}@"))))
             }
             Err(e) if super::is_status(&e, 404) => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(self.count("inspect_image", Err::<(), _>(e)).unwrap_err().into()),
         }
     }
 
@@ -106,7 +107,7 @@ impl Engine {
             Some(Ok(r)) => Ok(r.status_code),
             // bollard reports a non-zero exit as an error carrying the code.
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
-            Some(Err(e)) => Err(e.into()),
+            Some(Err(e)) => Err(self.count("wait_container", Err::<(), _>(e)).unwrap_err().into()),
             None => bail!("waiting for {id}: the engine closed the stream"),
         }
     }
@@ -118,7 +119,7 @@ impl Engine {
         let mut s = self.docker.logs(id, Some(opts));
         let mut seen = 0;
         while let Some(item) = s.next().await {
-            let bytes = item?.into_bytes();
+            let bytes = self.count("logs", item)?.into_bytes();
             if seen < max {
                 let n = bytes.len().min(max - seen);
                 sink(&bytes[..n]);
@@ -130,7 +131,8 @@ impl Engine {
 
     /// The 127.0.0.1 port a container's `port/tcp` is published on.
     pub async fn published_port(&self, id: &str, port: u16) -> anyhow::Result<Option<u16>> {
-        let c = self.docker.inspect_container(id, None).await?;
+        let r = self.docker.inspect_container(id, None).await;
+        let c = self.count("inspect_container", r)?;
         let key = format!("{port}/tcp");
         Ok(c.network_settings
             .and_then(|n| n.ports)

@@ -26,7 +26,10 @@ use bollard::{
 };
 use futures_util::StreamExt;
 
-use crate::metrics::Metrics;
+use crate::{
+    domain::{Runtime, SandboxSpec},
+    metrics::Metrics,
+};
 pub use policy::SandboxOwner;
 
 #[derive(Clone)]
@@ -183,13 +186,29 @@ impl Engine {
         }
     }
 
+    /// Creates a sandbox under the one hardening policy (`policy::sandbox_container`), by its
+    /// deterministic name; a retried or racing create gets the same container. Callers describe
+    /// the sandbox in domain terms; the Docker configuration never leaves this module.
+    pub async fn create_sandbox(
+        &self,
+        spec: &SandboxSpec,
+        owner: &SandboxOwner<'_>,
+        workspace: policy::WorkspaceMount<'_>,
+        runtime: Runtime,
+        user: &str,
+    ) -> anyhow::Result<String> {
+        let config = policy::sandbox_container(spec, owner, workspace, runtime, user);
+        self.create_container(&owner.purpose.container_name(owner.instance), config).await
+    }
+
+    /// Creates a managed app's container under the app policy (`policy::app_container`).
+    pub async fn create_app_container(&self, name: &str, c: &policy::AppContainer<'_>) -> anyhow::Result<String> {
+        self.create_container(name, policy::app_container(c)).await
+    }
+
     /// Creates a container by name; when a container of that name exists already (a retried or
     /// racing create), returns that one instead. Idempotent.
-    pub async fn create_container(
-        &self,
-        name: &str,
-        config: bollard::container::Config<String>,
-    ) -> anyhow::Result<String> {
+    async fn create_container(&self, name: &str, config: bollard::container::Config<String>) -> anyhow::Result<String> {
         for _ in 0..2 {
             let opts = CreateContainerOptions { name: name.to_string(), platform: None };
             match self.docker.create_container(Some(opts), config.clone()).await {

@@ -78,7 +78,7 @@ pub fn sandbox_name(instance: &str, session_id: &str) -> String {
 }
 
 /// Builds the container configuration of a sandbox. The hardening, line by line:
-pub fn sandbox_container(
+pub(super) fn sandbox_container(
     spec: &SandboxSpec,
     owner: &SandboxOwner<'_>,
     workspace: WorkspaceMount<'_>,
@@ -219,7 +219,7 @@ pub struct AppContainer<'a> {
 /// Hexlet way: read-only root with tmpfs for its writable paths, no capabilities, no new
 /// privileges, bounded memory, pids and logs; its port is published on 127.0.0.1 only, where the
 /// runner's ingress reaches it.
-pub fn app_container(c: &AppContainer<'_>) -> Config<String> {
+pub(super) fn app_container(c: &AppContainer<'_>) -> Config<String> {
     let memory = (c.memory_mb * 1024 * 1024) as i64;
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),

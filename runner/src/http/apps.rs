@@ -199,7 +199,7 @@ pub async fn console(
     deploy::ensure_volumes(&app, &name, &spec).await?;
     let config = deploy::container(&app, &name, &spec, &secrets, "console", &version, &id, &image, command, None, true);
     let cname = format!("exercise-runner-{}-app-{name}-console-{}", app.engine.instance(), &id[..8]);
-    let cid = app.engine.create_container(&cname, config).await?;
+    let cid = app.engine.create_app_container(&cname, &config).await?;
     let attached = match app.engine.attach(&cid).await {
         Ok(a) => a,
         Err(e) => {
@@ -229,8 +229,8 @@ async fn console_session(
     loop {
         tokio::select! {
             out = output.next() => match out {
-                Some(Ok(chunk)) => socket.send(Message::Binary(chunk.into_bytes())).await?,
-                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(chunk)) => socket.send(Message::Binary(chunk)).await?,
+                Some(Err(e)) => return Err(e),
                 None => {
                     let code = app.engine.wait_exit(cid).await.unwrap_or(-1);
                     let frame = CloseFrame { code: 1000, reason: format!("exit {code}").into() };

@@ -240,15 +240,16 @@ async fn start_sandbox(app: &App, session: &SessionRecord) -> anyhow::Result<boo
         learner: &session.learner,
         exercise: &session.exercise,
     };
-    let config = policy::sandbox_container(
-        &spec,
-        &owner,
-        WorkspaceMount::Volume(&volume),
-        app.settings.runtime,
-        &app.settings.sandbox_user,
-    );
-    let name = policy::sandbox_name(app.engine.instance(), &session.id);
-    let container = app.engine.create_container(&name, config).await?;
+    let container = app
+        .engine
+        .create_sandbox(
+            &spec,
+            &owner,
+            WorkspaceMount::Volume(&volume),
+            app.settings.runtime,
+            &app.settings.sandbox_user,
+        )
+        .await?;
     app.engine.start_container(&container).await?;
     if !app.store.mark_running(&session.id, &container).await? {
         app.engine.remove_container(&container).await?;
