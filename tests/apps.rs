@@ -30,7 +30,7 @@ fn registry() -> String {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
 /// What a webhook receiver got: (signature check, payload).
@@ -688,7 +688,7 @@ async fn services_come_back_after_a_runner_restart_and_the_cli_deploys() {
 async fn secrets_never_reach_the_runners_own_log() {
     require_docker();
     let (instance, tmp) = new_instance();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let log_path = tmp.path().join("runner.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runner"))

@@ -18,10 +18,6 @@ struct RunnerProcess {
     client: reqwest::Client,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl RunnerProcess {
     async fn start(data_dir: &Path, instance: &str) -> RunnerProcess {
         let port = free_port();

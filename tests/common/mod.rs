@@ -451,3 +451,17 @@ pub async fn concurrent_puts_neither_fail_nor_lose_writes(app: &TestApp) {
     assert_eq!(v["auto_publish"], false, "a concurrent PUT lost auto_publish: {v}");
     assert_eq!(v["hook_secret_set"], true, "a concurrent PUT lost the hook secret: {v}");
 }
+
+/// A free port on 127.0.0.1 for a server a test starts by address (the ingress, a runner
+/// process). Taken below the kernel's ephemeral range: a port `bind(":0")` handed out and
+/// released can be reused at once as the source port of any client connection on this busy
+/// machine, and the server's bind then fails.
+pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let port = 20000 + (uuid::Uuid::new_v4().as_u128() % 12000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
+}
