@@ -21,11 +21,8 @@ pub struct App {
     pub start_slots: Arc<Semaphore>,
     /// Sessions whose sandbox is being started right now; the reconciler leaves them alone.
     pub starting: Mutex<HashSet<String>>,
-    /// Bounds concurrent checks of learners' work (`RUNNER_MAX_CONCURRENT_CHECKS`), one slot per
-    /// learner at a time.
-    pub check_slots: Arc<crate::checks::FairSlots>,
-    /// The check running for each session; a second request joins it.
-    pub checks_in_flight: Arc<crate::checks::SingleFlight<crate::checks::SharedResult>>,
+    /// Learners' checks (their slots and the checks in flight).
+    pub checks: Arc<crate::checks::Checks>,
     /// Bounds repositories being unpacked in memory at once.
     pub intake_slots: Arc<Semaphore>,
     /// Bounds concurrent builds; queued builds wait in the database.
@@ -72,8 +69,6 @@ impl App {
         workspaces.check().await?;
         let quota = Quota::per_second(NonZeroU32::new(settings.rate_limit_per_sec).expect("validated"))
             .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
-        let proxy_config = crate::ide::proxy_config(&settings);
-        let user = settings.sandbox_user.clone();
         let secret_box = crate::secret_box::SecretBox::new(
             anyhow::Context::context(
                 settings.secrets_key.as_ref(),
@@ -81,11 +76,11 @@ impl App {
             )?
             .expose(),
         );
-        Ok(Arc::new_cyclic(|weak| App {
+        let checks = crate::checks::Checks::new(&settings, store.clone(), engine.clone(), metrics.clone());
+        Ok(Arc::new(App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
-            check_slots: crate::checks::FairSlots::new(settings.max_concurrent_checks, 1),
-            checks_in_flight: crate::checks::SingleFlight::new(),
+            checks: checks.clone(),
             intake_slots: Arc::new(Semaphore::new(settings.max_concurrent_intakes)),
             build_slots: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
             build_isolation: Mutex::new(None),
@@ -99,10 +94,7 @@ impl App {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("http client"),
-            ide: web_ide_proxy::Proxy::new(
-                crate::ide::RunnerBackend { app: weak.clone(), store: store.clone(), engine: engine.clone(), user },
-                proxy_config,
-            ),
+            ide: crate::ide::proxy(&settings, store.clone(), engine.clone(), checks),
             secret_box,
             settings,
             store,

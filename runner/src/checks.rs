@@ -20,11 +20,11 @@ use serde::Serialize;
 use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
-    app::App,
+    config::Settings,
     docker::{Engine, ExecRequest},
     domain::{SandboxSpec, SessionState, TESTS_DIR},
-    sessions::SessionError,
-    store::{now_ms, CheckRecord},
+    metrics::Metrics,
+    store::{now_ms, CheckRecord, Store},
 };
 
 /// How long services named by the exercise may take to come up when nothing else bounds the
@@ -189,33 +189,108 @@ pub fn to_view(c: &CheckRecord) -> Check {
 }
 
 /// The result of a session's check, as every request that joined it receives it.
-pub type SharedResult = Result<CheckRecord, Arc<SessionError>>;
+pub type SharedResult = Result<CheckRecord, Arc<CheckError>>;
 
-/// Checks a learner's current work in their running session; counts as activity.
-///
-/// A session has at most one check in flight. A request that arrives while one runs joins it
-/// and answers with its result: both routes (the API's and the IDE's Check button) come here,
-/// and a learner clicking twice, or a script firing many requests, gets one check, not many.
-/// The check runs in a task of its own, so a caller that goes away does not cut it short for the
-/// others, and its record is written either way.
-pub async fn check_session(app: &Arc<App>, session_id: &str) -> Result<CheckRecord, SessionError> {
-    let session = crate::sessions::get(app, session_id).await?;
-    if session.state != SessionState::Running {
-        return Err(SessionError::NotRunning(session_id.to_string()));
+/// Why a session's check did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("session {0:?} does not exist")]
+    NotFound(String),
+    #[error("session {0:?} is not running")]
+    NotRunning(String),
+    #[error("too many checks are running; try again shortly")]
+    QueueFull,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// Learners' checks of their sessions: the check slots and the checks in flight are this
+/// capability's own state; it gets only the infrastructure it uses. Built once at launch (and
+/// by `runner ide-proxy`, which runs checks too).
+pub struct Checks {
+    store: Store,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    user: String,
+    output_bytes: usize,
+    /// `RUNNER_MAX_CONCURRENT_CHECKS` slots, at most one per learner at a time.
+    slots: Arc<FairSlots>,
+    /// The check running for each session; a second request joins it.
+    in_flight: Arc<SingleFlight<SharedResult>>,
+}
+
+impl Checks {
+    pub fn new(settings: &Settings, store: Store, engine: Engine, metrics: Arc<Metrics>) -> Arc<Checks> {
+        Arc::new(Checks {
+            store,
+            engine,
+            metrics,
+            user: settings.sandbox_user.clone(),
+            output_bytes: settings.check_output_bytes,
+            slots: FairSlots::new(settings.max_concurrent_checks, 1),
+            in_flight: SingleFlight::new(),
+        })
     }
-    let container = session.container_id.clone().ok_or_else(|| SessionError::NotRunning(session_id.to_string()))?;
-    let spec: SandboxSpec = serde_json::from_str(&session.spec).map_err(anyhow::Error::from)?;
-    let check = {
-        let app = app.clone();
-        let id = session_id.to_string();
-        move || async move { run_session_check(&app, &id, &session.learner, &container, &spec).await.map_err(Arc::new) }
-    };
-    match app.checks_in_flight.run(session_id, check).await {
-        Some(Ok(record)) => Ok(record),
-        Some(Err(e)) => Err(same_error(&e)),
-        None => {
-            Err(SessionError::Internal(anyhow::anyhow!("the check of session {session_id} ended without a result")))
+
+    /// Checks a learner's current work in their running session; counts as activity.
+    ///
+    /// A session has at most one check in flight. A request that arrives while one runs joins it
+    /// and answers with its result: both routes (the API's and the IDE's Check button) come here,
+    /// and a learner clicking twice, or a script firing many requests, gets one check, not many.
+    /// The check runs in a task of its own, so a caller that goes away does not cut it short for
+    /// the others, and its record is written either way.
+    pub async fn check_session(self: &Arc<Self>, session_id: &str) -> Result<CheckRecord, CheckError> {
+        let session =
+            self.store.session(session_id).await?.ok_or_else(|| CheckError::NotFound(session_id.to_string()))?;
+        if session.state != SessionState::Running {
+            return Err(CheckError::NotRunning(session_id.to_string()));
         }
+        let container = session.container_id.clone().ok_or_else(|| CheckError::NotRunning(session_id.to_string()))?;
+        let spec: SandboxSpec = serde_json::from_str(&session.spec).map_err(anyhow::Error::from)?;
+        let check = {
+            let checks = self.clone();
+            let id = session_id.to_string();
+            move || async move { checks.run_session_check(&id, &session.learner, &container, &spec).await.map_err(Arc::new) }
+        };
+        match self.in_flight.run(session_id, check).await {
+            Some(Ok(record)) => Ok(record),
+            Some(Err(e)) => Err(same_error(&e)),
+            None => {
+                Err(CheckError::Internal(anyhow::anyhow!("the check of session {session_id} ended without a result")))
+            }
+        }
+    }
+
+    /// One check of a session, in a slot of the learner's: the slot is held only while it runs.
+    async fn run_session_check(
+        &self,
+        session_id: &str,
+        learner: &str,
+        container: &str,
+        spec: &SandboxSpec,
+    ) -> Result<CheckRecord, CheckError> {
+        let Some(slot) = self.slots.acquire(learner, SLOT_WAIT).await else {
+            self.metrics.rejected_requests.with_label_values(&["check_queue"]).inc();
+            return Err(CheckError::QueueFull);
+        };
+        self.store.touch_session(session_id, now_ms()).await?;
+        let outcome = run_check(&self.engine, container, spec, &self.user, self.output_bytes).await?;
+        drop(slot);
+        let record = CheckRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            session_id: session_id.to_string(),
+            passed: outcome.passed,
+            exit_code: outcome.exit_code,
+            output: outcome.output,
+            truncated: outcome.truncated,
+            timed_out: outcome.timed_out,
+            duration_ms: outcome.duration_ms as i64,
+            created_at: now_ms(),
+        };
+        self.store.insert_check(&record).await?;
+        self.store.touch_session(session_id, now_ms()).await?;
+        self.metrics.checks.with_label_values(&[if record.passed { "passed" } else { "failed" }]).inc();
+        Ok(record)
     }
 }
 
@@ -283,54 +358,13 @@ impl<T> Drop for FlightEntry<T> {
 }
 
 /// The error of a shared check, for one more caller (an internal cause is not `Clone`).
-fn same_error(e: &SessionError) -> SessionError {
+fn same_error(e: &CheckError) -> CheckError {
     match e {
-        SessionError::ExerciseNotFound(s) => SessionError::ExerciseNotFound(s.clone()),
-        SessionError::NotFound(s) => SessionError::NotFound(s.clone()),
-        SessionError::NotLive(s) => SessionError::NotLive(s.clone()),
-        SessionError::NotRunning(s) => SessionError::NotRunning(s.clone()),
-        SessionError::NotPublished(s) => SessionError::NotPublished(s.clone()),
-        SessionError::CheckQueueFull => SessionError::CheckQueueFull,
-        SessionError::AtCapacity(n) => SessionError::AtCapacity(*n),
-        SessionError::StartQueueFull => SessionError::StartQueueFull,
-        SessionError::StartFailed { id, reason } => {
-            SessionError::StartFailed { id: id.clone(), reason: reason.clone() }
-        }
-        SessionError::Internal(cause) => SessionError::Internal(anyhow::anyhow!("{cause:#}")),
+        CheckError::NotFound(s) => CheckError::NotFound(s.clone()),
+        CheckError::NotRunning(s) => CheckError::NotRunning(s.clone()),
+        CheckError::QueueFull => CheckError::QueueFull,
+        CheckError::Internal(cause) => CheckError::Internal(anyhow::anyhow!("{cause:#}")),
     }
-}
-
-/// One check of a session, in a slot of the learner's: the slot is held only while it runs.
-async fn run_session_check(
-    app: &App,
-    session_id: &str,
-    learner: &str,
-    container: &str,
-    spec: &SandboxSpec,
-) -> Result<CheckRecord, SessionError> {
-    let Some(slot) = app.check_slots.acquire(learner, SLOT_WAIT).await else {
-        app.metrics.rejected_requests.with_label_values(&["check_queue"]).inc();
-        return Err(SessionError::CheckQueueFull);
-    };
-    app.store.touch_session(session_id, now_ms()).await?;
-    let outcome =
-        run_check(&app.engine, container, spec, &app.settings.sandbox_user, app.settings.check_output_bytes).await?;
-    drop(slot);
-    let record = CheckRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        session_id: session_id.to_string(),
-        passed: outcome.passed,
-        exit_code: outcome.exit_code,
-        output: outcome.output,
-        truncated: outcome.truncated,
-        timed_out: outcome.timed_out,
-        duration_ms: outcome.duration_ms as i64,
-        created_at: now_ms(),
-    };
-    app.store.insert_check(&record).await?;
-    app.store.touch_session(session_id, now_ms()).await?;
-    app.metrics.checks.with_label_values(&[if record.passed { "passed" } else { "failed" }]).inc();
-    Ok(record)
 }
 
 /// Check slots shared fairly between learners.

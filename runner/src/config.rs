@@ -491,8 +491,7 @@ impl Settings {
                 .map_err(|e| anyhow::anyhow!("RUNNER_BUILD_NETWORK_ALLOW: {e}"))?;
         }
         for name in &self.build_base_images {
-            crate::builds::dockerfile::repository_name(name)
-                .map_err(|e| anyhow::anyhow!("RUNNER_BUILD_BASE_IMAGES: {e}"))?;
+            crate::domain::repository_name(name).map_err(|e| anyhow::anyhow!("RUNNER_BUILD_BASE_IMAGES: {e}"))?;
         }
         let url = self.database_url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {

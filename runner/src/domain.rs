@@ -2,9 +2,11 @@
 
 use std::fmt;
 
+mod image;
 mod sandbox;
 /// The session lifecycle lives with the others in [`crate::lifecycle`].
 pub use crate::lifecycle::SessionState;
+pub use image::{normalize_reference, repository_name, ImageName};
 pub use sandbox::{CheckSpec, Limits, Runtime, SandboxSpec, TESTS_DIR};
 
 /// A time column (milliseconds since the epoch) as the API shows it: RFC 3339, UTC, milliseconds.

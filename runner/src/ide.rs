@@ -1,21 +1,21 @@
 //! The runner's side of the web IDE: how web-ide-proxy finds sessions, reaches the agent in a
 //! sandbox (a `docker exec` of `ide-agent connect`), runs checks and records activity.
 
-use std::{sync::Weak, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::http::StatusCode;
-use web_ide_proxy::{Backend, BoxIo, Config, SessionLookup};
+use web_ide_proxy::{Backend, BoxIo, Config, Proxy, SessionLookup};
 
-use crate::{app::App, config::Settings, domain::SessionState, error::ApiError, store::Store};
+use crate::{checks::Checks, config::Settings, docker::Engine, domain::SessionState, error::ApiError, store::Store};
 
 /// Where the agent listens inside every sandbox built on the base image.
 pub const AGENT_SOCKET: &str = "/run/ide-agent/agent.sock";
 pub const AGENT_BIN: &str = "/usr/local/bin/ide-agent";
 
 pub struct RunnerBackend {
-    pub(crate) app: Weak<App>,
+    pub(crate) checks: Arc<Checks>,
     pub(crate) store: Store,
-    pub(crate) engine: crate::docker::Engine,
+    pub(crate) engine: Engine,
     pub(crate) user: String,
 }
 
@@ -38,10 +38,7 @@ impl Backend for RunnerBackend {
     }
 
     async fn check(&self, session: &str) -> (StatusCode, serde_json::Value) {
-        let Some(app) = self.app.upgrade() else {
-            return (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": {"code": "unavailable"}}));
-        };
-        match crate::checks::check_session(&app, session).await {
+        match self.checks.check_session(session).await {
             Ok(c) => (StatusCode::CREATED, serde_json::to_value(crate::checks::to_view(&c)).unwrap_or_default()),
             Err(e) => {
                 let e = ApiError::from(e);
@@ -57,6 +54,13 @@ impl Backend for RunnerBackend {
             }
         }
     }
+}
+
+/// The IDE proxy over this runner's sessions: the one way `runner serve` and `runner ide-proxy`
+/// build it.
+pub fn proxy(s: &Settings, store: Store, engine: Engine, checks: Arc<Checks>) -> Arc<Proxy<RunnerBackend>> {
+    let backend = RunnerBackend { checks, store, engine, user: s.sandbox_user.clone() };
+    Proxy::new(backend, proxy_config(s))
 }
 
 pub fn proxy_config(s: &Settings) -> Config {
@@ -78,9 +82,9 @@ pub fn proxy_config(s: &Settings) -> Config {
 }
 
 /// The URL the web app embeds: the session's IDE with a short-lived token.
-pub fn ide_url(app: &App, session: &str) -> String {
-    let token = app.ide.url_token(session, app.settings.ide_token_ttl);
-    format!("{}/ide/{session}/?token={token}", ide_origin(&app.settings, session))
+pub fn ide_url(proxy: &Proxy<RunnerBackend>, s: &Settings, session: &str) -> String {
+    let token = proxy.url_token(session, s.ide_token_ttl);
+    format!("{}/ide/{session}/?token={token}", ide_origin(s, session))
 }
 
 /// Where a session's IDE is served: the runner's public URL, or the session's own host (with the

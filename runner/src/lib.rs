@@ -23,7 +23,7 @@ pub mod store;
 pub mod telemetry;
 pub mod workspaces;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -113,12 +113,18 @@ pub async fn launch_ide_proxy(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)?;
     settings.resolve_secrets()?;
-    let app = App::build(settings).await?;
+    // Only what the proxy uses: sessions in the database, exec streams and checks on the
+    // engine. No workspaces (no losetup), no builds, no apps.
+    let metrics = Arc::new(metrics::Metrics::new());
+    let store = store::Store::connect(settings.database_url.expose()).await?;
+    let engine = docker::Engine::connect(&settings.instance, metrics.clone()).await?;
+    let checks = checks::Checks::new(&settings, store.clone(), engine.clone(), metrics);
+    let ide = ide::proxy(&settings, store, engine, checks);
     let cancel = CancellationToken::new();
-    let background = app.ide.spawn_background(cancel.clone());
+    let background = ide.spawn_background(cancel.clone());
     let router = axum::Router::new()
         .route("/healthz", axum::routing::get(http::ops::healthz))
-        .merge(app.ide.router())
+        .merge(ide.router())
         .layer(axum::middleware::from_fn(http::middleware::request_id));
     tracing::info!(addr = %listener.local_addr()?, "exercise-runner IDE proxy listening");
     let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;

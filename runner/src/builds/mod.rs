@@ -235,7 +235,8 @@ pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
 pub async fn check_images(app: &App, checked: &dockerfile::Checked) -> Result<(), BuildError> {
     for use_ in &checked.images {
         let found = app.engine.image(&use_.name.full()).await?.filter(|info| {
-            let named = info.repo_tags.iter().any(|t| dockerfile::normalize_reference(t).is_ok_and(|n| n == use_.name));
+            let named =
+                info.repo_tags.iter().any(|t| crate::domain::normalize_reference(t).is_ok_and(|n| n == use_.name));
             named && !info.labels.contains_key(LABEL_EXERCISE)
         });
         let Some(info) = found else {

@@ -28,11 +28,23 @@ impl From<SessionError> for ApiError {
             SessionError::NotLive(_) => ApiError::conflict("session_not_live", msg),
             SessionError::NotRunning(_) => ApiError::conflict("session_not_running", msg),
             SessionError::NotPublished(_) => ApiError::conflict("exercise_not_published", msg),
-            SessionError::CheckQueueFull => ApiError::unavailable("check_queue_full", msg, 5),
             SessionError::AtCapacity(_) => ApiError::unavailable("session_capacity", msg, 30),
             SessionError::StartQueueFull => ApiError::unavailable("start_queue_full", msg, 5),
             SessionError::StartFailed { .. } => ApiError::unavailable("sandbox_start_failed", msg, 5),
             SessionError::Internal(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::checks::CheckError> for ApiError {
+    fn from(e: crate::checks::CheckError) -> Self {
+        use crate::checks::CheckError;
+        let msg = e.to_string();
+        match e {
+            CheckError::NotFound(_) => ApiError::not_found("session_not_found", msg),
+            CheckError::NotRunning(_) => ApiError::conflict("session_not_running", msg),
+            CheckError::QueueFull => ApiError::unavailable("check_queue_full", msg, 5),
+            CheckError::Internal(e) => ApiError::internal(e),
         }
     }
 }

@@ -92,7 +92,7 @@ pub async fn create_check(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<crate::checks::Check>)> {
-    let record = crate::checks::check_session(&app, &session_id(&id)?).await?;
+    let record = app.checks.check_session(&session_id(&id)?).await?;
     Ok((StatusCode::CREATED, Json(crate::checks::to_view(&record))))
 }
 

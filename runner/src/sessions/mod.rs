@@ -36,8 +36,6 @@ pub enum SessionError {
     NotRunning(String),
     #[error("exercise {0:?} has no published version yet")]
     NotPublished(String),
-    #[error("too many checks are running; try again shortly")]
-    CheckQueueFull,
     #[error("the runner is at its limit of {0} live sessions")]
     AtCapacity(u64),
     #[error("too many sandboxes are starting; try again shortly")]
@@ -88,7 +86,7 @@ pub fn to_view(app: &App, r: &SessionRecord) -> Session {
         last_activity_at: rfc3339(r.last_activity_at),
         expires_at: r.state.is_live().then(|| rfc3339(expires)),
         ended_at: r.ended_at.map(rfc3339),
-        ide_url: r.state.is_live().then(|| crate::ide::ide_url(app, &r.id)),
+        ide_url: r.state.is_live().then(|| crate::ide::ide_url(&app.ide, &app.settings, &r.id)),
     }
 }
 
