@@ -23,16 +23,8 @@ pub struct App {
     pub starting: Mutex<HashSet<String>>,
     /// Learners' checks (their slots and the checks in flight).
     pub checks: Arc<crate::checks::Checks>,
-    /// Bounds repositories being unpacked in memory at once.
-    pub intake_slots: Arc<Semaphore>,
-    /// Bounds concurrent builds; queued builds wait in the database.
-    pub build_slots: Arc<Semaphore>,
-    /// The last verdict on the build network's isolation from the host (`/readyz`).
-    pub build_isolation: Mutex<Option<crate::builds::isolation::Report>>,
-    /// Wakes the build worker when a build is queued.
-    pub build_wake: tokio::sync::Notify,
-    /// Cancellation of the builds running in this process.
-    pub build_cancels: Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    /// The builds of exercise images (their queue, slots and cancellations).
+    pub builds: Arc<crate::builds::Builds>,
     /// Requests per API token.
     pub rate_limiter: DefaultKeyedRateLimiter<String>,
     /// Routes of the managed apps' ingress.
@@ -81,11 +73,7 @@ impl App {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
             checks: checks.clone(),
-            intake_slots: Arc::new(Semaphore::new(settings.max_concurrent_intakes)),
-            build_slots: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
-            build_isolation: Mutex::new(None),
-            build_wake: tokio::sync::Notify::new(),
-            build_cancels: Mutex::new(Default::default()),
+            builds: crate::builds::Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
             rate_limiter: RateLimiter::keyed(quota),
             ingress: Arc::new(Default::default()),
             shutdown: tokio_util::sync::CancellationToken::new(),

@@ -48,9 +48,9 @@ pub async fn launch(
     let app = App::build(settings).await?;
     let report = sessions::reconcile::reconcile_once(&app).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
-    builds::recover(&app).await.context("recovering builds at start")?;
+    builds::recover(&app.builds).await.context("recovering builds at start")?;
     // Not fatal: sessions work without it; builds are refused and /readyz says why.
-    let isolation = builds::isolation::refresh(&app).await;
+    let isolation = builds::isolation::refresh(&app.builds).await;
     tracing::info!(network = %isolation.network, mode = isolation.mode, isolated = isolation.ok, "build network checked");
     apps::deploy::recover(&app).await.context("recovering deploys at start")?;
     let sealed = apps::seal_legacy_secrets(&app).await.context("sealing stored app secrets")?;
@@ -62,8 +62,8 @@ pub async fn launch(
     let background = [
         tokio::spawn(sessions::reaper::run(app.clone(), cancel.clone())),
         tokio::spawn(sessions::reconcile::run(app.clone(), cancel.clone())),
-        tokio::spawn(builds::run_worker(app.clone(), cancel.clone())),
-        tokio::spawn(builds::isolation::run(app.clone(), cancel.clone())),
+        tokio::spawn(builds::run_worker(app.builds.clone(), cancel.clone())),
+        tokio::spawn(builds::isolation::run(app.builds.clone(), cancel.clone())),
         app.ide.spawn_background(cancel.clone()),
         tokio::spawn(apps::supervise::run(app.clone(), cancel.clone())),
     ];

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::BuildError;
-use crate::{app::App, domain::Slug, exercises::ExerciseSpec, store::BuildRecord};
+use super::Builds;
+use crate::{domain::Slug, exercises::ExerciseSpec, store::BuildRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -63,17 +64,17 @@ pub struct HookOutcome {
 
 /// Handles one delivery. `event` is `X-GitHub-Event` (`push` or `ping`).
 pub async fn handle(
-    app: &Arc<App>,
+    builds: &Arc<Builds>,
     event: Option<&str>,
     signature: Option<&str>,
     body: &[u8],
 ) -> Result<HookOutcome, HookError> {
     let signature = signature.ok_or(HookError::BadSignature)?;
-    let global = app.settings.git_hook_secret.as_ref().map(|s| s.expose().as_bytes().to_vec());
+    let global = builds.settings.git_hook_secret.as_ref().map(|s| s.expose().as_bytes().to_vec());
     if event == Some("ping") {
         // A ping proves the secret is set up; accept it when any known secret signs it.
         let mut secrets: Vec<Vec<u8>> = global.into_iter().collect();
-        for r in app.store.exercises().await.map_err(BuildError::from)? {
+        for r in builds.store.exercises().await.map_err(BuildError::from)? {
             if let Ok(spec) = serde_json::from_str::<ExerciseSpec>(&r.spec) {
                 secrets.extend(spec.hook_secret.map(String::into_bytes));
             }
@@ -100,7 +101,7 @@ pub async fn handle(
             .collect();
     let mut matched = Vec::new();
     let mut verified_any = global.as_ref().is_some_and(|g| verify(g, body, signature));
-    for r in app.store.exercises().await.map_err(BuildError::from)? {
+    for r in builds.store.exercises().await.map_err(BuildError::from)? {
         let Ok(spec) = serde_json::from_str::<ExerciseSpec>(&r.spec) else {
             continue;
         };
@@ -127,15 +128,15 @@ pub async fn handle(
         return Err(HookError::BadSignature);
     }
     if matched.is_empty() {
-        return Ok(HookOutcome { builds: vec![], ignored: Some("no exercise builds this repository and branch") });
+        return Ok(HookOutcome { builds: vec![], ignored: Some("no exercise queued this repository and branch") });
     }
-    let mut builds = Vec::new();
+    let mut queued = Vec::new();
     for (slug, git) in matched {
         let slug = Slug::parse(&slug).map_err(BuildError::from)?;
         let commit = push.after.clone().filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_hexdigit()));
-        builds.push(super::submit_git(app, &slug, Some(git), commit).await?);
+        queued.push(super::submit_git(builds, &slug, Some(git), commit).await?);
     }
-    Ok(HookOutcome { builds, ignored: None })
+    Ok(HookOutcome { builds: queued, ignored: None })
 }
 
 #[cfg(test)]

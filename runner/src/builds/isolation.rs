@@ -20,10 +20,8 @@ use std::{sync::Arc, time::Duration};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    app::App,
-    docker::build_network::{self as net, MANAGED_NETWORK},
-};
+use super::Builds;
+use crate::docker::build_network::{self as net, MANAGED_NETWORK};
 
 /// The verdict of one round.
 #[derive(Debug, Clone, Serialize)]
@@ -82,21 +80,21 @@ static LAST_RESTORED: std::sync::Mutex<Option<(Vec<String>, String)>> = std::syn
 
 /// Checks (and for the managed network, repairs) the build network's isolation, records the
 /// verdict for `/readyz` and returns it.
-pub async fn refresh(app: &App) -> Report {
+pub async fn refresh(builds: &Builds) -> Report {
     let _round = ROUND.lock().await;
-    let name = app.settings.build_network.as_str();
+    let name = builds.settings.build_network.as_str();
     let mut report = match name {
         "none" => Report { ok: true, ..Report::new(name, "none") },
         MANAGED_NETWORK => {
             let mut r = Report::new(name, "managed");
-            if let Err(e) = managed(app, &mut r).await {
+            if let Err(e) = managed(builds, &mut r).await {
                 r.error = Some(format!("{e:#}"));
             }
             r
         }
         _ => {
             let mut r = Report::new(name, "operator");
-            if let Err(e) = operator(app, &mut r).await {
+            if let Err(e) = operator(builds, &mut r).await {
                 r.error = Some(format!("{e:#}"));
             }
             r
@@ -115,7 +113,7 @@ pub async fn refresh(app: &App) -> Report {
             report.restored_at = Some(at.clone());
         }
     }
-    let mut last = app.build_isolation.lock().expect("lock");
+    let mut last = builds.isolation.lock().expect("lock");
     if !report.ok {
         tracing::warn!(network = %report.network, problem = %report.problem(),
             "the build network is not isolated from the host; builds are refused until it is");
@@ -125,16 +123,16 @@ pub async fn refresh(app: &App) -> Report {
 }
 
 /// The plans for this runner's settings.
-async fn plans(app: &App, interface: &str) -> anyhow::Result<Vec<net::Plan>> {
-    net::plans(interface, &app.settings.build_network_allow_cidrs()).await
+async fn plans(builds: &Builds, interface: &str) -> anyhow::Result<Vec<net::Plan>> {
+    net::plans(interface, &builds.settings.build_network_allow_cidrs()).await
 }
 
-async fn managed(app: &App, r: &mut Report) -> anyhow::Result<()> {
-    let network = app.engine.ensure_build_network().await?;
+async fn managed(builds: &Builds, r: &mut Report) -> anyhow::Result<()> {
+    let network = builds.engine.ensure_build_network().await?;
     let interface = network.bridge.unwrap_or_default();
     r.interface = Some(interface.clone());
     let mut restored = Vec::new();
-    for plan in plans(app, &interface).await? {
+    for plan in plans(builds, &interface).await? {
         let found = net::inspect(&plan).await?;
         if found.is_clean() {
             continue;
@@ -155,8 +153,8 @@ async fn managed(app: &App, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn operator(app: &App, r: &mut Report) -> anyhow::Result<()> {
-    let Some(network) = app.engine.network(&r.network).await? else {
+async fn operator(builds: &Builds, r: &mut Report) -> anyhow::Result<()> {
+    let Some(network) = builds.engine.network(&r.network).await? else {
         anyhow::bail!("RUNNER_BUILD_NETWORK={}: no such network", r.network);
     };
     let Some(interface) = network.bridge else {
@@ -168,7 +166,7 @@ async fn operator(app: &App, r: &mut Report) -> anyhow::Result<()> {
         );
     };
     r.interface = Some(interface.clone());
-    for plan in plans(app, &interface).await? {
+    for plan in plans(builds, &interface).await? {
         r.missing.extend(net::inspect(&plan).await?.problems);
     }
     Ok(())
@@ -176,8 +174,8 @@ async fn operator(app: &App, r: &mut Report) -> anyhow::Result<()> {
 
 /// Before a build: the network must be isolated now (checked, and repaired when it is the
 /// runner's own), or the build does not start.
-pub async fn require(app: &App) -> anyhow::Result<()> {
-    let report = refresh(app).await;
+pub async fn require(builds: &Builds) -> anyhow::Result<()> {
+    let report = refresh(builds).await;
     if !report.ok {
         anyhow::bail!(
             "the build network {} is not isolated from the host ({}); builds are refused until it is (see /readyz)",
@@ -190,8 +188,8 @@ pub async fn require(app: &App) -> anyhow::Result<()> {
 
 /// Re-checks every reconcile interval, so a rule someone removed is put back (or reported)
 /// without waiting for the next build.
-pub async fn run(app: Arc<App>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(app.settings.reconcile_interval.max(Duration::from_millis(200)));
+pub async fn run(builds: Arc<Builds>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(builds.settings.reconcile_interval.max(Duration::from_millis(200)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first round ran at start
     loop {
@@ -199,6 +197,6 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        refresh(&app).await;
+        refresh(&builds).await;
     }
 }

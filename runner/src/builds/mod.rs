@@ -18,10 +18,13 @@ pub mod selftest;
 pub mod versions;
 
 use crate::domain::rfc3339;
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use self::{
@@ -30,12 +33,50 @@ use self::{
     manifest::Manifest,
 };
 use crate::{
-    app::App,
+    config::Settings,
+    docker::Engine,
     domain::{Invalid, Slug},
     exercises::{ExerciseSpec, GitSource},
     lifecycle::BuildState,
-    store::{now_ms, BuildRecord, VersionRecord},
+    metrics::Metrics,
+    store::{now_ms, BuildRecord, Store, VersionRecord},
 };
+
+/// The builds of exercise images: their queue, slots, cancellations and the build network's
+/// verdict are this capability's own state; it gets only the infrastructure it uses. Built once
+/// at launch.
+pub struct Builds {
+    pub settings: Settings,
+    pub store: Store,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    /// Bounds repositories being unpacked in memory at once.
+    pub intake_slots: Arc<Semaphore>,
+    /// Bounds concurrent builds; queued builds wait in the database.
+    pub slots: Arc<Semaphore>,
+    /// The last verdict on the build network's isolation from the host (`/readyz`).
+    pub isolation: Mutex<Option<isolation::Report>>,
+    /// Wakes the build worker when a build is queued.
+    pub wake: tokio::sync::Notify,
+    /// Cancellation of the builds running in this process.
+    pub cancels: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Builds {
+    pub fn new(settings: &Settings, store: Store, engine: Engine, metrics: Arc<Metrics>) -> Arc<Builds> {
+        Arc::new(Builds {
+            settings: settings.clone(),
+            store,
+            engine,
+            metrics,
+            intake_slots: Arc::new(Semaphore::new(settings.max_concurrent_intakes)),
+            slots: Arc::new(Semaphore::new(settings.max_concurrent_builds)),
+            isolation: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
+            cancels: Mutex::new(HashMap::new()),
+        })
+    }
+}
 
 /// Where a build's repository comes from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,19 +166,19 @@ pub enum BuildError {
     Internal(#[from] anyhow::Error),
 }
 
-pub fn caps(app: &App) -> Caps {
-    Caps { max_unpacked_bytes: app.settings.max_unpacked_bytes, max_files: app.settings.max_archive_files }
+pub fn caps(builds: &Builds) -> Caps {
+    Caps { max_unpacked_bytes: builds.settings.max_unpacked_bytes, max_files: builds.settings.max_archive_files }
 }
 
 /// Checks that a repository tree is an exercise for `slug`: a valid manifest naming it, a
 /// Dockerfile, the learner files and the solution.
-pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, Invalid> {
+pub fn validate_tree(builds: &Builds, slug: &Slug, tree: &Tree) -> Result<Manifest, Invalid> {
     let text = tree.file(manifest::FILE).ok_or_else(|| {
         Invalid::new("invalid_manifest", format!("the repository has no {} at its root", manifest::FILE))
     })?;
     let text = std::str::from_utf8(text)
         .map_err(|_| Invalid::new("invalid_manifest", format!("{} is not UTF-8", manifest::FILE)))?;
-    let m = Manifest::parse(text, &app.settings.limit_caps)?;
+    let m = Manifest::parse(text, &builds.settings.limit_caps)?;
     if m.slug != slug.as_str() {
         return Err(Invalid::new(
             "invalid_manifest",
@@ -149,7 +190,7 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
             ),
         ));
     }
-    if m.network && app.settings.sandbox_network.is_none() {
+    if m.network && builds.settings.sandbox_network.is_none() {
         return Err(Invalid::new(
             "network_not_allowed",
             format!("{}: network: this runner does not allow sandboxes to have a network", manifest::FILE),
@@ -160,7 +201,7 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
     };
     let dockerfile = std::str::from_utf8(dockerfile)
         .map_err(|_| Invalid::new("invalid_dockerfile", "the Dockerfile is not UTF-8"))?;
-    check_dockerfile(&app.settings.build_base_images, dockerfile)?;
+    check_dockerfile(&builds.settings.build_base_images, dockerfile)?;
     for (field, dir) in [("learner_files", &m.learner_files), ("solution", &m.solution)] {
         if !tree.has_dir(dir) {
             return Err(Invalid::new(
@@ -194,9 +235,9 @@ pub fn validate_tree(app: &App, slug: &Slug, tree: &Tree) -> Result<Manifest, In
 }
 
 /// The images the tree's Dockerfile uses from outside (the tree passed [`validate_tree`]).
-fn tree_images(app: &App, tree: &Tree) -> Result<dockerfile::Checked, Invalid> {
+fn tree_images(builds: &Builds, tree: &Tree) -> Result<dockerfile::Checked, Invalid> {
     let text = tree.file("Dockerfile").unwrap_or_default();
-    check_dockerfile(&app.settings.build_base_images, std::str::from_utf8(text).unwrap_or_default())
+    check_dockerfile(&builds.settings.build_base_images, std::str::from_utf8(text).unwrap_or_default())
 }
 
 /// Whether one repository directory is the other or inside it (`""` and `"."` are the root).
@@ -232,9 +273,9 @@ pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
 /// tests), and a `FROM` image's `ONBUILD` triggers must meet the same policy as the
 /// Dockerfile's own lines. One answer for every way an image is not usable, so the check tells
 /// an author nothing about the engine's images beyond the allowed ones.
-pub async fn check_images(app: &App, checked: &dockerfile::Checked) -> Result<(), BuildError> {
+pub async fn check_images(builds: &Builds, checked: &dockerfile::Checked) -> Result<(), BuildError> {
     for use_ in &checked.images {
-        let found = app.engine.image(&use_.name.full()).await?.filter(|info| {
+        let found = builds.engine.image(&use_.name.full()).await?.filter(|info| {
             let named =
                 info.repo_tags.iter().any(|t| crate::domain::normalize_reference(t).is_ok_and(|n| n == use_.name));
             named && !info.labels.contains_key(LABEL_EXERCISE)
@@ -257,60 +298,60 @@ pub async fn check_images(app: &App, checked: &dockerfile::Checked) -> Result<()
     Ok(())
 }
 
-async fn check_queue(app: &App, slug: &Slug) -> Result<(), BuildError> {
-    let active = app.store.count_builds_in(BuildState::ACTIVE).await?;
-    let mine = app.store.builds_of(slug.as_str(), 100).await?.iter().filter(|b| b.state.is_active()).count();
-    if active >= app.settings.max_queued_builds as i64 || mine >= MAX_ACTIVE_PER_EXERCISE {
-        app.metrics.rejected_requests.with_label_values(&["build_queue"]).inc();
+async fn check_queue(builds: &Builds, slug: &Slug) -> Result<(), BuildError> {
+    let active = builds.store.count_builds_in(BuildState::ACTIVE).await?;
+    let mine = builds.store.builds_of(slug.as_str(), 100).await?.iter().filter(|b| b.state.is_active()).count();
+    if active >= builds.settings.max_queued_builds as i64 || mine >= MAX_ACTIVE_PER_EXERCISE {
+        builds.metrics.rejected_requests.with_label_values(&["build_queue"]).inc();
         return Err(BuildError::QueueFull(if mine >= MAX_ACTIVE_PER_EXERCISE {
             MAX_ACTIVE_PER_EXERCISE as u64
         } else {
-            app.settings.max_queued_builds
+            builds.settings.max_queued_builds
         }));
     }
     Ok(())
 }
 
 /// Queues a build of an uploaded archive. Nothing is written unless the archive is accepted.
-pub async fn submit_archive(app: &Arc<App>, slug: &Slug, body: bytes::Bytes) -> Result<BuildRecord, BuildError> {
-    check_queue(app, slug).await?;
+pub async fn submit_archive(builds: &Arc<Builds>, slug: &Slug, body: bytes::Bytes) -> Result<BuildRecord, BuildError> {
+    check_queue(builds, slug).await?;
     // Unpacking holds a whole repository in memory: a few at a time.
-    let Ok(_slot) = app.intake_slots.clone().try_acquire_owned() else {
-        app.metrics.rejected_requests.with_label_values(&["intake"]).inc();
+    let Ok(_slot) = builds.intake_slots.clone().try_acquire_owned() else {
+        builds.metrics.rejected_requests.with_label_values(&["intake"]).inc();
         return Err(BuildError::IntakeBusy);
     };
-    let caps = caps(app);
+    let caps = caps(builds);
     let tree =
         tokio::task::spawn_blocking(move || Tree::from_archive(&body, caps)).await.map_err(anyhow::Error::from)??;
-    validate_tree(app, slug, &tree)?;
-    check_images(app, &tree_images(app, &tree)?).await?;
+    validate_tree(builds, slug, &tree)?;
+    check_images(builds, &tree_images(builds, &tree)?).await?;
     let id = uuid::Uuid::new_v4().to_string();
     let blob = tree.to_full_tar();
-    let dir = app.settings.builds_dir();
+    let dir = builds.settings.builds_dir();
     tokio::fs::create_dir_all(&dir).await.map_err(anyhow::Error::from)?;
     let path = dir.join(format!("{id}.tar"));
     tokio::fs::write(&path, &blob).await.map_err(anyhow::Error::from)?;
     let source = serde_json::to_string(&Source::Archive { bytes: blob.len() as u64 }).map_err(anyhow::Error::from)?;
-    if let Err(e) = app.store.insert_build(&id, slug.as_str(), &source).await {
+    if let Err(e) = builds.store.insert_build(&id, slug.as_str(), &source).await {
         let _ = tokio::fs::remove_file(&path).await;
         return Err(e.into());
     }
-    app.build_wake.notify_one();
-    app.store.build(&id).await?.ok_or(BuildError::NotFound(id))
+    builds.wake.notify_one();
+    builds.store.build(&id).await?.ok_or(BuildError::NotFound(id))
 }
 
 /// Queues a build from git: the given source, or the exercise's configured one.
 pub async fn submit_git(
-    app: &Arc<App>,
+    builds: &Arc<Builds>,
     slug: &Slug,
     source: Option<GitSource>,
     commit: Option<String>,
 ) -> Result<BuildRecord, BuildError> {
-    check_queue(app, slug).await?;
+    check_queue(builds, slug).await?;
     let source = match source {
         Some(s) => s,
         None => {
-            let r = app
+            let r = builds
                 .store
                 .exercise(slug.as_str())
                 .await?
@@ -324,9 +365,9 @@ pub async fn submit_git(
             })?
         }
     };
-    crate::exercises::check_git(&source, app.settings.git_allow_local)?;
+    crate::exercises::check_git(&source, builds.settings.git_allow_local)?;
     // A redelivered hook (or a double click) joins the build already waiting for the same source.
-    for b in app.store.builds_of(slug.as_str(), 20).await? {
+    for b in builds.store.builds_of(slug.as_str(), 20).await? {
         if b.state == BuildState::Queued {
             if let Ok(Source::Git { url, git_ref, .. }) = serde_json::from_str::<Source>(&b.source) {
                 if url == source.url && git_ref == source.git_ref {
@@ -337,35 +378,35 @@ pub async fn submit_git(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let src = Source::Git { url: source.url, git_ref: source.git_ref, commit };
-    app.store.insert_build(&id, slug.as_str(), &serde_json::to_string(&src).map_err(anyhow::Error::from)?).await?;
-    app.build_wake.notify_one();
-    app.store.build(&id).await?.ok_or(BuildError::NotFound(id))
+    builds.store.insert_build(&id, slug.as_str(), &serde_json::to_string(&src).map_err(anyhow::Error::from)?).await?;
+    builds.wake.notify_one();
+    builds.store.build(&id).await?.ok_or(BuildError::NotFound(id))
 }
 
 /// Cancels a queued or running build.
-pub async fn cancel(app: &App, id: &str) -> Result<BuildRecord, BuildError> {
-    let b = app.store.build(id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+pub async fn cancel(builds: &Builds, id: &str) -> Result<BuildRecord, BuildError> {
+    let b = builds.store.build(id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))?;
     if b.state.is_finished() {
         return Err(BuildError::Finished(id.to_string()));
     }
-    let running_here = app.build_cancels.lock().expect("lock").get(id).cloned();
-    if app
+    let running_here = builds.cancels.lock().expect("lock").get(id).cloned();
+    if builds
         .store
         .transition_build(id, &[BuildState::Queued], BuildState::Cancelled, Some("cancelled before it started"))
         .await?
     {
-        let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{id}.tar"))).await;
-        BuildLog::open(&app.settings.builds_dir(), id).step("cancelled before it started");
+        let _ = tokio::fs::remove_file(builds.settings.builds_dir().join(format!("{id}.tar"))).await;
+        BuildLog::open(&builds.settings.builds_dir(), id).step("cancelled before it started");
     } else if let Some(token) = running_here {
         token.cancel();
     } else {
         // Running in no process (a replica died): end it here.
-        app.store.transition_build(id, BuildState::RUNNING, BuildState::Cancelled, Some("cancelled")).await?;
+        builds.store.transition_build(id, BuildState::RUNNING, BuildState::Cancelled, Some("cancelled")).await?;
     }
     // The running build notices the token within moments; report what the caller asked for.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let b = app.store.build(id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))?;
+        let b = builds.store.build(id).await?.ok_or_else(|| BuildError::NotFound(id.to_string()))?;
         if b.state.is_finished() || tokio::time::Instant::now() > deadline {
             return Ok(b);
         }
@@ -376,10 +417,11 @@ pub async fn cancel(app: &App, id: &str) -> Result<BuildRecord, BuildError> {
 /// At start: builds that were running when the runner stopped cannot be resumed mid-way; they
 /// are marked failed with the reason. Queued builds stay queued and run. Leftover self-test
 /// containers are removed.
-pub async fn recover(app: &App) -> anyhow::Result<()> {
-    for b in app.store.builds_in(BuildState::RUNNING).await? {
+pub async fn recover(builds: &Builds) -> anyhow::Result<()> {
+    for b in builds.store.builds_in(BuildState::RUNNING).await? {
         tracing::warn!(build = %b.id, "build interrupted by a runner restart");
-        app.store
+        builds
+            .store
             .transition_build(
                 &b.id,
                 BuildState::RUNNING,
@@ -387,25 +429,25 @@ pub async fn recover(app: &App) -> anyhow::Result<()> {
                 Some("interrupted by a runner restart; submit it again"),
             )
             .await?;
-        BuildLog::open(&app.settings.builds_dir(), &b.id).step("interrupted by a runner restart");
-        let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", b.id))).await;
+        BuildLog::open(&builds.settings.builds_dir(), &b.id).step("interrupted by a runner restart");
+        let _ = tokio::fs::remove_file(builds.settings.builds_dir().join(format!("{}.tar", b.id))).await;
     }
-    for c in app.engine.list_selftest_containers().await? {
-        app.engine.remove_container(&c).await?;
+    for c in builds.engine.list_selftest_containers().await? {
+        builds.engine.remove_container(&c).await?;
     }
     Ok(())
 }
 
 /// The build worker: starts queued builds, oldest first, as build slots free up.
-pub async fn run_worker(app: Arc<App>, cancel: CancellationToken) {
+pub async fn run_worker(builds: Arc<Builds>, cancel: CancellationToken) {
     loop {
         loop {
-            let Ok(permit) = app.build_slots.clone().try_acquire_owned() else {
+            let Ok(permit) = builds.slots.clone().try_acquire_owned() else {
                 break;
             };
-            match claim_next(&app).await {
+            match claim_next(&builds).await {
                 Ok(Some(build)) => {
-                    tokio::spawn(run_build(app.clone(), build, permit));
+                    tokio::spawn(run_build(builds.clone(), build, permit));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -416,17 +458,17 @@ pub async fn run_worker(app: Arc<App>, cancel: CancellationToken) {
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = app.build_wake.notified() => {}
+            _ = builds.wake.notified() => {}
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
         }
     }
 }
 
-async fn claim_next(app: &App) -> anyhow::Result<Option<BuildRecord>> {
-    for b in app.store.builds_in(&[BuildState::Queued]).await? {
+async fn claim_next(builds: &Builds) -> anyhow::Result<Option<BuildRecord>> {
+    for b in builds.store.builds_in(&[BuildState::Queued]).await? {
         // Conditional: with several replicas only one claims a build.
-        if app.store.transition_build(&b.id, &[BuildState::Queued], BuildState::Building, None).await? {
-            return app.store.build(&b.id).await;
+        if builds.store.transition_build(&b.id, &[BuildState::Queued], BuildState::Building, None).await? {
+            return builds.store.build(&b.id).await;
         }
     }
     Ok(None)
@@ -437,15 +479,15 @@ enum Stop {
     Failed(String),
 }
 
-async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePermit) {
+async fn run_build(builds: Arc<Builds>, build: BuildRecord, _permit: OwnedSemaphorePermit) {
     let token = CancellationToken::new();
-    app.build_cancels.lock().expect("lock").insert(build.id.clone(), token.clone());
-    let mut log = BuildLog::open(&app.settings.builds_dir(), &build.id);
+    builds.cancels.lock().expect("lock").insert(build.id.clone(), token.clone());
+    let mut log = BuildLog::open(&builds.settings.builds_dir(), &build.id);
     log.step(&format!("build {} of exercise {}", build.id, build.exercise));
-    let timeout = app.settings.build_timeout;
+    let timeout = builds.settings.build_timeout;
     let outcome = tokio::select! {
         _ = token.cancelled() => Err(Stop::Cancelled),
-        r = tokio::time::timeout(timeout, build_steps(&app, &build, &mut log, &token)) => match r {
+        r = tokio::time::timeout(timeout, build_steps(&builds, &build, &mut log, &token)) => match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if token.is_cancelled() => { let _ = e; Err(Stop::Cancelled) }
             Ok(Err(e)) => Err(Stop::Failed(format!("{e:#}"))),
@@ -453,8 +495,8 @@ async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePer
         },
     };
     // Whatever happened, no self-test container outlives its build.
-    let name = crate::docker::policy::Purpose::SelfTest(&build.id).container_name(app.engine.instance());
-    let _ = app.engine.remove_container(&name).await;
+    let name = crate::docker::policy::Purpose::SelfTest(&build.id).container_name(builds.engine.instance());
+    let _ = builds.engine.remove_container(&name).await;
     let (state, reason) = match outcome {
         Ok(()) => (BuildState::Succeeded, None),
         Err(Stop::Cancelled) => (BuildState::Cancelled, Some("cancelled".to_string())),
@@ -466,43 +508,43 @@ async fn run_build(app: Arc<App>, build: BuildRecord, _permit: OwnedSemaphorePer
         log.step(state.as_str());
     }
     if state != BuildState::Succeeded {
-        remove_unpublished_image(&app, &build.id).await;
+        remove_unpublished_image(&builds, &build.id).await;
     }
-    if let Err(e) = app.store.transition_build(&build.id, BuildState::RUNNING, state, reason.as_deref()).await {
+    if let Err(e) = builds.store.transition_build(&build.id, BuildState::RUNNING, state, reason.as_deref()).await {
         tracing::error!(build = %build.id, error = %format!("{e:#}"), "could not record the end of a build");
     }
-    app.metrics.builds.with_label_values(&[state.as_str()]).inc();
+    builds.metrics.builds.with_label_values(&[state.as_str()]).inc();
     tracing::info!(build = %build.id, exercise = %build.exercise, state = state.as_str(), "build finished");
-    let _ = tokio::fs::remove_file(app.settings.builds_dir().join(format!("{}.tar", build.id))).await;
-    app.build_cancels.lock().expect("lock").remove(&build.id);
-    app.build_wake.notify_one();
+    let _ = tokio::fs::remove_file(builds.settings.builds_dir().join(format!("{}.tar", build.id))).await;
+    builds.cancels.lock().expect("lock").remove(&build.id);
+    builds.wake.notify_one();
 }
 
 /// A build that did not succeed leaves no image behind, unless a version (an earlier build of
 /// the same content) owns it.
-async fn remove_unpublished_image(app: &App, build_id: &str) {
-    let Ok(Some(b)) = app.store.build(build_id).await else { return };
+async fn remove_unpublished_image(builds: &Builds, build_id: &str) {
+    let Ok(Some(b)) = builds.store.build(build_id).await else { return };
     let (Some(version), Some(image)) = (b.version, b.image) else { return };
-    if b.cached || matches!(app.store.version(&b.exercise, &version).await, Ok(Some(_))) {
+    if b.cached || matches!(builds.store.version(&b.exercise, &version).await, Ok(Some(_))) {
         return;
     }
-    if let Err(e) = app.engine.remove_image(&image).await {
+    if let Err(e) = builds.engine.remove_image(&image).await {
         tracing::warn!(build = build_id, error = %format!("{e:#}"), "could not remove the image of a failed build");
     }
 }
 
-async fn load_tree(app: &App, build: &BuildRecord, log: &mut BuildLog) -> anyhow::Result<Tree> {
+async fn load_tree(builds: &Builds, build: &BuildRecord, log: &mut BuildLog) -> anyhow::Result<Tree> {
     let source: Source = serde_json::from_str(&build.source)?;
     match source {
         Source::Archive { .. } => {
-            let bytes = tokio::fs::read(app.settings.builds_dir().join(format!("{}.tar", build.id))).await?;
-            Tree::from_archive(&bytes, caps(app)).map_err(|e| anyhow::anyhow!(e.message))
+            let bytes = tokio::fs::read(builds.settings.builds_dir().join(format!("{}.tar", build.id))).await?;
+            Tree::from_archive(&bytes, caps(builds)).map_err(|e| anyhow::anyhow!(e.message))
         }
         Source::Git { url, git_ref, .. } => {
             log.step(&format!("fetching {url} at {git_ref}"));
-            let scratch = tempfile::Builder::new().prefix("git-").tempdir_in(app.settings.builds_dir())?;
+            let scratch = tempfile::Builder::new().prefix("git-").tempdir_in(builds.settings.builds_dir())?;
             let src = GitSource { url, git_ref };
-            let tree = git::fetch(&src, app.settings.git_allow_local, caps(app), scratch.path()).await;
+            let tree = git::fetch(&src, builds.settings.git_allow_local, caps(builds), scratch.path()).await;
             drop(scratch);
             tree
         }
@@ -510,34 +552,34 @@ async fn load_tree(app: &App, build: &BuildRecord, log: &mut BuildLog) -> anyhow
 }
 
 async fn build_steps(
-    app: &Arc<App>,
+    builds: &Arc<Builds>,
     build: &BuildRecord,
     log: &mut BuildLog,
     token: &CancellationToken,
 ) -> anyhow::Result<()> {
     let slug = Slug::parse(&build.exercise).map_err(|e| anyhow::anyhow!(e.message))?;
-    let tree = load_tree(app, build, log).await?;
-    let manifest = validate_tree(app, &slug, &tree).map_err(|e| anyhow::anyhow!(e.message))?;
+    let tree = load_tree(builds, build, log).await?;
+    let manifest = validate_tree(builds, &slug, &tree).map_err(|e| anyhow::anyhow!(e.message))?;
     let version = tree.digest()[..12].to_string();
     let image = format!("exercise-runner/{}:{}", slug, version);
     log.step(&format!("version {version} ({image})"));
 
-    let known = app.store.version(slug.as_str(), &version).await?;
+    let known = builds.store.version(slug.as_str(), &version).await?;
     let cached = match known {
-        Some(k) if app.engine.image(&image).await?.is_some() => Some(k),
+        Some(k) if builds.engine.image(&image).await?.is_some() => Some(k),
         _ => None,
     };
     if let Some(known) = cached {
         log.step("this content was built and proven before: no rebuild (cached)");
-        let self_test = app.store.build(&known.build_id).await?.and_then(|b| b.self_test);
-        app.store.set_build_result(&build.id, &version, &image, true, self_test.as_deref()).await?;
+        let self_test = builds.store.build(&known.build_id).await?.and_then(|b| b.self_test);
+        builds.store.set_build_result(&build.id, &version, &image, true, self_test.as_deref()).await?;
     } else {
         // Again here: a git build's Dockerfile is first seen now, and an image may have changed
         // since the submit.
-        let images = tree_images(app, &tree).map_err(|e| anyhow::anyhow!(e.message))?;
-        check_images(app, &images).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        if app.settings.build_network != "none" {
-            isolation::require(app).await?;
+        let images = tree_images(builds, &tree).map_err(|e| anyhow::anyhow!(e.message))?;
+        check_images(builds, &images).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if builds.settings.build_network != "none" {
+            isolation::require(builds).await?;
         }
         log.step("docker build");
         let labels = HashMap::from([
@@ -548,15 +590,15 @@ async fn build_steps(
             context_tar: tree.build_context_tar(&manifest.solution),
             tag: &image,
             labels,
-            memory_mb: app.settings.build_memory_mb,
-            cpus: app.settings.build_cpus,
-            pids_limit: app.settings.build_pids_limit,
-            network: app.settings.build_network.clone(),
+            memory_mb: builds.settings.build_memory_mb,
+            cpus: builds.settings.build_cpus,
+            pids_limit: builds.settings.build_pids_limit,
+            network: builds.settings.build_network.clone(),
         };
         // Recorded before building, so whatever ends the build can remove what it made.
-        app.store.set_build_result(&build.id, &version, &image, false, None).await?;
-        app.engine.build_image(req, token, |line| log.write(line.trim_end_matches('\n'))).await?;
-        let info = app.engine.image(&image).await?.ok_or_else(|| anyhow::anyhow!("the built image vanished"))?;
+        builds.store.set_build_result(&build.id, &version, &image, false, None).await?;
+        builds.engine.build_image(req, token, |line| log.write(line.trim_end_matches('\n'))).await?;
+        let info = builds.engine.image(&image).await?.ok_or_else(|| anyhow::anyhow!("the built image vanished"))?;
         crate::exercises::reject_unsafe_image(&info).map_err(|e| anyhow::anyhow!(e.message))?;
         if !info.on_build.is_empty() {
             // Whatever spelling got past the Dockerfile check: an exercise image is a possible
@@ -566,13 +608,14 @@ async fn build_steps(
                 info.on_build
             );
         }
-        app.store.transition_build(&build.id, &[BuildState::Building], BuildState::Testing, None).await?;
+        builds.store.transition_build(&build.id, &[BuildState::Building], BuildState::Testing, None).await?;
         log.step("self-test: the check must fail on the starting files and pass with the solution");
-        let report = selftest::run(app, &build.id, &image, &manifest, &tree, log).await;
+        let report = selftest::run(builds, &build.id, &image, &manifest, &tree, log).await;
         let report_json = serde_json::to_string(&report.report)?;
-        app.store.set_build_result(&build.id, &version, &image, false, Some(&report_json)).await?;
+        builds.store.set_build_result(&build.id, &version, &image, false, Some(&report_json)).await?;
         report.result?;
-        app.store
+        builds
+            .store
             .insert_version(&VersionRecord {
                 exercise: slug.to_string(),
                 version: version.clone(),
@@ -584,19 +627,19 @@ async fn build_steps(
             })
             .await?;
     }
-    let auto = match app.store.exercise(slug.as_str()).await? {
+    let auto = match builds.store.exercise(slug.as_str()).await? {
         Some(r) => serde_json::from_str::<ExerciseSpec>(&r.spec)?.auto_publish,
         None => true,
     };
     if auto {
         log.step(&format!("publishing version {version}"));
-        versions::publish(app, &slug, &version).await.map_err(|e| anyhow::anyhow!("publishing: {e}"))?;
+        versions::publish(builds, &slug, &version).await.map_err(|e| anyhow::anyhow!("publishing: {e}"))?;
     } else {
         log.step(&format!(
             "version {version} is ready; publish it with POST /v1/exercises/{slug}/versions/{version}/publish"
         ));
     }
-    if let Err(e) = versions::collect_garbage(app, &slug).await {
+    if let Err(e) = versions::collect_garbage(builds, &slug).await {
         log.write(&format!("warning: could not remove old versions: {e:#}"));
     }
     Ok(())

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
-use super::{archive::Tree, log::BuildLog, manifest::Manifest, RunSummary, SelfTestReport};
+use super::{archive::Tree, log::BuildLog, manifest::Manifest, Builds, RunSummary, SelfTestReport};
 use crate::{
-    app::App,
     checks,
     docker::{
         policy::{Purpose, WorkspaceMount},
@@ -24,7 +23,7 @@ pub struct Outcome {
 }
 
 pub async fn run(
-    app: &Arc<App>,
+    builds: &Arc<Builds>,
     build_id: &str,
     image: &str,
     m: &Manifest,
@@ -32,12 +31,12 @@ pub async fn run(
     log: &mut BuildLog,
 ) -> Outcome {
     let mut report = SelfTestReport::default();
-    let result = steps(app, build_id, image, m, tree, log, &mut report).await;
+    let result = steps(builds, build_id, image, m, tree, log, &mut report).await;
     Outcome { report, result }
 }
 
 async fn steps(
-    app: &Arc<App>,
+    builds: &Arc<Builds>,
     build_id: &str,
     image: &str,
     m: &Manifest,
@@ -45,7 +44,7 @@ async fn steps(
     log: &mut BuildLog,
     report: &mut SelfTestReport,
 ) -> anyhow::Result<()> {
-    let s = &app.settings;
+    let s = &builds.settings;
     let spec = SandboxSpec {
         image: image.to_string(),
         limits: effective_limits(&s.default_limits, &s.limit_caps, &m.limits),
@@ -55,30 +54,31 @@ async fn steps(
         check: m.check.clone(),
     };
     let owner = SandboxOwner {
-        instance: app.engine.instance(),
+        instance: builds.engine.instance(),
         purpose: Purpose::SelfTest(build_id),
         learner: "self-test",
         exercise: &m.slug,
     };
     let name = owner.purpose.container_name(owner.instance);
-    app.engine.remove_container(&name).await?;
-    let container = app.engine.create_sandbox(&spec, &owner, WorkspaceMount::Tmpfs, s.runtime, &s.sandbox_user).await?;
-    app.engine.start_container(&container).await?;
+    builds.engine.remove_container(&name).await?;
+    let container =
+        builds.engine.create_sandbox(&spec, &owner, WorkspaceMount::Tmpfs, s.runtime, &s.sandbox_user).await?;
+    builds.engine.start_container(&container).await?;
 
     let user = &s.sandbox_user;
     let (container, spec) = (&container, &spec);
-    checks::wait_for_services(&app.engine, container, user, &spec.check.services).await?;
+    checks::wait_for_services(&builds.engine, container, user, &spec.check.services).await?;
     // Images on the base image seed an empty workspace themselves (sandbox-init); for any other
     // image the self-test puts the starting files in place, as the learner.
     let mut probe = ExecRequest::new(vec!["ls".into(), "-A".into(), m.workdir.clone()], user);
     probe.deadline = std::time::Duration::from_secs(10);
-    let listing = app.engine.exec(container, probe).await?;
+    let listing = builds.engine.exec(container, probe).await?;
     if listing.exit_code == 0 && listing.output.split_whitespace().all(|e| e == "lost+found") {
         log.step(&format!("seeding the workspace with the starting files ({}/)", m.learner_files));
-        extract(app, container, user, &m.workdir, tree.subtree_tar(&m.learner_files)).await?;
+        extract(builds, container, user, &m.workdir, tree.subtree_tar(&m.learner_files)).await?;
     }
     let run = |label: &'static str| async move {
-        let out = checks::run_check(&app.engine, container, spec, user, 64 * 1024).await?;
+        let out = checks::run_check(&builds.engine, container, spec, user, 64 * 1024).await?;
         anyhow::Ok((label, out))
     };
     let (label, first) = run("starting files").await?;
@@ -91,7 +91,7 @@ async fn steps(
     }
 
     log.step(&format!("copying the reference solution ({}/) over the starting files", m.solution));
-    extract(app, container, user, &m.workdir, tree.subtree_tar(&m.solution)).await?;
+    extract(builds, container, user, &m.workdir, tree.subtree_tar(&m.solution)).await?;
 
     let (label, second) = run("reference solution").await?;
     log.step(&format!("check with the {label}: exit {} in {} ms", second.exit_code, second.duration_ms));
@@ -102,16 +102,16 @@ async fn steps(
         let why = if second.timed_out { " (timed out)" } else { "" };
         bail!("self-test: the check fails with the reference solution{why} (exit {})", second.exit_code);
     }
-    app.engine.remove_container(container).await?;
+    builds.engine.remove_container(container).await?;
     Ok(())
 }
 
 /// Unpacks a tar inside the sandbox, as the sandbox user: the host never writes into a
 /// sandbox-writable path itself (docs/ARCHITECTURE.md, invariant 4).
-async fn extract(app: &App, container: &str, user: &str, dir: &str, tar: Vec<u8>) -> anyhow::Result<()> {
+async fn extract(builds: &Builds, container: &str, user: &str, dir: &str, tar: Vec<u8>) -> anyhow::Result<()> {
     let mut req = ExecRequest::new(vec!["tar".into(), "-x".into(), "-o".into(), "-C".into(), dir.to_string()], user);
     req.stdin = Some(tar);
-    let out = app.engine.exec(container, req).await?;
+    let out = builds.engine.exec(container, req).await?;
     if out.exit_code != 0 {
         bail!("self-test: copying files into the sandbox failed: {}", out.output.trim());
     }

@@ -63,12 +63,12 @@ pub async fn create(
     let record = if content_type.starts_with("application/json") {
         let req: GitBuild = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
-        builds::submit_git(&app, &slug, req.git, None).await?
+        builds::submit_git(&app.builds, &slug, req.git, None).await?
     } else {
         if body.is_empty() {
             return Err(ApiError::invalid("invalid_archive", "send the repository as a tar or tar.gz body"));
         }
-        builds::submit_archive(&app, &slug, body).await?
+        builds::submit_archive(&app.builds, &slug, body).await?
     };
     Ok((StatusCode::ACCEPTED, Json(builds::to_view(&record))))
 }
@@ -86,7 +86,7 @@ pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResu
 }
 
 pub async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Build>> {
-    let b = builds::cancel(&app, &build_id(&id)?).await?;
+    let b = builds::cancel(&app.builds, &build_id(&id)?).await?;
     Ok(Json(builds::to_view(&b)))
 }
 
@@ -143,8 +143,8 @@ pub async fn publish(
     Path((slug, version)): Path<(String, String)>,
 ) -> ApiResult<Json<Exercise>> {
     let slug = Slug::parse(&slug)?;
-    let exercise = builds::versions::publish(&app, &slug, &version).await?;
-    let _ = builds::versions::collect_garbage(&app, &slug).await;
+    let exercise = builds::versions::publish(&app.builds, &slug, &version).await?;
+    let _ = builds::versions::collect_garbage(&app.builds, &slug).await;
     Ok(Json(exercise))
 }
 
@@ -155,7 +155,7 @@ pub async fn git_hook(
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    match hooks::handle(&app, header("x-github-event"), header("x-hub-signature-256"), &body).await {
+    match hooks::handle(&app.builds, header("x-github-event"), header("x-hub-signature-256"), &body).await {
         Ok(outcome) => {
             let list: Vec<Build> = outcome.builds.iter().map(builds::to_view).collect();
             Ok((StatusCode::ACCEPTED, Json(json!({"builds": list, "ignored": outcome.ignored}))))

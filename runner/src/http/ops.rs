@@ -35,7 +35,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let (db, docker) = (check(db), check(docker));
     let ready = db["ok"] == true && docker["ok"] == true;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let isolation = app.build_isolation.lock().expect("lock").clone();
+    let isolation = app.builds.isolation.lock().expect("lock").clone();
     let build_network = match isolation {
         Some(r) => serde_json::to_value(r).unwrap_or_default(),
         None => json!({"ok": false, "error": "not checked yet"}),
