@@ -17,6 +17,7 @@ pub mod http;
 pub mod ide;
 pub mod lifecycle;
 pub mod metrics;
+pub mod rounds;
 pub mod secret_box;
 pub mod sessions;
 pub mod store;

@@ -111,21 +111,16 @@ async fn current_deploy(app: &App, name: &str) -> Option<String> {
 }
 
 pub async fn run(app: Arc<App>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(apps) = app.store.apps().await else { continue };
+    crate::rounds::every(Duration::from_secs(1), crate::rounds::First::Now, cancel, || async {
+        let Ok(apps) = app.store.apps().await else { return };
         for rec in apps {
             if let Err(e) = supervise(&app, &rec).await {
                 tracing::warn!(app = %rec.name, error = %format!("{e:#}"), "supervising the app failed");
             }
         }
         app.metrics.supervise_rounds.inc();
-    }
+    })
+    .await
 }
 
 async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {

@@ -189,14 +189,10 @@ pub async fn require(builds: &Builds) -> anyhow::Result<()> {
 /// Re-checks every reconcile interval, so a rule someone removed is put back (or reported)
 /// without waiting for the next build.
 pub async fn run(builds: Arc<Builds>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(builds.settings.reconcile_interval.max(Duration::from_millis(200)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first round ran at start
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let period = builds.settings.reconcile_interval.max(Duration::from_millis(200));
+    // The first round ran at start.
+    crate::rounds::every(period, crate::rounds::First::AfterPeriod, cancel, || async {
         refresh(&builds).await;
-    }
+    })
+    .await
 }

@@ -12,17 +12,12 @@ use crate::{app::App, store::now_ms};
 const PARALLEL_STOPS: usize = 8;
 
 pub async fn run(app: Arc<App>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(app.settings.reap_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    crate::rounds::every(app.settings.reap_interval, crate::rounds::First::Now, cancel, || async {
         if let Err(e) = reap_once(&app).await {
             tracing::warn!(error = %format!("{e:#}"), "reaping failed; will retry");
         }
-    }
+    })
+    .await
 }
 
 /// One round: stop what expired, drop workspaces past retention.

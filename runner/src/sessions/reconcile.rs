@@ -19,18 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::{app::App, docker::FoundSandbox, domain::SessionState, store::SessionRecord};
 
 pub async fn run(app: Arc<App>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(app.settings.reconcile_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first round ran at start
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    // The first round ran at start, before the API answered.
+    crate::rounds::every(app.settings.reconcile_interval, crate::rounds::First::AfterPeriod, cancel, || async {
         if let Err(e) = reconcile_once(&app).await {
             tracing::warn!(error = %format!("{e:#}"), "reconciliation failed; will retry");
         }
-    }
+    })
+    .await
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
