@@ -1,47 +1,40 @@
-//! The application state, built once at launch and shared as `Arc<App>`.
+//! The wiring, built once at launch and shared as `Arc<App>`: the infrastructure (settings,
+//! store, engine, metrics) and the capabilities built from it. Each capability owns its own state
+//! and gets only what it uses; handlers reach them through here (docs/ARCHITECTURE.md, "Code map").
 
-use std::{
-    collections::HashSet,
-    num::NonZeroU32,
-    sync::{Arc, Mutex},
-};
+use std::{num::NonZeroU32, sync::Arc};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::Semaphore;
 
-use crate::{config::Settings, docker::Engine, metrics::Metrics, store::Store, workspaces::Workspaces};
+use crate::{
+    builds::Builds, checks::Checks, config::Settings, deploys::Deploys, docker::Engine, ide::IdeProxy,
+    metrics::Metrics, sessions::Sessions, store::Store, workspaces::Workspaces,
+};
 
 pub struct App {
-    pub settings: Settings,
+    pub settings: Arc<Settings>,
     pub store: Store,
     pub engine: Engine,
-    pub workspaces: Arc<Workspaces>,
     pub metrics: Arc<Metrics>,
-    /// Bounds concurrent sandbox starts (invariant 6).
-    pub start_slots: Arc<Semaphore>,
-    /// Sessions whose sandbox is being started right now; the reconciler leaves them alone.
-    pub starting: Mutex<HashSet<String>>,
-    /// Learners' checks (their slots and the checks in flight).
-    pub checks: Arc<crate::checks::Checks>,
-    /// The builds of exercise images (their queue, slots and cancellations).
-    pub builds: Arc<crate::builds::Builds>,
     /// Requests per API token.
     pub rate_limiter: DefaultKeyedRateLimiter<String>,
-    /// Routes of the managed apps' ingress.
-    pub ingress: Arc<crate::apps::ingress::Ingress>,
-    pub supervisor: crate::apps::supervise::Supervisor,
-    /// For health checks and webhooks.
-    pub http_client: reqwest::Client,
-    /// Cancelled when the service shuts down; long tasks (deploys) stop with it.
+    /// Cancelled when the service shuts down; background loops and long tasks stop with it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Learners' sandboxes: start, stop, reap, reconcile.
+    pub sessions: Arc<Sessions>,
+    /// Learners' checks (their slots and the checks in flight).
+    pub checks: Arc<Checks>,
+    /// The builds of exercise images (their queue, slots and cancellations).
+    pub builds: Arc<Builds>,
+    /// Managed apps: definitions, deploys, the supervisor and the ingress.
+    pub deploys: Arc<Deploys>,
     /// The web IDE proxy (`/ide/{session}/`).
-    pub ide: Arc<web_ide_proxy::Proxy<crate::ide::RunnerBackend>>,
-    /// Seals and opens app secrets stored in the database.
-    pub secret_box: crate::secret_box::SecretBox,
+    pub ide: Arc<IdeProxy>,
 }
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Arc<App>> {
+        let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::new());
         let store = Store::connect(settings.database_url.expose()).await?;
         let engine = Engine::connect(&settings.instance, metrics.clone()).await?;
@@ -68,26 +61,30 @@ impl App {
             )?
             .expose(),
         );
-        let checks = crate::checks::Checks::new(&settings, store.clone(), engine.clone(), metrics.clone());
-        Ok(Arc::new(App {
-            start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
-            starting: Mutex::new(HashSet::new()),
-            checks: checks.clone(),
-            builds: crate::builds::Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
-            rate_limiter: RateLimiter::keyed(quota),
-            ingress: Arc::new(Default::default()),
-            shutdown: tokio_util::sync::CancellationToken::new(),
-            supervisor: Default::default(),
-            http_client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("http client"),
-            ide: crate::ide::proxy(&settings, store.clone(), engine.clone(), checks),
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let checks = Checks::new(&settings, store.clone(), engine.clone(), metrics.clone());
+        let ide = crate::ide::proxy(&settings, store.clone(), engine.clone(), checks.clone());
+        let sessions =
+            Sessions::new(settings.clone(), store.clone(), engine.clone(), metrics.clone(), workspaces, ide.clone());
+        let deploys = Deploys::new(
+            settings.clone(),
+            store.clone(),
+            engine.clone(),
+            metrics.clone(),
             secret_box,
+            shutdown.clone(),
+        );
+        Ok(Arc::new(App {
+            builds: Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
+            rate_limiter: RateLimiter::keyed(quota),
+            shutdown,
+            sessions,
+            checks,
+            deploys,
+            ide,
             settings,
             store,
             engine,
-            workspaces,
             metrics,
         }))
     }

@@ -12,6 +12,9 @@ use crate::{checks::Checks, config::Settings, docker::Engine, domain::SessionSta
 pub const AGENT_SOCKET: &str = "/run/ide-agent/agent.sock";
 pub const AGENT_BIN: &str = "/usr/local/bin/ide-agent";
 
+/// The web IDE proxy over this runner's sessions.
+pub type IdeProxy = Proxy<RunnerBackend>;
+
 pub struct RunnerBackend {
     pub(crate) checks: Arc<Checks>,
     pub(crate) store: Store,
@@ -58,7 +61,7 @@ impl Backend for RunnerBackend {
 
 /// The IDE proxy over this runner's sessions: the one way `runner serve` and `runner ide-proxy`
 /// build it.
-pub fn proxy(s: &Settings, store: Store, engine: Engine, checks: Arc<Checks>) -> Arc<Proxy<RunnerBackend>> {
+pub fn proxy(s: &Settings, store: Store, engine: Engine, checks: Arc<Checks>) -> Arc<IdeProxy> {
     let backend = RunnerBackend { checks, store, engine, user: s.sandbox_user.clone() };
     Proxy::new(backend, proxy_config(s))
 }
@@ -82,7 +85,7 @@ pub fn proxy_config(s: &Settings) -> Config {
 }
 
 /// The URL the web app embeds: the session's IDE with a short-lived token.
-pub fn ide_url(proxy: &Proxy<RunnerBackend>, s: &Settings, session: &str) -> String {
+pub fn ide_url(proxy: &IdeProxy, s: &Settings, session: &str) -> String {
     let token = proxy.url_token(session, s.ide_token_ttl);
     format!("{}/ide/{session}/?token={token}", ide_origin(s, session))
 }

@@ -3,12 +3,12 @@
 //! See `docs/ARCHITECTURE.md` for the code map and the invariants.
 
 pub mod app;
-pub mod apps;
 pub mod base_image;
 pub mod builds;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod deploys;
 pub mod docker;
 pub mod domain;
 pub mod error;
@@ -47,32 +47,32 @@ pub async fn launch(
         settings.public_url = format!("http://{}", listener.local_addr()?);
     }
     let app = App::build(settings).await?;
-    let report = sessions::reconcile::reconcile_once(&app).await.context("reconciling at start")?;
+    let report = sessions::reconcile::reconcile_once(&app.sessions).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
     builds::recover(&app.builds).await.context("recovering builds at start")?;
     // Not fatal: sessions work without it; builds are refused and /readyz says why.
     let isolation = builds::isolation::refresh(&app.builds).await;
     tracing::info!(network = %isolation.network, mode = isolation.mode, isolated = isolation.ok, "build network checked");
-    apps::deploy::recover(&app).await.context("recovering deploys at start")?;
-    let sealed = apps::seal_legacy_secrets(&app).await.context("sealing stored app secrets")?;
+    deploys::deploy::recover(&app.deploys).await.context("recovering deploys at start")?;
+    let sealed = deploys::seal_legacy_secrets(&app.deploys).await.context("sealing stored app secrets")?;
     if sealed > 0 {
         tracing::info!(apps = sealed, "sealed the secrets of apps stored in clear by an older runner");
     }
 
     let cancel = app.shutdown.clone();
     let background = [
-        tokio::spawn(sessions::reaper::run(app.clone(), cancel.clone())),
-        tokio::spawn(sessions::reconcile::run(app.clone(), cancel.clone())),
+        tokio::spawn(sessions::reaper::run(app.sessions.clone(), cancel.clone())),
+        tokio::spawn(sessions::reconcile::run(app.sessions.clone(), cancel.clone())),
         tokio::spawn(builds::run_worker(app.builds.clone(), cancel.clone())),
         tokio::spawn(builds::isolation::run(app.builds.clone(), cancel.clone())),
         app.ide.spawn_background(cancel.clone()),
-        tokio::spawn(apps::supervise::run(app.clone(), cancel.clone())),
+        tokio::spawn(deploys::supervise::run(app.deploys.clone(), cancel.clone())),
     ];
     let ingress = match app.settings.ingress_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the ingress to {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "ingress listening");
-            let router = app.ingress.router();
+            let router = app.deploys.ingress.router();
             let stop = cancel.clone();
             Some(tokio::spawn(async move {
                 let _ =
@@ -160,6 +160,117 @@ mod tests {
                 let path = format!("../{dir}/{f}");
                 assert!(listed.contains(&path), "{path} is not a [[{kind}]] of runner/Cargo.toml: it would never run");
             }
+        }
+    }
+
+    /// The imports among the runner's top-level modules (outside `#[cfg(test)]`).
+    fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let modules: Vec<String> = std::fs::read_dir(&src)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .map(|n| n.trim_end_matches(".rs").to_string())
+            .filter(|n| n != "main" && n != "lib")
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        fn sources(path: &std::path::Path, out: &mut Vec<String>) {
+            if path.is_dir() {
+                for e in std::fs::read_dir(path).unwrap() {
+                    sources(&e.unwrap().path(), out);
+                }
+            } else if path.is_file() && path.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or("");
+                out.push(code.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n"));
+            }
+        }
+        let mut graph = std::collections::BTreeMap::new();
+        for m in &modules {
+            let mut texts = vec![];
+            sources(&src.join(format!("{m}.rs")), &mut texts);
+            sources(&src.join(m), &mut texts);
+            let mut deps = std::collections::BTreeSet::new();
+            for text in texts {
+                // `crate::name` and the top-level names of `use crate::{a, b::c, …};`.
+                for (i, _) in text.match_indices("crate::") {
+                    let rest = &text[i + "crate::".len()..];
+                    if let Some(group) = rest.strip_prefix('{') {
+                        let mut depth = 0;
+                        let mut name = String::new();
+                        let mut at_start = true;
+                        for c in group.chars() {
+                            match c {
+                                '{' => depth += 1,
+                                '}' if depth == 0 => break,
+                                '}' => depth -= 1,
+                                ',' if depth == 0 => at_start = true,
+                                c if at_start && (c.is_ascii_alphanumeric() || c == '_') => name.push(c),
+                                _ if at_start && !name.is_empty() => {
+                                    deps.insert(std::mem::take(&mut name));
+                                    at_start = false;
+                                }
+                                _ => {}
+                            }
+                        }
+                        if !name.is_empty() {
+                            deps.insert(name);
+                        }
+                    } else {
+                        let name: String =
+                            rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                        deps.insert(name);
+                    }
+                }
+            }
+            deps.retain(|d| d != m && modules.contains(d));
+            graph.insert(m.clone(), deps);
+        }
+        graph
+    }
+
+    /// docs/ARCHITECTURE.md's "Module dependencies" block is the code's, and the code has no cycle.
+    #[test]
+    fn the_module_graph_is_acyclic_and_documented() {
+        let graph = module_graph();
+        // Kahn's algorithm: a module whose imports are all placed can be placed.
+        let mut placed = std::collections::BTreeSet::new();
+        while placed.len() < graph.len() {
+            let next: Vec<&String> = graph
+                .iter()
+                .filter(|(m, d)| !placed.contains(*m) && d.iter().all(|x| placed.contains(x)))
+                .map(|(m, _)| m)
+                .collect();
+            assert!(
+                !next.is_empty(),
+                "an import cycle among: {:?}",
+                graph.keys().filter(|m| !placed.contains(*m)).collect::<Vec<_>>()
+            );
+            placed.extend(next.into_iter().cloned());
+        }
+        let doc =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/ARCHITECTURE.md"))
+                .unwrap();
+        let section =
+            doc.split("## Module dependencies").nth(1).expect("the section").split("```").nth(1).expect("its block");
+        let mut documented = std::collections::BTreeMap::new();
+        for line in section.lines().filter(|l| l.contains('→')) {
+            let (module, rest) = line.split_once('→').unwrap();
+            let deps: std::collections::BTreeSet<String> = rest
+                .split("  (")
+                .next()
+                .unwrap()
+                .split(',')
+                .map(|d| d.trim().to_string())
+                .filter(|d| !d.is_empty())
+                .collect();
+            documented.insert(module.trim().to_string(), deps);
+        }
+        for (m, deps) in &graph {
+            assert_eq!(documented.get(m), Some(deps), "docs/ARCHITECTURE.md, Module dependencies: the line of `{m}`");
+        }
+        for m in documented.keys() {
+            assert!(graph.contains_key(m), "docs/ARCHITECTURE.md lists `{m}`, which is not a module");
         }
     }
 }

@@ -15,22 +15,22 @@ use serde_json::json;
 use super::extract::ApiJson;
 use crate::{
     app::App,
-    apps::{self, deploy, AppError, AppInput, AppView, DeployView},
+    deploys::{self, deploy, DeployView, ManagedAppError, ManagedAppInput, ManagedAppView},
     error::{ApiError, ApiResult},
     lifecycle::DeployState,
 };
 
-impl From<AppError> for ApiError {
-    fn from(e: AppError) -> Self {
+impl From<ManagedAppError> for ApiError {
+    fn from(e: ManagedAppError) -> Self {
         let msg = e.to_string();
         match e {
-            AppError::Invalid(i) => i.into(),
-            AppError::NotFound(_) => ApiError::not_found("app_not_found", msg),
-            AppError::DeployNotFound(_) => ApiError::not_found("deploy_not_found", msg),
-            AppError::DeployRunning(_) => ApiError::conflict("deploy_running", msg),
-            AppError::HostTaken(..) => ApiError::conflict("host_taken", msg),
-            AppError::Conflict(_) => ApiError::conflict("nothing_to_roll_back_to", msg),
-            AppError::Internal(e) => ApiError::internal(e),
+            ManagedAppError::Invalid(i) => i.into(),
+            ManagedAppError::NotFound(_) => ApiError::not_found("app_not_found", msg),
+            ManagedAppError::DeployNotFound(_) => ApiError::not_found("deploy_not_found", msg),
+            ManagedAppError::DeployRunning(_) => ApiError::conflict("deploy_running", msg),
+            ManagedAppError::HostTaken(..) => ApiError::conflict("host_taken", msg),
+            ManagedAppError::Conflict(_) => ApiError::conflict("nothing_to_roll_back_to", msg),
+            ManagedAppError::Internal(e) => ApiError::internal(e),
         }
     }
 }
@@ -38,19 +38,20 @@ impl From<AppError> for ApiError {
 pub async fn put(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    ApiJson(input): ApiJson<AppInput>,
-) -> ApiResult<(StatusCode, Json<AppView>)> {
-    let (view, created) = apps::put(&app, &name, input).await?;
+    ApiJson(input): ApiJson<ManagedAppInput>,
+) -> ApiResult<(StatusCode, Json<ManagedAppView>)> {
+    let (view, created) = deploys::put(&app.deploys, &name, input).await?;
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
 }
 
-pub async fn get(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<AppView>> {
-    let rec = apps::get(&app, &name).await?;
-    Ok(Json(apps::view(&app, &rec)?))
+pub async fn get(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<ManagedAppView>> {
+    let rec = deploys::get(&app.deploys, &name).await?;
+    Ok(Json(deploys::view(&app.deploys, &rec)?))
 }
 
 pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<serde_json::Value>> {
-    let list = app.store.apps().await?.iter().map(|r| apps::view(&app, r)).collect::<anyhow::Result<Vec<_>>>()?;
+    let list =
+        app.store.apps().await?.iter().map(|r| deploys::view(&app.deploys, r)).collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Json(json!({ "apps": list })))
 }
 
@@ -65,8 +66,8 @@ pub async fn create_deploy(
     Path(name): Path<String>,
     ApiJson(b): ApiJson<DeployBody>,
 ) -> ApiResult<(StatusCode, Json<DeployView>)> {
-    let d = deploy::start(&app, &name, &b.version, None).await?;
-    Ok((StatusCode::ACCEPTED, Json(apps::deploy_view(&d))))
+    let d = deploy::start(&app.deploys, &name, &b.version, None).await?;
+    Ok((StatusCode::ACCEPTED, Json(deploys::deploy_view(&d))))
 }
 
 #[derive(Deserialize, Default)]
@@ -86,32 +87,32 @@ pub async fn rollback(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?
     };
-    let d = deploy::rollback(&app, &name, b.version.as_deref()).await?;
-    Ok((StatusCode::ACCEPTED, Json(apps::deploy_view(&d))))
+    let d = deploy::rollback(&app.deploys, &name, b.version.as_deref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(deploys::deploy_view(&d))))
 }
 
 pub async fn list_deploys(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    apps::get(&app, &name).await?;
-    let list: Vec<DeployView> = app.store.deploys_of(&name, 100).await?.iter().map(apps::deploy_view).collect();
+    deploys::get(&app.deploys, &name).await?;
+    let list: Vec<DeployView> = app.store.deploys_of(&name, 100).await?.iter().map(deploys::deploy_view).collect();
     Ok(Json(json!({ "deploys": list })))
 }
 
 fn deploy_id(id: &str) -> ApiResult<String> {
     uuid::Uuid::parse_str(id)
         .map(|u| u.to_string())
-        .map_err(|_| ApiError::from(AppError::DeployNotFound(id.to_string())))
+        .map_err(|_| ApiError::from(ManagedAppError::DeployNotFound(id.to_string())))
 }
 
 pub async fn get_deploy(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<DeployView>> {
     let id = deploy_id(&id)?;
-    let d = app.store.deploy(&id).await?.ok_or(AppError::DeployNotFound(id))?;
-    Ok(Json(apps::deploy_view(&d)))
+    let d = app.store.deploy(&id).await?.ok_or(ManagedAppError::DeployNotFound(id))?;
+    Ok(Json(deploys::deploy_view(&d)))
 }
 
 pub async fn deploy_logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = deploy_id(&id)?;
-    app.store.deploy(&id).await?.ok_or_else(|| AppError::DeployNotFound(id.clone()))?;
-    let path = deploy::log_path(&app, &id);
+    app.store.deploy(&id).await?.ok_or_else(|| ManagedAppError::DeployNotFound(id.clone()))?;
+    let path = deploy::log_path(&app.deploys, &id);
     Ok(super::follow::follow_file(path, Duration::from_secs(3600), move || {
         let (app, id) = (app.clone(), id.clone());
         async move { matches!(app.store.deploy(&id).await, Ok(Some(d)) if d.state == DeployState::Running) }
@@ -135,18 +136,19 @@ pub async fn command(
     if b.command.is_empty() || b.command.len() > 64 || b.command.iter().any(|a| a.is_empty() || a.contains('\0')) {
         return Err(ApiError::invalid("invalid_command", "command must be a non-empty argument vector"));
     }
-    let rec = apps::get(&app, &name).await?;
+    let rec = deploys::get(&app.deploys, &name).await?;
     let (Some(version), Some(image)) = (rec.current_version.clone(), rec.current_image.clone()) else {
         return Err(ApiError::conflict("app_not_deployed", format!("{name:?} has no deployed version yet")));
     };
-    let (spec, secrets) = apps::parse(&app, &rec)?;
+    let (spec, secrets) = deploys::parse(&app.deploys, &rec)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
         let sink_tx = tx.clone();
-        let code = deploy::run_once(&app, &name, &spec, &secrets, "run", &version, &image, b.command, move |chunk| {
-            let _ = sink_tx.try_send(Ok(Bytes::copy_from_slice(chunk)));
-        })
-        .await;
+        let code =
+            deploy::run_once(&app.deploys, &name, &spec, &secrets, "run", &version, &image, b.command, move |chunk| {
+                let _ = sink_tx.try_send(Ok(Bytes::copy_from_slice(chunk)));
+            })
+            .await;
         let last = match code {
             Ok(c) => format!("\n[exit {c}]\n"),
             Err(e) => format!("\n[error: {e:#}]\n[exit 125]\n"),
@@ -190,14 +192,15 @@ pub async fn console(
     if command.is_empty() || command.iter().any(|a| a.is_empty() || a.contains('\0')) {
         return Err(ApiError::invalid("invalid_command", "command must be a non-empty argument vector"));
     }
-    let rec = apps::get(&app, &name).await?;
+    let rec = deploys::get(&app.deploys, &name).await?;
     let (Some(version), Some(image)) = (rec.current_version.clone(), rec.current_image.clone()) else {
         return Err(ApiError::conflict("app_not_deployed", format!("{name:?} has no deployed version yet")));
     };
-    let (spec, secrets) = apps::parse(&app, &rec)?;
+    let (spec, secrets) = deploys::parse(&app.deploys, &rec)?;
     let id = uuid::Uuid::new_v4().to_string();
-    deploy::ensure_volumes(&app, &name, &spec).await?;
-    let config = deploy::container(&app, &name, &spec, &secrets, "console", &version, &id, &image, command, None, true);
+    deploy::ensure_volumes(&app.deploys, &name, &spec).await?;
+    let config =
+        deploy::container(&app.deploys, &name, &spec, &secrets, "console", &version, &id, &image, command, None, true);
     let cname = format!("exercise-runner-{}-app-{name}-console-{}", app.engine.instance(), &id[..8]);
     let cid = app.engine.create_app_container(&cname, &config).await?;
     let attached = match app.engine.attach(&cid).await {

@@ -39,14 +39,14 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Session>)> {
     let learner = LearnerId::parse(&body.learner)?;
     let exercise = Slug::parse(&body.exercise)?;
-    let created = sessions::create(&app, &learner, &exercise).await?;
+    let created = sessions::create(&app.sessions, &learner, &exercise).await?;
     let status = if created.new { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(sessions::to_view(&app, &created.session))))
+    Ok((status, Json(sessions::to_view(&app.sessions, &created.session))))
 }
 
 pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Session>> {
-    let s = sessions::get(&app, &session_id(&id)?).await?;
-    Ok(Json(sessions::to_view(&app, &s)))
+    let s = sessions::get(&app.sessions, &session_id(&id)?).await?;
+    Ok(Json(sessions::to_view(&app.sessions, &s)))
 }
 
 #[derive(Deserialize)]
@@ -74,17 +74,18 @@ pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>)
         state,
         limit: q.limit.unwrap_or(100).clamp(1, 1000) as i64,
     };
-    let list: Vec<Session> = sessions::list(&app, &filter).await?.iter().map(|s| sessions::to_view(&app, s)).collect();
+    let list: Vec<Session> =
+        sessions::list(&app.sessions, &filter).await?.iter().map(|s| sessions::to_view(&app.sessions, s)).collect();
     Ok(Json(json!({ "sessions": list })))
 }
 
 pub async fn delete(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Session>> {
-    let s = sessions::stop(&app, &session_id(&id)?, Some("deleted through the API")).await?;
-    Ok(Json(sessions::to_view(&app, &s)))
+    let s = sessions::stop(&app.sessions, &session_id(&id)?, Some("deleted through the API")).await?;
+    Ok(Json(sessions::to_view(&app.sessions, &s)))
 }
 
 pub async fn activity(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    sessions::touch(&app, &session_id(&id)?).await?;
+    sessions::touch(&app.sessions, &session_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -98,7 +99,7 @@ pub async fn create_check(
 
 pub async fn list_checks(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
     let id = session_id(&id)?;
-    sessions::get(&app, &id).await?;
+    sessions::get(&app.sessions, &id).await?;
     let list: Vec<_> = app.store.checks_of(&id, 100).await?.iter().map(crate::checks::to_view).collect();
     Ok(Json(json!({ "checks": list })))
 }

@@ -7,22 +7,66 @@
 pub mod reaper;
 pub mod reconcile;
 
-use crate::domain::rfc3339;
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use serde::Serialize;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
-    app::App,
+    config::Settings,
     docker::{
         policy::{self, Purpose, WorkspaceMount},
-        SandboxOwner,
+        Engine, SandboxOwner,
     },
-    domain::{LearnerId, SandboxSpec, SessionState, Slug},
+    domain::{rfc3339, LearnerId, SandboxSpec, SessionState, Slug},
     exercises,
-    store::{now_ms, SessionFilter, SessionRecord},
+    ide::IdeProxy,
+    metrics::Metrics,
+    store::{now_ms, SessionFilter, SessionRecord, Store},
+    workspaces::Workspaces,
 };
+
+/// The session capability: learners' sandboxes from start to stop, the reaper and the
+/// reconciler. Built once at launch; owns the start slots and the starts in flight.
+pub struct Sessions {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    pub workspaces: Arc<Workspaces>,
+    /// The IDE proxy: ends a stopped session's connections, signs `ide_url`s, flushes activity.
+    pub ide: Arc<IdeProxy>,
+    /// Bounds concurrent sandbox starts (invariant 6).
+    pub start_slots: Arc<Semaphore>,
+    /// Sessions whose sandbox is being started right now; the reconciler leaves them alone.
+    pub starting: Mutex<HashSet<String>>,
+}
+
+impl Sessions {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        workspaces: Arc<Workspaces>,
+        ide: Arc<IdeProxy>,
+    ) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
+            starting: Mutex::new(HashSet::new()),
+            settings,
+            store,
+            engine,
+            metrics,
+            workspaces,
+            ide,
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -69,10 +113,10 @@ pub struct Session {
     pub ide_url: Option<String>,
 }
 
-pub fn to_view(app: &App, r: &SessionRecord) -> Session {
+pub fn to_view(sessions: &Sessions, r: &SessionRecord) -> Session {
     let spec: Option<SandboxSpec> = serde_json::from_str(&r.spec).ok();
-    let idle = app.settings.idle_timeout.as_millis() as i64;
-    let life = app.settings.max_lifetime.as_millis() as i64;
+    let idle = sessions.settings.idle_timeout.as_millis() as i64;
+    let life = sessions.settings.max_lifetime.as_millis() as i64;
     let expires = (r.last_activity_at + idle).min(r.created_at + life);
     Session {
         id: r.id.clone(),
@@ -81,12 +125,12 @@ pub fn to_view(app: &App, r: &SessionRecord) -> Session {
         state: r.state,
         failure_reason: r.failure_reason.clone(),
         image: r.image.clone(),
-        limits: spec.map(|s| s.limits).unwrap_or(app.settings.default_limits),
+        limits: spec.map(|s| s.limits).unwrap_or(sessions.settings.default_limits),
         created_at: rfc3339(r.created_at),
         last_activity_at: rfc3339(r.last_activity_at),
         expires_at: r.state.is_live().then(|| rfc3339(expires)),
         ended_at: r.ended_at.map(rfc3339),
-        ide_url: r.state.is_live().then(|| crate::ide::ide_url(&app.ide, &app.settings, &r.id)),
+        ide_url: r.state.is_live().then(|| crate::ide::ide_url(&sessions.ide, &sessions.settings, &r.id)),
     }
 }
 
@@ -98,8 +142,8 @@ pub struct Created {
 
 /// Gives the learner a sandbox for the exercise: their live session if they have one, else a new
 /// one whose sandbox is started before this returns (or marked failed).
-pub async fn create(app: &Arc<App>, learner: &LearnerId, exercise: &Slug) -> Result<Created, SessionError> {
-    let record = app
+pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Slug) -> Result<Created, SessionError> {
+    let record = sessions
         .store
         .exercise(exercise.as_str())
         .await?
@@ -107,23 +151,25 @@ pub async fn create(app: &Arc<App>, learner: &LearnerId, exercise: &Slug) -> Res
     if record.image.is_empty() {
         return Err(SessionError::NotPublished(exercise.to_string()));
     }
-    if let Some(live) = app.store.live_session_for(learner.as_str(), exercise.as_str()).await? {
+    if let Some(live) = sessions.store.live_session_for(learner.as_str(), exercise.as_str()).await? {
         return Ok(Created { session: live, new: false });
     }
-    if app.store.count_live_sessions().await? >= app.settings.max_live_sessions as i64 {
-        app.metrics.rejected_requests.with_label_values(&["session_capacity"]).inc();
-        return Err(SessionError::AtCapacity(app.settings.max_live_sessions));
+    if sessions.store.count_live_sessions().await? >= sessions.settings.max_live_sessions as i64 {
+        sessions.metrics.rejected_requests.with_label_values(&["session_capacity"]).inc();
+        return Err(SessionError::AtCapacity(sessions.settings.max_live_sessions));
     }
     let requested_at = Instant::now();
     let permit =
-        match tokio::time::timeout(app.settings.start_queue_timeout, app.start_slots.clone().acquire_owned()).await {
+        match tokio::time::timeout(sessions.settings.start_queue_timeout, sessions.start_slots.clone().acquire_owned())
+            .await
+        {
             Ok(Ok(p)) => p,
             _ => {
-                app.metrics.rejected_requests.with_label_values(&["start_queue"]).inc();
+                sessions.metrics.rejected_requests.with_label_values(&["start_queue"]).inc();
                 return Err(SessionError::StartQueueFull);
             }
         };
-    let spec = exercises::sandbox_spec(&app.settings, &record)?;
+    let spec = exercises::sandbox_spec(&sessions.settings, &record)?;
     let now = now_ms();
     let session = SessionRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -138,18 +184,19 @@ pub async fn create(app: &Arc<App>, learner: &LearnerId, exercise: &Slug) -> Res
         last_activity_at: now,
         ended_at: None,
     };
-    if app.store.insert_session(&session).await?.is_none() {
+    if sessions.store.insert_session(&session).await?.is_none() {
         // A concurrent request for the same learner and exercise won the race: answer with its session.
-        let live = app.store.live_session_for(learner.as_str(), exercise.as_str()).await?;
+        let live = sessions.store.live_session_for(learner.as_str(), exercise.as_str()).await?;
         return match live {
             Some(live) => Ok(Created { session: live, new: false }),
             None => Err(anyhow::anyhow!("session conflict without a live session").into()),
         };
     }
     // The start runs in its own task: a caller that disconnects does not abandon a half-made sandbox.
-    let task = spawn_start(app.clone(), session.clone(), permit, requested_at);
+    let task = spawn_start(sessions.clone(), session.clone(), permit, requested_at);
     let _ = task.await;
-    let session = app.store.session(&session.id).await?.ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
+    let session =
+        sessions.store.session(&session.id).await?.ok_or_else(|| SessionError::NotFound(session.id.clone()))?;
     if session.state == SessionState::Failed {
         return Err(SessionError::StartFailed {
             id: session.id.clone(),
@@ -166,35 +213,36 @@ pub(crate) const START_LEASE: std::time::Duration = std::time::Duration::from_se
 /// process, and by a start lease in the database for other replicas) so reconcilers leave it
 /// alone meanwhile.
 pub(crate) fn spawn_start(
-    app: Arc<App>,
+    sessions: Arc<Sessions>,
     session: SessionRecord,
     permit: OwnedSemaphorePermit,
     requested_at: Instant,
 ) -> tokio::task::JoinHandle<()> {
-    app.starting.lock().expect("lock").insert(session.id.clone());
+    sessions.starting.lock().expect("lock").insert(session.id.clone());
     tokio::spawn(async move {
         let _permit = permit;
         let id = session.id.clone();
         // Another replica on the same database may be starting this sandbox already.
         let now = crate::store::now_ms();
-        match app.store.claim_start(&id, now, now + START_LEASE.as_millis() as i64).await {
+        match sessions.store.claim_start(&id, now, now + START_LEASE.as_millis() as i64).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::debug!(session = %id, "another replica is starting this sandbox");
-                app.starting.lock().expect("lock").remove(&id);
+                sessions.starting.lock().expect("lock").remove(&id);
                 return;
             }
             Err(e) => {
                 tracing::warn!(session = %id, error = %format!("{e:#}"), "could not take the start lease; will retry");
-                app.starting.lock().expect("lock").remove(&id);
+                sessions.starting.lock().expect("lock").remove(&id);
                 return;
             }
         }
-        match start_sandbox(&app, &session).await {
+        match start_sandbox(&sessions, &session).await {
             Ok(true) => {
-                app.metrics
+                sessions
+                    .metrics
                     .session_start_seconds
-                    .with_label_values(&[app.settings.runtime.as_str()])
+                    .with_label_values(&[sessions.settings.runtime.as_str()])
                     .observe(requested_at.elapsed().as_secs_f64());
                 tracing::info!(session = %id, learner = %session.learner, exercise = %session.exercise,
                     ms = requested_at.elapsed().as_millis() as u64, "sandbox running");
@@ -206,60 +254,60 @@ pub(crate) fn spawn_start(
                 let reason = format!("{e:#}");
                 let reason: String = reason.chars().take(500).collect();
                 tracing::warn!(session = %id, error = %reason, "sandbox failed to start");
-                let _ = app.engine.remove_container(&policy::sandbox_name(app.engine.instance(), &id)).await;
-                let _ = app.store.transition(&id, SessionState::LIVE, SessionState::Failed, Some(&reason)).await;
-                release_workspace(&app, &session).await;
+                let _ = sessions.engine.remove_container(&policy::sandbox_name(sessions.engine.instance(), &id)).await;
+                let _ = sessions.store.transition(&id, SessionState::LIVE, SessionState::Failed, Some(&reason)).await;
+                release_workspace(&sessions, &session).await;
             }
         }
-        if let Err(e) = app.store.release_start(&id).await {
+        if let Err(e) = sessions.store.release_start(&id).await {
             tracing::warn!(session = %id, error = %format!("{e:#}"), "could not release the start lease; it expires");
         }
-        app.starting.lock().expect("lock").remove(&id);
+        sessions.starting.lock().expect("lock").remove(&id);
     })
 }
 
 /// Makes the session's sandbox run: workspace, container, start, record. Returns false when the
 /// session was ended meanwhile (its container is then removed again).
-async fn start_sandbox(app: &App, session: &SessionRecord) -> anyhow::Result<bool> {
+async fn start_sandbox(sessions: &Sessions, session: &SessionRecord) -> anyhow::Result<bool> {
     let mut spec: SandboxSpec = serde_json::from_str(&session.spec)?;
     // Defence in depth: an image that declares VOLUMEs (refused at registration and build, but
     // perhaps registered before that rule) gets a sized tmpfs over each instead of a disk volume.
-    if let Some(image) = app.engine.image(&spec.image).await? {
+    if let Some(image) = sessions.engine.image(&spec.image).await? {
         for v in image.volumes {
             if v != spec.workdir && !spec.writable.contains(&v) {
                 spec.writable.push(v);
             }
         }
     }
-    let volume = app.workspaces.prepare(&session.learner, &session.exercise, spec.limits.workspace_mb).await?;
+    let volume = sessions.workspaces.prepare(&session.learner, &session.exercise, spec.limits.workspace_mb).await?;
     let owner = SandboxOwner {
-        instance: app.engine.instance(),
+        instance: sessions.engine.instance(),
         purpose: Purpose::Session(&session.id),
         learner: &session.learner,
         exercise: &session.exercise,
     };
-    let container = app
+    let container = sessions
         .engine
         .create_sandbox(
             &spec,
             &owner,
             WorkspaceMount::Volume(&volume),
-            app.settings.runtime,
-            &app.settings.sandbox_user,
+            sessions.settings.runtime,
+            &sessions.settings.sandbox_user,
         )
         .await?;
-    app.engine.start_container(&container).await?;
-    if !app.store.mark_running(&session.id, &container).await? {
-        app.engine.remove_container(&container).await?;
-        release_workspace(app, session).await;
+    sessions.engine.start_container(&container).await?;
+    if !sessions.store.mark_running(&session.id, &container).await? {
+        sessions.engine.remove_container(&container).await?;
+        release_workspace(sessions, session).await;
         return Ok(false);
     }
     Ok(true)
 }
 
 /// Drops the workspace's volume and loop device unless the learner has a live session again.
-async fn release_workspace(app: &App, session: &SessionRecord) {
-    match app.store.live_session_for(&session.learner, &session.exercise).await {
+async fn release_workspace(sessions: &Sessions, session: &SessionRecord) {
+    match sessions.store.live_session_for(&session.learner, &session.exercise).await {
         Ok(None) => {}
         Ok(Some(_)) => return,
         Err(e) => {
@@ -267,48 +315,52 @@ async fn release_workspace(app: &App, session: &SessionRecord) {
             return;
         }
     }
-    if let Err(e) = app.workspaces.release(&session.learner, &session.exercise).await {
+    if let Err(e) = sessions.workspaces.release(&session.learner, &session.exercise).await {
         tracing::warn!(session = %session.id, error = %format!("{e:#}"), "could not release the workspace");
     }
 }
 
-pub async fn get(app: &App, id: &str) -> Result<SessionRecord, SessionError> {
-    app.store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_string()))
+pub async fn get(sessions: &Sessions, id: &str) -> Result<SessionRecord, SessionError> {
+    sessions.store.session(id).await?.ok_or_else(|| SessionError::NotFound(id.to_string()))
 }
 
-pub async fn list(app: &App, filter: &SessionFilter) -> Result<Vec<SessionRecord>, SessionError> {
-    Ok(app.store.sessions(filter).await?)
+pub async fn list(sessions: &Sessions, filter: &SessionFilter) -> Result<Vec<SessionRecord>, SessionError> {
+    Ok(sessions.store.sessions(filter).await?)
 }
 
 /// Ends a session: its container is removed, its workspace kept. Idempotent.
-pub async fn stop(app: &App, id: &str, reason: Option<&str>) -> Result<SessionRecord, SessionError> {
-    let session = get(app, id).await?;
+pub async fn stop(sessions: &Sessions, id: &str, reason: Option<&str>) -> Result<SessionRecord, SessionError> {
+    let session = get(sessions, id).await?;
     if session.state.is_ended() {
         return Ok(session);
     }
-    app.store.transition(id, SessionState::LIVE, SessionState::Stopping, None).await?;
-    app.ide.session_ended(id);
-    finish_stop(app, &session, reason).await?;
-    get(app, id).await
+    sessions.store.transition(id, SessionState::LIVE, SessionState::Stopping, None).await?;
+    sessions.ide.session_ended(id);
+    finish_stop(sessions, &session, reason).await?;
+    get(sessions, id).await
 }
 
 /// The second half of a stop, also used by the reconciler for sessions left in `stopping`.
-pub(crate) async fn finish_stop(app: &App, session: &SessionRecord, reason: Option<&str>) -> anyhow::Result<()> {
-    app.engine.remove_container(&policy::sandbox_name(app.engine.instance(), &session.id)).await?;
+pub(crate) async fn finish_stop(
+    sessions: &Sessions,
+    session: &SessionRecord,
+    reason: Option<&str>,
+) -> anyhow::Result<()> {
+    sessions.engine.remove_container(&policy::sandbox_name(sessions.engine.instance(), &session.id)).await?;
     if let Some(c) = &session.container_id {
-        app.engine.remove_container(c).await?;
+        sessions.engine.remove_container(c).await?;
     }
-    app.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await?;
-    release_workspace(app, session).await;
+    sessions.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await?;
+    release_workspace(sessions, session).await;
     Ok(())
 }
 
 /// Records activity: pushes the idle deadline.
-pub async fn touch(app: &App, id: &str) -> Result<(), SessionError> {
-    if app.store.touch_session(id, now_ms()).await? {
+pub async fn touch(sessions: &Sessions, id: &str) -> Result<(), SessionError> {
+    if sessions.store.touch_session(id, now_ms()).await? {
         return Ok(());
     }
-    match app.store.session(id).await? {
+    match sessions.store.session(id).await? {
         None => Err(SessionError::NotFound(id.to_string())),
         Some(_) => Err(SessionError::NotLive(id.to_string())),
     }

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, store::now_ms};
+use super::Sessions;
+use crate::store::now_ms;
 
 /// Sessions reaped at once; the rest wait for the next round.
 const PARALLEL_STOPS: usize = 8;
 
-pub async fn run(app: Arc<App>, cancel: CancellationToken) {
-    crate::rounds::every(app.settings.reap_interval, crate::rounds::First::Now, cancel, || async {
-        if let Err(e) = reap_once(&app).await {
+pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
+    crate::rounds::every(sessions.settings.reap_interval, crate::rounds::First::Now, cancel, || async {
+        if let Err(e) = reap_once(&sessions).await {
             tracing::warn!(error = %format!("{e:#}"), "reaping failed; will retry");
         }
     })
@@ -21,27 +22,27 @@ pub async fn run(app: Arc<App>, cancel: CancellationToken) {
 }
 
 /// One round: stop what expired, drop workspaces past retention.
-pub async fn reap_once(app: &Arc<App>) -> anyhow::Result<()> {
+pub async fn reap_once(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
     // IDE traffic this process has counted but not yet written is activity too: write it first,
     // so a learner typing is never reaped for a batch still in memory.
-    app.ide.flush_activity().await;
+    sessions.ide.flush_activity().await;
     let now = now_ms();
-    let idle_before = now - app.settings.idle_timeout.as_millis() as i64;
-    let created_before = now - app.settings.max_lifetime.as_millis() as i64;
-    let expired = app.store.expired_sessions(idle_before, created_before).await?;
+    let idle_before = now - sessions.settings.idle_timeout.as_millis() as i64;
+    let created_before = now - sessions.settings.max_lifetime.as_millis() as i64;
+    let expired = sessions.store.expired_sessions(idle_before, created_before).await?;
     futures_util::stream::iter(expired)
         .for_each_concurrent(PARALLEL_STOPS, |s| async move {
             let reason = if s.created_at < created_before { "lifetime" } else { "idle" };
-            match super::stop(app, &s.id, Some(&format!("reaped: {reason}"))).await {
+            match super::stop(sessions, &s.id, Some(&format!("reaped: {reason}"))).await {
                 Ok(_) => {
-                    app.metrics.sessions_reaped.with_label_values(&[reason]).inc();
+                    sessions.metrics.sessions_reaped.with_label_values(&[reason]).inc();
                     tracing::info!(session = %s.id, reason, "reaped session");
                 }
                 Err(e) => tracing::warn!(session = %s.id, error = %e, "could not reap session"),
             }
         })
         .await;
-    let removed = app.workspaces.remove_expired(app.settings.workspace_retention).await?;
+    let removed = sessions.workspaces.remove_expired(sessions.settings.workspace_retention).await?;
     if removed > 0 {
         tracing::info!(removed, "removed workspaces past retention");
     }

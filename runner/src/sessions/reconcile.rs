@@ -16,12 +16,13 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{app::App, docker::FoundSandbox, domain::SessionState, store::SessionRecord};
+use super::Sessions;
+use crate::{docker::FoundSandbox, domain::SessionState, store::SessionRecord};
 
-pub async fn run(app: Arc<App>, cancel: CancellationToken) {
+pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
     // The first round ran at start, before the API answered.
-    crate::rounds::every(app.settings.reconcile_interval, crate::rounds::First::AfterPeriod, cancel, || async {
-        if let Err(e) = reconcile_once(&app).await {
+    crate::rounds::every(sessions.settings.reconcile_interval, crate::rounds::First::AfterPeriod, cancel, || async {
+        if let Err(e) = reconcile_once(&sessions).await {
             tracing::warn!(error = %format!("{e:#}"), "reconciliation failed; will retry");
         }
     })
@@ -88,60 +89,65 @@ pub fn plan(live: &[SessionRecord], observed: &[FoundSandbox], in_flight: &HashS
     actions
 }
 
-pub async fn reconcile_once(app: &Arc<App>) -> anyhow::Result<Report> {
+pub async fn reconcile_once(sessions: &Arc<Sessions>) -> anyhow::Result<Report> {
     // Read Docker first: a session created after this listing is in flight, and skipped.
-    let observed = app.engine.list_sandboxes().await?;
-    let live = app.store.live_sessions().await?;
-    let mut in_flight = app.starting.lock().expect("lock").clone();
+    let observed = sessions.engine.list_sandboxes().await?;
+    let live = sessions.store.live_sessions().await?;
+    let mut in_flight = sessions.starting.lock().expect("lock").clone();
     // Starts other replicas on the same database are making right now.
-    in_flight.extend(app.store.leased_starts(crate::store::now_ms()).await?);
+    in_flight.extend(sessions.store.leased_starts(crate::store::now_ms()).await?);
     let mut report = Report::default();
     for action in plan(&live, &observed, &in_flight) {
-        execute(app, &live, action, &mut report).await?;
+        execute(sessions, &live, action, &mut report).await?;
     }
-    if let Err(e) = app.workspaces.remove_orphan_volumes().await {
+    if let Err(e) = sessions.workspaces.remove_orphan_volumes().await {
         tracing::warn!(error = %format!("{e:#}"), "could not remove orphan workspace volumes");
     }
     // Cgroups of builds a crash interrupted (older than any build may run).
-    let stale = crate::docker::build_cgroup::sweep_stale(app.settings.build_timeout + Duration::from_secs(300));
+    let stale = crate::docker::build_cgroup::sweep_stale(sessions.settings.build_timeout + Duration::from_secs(300));
     if stale > 0 {
         tracing::info!(cgroups = stale, "removed stale build cgroups");
     }
     if report != Report::default() {
         tracing::info!(?report, "reconciled");
     }
-    app.metrics.reconcile_rounds.inc();
+    sessions.metrics.reconcile_rounds.inc();
     Ok(report)
 }
 
 /// Carries out one action of the plan (each step one idempotent Docker or database call).
-async fn execute(app: &Arc<App>, live: &[SessionRecord], action: Action, report: &mut Report) -> anyhow::Result<()> {
-    let count = |action: &str| app.metrics.reconcile_actions.with_label_values(&[action]).inc();
+async fn execute(
+    sessions: &Arc<Sessions>,
+    live: &[SessionRecord],
+    action: Action,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let count = |action: &str| sessions.metrics.reconcile_actions.with_label_values(&[action]).inc();
     let record = |id: &str| live.iter().find(|s| s.id == id).expect("the plan names live sessions");
     match action {
         Action::FinishStop { session } => {
-            super::finish_stop(app, record(&session), None).await?;
+            super::finish_stop(sessions, record(&session), None).await?;
             report.stops_finished += 1;
             count("stop_finished");
         }
         Action::Adopt { session, container, record: needs_record } => {
             if needs_record {
-                app.store.mark_running(&session, &container).await?;
+                sessions.store.mark_running(&session, &container).await?;
             }
             report.adopted += 1;
         }
         Action::Restart { session, container } => {
             tracing::warn!(%session, %container, "sandbox container had exited; starting it again");
-            match app.engine.start_container(&container).await {
+            match sessions.engine.start_container(&container).await {
                 Ok(()) => {
-                    app.store.mark_running(&session, &container).await?;
+                    sessions.store.mark_running(&session, &container).await?;
                     report.restarted += 1;
                     count("restarted");
                 }
                 Err(e) => {
                     tracing::warn!(%session, error = %format!("{e:#}"), "restart failed; recreating");
-                    app.engine.remove_container(&container).await?;
-                    recreate(app, record(&session)).await;
+                    sessions.engine.remove_container(&container).await?;
+                    recreate(sessions, record(&session)).await;
                     report.recreated += 1;
                     count("recreated");
                 }
@@ -149,13 +155,13 @@ async fn execute(app: &Arc<App>, live: &[SessionRecord], action: Action, report:
         }
         Action::Recreate { session } => {
             tracing::warn!(%session, "sandbox container vanished; recreating it on the same workspace");
-            recreate(app, record(&session)).await;
+            recreate(sessions, record(&session)).await;
             report.recreated += 1;
             count("recreated");
         }
         Action::RemoveOrphan { container } => {
             tracing::info!(%container, "removing orphan sandbox container");
-            app.engine.remove_container(&container).await?;
+            sessions.engine.remove_container(&container).await?;
             report.orphans_removed += 1;
             count("orphan_removed");
         }
@@ -164,12 +170,12 @@ async fn execute(app: &Arc<App>, live: &[SessionRecord], action: Action, report:
 }
 
 /// Recreates a live session's sandbox (same session, same workspace), waiting for a start slot.
-async fn recreate(app: &Arc<App>, s: &SessionRecord) {
-    let permit = match app.start_slots.clone().acquire_owned().await {
+async fn recreate(sessions: &Arc<Sessions>, s: &SessionRecord) {
+    let permit = match sessions.start_slots.clone().acquire_owned().await {
         Ok(p) => p,
         Err(_) => return,
     };
-    let _ = super::spawn_start(app.clone(), s.clone(), permit, Instant::now()).await;
+    let _ = super::spawn_start(sessions.clone(), s.clone(), permit, Instant::now()).await;
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! All SQL lives here. One code path for SQLite (the embedded default) and PostgreSQL: runtime
 //! queries through `sqlx::Any`, portable SQL, `$n` placeholders (SQLite accepts them too).
 
-mod apps;
 mod builds;
+mod managed_apps;
 mod records;
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
-pub use apps::{AppRecord, DeployRecord};
+pub use managed_apps::{DeployRecord, ManagedAppRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
 
 use crate::lifecycle::{Lifecycle, SessionState};
@@ -465,7 +465,7 @@ mod tests {
         [
             ("mod.rs", include_str!("mod.rs")),
             ("builds.rs", include_str!("builds.rs")),
-            ("apps.rs", include_str!("apps.rs")),
+            ("managed_apps.rs", include_str!("managed_apps.rs")),
             ("records.rs", include_str!("records.rs")),
         ]
         .into_iter()

@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::spec::{AppSpec, Secrets, WebhookFormat};
+use super::spec::{ManagedAppSpec, Secrets, WebhookFormat};
 
 const ATTEMPTS: u32 = 5;
 
@@ -22,7 +22,7 @@ pub struct Event {
     pub message: String,
 }
 
-pub fn send(client: &reqwest::Client, spec: &AppSpec, secrets: &Secrets, event: Event) {
+pub fn send(client: &reqwest::Client, spec: &ManagedAppSpec, secrets: &Secrets, event: Event) {
     for hook in &spec.notifications {
         let client = client.clone();
         let url = hook.url.clone();

@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use super::{
     deploy,
     notify::{self, Event},
-    spec::AppSpec,
+    spec::ManagedAppSpec,
+    Deploys,
 };
-use crate::{app::App, lifecycle::DeployState, store::AppRecord};
+use crate::{lifecycle::DeployState, store::ManagedAppRecord};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceState {
@@ -41,7 +42,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn states(&self, app: &str, spec: &AppSpec) -> BTreeMap<String, ServiceState> {
+    pub fn states(&self, app: &str, spec: &ManagedAppSpec) -> BTreeMap<String, ServiceState> {
         let failed = self.failed.lock().expect("lock");
         let restarts = self.restarts.lock().expect("lock");
         let observed = self.observed.lock().expect("lock");
@@ -73,23 +74,23 @@ impl Supervisor {
     }
 
     /// Points the app's host at the running web containers of its current deploy.
-    pub async fn refresh_routes(&self, app: &App, rec: &AppRecord) {
-        let Ok(spec) = serde_json::from_str::<super::AppSpec>(&rec.spec) else { return };
-        let Some(deploy_id) = current_deploy(app, &rec.name).await else { return };
+    pub async fn refresh_routes(&self, deploys: &Deploys, rec: &ManagedAppRecord) {
+        let Ok(spec) = serde_json::from_str::<super::ManagedAppSpec>(&rec.spec) else { return };
+        let Some(deploy_id) = current_deploy(deploys, &rec.name).await else { return };
         let Some((web, svc)) = spec.web_service() else { return };
         let (Some(host), Some(port)) = (&spec.host, svc.port) else {
-            app.ingress.remove_app(&rec.name);
+            deploys.ingress.remove_app(&rec.name);
             return;
         };
-        let Ok(containers) = app.engine.app_containers(&rec.name).await else { return };
+        let Ok(containers) = deploys.engine.app_containers(&rec.name).await else { return };
         let mut backends: Vec<(SocketAddr, String)> = Vec::new();
         for c in containers.iter().filter(|c| c.deploy == deploy_id && &c.service == web && c.running) {
-            if let Ok(Some(p)) = app.engine.published_port(&c.id, port).await {
+            if let Ok(Some(p)) = deploys.engine.published_port(&c.id, port).await {
                 backends.push((SocketAddr::from(([127, 0, 0, 1], p)), c.id.clone()));
             }
         }
         backends.sort();
-        let current: Vec<(SocketAddr, String)> = app
+        let current: Vec<(SocketAddr, String)> = deploys
             .ingress
             .route(host)
             .filter(|r| r.app == rec.name)
@@ -98,43 +99,43 @@ impl Supervisor {
         let mut sorted_current = current.clone();
         sorted_current.sort();
         if sorted_current != backends {
-            app.ingress.remove_app(&rec.name);
-            app.ingress.set(host, &rec.name, backends);
+            deploys.ingress.remove_app(&rec.name);
+            deploys.ingress.set(host, &rec.name, backends);
         }
     }
 }
 
 /// The deploy whose containers are the app's current version.
-async fn current_deploy(app: &App, name: &str) -> Option<String> {
-    let history = app.store.deploys_of(name, 50).await.ok()?;
+async fn current_deploy(deploys: &Deploys, name: &str) -> Option<String> {
+    let history = deploys.store.deploys_of(name, 50).await.ok()?;
     history.into_iter().find(|d| d.state == DeployState::Succeeded).map(|d| d.id)
 }
 
-pub async fn run(app: Arc<App>, cancel: CancellationToken) {
+pub async fn run(deploys: Arc<Deploys>, cancel: CancellationToken) {
     crate::rounds::every(Duration::from_secs(1), crate::rounds::First::Now, cancel, || async {
-        let Ok(apps) = app.store.apps().await else { return };
+        let Ok(apps) = deploys.store.apps().await else { return };
         for rec in apps {
-            if let Err(e) = supervise(&app, &rec).await {
+            if let Err(e) = supervise(&deploys, &rec).await {
                 tracing::warn!(app = %rec.name, error = %format!("{e:#}"), "supervising the app failed");
             }
         }
-        app.metrics.supervise_rounds.inc();
+        deploys.metrics.supervise_rounds.inc();
     })
     .await
 }
 
-async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {
+async fn supervise(deploys: &Deploys, rec: &ManagedAppRecord) -> anyhow::Result<()> {
     let (Some(version), Some(image)) = (&rec.current_version, &rec.current_image) else { return Ok(()) };
     // A running deploy owns the containers until it ends.
-    if app.store.deploys_of(&rec.name, 1).await?.first().is_some_and(|d| d.state == DeployState::Running) {
+    if deploys.store.deploys_of(&rec.name, 1).await?.first().is_some_and(|d| d.state == DeployState::Running) {
         return Ok(());
     }
-    let Some(deploy_id) = current_deploy(app, &rec.name).await else { return Ok(()) };
-    let (spec, secrets) = super::parse(app, rec)?;
-    let containers = app.engine.app_containers(&rec.name).await?;
-    let sup = &app.supervisor;
+    let Some(deploy_id) = current_deploy(deploys, &rec.name).await else { return Ok(()) };
+    let (spec, secrets) = super::parse(deploys, rec)?;
+    let containers = deploys.engine.app_containers(&rec.name).await?;
+    let sup = &deploys.supervisor;
     // Failures recorded before a runner restart (or by another replica) still hold.
-    for (service, reason) in app.store.service_failures(&rec.name, &deploy_id).await? {
+    for (service, reason) in deploys.store.service_failures(&rec.name, &deploy_id).await? {
         sup.failed.lock().expect("lock").entry((rec.name.clone(), service)).or_insert(reason);
     }
     for (service, svc) in &spec.services {
@@ -146,11 +147,11 @@ async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {
         }
         // Replicas that are gone entirely (host reboot, removed by hand): start them again.
         for replica in 0..svc.replicas {
-            let name = deploy::replica_name(app, &rec.name, service, &deploy_id, replica);
-            if app.engine.container_status(&name).await?.is_none() {
+            let name = deploy::replica_name(deploys, &rec.name, service, &deploy_id, replica);
+            if deploys.engine.container_status(&name).await?.is_none() {
                 tracing::warn!(app = %rec.name, service, replica, "replica missing; starting it again");
                 deploy::start_replica(
-                    app, &rec.name, &spec, &secrets, service, svc, version, &deploy_id, image, replica,
+                    deploys, &rec.name, &spec, &secrets, service, svc, version, &deploy_id, image, replica,
                 )
                 .await?;
             }
@@ -171,14 +172,14 @@ async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {
             };
             if allowed {
                 tracing::warn!(app = %rec.name, service, container = %c.id, "restarting a crashed container");
-                app.engine.start_container(&c.id).await?;
+                deploys.engine.start_container(&c.id).await?;
             } else {
                 let reason = format!(
                     "{service} kept crashing: {} restarts within {} s",
                     svc.restart.max, svc.restart.within_secs
                 );
                 tracing::error!(app = %rec.name, service, "{reason}; marked failed");
-                app.store.record_service_failure(&rec.name, service, &deploy_id, &reason).await?;
+                deploys.store.record_service_failure(&rec.name, service, &deploy_id, &reason).await?;
                 sup.failed.lock().expect("lock").insert(key.clone(), reason.clone());
                 let event = Event {
                     app: rec.name.clone(),
@@ -187,11 +188,11 @@ async fn supervise(app: &App, rec: &AppRecord) -> anyhow::Result<()> {
                     deploy: Some(deploy_id.clone()),
                     message: reason,
                 };
-                notify::send(&app.http_client, &spec, &secrets, event);
+                notify::send(&deploys.http_client, &spec, &secrets, event);
                 break;
             }
         }
     }
-    sup.refresh_routes(app, rec).await;
+    sup.refresh_routes(deploys, rec).await;
     Ok(())
 }

@@ -11,16 +11,65 @@ pub mod supervise;
 use crate::domain::rfc3339;
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::{
-    app::App,
+    config::Settings,
+    docker::Engine,
     domain::Invalid,
     lifecycle::DeployState,
-    store::{AppRecord, DeployRecord, Written},
+    metrics::Metrics,
+    secret_box::SecretBox,
+    store::{DeployRecord, ManagedAppRecord, Store, Written},
 };
-pub use spec::{AppInput, AppSpec, Secrets};
+pub use spec::{ManagedAppInput, ManagedAppSpec, Secrets};
+
+/// The managed-app capability: definitions, deploys and rollbacks, the supervisor that keeps the
+/// current version running, and the ingress routes that follow it. Built once at launch.
+pub struct Deploys {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    /// Routes of the managed apps' ingress.
+    pub ingress: Arc<ingress::Ingress>,
+    pub supervisor: supervise::Supervisor,
+    /// For health checks and webhooks.
+    pub http_client: reqwest::Client,
+    /// Seals and opens app secrets stored in the database.
+    pub secret_box: SecretBox,
+    /// Cancelled when the service shuts down; deploys in flight stop with it.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Deploys {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        secret_box: SecretBox,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Arc<Deploys> {
+        Arc::new(Deploys {
+            settings,
+            store,
+            engine,
+            metrics,
+            ingress: Arc::new(Default::default()),
+            supervisor: Default::default(),
+            http_client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("http client"),
+            secret_box,
+            shutdown,
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum ManagedAppError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("app {0:?} does not exist")]
@@ -39,10 +88,10 @@ pub enum AppError {
 
 /// An app as the API shows it: the definition without secret values, and its state.
 #[derive(Debug, Serialize)]
-pub struct AppView {
+pub struct ManagedAppView {
     pub name: String,
     #[serde(flatten)]
-    pub spec: AppSpec,
+    pub spec: ManagedAppSpec,
     pub current_version: Option<String>,
     pub current_image: Option<String>,
     pub services_state: std::collections::BTreeMap<String, supervise::ServiceState>,
@@ -50,10 +99,10 @@ pub struct AppView {
     pub updated_at: String,
 }
 
-pub fn view(app: &App, r: &AppRecord) -> anyhow::Result<AppView> {
-    let spec: AppSpec = serde_json::from_str(&r.spec)?;
-    let services_state = app.supervisor.states(&r.name, &spec);
-    Ok(AppView {
+pub fn view(deploys: &Deploys, r: &ManagedAppRecord) -> anyhow::Result<ManagedAppView> {
+    let spec: ManagedAppSpec = serde_json::from_str(&r.spec)?;
+    let services_state = deploys.supervisor.states(&r.name, &spec);
+    Ok(ManagedAppView {
         name: r.name.clone(),
         spec,
         current_version: r.current_version.clone(),
@@ -95,15 +144,19 @@ pub fn deploy_view(d: &DeployRecord) -> DeployView {
 }
 
 /// Creates or replaces an app's definition. Returns the view and whether it was created.
-pub async fn put(app: &App, name: &str, input: AppInput) -> Result<(AppView, bool), AppError> {
+pub async fn put(
+    deploys: &Deploys,
+    name: &str,
+    input: ManagedAppInput,
+) -> Result<(ManagedAppView, bool), ManagedAppError> {
     // Read, merge, write if nobody wrote in between; else again (concurrent PUTs of one app all
     // land, none is lost, none fails).
     for _ in 0..crate::store::MAX_WRITE_ATTEMPTS {
-        let existing = app.store.app(name).await?;
+        let existing = deploys.store.app(name).await?;
         // Secrets the new definition does not repeat are kept. Ones sealed under another key
         // cannot be: the new definition then stands alone (and says so in the log).
         let old_secrets: Option<Secrets> = match &existing {
-            Some(r) => match open_secrets(app, r) {
+            Some(r) => match open_secrets(deploys, r) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(app = %name, error = %format!("{e:#}"), "stored secrets do not open; replacing them");
@@ -114,55 +167,55 @@ pub async fn put(app: &App, name: &str, input: AppInput) -> Result<(AppView, boo
         };
         let (spec, secrets) = spec::validate(name, input.clone(), old_secrets.as_ref())?;
         if let Some(host) = &spec.host {
-            for other in app.store.apps().await? {
+            for other in deploys.store.apps().await? {
                 if other.name != name
-                    && serde_json::from_str::<AppSpec>(&other.spec).is_ok_and(|s| s.host.as_ref() == Some(host))
+                    && serde_json::from_str::<ManagedAppSpec>(&other.spec).is_ok_and(|s| s.host.as_ref() == Some(host))
                 {
-                    return Err(AppError::HostTaken(host.clone(), other.name));
+                    return Err(ManagedAppError::HostTaken(host.clone(), other.name));
                 }
             }
         }
-        let written = app
+        let written = deploys
             .store
             .write_app(
                 name,
                 &serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
-                &app.secret_box.seal(name, &serde_json::to_string(&secrets).map_err(anyhow::Error::from)?)?,
+                &deploys.secret_box.seal(name, &serde_json::to_string(&secrets).map_err(anyhow::Error::from)?)?,
                 existing.map(|r| r.revision),
             )
             .await?;
         if written == Written::Conflict {
             continue;
         }
-        let record = app.store.app(name).await?.ok_or_else(|| AppError::NotFound(name.to_string()))?;
+        let record = deploys.store.app(name).await?.ok_or_else(|| ManagedAppError::NotFound(name.to_string()))?;
         // A changed host moves the route at once.
-        app.supervisor.refresh_routes(app, &record).await;
-        return Ok((view(app, &record)?, written == Written::Created));
+        deploys.supervisor.refresh_routes(deploys, &record).await;
+        return Ok((view(deploys, &record)?, written == Written::Created));
     }
     Err(anyhow::anyhow!("app {name}: too many concurrent writes").into())
 }
 
-pub async fn get(app: &App, name: &str) -> Result<AppRecord, AppError> {
-    app.store.app(name).await?.ok_or_else(|| AppError::NotFound(name.to_string()))
+pub async fn get(deploys: &Deploys, name: &str) -> Result<ManagedAppRecord, ManagedAppError> {
+    deploys.store.app(name).await?.ok_or_else(|| ManagedAppError::NotFound(name.to_string()))
 }
 
 /// An app's definition and its secrets, opened with the runner's secrets key.
-pub fn parse(app: &App, r: &AppRecord) -> anyhow::Result<(AppSpec, Secrets)> {
-    Ok((serde_json::from_str(&r.spec)?, open_secrets(app, r)?))
+pub fn parse(deploys: &Deploys, r: &ManagedAppRecord) -> anyhow::Result<(ManagedAppSpec, Secrets)> {
+    Ok((serde_json::from_str(&r.spec)?, open_secrets(deploys, r)?))
 }
 
-fn open_secrets(app: &App, r: &AppRecord) -> anyhow::Result<Secrets> {
-    let json = app.secret_box.open(&r.name, &r.secrets)?;
+fn open_secrets(deploys: &Deploys, r: &ManagedAppRecord) -> anyhow::Result<Secrets> {
+    let json = deploys.secret_box.open(&r.name, &r.secrets)?;
     anyhow::Context::context(serde_json::from_str(&json), "reading an app's secrets")
 }
 
 /// Seals the secrets of apps stored before secrets were sealed (plaintext rows). Run at start.
-pub async fn seal_legacy_secrets(app: &App) -> anyhow::Result<usize> {
+pub async fn seal_legacy_secrets(deploys: &Deploys) -> anyhow::Result<usize> {
     let mut sealed = 0;
-    for r in app.store.apps().await? {
+    for r in deploys.store.apps().await? {
         if !crate::secret_box::SecretBox::is_sealed(&r.secrets) {
-            let value = app.secret_box.seal(&r.name, &r.secrets)?;
-            if app.store.replace_app_secrets(&r.name, &r.secrets, &value).await? {
+            let value = deploys.secret_box.seal(&r.name, &r.secrets)?;
+            if deploys.store.replace_app_secrets(&r.name, &r.secrets, &value).await? {
                 sealed += 1;
             }
         }

@@ -8,7 +8,7 @@ use super::{moving, now_ms, state_in, Store, Written};
 use crate::lifecycle::DeployState;
 
 #[derive(Debug, Clone)]
-pub struct AppRecord {
+pub struct ManagedAppRecord {
     pub name: String,
     pub spec: String,
     pub secrets: String,
@@ -21,11 +21,11 @@ pub struct AppRecord {
     pub revision: i64,
 }
 
-impl AppRecord {
+impl ManagedAppRecord {
     const COLUMNS: &'static str =
         "name, spec, secrets, current_version, current_image, created_at, updated_at, revision";
     fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
-        Ok(AppRecord {
+        Ok(ManagedAppRecord {
             name: r.try_get("name")?,
             spec: r.try_get("spec")?,
             secrets: r.try_get("secrets")?,
@@ -147,19 +147,19 @@ impl Store {
         Ok(done == 1)
     }
 
-    pub async fn app(&self, name: &str) -> anyhow::Result<Option<AppRecord>> {
-        let row = sqlx::query(&format!("SELECT {} FROM apps WHERE name = $1", AppRecord::COLUMNS))
+    pub async fn app(&self, name: &str) -> anyhow::Result<Option<ManagedAppRecord>> {
+        let row = sqlx::query(&format!("SELECT {} FROM apps WHERE name = $1", ManagedAppRecord::COLUMNS))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| AppRecord::from_row(&r)).transpose()
+        row.map(|r| ManagedAppRecord::from_row(&r)).transpose()
     }
 
-    pub async fn apps(&self) -> anyhow::Result<Vec<AppRecord>> {
-        let rows = sqlx::query(&format!("SELECT {} FROM apps ORDER BY name", AppRecord::COLUMNS))
+    pub async fn apps(&self) -> anyhow::Result<Vec<ManagedAppRecord>> {
+        let rows = sqlx::query(&format!("SELECT {} FROM apps ORDER BY name", ManagedAppRecord::COLUMNS))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(AppRecord::from_row).collect()
+        rows.iter().map(ManagedAppRecord::from_row).collect()
     }
 
     pub async fn set_app_current(&self, name: &str, version: &str, image: &str) -> anyhow::Result<()> {

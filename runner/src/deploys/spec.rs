@@ -99,7 +99,7 @@ pub struct Registry {
 /// `PUT /v1/apps/{app}` body.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AppInput {
+pub struct ManagedAppInput {
     pub image: String,
     #[serde(default)]
     pub host: Option<String>,
@@ -126,7 +126,7 @@ pub struct AppInput {
 
 /// What is stored (and shown) of an app, with no secret values in it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AppSpec {
+pub struct ManagedAppSpec {
     pub image: String,
     pub host: Option<String>,
     pub env: BTreeMap<String, String>,
@@ -140,7 +140,7 @@ pub struct AppSpec {
     pub memory_mb: u64,
 }
 
-impl AppSpec {
+impl ManagedAppSpec {
     /// The service the ingress sends traffic to: `web`, else the first with a port.
     pub fn web_service(&self) -> Option<(&String, &ServiceSpec)> {
         self.services
@@ -189,7 +189,11 @@ fn abs_path_ok(p: &str) -> bool {
         && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-.".contains(&b))
 }
 
-pub fn validate(name: &str, input: AppInput, previous: Option<&Secrets>) -> Result<(AppSpec, Secrets), Invalid> {
+pub fn validate(
+    name: &str,
+    input: ManagedAppInput,
+    previous: Option<&Secrets>,
+) -> Result<(ManagedAppSpec, Secrets), Invalid> {
     Slug::parse(name).map_err(|e| Invalid::new("invalid_app_name", e.message.replace("exercise slug", "app name")))?;
     crate::exercises::check_image_reference(&input.image).map_err(|e| bad("image", e.message))?;
     let tail = input.image.rsplit('/').next().unwrap_or("");
@@ -326,7 +330,7 @@ pub fn validate(name: &str, input: AppInput, previous: Option<&Secrets>) -> Resu
     if !(32..=65536).contains(&memory_mb) {
         return Err(bad("memory_mb", "must be 32-65536"));
     }
-    let spec = AppSpec {
+    let spec = ManagedAppSpec {
         image: input.image,
         host: input.host,
         env: input.env,
@@ -346,7 +350,7 @@ pub fn validate(name: &str, input: AppInput, previous: Option<&Secrets>) -> Resu
 mod tests {
     use super::*;
 
-    fn input(v: serde_json::Value) -> AppInput {
+    fn input(v: serde_json::Value) -> ManagedAppInput {
         serde_json::from_value(v).unwrap()
     }
 
