@@ -37,6 +37,35 @@ async fn health_readiness_and_metrics_answer_without_a_token() {
     assert!(text.contains("runner_session_start_duration_seconds_count{runtime=\"runc\"} 1"), "{text}");
 }
 
+/// What a new operator looks for first: requests by route and status with their latency, the
+/// version running, the IDE's open connections (issue 9, item 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_and_status_and_name_the_version() {
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/v1/exercises").await.0, 200);
+    }
+    assert_eq!(app.get("/v1/sessions/00000000-0000-4000-8000-000000000000").await.0, 404);
+    assert_eq!(app.get("/v1/no-such-route").await.0, 404);
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = |metric: &str, parts: &[&str]| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{metric}{{")) && parts.iter().all(|p| l.contains(p)))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no {metric} with {parts:?} in:\n{text}"))
+    };
+    assert_eq!(
+        line("runner_http_requests_total", &["route=\"/v1/exercises\"", "status=\"200\"", "method=\"GET\""]),
+        "3"
+    );
+    assert_eq!(line("runner_http_requests_total", &["route=\"/v1/sessions/{id}\"", "status=\"404\""]), "1");
+    // Unknown paths share one label, so a scanner cannot blow up the series count.
+    assert_eq!(line("runner_http_requests_total", &["route=\"unmatched\"", "status=\"404\""]), "1");
+    assert_eq!(line("runner_http_request_duration_seconds_count", &["route=\"/v1/exercises\""]), "3");
+    assert_eq!(line("runner_build_info", &[&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))]), "1");
+    assert!(text.contains("\nrunner_ide_open_connections 0\n"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_requires_the_bearer_token() {
     let app = spawn_app().await;

@@ -289,7 +289,9 @@ impl Checks {
         };
         self.store.insert_check(&record).await?;
         self.store.touch_session(session_id, now_ms()).await?;
-        self.metrics.checks.with_label_values(&[if record.passed { "passed" } else { "failed" }]).inc();
+        let verdict = if record.passed { "passed" } else { "failed" };
+        self.metrics.checks.with_label_values(&[verdict]).inc();
+        self.metrics.check_seconds.with_label_values(&[verdict]).observe(outcome.duration_ms as f64 / 1000.0);
         Ok(record)
     }
 }

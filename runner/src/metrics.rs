@@ -2,8 +2,12 @@
 //! mirror the database (sessions by state) are read from it at scrape time.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Latency buckets for HTTP requests (seconds): an API call is milliseconds; a session create
+/// waits for its sandbox (up to the start queue timeout).
+const HTTP_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -17,6 +21,14 @@ pub struct Metrics {
     pub rejected_requests: IntCounterVec,
     pub checks: IntCounterVec,
     pub builds: IntCounterVec,
+    /// Requests by route template (bounded: the router's routes plus `unmatched`), method, status.
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    pub build_seconds: HistogramVec,
+    pub check_seconds: HistogramVec,
+    /// Set at scrape time from the IDE proxy.
+    pub ide_open_connections: IntGauge,
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -60,8 +72,52 @@ impl Metrics {
         let builds =
             IntCounterVec::new(Opts::new("runner_builds_total", "Finished exercise builds by outcome"), &["outcome"])
                 .unwrap();
+        let http_requests = IntCounterVec::new(
+            Opts::new("runner_http_requests_total", "HTTP requests answered, by route template, method and status"),
+            &["route", "method", "status"],
+        )
+        .unwrap();
+        let http_request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "runner_http_request_duration_seconds",
+                "Time to answer an HTTP request (to its headers)",
+            )
+            .buckets(HTTP_BUCKETS.to_vec()),
+            &["route", "method"],
+        )
+        .unwrap();
+        let build_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "runner_build_duration_seconds",
+                "Exercise builds from start to outcome (self-test included)",
+            )
+            .buckets(vec![1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]),
+            &["outcome"],
+        )
+        .unwrap();
+        let check_seconds = HistogramVec::new(
+            HistogramOpts::new("runner_check_duration_seconds", "Checks of learners' work, run time by verdict")
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]),
+            &["verdict"],
+        )
+        .unwrap();
+        let ide_open_connections = IntGauge::new(
+            "runner_ide_open_connections",
+            "Connections the IDE proxy holds open to sandboxes (WebSockets and requests in flight)",
+        )
+        .unwrap();
+        let build_info =
+            IntGaugeVec::new(Opts::new("runner_build_info", "The runner's version (value is always 1)"), &["version"])
+                .unwrap();
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_requests.clone()),
+            Box::new(http_request_seconds.clone()),
+            Box::new(build_seconds.clone()),
+            Box::new(check_seconds.clone()),
+            Box::new(ide_open_connections.clone()),
+            Box::new(build_info.clone()),
             Box::new(builds.clone()),
             Box::new(sessions.clone()),
             Box::new(session_start_seconds.clone()),
@@ -86,6 +142,12 @@ impl Metrics {
             rejected_requests,
             checks,
             builds,
+            http_requests,
+            http_request_seconds,
+            build_seconds,
+            check_seconds,
+            ide_open_connections,
+            build_info,
         }
     }
 

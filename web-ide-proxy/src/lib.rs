@@ -174,6 +174,12 @@ impl<B: Backend> Proxy<B> {
             .with_state(self.clone())
     }
 
+    /// Connections held open right now, over every session: WebSockets and requests in flight.
+    pub fn open_connections(&self) -> usize {
+        let max = self.config.max_connections_per_session;
+        self.slots.lock().expect("lock").values().map(|s| max - s.permits.available_permits()).sum()
+    }
+
     /// Closes every socket of a session now (it was deleted or reaped).
     pub fn session_ended(&self, session: &str) {
         if let Some(slot) = self.slots.lock().expect("lock").get(session) {

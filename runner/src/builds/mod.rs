@@ -480,6 +480,7 @@ enum Stop {
 }
 
 async fn run_build(builds: Arc<Builds>, build: BuildRecord, _permit: OwnedSemaphorePermit) {
+    let started = std::time::Instant::now();
     let token = CancellationToken::new();
     builds.cancels.lock().expect("lock").insert(build.id.clone(), token.clone());
     let mut log = BuildLog::open(&builds.settings.builds_dir(), &build.id);
@@ -514,6 +515,7 @@ async fn run_build(builds: Arc<Builds>, build: BuildRecord, _permit: OwnedSemaph
         tracing::error!(build = %build.id, error = %format!("{e:#}"), "could not record the end of a build");
     }
     builds.metrics.builds.with_label_values(&[state.as_str()]).inc();
+    builds.metrics.build_seconds.with_label_values(&[state.as_str()]).observe(started.elapsed().as_secs_f64());
     tracing::info!(build = %build.id, exercise = %build.exercise, state = state.as_str(), "build finished");
     let _ = tokio::fs::remove_file(builds.settings.builds_dir().join(format!("{}.tar", build.id))).await;
     builds.cancels.lock().expect("lock").remove(&build.id);

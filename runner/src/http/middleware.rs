@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::{
-    extract::{Request, State},
+    extract::{MatchedPath, Request, State},
     http::{header, HeaderValue},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -37,6 +37,28 @@ pub async fn request_id(req: Request, next: Next) -> Response {
         .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+/// Counts and times every request by its route template, and writes the access line: method,
+/// route, status, duration, request id (the span of `request_id` carries the id and the path).
+/// Probes (`/healthz`, `/readyz`, `/metrics`) log at debug so they do not drown the rest.
+pub async fn observe(State(metrics): State<Arc<crate::metrics::Metrics>>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    let route = route.as_deref().unwrap_or("unmatched");
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics.http_requests.with_label_values(&[route, method.as_str(), &status.to_string()]).inc();
+    metrics.http_request_seconds.with_label_values(&[route, method.as_str()]).observe(elapsed.as_secs_f64());
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    if matches!(route, "/healthz" | "/readyz" | "/metrics") {
+        tracing::debug!(target: "access", %method, route, status, ms, "request");
+    } else {
+        tracing::info!(target: "access", %method, route, status, ms, "request");
     }
     resp
 }

@@ -57,6 +57,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .with_state(app.clone())
         .merge(ide)
         .layer(DefaultBodyLimit::max(app.settings.max_body_bytes))
+        .layer(middleware::from_fn_with_state(app.metrics.clone(), mw::observe))
         .layer(middleware::from_fn(mw::request_id))
 }
 

@@ -245,7 +245,7 @@ pub(crate) fn spawn_start(
                     .with_label_values(&[sessions.settings.runtime.as_str()])
                     .observe(requested_at.elapsed().as_secs_f64());
                 tracing::info!(session = %id, learner = %session.learner, exercise = %session.exercise,
-                    ms = requested_at.elapsed().as_millis() as u64, "sandbox running");
+                    ms = requested_at.elapsed().as_millis() as u64, "session started");
             }
             Ok(false) => {
                 tracing::info!(session = %id, "session ended while its sandbox started; removed it")
@@ -253,7 +253,8 @@ pub(crate) fn spawn_start(
             Err(e) => {
                 let reason = format!("{e:#}");
                 let reason: String = reason.chars().take(500).collect();
-                tracing::warn!(session = %id, error = %reason, "sandbox failed to start");
+                tracing::warn!(session = %id, learner = %session.learner, exercise = %session.exercise,
+                    reason = %reason, "session failed: its sandbox did not start");
                 let _ = sessions.engine.remove_container(&policy::sandbox_name(sessions.engine.instance(), &id)).await;
                 let _ = sessions.store.transition(&id, SessionState::LIVE, SessionState::Failed, Some(&reason)).await;
                 release_workspace(&sessions, &session).await;
@@ -351,6 +352,8 @@ pub(crate) async fn finish_stop(
         sessions.engine.remove_container(c).await?;
     }
     sessions.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await?;
+    tracing::info!(session = %session.id, learner = %session.learner, exercise = %session.exercise,
+        reason = reason.unwrap_or("unknown"), "session stopped");
     release_workspace(sessions, session).await;
     Ok(())
 }
