@@ -5,7 +5,7 @@ mod common;
 use std::{collections::HashSet, time::Duration};
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_is_created_found_touched_and_ended() {
@@ -312,4 +312,72 @@ async fn a_learner_who_stops_supervisord_and_floods_checks_does_not_block_other_
         201 => assert_eq!(v["timed_out"], true, "{v}"),
         other => panic!("Ada's second session's check answered {other}: {v}"),
     }
+}
+
+/// An operator drains the runner (new sessions 503 with Retry-After, live ones still served),
+/// undrains it, stops every session of one exercise, and finds each action in the audit log and
+/// on the sessions' events (issue 9, item 9).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_drain_stop_an_exercises_sessions_and_every_action_is_audited() {
+    let app = spawn_app().await;
+    app.exercise("broken", json!({})).await;
+    app.exercise("fine", json!({})).await;
+    let first = app.session("learner-1", "broken").await;
+    let other = app.session("learner-3", "fine").await;
+
+    let (status, v) = app.post("/v1/runner/drain", json!({})).await;
+    assert_eq!((status, &v["draining"]), (200, &json!(true)), "{v}");
+    let r = app
+        .client
+        .post(app.url("/v1/sessions"))
+        .bearer_auth(common::TOKEN)
+        .json(&json!({"learner": "learner-2", "exercise": "broken"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some(), "a drained runner says when to retry");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "runner_draining", "{v}");
+    // The learner who has a session keeps it, and it keeps running.
+    let again = app.session("learner-1", "broken").await;
+    assert_eq!(again["id"], first["id"]);
+    let container = common::session_container(&app.instance, first["id"].as_str().unwrap()).expect("still there");
+    assert_eq!(common::sandbox_exec(&container, "echo alive").1.trim(), "alive");
+
+    let (status, v) = app.post("/v1/runner/undrain", json!({})).await;
+    assert_eq!((status, &v["draining"]), (200, &json!(false)), "{v}");
+    let second = app.session("learner-2", "broken").await;
+
+    // A missing exercise is a 404 and changes nothing.
+    assert_eq!(app.post("/v1/exercises/nope/stop-sessions", json!({})).await.0, 404);
+    let (status, v) = app.post("/v1/exercises/broken/stop-sessions", json!({"reason": "broken publish"})).await;
+    assert_eq!((status, &v["stopped"]), (200, &json!(2)), "{v}");
+    for s in [&first, &second] {
+        let (_, v) = app.get(&format!("/v1/sessions/{}", s["id"].as_str().unwrap())).await;
+        assert_eq!(v["state"], "stopped", "{v}");
+        assert!(common::session_container(&app.instance, s["id"].as_str().unwrap()).is_none());
+    }
+    let (_, v) = app.get(&format!("/v1/sessions/{}", other["id"].as_str().unwrap())).await;
+    assert_eq!(v["state"], "running", "another exercise's session is left alone: {v}");
+    assert_eq!(app.delete(&format!("/v1/sessions/{}", other["id"].as_str().unwrap())).await.0, 200);
+
+    let (status, v) = app.get("/v1/audit").await;
+    assert_eq!(status, 200, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["session.stop", "exercise.stop_sessions", "runner.undrain", "runner.drain"], "{v}");
+    assert!(entries.iter().all(|e| e["actor"] == "api-token" && e["at"].is_string()), "{v}");
+    assert_eq!(entries[1]["target"], "broken");
+    assert_eq!(entries[1]["outcome"], "ok: 2 stopped");
+    assert_eq!(entries[1]["detail"], "broken publish");
+    assert_eq!(entries[0]["target"], other["id"]);
+
+    let (_, v) = app.get(&format!("/v1/sessions/{}/events", first["id"].as_str().unwrap())).await;
+    let kinds: Vec<&str> = v["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["started", "stopped"], "{v}");
+    assert_eq!(v["events"][1]["detail"], "broken publish");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runner_session_events_total{kind=\"stopped\"} 3"), "{metrics}");
+    assert!(metrics.contains("runner_rejected_requests_total{reason=\"draining\"} 1"), "{metrics}");
 }

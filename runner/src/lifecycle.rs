@@ -231,6 +231,52 @@ impl Lifecycle for DeployState {
     }
 }
 
+/// What happened to a session's sandbox, as its events record it (`GET /v1/sessions/{id}/events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionEvent {
+    Started,
+    StartFailed,
+    /// The kernel killed a process of the sandbox at its memory limit.
+    OomKilled,
+    /// The sandbox's main process ended while the session was running.
+    Exited,
+    /// Reconciliation started an exited sandbox again.
+    Restarted,
+    /// Reconciliation made a vanished (or unrestartable) sandbox again on the same workspace.
+    Recreated,
+    Reaped,
+    Stopped,
+}
+
+impl SessionEvent {
+    pub const ALL: [SessionEvent; 8] = [
+        SessionEvent::Started,
+        SessionEvent::StartFailed,
+        SessionEvent::OomKilled,
+        SessionEvent::Exited,
+        SessionEvent::Restarted,
+        SessionEvent::Recreated,
+        SessionEvent::Reaped,
+        SessionEvent::Stopped,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEvent::Started => "started",
+            SessionEvent::StartFailed => "start_failed",
+            SessionEvent::OomKilled => "oom_killed",
+            SessionEvent::Exited => "exited",
+            SessionEvent::Restarted => "restarted",
+            SessionEvent::Recreated => "recreated",
+            SessionEvent::Reaped => "reaped",
+            SessionEvent::Stopped => "stopped",
+        }
+    }
+    pub fn parse(s: &str) -> Option<SessionEvent> {
+        Self::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+}
+
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -240,7 +286,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(SessionState, BuildState, DeployState);
+display_as_str!(SessionState, BuildState, DeployState, SessionEvent);
 
 #[cfg(test)]
 mod tests {

@@ -29,6 +29,7 @@ pub struct Metrics {
     /// Set at scrape time from the IDE proxy.
     pub ide_open_connections: IntGauge,
     pub build_info: IntGaugeVec,
+    pub session_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +111,14 @@ impl Metrics {
             IntGaugeVec::new(Opts::new("runner_build_info", "The runner's version (value is always 1)"), &["version"])
                 .unwrap();
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let session_events = IntCounterVec::new(
+            Opts::new(
+                "runner_session_events_total",
+                "What happened to sessions' sandboxes (started, oom_killed, exited, …)",
+            ),
+            &["kind"],
+        )
+        .unwrap();
         for c in [
             Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_requests.clone()),
@@ -118,6 +127,7 @@ impl Metrics {
             Box::new(check_seconds.clone()),
             Box::new(ide_open_connections.clone()),
             Box::new(build_info.clone()),
+            Box::new(session_events.clone()),
             Box::new(builds.clone()),
             Box::new(sessions.clone()),
             Box::new(session_start_seconds.clone()),
@@ -148,6 +158,7 @@ impl Metrics {
             check_seconds,
             ide_open_connections,
             build_info,
+            session_events,
         }
     }
 

@@ -3,7 +3,7 @@
 use axum::{
     extract::{
         rejection::{JsonRejection, QueryRejection},
-        FromRequest, FromRequestParts, Request,
+        FromRequest, FromRequestParts, OptionalFromRequest, Request,
     },
     http::{request::Parts, StatusCode},
 };
@@ -19,10 +19,22 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        match <axum::Json<T> as FromRequest<S>>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// `Option<ApiJson<T>>`: no body (no `Content-Type`) is `None`; a body is read as [`ApiJson`].
+impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        if !req.headers().contains_key(axum::http::header::CONTENT_TYPE) {
+            return Ok(None);
+        }
+        <ApiJson<T> as FromRequest<S>>::from_request(req, state).await.map(Some)
     }
 }
 

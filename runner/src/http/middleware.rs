@@ -18,6 +18,11 @@ use crate::{
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Who a request acts for, as the audit log names it: the kind of credential that authorised it
+/// (never the credential itself). Set by [`require_token`].
+#[derive(Debug, Clone, Copy)]
+pub struct Actor(pub &'static str);
+
 /// Gives every request an id (the caller's `X-Request-Id` when it is sane), echoed in the
 /// response and in error bodies, and present in the logs of that request.
 pub async fn request_id(req: Request, next: Next) -> Response {
@@ -70,7 +75,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Requires `Authorization: Bearer <RUNNER_API_TOKEN>`, then applies the token's rate limit.
-pub async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let expected = app.settings.api_token.as_ref().expect("token resolved at launch");
     let presented = req
         .headers()
@@ -87,5 +92,6 @@ pub async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         return ApiError::rate_limited(wait.as_secs_f64().ceil() as u64).into_response();
     }
+    req.extensions_mut().insert(Actor("api-token"));
     next.run(req).await
 }

@@ -7,6 +7,7 @@ pub mod exercises;
 pub mod extract;
 pub mod follow;
 pub mod middleware;
+pub mod operators;
 pub mod ops;
 pub mod router;
 pub mod sessions;
@@ -30,6 +31,7 @@ impl From<SessionError> for ApiError {
             SessionError::NotPublished(_) => ApiError::conflict("exercise_not_published", msg),
             SessionError::AtCapacity(_) => ApiError::unavailable("session_capacity", msg, 30),
             SessionError::StartQueueFull => ApiError::unavailable("start_queue_full", msg, 5),
+            SessionError::Draining => ApiError::unavailable("runner_draining", msg, 30),
             SessionError::StartFailed { .. } => ApiError::unavailable("sandbox_start_failed", msg, 5),
             SessionError::Internal(e) => ApiError::internal(e),
         }

@@ -5,12 +5,16 @@ use std::sync::Arc;
 use axum::{
     extract::{Path, State},
     http::StatusCode,
-    Json,
+    Extension, Json,
 };
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{ApiJson, ApiQuery};
+use super::{
+    extract::{ApiJson, ApiQuery},
+    middleware::Actor,
+    operators,
+};
 use crate::{
     app::App,
     domain::{LearnerId, SessionState, Slug},
@@ -79,9 +83,33 @@ pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>)
     Ok(Json(json!({ "sessions": list })))
 }
 
-pub async fn delete(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Session>> {
-    let s = sessions::stop(&app.sessions, &session_id(&id)?, Some("deleted through the API")).await?;
-    Ok(Json(sessions::to_view(&app.sessions, &s)))
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Session>> {
+    let id = session_id(&id)?;
+    let result = sessions::stop(&app.sessions, &id, Some("deleted through the API")).await.map_err(ApiError::from);
+    let outcome = match &result {
+        Ok(s) => format!("ok: {}", s.state),
+        Err(e) => operators::outcome_of(e),
+    };
+    operators::audit(&app, actor, "session.stop", &id, &outcome, None).await;
+    Ok(Json(sessions::to_view(&app.sessions, &result?)))
+}
+
+/// `GET /v1/sessions/{id}/events`: what happened to the session's sandbox, oldest first.
+pub async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let id = session_id(&id)?;
+    sessions::get(&app.sessions, &id).await?;
+    let list: Vec<_> = app
+        .store
+        .session_events(&id)
+        .await?
+        .iter()
+        .map(|e| json!({"at": crate::domain::rfc3339(e.at), "kind": e.kind, "detail": e.detail}))
+        .collect();
+    Ok(Json(json!({ "events": list })))
 }
 
 pub async fn activity(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {

@@ -25,6 +25,7 @@ use crate::{
     domain::{rfc3339, LearnerId, SandboxSpec, SessionState, Slug},
     exercises,
     ide::IdeProxy,
+    lifecycle::SessionEvent,
     metrics::Metrics,
     store::{now_ms, SessionFilter, SessionRecord, Store},
     workspaces::Workspaces,
@@ -44,6 +45,9 @@ pub struct Sessions {
     pub start_slots: Arc<Semaphore>,
     /// Sessions whose sandbox is being started right now; the reconciler leaves them alone.
     pub starting: Mutex<HashSet<String>>,
+    /// Since when (ms) this runner refuses new sessions, when an operator drained it. Kept in
+    /// memory: it is this process's state, and a restarted runner takes sessions again.
+    pub draining: Mutex<Option<i64>>,
 }
 
 impl Sessions {
@@ -58,6 +62,7 @@ impl Sessions {
         Arc::new(Sessions {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
+            draining: Mutex::new(None),
             settings,
             store,
             engine,
@@ -84,6 +89,8 @@ pub enum SessionError {
     AtCapacity(u64),
     #[error("too many sandboxes are starting; try again shortly")]
     StartQueueFull,
+    #[error("this runner is draining: it takes no new sessions (live ones keep running)")]
+    Draining,
     #[error("the sandbox of session {id} failed to start: {reason}")]
     StartFailed { id: String, reason: String },
     #[error(transparent)]
@@ -153,6 +160,10 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
     }
     if let Some(live) = sessions.store.live_session_for(learner.as_str(), exercise.as_str()).await? {
         return Ok(Created { session: live, new: false });
+    }
+    if sessions.draining.lock().expect("lock").is_some() {
+        sessions.metrics.rejected_requests.with_label_values(&["draining"]).inc();
+        return Err(SessionError::Draining);
     }
     if sessions.store.count_live_sessions().await? >= sessions.settings.max_live_sessions as i64 {
         sessions.metrics.rejected_requests.with_label_values(&["session_capacity"]).inc();
@@ -246,6 +257,7 @@ pub(crate) fn spawn_start(
                     .observe(requested_at.elapsed().as_secs_f64());
                 tracing::info!(session = %id, learner = %session.learner, exercise = %session.exercise,
                     ms = requested_at.elapsed().as_millis() as u64, "session started");
+                record_event(&sessions, &id, SessionEvent::Started, None).await;
             }
             Ok(false) => {
                 tracing::info!(session = %id, "session ended while its sandbox started; removed it")
@@ -255,6 +267,7 @@ pub(crate) fn spawn_start(
                 let reason: String = reason.chars().take(500).collect();
                 tracing::warn!(session = %id, learner = %session.learner, exercise = %session.exercise,
                     reason = %reason, "session failed: its sandbox did not start");
+                record_event(&sessions, &id, SessionEvent::StartFailed, Some(&reason)).await;
                 let _ = sessions.engine.remove_container(&policy::sandbox_name(sessions.engine.instance(), &id)).await;
                 let _ = sessions.store.transition(&id, SessionState::LIVE, SessionState::Failed, Some(&reason)).await;
                 release_workspace(&sessions, &session).await;
@@ -354,8 +367,34 @@ pub(crate) async fn finish_stop(
     sessions.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await?;
     tracing::info!(session = %session.id, learner = %session.learner, exercise = %session.exercise,
         reason = reason.unwrap_or("unknown"), "session stopped");
+    let kind =
+        if reason.is_some_and(|r| r.starts_with("reaped")) { SessionEvent::Reaped } else { SessionEvent::Stopped };
+    record_event(sessions, &session.id, kind, reason).await;
     release_workspace(sessions, session).await;
     Ok(())
+}
+
+/// Stops every live session of an exercise (after a broken publish, say); how many it stopped.
+pub async fn stop_exercise(sessions: &Sessions, exercise: &str, reason: &str) -> Result<usize, SessionError> {
+    use futures_util::StreamExt;
+    let live: Vec<SessionRecord> =
+        sessions.store.live_sessions().await?.into_iter().filter(|s| s.exercise == exercise).collect();
+    let stopped = futures_util::stream::iter(live)
+        .map(|s| async move { stop(sessions, &s.id, Some(reason)).await.is_ok() })
+        .buffer_unordered(4)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    Ok(stopped)
+}
+
+/// Writes what happened to a session's sandbox (and counts it). A failed write is logged: the
+/// event is history, not state, and must not undo the step it records.
+pub(crate) async fn record_event(sessions: &Sessions, id: &str, kind: SessionEvent, detail: Option<&str>) {
+    sessions.metrics.session_events.with_label_values(&[kind.as_str()]).inc();
+    if let Err(e) = sessions.store.insert_session_event(id, kind, detail).await {
+        tracing::warn!(session = %id, event = kind.as_str(), error = %format!("{e:#}"), "could not record a session event");
+    }
 }
 
 /// Records activity: pushes the idle deadline.

@@ -17,7 +17,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use super::Sessions;
-use crate::{docker::FoundSandbox, domain::SessionState, store::SessionRecord};
+use crate::{docker::FoundSandbox, domain::SessionState, lifecycle::SessionEvent, store::SessionRecord};
 
 pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
     // The first round ran at start, before the API answered.
@@ -141,12 +141,21 @@ async fn execute(
             match sessions.engine.start_container(&container).await {
                 Ok(()) => {
                     sessions.store.mark_running(&session, &container).await?;
+                    super::record_event(sessions, &session, SessionEvent::Restarted, Some("its container had exited"))
+                        .await;
                     report.restarted += 1;
                     count("restarted");
                 }
                 Err(e) => {
                     tracing::warn!(%session, error = %format!("{e:#}"), "restart failed; recreating");
                     sessions.engine.remove_container(&container).await?;
+                    super::record_event(
+                        sessions,
+                        &session,
+                        SessionEvent::Recreated,
+                        Some("its container would not restart"),
+                    )
+                    .await;
                     recreate(sessions, record(&session)).await;
                     report.recreated += 1;
                     count("recreated");
@@ -155,6 +164,7 @@ async fn execute(
         }
         Action::Recreate { session } => {
             tracing::warn!(%session, "sandbox container vanished; recreating it on the same workspace");
+            super::record_event(sessions, &session, SessionEvent::Recreated, Some("its container had vanished")).await;
             recreate(sessions, record(&session)).await;
             report.recreated += 1;
             count("recreated");

@@ -2,6 +2,7 @@
 //! queries through `sqlx::Any`, portable SQL, `$n` placeholders (SQLite accepts them too).
 
 mod builds;
+mod journal;
 mod managed_apps;
 mod records;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
+pub use journal::{AuditEntry, SessionEvent};
 pub use managed_apps::{DeployRecord, ManagedAppRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
 
@@ -466,6 +468,7 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("builds.rs", include_str!("builds.rs")),
             ("managed_apps.rs", include_str!("managed_apps.rs")),
+            ("journal.rs", include_str!("journal.rs")),
             ("records.rs", include_str!("records.rs")),
         ]
         .into_iter()
