@@ -4,8 +4,10 @@
 //! sandbox has no network) and serves the learner's files and terminals on real PTYs (the page comes from the proxy).
 //! `ide-agent connect SOCKET` joins its stdin/stdout to that socket: the runner's web-ide-proxy
 //! runs it through `docker exec`, whose stdio streams work under runc and gVisor alike.
+//! `ide-agent health` is the base image's health check (the agent answers, no service is stuck).
 
 mod files;
+mod health;
 mod terminals;
 mod web;
 
@@ -21,7 +23,9 @@ pub struct Agent {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ide-agent serve [--socket PATH] [--root DIR]\n       ide-agent connect [SOCKET]");
+    eprintln!(
+        "usage: ide-agent serve [--socket PATH] [--root DIR]\n       ide-agent connect [SOCKET]\n       ide-agent health"
+    );
     std::process::exit(2)
 }
 
@@ -44,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             serve(socket, root).await
         }
         Some("connect") => connect(args.get(1).map(String::as_str).unwrap_or(DEFAULT_SOCKET)).await,
+        Some("health") => health::check(DEFAULT_SOCKET, health::SUPERVISOR_SOCKET).await,
         _ => usage(),
     }
 }
