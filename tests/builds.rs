@@ -975,15 +975,15 @@ fn iptables(args: &[&str]) -> bool {
     std::process::Command::new("iptables").arg("-w").args(args).status().unwrap().success()
 }
 
-async fn managed_plans() -> Vec<runner::docker::build_network::Plan> {
-    runner::docker::build_network::plans(runner::docker::build_network::MANAGED_BRIDGE, &[]).await.unwrap()
+async fn managed_plans() -> Vec<runner::builds::firewall::Plan> {
+    runner::builds::firewall::plans(runner::docker::build_network::MANAGED_BRIDGE, &[]).await.unwrap()
 }
 
 /// What of the managed bridge's isolation is not in place.
 async fn isolation_problems() -> Vec<String> {
     let mut problems = Vec::new();
     for plan in managed_plans().await {
-        problems.extend(runner::docker::build_network::inspect(&plan).await.unwrap().problems);
+        problems.extend(runner::builds::firewall::inspect(&plan).await.unwrap().problems);
     }
     problems
 }
@@ -1011,7 +1011,10 @@ async fn until_restored(app: &TestApp, rule: &str) -> Value {
 /// 169.254.169.254 or a private address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_steps_build_on_a_firewalled_network_and_a_removed_rule_is_put_back() {
-    use runner::docker::build_network::{chain_rules, FORWARD_CHAIN, MANAGED_BRIDGE, MANAGED_NETWORK};
+    use runner::{
+        builds::firewall::{chain_rules, FORWARD_CHAIN},
+        docker::build_network::{MANAGED_BRIDGE, MANAGED_NETWORK},
+    };
     let app = spawn_app().await;
     let (_, ready) = app.get("/readyz").await;
     let iso = &ready["checks"]["build_network"];
@@ -1100,7 +1103,7 @@ async fn an_operators_build_network_without_the_rules_is_reported_and_builds_are
     assert_eq!((iso["ok"].as_bool(), iso["mode"].as_str()), (Some(false), Some("operator")), "{ready}");
     assert_eq!(iso["interface"], bridge);
     let missing: Vec<&str> = iso["missing"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-    let plans = runner::docker::build_network::plans(&bridge, &[]).await.unwrap();
+    let plans = runner::builds::firewall::plans(&bridge, &[]).await.unwrap();
     for jump in plans.iter().flat_map(|p| &p.jumps) {
         let want = format!("{} (the first rule of {})", jump.describe(), jump.chain);
         assert!(missing.contains(&want.as_str()), "{want} in {missing:?}");
@@ -1111,7 +1114,7 @@ async fn an_operators_build_network_without_the_rules_is_reported_and_builds_are
     assert!(b["failure_reason"].as_str().unwrap().contains("not isolated"), "{b}");
     // The runner added nothing to the operator's firewall.
     for jump in plans.iter().flat_map(|p| &p.jumps) {
-        let hook = runner::docker::build_network::chain_rules(jump.binary, &jump.chain).await.unwrap().unwrap();
+        let hook = runner::builds::firewall::chain_rules(jump.binary, &jump.chain).await.unwrap().unwrap();
         assert!(!hook.iter().any(|r| r.contains(&bridge)), "{hook:?}");
     }
     drop(app);

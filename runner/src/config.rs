@@ -487,8 +487,7 @@ impl Settings {
             bail!("RUNNER_MAX_CONCURRENT_INTAKES must be positive (0 would refuse every build)");
         }
         for c in &self.build_network_allow {
-            crate::docker::build_network::Cidr::parse(c)
-                .map_err(|e| anyhow::anyhow!("RUNNER_BUILD_NETWORK_ALLOW: {e}"))?;
+            crate::domain::Cidr::parse(c).map_err(|e| anyhow::anyhow!("RUNNER_BUILD_NETWORK_ALLOW: {e}"))?;
         }
         for name in &self.build_base_images {
             crate::domain::repository_name(name).map_err(|e| anyhow::anyhow!("RUNNER_BUILD_BASE_IMAGES: {e}"))?;
@@ -501,8 +500,8 @@ impl Settings {
     }
 
     /// `build_network_allow`, parsed (it was validated).
-    pub fn build_network_allow_cidrs(&self) -> Vec<crate::docker::build_network::Cidr> {
-        self.build_network_allow.iter().filter_map(|c| crate::docker::build_network::Cidr::parse(c).ok()).collect()
+    pub fn build_network_allow_cidrs(&self) -> Vec<crate::domain::Cidr> {
+        self.build_network_allow.iter().filter_map(|c| crate::domain::Cidr::parse(c).ok()).collect()
     }
 
     pub fn builds_dir(&self) -> PathBuf {

@@ -2,10 +2,12 @@
 
 use std::fmt;
 
+mod cidr;
 mod image;
 mod sandbox;
 /// The session lifecycle lives with the others in [`crate::lifecycle`].
 pub use crate::lifecycle::SessionState;
+pub use cidr::Cidr;
 pub use image::{normalize_reference, repository_name, ImageName};
 pub use sandbox::{CheckSpec, Limits, Runtime, SandboxSpec, TESTS_DIR};
 

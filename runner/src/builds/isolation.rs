@@ -1,6 +1,6 @@
 //! Build network isolation: `RUN` steps must not reach the host's own addresses, its published
 //! ports or link-local metadata services (issue 15). What is enforced and how is in
-//! `docker/build_network.rs`; this module decides what to do for the configured network and
+//! `firewall.rs`; this module decides what to do for the configured network and
 //! keeps the verdict for `/readyz` and for every build.
 //!
 //! `RUNNER_BUILD_NETWORK`:
@@ -20,8 +20,9 @@ use std::{sync::Arc, time::Duration};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::firewall as net;
 use super::Builds;
-use crate::docker::build_network::{self as net, MANAGED_NETWORK};
+use crate::docker::build_network::MANAGED_NETWORK;
 
 /// The verdict of one round.
 #[derive(Debug, Clone, Serialize)]

@@ -9,6 +9,7 @@
 
 pub mod archive;
 pub mod dockerfile;
+pub mod firewall;
 pub mod git;
 pub mod hooks;
 pub mod isolation;
