@@ -13,7 +13,6 @@ use std::{
 use futures_util::{SinkExt, StreamExt};
 use runner::{
     config::{Secret, Settings},
-    docker::Engine,
     domain::Runtime,
     metrics::Metrics,
 };
@@ -116,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Without the proxy: the same exec-stream transport, straight to the agent.
-    let engine = Engine::connect(&instance, Arc::new(Metrics::new())).await?;
+    let engine = runner::docker::connect(&instance, Arc::new(Metrics::new())).await?;
     let container = engine.list_sandboxes().await?.into_iter().next().unwrap().id;
     let cmd = vec![runner::ide::AGENT_BIN.into(), "connect".into(), runner::ide::AGENT_SOCKET.into()];
     let io = engine.exec_stream(&container, cmd, "1000:1000").await?;

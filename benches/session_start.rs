@@ -13,11 +13,8 @@ use std::{
 
 use runner::{
     config::{Secret, Settings},
-    docker::{
-        policy::{Purpose, WorkspaceMount},
-        Engine, SandboxOwner,
-    },
     domain::{Limits, Runtime, SandboxSpec},
+    engine::{Purpose, SandboxOwner, WorkspaceMount},
     metrics::Metrics,
 };
 use serde_json::json;
@@ -48,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("exercise-runner-bench-").tempdir()?;
 
     // Baseline: the same hardened container, created and started directly (volume pre-made).
-    let engine = Engine::connect(&instance, Arc::new(Metrics::new())).await?;
+    let engine = runner::docker::connect(&instance, Arc::new(Metrics::new())).await?;
     let spec = SandboxSpec {
         image: IMAGE.into(),
         limits: Limits::DEFAULT,

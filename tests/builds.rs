@@ -976,7 +976,7 @@ fn iptables(args: &[&str]) -> bool {
 }
 
 async fn managed_plans() -> Vec<runner::builds::firewall::Plan> {
-    runner::builds::firewall::plans(runner::docker::build_network::MANAGED_BRIDGE, &[]).await.unwrap()
+    runner::builds::firewall::plans(runner::engine::MANAGED_BRIDGE, &[]).await.unwrap()
 }
 
 /// What of the managed bridge's isolation is not in place.
@@ -1013,7 +1013,7 @@ async fn until_restored(app: &TestApp, rule: &str) -> Value {
 async fn run_steps_build_on_a_firewalled_network_and_a_removed_rule_is_put_back() {
     use runner::{
         builds::firewall::{chain_rules, FORWARD_CHAIN},
-        docker::build_network::{MANAGED_BRIDGE, MANAGED_NETWORK},
+        engine::{MANAGED_BRIDGE, MANAGED_NETWORK},
     };
     let app = spawn_app().await;
     let (_, ready) = app.get("/readyz").await;

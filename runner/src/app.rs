@@ -7,7 +7,7 @@ use std::{num::NonZeroU32, sync::Arc};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::{
-    builds::Builds, checks::Checks, config::Settings, deploys::Deploys, docker::Engine, ide::IdeProxy,
+    builds::Builds, checks::Checks, config::Settings, deploys::Deploys, engine::Engine, ide::IdeProxy,
     metrics::Metrics, sessions::Sessions, store::Store, workspaces::Workspaces,
 };
 
@@ -37,7 +37,7 @@ impl App {
         let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::new());
         let store = Store::connect(settings.database_url.expose()).await?;
-        let engine = Engine::connect(&settings.instance, metrics.clone()).await?;
+        let engine = crate::docker::connect(&settings.instance, metrics.clone()).await?;
         let runtime = settings.runtime.as_str();
         if !engine.has_runtime(runtime).await? {
             anyhow::bail!(

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{images::BuildRequest, Engine};
+use crate::engine::{BuildRequest, Engine};
 
 pub const BASE_IMAGE: &str = "exercise-runner/base:latest";
 pub const DEBIAN_IMAGE: &str = "debian:bookworm-slim";
@@ -92,7 +92,7 @@ pub async fn ensure(
     engine: &Engine,
     agent: &std::path::Path,
     force: bool,
-    mut say: impl FnMut(&str),
+    mut say: impl FnMut(&str) + Send,
 ) -> anyhow::Result<()> {
     let agent = std::fs::read(agent)
         .with_context(|| format!("reading the IDE agent at {} (cargo build -p ide-agent)", agent.display()))?;
@@ -121,7 +121,7 @@ pub async fn ensure(
         pids_limit: 4096,
         network: "default".into(),
     };
-    engine.build_image(req, &CancellationToken::new(), |line| say(line.trim_end())).await?;
+    engine.build_image(req, &CancellationToken::new(), &mut |line| say(line.trim_end())).await?;
     say(&format!("built {BASE_IMAGE}"));
     Ok(())
 }

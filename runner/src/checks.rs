@@ -21,8 +21,8 @@ use tokio::{sync::oneshot, time::Instant};
 
 use crate::{
     config::Settings,
-    docker::{Engine, ExecRequest},
     domain::{SandboxSpec, SessionState, TESTS_DIR},
+    engine::{Engine, ExecRequest},
     metrics::Metrics,
     store::{now_ms, CheckRecord, Store},
 };

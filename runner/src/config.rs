@@ -184,7 +184,7 @@ impl Settings {
             build_memory_mb: 2048,
             build_cpus: 1.0,
             build_pids_limit: 1024,
-            build_network: crate::docker::build_network::MANAGED_NETWORK.into(),
+            build_network: crate::engine::MANAGED_NETWORK.into(),
             build_network_allow: vec![],
             build_base_images: vec!["exercise-runner/base".into(), "exercise-runner/busybox".into()],
             max_archive_bytes: 32 * 1024 * 1024,

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Settings,
-    docker::{policy::TMPFS_PATHS, Engine},
-    domain::{CheckSpec, Invalid, Limits, SandboxSpec, Slug},
+    domain::{CheckSpec, Invalid, Limits, SandboxSpec, Slug, TMPFS_PATHS},
+    engine::Engine,
     store::{ExerciseRecord, Store, Written},
 };
 
@@ -221,7 +221,7 @@ pub fn check_check(c: &CheckSpec) -> Result<(), Invalid> {
 }
 
 /// Images that would escape the sandbox's limits or impersonate the runner's own containers.
-pub fn reject_unsafe_image(info: &crate::docker::ImageInfo) -> Result<(), Invalid> {
+pub fn reject_unsafe_image(info: &crate::engine::ImageInfo) -> Result<(), Invalid> {
     if !info.volumes.is_empty() {
         return Err(Invalid::new(
             "image_declares_volumes",

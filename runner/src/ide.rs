@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use axum::http::StatusCode;
 use web_ide_proxy::{Backend, BoxIo, Config, Proxy, SessionLookup};
 
-use crate::{checks::Checks, config::Settings, docker::Engine, domain::SessionState, error::ApiError, store::Store};
+use crate::{checks::Checks, config::Settings, domain::SessionState, engine::Engine, error::ApiError, store::Store};
 
 /// Where the agent listens inside every sandbox built on the base image.
 pub const AGENT_SOCKET: &str = "/run/ide-agent/agent.sock";

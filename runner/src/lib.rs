@@ -11,6 +11,7 @@ pub mod config;
 pub mod deploys;
 pub mod docker;
 pub mod domain;
+pub mod engine;
 pub mod error;
 pub mod exercises;
 pub mod http;
@@ -118,7 +119,7 @@ pub async fn launch_ide_proxy(
     // engine. No workspaces (no losetup), no builds, no apps.
     let metrics = Arc::new(metrics::Metrics::new());
     let store = store::Store::connect(settings.database_url.expose()).await?;
-    let engine = docker::Engine::connect(&settings.instance, metrics.clone()).await?;
+    let engine = docker::connect(&settings.instance, metrics.clone()).await?;
     let checks = checks::Checks::new(&settings, store.clone(), engine.clone(), metrics);
     let ide = ide::proxy(&settings, store, engine, checks);
     let cancel = CancellationToken::new();

@@ -98,7 +98,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Images { command: ImagesCommand::BuildBase { force, ide_agent } } => {
             runner::telemetry::init(false, std::env::var("RUNNER_LOG").ok().as_deref());
             let metrics = std::sync::Arc::new(runner::metrics::Metrics::new());
-            let engine = runner::docker::Engine::connect("images", metrics).await?;
+            let engine = runner::docker::connect("images", metrics).await?;
             let agent = ide_agent
                 .or_else(runner::base_image::default_agent_path)
                 .ok_or_else(|| anyhow::anyhow!("pass --ide-agent PATH"))?;

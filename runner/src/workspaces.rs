@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 use tokio::{process::Command, sync::Mutex};
 
-use crate::{config::WorkspaceDriver, docker::Engine, store::Store};
+use crate::{config::WorkspaceDriver, engine::Engine, store::Store};
 
 pub struct Workspaces {
     driver: WorkspaceDriver,

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::firewall as net;
 use super::Builds;
-use crate::docker::build_network::MANAGED_NETWORK;
+use crate::engine::MANAGED_NETWORK;
 
 /// The verdict of one round.
 #[derive(Debug, Clone, Serialize)]

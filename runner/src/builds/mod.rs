@@ -35,8 +35,8 @@ use self::{
 };
 use crate::{
     config::Settings,
-    docker::Engine,
     domain::{Invalid, Slug},
+    engine::Engine,
     exercises::{ExerciseSpec, GitSource},
     lifecycle::BuildState,
     metrics::Metrics,
@@ -497,7 +497,7 @@ async fn run_build(builds: Arc<Builds>, build: BuildRecord, _permit: OwnedSemaph
         },
     };
     // Whatever happened, no self-test container outlives its build.
-    let name = crate::docker::policy::Purpose::SelfTest(&build.id).container_name(builds.engine.instance());
+    let name = crate::engine::Purpose::SelfTest(&build.id).container_name(builds.engine.instance());
     let _ = builds.engine.remove_container(&name).await;
     let (state, reason) = match outcome {
         Ok(()) => (BuildState::Succeeded, None),
@@ -589,7 +589,7 @@ async fn build_steps(
             (LABEL_EXERCISE.to_string(), slug.to_string()),
             ("exercise-runner.version".to_string(), version.clone()),
         ]);
-        let req = crate::docker::images::BuildRequest {
+        let req = crate::engine::BuildRequest {
             context_tar: tree.build_context_tar(&manifest.solution),
             tag: &image,
             labels,
@@ -600,7 +600,7 @@ async fn build_steps(
         };
         // Recorded before building, so whatever ends the build can remove what it made.
         builds.store.set_build_result(&build.id, &version, &image, false, None).await?;
-        builds.engine.build_image(req, token, |line| log.write(line.trim_end_matches('\n'))).await?;
+        builds.engine.build_image(req, token, &mut |line| log.write(line.trim_end_matches('\n'))).await?;
         let info = builds.engine.image(&image).await?.ok_or_else(|| anyhow::anyhow!("the built image vanished"))?;
         crate::exercises::reject_unsafe_image(&info).map_err(|e| anyhow::anyhow!(e.message))?;
         if !info.on_build.is_empty() {

@@ -9,11 +9,8 @@ use anyhow::bail;
 use super::{archive::Tree, log::BuildLog, manifest::Manifest, Builds, RunSummary, SelfTestReport};
 use crate::{
     checks,
-    docker::{
-        policy::{Purpose, WorkspaceMount},
-        ExecRequest, SandboxOwner,
-    },
     domain::SandboxSpec,
+    engine::{ExecRequest, Purpose, SandboxOwner, WorkspaceMount},
     exercises::effective_limits,
 };
 

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::{
     builds::log::BuildLog,
-    docker::policy::AppContainer,
     domain::Invalid,
+    engine::AppContainer,
     lifecycle::DeployState,
     store::{now_ms, DeployRecord, ManagedAppRecord},
 };
@@ -172,7 +172,7 @@ pub(crate) fn volumes(deploys: &Deploys, name: &str, spec: &ManagedAppSpec) -> V
         .collect()
 }
 
-/// A container of this app, described for the one app policy function (`Engine::create_app_container`).
+/// A container of this app, described for the one app policy function (`ContainerEngine::create_app_container`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn container<'a>(
     deploys: &'a Deploys,
@@ -304,7 +304,7 @@ pub(crate) async fn run_once(
     version: &str,
     image: &str,
     command: Vec<String>,
-    mut sink: impl FnMut(&[u8]),
+    mut sink: impl FnMut(&[u8]) + Send,
 ) -> anyhow::Result<i64> {
     let id = uuid::Uuid::new_v4().to_string();
     ensure_volumes(deploys, name, spec).await?;
@@ -337,14 +337,14 @@ async fn steps(
             if deploys.engine.image(pinned).await?.is_none() {
                 let (repo, digest) = pinned.split_once('@').context("a pinned image is repo@digest")?;
                 let auth = registry_auth(spec, secrets);
-                deploys.engine.pull(repo, digest, auth, |l| log.write(l)).await?;
+                deploys.engine.pull(repo, digest, auth, &mut |l| log.write(l)).await?;
             }
             pinned.clone()
         }
         None => {
             log.step(&format!("pulling {}:{}", spec.image, d.version));
             let auth = registry_auth(spec, secrets);
-            deploys.engine.pull(&spec.image, &d.version, auth, |l| log.write(l)).await?;
+            deploys.engine.pull(&spec.image, &d.version, auth, &mut |l| log.write(l)).await?;
             let tagged = format!("{}:{}", spec.image, d.version);
             let pinned = match deploys.engine.repo_digest(&tagged, &spec.image).await? {
                 Some(p) => p,

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use crate::{
     config::Settings,
-    docker::Engine,
     domain::Invalid,
+    engine::Engine,
     lifecycle::DeployState,
     metrics::Metrics,
     secret_box::SecretBox,

@@ -10,27 +10,12 @@ use bollard::{
 };
 use futures_util::StreamExt;
 
-use super::{policy, Engine};
+use super::DockerEngine;
+use crate::engine::{self, AppContainerInfo, Attached, ByteSink, LineSink};
 
-/// An app container as found on the engine.
-#[derive(Debug, Clone)]
-pub struct AppContainerInfo {
-    pub id: String,
-    pub service: String,
-    pub version: String,
-    pub deploy: String,
-    pub running: bool,
-}
-
-/// A container's attached stdio (a TTY console): its output as bytes, its input as a writer.
-pub struct Attached {
-    pub output: std::pin::Pin<Box<dyn futures_util::Stream<Item = anyhow::Result<bytes::Bytes>> + Send>>,
-    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-}
-
-impl Engine {
+impl DockerEngine {
     /// Attaches to a created container's stdio (before starting it, so no output is missed).
-    pub async fn attach(&self, id: &str) -> anyhow::Result<Attached> {
+    pub(super) async fn attach(&self, id: &str) -> anyhow::Result<Attached> {
         let opts = bollard::container::AttachContainerOptions::<String> {
             stdin: Some(true),
             stdout: Some(true),
@@ -46,7 +31,7 @@ impl Engine {
         Ok(Attached { output: Box::pin(output), input: a.input })
     }
 
-    pub async fn resize_tty(&self, id: &str, cols: u16, rows: u16) -> anyhow::Result<()> {
+    pub(super) async fn resize_tty(&self, id: &str, cols: u16, rows: u16) -> anyhow::Result<()> {
         let opts =
             bollard::container::ResizeContainerTtyOptions { width: cols.clamp(2, 1000), height: rows.clamp(2, 500) };
         let r = self.docker.resize_container_tty(id, opts).await;
@@ -55,12 +40,12 @@ impl Engine {
     }
 
     /// Pulls `repo:tag`, with credentials when given, reporting progress lines.
-    pub async fn pull(
+    pub(super) async fn pull(
         &self,
         repo: &str,
         tag: &str,
         auth: Option<(&str, &str)>,
-        mut log: impl FnMut(&str),
+        log: &mut LineSink<'_>,
     ) -> anyhow::Result<()> {
         let creds = auth.map(|(u, p)| DockerCredentials {
             username: Some(u.to_string()),
@@ -90,7 +75,7 @@ impl Engine {
     }
 
     /// The content-addressed reference of a pulled image (`repo@sha256:...`), to pin deploys to.
-    pub async fn repo_digest(&self, reference: &str, repo: &str) -> anyhow::Result<Option<String>> {
+    pub(super) async fn repo_digest(&self, reference: &str, repo: &str) -> anyhow::Result<Option<String>> {
         match self.docker.inspect_image(reference).await {
             Ok(img) => {
                 Ok(img.repo_digests.unwrap_or_default().into_iter().find(|d| d.starts_with(&format!("{repo}@"))))
@@ -101,7 +86,7 @@ impl Engine {
     }
 
     /// Waits for a container to exit; its exit code.
-    pub async fn wait_exit(&self, id: &str) -> anyhow::Result<i64> {
+    pub(super) async fn wait_exit(&self, id: &str) -> anyhow::Result<i64> {
         let mut s = self.docker.wait_container(id, Some(WaitContainerOptions { condition: "not-running" }));
         match s.next().await {
             Some(Ok(r)) => Ok(r.status_code),
@@ -114,7 +99,7 @@ impl Engine {
 
     /// Streams a container's output (stdout and stderr) from the start, following it while it
     /// runs, to `sink`, up to `max` bytes.
-    pub async fn follow_logs(&self, id: &str, max: usize, mut sink: impl FnMut(&[u8])) -> anyhow::Result<()> {
+    pub(super) async fn follow_logs(&self, id: &str, max: usize, sink: &mut ByteSink<'_>) -> anyhow::Result<()> {
         let opts = LogsOptions::<String> { follow: true, stdout: true, stderr: true, ..Default::default() };
         let mut s = self.docker.logs(id, Some(opts));
         let mut seen = 0;
@@ -130,7 +115,7 @@ impl Engine {
     }
 
     /// The 127.0.0.1 port a container's `port/tcp` is published on.
-    pub async fn published_port(&self, id: &str, port: u16) -> anyhow::Result<Option<u16>> {
+    pub(super) async fn published_port(&self, id: &str, port: u16) -> anyhow::Result<Option<u16>> {
         let r = self.docker.inspect_container(id, None).await;
         let c = self.count("inspect_container", r)?;
         let key = format!("{port}/tcp");
@@ -142,10 +127,10 @@ impl Engine {
     }
 
     /// The containers of one app (all its deploys), running or not.
-    pub async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>> {
+    pub(super) async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{}={}", policy::LABEL_INSTANCE, self.instance), format!("{}={app}", policy::LABEL_APP)],
+            vec![format!("{}={}", engine::LABEL_INSTANCE, self.instance), format!("{}={app}", engine::LABEL_APP)],
         )]);
         let opts = ListContainersOptions { all: true, filters, ..Default::default() };
         let r = self.docker.list_containers(Some(opts)).await;
@@ -157,9 +142,9 @@ impl Engine {
             .map(|c| {
                 let label = |k: &str| c.labels.as_ref().and_then(|l| l.get(k)).cloned().unwrap_or_default();
                 AppContainerInfo {
-                    service: label(policy::LABEL_SERVICE),
-                    version: label(policy::LABEL_VERSION),
-                    deploy: label(policy::LABEL_DEPLOY),
+                    service: label(engine::LABEL_SERVICE),
+                    version: label(engine::LABEL_VERSION),
+                    deploy: label(engine::LABEL_DEPLOY),
                     running: c.state.as_deref() == Some("running"),
                     id: c.id.clone().unwrap_or_default(),
                 }

@@ -6,27 +6,14 @@ use std::collections::HashMap;
 use anyhow::{bail, Context};
 use bollard::network::{CreateNetworkOptions, InspectNetworkOptions};
 
-use super::{is_status, policy, Engine};
+use super::{is_status, DockerEngine};
+use crate::engine::{self, NetworkFacts, MANAGED_BRIDGE, MANAGED_NETWORK};
 
-/// The network the runner manages for builds (`RUNNER_BUILD_NETWORK`'s default).
-pub const MANAGED_NETWORK: &str = "exercise-runner-build";
-/// Its bridge interface: fixed, so the firewall rules can name it before any build runs.
-pub const MANAGED_BRIDGE: &str = "er-build0";
 const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
-/// A Docker network as the build isolation needs to know it.
-#[derive(Debug, Clone)]
-pub struct NetworkFacts {
-    pub name: String,
-    pub driver: String,
-    /// The host interface of a bridge network.
-    pub bridge: Option<String>,
-    pub managed: bool,
-}
-
-impl Engine {
+impl DockerEngine {
     /// A network by name (`default` is the engine's default bridge, as for `docker build`).
-    pub async fn network(&self, name: &str) -> anyhow::Result<Option<NetworkFacts>> {
+    pub(super) async fn network(&self, name: &str) -> anyhow::Result<Option<NetworkFacts>> {
         let name = if name == "default" { "bridge" } else { name };
         match self.docker.inspect_network(name, None::<InspectNetworkOptions<String>>).await {
             Ok(n) => {
@@ -42,7 +29,7 @@ impl Engine {
                     name: n.name.unwrap_or_else(|| name.to_string()),
                     bridge: if driver == "bridge" { bridge } else { None },
                     driver,
-                    managed: labels.get(policy::LABEL_MANAGED).is_some_and(|v| v == "true"),
+                    managed: labels.get(engine::LABEL_MANAGED).is_some_and(|v| v == "true"),
                 }))
             }
             Err(e) if is_status(&e, 404) => Ok(None),
@@ -53,7 +40,7 @@ impl Engine {
     /// Makes the runner's build network unless it exists; refuses a network of that name that is
     /// not the runner's (its interface would not be the one the rules name). Idempotent, also
     /// against another runner creating it at the same moment.
-    pub async fn ensure_build_network(&self) -> anyhow::Result<NetworkFacts> {
+    pub(super) async fn ensure_build_network(&self) -> anyhow::Result<NetworkFacts> {
         for _ in 0..2 {
             if let Some(n) = self.network(MANAGED_NETWORK).await? {
                 if n.bridge.as_deref() != Some(MANAGED_BRIDGE) || !n.managed {
@@ -75,7 +62,7 @@ impl Engine {
                     // Two authors' builds running at once do not reach each other either.
                     ("com.docker.network.bridge.enable_icc".to_string(), "false".to_string()),
                 ]),
-                labels: HashMap::from([(policy::LABEL_MANAGED.to_string(), "true".to_string())]),
+                labels: HashMap::from([(engine::LABEL_MANAGED.to_string(), "true".to_string())]),
                 ..Default::default()
             };
             match self.docker.create_network(opts).await {

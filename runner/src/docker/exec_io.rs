@@ -14,19 +14,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 type Output = Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>;
 
-pub struct ExecIo {
+pub(super) struct DockerExecIo {
     output: Output,
     input: Pin<Box<dyn AsyncWrite + Send>>,
     pending: Bytes,
 }
 
-impl ExecIo {
-    pub fn new(output: Output, input: Pin<Box<dyn AsyncWrite + Send>>) -> Self {
-        ExecIo { output, input, pending: Bytes::new() }
+impl DockerExecIo {
+    pub(super) fn new(output: Output, input: Pin<Box<dyn AsyncWrite + Send>>) -> Self {
+        DockerExecIo { output, input, pending: Bytes::new() }
     }
 }
 
-impl AsyncRead for ExecIo {
+impl AsyncRead for DockerExecIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         loop {
             if !self.pending.is_empty() {
@@ -52,7 +52,7 @@ impl AsyncRead for ExecIo {
     }
 }
 
-impl AsyncWrite for ExecIo {
+impl AsyncWrite for DockerExecIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.input.as_mut().poll_write(cx, buf)
     }

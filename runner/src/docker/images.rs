@@ -1,7 +1,5 @@
 //! Image builds, imports and removal.
 
-use std::collections::HashMap;
-
 use anyhow::{bail, Context};
 use bollard::image::{CreateImageOptions, RemoveImageOptions};
 use bytes::Bytes;
@@ -10,20 +8,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
-use super::{build_cgroup::BuildCgroup, is_status, policy, Engine};
-
-/// Limits and labels of one `docker build`.
-pub struct BuildRequest<'a> {
-    pub context_tar: Vec<u8>,
-    pub tag: &'a str,
-    pub labels: HashMap<String, String>,
-    pub memory_mb: u64,
-    pub cpus: f64,
-    /// Most processes all `RUN` steps together may have at once; 0 for no limit.
-    pub pids_limit: u64,
-    /// Network of `RUN` steps.
-    pub network: String,
-}
+use super::{build_cgroup::BuildCgroup, is_status, DockerEngine};
+use crate::engine::{self, BuildRequest, LineSink};
 
 /// Longest line of build output kept in memory while waiting for its end.
 const MAX_BUILD_LINE: usize = 1 << 20;
@@ -46,15 +32,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl Engine {
+impl DockerEngine {
     /// Builds an image from a tar context, sending each line of output to `log`. Every `RUN`
     /// step runs under the request's memory, CPU and pids limits. Cancelling the token drops the
     /// connection, which makes the engine stop the build.
-    pub async fn build_image(
+    pub(super) async fn build_image(
         &self,
         req: BuildRequest<'_>,
         cancel: &CancellationToken,
-        mut log: impl FnMut(&str),
+        log: &mut LineSink<'_>,
     ) -> anyhow::Result<()> {
         let tag = req.tag.to_string();
         let cgroup = if req.pids_limit > 0 {
@@ -88,15 +74,15 @@ impl Engine {
         req: BuildRequest<'_>,
         cgroup_parent: Option<&str>,
         cancel: &CancellationToken,
-        mut log: impl FnMut(&str),
+        log: &mut LineSink<'_>,
     ) -> anyhow::Result<()> {
         let Some(socket) = &self.socket else {
             bail!("builds need the engine on this host (DOCKER_HOST=unix://...)");
         };
         let memory = req.memory_mb * 1024 * 1024;
         let mut labels = req.labels;
-        labels.insert(policy::LABEL_MANAGED.to_string(), "true".to_string());
-        labels.insert(policy::LABEL_INSTANCE.to_string(), self.instance.clone());
+        labels.insert(engine::LABEL_MANAGED.to_string(), "true".to_string());
+        labels.insert(engine::LABEL_INSTANCE.to_string(), self.instance.clone());
         // In a block: the serializer is not `Send`, so it must not live across an await.
         let query = {
             let mut query = form_urlencoded::Serializer::new(String::new());
@@ -177,17 +163,17 @@ impl Engine {
             pending.extend_from_slice(&data);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                handle(&line, &mut log)?;
+                handle(&line, &mut *log)?;
             }
             if pending.len() > MAX_BUILD_LINE {
                 return Err(failed(anyhow::anyhow!("a line of build output is longer than {MAX_BUILD_LINE} bytes")));
             }
         }
-        handle(&pending, &mut log)
+        handle(&pending, log)
     }
 
     /// Imports a root filesystem tar as an image (`docker import`), e.g. a debootstrap tree.
-    pub async fn import_rootfs(
+    pub(super) async fn import_rootfs(
         &self,
         rootfs_tar: Vec<u8>,
         repo: &str,
@@ -213,7 +199,7 @@ impl Engine {
 
     /// Removes an image by tag; a missing one, or one a container still uses, is left alone.
     /// Returns whether it was removed.
-    pub async fn remove_image(&self, reference: &str) -> anyhow::Result<bool> {
+    pub(super) async fn remove_image(&self, reference: &str) -> anyhow::Result<bool> {
         match self.docker.remove_image(reference, Some(RemoveImageOptions { force: false, noprune: false }), None).await
         {
             Ok(_) => Ok(true),

@@ -1,16 +1,18 @@
-//! The runner's only door to the Docker engine: a narrow interface in domain words.
+//! The Docker engine behind the engine seam ([`crate::engine::ContainerEngine`]).
 //!
-//! Everything else in the runner talks about sandboxes, images and volumes; only this module
-//! knows bollard. Every call counts its failures in the `runner_docker_errors_total` metric.
+//! Everything else in the runner talks about sandboxes, images and volumes through the seam;
+//! only this module knows bollard, and no bollard type leaves it. Every container it creates is
+//! configured by the hardening policy (`policy.rs`). Every call counts its failures in the
+//! `runner_docker_errors_total` metric.
 
-pub mod apps;
-pub mod build_cgroup;
-pub mod build_network;
-pub mod exec_io;
-pub mod images;
-pub mod policy;
+mod apps;
+mod build_cgroup;
+mod build_network;
+mod exec_io;
+mod images;
+mod policy;
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bollard::{
@@ -25,15 +27,21 @@ use bollard::{
     Docker,
 };
 use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{Runtime, SandboxSpec},
+    engine::{
+        self, AppContainer, AppContainerInfo, Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus,
+        Engine, ExecIo, ExecOutput, ExecRequest, FoundSandbox, ImageInfo, LineSink, NetworkFacts, SandboxOwner,
+        WorkspaceMount,
+    },
     metrics::Metrics,
 };
-pub use policy::SandboxOwner;
 
+/// The Docker implementation of the engine seam ([`ContainerEngine`]).
 #[derive(Clone)]
-pub struct Engine {
+pub struct DockerEngine {
     docker: Docker,
     instance: String,
     metrics: Arc<Metrics>,
@@ -42,77 +50,10 @@ pub struct Engine {
     socket: Option<PathBuf>,
 }
 
-/// What the runner needs to know about an image.
-#[derive(Debug, Clone)]
-pub struct ImageInfo {
-    pub id: String,
-    pub working_dir: Option<String>,
-    pub labels: HashMap<String, String>,
-    /// `VOLUME`s the image declares: Docker would give each an anonymous volume with no size
-    /// limit, on the host's disk.
-    pub volumes: Vec<String>,
-    /// `ONBUILD` triggers: instructions the engine runs when a build starts `FROM` this image.
-    pub on_build: Vec<String>,
-    /// The image's `repository:tag` names (as the engine lists them, `busybox:latest`).
-    pub repo_tags: Vec<String>,
-}
-
-impl ImageInfo {
-    /// Labels the runner uses to recognise its own containers must not come from an image.
-    pub fn spoofed_labels(&self) -> Vec<&str> {
-        [policy::LABEL_SESSION, policy::LABEL_BUILD].into_iter().filter(|l| self.labels.contains_key(*l)).collect()
-    }
-}
-
-/// A sandbox container as found on the engine.
-#[derive(Debug, Clone)]
-pub struct FoundSandbox {
-    pub id: String,
-    pub session_id: Option<String>,
-    pub running: bool,
-}
-
-/// Status of one container.
-#[derive(Debug, Clone)]
-pub struct ContainerStatus {
-    pub running: bool,
-    pub oom_killed: bool,
-    pub exit_code: Option<i64>,
-}
-
-/// A command to run inside a container.
-#[derive(Debug, Clone)]
-pub struct ExecRequest {
-    pub cmd: Vec<String>,
-    pub user: String,
-    pub workdir: Option<String>,
-    pub env: Vec<String>,
-    pub stdin: Option<Vec<u8>>,
-    pub max_output: usize,
-    pub deadline: std::time::Duration,
-}
-
-impl ExecRequest {
-    pub fn new(cmd: Vec<String>, user: &str) -> Self {
-        ExecRequest {
-            cmd,
-            user: user.to_string(),
-            workdir: None,
-            env: vec![],
-            stdin: None,
-            max_output: 64 * 1024,
-            deadline: std::time::Duration::from_secs(60),
-        }
-    }
-}
-
-/// The result of a command run inside a sandbox.
-#[derive(Debug, Clone)]
-pub struct ExecOutput {
-    pub exit_code: i64,
-    pub output: String,
-    pub truncated: bool,
-    pub timed_out: bool,
+/// Connects to the local engine (`DOCKER_HOST` or the default socket): the [`Engine`] every
+/// capability is given.
+pub async fn connect(instance: &str, metrics: Arc<Metrics>) -> anyhow::Result<Engine> {
+    Ok(Arc::new(DockerEngine::connect(instance, metrics).await?))
 }
 
 /// The engine's Unix socket, as bollard's local defaults pick it.
@@ -123,27 +64,23 @@ fn local_socket() -> Option<PathBuf> {
     }
 }
 
-pub(crate) fn is_status(e: &BollardError, code: u16) -> bool {
+fn is_status(e: &BollardError, code: u16) -> bool {
     matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
 }
 
-impl Engine {
+impl DockerEngine {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket) and agrees on an API
     /// version the engine speaks (Debian's docker.io speaks 1.41).
-    pub async fn connect(instance: &str, metrics: Arc<Metrics>) -> anyhow::Result<Engine> {
+    async fn connect(instance: &str, metrics: Arc<Metrics>) -> anyhow::Result<DockerEngine> {
         let docker = Docker::connect_with_local_defaults().context("connecting to the Docker engine")?;
         let docker = docker
             .negotiate_version()
             .await
             .context("the Docker engine is not reachable (is dockerd running? run scripts/host-setup.sh)")?;
-        Ok(Engine { docker, instance: instance.to_string(), metrics, socket: local_socket() })
+        Ok(DockerEngine { docker, instance: instance.to_string(), metrics, socket: local_socket() })
     }
 
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
-    pub(crate) fn count<T>(&self, op: &'static str, r: Result<T, BollardError>) -> Result<T, BollardError> {
+    fn count<T>(&self, op: &'static str, r: Result<T, BollardError>) -> Result<T, BollardError> {
         if let Err(e) = &r {
             if !is_status(e, 404) && !is_status(e, 409) && !is_status(e, 304) {
                 self.metrics.docker_errors.with_label_values(&[op]).inc();
@@ -152,21 +89,21 @@ impl Engine {
         r
     }
 
-    pub async fn ping(&self) -> anyhow::Result<()> {
+    async fn ping(&self) -> anyhow::Result<()> {
         let r = self.docker.ping().await;
         self.count("ping", r)?;
         Ok(())
     }
 
     /// Whether a runtime name (runc, runsc) is registered with the engine.
-    pub async fn has_runtime(&self, name: &str) -> anyhow::Result<bool> {
+    async fn has_runtime(&self, name: &str) -> anyhow::Result<bool> {
         let r = self.docker.info().await;
         let info = self.count("info", r)?;
         Ok(info.runtimes.is_some_and(|r| r.contains_key(name)))
     }
 
     /// The image, when it exists locally.
-    pub async fn image(&self, reference: &str) -> anyhow::Result<Option<ImageInfo>> {
+    async fn image(&self, reference: &str) -> anyhow::Result<Option<ImageInfo>> {
         match self.docker.inspect_image(reference).await {
             Ok(img) => Ok(Some(ImageInfo {
                 id: img.id.unwrap_or_default(),
@@ -189,11 +126,11 @@ impl Engine {
     /// Creates a sandbox under the one hardening policy (`policy::sandbox_container`), by its
     /// deterministic name; a retried or racing create gets the same container. Callers describe
     /// the sandbox in domain terms; the Docker configuration never leaves this module.
-    pub async fn create_sandbox(
+    async fn create_sandbox(
         &self,
         spec: &SandboxSpec,
         owner: &SandboxOwner<'_>,
-        workspace: policy::WorkspaceMount<'_>,
+        workspace: WorkspaceMount<'_>,
         runtime: Runtime,
         user: &str,
     ) -> anyhow::Result<String> {
@@ -202,7 +139,7 @@ impl Engine {
     }
 
     /// Creates a managed app's container under the app policy (`policy::app_container`).
-    pub async fn create_app_container(&self, name: &str, c: &policy::AppContainer<'_>) -> anyhow::Result<String> {
+    async fn create_app_container(&self, name: &str, c: &AppContainer<'_>) -> anyhow::Result<String> {
         self.create_container(name, policy::app_container(c)).await
     }
 
@@ -239,7 +176,7 @@ impl Engine {
     }
 
     /// Starts a container; starting a running one is fine.
-    pub async fn start_container(&self, id: &str) -> anyhow::Result<()> {
+    async fn start_container(&self, id: &str) -> anyhow::Result<()> {
         match self.docker.start_container(id, None::<StartContainerOptions<String>>).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) => Ok(()),
@@ -250,7 +187,7 @@ impl Engine {
 
     /// Removes a container and its anonymous volumes, running or not; a missing one is fine.
     /// Returns once the container is gone, also when another caller's removal was in progress.
-    pub async fn remove_container(&self, id_or_name: &str) -> anyhow::Result<()> {
+    async fn remove_container(&self, id_or_name: &str) -> anyhow::Result<()> {
         let opts = RemoveContainerOptions { force: true, v: true, link: false };
         match self.docker.remove_container(id_or_name, Some(opts)).await {
             Ok(()) => return Ok(()),
@@ -272,7 +209,7 @@ impl Engine {
         Ok(())
     }
 
-    pub async fn container_status(&self, id_or_name: &str) -> anyhow::Result<Option<ContainerStatus>> {
+    async fn container_status(&self, id_or_name: &str) -> anyhow::Result<Option<ContainerStatus>> {
         match self.docker.inspect_container(id_or_name, None::<InspectContainerOptions>).await {
             Ok(c) => {
                 let st = c.state.unwrap_or_default();
@@ -288,10 +225,10 @@ impl Engine {
     }
 
     /// All sandbox containers of this runner instance, running or not.
-    pub async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>> {
+    async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{}=true", policy::LABEL_MANAGED), format!("{}={}", policy::LABEL_INSTANCE, self.instance)],
+            vec![format!("{}=true", engine::LABEL_MANAGED), format!("{}={}", engine::LABEL_INSTANCE, self.instance)],
         )]);
         let opts = ListContainersOptions { all: true, filters, ..Default::default() };
         let r = self.docker.list_containers(Some(opts)).await;
@@ -301,16 +238,16 @@ impl Engine {
             // Labels can come from an image; the name cannot. Only a container with the name the
             // runner gives a session's sandbox is one.
             .filter(|c| {
-                let session = c.labels.as_ref().and_then(|l| l.get(policy::LABEL_SESSION));
+                let session = c.labels.as_ref().and_then(|l| l.get(engine::LABEL_SESSION));
                 let names = c.names.as_deref().unwrap_or_default();
                 session.is_some_and(|s| {
-                    let expected = format!("/{}", policy::sandbox_name(&self.instance, s));
+                    let expected = format!("/{}", engine::sandbox_name(&self.instance, s));
                     names.contains(&expected)
                 })
             })
             .map(|c| FoundSandbox {
                 id: c.id.unwrap_or_default(),
-                session_id: c.labels.and_then(|mut l| l.remove(policy::LABEL_SESSION)),
+                session_id: c.labels.and_then(|mut l| l.remove(engine::LABEL_SESSION)),
                 running: c.state.as_deref() == Some("running"),
             })
             .collect())
@@ -320,7 +257,7 @@ impl Engine {
     /// container, feeding it `stdin`, and collects its output up to `max_output` bytes. Past the
     /// deadline the output is abandoned and `timed_out` set (callers also bound the command
     /// inside the sandbox with `timeout`, so it does not outlive the deadline).
-    pub async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {
+    async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {
         let opts = CreateExecOptions {
             cmd: Some(req.cmd),
             user: Some(req.user),
@@ -373,7 +310,7 @@ impl Engine {
     }
 
     /// Starts `cmd` in a running container and returns its stdin/stdout as one byte stream.
-    pub async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<exec_io::ExecIo> {
+    async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo> {
         let opts = CreateExecOptions {
             cmd: Some(cmd),
             user: Some(user.to_string()),
@@ -386,20 +323,20 @@ impl Engine {
         let exec = self.count("create_exec", r)?;
         let r = self.docker.start_exec(&exec.id, None).await;
         match self.count("start_exec", r)? {
-            StartExecResults::Attached { output, input } => Ok(exec_io::ExecIo::new(output, input)),
+            StartExecResults::Attached { output, input } => Ok(Box::new(exec_io::DockerExecIo::new(output, input))),
             StartExecResults::Detached => anyhow::bail!("the exec did not attach"),
         }
     }
 
     /// Build containers of this instance (self-tests), running or not.
-    pub async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
+    async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{}={}", policy::LABEL_INSTANCE, self.instance), policy::LABEL_BUILD.to_string()],
+            vec![format!("{}={}", engine::LABEL_INSTANCE, self.instance), engine::LABEL_BUILD.to_string()],
         )]);
         let opts = ListContainersOptions { all: true, filters, ..Default::default() };
         let r = self.docker.list_containers(Some(opts)).await;
-        let prefix = format!("/{}", policy::Purpose::SelfTest("").container_name(&self.instance));
+        let prefix = format!("/{}", engine::Purpose::SelfTest("").container_name(&self.instance));
         Ok(self
             .count("list_containers", r)?
             .into_iter()
@@ -411,7 +348,7 @@ impl Engine {
     // ---- volumes ----
 
     /// The driver options of a volume, when it exists.
-    pub async fn volume_options(&self, name: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
+    async fn volume_options(&self, name: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
         match self.docker.inspect_volume(name).await {
             Ok(v) => Ok(Some(v.options)),
             Err(e) if is_status(&e, 404) => Ok(None),
@@ -419,11 +356,11 @@ impl Engine {
         }
     }
 
-    pub async fn create_volume(&self, name: &str, driver_opts: HashMap<String, String>) -> anyhow::Result<()> {
+    async fn create_volume(&self, name: &str, driver_opts: HashMap<String, String>) -> anyhow::Result<()> {
         let labels = HashMap::from([
-            (policy::LABEL_MANAGED.to_string(), "true".to_string()),
-            (policy::LABEL_INSTANCE.to_string(), self.instance.clone()),
-            (policy::LABEL_WORKSPACE.to_string(), name.to_string()),
+            (engine::LABEL_MANAGED.to_string(), "true".to_string()),
+            (engine::LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (engine::LABEL_WORKSPACE.to_string(), name.to_string()),
         ]);
         let opts = CreateVolumeOptions { name: name.to_string(), driver: "local".to_string(), driver_opts, labels };
         let r = self.docker.create_volume(opts).await;
@@ -432,14 +369,14 @@ impl Engine {
     }
 
     /// Creates an app's named volume (labelled as the app's) unless it exists.
-    pub async fn ensure_app_volume(&self, name: &str, app: &str) -> anyhow::Result<()> {
+    async fn ensure_app_volume(&self, name: &str, app: &str) -> anyhow::Result<()> {
         if self.volume_options(name).await?.is_some() {
             return Ok(());
         }
         let labels = HashMap::from([
-            (policy::LABEL_MANAGED.to_string(), "true".to_string()),
-            (policy::LABEL_INSTANCE.to_string(), self.instance.clone()),
-            (policy::LABEL_APP.to_string(), app.to_string()),
+            (engine::LABEL_MANAGED.to_string(), "true".to_string()),
+            (engine::LABEL_INSTANCE.to_string(), self.instance.clone()),
+            (engine::LABEL_APP.to_string(), app.to_string()),
         ]);
         let opts = CreateVolumeOptions {
             name: name.to_string(),
@@ -453,7 +390,7 @@ impl Engine {
     }
 
     /// Removes a volume. Returns false when a container still uses it (then nothing changes).
-    pub async fn remove_volume(&self, name: &str) -> anyhow::Result<bool> {
+    async fn remove_volume(&self, name: &str) -> anyhow::Result<bool> {
         match self.docker.remove_volume(name, Some(RemoveVolumeOptions { force: false })).await {
             Ok(()) => Ok(true),
             Err(e) if is_status(&e, 404) => Ok(true),
@@ -464,18 +401,169 @@ impl Engine {
     }
 
     /// Names of the workspace volumes of this instance.
-    pub async fn list_workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
+    async fn list_workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![
-                format!("{}=true", policy::LABEL_MANAGED),
-                format!("{}={}", policy::LABEL_INSTANCE, self.instance),
+                format!("{}=true", engine::LABEL_MANAGED),
+                format!("{}={}", engine::LABEL_INSTANCE, self.instance),
                 // Only workspaces: app volumes hold an app's data and are never "orphans".
-                policy::LABEL_WORKSPACE.to_string(),
+                engine::LABEL_WORKSPACE.to_string(),
             ],
         )]);
         let r = self.docker.list_volumes(Some(ListVolumesOptions { filters })).await;
         let list = self.count("list_volumes", r)?;
         Ok(list.volumes.unwrap_or_default().into_iter().map(|v| v.name).collect())
+    }
+}
+
+/// The seam, method by method: each is the inherent call of the same name (in this file,
+/// `apps.rs`, `images.rs` or `build_network.rs`, by subject).
+#[async_trait::async_trait]
+impl ContainerEngine for DockerEngine {
+    fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        DockerEngine::ping(self).await
+    }
+
+    async fn has_runtime(&self, name: &str) -> anyhow::Result<bool> {
+        DockerEngine::has_runtime(self, name).await
+    }
+
+    async fn create_sandbox(
+        &self,
+        spec: &SandboxSpec,
+        owner: &SandboxOwner<'_>,
+        workspace: WorkspaceMount<'_>,
+        runtime: Runtime,
+        user: &str,
+    ) -> anyhow::Result<String> {
+        DockerEngine::create_sandbox(self, spec, owner, workspace, runtime, user).await
+    }
+
+    async fn start_container(&self, id: &str) -> anyhow::Result<()> {
+        DockerEngine::start_container(self, id).await
+    }
+
+    async fn remove_container(&self, id_or_name: &str) -> anyhow::Result<()> {
+        DockerEngine::remove_container(self, id_or_name).await
+    }
+
+    async fn container_status(&self, id_or_name: &str) -> anyhow::Result<Option<ContainerStatus>> {
+        DockerEngine::container_status(self, id_or_name).await
+    }
+
+    async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>> {
+        DockerEngine::list_sandboxes(self).await
+    }
+
+    async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
+        DockerEngine::list_selftest_containers(self).await
+    }
+
+    async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {
+        DockerEngine::exec(self, container, req).await
+    }
+
+    async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo> {
+        DockerEngine::exec_stream(self, container, cmd, user).await
+    }
+
+    async fn volume_options(&self, name: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
+        DockerEngine::volume_options(self, name).await
+    }
+
+    async fn create_volume(&self, name: &str, driver_opts: HashMap<String, String>) -> anyhow::Result<()> {
+        DockerEngine::create_volume(self, name, driver_opts).await
+    }
+
+    async fn ensure_app_volume(&self, name: &str, app: &str) -> anyhow::Result<()> {
+        DockerEngine::ensure_app_volume(self, name, app).await
+    }
+
+    async fn remove_volume(&self, name: &str) -> anyhow::Result<bool> {
+        DockerEngine::remove_volume(self, name).await
+    }
+
+    async fn list_workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
+        DockerEngine::list_workspace_volumes(self).await
+    }
+
+    async fn image(&self, reference: &str) -> anyhow::Result<Option<ImageInfo>> {
+        DockerEngine::image(self, reference).await
+    }
+
+    async fn build_image(
+        &self,
+        req: BuildRequest<'_>,
+        cancel: &CancellationToken,
+        log: &mut LineSink<'_>,
+    ) -> anyhow::Result<()> {
+        DockerEngine::build_image(self, req, cancel, log).await
+    }
+
+    async fn import_rootfs(&self, rootfs_tar: Vec<u8>, repo: &str, tag: &str, changes: &[&str]) -> anyhow::Result<()> {
+        DockerEngine::import_rootfs(self, rootfs_tar, repo, tag, changes).await
+    }
+
+    async fn remove_image(&self, reference: &str) -> anyhow::Result<bool> {
+        DockerEngine::remove_image(self, reference).await
+    }
+
+    async fn pull(
+        &self,
+        repo: &str,
+        tag: &str,
+        auth: Option<(&str, &str)>,
+        log: &mut LineSink<'_>,
+    ) -> anyhow::Result<()> {
+        DockerEngine::pull(self, repo, tag, auth, log).await
+    }
+
+    async fn repo_digest(&self, reference: &str, repo: &str) -> anyhow::Result<Option<String>> {
+        DockerEngine::repo_digest(self, reference, repo).await
+    }
+
+    fn sweep_stale_builds(&self, older_than: Duration) -> usize {
+        build_cgroup::sweep_stale(older_than)
+    }
+
+    async fn network(&self, name: &str) -> anyhow::Result<Option<NetworkFacts>> {
+        DockerEngine::network(self, name).await
+    }
+
+    async fn ensure_build_network(&self) -> anyhow::Result<NetworkFacts> {
+        DockerEngine::ensure_build_network(self).await
+    }
+
+    async fn create_app_container(&self, name: &str, c: &AppContainer<'_>) -> anyhow::Result<String> {
+        DockerEngine::create_app_container(self, name, c).await
+    }
+
+    async fn attach(&self, id: &str) -> anyhow::Result<Attached> {
+        DockerEngine::attach(self, id).await
+    }
+
+    async fn resize_tty(&self, id: &str, cols: u16, rows: u16) -> anyhow::Result<()> {
+        DockerEngine::resize_tty(self, id, cols, rows).await
+    }
+
+    async fn wait_exit(&self, id: &str) -> anyhow::Result<i64> {
+        DockerEngine::wait_exit(self, id).await
+    }
+
+    async fn follow_logs(&self, id: &str, max: usize, sink: &mut ByteSink<'_>) -> anyhow::Result<()> {
+        DockerEngine::follow_logs(self, id, max, sink).await
+    }
+
+    async fn published_port(&self, id: &str, port: u16) -> anyhow::Result<Option<u16>> {
+        DockerEngine::published_port(self, id, port).await
+    }
+
+    async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>> {
+        DockerEngine::app_containers(self, app).await
     }
 }

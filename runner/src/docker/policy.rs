@@ -13,69 +13,16 @@ use bollard::{
     },
 };
 
-use crate::domain::{Runtime, SandboxSpec};
-
-/// The writable paths every sandbox gets, as tmpfs of `Limits::tmpfs_mb` each. The root
-/// filesystem is read-only; these and the workspace are the only places a learner can write.
-/// Docker copies the image's directory (content and mode) onto each tmpfs, so who may write to
-/// `/run` is the image's decision, as on any system (the base image opens it to the learner).
-pub const TMPFS_PATHS: [&str; 3] = ["/tmp", "/var/tmp", "/run"];
+use crate::{
+    domain::{Runtime, SandboxSpec, TMPFS_PATHS},
+    engine::{
+        AppContainer, Purpose, SandboxOwner, WorkspaceMount, LABEL_APP, LABEL_BUILD, LABEL_DEPLOY, LABEL_EXERCISE,
+        LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_SERVICE, LABEL_SESSION, LABEL_VERSION,
+    },
+};
 
 /// Host threads gVisor's sandbox kernel may use beyond the learner's pids limit.
 pub const RUNSC_THREAD_ALLOWANCE: u64 = 2048;
-
-/// What is mounted at the working directory.
-#[derive(Debug, Clone, Copy)]
-pub enum WorkspaceMount<'a> {
-    /// A learner's persistent workspace volume.
-    Volume(&'a str),
-    /// A throwaway tmpfs of `Limits::workspace_mb` (self-tests of builds).
-    Tmpfs,
-}
-
-/// Who a sandbox belongs to; becomes its labels and name.
-#[derive(Debug, Clone)]
-pub struct SandboxOwner<'a> {
-    pub instance: &'a str,
-    pub purpose: Purpose<'a>,
-    pub learner: &'a str,
-    pub exercise: &'a str,
-}
-
-/// Why a sandbox exists: a learner's session, or the self-test of a build.
-#[derive(Debug, Clone, Copy)]
-pub enum Purpose<'a> {
-    Session(&'a str),
-    SelfTest(&'a str),
-}
-
-impl Purpose<'_> {
-    /// The container name. Deterministic, so a create racing another create of the same
-    /// sandbox meets Docker's name conflict instead of making a second container.
-    pub fn container_name(&self, instance: &str) -> String {
-        match self {
-            Purpose::Session(id) => sandbox_name(instance, id),
-            Purpose::SelfTest(build) => format!("exercise-runner-{instance}-selftest-{build}"),
-        }
-    }
-}
-
-pub const LABEL_MANAGED: &str = "exercise-runner.managed";
-pub const LABEL_INSTANCE: &str = "exercise-runner.instance";
-pub const LABEL_SESSION: &str = "exercise-runner.session";
-pub const LABEL_LEARNER: &str = "exercise-runner.learner";
-pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
-pub const LABEL_WORKSPACE: &str = "exercise-runner.workspace";
-pub const LABEL_BUILD: &str = "exercise-runner.build";
-pub const LABEL_APP: &str = "exercise-runner.app";
-pub const LABEL_SERVICE: &str = "exercise-runner.service";
-pub const LABEL_VERSION: &str = "exercise-runner.version";
-pub const LABEL_DEPLOY: &str = "exercise-runner.deploy";
-
-/// The container name of a session's sandbox.
-pub fn sandbox_name(instance: &str, session_id: &str) -> String {
-    format!("exercise-runner-{instance}-{session_id}")
-}
 
 /// Builds the container configuration of a sandbox. The hardening, line by line:
 pub(super) fn sandbox_container(
@@ -192,27 +139,6 @@ pub(super) fn sandbox_container(
         host_config: Some(host_config),
         ..Default::default()
     }
-}
-
-/// One container of a managed app: a service replica, a release (migration) or a one-off command.
-pub struct AppContainer<'a> {
-    pub instance: &'a str,
-    pub app: &'a str,
-    /// The service, or `release` / `run` for one-off containers.
-    pub role: &'a str,
-    pub version: &'a str,
-    pub deploy: &'a str,
-    /// The pinned image (`repo@sha256:...`).
-    pub image: &'a str,
-    pub command: Vec<String>,
-    pub env: Vec<String>,
-    pub port: Option<u16>,
-    pub writable: &'a [String],
-    /// (Docker volume name, mount path).
-    pub volumes: Vec<(String, String)>,
-    pub memory_mb: u64,
-    pub network: &'a str,
-    pub tty: bool,
 }
 
 /// The app's own code is the school's, not a stranger's, but it still runs locked down the

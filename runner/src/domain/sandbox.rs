@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 /// `$EXERCISE_TESTS`).
 pub const TESTS_DIR: &str = "/opt/exercise/tests";
 
+/// The writable paths every sandbox gets, as tmpfs of `Limits::tmpfs_mb` each. The root
+/// filesystem is read-only; these and the workspace are the only places a learner can write.
+/// Docker copies the image's directory (content and mode) onto each tmpfs, so who may write to
+/// `/run` is the image's decision, as on any system (the base image opens it to the learner).
+pub const TMPFS_PATHS: [&str; 3] = ["/tmp", "/var/tmp", "/run"];
+
 /// The container runtime that runs sandboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {

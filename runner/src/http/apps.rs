@@ -221,13 +221,13 @@ pub async fn console(
 async fn console_session(
     app: &App,
     cid: &str,
-    attached: crate::docker::apps::Attached,
+    attached: crate::engine::Attached,
     mut socket: axum::extract::ws::WebSocket,
 ) -> anyhow::Result<()> {
     use axum::extract::ws::{CloseFrame, Message};
     use futures_util::StreamExt;
     use tokio::io::AsyncWriteExt;
-    let crate::docker::apps::Attached { mut output, mut input } = attached;
+    let crate::engine::Attached { mut output, mut input } = attached;
     app.engine.start_container(cid).await?;
     loop {
         tokio::select! {

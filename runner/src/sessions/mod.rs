@@ -18,11 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     config::Settings,
-    docker::{
-        policy::{self, Purpose, WorkspaceMount},
-        Engine, SandboxOwner,
-    },
     domain::{rfc3339, LearnerId, SandboxSpec, SessionState, Slug},
+    engine::{self, Engine, Purpose, SandboxOwner, WorkspaceMount},
     exercises,
     ide::IdeProxy,
     lifecycle::SessionEvent,
@@ -268,7 +265,7 @@ pub(crate) fn spawn_start(
                 tracing::warn!(session = %id, learner = %session.learner, exercise = %session.exercise,
                     reason = %reason, "session failed: its sandbox did not start");
                 record_event(&sessions, &id, SessionEvent::StartFailed, Some(&reason)).await;
-                let _ = sessions.engine.remove_container(&policy::sandbox_name(sessions.engine.instance(), &id)).await;
+                let _ = sessions.engine.remove_container(&engine::sandbox_name(sessions.engine.instance(), &id)).await;
                 let _ = sessions.store.transition(&id, SessionState::LIVE, SessionState::Failed, Some(&reason)).await;
                 release_workspace(&sessions, &session).await;
             }
@@ -360,7 +357,7 @@ pub(crate) async fn finish_stop(
     session: &SessionRecord,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
-    sessions.engine.remove_container(&policy::sandbox_name(sessions.engine.instance(), &session.id)).await?;
+    sessions.engine.remove_container(&engine::sandbox_name(sessions.engine.instance(), &session.id)).await?;
     if let Some(c) = &session.container_id {
         sessions.engine.remove_container(c).await?;
     }

@@ -17,7 +17,7 @@ use std::{
 use tokio_util::sync::CancellationToken;
 
 use super::Sessions;
-use crate::{docker::FoundSandbox, domain::SessionState, lifecycle::SessionEvent, store::SessionRecord};
+use crate::{domain::SessionState, engine::FoundSandbox, lifecycle::SessionEvent, store::SessionRecord};
 
 pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
     // The first round ran at start, before the API answered.
@@ -104,7 +104,7 @@ pub async fn reconcile_once(sessions: &Arc<Sessions>) -> anyhow::Result<Report> 
         tracing::warn!(error = %format!("{e:#}"), "could not remove orphan workspace volumes");
     }
     // Cgroups of builds a crash interrupted (older than any build may run).
-    let stale = crate::docker::build_cgroup::sweep_stale(sessions.settings.build_timeout + Duration::from_secs(300));
+    let stale = sessions.engine.sweep_stale_builds(sessions.settings.build_timeout + Duration::from_secs(300));
     if stale > 0 {
         tracing::info!(cgroups = stale, "removed stale build cgroups");
     }

@@ -1,0 +1,192 @@
+//! The engine seam: what the runner asks of a container engine, in the runner's own words.
+//!
+//! Sessions, builds, checks, workspaces, the IDE and managed apps hold an [`Engine`] (a shared
+//! `dyn ContainerEngine`) and speak only the values defined here. `crate::docker::DockerEngine`
+//! is the one implementation: the only code that knows bollard, and where the hardening policy
+//! (`docker/policy.rs`) is applied to every container it creates. The seam is a trait object,
+//! not a type parameter, so capabilities stay plain structs and the next implementation (several
+//! Docker hosts) or a fake for a unit test of pure logic plugs in without touching them.
+//! Integration tests run on the real engine (docs/ARCHITECTURE.md, "Engine seam").
+//!
+//! Every call is idempotent where its doc says so, and every implementation counts its failures
+//! in `runner_docker_errors_total` (a missing or conflicting object is an answer, not a failure).
+
+mod values;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{Runtime, SandboxSpec};
+pub use values::{
+    sandbox_name, AppContainer, AppContainerInfo, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo,
+    ExecOutput, ExecRequest, ExecStream, FoundSandbox, ImageInfo, LineSink, NetworkFacts, Purpose, SandboxOwner,
+    WorkspaceMount,
+};
+
+/// The engine everyone holds: cheap to clone, shared by every capability.
+pub type Engine = Arc<dyn ContainerEngine>;
+
+/// The labels on everything the runner makes on the engine (invariant 2): how it finds its
+/// own containers and volumes again, scoped by instance. Images can carry labels too, so the
+/// ones that identify a sandbox are refused on exercise images ([`ImageInfo::spoofed_labels`]).
+pub const LABEL_MANAGED: &str = "exercise-runner.managed";
+pub const LABEL_INSTANCE: &str = "exercise-runner.instance";
+pub const LABEL_SESSION: &str = "exercise-runner.session";
+pub const LABEL_LEARNER: &str = "exercise-runner.learner";
+pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
+pub const LABEL_WORKSPACE: &str = "exercise-runner.workspace";
+pub const LABEL_BUILD: &str = "exercise-runner.build";
+pub const LABEL_APP: &str = "exercise-runner.app";
+pub const LABEL_SERVICE: &str = "exercise-runner.service";
+pub const LABEL_VERSION: &str = "exercise-runner.version";
+pub const LABEL_DEPLOY: &str = "exercise-runner.deploy";
+
+/// The network the runner manages for builds (`RUNNER_BUILD_NETWORK`'s default).
+pub const MANAGED_NETWORK: &str = "exercise-runner-build";
+/// Its bridge interface: fixed, so the firewall rules can name it before any build runs.
+pub const MANAGED_BRIDGE: &str = "er-build0";
+
+/// What the runner needs from a container engine. Object-safe (async methods through
+/// `async_trait`, callbacks as `&mut dyn FnMut`), so it is held as [`Engine`].
+#[async_trait]
+pub trait ContainerEngine: Send + Sync {
+    /// The runner instance this engine works for: the names and labels of everything it makes
+    /// and lists are scoped by it, so several runners (or test runs) can share one engine.
+    fn instance(&self) -> &str;
+
+    async fn ping(&self) -> anyhow::Result<()>;
+
+    /// Whether a runtime name (runc, runsc) is registered with the engine.
+    async fn has_runtime(&self, name: &str) -> anyhow::Result<bool>;
+
+    // ---- sandboxes and containers ----
+
+    /// Creates a sandbox under the one hardening policy, by its deterministic name
+    /// ([`Purpose::container_name`]); a retried or racing create gets the same container.
+    /// Callers describe the sandbox in domain terms; the engine's configuration is its own.
+    async fn create_sandbox(
+        &self,
+        spec: &SandboxSpec,
+        owner: &SandboxOwner<'_>,
+        workspace: WorkspaceMount<'_>,
+        runtime: Runtime,
+        user: &str,
+    ) -> anyhow::Result<String>;
+
+    /// Starts a container; starting a running one is fine.
+    async fn start_container(&self, id: &str) -> anyhow::Result<()>;
+
+    /// Removes a container and its anonymous volumes, running or not; a missing one is fine.
+    /// Returns once the container is gone, also when another caller's removal was in progress.
+    async fn remove_container(&self, id_or_name: &str) -> anyhow::Result<()>;
+
+    /// The container's status; `None` when there is no such container.
+    async fn container_status(&self, id_or_name: &str) -> anyhow::Result<Option<ContainerStatus>>;
+
+    /// All sandbox containers of this instance, running or not (only those named as the
+    /// runner names a session's sandbox: labels can come from an image, names cannot).
+    async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>>;
+
+    /// Build self-test containers of this instance, running or not.
+    async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>>;
+
+    /// Runs a command (an argument vector, never a shell string built from input) in a running
+    /// container, feeding it `stdin`, and collects its output up to `max_output` bytes. Past the
+    /// deadline the output is abandoned and `timed_out` set (callers also bound the command
+    /// inside the sandbox with `timeout`, so it does not outlive the deadline).
+    async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput>;
+
+    /// Starts `cmd` in a running container and returns its stdin/stdout as one byte stream.
+    async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo>;
+
+    // ---- volumes ----
+
+    /// The driver options of a volume, when it exists.
+    async fn volume_options(&self, name: &str) -> anyhow::Result<Option<HashMap<String, String>>>;
+
+    /// Creates a workspace volume (`local` driver, labelled as this instance's workspace).
+    async fn create_volume(&self, name: &str, driver_opts: HashMap<String, String>) -> anyhow::Result<()>;
+
+    /// Creates an app's named volume (labelled as the app's) unless it exists.
+    async fn ensure_app_volume(&self, name: &str, app: &str) -> anyhow::Result<()>;
+
+    /// Removes a volume. Returns false when a container still uses it (then nothing changes).
+    async fn remove_volume(&self, name: &str) -> anyhow::Result<bool>;
+
+    /// Names of the workspace volumes of this instance (never an app's volumes).
+    async fn list_workspace_volumes(&self) -> anyhow::Result<Vec<String>>;
+
+    // ---- images and builds ----
+
+    /// The image, when it exists on the engine.
+    async fn image(&self, reference: &str) -> anyhow::Result<Option<ImageInfo>>;
+
+    /// Builds an image from a tar context, sending each line of output to `log`. Every `RUN`
+    /// step runs under the request's memory, CPU and pids limits. Cancelling the token stops
+    /// the build.
+    async fn build_image(
+        &self,
+        req: BuildRequest<'_>,
+        cancel: &CancellationToken,
+        log: &mut LineSink<'_>,
+    ) -> anyhow::Result<()>;
+
+    /// Imports a root filesystem tar as an image (`docker import`), e.g. a debootstrap tree.
+    async fn import_rootfs(&self, rootfs_tar: Vec<u8>, repo: &str, tag: &str, changes: &[&str]) -> anyhow::Result<()>;
+
+    /// Removes an image by tag; a missing one, or one a container still uses, is left alone.
+    /// Returns whether it was removed.
+    async fn remove_image(&self, reference: &str) -> anyhow::Result<bool>;
+
+    /// Pulls `repo:tag`, with credentials (user, password) when given, reporting progress lines.
+    async fn pull(
+        &self,
+        repo: &str,
+        tag: &str,
+        auth: Option<(&str, &str)>,
+        log: &mut LineSink<'_>,
+    ) -> anyhow::Result<()>;
+
+    /// The content-addressed reference of a pulled image (`repo@sha256:...`), to pin deploys to.
+    async fn repo_digest(&self, reference: &str, repo: &str) -> anyhow::Result<Option<String>>;
+
+    /// Removes what builds interrupted by a crash left on the host, older than `older_than`
+    /// (more than the longest a build may take): the Docker engine's build cgroups. How many.
+    fn sweep_stale_builds(&self, older_than: Duration) -> usize;
+
+    // ---- the build network ----
+
+    /// A network by name (`default` is the engine's default bridge, as for `docker build`).
+    async fn network(&self, name: &str) -> anyhow::Result<Option<NetworkFacts>>;
+
+    /// Makes the runner's build network ([`MANAGED_NETWORK`] on bridge [`MANAGED_BRIDGE`])
+    /// unless it exists; refuses a network of that name that is not the runner's. Idempotent,
+    /// also against another runner creating it at the same moment.
+    async fn ensure_build_network(&self) -> anyhow::Result<NetworkFacts>;
+
+    // ---- managed apps ----
+
+    /// Creates a managed app's container by name under the app policy; a container of that name
+    /// that exists already is the answer. Idempotent.
+    async fn create_app_container(&self, name: &str, c: &AppContainer<'_>) -> anyhow::Result<String>;
+
+    /// Attaches to a created container's stdio (before starting it, so no output is missed).
+    async fn attach(&self, id: &str) -> anyhow::Result<Attached>;
+
+    async fn resize_tty(&self, id: &str, cols: u16, rows: u16) -> anyhow::Result<()>;
+
+    /// Waits for a container to exit; its exit code.
+    async fn wait_exit(&self, id: &str) -> anyhow::Result<i64>;
+
+    /// Streams a container's output (stdout and stderr) from the start, following it while it
+    /// runs, to `sink`, up to `max` bytes.
+    async fn follow_logs(&self, id: &str, max: usize, sink: &mut ByteSink<'_>) -> anyhow::Result<()>;
+
+    /// The 127.0.0.1 port a container's `port/tcp` is published on.
+    async fn published_port(&self, id: &str, port: u16) -> anyhow::Result<Option<u16>>;
+
+    /// The containers of one app (all its deploys), running or not.
+    async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>>;
+}

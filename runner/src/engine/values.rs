@@ -1,0 +1,208 @@
+//! The values that cross the engine seam: what callers describe (a sandbox's owner, an app
+//! container, a command, a build) and what the engine answers (an image, a container's status,
+//! a command's output, a byte stream). Plain data and standard stream traits; no client
+//! library's types.
+
+use std::{collections::HashMap, pin::Pin, time::Duration};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{LABEL_BUILD, LABEL_SESSION};
+
+// ---- what callers describe ----
+
+/// What is mounted at the working directory.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkspaceMount<'a> {
+    /// A learner's persistent workspace volume.
+    Volume(&'a str),
+    /// A throwaway tmpfs of `Limits::workspace_mb` (self-tests of builds).
+    Tmpfs,
+}
+
+/// Who a sandbox belongs to; becomes its labels and name.
+#[derive(Debug, Clone)]
+pub struct SandboxOwner<'a> {
+    pub instance: &'a str,
+    pub purpose: Purpose<'a>,
+    pub learner: &'a str,
+    pub exercise: &'a str,
+}
+
+/// Why a sandbox exists: a learner's session, or the self-test of a build.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose<'a> {
+    Session(&'a str),
+    SelfTest(&'a str),
+}
+
+impl Purpose<'_> {
+    /// The container name. Deterministic, so a create racing another create of the same
+    /// sandbox meets the engine's name conflict instead of making a second container.
+    pub fn container_name(&self, instance: &str) -> String {
+        match self {
+            Purpose::Session(id) => sandbox_name(instance, id),
+            Purpose::SelfTest(build) => format!("exercise-runner-{instance}-selftest-{build}"),
+        }
+    }
+}
+
+/// The container name of a session's sandbox.
+pub fn sandbox_name(instance: &str, session_id: &str) -> String {
+    format!("exercise-runner-{instance}-{session_id}")
+}
+
+/// One container of a managed app: a service replica, a release (migration) or a one-off command.
+pub struct AppContainer<'a> {
+    pub instance: &'a str,
+    pub app: &'a str,
+    /// The service, or `release` / `run` for one-off containers.
+    pub role: &'a str,
+    pub version: &'a str,
+    pub deploy: &'a str,
+    /// The pinned image (`repo@sha256:...`).
+    pub image: &'a str,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub port: Option<u16>,
+    pub writable: &'a [String],
+    /// (Docker volume name, mount path).
+    pub volumes: Vec<(String, String)>,
+    pub memory_mb: u64,
+    pub network: &'a str,
+    pub tty: bool,
+}
+
+/// A command to run inside a container.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    pub user: String,
+    pub workdir: Option<String>,
+    pub env: Vec<String>,
+    pub stdin: Option<Vec<u8>>,
+    pub max_output: usize,
+    pub deadline: Duration,
+}
+
+impl ExecRequest {
+    pub fn new(cmd: Vec<String>, user: &str) -> Self {
+        ExecRequest {
+            cmd,
+            user: user.to_string(),
+            workdir: None,
+            env: vec![],
+            stdin: None,
+            max_output: 64 * 1024,
+            deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Limits and labels of one `docker build`.
+pub struct BuildRequest<'a> {
+    pub context_tar: Vec<u8>,
+    pub tag: &'a str,
+    pub labels: HashMap<String, String>,
+    pub memory_mb: u64,
+    pub cpus: f64,
+    /// Most processes all `RUN` steps together may have at once; 0 for no limit.
+    pub pids_limit: u64,
+    /// Network of `RUN` steps.
+    pub network: String,
+}
+
+// ---- what the engine answers ----
+
+/// What the runner needs to know about an image.
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    pub id: String,
+    pub working_dir: Option<String>,
+    pub labels: HashMap<String, String>,
+    /// `VOLUME`s the image declares: Docker would give each an anonymous volume with no size
+    /// limit, on the host's disk.
+    pub volumes: Vec<String>,
+    /// `ONBUILD` triggers: instructions the engine runs when a build starts `FROM` this image.
+    pub on_build: Vec<String>,
+    /// The image's `repository:tag` names (as the engine lists them, `busybox:latest`).
+    pub repo_tags: Vec<String>,
+}
+
+impl ImageInfo {
+    /// Labels the runner uses to recognise its own containers must not come from an image.
+    pub fn spoofed_labels(&self) -> Vec<&str> {
+        [LABEL_SESSION, LABEL_BUILD].into_iter().filter(|l| self.labels.contains_key(*l)).collect()
+    }
+}
+
+/// A sandbox container as found on the engine.
+#[derive(Debug, Clone)]
+pub struct FoundSandbox {
+    pub id: String,
+    pub session_id: Option<String>,
+    pub running: bool,
+}
+
+/// Status of one container.
+#[derive(Debug, Clone)]
+pub struct ContainerStatus {
+    pub running: bool,
+    pub oom_killed: bool,
+    pub exit_code: Option<i64>,
+}
+
+/// The result of a command run inside a sandbox.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    pub exit_code: i64,
+    pub output: String,
+    pub truncated: bool,
+    pub timed_out: bool,
+}
+
+/// An app container as found on the engine.
+#[derive(Debug, Clone)]
+pub struct AppContainerInfo {
+    pub id: String,
+    pub service: String,
+    pub version: String,
+    pub deploy: String,
+    pub running: bool,
+}
+
+/// A network on the engine, as the build isolation needs to know it.
+#[derive(Debug, Clone)]
+pub struct NetworkFacts {
+    pub name: String,
+    pub driver: String,
+    /// The host interface of a bridge network.
+    pub bridge: Option<String>,
+    pub managed: bool,
+}
+
+/// A container's attached stdio (a TTY console): its output as bytes, its input as a writer.
+pub struct Attached {
+    pub output: Pin<Box<dyn Stream<Item = anyhow::Result<Bytes>> + Send>>,
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+/// A process in a container as one byte stream: writes go to its stdin, reads come from its
+/// stdout (its stderr is the engine's to log). How the web-ide-proxy reaches the agent in a
+/// sandbox whose network is off.
+pub trait ExecStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ExecStream for T {}
+
+/// The stream [`super::ContainerEngine::exec_stream`] answers.
+pub type ExecIo = Box<dyn ExecStream>;
+
+/// Where a call sends its progress as it comes, a line at a time (build and pull output).
+/// A named type rather than `dyn FnMut(&str)` spelled out in each signature: `async_trait`
+/// would give that `&str` the method's lifetime instead of any lifetime.
+pub type LineSink<'a> = dyn FnMut(&str) + Send + 'a;
+
+/// Where a call sends a container's output as it comes, in chunks of bytes.
+pub type ByteSink<'a> = dyn FnMut(&[u8]) + Send + 'a;
