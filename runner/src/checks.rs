@@ -679,4 +679,92 @@ mod tests {
         caller.abort();
         tokio::time::timeout(Duration::from_secs(10), done_rx).await.expect("the task ran on").unwrap();
     }
+
+    // ---- run_check through the engine seam: a fake engine answers the commands, no Docker ----
+
+    use crate::{
+        domain::{CheckSpec, Limits},
+        engine::fake::{exited, FakeEngine},
+    };
+
+    fn sandbox(services: &[&str], timeout_secs: u64) -> SandboxSpec {
+        SandboxSpec {
+            image: "img".into(),
+            limits: Limits::DEFAULT,
+            network: None,
+            workdir: "/workspace".into(),
+            writable: vec![],
+            check: CheckSpec {
+                command: vec!["make".into(), "test".into()],
+                timeout_secs,
+                services: services.iter().map(|s| s.to_string()).collect(),
+            },
+        }
+    }
+
+    fn is_status_poll(req: &ExecRequest) -> bool {
+        req.cmd.ends_with(&["supervisorctl".to_string(), "status".to_string()])
+    }
+
+    #[tokio::test]
+    async fn a_check_waits_for_its_services_then_runs_bounded_inside_the_sandbox() {
+        let mut polls = 0;
+        let fake = FakeEngine::answering(move |req| {
+            if !is_status_poll(req) {
+                return exited(0, "2 passed\n");
+            }
+            polls += 1;
+            if polls == 1 {
+                exited(3, "redis STARTING\n")
+            } else {
+                exited(0, "redis RUNNING   pid 7, uptime 0:00:01\n")
+            }
+        });
+        let engine: Engine = fake.clone();
+        let out = run_check(&engine, "c1", &sandbox(&["redis"], 30), "1000:1000", 1024).await.unwrap();
+        assert!(out.passed && !out.timed_out, "{out:?}");
+        assert_eq!(out.output, "2 passed\n");
+        let execs = fake.execs();
+        assert_eq!(execs.iter().filter(|r| is_status_poll(r)).count(), 2, "polled until RUNNING: {execs:?}");
+        let check = execs.last().unwrap();
+        // Killed inside the sandbox at what is left of the check's 30 s.
+        assert_eq!(check.cmd[..3], ["timeout", "-s", "KILL"]);
+        assert!((1..=30).contains(&check.cmd[3].parse::<u64>().unwrap()), "{:?}", check.cmd);
+        assert_eq!(check.cmd[4..], ["make", "test"]);
+        assert_eq!(check.workdir.as_deref(), Some("/workspace"));
+        assert_eq!(check.env, [format!("EXERCISE_TESTS={TESTS_DIR}")]);
+        assert_eq!((check.user.as_str(), check.max_output), ("1000:1000", 1024));
+    }
+
+    #[tokio::test]
+    async fn services_not_up_by_the_deadline_fail_the_check_as_timed_out_without_running_it() {
+        let fake = FakeEngine::answering(|req| {
+            if is_status_poll(req) {
+                exited(3, "redis BACKOFF   Exited too quickly\n")
+            } else {
+                exited(0, "")
+            }
+        });
+        let engine: Engine = fake.clone();
+        let out = run_check(&engine, "c1", &sandbox(&["redis"], 1), "1000:1000", 1024).await.unwrap();
+        assert!(!out.passed && out.timed_out, "{out:?}");
+        assert!(out.output.contains("services not RUNNING") && out.output.contains("redis"), "{}", out.output);
+        assert!(fake.execs().iter().all(is_status_poll), "the check's command never ran");
+    }
+
+    #[tokio::test]
+    async fn an_image_without_supervisord_has_nothing_to_wait_for() {
+        let fake = FakeEngine::answering(|req| {
+            if is_status_poll(req) {
+                exited(127, "supervisorctl: not found\n")
+            } else {
+                exited(2, "1 failed\n")
+            }
+        });
+        let engine: Engine = fake.clone();
+        let out = run_check(&engine, "c1", &sandbox(&["redis"], 30), "1000:1000", 1024).await.unwrap();
+        assert_eq!((out.passed, out.timed_out, out.exit_code), (false, false, 2), "{out:?}");
+        assert_eq!(out.output, "1 failed\n");
+        assert_eq!(fake.execs().len(), 2, "one poll, then the check");
+    }
 }

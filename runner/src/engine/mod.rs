@@ -13,6 +13,9 @@
 
 mod values;
 
+#[cfg(test)]
+pub mod fake;
+
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;

@@ -1,0 +1,193 @@
+//! A [`ContainerEngine`] without Docker, for fast unit tests of logic that takes an
+//! [`super::Engine`]; what touches real containers is tested on the real engine (`tests/`).
+//! It runs nothing: `exec` is answered by the test's script and every command is recorded; any
+//! other call fails, saying that the fake does not do it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::anyhow;
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AppContainer, AppContainerInfo, Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus, ExecIo,
+    ExecOutput, ExecRequest, FoundSandbox, ImageInfo, LineSink, NetworkFacts, SandboxOwner, WorkspaceMount,
+};
+use crate::domain::{Runtime, SandboxSpec};
+
+type Script = Box<dyn FnMut(&ExecRequest) -> ExecOutput + Send>;
+
+pub struct FakeEngine {
+    script: Mutex<Script>,
+    execs: Mutex<Vec<ExecRequest>>,
+}
+
+impl FakeEngine {
+    /// An engine whose `exec` answers what `script` says for each command.
+    pub fn answering(script: impl FnMut(&ExecRequest) -> ExecOutput + Send + 'static) -> Arc<FakeEngine> {
+        Arc::new(FakeEngine { script: Mutex::new(Box::new(script)), execs: Mutex::new(Vec::new()) })
+    }
+
+    /// The commands run so far, in order.
+    pub fn execs(&self) -> Vec<ExecRequest> {
+        self.execs.lock().expect("lock").clone()
+    }
+}
+
+/// A command that ran to its end with `exit_code`, printing `output`.
+pub fn exited(exit_code: i64, output: &str) -> ExecOutput {
+    ExecOutput { exit_code, output: output.to_string(), truncated: false, timed_out: false }
+}
+
+fn absent(call: &str) -> anyhow::Error {
+    anyhow!("the fake engine does not do {call}")
+}
+
+#[async_trait]
+impl ContainerEngine for FakeEngine {
+    fn instance(&self) -> &str {
+        "fake"
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        Err(absent("ping"))
+    }
+
+    async fn has_runtime(&self, _: &str) -> anyhow::Result<bool> {
+        Err(absent("has_runtime"))
+    }
+
+    async fn create_sandbox(
+        &self,
+        _: &SandboxSpec,
+        _: &SandboxOwner<'_>,
+        _: WorkspaceMount<'_>,
+        _: Runtime,
+        _: &str,
+    ) -> anyhow::Result<String> {
+        Err(absent("create_sandbox"))
+    }
+
+    async fn start_container(&self, _: &str) -> anyhow::Result<()> {
+        Err(absent("start_container"))
+    }
+
+    async fn remove_container(&self, _: &str) -> anyhow::Result<()> {
+        Err(absent("remove_container"))
+    }
+
+    async fn container_status(&self, _: &str) -> anyhow::Result<Option<ContainerStatus>> {
+        Err(absent("container_status"))
+    }
+
+    async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>> {
+        Err(absent("list_sandboxes"))
+    }
+
+    async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
+        Err(absent("list_selftest_containers"))
+    }
+
+    async fn exec(&self, _container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {
+        let out = (self.script.lock().expect("lock"))(&req);
+        self.execs.lock().expect("lock").push(req);
+        Ok(out)
+    }
+
+    async fn exec_stream(&self, _: &str, _: Vec<String>, _: &str) -> anyhow::Result<ExecIo> {
+        Err(absent("exec_stream"))
+    }
+
+    async fn volume_options(&self, _: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
+        Err(absent("volume_options"))
+    }
+
+    async fn create_volume(&self, _: &str, _: HashMap<String, String>) -> anyhow::Result<()> {
+        Err(absent("create_volume"))
+    }
+
+    async fn ensure_app_volume(&self, _: &str, _: &str) -> anyhow::Result<()> {
+        Err(absent("ensure_app_volume"))
+    }
+
+    async fn remove_volume(&self, _: &str) -> anyhow::Result<bool> {
+        Err(absent("remove_volume"))
+    }
+
+    async fn list_workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
+        Err(absent("list_workspace_volumes"))
+    }
+
+    async fn image(&self, _: &str) -> anyhow::Result<Option<ImageInfo>> {
+        Err(absent("image"))
+    }
+
+    async fn build_image(
+        &self,
+        _: BuildRequest<'_>,
+        _: &CancellationToken,
+        _: &mut LineSink<'_>,
+    ) -> anyhow::Result<()> {
+        Err(absent("build_image"))
+    }
+
+    async fn import_rootfs(&self, _: Vec<u8>, _: &str, _: &str, _: &[&str]) -> anyhow::Result<()> {
+        Err(absent("import_rootfs"))
+    }
+
+    async fn remove_image(&self, _: &str) -> anyhow::Result<bool> {
+        Err(absent("remove_image"))
+    }
+
+    async fn pull(&self, _: &str, _: &str, _: Option<(&str, &str)>, _: &mut LineSink<'_>) -> anyhow::Result<()> {
+        Err(absent("pull"))
+    }
+
+    async fn repo_digest(&self, _: &str, _: &str) -> anyhow::Result<Option<String>> {
+        Err(absent("repo_digest"))
+    }
+
+    fn sweep_stale_builds(&self, _: Duration) -> usize {
+        0
+    }
+
+    async fn network(&self, _: &str) -> anyhow::Result<Option<NetworkFacts>> {
+        Err(absent("network"))
+    }
+
+    async fn ensure_build_network(&self) -> anyhow::Result<NetworkFacts> {
+        Err(absent("ensure_build_network"))
+    }
+
+    async fn create_app_container(&self, _: &str, _: &AppContainer<'_>) -> anyhow::Result<String> {
+        Err(absent("create_app_container"))
+    }
+
+    async fn attach(&self, _: &str) -> anyhow::Result<Attached> {
+        Err(absent("attach"))
+    }
+
+    async fn resize_tty(&self, _: &str, _: u16, _: u16) -> anyhow::Result<()> {
+        Err(absent("resize_tty"))
+    }
+
+    async fn wait_exit(&self, _: &str) -> anyhow::Result<i64> {
+        Err(absent("wait_exit"))
+    }
+
+    async fn follow_logs(&self, _: &str, _: usize, _: &mut ByteSink<'_>) -> anyhow::Result<()> {
+        Err(absent("follow_logs"))
+    }
+
+    async fn published_port(&self, _: &str, _: u16) -> anyhow::Result<Option<u16>> {
+        Err(absent("published_port"))
+    }
+
+    async fn app_containers(&self, _: &str) -> anyhow::Result<Vec<AppContainerInfo>> {
+        Err(absent("app_containers"))
+    }
+}
