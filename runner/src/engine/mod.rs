@@ -193,3 +193,50 @@ pub trait ContainerEngine: Send + Sync {
     /// The containers of one app (all its deploys), running or not.
     async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|x| x == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// The seam stays true: no code outside `docker/` names bollard (comments and unit test
+    /// modules may), and only the wiring that builds the engine names `docker` (`app.rs`,
+    /// `lib.rs`, `main.rs`).
+    #[test]
+    fn bollard_stays_behind_the_seam_and_only_the_wiring_names_docker() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let wiring = ["app.rs", "lib.rs", "main.rs"].map(|f| src.join(f));
+        let mut leaks = Vec::new();
+        for path in files.iter().filter(|p| !p.starts_with(src.join("docker"))) {
+            let text = std::fs::read_to_string(path).unwrap();
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or_default();
+            for (n, line) in code.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                // The one mention allowed: the log filter that keeps bollard's debug output
+                // (Docker API bodies, app secrets) out of the logs.
+                let code = code.replace("\"bollard=info\"", "");
+                let names_docker = code.contains("crate::docker") || code.contains("docker::");
+                if code.contains("bollard") || (names_docker && !wiring.contains(path)) {
+                    leaks.push(format!("{}:{}: {}", path.strip_prefix(&src).unwrap().display(), n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            leaks.is_empty(),
+            "past the engine seam (docs/ARCHITECTURE.md, \"Engine seam\"):\n{}",
+            leaks.join("\n")
+        );
+    }
+}
