@@ -14,7 +14,7 @@ use super::{
 use crate::{
     builds::log::BuildLog,
     domain::Invalid,
-    engine::AppContainer,
+    engine::ManagedAppContainer,
     lifecycle::DeployState,
     store::{now_ms, DeployRecord, ManagedAppRecord},
 };
@@ -186,8 +186,8 @@ pub(crate) fn container<'a>(
     command: Vec<String>,
     port: Option<u16>,
     tty: bool,
-) -> AppContainer<'a> {
-    AppContainer {
+) -> ManagedAppContainer<'a> {
+    ManagedAppContainer {
         instance: deploys.engine.instance(),
         app: name,
         role,

@@ -5,11 +5,11 @@
 //! configured by the hardening policy (`policy.rs`). Every call counts its failures in the
 //! `runner_docker_errors_total` metric.
 
-mod apps;
 mod build_cgroup;
 mod build_network;
 mod exec_io;
 mod images;
+mod managed_apps;
 mod policy;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
@@ -32,9 +32,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     domain::{Runtime, SandboxSpec},
     engine::{
-        self, AppContainer, AppContainerInfo, Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus,
-        Engine, ExecIo, ExecOutput, ExecRequest, FoundSandbox, ImageInfo, LineSink, NetworkFacts, SandboxOwner,
-        WorkspaceMount,
+        self, Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus, Engine, ExecIo, ExecOutput,
+        ExecRequest, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts,
+        SandboxOwner, WorkspaceMount,
     },
     metrics::Metrics,
 };
@@ -139,7 +139,7 @@ impl DockerEngine {
     }
 
     /// Creates a managed app's container under the app policy (`policy::app_container`).
-    async fn create_app_container(&self, name: &str, c: &AppContainer<'_>) -> anyhow::Result<String> {
+    async fn create_app_container(&self, name: &str, c: &ManagedAppContainer<'_>) -> anyhow::Result<String> {
         self.create_container(name, policy::app_container(c)).await
     }
 
@@ -539,7 +539,7 @@ impl ContainerEngine for DockerEngine {
         DockerEngine::ensure_build_network(self).await
     }
 
-    async fn create_app_container(&self, name: &str, c: &AppContainer<'_>) -> anyhow::Result<String> {
+    async fn create_app_container(&self, name: &str, c: &ManagedAppContainer<'_>) -> anyhow::Result<String> {
         DockerEngine::create_app_container(self, name, c).await
     }
 
@@ -563,7 +563,7 @@ impl ContainerEngine for DockerEngine {
         DockerEngine::published_port(self, id, port).await
     }
 
-    async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>> {
+    async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<ManagedAppContainerInfo>> {
         DockerEngine::app_containers(self, app).await
     }
 }

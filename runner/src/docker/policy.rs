@@ -16,8 +16,8 @@ use bollard::{
 use crate::{
     domain::{Runtime, SandboxSpec, TMPFS_PATHS},
     engine::{
-        AppContainer, Purpose, SandboxOwner, WorkspaceMount, LABEL_APP, LABEL_BUILD, LABEL_DEPLOY, LABEL_EXERCISE,
-        LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_SERVICE, LABEL_SESSION, LABEL_VERSION,
+        ManagedAppContainer, Purpose, SandboxOwner, WorkspaceMount, LABEL_APP, LABEL_BUILD, LABEL_DEPLOY,
+        LABEL_EXERCISE, LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_SERVICE, LABEL_SESSION, LABEL_VERSION,
     },
 };
 
@@ -145,7 +145,7 @@ pub(super) fn sandbox_container(
 /// Hexlet way: read-only root with tmpfs for its writable paths, no capabilities, no new
 /// privileges, bounded memory, pids and logs; its port is published on 127.0.0.1 only, where the
 /// runner's ingress reaches it.
-pub(super) fn app_container(c: &AppContainer<'_>) -> Config<String> {
+pub(super) fn app_container(c: &ManagedAppContainer<'_>) -> Config<String> {
     let memory = (c.memory_mb * 1024 * 1024) as i64;
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),

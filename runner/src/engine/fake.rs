@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    AppContainer, AppContainerInfo, Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus, ExecIo,
-    ExecOutput, ExecRequest, FoundSandbox, ImageInfo, LineSink, NetworkFacts, SandboxOwner, WorkspaceMount,
+    Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus, ExecIo, ExecOutput, ExecRequest, FoundSandbox,
+    ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts, SandboxOwner, WorkspaceMount,
 };
 use crate::domain::{Runtime, SandboxSpec};
 
@@ -163,7 +163,7 @@ impl ContainerEngine for FakeEngine {
         Err(absent("ensure_build_network"))
     }
 
-    async fn create_app_container(&self, _: &str, _: &AppContainer<'_>) -> anyhow::Result<String> {
+    async fn create_app_container(&self, _: &str, _: &ManagedAppContainer<'_>) -> anyhow::Result<String> {
         Err(absent("create_app_container"))
     }
 
@@ -187,7 +187,7 @@ impl ContainerEngine for FakeEngine {
         Err(absent("published_port"))
     }
 
-    async fn app_containers(&self, _: &str) -> anyhow::Result<Vec<AppContainerInfo>> {
+    async fn app_containers(&self, _: &str) -> anyhow::Result<Vec<ManagedAppContainerInfo>> {
         Err(absent("app_containers"))
     }
 }

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Runtime, SandboxSpec};
 pub use values::{
-    sandbox_name, AppContainer, AppContainerInfo, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo,
-    ExecOutput, ExecRequest, ExecStream, FoundSandbox, ImageInfo, LineSink, NetworkFacts, Purpose, SandboxOwner,
-    WorkspaceMount,
+    sandbox_name, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo, ExecOutput, ExecRequest, ExecStream,
+    FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts, Purpose,
+    SandboxOwner, WorkspaceMount,
 };
 
 /// The engine everyone holds: cheap to clone, shared by every capability.
@@ -173,7 +173,7 @@ pub trait ContainerEngine: Send + Sync {
 
     /// Creates a managed app's container by name under the app policy; a container of that name
     /// that exists already is the answer. Idempotent.
-    async fn create_app_container(&self, name: &str, c: &AppContainer<'_>) -> anyhow::Result<String>;
+    async fn create_app_container(&self, name: &str, c: &ManagedAppContainer<'_>) -> anyhow::Result<String>;
 
     /// Attaches to a created container's stdio (before starting it, so no output is missed).
     async fn attach(&self, id: &str) -> anyhow::Result<Attached>;
@@ -191,7 +191,7 @@ pub trait ContainerEngine: Send + Sync {
     async fn published_port(&self, id: &str, port: u16) -> anyhow::Result<Option<u16>>;
 
     /// The containers of one app (all its deploys), running or not.
-    async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>>;
+    async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<ManagedAppContainerInfo>>;
 }
 
 #[cfg(test)]

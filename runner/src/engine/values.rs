@@ -55,7 +55,7 @@ pub fn sandbox_name(instance: &str, session_id: &str) -> String {
 }
 
 /// One container of a managed app: a service replica, a release (migration) or a one-off command.
-pub struct AppContainer<'a> {
+pub struct ManagedAppContainer<'a> {
     pub instance: &'a str,
     pub app: &'a str,
     /// The service, or `release` / `run` for one-off containers.
@@ -165,7 +165,7 @@ pub struct ExecOutput {
 
 /// An app container as found on the engine.
 #[derive(Debug, Clone)]
-pub struct AppContainerInfo {
+pub struct ManagedAppContainerInfo {
     pub id: String,
     pub service: String,
     pub version: String,

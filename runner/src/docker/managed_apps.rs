@@ -11,7 +11,7 @@ use bollard::{
 use futures_util::StreamExt;
 
 use super::DockerEngine;
-use crate::engine::{self, AppContainerInfo, Attached, ByteSink, LineSink};
+use crate::engine::{self, Attached, ByteSink, LineSink, ManagedAppContainerInfo};
 
 impl DockerEngine {
     /// Attaches to a created container's stdio (before starting it, so no output is missed).
@@ -127,7 +127,7 @@ impl DockerEngine {
     }
 
     /// The containers of one app (all its deploys), running or not.
-    pub(super) async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<AppContainerInfo>> {
+    pub(super) async fn app_containers(&self, app: &str) -> anyhow::Result<Vec<ManagedAppContainerInfo>> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("{}={}", engine::LABEL_INSTANCE, self.instance), format!("{}={app}", engine::LABEL_APP)],
@@ -141,7 +141,7 @@ impl DockerEngine {
             .filter(|c| c.names.as_deref().unwrap_or_default().iter().any(|n| n.starts_with(&prefix)))
             .map(|c| {
                 let label = |k: &str| c.labels.as_ref().and_then(|l| l.get(k)).cloned().unwrap_or_default();
-                AppContainerInfo {
+                ManagedAppContainerInfo {
                     service: label(engine::LABEL_SERVICE),
                     version: label(engine::LABEL_VERSION),
                     deploy: label(engine::LABEL_DEPLOY),
