@@ -296,3 +296,56 @@ async fn the_ide_proxy_runs_on_its_own_beside_the_api() {
     let _ = proxy.kill();
     let _ = proxy.wait();
 }
+
+/// A sandbox whose health check keeps failing (its IDE agent stopped) is replaced by
+/// reconciliation on the same workspace, and the session's events say so (issue 9, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unhealthy_sandbox_is_replaced_on_its_workspace() {
+    let app = spawn_app().await;
+    // The base image's own check, probed every second instead of every 30 s.
+    let tag = format!("exercise-runner-test/healthcheck:{}", app.instance);
+    let dockerfile = format!(
+        "FROM exercise-runner/base:latest\nLABEL exercise-runner.instance={}\n\
+         HEALTHCHECK --interval=1s --timeout=3s --start-period=1s --retries=2 CMD [\"/usr/local/bin/ide-agent\", \"health\"]\n",
+        app.instance
+    );
+    let mut build = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &tag, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    build.stdin.take().unwrap().write_all(dockerfile.as_bytes()).unwrap();
+    assert!(build.wait().unwrap().success(), "building the test image");
+    app.put("/v1/exercises/sickly", json!({"image": tag})).await;
+    let s = app.session("ada", "sickly").await;
+    let id = s["id"].as_str().unwrap();
+    let first = session_container(&app.instance, id).unwrap();
+    eventually(Duration::from_secs(30), "the sandbox to be healthy", || {
+        (inspect(&first)["State"]["Health"]["Status"] == "healthy").then_some(())
+    })
+    .await;
+    learner_writes(&first, "/workspace/kept", "yes");
+    // The learner stops the IDE agent: the check fails, twice, and Docker calls it unhealthy.
+    let (code, out) = sandbox_exec(&first, "supervisorctl -c /etc/supervisor/supervisord.conf stop ide-agent");
+    assert_eq!(code, 0, "{out}");
+    let second = eventually(Duration::from_secs(60), "a new sandbox for the session", || {
+        session_container(&app.instance, id).filter(|c| *c != first)
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the new sandbox to be healthy", || {
+        (inspect(&second)["State"]["Health"]["Status"] == "healthy").then_some(())
+    })
+    .await;
+    assert_eq!(sandbox_exec(&second, "cat /workspace/kept").1, "yes", "the workspace is kept");
+    let (_, v) = app.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(v["state"], "running", "{v}");
+    let (_, v) = app.get(&format!("/v1/sessions/{id}/events")).await;
+    let kinds: Vec<&str> = v["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["started", "unhealthy", "started"], "{v}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runner_reconcile_actions_total{action=\"replaced_unhealthy\"} 1"), "{metrics}");
+    drop(app);
+    let _ = std::process::Command::new("docker").args(["rmi", "-f", &tag]).output();
+}

@@ -243,6 +243,8 @@ pub enum SessionEvent {
     Exited,
     /// Reconciliation started an exited sandbox again.
     Restarted,
+    /// Its health check kept failing; reconciliation replaced it.
+    Unhealthy,
     /// Reconciliation made a vanished (or unrestartable) sandbox again on the same workspace.
     Recreated,
     Reaped,
@@ -250,12 +252,13 @@ pub enum SessionEvent {
 }
 
 impl SessionEvent {
-    pub const ALL: [SessionEvent; 8] = [
+    pub const ALL: [SessionEvent; 9] = [
         SessionEvent::Started,
         SessionEvent::StartFailed,
         SessionEvent::OomKilled,
         SessionEvent::Exited,
         SessionEvent::Restarted,
+        SessionEvent::Unhealthy,
         SessionEvent::Recreated,
         SessionEvent::Reaped,
         SessionEvent::Stopped,
@@ -267,6 +270,7 @@ impl SessionEvent {
             SessionEvent::OomKilled => "oom_killed",
             SessionEvent::Exited => "exited",
             SessionEvent::Restarted => "restarted",
+            SessionEvent::Unhealthy => "unhealthy",
             SessionEvent::Recreated => "recreated",
             SessionEvent::Reaped => "reaped",
             SessionEvent::Stopped => "stopped",

@@ -249,6 +249,9 @@ impl DockerEngine {
                 id: c.id.unwrap_or_default(),
                 session_id: c.labels.and_then(|mut l| l.remove(engine::LABEL_SESSION)),
                 running: c.state.as_deref() == Some("running"),
+                // The list's status line is how the engine reports health without an inspect
+                // per container: "Up 3 minutes (unhealthy)".
+                unhealthy: c.status.as_deref().is_some_and(|s| s.ends_with("(unhealthy)")),
             })
             .collect())
     }

@@ -25,6 +25,13 @@ use crate::{
 pub const RUNSC_THREAD_ALLOWANCE: u64 = 2048;
 
 /// Builds the container configuration of a sandbox. The hardening, line by line:
+/// The CPU weight of every sandbox (sessions and self-tests), half of Docker's default 1024.
+/// Within the engine's cgroup, learners' code yields to the managed apps' containers. The
+/// runner itself runs outside that cgroup: on cgroup v1 every busy runner thread weighs as much
+/// as all containers together, so the API and the IDE proxy stay responsive when every core is
+/// busy with learners' code (docs/ARCHITECTURE.md, "CPU priority").
+pub const SANDBOX_CPU_SHARES: i64 = 512;
+
 pub(super) fn sandbox_container(
     spec: &SandboxSpec,
     owner: &SandboxOwner<'_>,
@@ -106,6 +113,9 @@ pub(super) fn sandbox_container(
         // CPU as a hard quota per period.
         cpu_period: Some(cpu_period),
         cpu_quota: Some((l.cpus * cpu_period as f64).round() as i64),
+        // And a weight below everything else's when cores are contended: the course site's
+        // containers (and any other workload at Docker's default 1024) go first.
+        cpu_shares: Some(SANDBOX_CPU_SHARES),
         // A fork bomb hits the pids limit.
         pids_limit: Some(pids_limit as i64),
         ulimits: Some(vec![
@@ -238,6 +248,8 @@ mod tests {
         assert_eq!(h.memory, h.memory_swap);
         assert_eq!(h.network_mode.as_deref(), Some("none"));
         assert_eq!(h.init, Some(true));
+        assert_eq!(h.cpu_shares, Some(SANDBOX_CPU_SHARES));
+        assert!(SANDBOX_CPU_SHARES < 1024, "below Docker's default weight");
         assert!(h.binds.is_none());
         assert!(h.tmpfs.as_ref().unwrap().contains_key("/home/learner/.cache"), "writable paths are tmpfs");
         assert_eq!(c.labels.as_ref().unwrap()[LABEL_SESSION], "s");

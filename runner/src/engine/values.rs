@@ -144,6 +144,8 @@ pub struct FoundSandbox {
     pub id: String,
     pub session_id: Option<String>,
     pub running: bool,
+    /// Its image's health check has failed its retries (images on the base image have one).
+    pub unhealthy: bool,
 }
 
 /// Status of one container.

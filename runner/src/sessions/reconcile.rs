@@ -33,6 +33,7 @@ pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
 pub struct Report {
     pub adopted: usize,
     pub restarted: usize,
+    pub replaced_unhealthy: usize,
     pub recreated: usize,
     pub stops_finished: usize,
     pub orphans_removed: usize,
@@ -49,6 +50,9 @@ pub enum Action {
     Restart { session: String, container: String },
     /// Its container vanished: make it again on the same workspace.
     Recreate { session: String },
+    /// Its container runs but its health check keeps failing (the IDE agent does not answer, or
+    /// a service of the exercise is stuck): replace it, on the same workspace.
+    ReplaceUnhealthy { session: String, container: String },
     /// A container of this instance that no live session owns.
     RemoveOrphan { container: String },
 }
@@ -71,6 +75,7 @@ pub fn plan(live: &[SessionRecord], observed: &[FoundSandbox], in_flight: &HashS
             continue;
         }
         actions.push(match by_session.get(s.id.as_str()) {
+            Some(c) if c.running && c.unhealthy => Action::ReplaceUnhealthy { session, container: c.id.clone() },
             Some(c) if c.running => {
                 let record = s.state != SessionState::Running || s.container_id.as_deref() != Some(c.id.as_str());
                 Action::Adopt { session, container: c.id.clone(), record }
@@ -162,6 +167,15 @@ async fn execute(
                 }
             }
         }
+        Action::ReplaceUnhealthy { session, container } => {
+            tracing::warn!(%session, %container, "sandbox unhealthy; replacing it on the same workspace");
+            super::record_event(sessions, &session, SessionEvent::Unhealthy, Some("its health check kept failing"))
+                .await;
+            sessions.engine.remove_container(&container).await?;
+            recreate(sessions, record(&session)).await;
+            report.replaced_unhealthy += 1;
+            count("replaced_unhealthy");
+        }
         Action::Recreate { session } => {
             tracing::warn!(%session, "sandbox container vanished; recreating it on the same workspace");
             super::record_event(sessions, &session, SessionEvent::Recreated, Some("its container had vanished")).await;
@@ -209,7 +223,7 @@ mod tests {
     }
 
     fn sandbox(id: &str, session: Option<&str>, running: bool) -> FoundSandbox {
-        FoundSandbox { id: id.into(), session_id: session.map(str::to_string), running }
+        FoundSandbox { id: id.into(), session_id: session.map(str::to_string), running, unhealthy: false }
     }
 
     fn none() -> HashSet<String> {
@@ -246,6 +260,20 @@ mod tests {
                 Action::Restart { session: "a".into(), container: "c1".into() },
                 Action::Recreate { session: "b".into() },
             ]
+        );
+    }
+
+    #[test]
+    fn an_unhealthy_sandbox_is_replaced_but_not_one_in_flight() {
+        let live = [session("a", SessionState::Running, Some("c1")), session("b", SessionState::Running, Some("c2"))];
+        let observed = [
+            FoundSandbox { unhealthy: true, ..sandbox("c1", Some("a"), true) },
+            FoundSandbox { unhealthy: true, ..sandbox("c2", Some("b"), true) },
+        ];
+        let in_flight: HashSet<String> = ["b".to_string()].into();
+        assert_eq!(
+            plan(&live, &observed, &in_flight),
+            vec![Action::ReplaceUnhealthy { session: "a".into(), container: "c1".into() }]
         );
     }
 
