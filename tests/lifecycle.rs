@@ -349,3 +349,35 @@ async fn an_unhealthy_sandbox_is_replaced_on_its_workspace() {
     drop(app);
     let _ = std::process::Command::new("docker").args(["rmi", "-f", &tag]).output();
 }
+
+/// A memory bomb in a sandbox is OOM-killed, and the session's events say so at once (the
+/// runner follows the engine's event stream), counted in the metrics (issue 9, item 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_is_recorded_on_the_session_from_the_engines_events() {
+    let app = spawn_app().await;
+    app.exercise("bomb", json!({"limits": {"memory_mb": 32}})).await;
+    let s = app.session("ada", "bomb").await;
+    let id = s["id"].as_str().unwrap();
+    let c = session_container(&app.instance, id).unwrap();
+    // A child process grows past the limit; the sandbox's PID 1 lives on.
+    let (code, _) = sandbox_exec(&c, "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}");
+    assert_ne!(code, 0, "the bomb was killed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let (_, v) = app.get(&format!("/v1/sessions/{id}/events")).await;
+        if v["events"].as_array().unwrap().iter().any(|e| e["kind"] == "oom_killed") {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no oom_killed event: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(events["events"][0]["kind"] == "started", "{events}");
+    let (_, v) = app.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(v["state"], "running", "the sandbox itself survives a child's OOM kill: {v}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // One kill or several (the kernel may kill more than one process of the bomb's pipeline).
+    assert!(metrics.contains("runner_session_events_total{kind=\"oom_killed\"}"), "{metrics}");
+    assert!(metrics.contains("runner_engine_events_connected 1"), "{metrics}");
+    let (_, ready) = app.get("/readyz").await;
+    assert_eq!(ready["checks"]["engine_events"]["ok"], true, "{ready}");
+}

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub ide_open_connections: IntGauge,
     pub build_info: IntGaugeVec,
     pub session_events: IntCounterVec,
+    /// 1 while the runner follows the engine's event stream.
+    pub engine_events_connected: IntGauge,
+    pub engine_event_stream_losses: IntCounter,
 }
 
 impl Metrics {
@@ -119,8 +122,20 @@ impl Metrics {
             &["kind"],
         )
         .unwrap();
+        let engine_events_connected = IntGauge::new(
+            "runner_engine_events_connected",
+            "1 while the runner follows the engine's event stream (OOM kills, exits)",
+        )
+        .unwrap();
+        let engine_event_stream_losses = IntCounter::new(
+            "runner_engine_event_stream_losses_total",
+            "Times the engine's event stream ended or failed (an engine restart); the runner reconnects",
+        )
+        .unwrap();
         for c in [
             Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(engine_events_connected.clone()),
+            Box::new(engine_event_stream_losses.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_request_seconds.clone()),
             Box::new(build_seconds.clone()),
@@ -159,6 +174,8 @@ impl Metrics {
             ide_open_connections,
             build_info,
             session_events,
+            engine_events_connected,
+            engine_event_stream_losses,
         }
     }
 

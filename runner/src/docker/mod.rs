@@ -7,6 +7,7 @@
 
 mod build_cgroup;
 mod build_network;
+mod events;
 mod exec_io;
 mod images;
 mod managed_apps;
@@ -465,6 +466,10 @@ impl ContainerEngine for DockerEngine {
 
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
         DockerEngine::list_selftest_containers(self).await
+    }
+
+    async fn sandbox_events(&self, since_nano: i64) -> anyhow::Result<engine::SandboxEvents> {
+        Ok(DockerEngine::sandbox_events(self, since_nano))
     }
 
     async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {

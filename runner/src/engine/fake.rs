@@ -21,15 +21,38 @@ use crate::domain::{Runtime, SandboxSpec};
 
 type Script = Box<dyn FnMut(&ExecRequest) -> ExecOutput + Send>;
 
+/// What one `sandbox_events` call answers: a stream of these items (which then ends), or an error.
+pub type EventsAnswer = anyhow::Result<Vec<anyhow::Result<super::SandboxEvent>>>;
+
 pub struct FakeEngine {
     script: Mutex<Script>,
     execs: Mutex<Vec<ExecRequest>>,
+    /// Answers of successive `sandbox_events` calls, with the `since` each was asked for.
+    events: Mutex<std::collections::VecDeque<EventsAnswer>>,
+    events_since: Mutex<Vec<i64>>,
 }
 
 impl FakeEngine {
     /// An engine whose `exec` answers what `script` says for each command.
     pub fn answering(script: impl FnMut(&ExecRequest) -> ExecOutput + Send + 'static) -> Arc<FakeEngine> {
-        Arc::new(FakeEngine { script: Mutex::new(Box::new(script)), execs: Mutex::new(Vec::new()) })
+        Arc::new(FakeEngine {
+            script: Mutex::new(Box::new(script)),
+            execs: Mutex::new(Vec::new()),
+            events: Mutex::default(),
+            events_since: Mutex::default(),
+        })
+    }
+
+    /// An engine whose successive `sandbox_events` calls answer `answers` in turn (then fail).
+    pub fn with_events(answers: Vec<EventsAnswer>) -> Arc<FakeEngine> {
+        let fake = FakeEngine::answering(|_| exited(0, ""));
+        *fake.events.lock().expect("lock") = answers.into();
+        fake
+    }
+
+    /// The `since` of every `sandbox_events` call so far.
+    pub fn events_since(&self) -> Vec<i64> {
+        self.events_since.lock().expect("lock").clone()
     }
 
     /// The commands run so far, in order.
@@ -86,6 +109,16 @@ impl ContainerEngine for FakeEngine {
 
     async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>> {
         Err(absent("list_sandboxes"))
+    }
+
+    async fn sandbox_events(&self, since: i64) -> anyhow::Result<super::SandboxEvents> {
+        self.events_since.lock().expect("lock").push(since);
+        let next = self.events.lock().expect("lock").pop_front();
+        match next {
+            Some(Ok(items)) => Ok(Box::pin(futures_util::stream::iter(items))),
+            Some(Err(e)) => Err(e),
+            None => Err(absent("more sandbox_events")),
+        }
     }
 
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {

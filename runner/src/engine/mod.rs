@@ -25,7 +25,7 @@ use crate::domain::{Runtime, SandboxSpec};
 pub use values::{
     sandbox_name, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo, ExecOutput, ExecRequest, ExecStream,
     FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts, Purpose,
-    SandboxOwner, WorkspaceMount,
+    SandboxEvent, SandboxEventKind, SandboxEvents, SandboxOwner, WorkspaceMount,
 };
 
 /// The engine everyone holds: cheap to clone, shared by every capability.
@@ -94,6 +94,10 @@ pub trait ContainerEngine: Send + Sync {
 
     /// Build self-test containers of this instance, running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>>;
+
+    /// The OOM kills and exits of this instance's sandboxes from `since_nano` on (a moment
+    /// already past replays what happened since), then as they happen.
+    async fn sandbox_events(&self, since_nano: i64) -> anyhow::Result<SandboxEvents>;
 
     /// Runs a command (an argument vector, never a shell string built from input) in a running
     /// container, feeding it `stdin`, and collects its output up to `max_output` bytes. Past the

@@ -208,3 +208,26 @@ pub type LineSink<'a> = dyn FnMut(&str) + Send + 'a;
 
 /// Where a call sends a container's output as it comes, in chunks of bytes.
 pub type ByteSink<'a> = dyn FnMut(&[u8]) + Send + 'a;
+
+/// Something the engine reports about one of this instance's sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxEvent {
+    pub container: String,
+    /// Its session (the label), for session sandboxes; `None` for self-tests.
+    pub session: Option<String>,
+    pub kind: SandboxEventKind,
+    /// When the engine saw it, in nanoseconds since the epoch: where a follower resumes after
+    /// losing the stream, skipping what it has seen.
+    pub time_nano: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SandboxEventKind {
+    /// The kernel killed a process of the sandbox at its memory limit.
+    Oom,
+    /// The sandbox's main process ended (a stop, a crash, an OOM kill of PID 1).
+    Died { exit_code: Option<i64> },
+}
+
+/// The engine's events, as they come; ends (or fails) when the engine goes away.
+pub type SandboxEvents = Pin<Box<dyn Stream<Item = anyhow::Result<SandboxEvent>> + Send>>;

@@ -35,6 +35,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let (db, docker) = (check(db), check(docker));
     let ready = db["ok"] == true && docker["ok"] == true;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let events = json!({"ok": app.metrics.engine_events_connected.get() == 1});
     let isolation = app.builds.isolation.lock().expect("lock").clone();
     let build_network = match isolation {
         Some(r) => serde_json::to_value(r).unwrap_or_default(),
@@ -44,7 +45,7 @@ pub async fn readyz(State(app): State<Arc<App>>) -> Response {
         status,
         Json(json!({
             "status": if ready {"ready"} else {"unavailable"},
-            "checks": {"database": db, "docker": docker, "build_network": build_network},
+            "checks": {"database": db, "docker": docker, "build_network": build_network, "engine_events": events},
         })),
     )
         .into_response()

@@ -4,6 +4,7 @@
 //! idempotent Docker call followed by a conditional state write, so a step retried after a crash
 //! or raced by the reaper or the reconciler converges instead of duplicating containers.
 
+pub mod events;
 pub mod reaper;
 pub mod reconcile;
 

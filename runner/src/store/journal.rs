@@ -128,6 +128,31 @@ impl Store {
         Ok(())
     }
 
+    /// Records an event the engine reported, under an id made from what it is (the container,
+    /// the kind, the engine's time), so replicas following the same engine, or one follower
+    /// replaying after a reconnect, record it once. Whether it was new.
+    pub async fn insert_session_event_once(
+        &self,
+        id: &str,
+        session_id: &str,
+        kind: lifecycle::SessionEvent,
+        detail: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        let done = sqlx::query(&format!(
+            "INSERT INTO session_events ({}) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            SessionEvent::COLUMNS
+        ))
+        .bind(id)
+        .bind(session_id)
+        .bind(now_ms())
+        .bind(kind.as_str())
+        .bind(detail)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done > 0)
+    }
+
     /// A session's events, oldest first.
     pub async fn session_events(&self, session_id: &str) -> anyhow::Result<Vec<SessionEvent>> {
         let rows = sqlx::query(&format!(
