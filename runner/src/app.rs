@@ -38,6 +38,8 @@ pub struct App {
     pub ide: Arc<web_ide_proxy::Proxy<crate::ide::RunnerBackend>>,
     /// Seals and opens app secrets stored in the database.
     pub secret_box: crate::secret_box::SecretBox,
+    /// Every sandbox's resource use, sampled in the background (its history and aggregates).
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 impl App {
@@ -83,6 +85,7 @@ impl App {
                 .build()
                 .expect("http client"),
             ide: crate::ide::proxy(&settings, store.clone(), engine.clone(), checks),
+            usage: crate::usage::Usage::new(&settings, store.clone(), engine.clone(), &metrics),
             secret_box,
             settings,
             store,

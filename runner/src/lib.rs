@@ -22,6 +22,7 @@ pub mod secret_box;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 pub mod workspaces;
 
 use std::{future::Future, sync::Arc};
@@ -67,6 +68,7 @@ pub async fn launch(
         tokio::spawn(builds::isolation::run(app.builds.clone(), cancel.clone())),
         app.ide.spawn_background(cancel.clone()),
         tokio::spawn(apps::supervise::run(app.clone(), cancel.clone())),
+        tokio::spawn(usage::run(app.usage.clone(), cancel.clone())),
     ];
     let ingress = match app.settings.ingress_listen {
         Some(addr) => {

@@ -72,6 +72,13 @@ pub struct FoundSandbox {
     pub running: bool,
 }
 
+/// A running container that is not a session's sandbox (`Engine::running_selftests_and_apps`).
+#[derive(Debug, Clone)]
+pub enum OtherContainer {
+    SelfTest { id: String, build: String, exercise: String },
+    App { id: String, app: String, service: String },
+}
+
 /// Status of one container.
 #[derive(Debug, Clone)]
 pub struct ContainerStatus {
@@ -405,6 +412,44 @@ impl Engine {
             .into_iter()
             .filter(|c| c.names.as_deref().unwrap_or_default().iter().any(|n| n.starts_with(&prefix)))
             .filter_map(|c| c.id)
+            .collect())
+    }
+
+    /// The running containers of this instance that are not sessions' sandboxes — builds'
+    /// self-tests and managed apps' containers — in one list call, for their usage figures.
+    /// Recognised by their names (labels alone can come from an image).
+    pub async fn running_selftests_and_apps(&self) -> anyhow::Result<Vec<OtherContainer>> {
+        let filters = HashMap::from([
+            ("label".to_string(), vec![format!("{}={}", policy::LABEL_INSTANCE, self.instance)]),
+            ("status".to_string(), vec!["running".to_string()]),
+        ]);
+        let opts = ListContainersOptions { all: false, filters, ..Default::default() };
+        let r = self.docker.list_containers(Some(opts)).await;
+        let selftest = format!("/{}", policy::Purpose::SelfTest("").container_name(&self.instance));
+        let app = format!("/exercise-runner-{}-app-", self.instance);
+        Ok(self
+            .count("list_containers", r)?
+            .into_iter()
+            .filter_map(|c| {
+                let names = c.names.as_deref().unwrap_or_default();
+                let label = |k: &str| c.labels.as_ref().and_then(|l| l.get(k)).cloned().unwrap_or_default();
+                let id = c.id.clone()?;
+                if names.iter().any(|n| n.starts_with(&selftest)) {
+                    Some(OtherContainer::SelfTest {
+                        id,
+                        build: label(policy::LABEL_BUILD),
+                        exercise: label(policy::LABEL_EXERCISE),
+                    })
+                } else if names.iter().any(|n| n.starts_with(&app)) {
+                    Some(OtherContainer::App {
+                        id,
+                        app: label(policy::LABEL_APP),
+                        service: label(policy::LABEL_SERVICE),
+                    })
+                } else {
+                    None
+                }
+            })
             .collect())
     }
 

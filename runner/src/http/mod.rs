@@ -10,6 +10,7 @@ pub mod middleware;
 pub mod ops;
 pub mod router;
 pub mod sessions;
+pub mod usage;
 
 use crate::{domain::Invalid, error::ApiError, exercises::ExerciseError, sessions::SessionError};
 

@@ -57,5 +57,6 @@ pub async fn metrics(State(app): State<Arc<App>>) -> ApiResult<Response> {
         let n = counts.iter().find(|(s, _)| s == state.as_str()).map(|(_, n)| *n).unwrap_or(0);
         app.metrics.sessions.with_label_values(&[state.as_str()]).set(n);
     }
+    super::usage::capacity_of(&app).await?; // the capacity gauges (the usage collector renders them)
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response())
 }
