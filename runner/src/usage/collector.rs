@@ -289,7 +289,7 @@ mod tests {
             net: None,
             disk: None,
         };
-        s.apply(1_700_000_000_000, vec![target], vec![seen], 1000);
+        s.apply(1_700_000_000_000, vec![target], vec![seen], 1000, &Default::default());
         Arc::new(Mutex::new(s))
     }
 

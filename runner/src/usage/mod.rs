@@ -267,7 +267,16 @@ fn group_kind(kind: Kind) -> Kind {
 }
 
 impl State {
-    fn apply(&mut self, at_ms: i64, targets: Vec<Target>, observed: Vec<Observed>, read_cpu_ns: u64) -> RoundInfo {
+    /// Takes one round's readings; `oom_killed` are containers the engine says the kernel
+    /// OOM-killed since their last reading.
+    fn apply(
+        &mut self,
+        at_ms: i64,
+        targets: Vec<Target>,
+        observed: Vec<Observed>,
+        read_cpu_ns: u64,
+        oom_killed: &HashSet<String>,
+    ) -> RoundInfo {
         let keys: HashSet<&str> = targets.iter().map(|t| t.key.as_str()).collect();
         self.sandboxes.retain(|k, _| keys.contains(k.as_str()));
         let mut unreadable = 0;
@@ -292,6 +301,11 @@ impl State {
             t.target = target;
             let Some(reading) = seen.reading else {
                 unreadable += 1;
+                if t.running && oom_killed.contains(&t.target.container) {
+                    t.carried.oom_kills += 1;
+                    let c = self.counters.entry((group_kind(t.target.kind), t.target.group.clone())).or_default();
+                    c.oom_kills += 1;
+                }
                 t.running = false;
                 t.cpu_cores = None;
                 continue;
@@ -550,7 +564,30 @@ impl Usage {
             (targets, observed, thread_cpu_ns().saturating_sub(started))
         })
         .await?;
-        Ok(self.state.lock().expect("lock").apply(now_ms(), targets, observed, read_cpu_ns))
+        // A sandbox whose cgroup vanished since the last round: one inspect says whether the
+        // kernel OOM-killed it. Its cgroup's counter went with it — and under runsc an OOM kill
+        // always takes the whole sandbox (the sandbox kernel is the process holding the memory).
+        let vanished: Vec<String> = {
+            let state = self.state.lock().expect("lock");
+            targets
+                .iter()
+                .zip(&observed)
+                .filter(|(t, o)| {
+                    o.reading.is_none()
+                        && state.sandboxes.get(&t.key).is_some_and(|s| s.running && s.target.container == t.container)
+                })
+                .map(|(t, _)| t.container.clone())
+                .collect()
+        };
+        let mut oom_killed = HashSet::new();
+        for container in vanished {
+            if let Ok(Some(status)) = self.engine.container_status(&container).await {
+                if status.oom_killed {
+                    oom_killed.insert(container);
+                }
+            }
+        }
+        Ok(self.state.lock().expect("lock").apply(now_ms(), targets, observed, read_cpu_ns, &oom_killed))
     }
 
     pub fn last_round(&self) -> Option<RoundInfo> {
@@ -719,12 +756,14 @@ mod tests {
             vec![target("a", "c1", "ex"), target("b", "c2", "ex")],
             vec![seen(1.0, 10, 0), seen(0.0, 30, 0)],
             0,
+            &HashSet::new(),
         );
         let info = s.apply(
             t0 + 5000,
             vec![target("a", "c1", "ex"), target("b", "c2", "ex")],
             vec![seen(3.5, 20, 1), seen(0.5, 30, 0)],
             0,
+            &HashSet::new(),
         );
         assert_eq!((info.sandboxes, info.unreadable), (2, 0));
         let a = now_of(&s.sandboxes["a"]).unwrap();
@@ -741,7 +780,7 @@ mod tests {
         assert!((g.cpu_cores - 0.6).abs() < 1e-9);
 
         // Session b ended: its figures and history are dropped, the exercise's counters stay.
-        s.apply(t0 + 10_000, vec![target("a", "c1", "ex")], vec![seen(4.0, 20, 1)], 0);
+        s.apply(t0 + 10_000, vec![target("a", "c1", "ex")], vec![seen(4.0, 20, 1)], 0, &HashSet::new());
         assert!(!s.sandboxes.contains_key("b"));
         let (ex, _) = groups_of(&s);
         assert_eq!((ex["ex"].sessions, ex["ex"].cpu_seconds_total), (1, 4.5));
@@ -750,17 +789,24 @@ mod tests {
     #[test]
     fn a_recreated_sandbox_carries_its_totals_and_a_stopped_one_is_not_running() {
         let mut s = State::default();
-        s.apply(0, vec![target("a", "c1", "ex")], vec![seen(10.0, 5, 2)], 0);
+        s.apply(0, vec![target("a", "c1", "ex")], vec![seen(10.0, 5, 2)], 0, &HashSet::new());
         let unreadable = Observed { reading: None, limits: Limits::default(), net: None, disk: None };
-        let info = s.apply(5000, vec![target("a", "c1", "ex")], vec![unreadable], 0);
+        let killed = HashSet::from(["c1".to_string()]);
+        let info = s.apply(5000, vec![target("a", "c1", "ex")], vec![unreadable.clone()], 0, &killed);
         assert_eq!(info.unreadable, 1);
+        // Counted once, not again while it stays down.
+        s.apply(7500, vec![target("a", "c1", "ex")], vec![unreadable], 0, &killed);
         assert!(!now_of(&s.sandboxes["a"]).unwrap().running);
         // Reconciliation made a new container: its counters start at 0 again.
-        s.apply(10_000, vec![target("a", "c2", "ex")], vec![seen(1.0, 5, 0)], 0);
+        s.apply(10_000, vec![target("a", "c2", "ex")], vec![seen(1.0, 5, 0)], 0, &HashSet::new());
         let a = now_of(&s.sandboxes["a"]).unwrap();
-        assert_eq!((a.cpu_seconds_total, a.oom_kills_total, a.running), (11.0, Some(2), true));
+        assert_eq!(
+            (a.cpu_seconds_total, a.oom_kills_total, a.running),
+            (11.0, Some(3), true),
+            "2 in the cgroup, 1 that took the container"
+        );
         assert_eq!(a.cpu_cores, None, "no rate across two containers");
         let (ex, _) = groups_of(&s);
-        assert_eq!((ex["ex"].cpu_seconds_total, ex["ex"].oom_kills_total), (11.0, 2));
+        assert_eq!((ex["ex"].cpu_seconds_total, ex["ex"].oom_kills_total), (11.0, 3));
     }
 }
