@@ -30,6 +30,8 @@ pub struct App {
     pub deploys: Arc<Deploys>,
     /// The web IDE proxy (`/ide/{session}/`).
     pub ide: Arc<IdeProxy>,
+    /// Every sandbox's resource use, sampled in the background (its history and aggregates).
+    pub usage: Arc<crate::usage::Usage>,
 }
 
 impl App {
@@ -75,6 +77,7 @@ impl App {
             shutdown.clone(),
         );
         Ok(Arc::new(App {
+            usage: crate::usage::Usage::new(&settings, store.clone(), engine.clone(), &metrics),
             builds: Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
             rate_limiter: RateLimiter::keyed(quota),
             shutdown,

@@ -74,6 +74,11 @@ pub struct Settings {
     pub max_live_sessions: u64,
     pub reap_interval: Duration,
     pub reconcile_interval: Duration,
+    /// How often every sandbox's usage is sampled (`usage/`); zero turns sampling off.
+    pub usage_interval: Duration,
+    /// `RUNNER_METRICS_PER_SESSION`: one Prometheus series per live session besides the
+    /// per-exercise ones (cardinality grows with the sessions; off by default).
+    pub metrics_per_session: bool,
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     pub max_body_bytes: usize,
@@ -173,6 +178,8 @@ impl Settings {
             max_live_sessions: 200,
             reap_interval: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(30),
+            usage_interval: Duration::from_secs(5),
+            metrics_per_session: false,
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
             max_body_bytes: 64 * 1024,
@@ -336,6 +343,12 @@ impl Settings {
         }
         if let Some(v) = secs("RUNNER_RECONCILE_INTERVAL_SECS")? {
             s.reconcile_interval = v;
+        }
+        if let Some(v) = secs("RUNNER_USAGE_INTERVAL_SECS")? {
+            s.usage_interval = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_METRICS_PER_SESSION")? {
+            s.metrics_per_session = v;
         }
         if let Some(v) = parse(&get, "RUNNER_RATE_LIMIT_PER_SEC")? {
             s.rate_limit_per_sec = v;

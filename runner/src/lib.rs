@@ -23,6 +23,7 @@ pub mod secret_box;
 pub mod sessions;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 pub mod workspaces;
 
 use std::{future::Future, sync::Arc};
@@ -69,6 +70,7 @@ pub async fn launch(
         tokio::spawn(builds::isolation::run(app.builds.clone(), cancel.clone())),
         app.ide.spawn_background(cancel.clone()),
         tokio::spawn(deploys::supervise::run(app.deploys.clone(), cancel.clone())),
+        tokio::spawn(usage::run(app.usage.clone(), cancel.clone())),
     ];
     let ingress = match app.settings.ingress_listen {
         Some(addr) => {

@@ -179,6 +179,11 @@ impl Metrics {
         }
     }
 
+    /// Adds a collector whose series are built at scrape time (the usage figures).
+    pub fn register_collector(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");

@@ -34,10 +34,13 @@ struct Exclusive<'a> {
     _file: std::fs::File,
 }
 
+/// How every workspace volume's name begins.
+pub const VOLUME_PREFIX: &str = "exercise-runner-ws-";
+
 /// The volume name of a workspace: stable for a learner, exercise and runner instance.
 pub fn volume_name(instance: &str, learner: &str, exercise: &str) -> String {
     let digest = Sha256::digest(format!("{instance}\0{learner}\0{exercise}").as_bytes());
-    format!("exercise-runner-ws-{}", &hex::encode(digest)[..32])
+    format!("{VOLUME_PREFIX}{}", &hex::encode(digest)[..32])
 }
 
 async fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {

@@ -35,7 +35,7 @@ use crate::{
     engine::{
         self, Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus, Engine, ExecIo, ExecOutput,
         ExecRequest, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts,
-        SandboxOwner, WorkspaceMount,
+        OtherContainer, SandboxOwner, WorkspaceMount,
     },
     metrics::Metrics,
 };
@@ -349,6 +349,44 @@ impl DockerEngine {
             .collect())
     }
 
+    /// The running containers of this instance that are not sessions' sandboxes — builds'
+    /// self-tests and managed apps' containers — in one list call, for their usage figures.
+    /// Recognised by their names (labels alone can come from an image).
+    async fn running_selftests_and_apps(&self) -> anyhow::Result<Vec<OtherContainer>> {
+        let filters = HashMap::from([
+            ("label".to_string(), vec![format!("{}={}", engine::LABEL_INSTANCE, self.instance)]),
+            ("status".to_string(), vec!["running".to_string()]),
+        ]);
+        let opts = ListContainersOptions { all: false, filters, ..Default::default() };
+        let r = self.docker.list_containers(Some(opts)).await;
+        let selftest = format!("/{}", engine::Purpose::SelfTest("").container_name(&self.instance));
+        let app = format!("/exercise-runner-{}-app-", self.instance);
+        Ok(self
+            .count("list_containers", r)?
+            .into_iter()
+            .filter_map(|c| {
+                let names = c.names.as_deref().unwrap_or_default();
+                let label = |k: &str| c.labels.as_ref().and_then(|l| l.get(k)).cloned().unwrap_or_default();
+                let id = c.id.clone()?;
+                if names.iter().any(|n| n.starts_with(&selftest)) {
+                    Some(OtherContainer::SelfTest {
+                        id,
+                        build: label(engine::LABEL_BUILD),
+                        exercise: label(engine::LABEL_EXERCISE),
+                    })
+                } else if names.iter().any(|n| n.starts_with(&app)) {
+                    Some(OtherContainer::App {
+                        id,
+                        app: label(engine::LABEL_APP),
+                        service: label(engine::LABEL_SERVICE),
+                    })
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+
     // ---- volumes ----
 
     /// The driver options of a volume, when it exists.
@@ -466,6 +504,10 @@ impl ContainerEngine for DockerEngine {
 
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
         DockerEngine::list_selftest_containers(self).await
+    }
+
+    async fn running_selftests_and_apps(&self) -> anyhow::Result<Vec<engine::OtherContainer>> {
+        DockerEngine::running_selftests_and_apps(self).await
     }
 
     async fn sandbox_events(&self, since_nano: i64) -> anyhow::Result<engine::SandboxEvents> {

@@ -111,6 +111,10 @@ impl ContainerEngine for FakeEngine {
         Err(absent("list_sandboxes"))
     }
 
+    async fn running_selftests_and_apps(&self) -> anyhow::Result<Vec<super::OtherContainer>> {
+        Err(absent("running_selftests_and_apps"))
+    }
+
     async fn sandbox_events(&self, since: i64) -> anyhow::Result<super::SandboxEvents> {
         self.events_since.lock().expect("lock").push(since);
         let next = self.events.lock().expect("lock").pop_front();

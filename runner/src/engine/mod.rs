@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{Runtime, SandboxSpec};
 pub use values::{
     sandbox_name, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo, ExecOutput, ExecRequest, ExecStream,
-    FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts, Purpose,
-    SandboxEvent, SandboxEventKind, SandboxEvents, SandboxOwner, WorkspaceMount,
+    FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts, OtherContainer,
+    Purpose, SandboxEvent, SandboxEventKind, SandboxEvents, SandboxOwner, WorkspaceMount,
 };
 
 /// The engine everyone holds: cheap to clone, shared by every capability.
@@ -94,6 +94,10 @@ pub trait ContainerEngine: Send + Sync {
 
     /// Build self-test containers of this instance, running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>>;
+
+    /// The running containers of this instance that are not sessions' sandboxes (builds'
+    /// self-tests, managed apps' containers), in one call, for their usage figures.
+    async fn running_selftests_and_apps(&self) -> anyhow::Result<Vec<OtherContainer>>;
 
     /// The OOM kills and exits of this instance's sandboxes from `since_nano` on (a moment
     /// already past replays what happened since), then as they happen.

@@ -231,3 +231,10 @@ pub enum SandboxEventKind {
 
 /// The engine's events, as they come; ends (or fails) when the engine goes away.
 pub type SandboxEvents = Pin<Box<dyn Stream<Item = anyhow::Result<SandboxEvent>> + Send>>;
+
+/// A running container that is not a session's sandbox (`ContainerEngine::running_selftests_and_apps`).
+#[derive(Debug, Clone)]
+pub enum OtherContainer {
+    SelfTest { id: String, build: String, exercise: String },
+    App { id: String, app: String, service: String },
+}

@@ -11,6 +11,7 @@ pub mod operators;
 pub mod ops;
 pub mod router;
 pub mod sessions;
+pub mod usage;
 
 use crate::{domain::Invalid, error::ApiError, exercises::ExerciseError, sessions::SessionError};
 

@@ -59,5 +59,6 @@ pub async fn metrics(State(app): State<Arc<App>>) -> ApiResult<Response> {
         app.metrics.sessions.with_label_values(&[state.as_str()]).set(n);
     }
     app.metrics.ide_open_connections.set(app.ide.open_connections() as i64);
+    super::usage::capacity_of(&app).await?; // the capacity gauges (the usage collector renders them)
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render()).into_response())
 }

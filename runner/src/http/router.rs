@@ -10,7 +10,7 @@ use axum::{
     Router,
 };
 
-use super::{apps, builds, exercises, middleware as mw, operators, ops, sessions};
+use super::{apps, builds, exercises, middleware as mw, operators, ops, sessions, usage};
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
 const HOOK_BODY_LIMIT: usize = 1024 * 1024;
@@ -30,6 +30,10 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/runner/drain", post(operators::drain))
         .route("/runner/undrain", post(operators::undrain))
         .route("/audit", get(operators::audit_log))
+        .route("/sessions/{id}/usage", get(usage::session))
+        .route("/usage/top", get(usage::top))
+        .route("/usage/exercises", get(usage::exercises))
+        .route("/capacity", get(usage::capacity))
         .route(
             "/exercises/{slug}/builds",
             post(builds::create).get(builds::list).layer(DefaultBodyLimit::max(app.settings.max_archive_bytes)),

@@ -31,7 +31,7 @@ pub struct CreateSession {
 }
 
 /// Session ids are UUIDs; anything else cannot name a session.
-fn session_id(id: &str) -> ApiResult<String> {
+pub(super) fn session_id(id: &str) -> ApiResult<String> {
     uuid::Uuid::parse_str(id)
         .map(|u| u.to_string())
         .map_err(|_| ApiError::not_found("session_not_found", format!("session {id:?} does not exist")))
