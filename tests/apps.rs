@@ -15,9 +15,7 @@ use std::{
 };
 
 use common::*;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 const SECRET: &str = "top-secret-key-base-4242";
 const REGISTRY_PASSWORD: &str = "deployer-secret-42";
@@ -33,34 +31,9 @@ fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
-/// What a webhook receiver got: (signature check, payload).
-type Received = Arc<Mutex<Vec<(Option<String>, Value)>>>;
-
-/// A webhook receiver on loopback that records what it gets.
+/// A webhook receiver on loopback that records what it gets, checking signatures.
 async fn receiver() -> (String, Received) {
-    let got: Received = Arc::default();
-    let g = got.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let g = g.clone();
-            async move {
-                let sig = headers.get("x-runner-signature-256").map(|v| v.to_str().unwrap().to_string());
-                let v: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
-                let valid = sig.as_ref().map(|s| {
-                    let mut m = Hmac::<Sha256>::new_from_slice(b"hook-secret-for-tests").unwrap();
-                    m.update(body.as_bytes());
-                    *s == format!("sha256={}", hex::encode(m.finalize().into_bytes()))
-                });
-                g.lock().unwrap().push((valid.map(|ok| if ok { "valid" } else { "invalid" }.to_string()), v));
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, got)
+    webhook_receiver(b"hook-secret-for-tests").await
 }
 
 fn definition(hook: &str, crash: bool) -> Value {

@@ -381,3 +381,65 @@ async fn an_oom_kill_is_recorded_on_the_session_from_the_engines_events() {
     let (_, ready) = app.get("/readyz").await;
     assert_eq!(ready["checks"]["engine_events"]["ok"], true, "{ready}");
 }
+
+/// A sandbox OOM-killed repeatedly fires one alert, delivered signed to the operator's receiver
+/// and listed by the API; once the kills age out of the window it clears, and says so (issue 9,
+/// item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_oom_kills_fire_one_alert_that_clears() {
+    let (hook, received) = webhook_receiver(b"alert-secret-for-tests").await;
+    let app = spawn_app_with(|s| {
+        s.alerts.webhook_url = Some(hook.clone());
+        s.alerts.webhook_json = true;
+        s.alerts.webhook_secret = Some(runner::config::Secret::new("alert-secret-for-tests"));
+        s.alerts.interval = Duration::from_secs(1);
+        s.alerts.oom_kills = 2;
+        s.alerts.oom_window = Duration::from_secs(8);
+    })
+    .await;
+    app.exercise("bombs", json!({"limits": {"memory_mb": 32}})).await;
+    let s = app.session("ada", "bombs").await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let c = session_container(&app.instance, &id).unwrap();
+    for _ in 0..2 {
+        let (code, _) = sandbox_exec(&c, "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}");
+        assert_ne!(code, 0, "the bomb was killed");
+    }
+    let fired = |r: &Received, event: &str| {
+        r.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v["event"] == event && v["alert"] == "oom_repeated")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fired(&received, "alert_firing").is_empty() {
+        assert!(Instant::now() < deadline, "no alert: {:?}", received.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sig, v) = fired(&received, "alert_firing").remove(0);
+    assert_eq!(sig.as_deref(), Some("valid"), "signed with the alert secret: {v}");
+    assert_eq!(v["subject"], id.as_str(), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("ada on bombs"), "{v}");
+    assert_eq!(v["instance"], app.instance.as_str());
+    let (status, list) = app.get("/v1/alerts").await;
+    assert_eq!(status, 200);
+    assert!(
+        list["firing"].as_array().unwrap().iter().any(|a| a["kind"] == "oom_repeated" && a["subject"] == id.as_str()),
+        "{list}"
+    );
+    // The kills age out of the window: one message that it cleared, and it fired only once.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while fired(&received, "alert_cleared").is_empty() {
+        assert!(Instant::now() < deadline, "the alert did not clear: {:?}", received.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(fired(&received, "alert_firing").len(), 1, "one message per episode");
+    let (_, list) = app.get("/v1/alerts").await;
+    assert!(list["firing"].as_array().unwrap().iter().all(|a| a["kind"] != "oom_repeated"), "{list}");
+    assert_eq!(list["recent"][0]["kind"], "oom_repeated", "{list}");
+    assert!(list["recent"][0]["cleared_at"].is_string(), "{list}");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runner_alerts_total{kind=\"oom_repeated\"} 1"), "{metrics}");
+}

@@ -32,6 +32,8 @@ pub struct App {
     pub ide: Arc<IdeProxy>,
     /// Every sandbox's resource use, sampled in the background (its history and aggregates).
     pub usage: Arc<crate::usage::Usage>,
+    /// What is wrong now, told once per episode (`GET /v1/alerts`, the alert webhook).
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 impl App {
@@ -77,6 +79,7 @@ impl App {
             shutdown.clone(),
         );
         Ok(Arc::new(App {
+            alerts: crate::alerts::Alerts::new(&settings.alerts, &settings.instance, metrics.clone()),
             usage: crate::usage::Usage::new(&settings, store.clone(), engine.clone(), &metrics),
             builds: Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
             rate_limiter: RateLimiter::keyed(quota),

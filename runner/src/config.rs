@@ -48,6 +48,46 @@ impl FromStr for WorkspaceDriver {
     }
 }
 
+/// Alerts (`alerts.rs`): where they go and when they fire. Each fires once per episode and says
+/// when it clears.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    /// `RUNNER_ALERT_WEBHOOK_URL`: where alerts are posted; none: alerts are only listed
+    /// (`GET /v1/alerts`) and counted.
+    pub webhook_url: Option<String>,
+    /// `slack` (`{"text": ...}`) or `json` (an event, signed when a secret is set).
+    pub webhook_json: bool,
+    /// HMAC-SHA256 key of JSON alerts (`X-Runner-Signature-256`).
+    pub webhook_secret: Option<Secret>,
+    /// How often the conditions are evaluated.
+    pub interval: Duration,
+    /// A sandbox OOM-killed this many times within `oom_window` fires.
+    pub oom_kills: u64,
+    pub oom_window: Duration,
+    /// A sandbox at 90 % or more of its CPU quota for this long fires.
+    pub cpu_pinned: Duration,
+    /// Memory committed by sandbox limits above this share of the host's memory fires.
+    pub memory_committed_percent: u8,
+    /// The data directory's disk fuller than this fires.
+    pub disk_percent: u8,
+}
+
+impl AlertSettings {
+    pub fn defaults() -> Self {
+        AlertSettings {
+            webhook_url: None,
+            webhook_json: false,
+            webhook_secret: None,
+            interval: Duration::from_secs(10),
+            oom_kills: 3,
+            oom_window: Duration::from_secs(600),
+            cpu_pinned: Duration::from_secs(600),
+            memory_committed_percent: 90,
+            disk_percent: 90,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -146,6 +186,8 @@ pub struct Settings {
     /// `{session}.ide.example.com` (needs wildcard DNS; scheme and port as in `public_url`), so
     /// sessions never share an origin.
     pub ide_subdomain_host: Option<String>,
+    // ---- alerts ----
+    pub alerts: AlertSettings,
     // ---- managed apps ----
     /// Where the ingress for managed apps listens (`None`: no ingress).
     pub ingress_listen: Option<SocketAddr>,
@@ -212,6 +254,7 @@ impl Settings {
             ide_max_message_bytes: 1024 * 1024,
             ide_cookie_cross_site: false,
             ide_subdomain_host: None,
+            alerts: AlertSettings::defaults(),
             ingress_listen: None,
             app_network: "bridge".into(),
         }
@@ -350,6 +393,36 @@ impl Settings {
         if let Some(v) = parse(&get, "RUNNER_METRICS_PER_SESSION")? {
             s.metrics_per_session = v;
         }
+        if let Some(v) = get("RUNNER_ALERT_WEBHOOK_URL").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+            if !(v.starts_with("http://") || v.starts_with("https://")) || reqwest::Url::parse(&v).is_err() {
+                bail!("RUNNER_ALERT_WEBHOOK_URL={v:?} is invalid: an http:// or https:// URL");
+            }
+            s.alerts.webhook_url = Some(v);
+        }
+        match get("RUNNER_ALERT_WEBHOOK_FORMAT").as_deref().map(str::trim) {
+            None | Some("") | Some("slack") => {}
+            Some("json") => s.alerts.webhook_json = true,
+            Some(other) => bail!("RUNNER_ALERT_WEBHOOK_FORMAT={other:?} is invalid: slack or json"),
+        }
+        s.alerts.webhook_secret = get("RUNNER_ALERT_WEBHOOK_SECRET").filter(|v| !v.is_empty()).map(Secret::new);
+        if let Some(v) = secs("RUNNER_ALERT_INTERVAL_SECS")? {
+            s.alerts.interval = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_ALERT_OOM_KILLS")? {
+            s.alerts.oom_kills = v;
+        }
+        if let Some(v) = secs("RUNNER_ALERT_OOM_WINDOW_SECS")? {
+            s.alerts.oom_window = v;
+        }
+        if let Some(v) = secs("RUNNER_ALERT_CPU_PINNED_SECS")? {
+            s.alerts.cpu_pinned = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_ALERT_MEMORY_COMMITTED_PERCENT")? {
+            s.alerts.memory_committed_percent = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_ALERT_DISK_PERCENT")? {
+            s.alerts.disk_percent = v;
+        }
         if let Some(v) = parse(&get, "RUNNER_RATE_LIMIT_PER_SEC")? {
             s.rate_limit_per_sec = v;
         }
@@ -468,6 +541,17 @@ impl Settings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        let a = &self.alerts;
+        if a.interval.is_zero() || a.oom_kills == 0 || a.oom_window.is_zero() {
+            bail!("RUNNER_ALERT_INTERVAL_SECS, RUNNER_ALERT_OOM_KILLS and RUNNER_ALERT_OOM_WINDOW_SECS must be at least 1");
+        }
+        if a.memory_committed_percent == 0
+            || a.memory_committed_percent > 100
+            || a.disk_percent == 0
+            || a.disk_percent > 100
+        {
+            bail!("RUNNER_ALERT_MEMORY_COMMITTED_PERCENT and RUNNER_ALERT_DISK_PERCENT must be 1-100");
+        }
         let user = self.sandbox_user.split(':').next().unwrap_or_default();
         if user.is_empty() || user == "0" || user == "root" {
             bail!("RUNNER_SANDBOX_USER must name a non-root user, got {:?}", self.sandbox_user);

@@ -2,6 +2,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the code map and the invariants.
 
+pub mod alerts;
 pub mod app;
 pub mod base_image;
 pub mod builds;
@@ -24,6 +25,7 @@ pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod webhooks;
 pub mod workspaces;
 
 use std::{future::Future, sync::Arc};
@@ -71,6 +73,16 @@ pub async fn launch(
         app.ide.spawn_background(cancel.clone()),
         tokio::spawn(deploys::supervise::run(app.deploys.clone(), cancel.clone())),
         tokio::spawn(usage::run(app.usage.clone(), cancel.clone())),
+        tokio::spawn(alerts::run(
+            app.alerts.clone(),
+            alerts::Sources {
+                usage: app.usage.clone(),
+                sessions: app.sessions.clone(),
+                store: app.store.clone(),
+                engine: app.engine.clone(),
+            },
+            cancel.clone(),
+        )),
     ];
     let ingress = match app.settings.ingress_listen {
         Some(addr) => {

@@ -33,6 +33,9 @@ pub struct Metrics {
     /// 1 while the runner follows the engine's event stream.
     pub engine_events_connected: IntGauge,
     pub engine_event_stream_losses: IntCounter,
+    pub reconcile_failures: IntCounter,
+    pub alerts_firing: IntGaugeVec,
+    pub alerts: IntCounterVec,
 }
 
 impl Metrics {
@@ -132,8 +135,21 @@ impl Metrics {
             "Times the engine's event stream ended or failed (an engine restart); the runner reconnects",
         )
         .unwrap();
+        let reconcile_failures = IntCounter::new(
+            "runner_reconcile_failures_total",
+            "Reconciliation rounds that failed (and will be retried)",
+        )
+        .unwrap();
+        let alerts_firing =
+            IntGaugeVec::new(Opts::new("runner_alerts_firing", "Alerts firing now, by kind"), &["kind"]).unwrap();
+        let alerts =
+            IntCounterVec::new(Opts::new("runner_alerts_total", "Alert episodes that started, by kind"), &["kind"])
+                .unwrap();
         for c in [
             Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_failures.clone()),
+            Box::new(alerts_firing.clone()),
+            Box::new(alerts.clone()),
             Box::new(engine_events_connected.clone()),
             Box::new(engine_event_stream_losses.clone()),
             Box::new(http_requests.clone()),
@@ -176,6 +192,9 @@ impl Metrics {
             session_events,
             engine_events_connected,
             engine_event_stream_losses,
+            reconcile_failures,
+            alerts_firing,
+            alerts,
         }
     }
 

@@ -465,3 +465,37 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port below the ephemeral range")
 }
+
+// ---- webhook receivers (deploy notifications, alerts) ----
+
+/// What a webhook receiver got: (signature check: `valid`, `invalid` or none, payload).
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>;
+
+/// A webhook receiver on loopback that records what it gets, checking `X-Runner-Signature-256`
+/// against `secret`. Answers with its URL.
+pub async fn webhook_receiver(secret: &'static [u8]) -> (String, Received) {
+    use hmac::{Hmac, Mac};
+    let got: Received = Default::default();
+    let g = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let g = g.clone();
+            async move {
+                let sig = headers.get("x-runner-signature-256").map(|v| v.to_str().unwrap().to_string());
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::String(body.clone()));
+                let valid = sig.as_ref().map(|s| {
+                    let mut m = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+                    m.update(body.as_bytes());
+                    *s == format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+                });
+                g.lock().unwrap().push((valid.map(|ok| if ok { "valid" } else { "invalid" }.to_string()), v));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}

@@ -121,3 +121,9 @@ pub async fn audit_log(
     let list: Vec<_> = app.store.audit(limit).await?.iter().map(audit_view).collect();
     Ok(Json(json!({ "entries": list })))
 }
+
+/// `GET /v1/alerts`: what is firing now (oldest first) and what cleared lately (newest first).
+pub async fn alerts(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let (firing, recent) = app.alerts.list();
+    Json(json!({ "firing": firing, "recent": recent }))
+}

@@ -30,6 +30,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/runner/drain", post(operators::drain))
         .route("/runner/undrain", post(operators::undrain))
         .route("/audit", get(operators::audit_log))
+        .route("/alerts", get(operators::alerts))
         .route("/sessions/{id}/usage", get(usage::session))
         .route("/usage/top", get(usage::top))
         .route("/usage/exercises", get(usage::exercises))

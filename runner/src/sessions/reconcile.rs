@@ -23,6 +23,7 @@ pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
     // The first round ran at start, before the API answered.
     crate::rounds::every(sessions.settings.reconcile_interval, crate::rounds::First::AfterPeriod, cancel, || async {
         if let Err(e) = reconcile_once(&sessions).await {
+            sessions.metrics.reconcile_failures.inc();
             tracing::warn!(error = %format!("{e:#}"), "reconciliation failed; will retry");
         }
     })

@@ -153,6 +153,25 @@ impl Store {
         Ok(done > 0)
     }
 
+    /// Live sessions with at least one `kind` event since `since_ms`: (session, learner,
+    /// exercise, how many).
+    pub async fn live_sessions_with_events(
+        &self,
+        kind: lifecycle::SessionEvent,
+        since_ms: i64,
+    ) -> anyhow::Result<Vec<(String, String, String, i64)>> {
+        let sql = format!(
+            "SELECT s.id AS id, s.learner AS learner, s.exercise AS exercise, COUNT(*) AS n FROM session_events e \
+             JOIN sessions s ON s.id = e.session_id WHERE e.kind = $1 AND e.at >= $2 AND {} \
+             GROUP BY s.id, s.learner, s.exercise",
+            super::state_in("s.state", lifecycle::SessionState::LIVE)
+        );
+        let rows = sqlx::query(&sql).bind(kind.as_str()).bind(since_ms).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("learner")?, r.try_get("exercise")?, r.try_get("n")?)))
+            .collect()
+    }
+
     /// A session's events, oldest first.
     pub async fn session_events(&self, session_id: &str) -> anyhow::Result<Vec<SessionEvent>> {
         let rows = sqlx::query(&format!(
