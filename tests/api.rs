@@ -246,3 +246,118 @@ async fn concurrent_puts_of_one_definition_neither_fail_nor_lose_writes() {
     let app = spawn_app().await;
     concurrent_puts_neither_fail_nor_lose_writes(&app).await;
 }
+
+/// Every route that takes input, sent what a newcomer (or a script gone wrong) sends: the answer
+/// is a JSON error with the right status, and its message is for people — no Rust type names or
+/// `Debug` output, no echo of binary input, the limit named on a 413 (issue 10, item 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_to_every_route_gets_a_plain_json_error() {
+    let app = spawn_app_with(|s| s.max_archive_bytes = 64 * 1024).await;
+    app.exercise("known", json!({})).await;
+    let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big_json = format!("{{\"image\": \"{}\"}}", "x".repeat(70_000));
+    let json_ct = "application/json";
+    #[rustfmt::skip]
+    // (method, path, content type, body, status, code)
+    type Case<'a> = (&'a str, String, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("PUT", "/v1/exercises/known".into(), json_ct, b"{not json".to_vec(), 400, "malformed_json"),
+        ("PUT", "/v1/exercises/known".into(), "text/plain", b"{}".to_vec(), 415, "unsupported_media_type"),
+        ("PUT", "/v1/exercises/known".into(), json_ct, br#"{"image": 3}"#.to_vec(), 422, "invalid_body"),
+        ("PUT", "/v1/exercises/known".into(), json_ct, br#"{"imag": "x"}"#.to_vec(), 422, "invalid_body"),
+        ("PUT", "/v1/exercises/Not_A_Slug".into(), json_ct, br#"{"image": "x"}"#.to_vec(), 422, "invalid_slug"),
+        ("PUT", "/v1/exercises/known".into(), json_ct, big_json.clone().into_bytes(), 413, "body_too_large"),
+        ("GET", "/v1/exercises/nope".into(), "", vec![], 404, "exercise_not_found"),
+        ("POST", "/v1/sessions".into(), json_ct, br#"{"learner": "#.to_vec(), 400, "malformed_json"),
+        ("POST", "/v1/sessions".into(), "text/plain", b"learner=ada".to_vec(), 415, "unsupported_media_type"),
+        ("POST", "/v1/sessions".into(), json_ct, br#"{"learner": "ada"}"#.to_vec(), 422, "invalid_body"),
+        (
+            "POST",
+            "/v1/sessions".into(),
+            json_ct,
+            br#"{"learner": "", "exercise": "known"}"#.to_vec(),
+            422,
+            "invalid_learner",
+        ),
+        (
+            "POST",
+            "/v1/sessions".into(),
+            json_ct,
+            br#"{"learner": "ada", "exercise": "nope"}"#.to_vec(),
+            404,
+            "exercise_not_found",
+        ),
+        ("GET", "/v1/sessions?state=bogus".into(), "", vec![], 400, "invalid_query"),
+        ("GET", "/v1/sessions?limit=many".into(), "", vec![], 400, "invalid_query"),
+        ("GET", "/v1/sessions/not-a-uuid".into(), "", vec![], 404, "session_not_found"),
+        ("POST", "/v1/exercises/known/builds".into(), "text/plain", b"hello".to_vec(), 415, "unsupported_media_type"),
+        ("POST", "/v1/exercises/known/builds".into(), "application/x-tar", junk.clone(), 422, "invalid_archive"),
+        ("POST", "/v1/exercises/known/builds".into(), "application/gzip", junk.clone(), 422, "invalid_archive"),
+        (
+            "POST",
+            "/v1/exercises/known/builds".into(),
+            "application/x-tar",
+            vec![0u8; 100 * 1024],
+            413,
+            "body_too_large",
+        ),
+        ("POST", "/v1/exercises/known/builds".into(), json_ct, b"{\"git\": 1}".to_vec(), 422, "invalid_body"),
+        ("GET", "/v1/builds/zzz".into(), "", vec![], 404, "build_not_found"),
+        ("POST", "/v1/exercises/known/versions/v1/publish".into(), json_ct, b"{}".to_vec(), 404, "version_not_found"),
+        ("PUT", "/v1/apps/site".into(), json_ct, b"{nope".to_vec(), 400, "malformed_json"),
+        ("PUT", "/v1/apps/site".into(), "text/plain", b"{}".to_vec(), 415, "unsupported_media_type"),
+        ("POST", "/v1/apps/nope/rollback".into(), json_ct, b"{oops".to_vec(), 400, "malformed_json"),
+        ("POST", "/v1/apps/nope/deploys".into(), json_ct, br#"{"version": "v1"}"#.to_vec(), 404, "app_not_found"),
+        ("GET", "/v1/deploys/zzz".into(), "", vec![], 404, "deploy_not_found"),
+        ("POST", "/v1/exercises/nope/stop-sessions".into(), json_ct, b"{}".to_vec(), 404, "exercise_not_found"),
+        ("GET", "/v1/audit?limit=-1".into(), "", vec![], 400, "invalid_query"),
+        ("DELETE", "/v1/exercises/known".into(), "", vec![], 405, "method_not_allowed"),
+        ("GET", "/v1/nothing-here".into(), "", vec![], 404, "route_not_found"),
+    ];
+    let junk_hex: Vec<String> =
+        junk[..64].windows(3).map(|w| format!("{:02x}{:02x}{:02x}", w[0], w[1], w[2])).collect();
+    for (method, path, ct, body, status, code) in cases {
+        let mut req = app.client.request(method.parse().unwrap(), app.url(&path)).bearer_auth(TOKEN);
+        if !ct.is_empty() {
+            req = req.header("content-type", ct).body(body.clone());
+        }
+        let r = req.send().await.unwrap();
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        assert_eq!((got, v["error"]["code"].as_str().unwrap_or("")), (status, code), "{method} {path}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        for leak in ["Slug(", "LearnerId(", "Some(", "None", "Error {", "\\u{", "\\x", "Kind(", "EntryType"] {
+            assert!(!message.contains(leak), "{method} {path}: {leak:?} in {message:?}");
+        }
+        assert!(message.chars().all(|c| !c.is_control()), "{method} {path}: control characters in {message:?}");
+        assert!(junk_hex.iter().all(|h| !message.contains(h.as_str())), "{method} {path}: echoes the body: {message}");
+        assert!(!message.contains(char::REPLACEMENT_CHARACTER), "{method} {path}: echoes bytes: {message}");
+        if status == 413 {
+            assert!(
+                message.contains("bytes") && message.contains("RUNNER_MAX_"),
+                "{method} {path}: name the limit: {message}"
+            );
+        }
+    }
+    // The auth scheme is case-insensitive (RFC 9110).
+    let r = app
+        .client
+        .get(app.url("/v1/exercises"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(app.url("/v1/exercises"))
+        .header("authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // Nothing above changed the exercise.
+    let (_, v) = app.get("/v1/exercises/known").await;
+    assert_eq!(v["image"], IMAGE, "{v}");
+}

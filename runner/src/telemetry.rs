@@ -9,6 +9,8 @@ pub fn init(json: bool, filter: Option<&str>) {
     // bollard's debug output dumps whole Docker API bodies, container environments (app secrets)
     // among them: it stays at info whatever RUNNER_LOG asks, so no secret reaches a log line.
     let filter = filter.add_directive("bollard=info".parse().expect("a valid directive"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a log file or a journal gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }

@@ -45,15 +45,30 @@ fn reject(message: impl Into<String>) -> Invalid {
     Invalid::new("invalid_archive", message)
 }
 
+/// What a tar reader's error means for the author, without its text: the `tar` crate quotes the
+/// bytes it could not read, and random bytes sent as a tar must not come back in the answer.
+fn not_a_tar(e: &std::io::Error) -> String {
+    tracing::debug!(error = %e, "unreadable archive");
+    "not a readable tar or tar.gz archive (send `tar -c .` or `tar -cz .` of the repository)".to_string()
+}
+
+/// A tar entry type in words (`Debug` would print the crate's variant names).
+fn entry_kind(t: tar::EntryType) -> String {
+    match t.as_byte() {
+        b @ 0x20..=0x7e => format!("type '{}'", b as char),
+        b => format!("type {b}"),
+    }
+}
+
 /// Normalises an entry path, refusing anything that is not plainly inside the tree.
 fn clean_path(raw: &Path) -> Result<Option<String>, Invalid> {
     let mut parts = Vec::new();
     for c in raw.components() {
         match c {
             Component::Normal(p) => {
-                let p = p.to_str().ok_or_else(|| reject(format!("{raw:?}: path is not UTF-8")))?;
+                let p = p.to_str().ok_or_else(|| reject("a path in the archive is not UTF-8".to_string()))?;
                 if p.contains('\0') {
-                    return Err(reject(format!("{raw:?}: NUL bytes are not allowed in paths")));
+                    return Err(reject("NUL bytes are not allowed in paths".to_string()));
                 }
                 parts.push(p.to_string());
             }
@@ -110,10 +125,10 @@ impl Tree {
         let mut archive = tar::Archive::new(reader);
         let mut tree = Tree::default();
         let mut total: u64 = 0;
-        let entries = archive.entries().map_err(|e| reject(format!("not a tar archive: {e}")))?;
+        let entries = archive.entries().map_err(|e| reject(not_a_tar(&e)))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| reject(format!("unreadable archive: {e}")))?;
-            let raw_path = entry.path().map_err(|e| reject(format!("bad path in archive: {e}")))?.into_owned();
+            let mut entry = entry.map_err(|e| reject(not_a_tar(&e)))?;
+            let raw_path = entry.path().map_err(|e| reject(not_a_tar(&e)))?.into_owned();
             let kind = entry.header().entry_type();
             if matches!(
                 kind,
@@ -141,7 +156,7 @@ impl Tree {
                     (&mut entry)
                         .take(size)
                         .read_to_end(&mut data)
-                        .map_err(|e| reject(format!("{path}: unreadable: {e}")))?;
+                        .map_err(|e| reject(format!("{path}: {}", not_a_tar(&e))))?;
                     if data.len() as u64 != size {
                         return Err(reject(format!("{path}: truncated archive")));
                     }
@@ -152,7 +167,7 @@ impl Tree {
                 tar::EntryType::Symlink => {
                     let target = entry
                         .link_name()
-                        .map_err(|e| reject(format!("{path}: bad link: {e}")))?
+                        .map_err(|e| reject(format!("{path}: {}", not_a_tar(&e))))?
                         .and_then(|t| t.to_str().map(str::to_string))
                         .ok_or_else(|| reject(format!("{path}: symlink without a UTF-8 target")))?;
                     if target.contains('\0') || !symlink_stays_inside(&path, &target) {
@@ -165,7 +180,9 @@ impl Tree {
                     return Err(reject(format!("{path}: device files are not allowed")))
                 }
                 tar::EntryType::Fifo => return Err(reject(format!("{path}: FIFOs are not allowed"))),
-                other => return Err(reject(format!("{path}: entries of type {other:?} are not allowed"))),
+                other => {
+                    return Err(reject(format!("{path}: entries of this type ({}) are not allowed", entry_kind(other))))
+                }
             };
             if let Some(previous) = tree.nodes.get(&path) {
                 if !(previous == &Node::Dir && node == Node::Dir) {

@@ -82,11 +82,8 @@ pub async fn rollback(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<DeployView>)> {
-    let b: RollbackBody = if body.is_empty() {
-        RollbackBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?
-    };
+    let b: RollbackBody =
+        if body.is_empty() { RollbackBody::default() } else { super::extract::json_from_bytes(&body)? };
     let d = deploy::rollback(&app.deploys, &name, b.version.as_deref()).await?;
     Ok((StatusCode::ACCEPTED, Json(deploys::deploy_view(&d))))
 }

@@ -60,9 +60,20 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Build>)> {
     let slug = Slug::parse(&slug)?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let record = if content_type.starts_with("application/json") {
-        let req: GitBuild = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")))?;
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    const ARCHIVES: [&str; 5] =
+        ["application/x-tar", "application/tar", "application/gzip", "application/x-gzip", "application/octet-stream"];
+    // A body without a Content-Type is read as an archive; a wrong Content-Type is refused.
+    if !media.is_empty() && media != "application/json" && !ARCHIVES.contains(&media.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the repository as a tar or tar.gz body (Content-Type: application/x-tar or application/gzip), \
+             or JSON {\"git\": {\"url\", \"ref\"}} with Content-Type: application/json",
+        ));
+    }
+    let record = if media == "application/json" {
+        let req: GitBuild = super::extract::json_from_bytes(&body)?;
         builds::submit_git(&app.builds, &slug, req.git, None).await?
     } else {
         if body.is_empty() {

@@ -29,11 +29,9 @@ pub async fn put(
 
 pub async fn get(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<Exercise>> {
     let slug = Slug::parse(&slug)?;
-    let record = app
-        .store
-        .exercise(slug.as_str())
-        .await?
-        .ok_or_else(|| ApiError::not_found("exercise_not_found", format!("exercise {slug:?} does not exist")))?;
+    let record = app.store.exercise(slug.as_str()).await?.ok_or_else(|| {
+        ApiError::not_found("exercise_not_found", format!("exercise {:?} does not exist", slug.as_str()))
+    })?;
     Ok(Json(exercises::to_view(&app.settings, &record)?))
 }
 

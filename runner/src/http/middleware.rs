@@ -81,7 +81,8 @@ pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
+        .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer")).map(|(_, t)| t))
         .map(str::trim);
     let Some(token) = presented.filter(|t| constant_time_eq(t.as_bytes(), expected.expose().as_bytes())) else {
         return ApiError::unauthorized().into_response();

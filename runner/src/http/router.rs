@@ -7,9 +7,10 @@ use axum::{
     http::StatusCode,
     middleware,
     routing::{get, post},
-    Router,
+    Extension, Router,
 };
 
+use super::extract::BodyLimit;
 use super::{apps, builds, exercises, middleware as mw, operators, ops, sessions, usage};
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
@@ -37,7 +38,10 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/capacity", get(usage::capacity))
         .route(
             "/exercises/{slug}/builds",
-            post(builds::create).get(builds::list).layer(DefaultBodyLimit::max(app.settings.max_archive_bytes)),
+            post(builds::create).get(builds::list).layer((
+                DefaultBodyLimit::max(app.settings.max_archive_bytes),
+                Extension(BodyLimit(app.settings.max_archive_bytes, "RUNNER_MAX_ARCHIVE_BYTES")),
+            )),
         )
         .route("/exercises/{slug}/versions", get(builds::versions))
         .route("/exercises/{slug}/versions/{version}/publish", post(builds::publish))
@@ -55,7 +59,13 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), mw::require_token))
         // Push hooks authenticate by signature (the sender cannot hold our bearer token).
-        .merge(Router::new().route("/hooks/git", post(builds::git_hook).layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT))));
+        .merge(Router::new().route(
+            "/hooks/git",
+            post(builds::git_hook).layer((
+                DefaultBodyLimit::max(HOOK_BODY_LIMIT),
+                Extension(BodyLimit(HOOK_BODY_LIMIT, "the push-hook limit")),
+            )),
+        ));
 
     let ide = app.ide.router();
     Router::new()
@@ -68,6 +78,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .with_state(app.clone())
         .merge(ide)
         .layer(DefaultBodyLimit::max(app.settings.max_body_bytes))
+        .layer(Extension(BodyLimit(app.settings.max_body_bytes, "RUNNER_MAX_BODY_BYTES")))
         .layer(middleware::from_fn_with_state(app.metrics.clone(), mw::observe))
         .layer(middleware::from_fn(mw::request_id))
 }

@@ -103,6 +103,61 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The file of a `sqlite:` URL as users write it (`sqlite:///abs/runner.db`, `sqlite://rel.db`,
+/// `sqlite:rel.db`), and the URL with `mode=rwc` added when it names no mode, so the file is
+/// created on first start. `None` for other databases and in-memory SQLite.
+fn sqlite_file(url: &str) -> Option<(std::path::PathBuf, String)> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" || query.is_some_and(|q| q.split('&').any(|kv| kv == "mode=memory")) {
+        return None;
+    }
+    let with_mode = match query {
+        Some(q) if q.split('&').any(|kv| kv.starts_with("mode=")) => format!("sqlite://{path}?{q}"),
+        Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
+        None => format!("sqlite://{path}?mode=rwc"),
+    };
+    Some((std::path::PathBuf::from(path), with_mode))
+}
+
+/// Makes the database file's directory when its parent exists; otherwise says, in plain words,
+/// what is missing (a mistyped path should not silently grow a tree of directories).
+fn prepare_sqlite_dir(path: &std::path::Path) -> anyhow::Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) if !parent.is_dir() => anyhow::bail!(
+            "the database {} cannot be created: neither its directory {} nor that directory's parent {} exists \
+             (create them, or point RUNNER_DATABASE_URL or RUNNER_DATA_DIR elsewhere)",
+            path.display(),
+            dir.display(),
+            parent.display()
+        ),
+        _ => std::fs::create_dir(dir).with_context(|| format!("creating the database's directory {}", dir.display())),
+    }
+}
+
+/// What went wrong connecting, for people: the database's own message without driver internals.
+fn plain_connect_error(url: &str, e: &sqlx::Error) -> String {
+    let what = match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::PoolTimedOut => "no connection within 10 s (is the server up and reachable?)".into(),
+        other => other.to_string(),
+    };
+    if url.starts_with("sqlite:") {
+        format!("cannot open the SQLite database ({what}): check that its directory exists and is writable")
+    } else {
+        format!("cannot connect to the database named by RUNNER_DATABASE_URL: {what}")
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SessionFilter {
     pub learner: Option<String>,
@@ -114,11 +169,15 @@ pub struct SessionFilter {
 impl Store {
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
-        if let Some(path) = url.strip_prefix("sqlite://").map(|p| p.split('?').next().unwrap_or(p)) {
-            if let Some(dir) = std::path::Path::new(path).parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let normalized;
+        let url = match sqlite_file(url) {
+            Some((path, with_mode)) => {
+                prepare_sqlite_dir(&path)?;
+                normalized = with_mode;
+                normalized.as_str()
             }
-        }
+            None => url,
+        };
         let is_sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 8 } else { 16 })
@@ -137,7 +196,7 @@ impl Store {
             })
             .connect(url)
             .await
-            .with_context(|| "connecting to the database (RUNNER_DATABASE_URL)".to_string())?;
+            .map_err(|e| anyhow::anyhow!("{}", plain_connect_error(url, &e)))?;
         MIGRATOR.run(&pool).await.context("running database migrations")?;
         Ok(Store { pool })
     }
@@ -461,6 +520,52 @@ impl Store {
 mod tests {
     use super::*;
     use crate::lifecycle::{BuildState, DeployState};
+
+    #[test]
+    fn sqlite_urls_as_users_write_them_name_a_file_created_on_first_start() {
+        let f = |u: &str| sqlite_file(u).map(|(p, url)| (p.display().to_string(), url));
+        assert_eq!(
+            f("sqlite:///srv/r/runner.db"),
+            Some(("/srv/r/runner.db".into(), "sqlite:///srv/r/runner.db?mode=rwc".into()))
+        );
+        assert_eq!(f("sqlite://runner.db"), Some(("runner.db".into(), "sqlite://runner.db?mode=rwc".into())));
+        assert_eq!(
+            f("sqlite:data/runner.db"),
+            Some(("data/runner.db".into(), "sqlite://data/runner.db?mode=rwc".into()))
+        );
+        assert_eq!(
+            f("sqlite:///a.db?mode=ro"),
+            Some(("/a.db".into(), "sqlite:///a.db?mode=ro".into())),
+            "a mode given is kept"
+        );
+        assert_eq!(
+            f("sqlite:///a.db?cache=shared"),
+            Some(("/a.db".into(), "sqlite:///a.db?cache=shared&mode=rwc".into()))
+        );
+        assert_eq!(f("sqlite::memory:"), None);
+        assert_eq!(f("postgres://u:p@h/db"), None);
+    }
+
+    #[test]
+    fn the_databases_directory_is_made_when_its_parent_exists_and_explained_when_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        prepare_sqlite_dir(&tmp.path().join("new/runner.db")).unwrap();
+        assert!(tmp.path().join("new").is_dir());
+        let e = prepare_sqlite_dir(&tmp.path().join("no/such/runner.db")).unwrap_err().to_string();
+        assert!(e.contains("neither its directory") && e.contains("RUNNER_DATABASE_URL"), "{e}");
+        assert!(!tmp.path().join("no").exists(), "nothing made for a mistyped path");
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_url_without_a_mode_creates_its_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("db").join("runner.db");
+        let store = Store::connect(&format!("sqlite://{}", file.display())).await.unwrap();
+        store.ping().await.unwrap();
+        assert!(file.is_file());
+        let e = Store::connect(&format!("sqlite://{}/a/b/runner.db", tmp.path().display())).await.err().unwrap();
+        assert!(format!("{e:#}").contains("neither its directory"), "{e:#}");
+    }
 
     /// The store's source files without their comment lines.
     fn store_sources() -> Vec<(&'static str, String)> {
