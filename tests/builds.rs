@@ -152,6 +152,33 @@ async fn a_fork_bomb_in_a_dockerfile_stops_at_the_build_pids_limit() {
     assert_eq!(b["state"], "succeeded", "{}", app.build_log(b["id"].as_str().unwrap()).await);
 }
 
+/// A refactoring exercise (exercism's `ledger`: the starting code already passes, the learner
+/// makes it better) says `starting_files_pass = true`: its self-test wants the check to pass on
+/// both, and the build and the version say so; one whose starting files then fail is refused
+/// (issue 10, item 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refactoring_exercise_whose_starting_files_pass_by_design_builds() {
+    let app = spawn_app().await;
+    let manifest = "slug = \"ledger\"\ntitle = \"Ledger\"\ncheck = [\"sh\", \"/opt/exercise/tests/check.sh\"]\n\
+                    check_timeout_secs = 10\nstarting_files_pass = true\n";
+    let repo = quick_exercise("ledger", &[("exercise.toml", manifest), ("exercise/answer.txt", "42\n")]);
+    let (_, b) = app.submit_build("ledger", repo).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    assert_eq!(b["self_test"]["starting_files"]["passed"], true, "{b}");
+    assert_eq!(b["self_test"]["solution"]["passed"], true, "{b}");
+    assert_eq!(b["self_test"]["starting_files_pass"], true, "{b}");
+    let (_, v) = app.get("/v1/exercises/ledger/versions").await;
+    assert_eq!(v["versions"][0]["starting_files_pass"], true, "{v}");
+    // Marked, but the starting files fail: refused, saying why.
+    let manifest = manifest.replace("ledger", "ledger-two");
+    let repo = quick_exercise("ledger-two", &[("exercise.toml", &manifest)]);
+    let (_, b) = app.submit_build("ledger-two", repo).await;
+    let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
+    assert_eq!(b["state"], "failed", "{b}");
+    assert!(b["failure_reason"].as_str().unwrap().contains("starting_files_pass = true"), "{b}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exercise_whose_check_always_passes_fails_its_self_test() {
     let app = spawn_app().await;
@@ -160,6 +187,7 @@ async fn an_exercise_whose_check_always_passes_fails_its_self_test() {
     let b = app.wait_build(b["id"].as_str().unwrap(), BUILD_DEADLINE).await;
     assert_eq!(b["state"], "failed", "{b}");
     assert!(b["failure_reason"].as_str().unwrap().contains("passes on the learner's starting files"), "{b}");
+    assert!(b["failure_reason"].as_str().unwrap().contains("starting_files_pass"), "it says how to mark one: {b}");
     assert_eq!(b["self_test"]["starting_files"]["passed"], true);
     // And one whose solution does not pass.
     let repo = quick_exercise("strict", &[("solution/answer.txt", "41\n")]);

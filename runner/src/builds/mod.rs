@@ -99,6 +99,10 @@ pub enum Source {
 pub struct SelfTestReport {
     pub starting_files: Option<RunSummary>,
     pub solution: Option<RunSummary>,
+    /// The manifest's `starting_files_pass`: the check was required to pass on the starting
+    /// files too (a refactoring exercise), not to fail on them.
+    #[serde(default)]
+    pub starting_files_pass: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! The self-test of a build: in a real sandbox with the exercise's limits, the check must fail on
 //! the learner's starting files (else it would accept unchanged work) and pass once the reference
-//! solution is copied over them (else no learner could pass).
+//! solution is copied over them (else no learner could pass). A refactoring exercise
+//! (`starting_files_pass = true`) must pass on both instead.
 
 use std::sync::Arc;
 
@@ -83,8 +84,19 @@ async fn steps(
     log.write(&first.output);
     report.starting_files =
         Some(RunSummary { passed: first.passed, exit_code: first.exit_code, duration_ms: first.duration_ms });
-    if first.passed {
-        bail!("self-test: the check passes on the learner's starting files, so it would accept unchanged work");
+    report.starting_files_pass = m.starting_files_pass;
+    match (m.starting_files_pass, first.passed) {
+        (false, true) => bail!(
+            "self-test: the check passes on the learner's starting files, so it would accept unchanged work \
+             (a refactoring exercise whose starting files pass by design says starting_files_pass = true in {})",
+            super::manifest::FILE
+        ),
+        (true, false) => bail!(
+            "self-test: {} says starting_files_pass = true, but the check fails on the starting files (exit {})",
+            super::manifest::FILE,
+            first.exit_code
+        ),
+        _ => {}
     }
 
     log.step(&format!("copying the reference solution ({}/) over the starting files", m.solution));

@@ -129,23 +129,22 @@ pub async fn versions(State(app): State<Arc<App>>, Path(slug): Path<String>) -> 
         }
         None => None,
     };
-    let list: Vec<serde_json::Value> = app
-        .store
-        .versions(slug.as_str())
-        .await?
-        .into_iter()
-        .map(|v| {
-            let ts = crate::domain::rfc3339;
-            json!({
-                "version": v.version,
-                "image": v.image,
-                "build_id": v.build_id,
-                "current": current.as_deref() == Some(v.version.as_str()),
-                "created_at": ts(v.created_at),
-                "published_at": v.published_at.map(ts),
-            })
-        })
-        .collect();
+    let mut list: Vec<serde_json::Value> = vec![];
+    for v in app.store.versions(slug.as_str()).await? {
+        // What the version's build proved: a refactoring exercise passes on its starting files.
+        let self_test: Option<builds::SelfTestReport> =
+            app.store.build(&v.build_id).await?.and_then(|b| b.self_test).and_then(|s| serde_json::from_str(&s).ok());
+        let ts = crate::domain::rfc3339;
+        list.push(json!({
+            "version": v.version,
+            "image": v.image,
+            "build_id": v.build_id,
+            "current": current.as_deref() == Some(v.version.as_str()),
+            "starting_files_pass": self_test.is_some_and(|r| r.starting_files_pass),
+            "created_at": ts(v.created_at),
+            "published_at": v.published_at.map(ts),
+        }));
+    }
     Ok(Json(json!({ "versions": list, "current_version": current })))
 }
 
