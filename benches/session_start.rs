@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         workdir: "/workspace".into(),
         writable: vec![],
         check: Default::default(),
+        ide: false,
     };
     let volume = format!("exercise-runner-bench-{instance}");
     engine.create_volume(&volume, Default::default()).await?;

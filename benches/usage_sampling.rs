@@ -184,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
         workdir: "/workspace".into(),
         writable: vec![],
         check: Default::default(),
+        ide: false,
     };
 
     for e in 0..10 {

@@ -41,6 +41,8 @@ need_pkg debootstrap debootstrap
 need_pkg python3 python3
 need_pkg git git
 need_pkg tar tar
+# The README's quick start (and the test that runs it as written) uses curl.
+need_pkg curl curl
 # The IDE front-end is built from npm packages (ide-agent/build.rs); its tests drive a real
 # headless Chromium.
 need_pkg node nodejs

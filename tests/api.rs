@@ -361,3 +361,66 @@ async fn malformed_input_to_every_route_gets_a_plain_json_error() {
     let (_, v) = app.get("/v1/exercises/known").await;
     assert_eq!(v["image"], IMAGE, "{v}");
 }
+
+/// The README's quick start, run as written (only `RUNNER=` points at this test's runner, and
+/// the token file is where `scripts/serve` writes it): the session it makes has an IDE that
+/// opens and a check that runs — failing until the learner makes hello.txt (issue 10, item 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_quick_start_works_as_written() {
+    let app = spawn_app().await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.contains("TOKEN=$(cat .runner-data/api-token)"))
+        .expect("the quick start's API block");
+    assert!(block.contains("RUNNER=http://127.0.0.1:8080\n"), "{block}");
+    let script = block.replace("RUNNER=http://127.0.0.1:8080\n", &format!("RUNNER={}\n", app.base));
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(cwd.path().join(".runner-data")).unwrap();
+    std::fs::write(cwd.path().join(".runner-data/api-token"), TOKEN).unwrap();
+    let out = tokio::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(cwd.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let docs: Vec<Value> =
+        serde_json::Deserializer::from_str(&stdout).into_iter::<Value>().collect::<Result<_, _>>().unwrap();
+    assert_eq!(docs.len(), 2, "{stdout}");
+    assert_eq!(docs[0]["slug"], "hello", "{stdout}");
+    let session = &docs[1];
+    assert_eq!(session["state"], "running", "{session}");
+    let id = session["id"].as_str().unwrap();
+    // The IDE opens: the link is exchanged for a cookie, and the page is served.
+    let ide_url = session["ide_url"].as_str().expect("an IDE link");
+    let no_redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_redirect.get(ide_url).send().await.unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.text().await);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let page = no_redirect.get(app.url(&format!("/ide/{id}/"))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    // The check runs: it fails (exit 1, not 127: the command exists) until hello.txt is there.
+    let (status, c) = app.post(&format!("/v1/sessions/{id}/checks"), json!({})).await;
+    assert_eq!((status, &c["passed"], &c["exit_code"]), (201, &json!(false), &json!(1)), "{c}");
+    let container = session_container(&app.instance, id).unwrap();
+    learner_writes(&container, "/workspace/hello.txt", "hi");
+    let (_, c) = app.post(&format!("/v1/sessions/{id}/checks"), json!({})).await;
+    assert_eq!(c["passed"], true, "{c}");
+}
+
+/// An image without the base layer gets a sandbox but no IDE: no `ide_url` (that would answer
+/// 502), a reason instead (issue 10, item 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_an_image_without_the_agent_says_it_has_no_ide() {
+    let app = spawn_app().await;
+    app.exercise("plain", json!({})).await;
+    let s = app.session("ada", "plain").await;
+    assert!(s.get("ide_url").is_none(), "{s}");
+    assert!(s["ide_unavailable"].as_str().unwrap().contains("exercise-runner/base"), "{s}");
+    let (_, again) = app.get(&format!("/v1/sessions/{}", s["id"].as_str().unwrap())).await;
+    assert!(again.get("ide_url").is_none() && again["ide_unavailable"].is_string(), "{again}");
+}

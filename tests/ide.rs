@@ -327,7 +327,7 @@ async fn the_ide_works_in_a_real_browser_under_gvisor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ide_cookie_can_be_made_for_embedding_in_another_site() {
     let app = spawn_app_with(|s| s.ide_cookie_cross_site = true).await;
-    app.exercise("embedded", json!({})).await;
+    ide_exercise(&app, "embedded").await;
     let s = app.session("ada", "embedded").await;
     let r = no_redirects().get(s["ide_url"].as_str().unwrap()).send().await.unwrap();
     assert_eq!(r.status(), 303);

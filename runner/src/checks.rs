@@ -699,6 +699,7 @@ mod tests {
                 timeout_secs,
                 services: services.iter().map(|s| s.to_string()).collect(),
             },
+            ide: true,
         }
     }
 

@@ -370,6 +370,7 @@ pub fn sandbox_spec(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<S
         workdir: spec.workdir,
         writable: spec.writable,
         check: spec.check,
+        ide: true,
     })
 }
 

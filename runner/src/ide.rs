@@ -26,6 +26,12 @@ impl Backend for RunnerBackend {
     async fn session(&self, id: &str) -> anyhow::Result<SessionLookup> {
         Ok(match self.store.session(id).await? {
             None => SessionLookup::Missing,
+            Some(s)
+                if s.state.is_live()
+                    && serde_json::from_str::<crate::domain::SandboxSpec>(&s.spec).is_ok_and(|spec| !spec.ide) =>
+            {
+                SessionLookup::NoIde(crate::domain::NO_IDE.into())
+            }
             Some(s) if s.state == SessionState::Running => match s.container_id {
                 Some(container) => SessionLookup::Running { container },
                 None => SessionLookup::Starting,

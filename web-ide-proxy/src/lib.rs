@@ -51,6 +51,8 @@ pub enum SessionLookup {
     Starting,
     /// Ended or ending (the state's name, for the message).
     NotRunning(String),
+    /// The session runs, but its sandbox has no IDE (the message says why and what to do).
+    NoIde(String),
     Running {
         container: String,
     },
@@ -471,6 +473,7 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
         Ok(SessionLookup::NotRunning(state)) => {
             return fail(StatusCode::CONFLICT, "session_not_running", &format!("the session is {state}"))
         }
+        Ok(SessionLookup::NoIde(why)) => return fail(StatusCode::CONFLICT, "ide_unavailable", &why),
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "IDE proxy: session lookup failed");
             return fail(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "try again shortly");

@@ -50,6 +50,7 @@ async fn steps(
         workdir: m.workdir.clone(),
         writable: m.writable.clone(),
         check: m.check.clone(),
+        ide: true,
     };
     let owner = SandboxOwner {
         instance: builds.engine.instance(),

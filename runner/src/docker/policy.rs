@@ -239,6 +239,7 @@ mod tests {
             workdir: "/workspace".into(),
             writable: vec!["/home/learner/.cache".into()],
             check: CheckSpec::default(),
+            ide: true,
         };
         let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
         let c = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000");

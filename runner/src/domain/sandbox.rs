@@ -67,10 +67,16 @@ impl Limits {
 pub struct CheckSpec {
     /// Argument vector run in the working directory as the sandbox user.
     pub command: Vec<String>,
+    /// 30 s when not given.
+    #[serde(default = "default_check_timeout")]
     pub timeout_secs: u64,
     /// supervisord programs that must be RUNNING before the check runs.
     #[serde(default)]
     pub services: Vec<String>,
+}
+
+fn default_check_timeout() -> u64 {
+    CheckSpec::default().timeout_secs
 }
 
 impl Default for CheckSpec {
@@ -95,4 +101,17 @@ pub struct SandboxSpec {
     /// How the learner's work is checked.
     #[serde(default)]
     pub check: CheckSpec,
+    /// Whether the image runs the IDE agent (it is built on the sandbox base image, which labels
+    /// it `exercise-runner.base`): sessions of other images have no `ide_url`.
+    #[serde(default = "serde_true")]
+    pub ide: bool,
+}
+
+/// What a session of an image without the IDE agent is told (the API's `ide_unavailable`, the
+/// IDE link's page).
+pub const NO_IDE: &str = "this exercise's image is not built on the sandbox base image (exercise-runner/base), \
+    so it has no IDE agent; build the exercise FROM exercise-runner/base (docs/AUTHORING.md)";
+
+fn serde_true() -> bool {
+    true
 }

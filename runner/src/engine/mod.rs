@@ -45,6 +45,9 @@ pub const LABEL_APP: &str = "exercise-runner.app";
 pub const LABEL_SERVICE: &str = "exercise-runner.service";
 pub const LABEL_VERSION: &str = "exercise-runner.version";
 pub const LABEL_DEPLOY: &str = "exercise-runner.deploy";
+/// Set by the sandbox base image (and so inherited by every image built on it): it runs the IDE
+/// agent and supervisord.
+pub const LABEL_BASE: &str = "exercise-runner.base";
 
 /// The network the runner manages for builds (`RUNNER_BUILD_NETWORK`'s default).
 pub const MANAGED_NETWORK: &str = "exercise-runner-build";

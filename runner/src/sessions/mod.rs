@@ -116,10 +116,14 @@ pub struct Session {
     /// The browser IDE of a live session, with a short-lived token (a fresh one on every read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ide_url: Option<String>,
+    /// Why a live session has no `ide_url`: its image is not built on the sandbox base image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ide_unavailable: Option<&'static str>,
 }
 
 pub fn to_view(sessions: &Sessions, r: &SessionRecord) -> Session {
     let spec: Option<SandboxSpec> = serde_json::from_str(&r.spec).ok();
+    let ide = spec.as_ref().is_none_or(|s| s.ide);
     let idle = sessions.settings.idle_timeout.as_millis() as i64;
     let life = sessions.settings.max_lifetime.as_millis() as i64;
     let expires = (r.last_activity_at + idle).min(r.created_at + life);
@@ -135,7 +139,8 @@ pub fn to_view(sessions: &Sessions, r: &SessionRecord) -> Session {
         last_activity_at: rfc3339(r.last_activity_at),
         expires_at: r.state.is_live().then(|| rfc3339(expires)),
         ended_at: r.ended_at.map(rfc3339),
-        ide_url: r.state.is_live().then(|| crate::ide::ide_url(&sessions.ide, &sessions.settings, &r.id)),
+        ide_url: (r.state.is_live() && ide).then(|| crate::ide::ide_url(&sessions.ide, &sessions.settings, &r.id)),
+        ide_unavailable: (r.state.is_live() && !ide).then_some(crate::domain::NO_IDE),
     }
 }
 
@@ -178,7 +183,13 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
                 return Err(SessionError::StartQueueFull);
             }
         };
-    let spec = exercises::sandbox_spec(&sessions.settings, &record)?;
+    let mut spec = exercises::sandbox_spec(&sessions.settings, &record)?;
+    // Only images on the base image run the IDE agent; other sessions get no IDE link (rather
+    // than one that fails).
+    spec.ide = match sessions.engine.image(&spec.image).await? {
+        Some(image) => image.labels.contains_key(crate::engine::LABEL_BASE),
+        None => true,
+    };
     let now = now_ms();
     let session = SessionRecord {
         id: uuid::Uuid::new_v4().to_string(),
