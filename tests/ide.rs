@@ -573,3 +573,36 @@ async fn a_learners_fake_agent_cannot_act_on_the_browser() {
 async fn with_a_host_per_session_each_ide_is_an_origin_of_its_own() {
     hostile_agent_in_a_browser(true).await;
 }
+
+/// A browser that opens an IDE link that expired or was forged reads a short page saying what
+/// happened and what to do; an API client still gets JSON (issue 10, item 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_opening_a_bad_ide_link_read_a_sentence_and_api_clients_get_json() {
+    let app = spawn_app().await;
+    ide_exercise(&app, "links").await;
+    let s = app.session("ada", "links").await;
+    let id = s["id"].as_str().unwrap();
+    let secret = std::fs::read_to_string(app.data_dir.join("ide-secret")).unwrap();
+    let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 60;
+    let expired = web_ide_proxy::token::sign(secret.trim().as_bytes(), web_ide_proxy::token::Kind::Url, id, past);
+    let forged = web_ide_proxy::token::sign(b"not-the-secret", web_ide_proxy::token::Kind::Url, id, past + 3600);
+    for (token, says) in [(expired, "expired"), (forged, "not valid")] {
+        let url = app.url(&format!("/ide/{id}/?token={token}"));
+        let r = no_redirects()
+            .get(&url)
+            .header("sec-fetch-mode", "navigate")
+            .header("accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        let page = r.text().await.unwrap();
+        assert!(page.contains(says), "{page}");
+        assert!(!page.contains("{\""), "a page, not JSON: {page}");
+        let r = no_redirects().get(&url).header("accept", "application/json").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains(says), "{v}");
+    }
+}
