@@ -187,7 +187,25 @@ async function main() {
     );
   });
 
+  await step('see the task (README.md) open in the editor at first load', 20000, async () => {
+    await until('README.md in the editor', 15000, () =>
+      page.evaluate(
+        () =>
+          !document.querySelector('#file-tree [data-path="README.md"]') ||
+          (document.getElementById('current-file')?.textContent === 'README.md' &&
+            !!document.querySelector('#editor .cm-content')),
+      ),
+    );
+  });
+
   await step('wait for a terminal', 30000, () => waitForTerminal(30000));
+
+  await step('see the shell prompt without pressing a key', 15000, () =>
+    until('a prompt line ending in "$ "', 10000, async () => {
+      const lines = await terminalLines();
+      return lines && lines.some((l) => /[$#] ?$/.test(l.trimEnd() + ' ') && l.trim().length > 1);
+    }),
+  );
 
   await step('run echo $((6*7)) in the terminal', 20000, async () => {
     await page.click('#terminals .terminal-view.active .xterm');

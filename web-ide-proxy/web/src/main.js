@@ -273,7 +273,11 @@ async function start() {
     if (last && !editor.current && tree.paths.has(last)) {
       tree.reveal(last);
       editor.open(last);
+      return;
     }
+    // A first visit opens on the task: the exercise's README at the top of the workspace.
+    const readme = [...tree.paths].find((p) => !p.includes('/') && /^readme(\.md|\.txt)?$/i.test(p));
+    if (readme && !editor.current) editor.open(readme);
   });
   try {
     await terminals.init();
