@@ -273,7 +273,11 @@ impl Settings {
         Self::load_with(config_file, |k| std::env::var(k).ok())
     }
 
-    fn load_with(config_file: Option<&std::path::Path>, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+    /// [`Settings::load`] with the environment given as a lookup (the CLI's tests).
+    pub fn load_with(
+        config_file: Option<&std::path::Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
         let Some(path) = config_file else { return Self::from_lookup(env) };
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let file = file_values(&text).with_context(|| format!("in {}", path.display()))?;
