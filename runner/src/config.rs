@@ -96,6 +96,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Bearer token for `/v1/*`. When unset, one is generated into `<data_dir>/api-token`.
     pub api_token: Option<Secret>,
+    /// `RUNNER_OPERATOR_TOKEN`: a second credential that signs in to the dashboard only (not
+    /// `/v1`), so operators need not hold the web app's token; its audit entries say
+    /// `operator-token`.
+    pub operator_token: Option<Secret>,
     /// Name of this runner's set of containers on a shared Docker engine (label
     /// `exercise-runner.instance`). Replicas sharing one database share one instance name.
     pub instance: String,
@@ -204,6 +208,7 @@ impl Settings {
             database_url: Secret::new(sqlite_url(&data_dir)),
             data_dir,
             api_token: None,
+            operator_token: None,
             instance: "default".into(),
             idle_timeout: Duration::from_secs(30 * 60),
             max_lifetime: Duration::from_secs(8 * 3600),
@@ -326,6 +331,7 @@ impl Settings {
             s.database_url = Secret::new(v);
         }
         s.api_token = get("RUNNER_API_TOKEN").filter(|v| !v.is_empty()).map(Secret::new);
+        s.operator_token = get("RUNNER_OPERATOR_TOKEN").filter(|v| !v.trim().is_empty()).map(Secret::new);
         if let Some(v) = get("RUNNER_INSTANCE").filter(|v| !v.is_empty()) {
             s.instance = v;
         }
@@ -593,6 +599,14 @@ impl Settings {
         for name in &self.build_base_images {
             crate::domain::repository_name(name).map_err(|e| anyhow::anyhow!("RUNNER_BUILD_BASE_IMAGES: {e}"))?;
         }
+        if let Some(op) = &self.operator_token {
+            if op.expose().len() < 16 {
+                bail!("RUNNER_OPERATOR_TOKEN must be at least 16 characters (it signs in to the dashboard)");
+            }
+            if self.api_token.as_ref() == Some(op) {
+                bail!("RUNNER_OPERATOR_TOKEN must differ from RUNNER_API_TOKEN (the audit log tells them apart)");
+            }
+        }
         let url = self.database_url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             bail!("RUNNER_DATABASE_URL must be a sqlite: or postgres:// URL");
@@ -756,13 +770,27 @@ mod tests {
             ("RUNNER_IDE_SECRET", "ide-secret-77"),
             ("RUNNER_SECRETS_KEY", "sealing-key-99"),
             ("RUNNER_GIT_HOOK_SECRET", "hook-secret-55"),
+            ("RUNNER_OPERATOR_TOKEN", "operator-secret-0123"),
         ])
         .unwrap();
         let debug = format!("{s:?}");
-        for secret in ["hunter2", "db-password-42", "ide-secret-77", "sealing-key-99", "hook-secret-55"] {
+        for secret in
+            ["hunter2", "db-password-42", "ide-secret-77", "sealing-key-99", "hook-secret-55", "operator-secret"]
+        {
             assert!(!debug.contains(secret), "{secret}: {debug}");
         }
         assert_eq!(s.secrets_key.as_ref().map(|k| k.expose()), Some("sealing-key-99"));
+        assert_eq!(s.operator_token.as_ref().map(|k| k.expose()), Some("operator-secret-0123"));
+    }
+
+    #[test]
+    fn the_operator_token_is_long_and_not_the_api_token() {
+        let err = from(&[("RUNNER_OPERATOR_TOKEN", "short")]).unwrap_err().to_string();
+        assert!(err.contains("RUNNER_OPERATOR_TOKEN"), "{err}");
+        let same = "the-same-token-0123456789";
+        let err = from(&[("RUNNER_OPERATOR_TOKEN", same), ("RUNNER_API_TOKEN", same)]).unwrap_err().to_string();
+        assert!(err.contains("differ"), "{err}");
+        assert!(from(&[]).unwrap().operator_token.is_none());
     }
 
     #[test]
