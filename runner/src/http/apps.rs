@@ -7,12 +7,12 @@ use axum::{
     extract::{Path, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
 use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::ApiJson;
+use super::{extract::ApiJson, middleware::Actor, operators};
 use crate::{
     app::App,
     deploys::{self, deploy, DeployView, ManagedAppError, ManagedAppInput, ManagedAppView},
@@ -77,15 +77,22 @@ pub struct RollbackBody {
     version: Option<String>,
 }
 
+/// `POST /v1/apps/{app}/rollback`: an operator's action, recorded in the audit log.
 pub async fn rollback(
     State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<DeployView>)> {
     let b: RollbackBody =
         if body.is_empty() { RollbackBody::default() } else { super::extract::json_from_bytes(&body)? };
-    let d = deploy::rollback(&app.deploys, &name, b.version.as_deref()).await?;
-    Ok((StatusCode::ACCEPTED, Json(deploys::deploy_view(&d))))
+    let result = deploy::rollback(&app.deploys, &name, b.version.as_deref()).await.map_err(ApiError::from);
+    let outcome = match &result {
+        Ok(d) => format!("ok: deploying {}", d.version),
+        Err(e) => operators::outcome_of(e),
+    };
+    operators::audit(&app, actor, "app.rollback", &name, &outcome, b.version.as_deref()).await;
+    Ok((StatusCode::ACCEPTED, Json(deploys::deploy_view(&result?))))
 }
 
 pub async fn list_deploys(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {

@@ -63,19 +63,25 @@ pub struct ListQuery {
 }
 
 pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
-    let state = match q.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(SessionState::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("state {s:?} is not one of {}", SessionState::ALL.map(SessionState::as_str).join(", ")),
-            )
-        })?),
+    // One state or several, comma-separated (`state=starting,running,stopping`: every live one).
+    let states = match q.state.as_deref() {
+        None | Some("") => vec![],
+        Some(list) => list
+            .split(',')
+            .map(|s| {
+                SessionState::parse(s.trim()).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("state {s:?} is not one of {}", SessionState::ALL.map(SessionState::as_str).join(", ")),
+                    )
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>()?,
     };
     let filter = SessionFilter {
         learner: q.learner.filter(|s| !s.is_empty()),
         exercise: q.exercise.filter(|s| !s.is_empty()),
-        state,
+        states,
         limit: q.limit.unwrap_or(100).clamp(1, 1000) as i64,
     };
     let list: Vec<Session> =

@@ -38,6 +38,16 @@ impl Store {
         rows.iter().map(BuildRecord::from_row).collect()
     }
 
+    /// The newest builds of every exercise.
+    pub async fn recent_builds(&self, limit: i64) -> anyhow::Result<Vec<BuildRecord>> {
+        let rows =
+            sqlx::query(&format!("SELECT {} FROM builds ORDER BY created_at DESC, id LIMIT $1", BuildRecord::COLUMNS))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(BuildRecord::from_row).collect()
+    }
+
     pub async fn builds_in(&self, states: &[BuildState]) -> anyhow::Result<Vec<BuildRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM builds WHERE {} ORDER BY created_at, id",

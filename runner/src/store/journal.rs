@@ -172,6 +172,27 @@ impl Store {
             .collect()
     }
 
+    /// The newest events of these kinds across every session (newest first).
+    pub async fn recent_session_events(
+        &self,
+        kinds: &[lifecycle::SessionEvent],
+        limit: i64,
+    ) -> anyhow::Result<Vec<SessionEvent>> {
+        if kinds.is_empty() {
+            return Ok(vec![]);
+        }
+        // The kinds are the enum's own words, never input (as `state_in` does for states).
+        let words = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect::<Vec<_>>().join(", ");
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM session_events WHERE kind IN ({words}) ORDER BY at DESC, id LIMIT $1",
+            SessionEvent::COLUMNS
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(SessionEvent::from_row).collect()
+    }
+
     /// A session's events, oldest first.
     pub async fn session_events(&self, session_id: &str) -> anyhow::Result<Vec<SessionEvent>> {
         let rows = sqlx::query(&format!(

@@ -162,7 +162,8 @@ fn plain_connect_error(url: &str, e: &sqlx::Error) -> String {
 pub struct SessionFilter {
     pub learner: Option<String>,
     pub exercise: Option<String>,
-    pub state: Option<SessionState>,
+    /// Any of these states; empty: every state.
+    pub states: Vec<SessionState>,
     pub limit: i64,
 }
 
@@ -296,8 +297,8 @@ impl Store {
         if f.exercise.is_some() {
             sql += &format!(" AND exercise = ${}", next());
         }
-        if f.state.is_some() {
-            sql += &format!(" AND state = ${}", next());
+        if !f.states.is_empty() {
+            sql += &format!(" AND {}", state_in("state", &f.states));
         }
         sql += &format!(" ORDER BY created_at DESC, id LIMIT ${}", next());
         let mut q = sqlx::query(&sql);
@@ -306,9 +307,6 @@ impl Store {
         }
         if let Some(v) = &f.exercise {
             q = q.bind(v);
-        }
-        if let Some(v) = f.state {
-            q = q.bind(v.as_str());
         }
         let rows = q.bind(f.limit).fetch_all(&self.pool).await?;
         rows.iter().map(SessionRecord::from_row).collect()
