@@ -11,7 +11,7 @@
 //! closes its sockets with close code 4000.
 
 mod forward;
-mod page;
+pub mod page;
 pub mod token;
 mod ws;
 

@@ -54,6 +54,17 @@ fn packed(body: &'static [u8]) -> &'static Packed {
 
 /// Serves an embedded asset with the page's security headers.
 pub fn serve(req: &HeaderMap, content_type: &'static str, body: &'static [u8]) -> Response {
+    serve_with_policy(req, content_type, body, PAGE_CSP)
+}
+
+/// Serves an embedded asset (gzipped when taken, revalidated by ETag) under the given
+/// Content-Security-Policy: for other embedded pages of the runner (the operators' dashboard).
+pub fn serve_with_policy(
+    req: &HeaderMap,
+    content_type: &'static str,
+    body: &'static [u8],
+    csp: &'static str,
+) -> Response {
     let p = packed(body);
     let mut resp = if req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(p.etag.as_str()) {
         StatusCode::NOT_MODIFIED.into_response()
@@ -66,7 +77,7 @@ pub fn serve(req: &HeaderMap, content_type: &'static str, body: &'static [u8]) -
     h.insert(header::ETAG, HeaderValue::from_str(&p.etag).expect("hex etag"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp

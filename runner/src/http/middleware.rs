@@ -68,7 +68,7 @@ pub async fn observe(State(metrics): State<Arc<crate::metrics::Metrics>>, req: R
     resp
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Compare digests so neither the length nor a prefix of the token leaks through timing.
     let (a, b) = (Sha256::digest(a), Sha256::digest(b));
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

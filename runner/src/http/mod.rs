@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod builds;
+pub mod dashboard;
 pub mod exercises;
 pub mod extract;
 pub mod follow;

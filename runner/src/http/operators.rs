@@ -69,7 +69,7 @@ pub async fn stop_exercise_sessions(
     Ok(Json(json!({ "exercise": slug.as_str(), "stopped": stopped })))
 }
 
-fn runner_view(app: &App) -> serde_json::Value {
+pub(super) fn runner_view(app: &App) -> serde_json::Value {
     let since = *app.sessions.draining.lock().expect("lock");
     json!({
         "instance": app.settings.instance,

@@ -11,7 +11,7 @@ use axum::{
 };
 
 use super::extract::BodyLimit;
-use super::{apps, builds, exercises, middleware as mw, operators, ops, sessions, usage};
+use super::{apps, builds, dashboard, exercises, middleware as mw, operators, ops, sessions, usage};
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
 const HOOK_BODY_LIMIT: usize = 1024 * 1024;
@@ -77,6 +77,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app.clone())
         .merge(ide)
+        .merge(dashboard::router(app.clone()))
         .layer(DefaultBodyLimit::max(app.settings.max_body_bytes))
         .layer(Extension(BodyLimit(app.settings.max_body_bytes, "RUNNER_MAX_BODY_BYTES")))
         .layer(middleware::from_fn_with_state(app.metrics.clone(), mw::observe))
