@@ -2,6 +2,9 @@
 import uPlot from 'uplot';
 
 const MIB = 1024 * 1024;
+// Axis steps: whole powers of two of MiB, and round fractions of a core.
+const BYTE_STEPS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192].map((n) => n * MIB);
+const CORE_STEPS = [0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8];
 
 /**
  * A chart in `el` of one figure over time. `unit` is 'cores' or 'bytes'. Returns
@@ -17,7 +20,7 @@ export function timeChart(el, { label, unit, color }) {
     scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, unit === 'bytes' ? 16 * MIB : 0.1)] } },
     axes: [
       { stroke: '#555', grid: { stroke: '#eee' } },
-      { stroke: '#555', grid: { stroke: '#eee' }, size: 70, values: (u, vals) => vals.map((v) => (unit === 'bytes' ? `${Math.round(v / MIB)} MiB` : v.toFixed(2))) },
+      { stroke: '#555', grid: { stroke: '#eee' }, size: 70, incrs: unit === 'bytes' ? BYTE_STEPS : CORE_STEPS, values: (u, vals) => vals.map((v) => (unit === 'bytes' ? `${Math.round(v / MIB)} MiB` : v.toFixed(2))) },
     ],
     series: [
       {},

@@ -75,6 +75,10 @@ export function clock(iso) {
   return d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit' });
 }
 
+export function cores(n) {
+  return `${n} core${n === 1 ? '' : 's'}`;
+}
+
 export function percent(x) {
   return x === null || x === undefined ? '—' : `${(x * 100).toFixed(x < 0.1 ? 1 : 0)} %`;
 }

@@ -79,7 +79,7 @@ async function start() {
   document.getElementById('sign-out').addEventListener('click', signOut);
   try {
     const me = await whoami();
-    document.getElementById('whoami').textContent = `signed in with the ${me.actor}`;
+    document.getElementById('whoami').textContent = `signed in with the ${me.label}`;
     get('runner').then(showRunner, () => {});
   } catch (e) {
     if (e.status !== 401) clear(document.getElementById('page'), errorBox(e));

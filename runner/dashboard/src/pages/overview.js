@@ -1,11 +1,15 @@
 // Overview: capacity against its limits, sessions by state, start latency, work in progress,
 // recent errors and alerts, and the drain switch.
 import { act, get } from '../api.js';
-import { ago, bar, bytes, clear, empty, errorBox, h, stateChip, toast } from '../dom.js';
+import { ago, bar, bytes, clear, clock, cores, empty, errorBox, h, stateChip, toast } from '../dom.js';
 import { showRunner } from '../shell.js';
 import { problemsPanel } from './problems.js';
 
 const STATES = ['starting', 'running', 'stopping', 'stopped', 'failed'];
+
+function percentOf(used, total) {
+  return total ? `${Math.round((used / total) * 100)} %` : '—';
+}
 
 function card(title, ...body) {
   return h('section.card', h('h2', title), ...body);
@@ -24,13 +28,13 @@ function capacityCards(cap) {
     card(
       'Memory committed',
       h('p.big', bytes(m.committed_bytes), h('span.muted', ` / ${bytes(m.host_total_bytes)}`)),
-      bar(m.committed_bytes, m.host_total_bytes, `limits of sandboxes vs host memory`),
+      bar(m.committed_bytes, m.host_total_bytes, `${percentOf(m.committed_bytes, m.host_total_bytes)} of host memory`, { title: 'memory limits of live sandboxes and builds against the host memory' }),
       h('p.small.muted', `sessions ${bytes(m.sessions_bytes)}, builds ${bytes(m.builds_bytes)}; ${bytes(m.host_available_bytes)} available now`),
     ),
     card(
       'CPU committed',
       h('p.big', `${cap.cpu.committed_cores.toFixed(1)}`, h('span.muted', ` / ${cap.cpu.host_cores} cores`)),
-      bar(cap.cpu.committed_cores, cap.cpu.host_cores, 'quotas of sandboxes vs host cores'),
+      bar(cap.cpu.committed_cores, cap.cpu.host_cores, `${percentOf(cap.cpu.committed_cores, cap.cpu.host_cores)} of host cores`, { title: 'CPU quotas of live sandboxes against the host cores' }),
     ),
     card(
       'Data disk',
@@ -41,7 +45,7 @@ function capacityCards(cap) {
     card(
       'Start slots',
       h('p.big', `${cap.start_slots.in_use}`, h('span.muted', ` / ${cap.start_slots.total} in use`)),
-      bar(cap.start_slots.in_use, cap.start_slots.total, 'sandboxes being started'),
+      bar(cap.start_slots.in_use, cap.start_slots.total, `${cap.start_slots.in_use} starting now`),
     ),
     card(
       'Build queue',
@@ -64,7 +68,7 @@ function byState(counts) {
       'ul.legend',
       STATES.map((s) => h('li', stateChip(s), h('span.count', { dataset: { state: s } }, String(counts[s] || 0)))),
     ),
-    h('p.small.muted', `${total} sessions recorded`),
+    h('p.small.muted', `${total} session${total === 1 ? '' : 's'} recorded`),
   );
 }
 
@@ -73,7 +77,7 @@ function latency(l) {
   return card(
     'Session start latency',
     h('div.pair', h('div', h('p.big', { id: 'latency-p50' }, fmt(l.p50_seconds)), h('p.small.muted', 'p50')), h('div', h('p.big', { id: 'latency-p99' }, fmt(l.p99_seconds)), h('p.small.muted', 'p99'))),
-    h('p.small.muted', `${l.count} starts on ${l.runtime} since this runner started (request to running sandbox)`),
+    h('p.small.muted', `${l.count} start${l.count === 1 ? '' : 's'} on ${l.runtime} since this runner started, request to running sandbox (estimated from the histogram's buckets)`),
   );
 }
 
@@ -99,7 +103,7 @@ function runnerCard(runner, refresh) {
   return card(
     'This runner',
     h('p', h('span.mono', runner.instance), ' · version ', runner.version),
-    h('p', { id: 'drain-state', dataset: { draining: String(runner.draining) } }, runner.draining ? h('span.pill.warn', `draining since ${ago(runner.draining_since)}`) : h('span.pill.ok', 'taking new sessions')),
+    h('p', { id: 'drain-state', dataset: { draining: String(runner.draining) } }, runner.draining ? h('span.pill.warn', `draining since ${clock(runner.draining_since)} (${ago(runner.draining_since)})`) : h('span.pill.ok', 'taking new sessions')),
     button,
   );
 }
@@ -126,7 +130,7 @@ function topCpu(top) {
     list.length
       ? h(
           'table.compact',
-          h('tbody', list.map((s) => h('tr', h('td', s.session ? h('a', { href: `#/sessions/${s.session}` }, s.learner || s.session.slice(0, 8)) : s.app || s.detail || s.kind), h('td.muted', s.exercise || s.app || ''), h('td.num', `${(s.now.cpu_cores || 0).toFixed(2)} / ${s.now.cpu_limit_cores ?? '∞'} cores`), h('td.num', bytes(s.now.memory_working_set_bytes))))),
+          h('tbody', list.map((s) => h('tr', h('td', s.session ? h('a', { href: `#/sessions/${s.session}` }, s.learner || s.session.slice(0, 8)) : s.app || s.detail || s.kind), h('td.muted', s.exercise || s.app || ''), h('td.num', `${(s.now.cpu_cores || 0).toFixed(2)} of ${s.now.cpu_limit_cores ? cores(s.now.cpu_limit_cores) : 'no limit'}`), h('td.num', bytes(s.now.memory_working_set_bytes))))),
         )
       : empty('No sandbox is running.'),
   );

@@ -1,7 +1,7 @@
 // One session: its figures now, CPU and memory over the last hour, its events and checks, and
 // the stop button.
 import { act, get } from '../api.js';
-import { ago, bar, bytes, clear, clock, duration, empty, errorBox, h, stateChip, toast } from '../dom.js';
+import { ago, bar, bytes, clear, clock, cores, duration, empty, errorBox, h, stateChip, toast } from '../dom.js';
 import { timeChart } from '../charts.js';
 
 const LIVE = ['starting', 'running', 'stopping'];
@@ -15,9 +15,9 @@ function facts(s) {
     h('dt', 'Image'), h('dd.mono', s.image),
     h('dt', 'Created'), h('dd', `${clock(s.created_at)} (${ago(s.created_at)})`),
     h('dt', 'Last activity'), h('dd', `${clock(s.last_activity_at)} (${ago(s.last_activity_at)})`),
-    s.expires_at ? [h('dt', 'Reaped at'), h('dd', clock(s.expires_at))] : [h('dt', 'Ended'), h('dd', s.ended_at ? `${clock(s.ended_at)} (${ago(s.ended_at)})` : '—')],
-    h('dt', 'Limits'), h('dd', `${s.limits.memory_mb} MiB, ${s.limits.cpus} cores, ${s.limits.pids} pids, workspace ${s.limits.workspace_mb} MiB`),
-    s.failure_reason ? [h('dt', 'Failure'), h('dd.error-text', s.failure_reason)] : null,
+    s.expires_at ? [h('dt', 'Expires'), h('dd', `${clock(s.expires_at)} unless active (idle timeout or lifetime)`)] : [h('dt', 'Ended'), h('dd', s.ended_at ? `${clock(s.ended_at)} (${ago(s.ended_at)})` : '—')],
+    h('dt', 'Limits'), h('dd', `${s.limits.memory_mb} MiB, ${cores(s.limits.cpus)}, ${s.limits.pids} pids, workspace ${s.limits.workspace_mb} MiB`),
+    s.failure_reason ? (s.state === 'failed' ? [h('dt', 'Failure'), h('dd.error-text', s.failure_reason)] : [h('dt', 'Why it ended'), h('dd', s.failure_reason)]) : null,
   );
 }
 
@@ -26,7 +26,7 @@ function figures(u) {
   if (!n) return empty(u.state && !LIVE.includes(u.state) ? 'The session has ended: no figures.' : 'Not sampled yet.');
   return h(
     'div.grid.figures',
-    h('div.figure', h('h3', 'CPU'), h('p.big', n.cpu_cores === null ? '—' : n.cpu_cores.toFixed(2), h('span.muted', ` / ${n.cpu_limit_cores ?? '∞'} cores`)), bar(n.cpu_cores || 0, n.cpu_limit_cores, 'CPU against its quota'), h('p.small.muted', `throttled ${n.cpu_throttled_seconds_total.toFixed(1)} s in ${n.cpu_throttled_periods_total} of ${n.cpu_periods_total} periods`)),
+    h('div.figure', h('h3', 'CPU'), h('p.big', n.cpu_cores === null ? '—' : n.cpu_cores.toFixed(2), h('span.muted', ` / ${n.cpu_limit_cores ? cores(n.cpu_limit_cores) : 'no limit'}`)), bar(n.cpu_cores || 0, n.cpu_limit_cores, 'CPU against its quota'), h('p.small.muted', `throttled ${n.cpu_throttled_seconds_total.toFixed(1)} s in ${n.cpu_throttled_periods_total} of ${n.cpu_periods_total} periods`)),
     h('div.figure#figure-memory', { dataset: { bytes: String(n.memory_working_set_bytes) } }, h('h3', 'Memory'), h('p.big', bytes(n.memory_working_set_bytes), h('span.muted', ` / ${bytes(n.memory_limit_bytes)}`)), bar(n.memory_working_set_bytes, n.memory_limit_bytes, 'working set against the limit'), h('p.small.muted', `OOM kills: ${n.oom_kills_total ?? 'not counted by this kernel'}`)),
     h('div.figure', h('h3', 'Processes'), h('p.big', String(n.pids), h('span.muted', n.pids_limit ? ` / ${n.pids_limit}` : '')), bar(n.pids, n.pids_limit, 'pids against the limit'), h('p.small.muted', u.runtime === 'runsc' ? 'under gVisor: the sandbox kernel’s threads' : 'processes and threads')),
     h('div.figure', h('h3', 'Workspace'), h('p.big', bytes(n.workspace_used_bytes), h('span.muted', ` / ${bytes(n.workspace_quota_bytes)}`)), n.workspace_used_bytes === null ? empty('no quota') : bar(n.workspace_used_bytes, n.workspace_quota_bytes, 'disk used against the quota'), h('p.small.muted', n.network_rx_bytes_total === null ? 'no network' : `network in ${bytes(n.network_rx_bytes_total)}, out ${bytes(n.network_tx_bytes_total)}`)),

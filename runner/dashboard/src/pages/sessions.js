@@ -9,15 +9,16 @@ const REFRESH_MS = 3000;
 // Kept across visits of the page.
 const view = { sort: 'age', desc: false, state: LIVE, exercise: '', learner: '' };
 
+// [key, heading, sort key, numeric]
 const columns = [
   ['learner', 'Learner', (r) => r.s.learner],
   ['exercise', 'Exercise', (r) => r.s.exercise],
   ['state', 'State', (r) => r.s.state],
-  ['age', 'Age', (r) => -Date.parse(r.s.created_at)],
-  ['idle', 'Idle', (r) => (r.live ? -Date.parse(r.s.last_activity_at) : -Infinity)],
-  ['cpu', 'CPU', (r) => r.cpuRatio ?? -1],
+  ['age', 'Age', (r) => -Date.parse(r.s.created_at), true],
+  ['idle', 'Idle', (r) => (r.live ? -Date.parse(r.s.last_activity_at) : -Infinity), true],
+  ['cpu', 'CPU', (r) => r.cpuRatio ?? -1, true],
   ['memory', 'Memory', (r) => r.u?.memory_working_set_bytes ?? -1],
-  ['pids', 'Pids', (r) => r.u?.pids ?? -1],
+  ['pids', 'Pids', (r) => r.u?.pids ?? -1, true],
   ['disk', 'Disk', (r) => r.u?.workspace_used_bytes ?? -1],
 ];
 
@@ -77,13 +78,13 @@ export function mount(ctx) {
   function renderHead() {
     clear(
       head.firstChild,
-      columns.map(([key, label]) =>
+      columns.map(([key, label, , numeric]) =>
         h(
           'th',
           {
             dataset: { sort: key },
             'aria-sort': view.sort === key ? (view.desc ? 'descending' : 'ascending') : 'none',
-            class: view.sort === key ? 'sorted' : '',
+            class: `${view.sort === key ? 'sorted' : ''} ${numeric ? 'num' : ''}`.trim(),
             on: { click: () => ((view.desc = view.sort === key ? !view.desc : key !== 'learner' && key !== 'exercise' && key !== 'state'), (view.sort = key), render()) },
           },
           label,

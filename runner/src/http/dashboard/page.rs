@@ -18,8 +18,12 @@ pub const APP_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'sel
      connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Pages rendered here carry no script at all; their styles are inline.
-const PAGE_CSP: &str =
-    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const PAGE_CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; \
+     form-action 'self'; frame-ancestors 'none'";
+
+/// Referrers stay on this origin. Not `no-referrer`: under it browsers send `Origin: null` with
+/// a form's or a script's POST, and the same-origin rule (`auth::same_origin`) needs the origin.
+const REFERRER_POLICY: &str = "same-origin";
 
 /// The embedded asset at `name` (below `/dashboard/`), if it is one.
 pub fn asset(name: &str) -> Option<(&'static str, &'static [u8])> {
@@ -34,6 +38,7 @@ pub fn asset(name: &str) -> Option<(&'static str, &'static [u8])> {
 pub fn serve(req: &HeaderMap, content_type: &'static str, body: &'static [u8]) -> Response {
     let mut resp = web_ide_proxy::page::serve_with_policy(req, content_type, body, APP_CSP);
     resp.headers_mut().insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    resp.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static(REFERRER_POLICY));
     resp
 }
 
@@ -62,7 +67,7 @@ fn html(status: StatusCode, title: &str, body: &str) -> Response {
     let page = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <meta name=\"referrer\" content=\"no-referrer\"><link rel=\"icon\" href=\"data:,\">\
+         <link rel=\"icon\" href=\"data:,\">\
          <title>{}</title><style>{STYLE}</style></head><body><main>{body}</main></body></html>",
         escape(title)
     );
@@ -72,6 +77,7 @@ fn html(status: StatusCode, title: &str, body: &str) -> Response {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static(REFERRER_POLICY));
     resp
 }
 
