@@ -193,7 +193,7 @@ pub async fn problems(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
             link: None,
         });
     }
-    found.sort_by(|a, b| b.at.cmp(&a.at));
+    found.sort_by_key(|p| std::cmp::Reverse(p.at));
     let items: Vec<Value> = found
         .into_iter()
         .take(25)
