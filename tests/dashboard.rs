@@ -297,6 +297,9 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert_eq!(status, 202, "{b}");
     let build_id = b["id"].as_str().unwrap().to_string();
 
+    // Another learner's session, small (busybox), for the table to sort.
+    app.exercise("dash-other", json!({})).await;
+    app.session("grace-hopper", "dash-other").await;
     // A sandbox on the base image (python3) that will hold 64 MiB.
     let slug = "dash-memory";
     let body = json!({"image": "exercise-runner/base:latest", "limits": {"memory_mb": 256, "tmpfs_mb": 16},

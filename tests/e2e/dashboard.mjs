@@ -213,9 +213,9 @@ async function main() {
   await step('the overview shows capacity, states, latency, the drain switch and problems', 30000, async () => {
     await until('the capacity cards', 15000, async () => (await page.locator('.grid.capacity .card').count()) >= 6);
     const live = await page.textContent('[data-figure=sessions]');
-    if (!/^1\s*\/\s*\d+/.test(live.trim())) throw new Error(`sessions card says ${JSON.stringify(live)}`);
+    if (!/^2\s*\/\s*\d+/.test(live.trim())) throw new Error(`sessions card says ${JSON.stringify(live)}`);
     const running = await page.textContent('[data-state=running]');
-    if (Number(running) < 1) throw new Error(`running sessions: ${running}`);
+    if (Number(running) !== 2) throw new Error(`running sessions: ${running}`);
     const p50 = (await page.textContent('#latency-p50')).trim();
     if (!/\d/.test(p50)) throw new Error(`p50 start latency: ${p50}`);
     await page.waitForSelector('#drain');
@@ -251,15 +251,21 @@ async function main() {
     const before = await count();
     await until('two refreshes without a reload', 15000, async () => (await count()) >= before + 2 && (await page.evaluate(() => window.__noReload === true)));
     const row = `#sessions-table tr[data-session="${SESSION_ID}"]`;
+    // Sorted by memory, largest first: the session holding 64 MiB leads the other learner's.
+    await page.click('th[data-sort=memory]');
+    await until('sorted by memory, largest first', 10000, async () => {
+      const order = await page.$$eval('#sessions-table tbody tr[data-session]', (trs) => trs.map((t) => t.dataset.session));
+      return (await page.getAttribute('th[data-sort=memory]', 'aria-sort')) === 'descending' && order.length >= 2 && order[0] === SESSION_ID;
+    });
+    await shot('sessions');
     await page.fill('#filter-learner', 'nobody-by-this-name');
     await until('the row filtered out', 5000, async () => (await page.locator(row).count()) === 0);
     await page.fill('#filter-learner', LEARNER.slice(0, 3));
     await until('the row back', 5000, async () => (await page.locator(row).count()) === 1);
     await page.selectOption('#filter-exercise', EXERCISE);
-    await until('the row under its exercise', 10000, async () => (await page.locator(row).count()) === 1);
-    await page.click('th[data-sort=memory]');
-    await until('sorted by memory', 5000, async () => (await page.getAttribute('th[data-sort=memory]', 'aria-sort')) !== 'none');
-    await shot('sessions');
+    await page.fill('#filter-learner', '');
+    await until('only the exercise\'s session', 10000, async () => (await page.locator(row).count()) === 1 && (await page.locator('#sessions-table tbody tr[data-session]').count()) === 1);
+    await page.selectOption('#filter-exercise', '');
   });
 
   await step('the session page draws its charts and lists its events and checks', 45000, async () => {

@@ -104,7 +104,7 @@ export function mount(ctx) {
       return view.desc ? -c : c;
     });
     clear(body, shown.length ? shown.map(row) : h('tr', h('td', { colspan: columns.length }, empty('No sessions match.'))));
-    note.textContent = `${shown.length} of ${rows.length} sessions shown; CPU is the share of the sandbox's quota over the last sampling interval, memory its working set against its limit.`;
+    note.textContent = `${shown.length} of ${rows.length} session${rows.length === 1 ? '' : 's'} shown; CPU is the share of the sandbox's quota over the last sampling interval, memory its working set against its limit.`;
   }
 
   async function refresh() {

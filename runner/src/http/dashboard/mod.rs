@@ -15,7 +15,6 @@ pub mod views;
 use std::{num::NonZeroU32, sync::Arc};
 
 use axum::{
-    body::Bytes,
     extract::{FromRef, Path, Request, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     middleware::{self, Next},
@@ -26,7 +25,7 @@ use axum::{
 use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use self::auth::{SignedIn, Signer};
-use super::{apps, builds, exercises, operators, sessions, usage};
+use super::{apps, builds, exercises, extract::ApiBytes, operators, sessions, usage};
 use crate::{app::App, config::Settings, error::ApiError};
 
 /// The dashboard's sign-in state, built once with the router.
@@ -226,7 +225,7 @@ async fn login_form(State(d): State<Dash>, headers: HeaderMap) -> Response {
 
 /// `POST /dashboard/login` (form-encoded `token`): the API token or the operator token, compared
 /// in constant time, exchanged for the cookie. Refusals set no cookie.
-async fn login(State(d): State<Dash>, headers: HeaderMap, body: Bytes) -> Response {
+async fn login(State(d): State<Dash>, headers: HeaderMap, ApiBytes(body): ApiBytes) -> Response {
     if let Err(why) = auth::same_origin(&headers, d.auth.public_origin.as_deref()) {
         d.app.metrics.rejected_requests.with_label_values(&["cross_site"]).inc();
         return page::error(StatusCode::FORBIDDEN, "cross_site_request", &format!("refused: {why}"));
