@@ -250,6 +250,11 @@ pub struct AlertView {
     pub since: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cleared_at: Option<String>,
+    /// The same moments in ms, for views that sort by time.
+    #[serde(skip)]
+    pub since_ms: i64,
+    #[serde(skip)]
+    pub cleared_ms: Option<i64>,
 }
 
 /// How many ended alerts `GET /v1/alerts` keeps showing.
@@ -298,6 +303,8 @@ impl Alerts {
                 firing: true,
                 since: rfc3339(e.since_ms),
                 cleared_at: None,
+                since_ms: e.since_ms,
+                cleared_ms: None,
             })
             .collect();
         active.sort_by(|a, b| a.since.cmp(&b.since));
@@ -320,6 +327,8 @@ impl Alerts {
                         firing: false,
                         since: rfc3339(*since_ms),
                         cleared_at: Some(rfc3339(now_ms)),
+                        since_ms: *since_ms,
+                        cleared_ms: Some(now_ms),
                     });
                     state.recent.truncate(RECENT);
                 }

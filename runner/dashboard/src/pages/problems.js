@@ -1,9 +1,8 @@
-// "Recent errors and alerts". Its one data source is SOURCE: today api/problems, which the runner
-// composes from failed sessions and builds, sandbox events (OOM kills, unexpected exits,
-// unhealthy sandboxes), failed deploys and operators' actions that did not succeed. When the
-// runner has an alerts list, route it under the dashboard's API and point SOURCE (and `items`)
-// at it: each item needs `at`, `severity` (`error`, `warning` or `info`), `title`, and
-// optionally `detail` and `link` (a dashboard route such as `#/sessions/{id}`).
+// "Recent errors and alerts". Its one data source is SOURCE, api/problems, which the runner
+// composes from its alerts (firing, and lately cleared), failed sessions and builds, sandbox
+// events (OOM kills, unexpected exits, unhealthy sandboxes), failed deploys and operators'
+// actions that did not succeed. Each item has `at`, `severity` (`error`, `warning` or `info`),
+// `title`, and optionally `detail` and `link` (a dashboard route such as `#/sessions/{id}`).
 import { get } from '../api.js';
 import { ago, clear, empty, errorBox, h } from '../dom.js';
 

@@ -134,6 +134,27 @@ struct Problem {
 /// records; see `runner/dashboard/src/pages/problems.js`.)
 pub async fn problems(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     let mut found = vec![];
+    // The runner's alerts first: what fires now, and what cleared lately.
+    let (firing, recent) = app.alerts.list();
+    for a in firing {
+        let link = (a.subject != "host").then(|| format!("#/sessions/{}", a.subject));
+        found.push(Problem {
+            at: a.since_ms,
+            severity: "error",
+            title: format!("alert {}: {}", a.kind.as_str(), a.message),
+            detail: Some("firing".into()),
+            link,
+        });
+    }
+    for a in recent.into_iter().take(10) {
+        found.push(Problem {
+            at: a.cleared_ms.unwrap_or(a.since_ms),
+            severity: "info",
+            title: format!("alert {} cleared: {}", a.kind.as_str(), a.message),
+            detail: None,
+            link: None,
+        });
+    }
     let failed = SessionFilter { states: vec![SessionState::Failed], limit: 10, ..Default::default() };
     for s in app.store.sessions(&failed).await? {
         found.push(Problem {
