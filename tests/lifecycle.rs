@@ -175,7 +175,10 @@ async fn sigterm_stops_the_runner_gracefully_and_sandboxes_keep_running() {
     let c = session_container(&instance, s["id"].as_str().unwrap()).unwrap();
     let status = p.terminate();
     assert!(status.success(), "exit status {status:?}; log:\n{}", read_log(tmp.path()));
-    assert!(read_log(tmp.path()).contains("SIGTERM"));
+    let log = read_log(tmp.path());
+    assert!(log.contains("SIGTERM"));
+    // Written to a file, the log is plain text: colours are for terminals (issue 10, item 2).
+    assert!(!log.contains('\u{1b}'), "ANSI escapes in a log file:\n{log}");
     assert_eq!(inspect(&c)["State"]["Running"], true, "a runner restart must not cost learners their sandbox");
 }
 
