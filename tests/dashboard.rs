@@ -309,17 +309,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     let s = app.session("ada-lovelace", slug).await;
     let id = s["id"].as_str().unwrap().to_string();
     let c = session_container(&app.instance, &id).unwrap();
-    let script = "import os, time\n\
-        open('/tmp/ready', 'w').close()\n\
-        while not os.path.exists('/tmp/go'): time.sleep(0.05)\n\
-        held = bytearray(b'\\x01') * (64 << 20)\n\
-        open('/tmp/held', 'w').close()\n\
-        time.sleep(600)\n";
-    docker(&["exec", "-d", &c, "python3", "-c", script]);
-    eventually(Duration::from_secs(30), "the allocator to start", || {
-        (sandbox_exec(&c, "test -f /tmp/ready").0 == 0).then_some(())
-    })
-    .await;
+    start_memory_holder(&c).await;
     // A memory bomb beside it: the kernel kills the bomb (the largest process), which the
     // dashboard must show among the problems and the session's events.
     docker(&["exec", "-d", &c, "python3", "-c", "b = bytearray(b'x') * (400 << 20)"]);

@@ -69,17 +69,7 @@ async fn held_memory_and_an_oom_kill_show(runtime: Runtime) {
     assert_eq!(v["now"]["memory_limit_bytes"], 256 * 1024 * 1024, "{v}");
 
     // The interpreter starts first and waits, so the baseline includes it; then it allocates.
-    let script = "import os, time\n\
-        open('/tmp/ready', 'w').close()\n\
-        while not os.path.exists('/tmp/go'): time.sleep(0.05)\n\
-        held = bytearray(b'\\x01') * (64 << 20)\n\
-        open('/tmp/held', 'w').close()\n\
-        time.sleep(600)\n";
-    docker(&["exec", "-d", &c, "python3", "-c", script]);
-    eventually(Duration::from_secs(30), "the allocator to start", || {
-        (sandbox_exec(&c, "test -f /tmp/ready").0 == 0).then_some(())
-    })
-    .await;
+    start_memory_holder(&c).await;
     // Let the interpreter settle, then take the baseline from a sample after that.
     let settled = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
     let before =

@@ -499,3 +499,22 @@ pub async fn webhook_receiver(secret: &'static [u8]) -> (String, Received) {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, got)
 }
+
+// ---- a sandbox holding a known amount of memory (usage figures, the dashboard) ----
+
+/// Starts, detached in `container`, a Python process that waits for `/tmp/go`, then holds 64 MiB
+/// (and touches `/tmp/held`); returns once the interpreter is up (`/tmp/ready`), so a baseline
+/// taken now includes it.
+pub async fn start_memory_holder(container: &str) {
+    let script = "import os, time\n\
+        open('/tmp/ready', 'w').close()\n\
+        while not os.path.exists('/tmp/go'): time.sleep(0.05)\n\
+        held = bytearray(b'\\x01') * (64 << 20)\n\
+        open('/tmp/held', 'w').close()\n\
+        time.sleep(600)\n";
+    docker(&["exec", "-d", container, "python3", "-c", script]);
+    eventually(Duration::from_secs(30), "the allocator to start", || {
+        (sandbox_exec(container, "test -f /tmp/ready").0 == 0).then_some(())
+    })
+    .await;
+}
