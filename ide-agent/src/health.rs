@@ -14,6 +14,18 @@ pub const SUPERVISOR_SOCKET: &str = "/run/supervisor.sock";
 /// States of a supervisord program that make the sandbox unhealthy.
 const STUCK: [&str; 3] = ["FATAL", "BACKOFF", "STOPPED"];
 
+/// [`check`], again every 10 ms until it passes or `within` has passed (then its last error).
+pub async fn wait(agent_socket: &str, supervisor_socket: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check(agent_socket, supervisor_socket).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
 pub async fn check(agent_socket: &str, supervisor_socket: &str) -> anyhow::Result<()> {
     let within = Duration::from_secs(3);
     let info = tokio::time::timeout(

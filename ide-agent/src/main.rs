@@ -4,7 +4,9 @@
 //! sandbox has no network) and serves the learner's files and terminals on real PTYs (the page comes from the proxy).
 //! `ide-agent connect SOCKET` joins its stdin/stdout to that socket: the runner's web-ide-proxy
 //! runs it through `docker exec`, whose stdio streams work under runc and gVisor alike.
-//! `ide-agent health` is the base image's health check (the agent answers, no service is stuck).
+//! `ide-agent health` is the base image's health check (the agent answers, no service is stuck);
+//! with `--wait-ms N` it polls until healthy or N ms passed, so the runner learns that a sandbox
+//! just started is ready with one exec instead of one per poll.
 
 mod files;
 mod health;
@@ -24,7 +26,7 @@ pub struct Agent {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ide-agent serve [--socket PATH] [--root DIR]\n       ide-agent connect [SOCKET]\n       ide-agent health"
+        "usage: ide-agent serve [--socket PATH] [--root DIR]\n       ide-agent connect [SOCKET]\n       ide-agent health [--wait-ms N]"
     );
     std::process::exit(2)
 }
@@ -48,7 +50,14 @@ async fn main() -> anyhow::Result<()> {
             serve(socket, root).await
         }
         Some("connect") => connect(args.get(1).map(String::as_str).unwrap_or(DEFAULT_SOCKET)).await,
-        Some("health") => health::check(DEFAULT_SOCKET, health::SUPERVISOR_SOCKET).await,
+        Some("health") => {
+            let wait = match args.get(1..) {
+                Some([flag, ms]) if flag == "--wait-ms" => ms.parse().unwrap_or_else(|_| usage()),
+                Some([]) | None => 0,
+                Some(_) => usage(),
+            };
+            health::wait(DEFAULT_SOCKET, health::SUPERVISOR_SOCKET, std::time::Duration::from_millis(wait)).await
+        }
         _ => usage(),
     }
 }

@@ -116,6 +116,18 @@ pub struct Settings {
     pub max_concurrent_starts: usize,
     pub start_queue_timeout: Duration,
     pub max_live_sessions: u64,
+    /// The warm pool of an exercise that sets none (`RUNNER_POOL_DEFAULT_MIN`/`_MAX`; no pool by
+    /// default).
+    pub pool_default: crate::domain::PoolSpec,
+    /// Largest `pool.max` an exercise may ask for (`RUNNER_POOL_MAX_PER_EXERCISE`).
+    pub pool_max_per_exercise: u32,
+    /// How often pools are topped up, trimmed and drained (`RUNNER_POOL_INTERVAL_SECS`); a claim
+    /// or a publish also wakes the filler at once.
+    pub pool_interval: Duration,
+    /// Memory the host keeps free of pooled sandboxes (`RUNNER_POOL_MEMORY_RESERVE_MB`): no pooled
+    /// sandbox is made while `MemAvailable` would fall below it, and pooled ones are removed when it
+    /// already has.
+    pub pool_memory_reserve_mb: u64,
     pub reap_interval: Duration,
     pub reconcile_interval: Duration,
     /// How often every sandbox's usage is sampled (`usage/`); zero turns sampling off.
@@ -223,6 +235,10 @@ impl Settings {
             max_concurrent_starts: 4,
             start_queue_timeout: Duration::from_secs(10),
             max_live_sessions: 200,
+            pool_default: crate::domain::PoolSpec { min: 0, max: 0 },
+            pool_max_per_exercise: 20,
+            pool_interval: Duration::from_secs(2),
+            pool_memory_reserve_mb: 2048,
             reap_interval: Duration::from_secs(5),
             reconcile_interval: Duration::from_secs(30),
             usage_interval: Duration::from_secs(5),
@@ -390,6 +406,21 @@ impl Settings {
         }
         if let Some(v) = parse(&get, "RUNNER_MAX_LIVE_SESSIONS")? {
             s.max_live_sessions = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_POOL_DEFAULT_MIN")? {
+            s.pool_default.min = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_POOL_DEFAULT_MAX")? {
+            s.pool_default.max = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_POOL_MAX_PER_EXERCISE")? {
+            s.pool_max_per_exercise = v;
+        }
+        if let Some(v) = secs("RUNNER_POOL_INTERVAL_SECS")? {
+            s.pool_interval = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_POOL_MEMORY_RESERVE_MB")? {
+            s.pool_memory_reserve_mb = v;
         }
         if let Some(v) = secs("RUNNER_REAP_INTERVAL_SECS")? {
             s.reap_interval = v;
@@ -586,6 +617,12 @@ impl Settings {
         }
         if self.max_concurrent_starts == 0 || self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
             bail!("RUNNER_MAX_CONCURRENT_STARTS and the rate limits must be positive");
+        }
+        if let Err(e) = self.pool_default.check(self.pool_max_per_exercise) {
+            bail!("RUNNER_POOL_DEFAULT_MIN/MAX: {}", e.message);
+        }
+        if self.pool_interval.is_zero() {
+            bail!("RUNNER_POOL_INTERVAL_SECS must be positive");
         }
         if self.max_concurrent_checks == 0 {
             bail!("RUNNER_MAX_CONCURRENT_CHECKS must be positive (0 would refuse every check)");

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::Settings,
-    domain::{CheckSpec, Invalid, Limits, SandboxSpec, Slug, TMPFS_PATHS},
+    domain::{CheckSpec, Invalid, Limits, PoolSpec, SandboxSpec, Slug, TMPFS_PATHS},
     engine::Engine,
     store::{ExerciseRecord, Store, Written},
 };
@@ -50,6 +50,9 @@ pub struct ExerciseInput {
     /// HMAC secret of push hooks for this exercise. Write-only: never shown.
     #[serde(default)]
     pub hook_secret: Option<String>,
+    /// Warm pool of ready sandboxes (`{"min", "max"}`, `max` within the operator's cap).
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +90,18 @@ pub struct ExerciseSpec {
     pub hook_secret: Option<String>,
     #[serde(default)]
     pub current_version: Option<String>,
+    /// Set by `PUT` or the published manifest; the operator's default when `None`.
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
+}
+
+impl ExerciseSpec {
+    /// The pool this exercise keeps: its own or the operator's default, within the cap.
+    pub fn effective_pool(&self, settings: &Settings) -> PoolSpec {
+        let p = self.pool.unwrap_or(settings.pool_default);
+        let max = p.max.min(settings.pool_max_per_exercise);
+        PoolSpec { min: p.min.min(max), max }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +121,8 @@ pub struct Exercise {
     pub git: Option<GitSource>,
     /// Whether a hook secret is set (the secret itself is never shown).
     pub hook_secret_set: bool,
+    /// The warm pool it keeps (`max: 0`: none).
+    pub pool: PoolSpec,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -191,6 +208,7 @@ pub fn check_workdir(dir: &str) -> Result<(), Invalid> {
 
 pub fn to_view(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<Exercise> {
     let spec: ExerciseSpec = serde_json::from_str(&r.spec)?;
+    let pool = spec.effective_pool(settings);
     Ok(Exercise {
         slug: r.slug.clone(),
         image: (!r.image.is_empty()).then(|| r.image.clone()),
@@ -204,6 +222,7 @@ pub fn to_view(settings: &Settings, r: &ExerciseRecord) -> anyhow::Result<Exerci
         auto_publish: spec.auto_publish,
         git: spec.git,
         hook_secret_set: spec.hook_secret.is_some(),
+        pool,
         created_at: rfc3339(r.created_at),
         updated_at: rfc3339(r.updated_at),
     })
@@ -279,6 +298,9 @@ pub async fn put(
     input: ExerciseInput,
 ) -> Result<(Exercise, bool), ExerciseError> {
     check_limits(&settings.limit_caps, &input.limits)?;
+    if let Some(p) = &input.pool {
+        p.check(settings.pool_max_per_exercise)?;
+    }
     if input.network && settings.sandbox_network.is_none() {
         return Err(Invalid::new(
             "network_not_allowed",
@@ -347,6 +369,9 @@ pub async fn put(
         }
         if input.hook_secret.is_some() {
             spec.hook_secret = input.hook_secret.clone();
+        }
+        if input.pool.is_some() {
+            spec.pool = input.pool;
         }
         let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
         let written = store.write_exercise(slug.as_str(), &image, &spec_json, existing.map(|r| r.revision)).await?;

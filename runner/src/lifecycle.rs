@@ -183,6 +183,41 @@ impl Lifecycle for BuildState {
     }
 }
 
+// ---- pooled sandboxes ----
+
+/// Where a sandbox of an exercise's warm pool is: `starting → ready`. A claim deletes the row (the
+/// container then belongs to the session that names it); so does a discard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolState {
+    /// Inserted in this state, with a lease: its workspace and container are being made and its
+    /// IDE agent waited for.
+    Starting,
+    /// Its agent answers: a learner may claim it.
+    Ready,
+}
+
+impl PoolState {
+    pub const ALL: [PoolState; 2] = [PoolState::Starting, PoolState::Ready];
+}
+
+impl Lifecycle for PoolState {
+    const NAME: &'static str = "pooled sandbox";
+    const ALL: &'static [Self] = &PoolState::ALL;
+    fn as_str(self) -> &'static str {
+        match self {
+            PoolState::Starting => "starting",
+            PoolState::Ready => "ready",
+        }
+    }
+    fn sources(to: Self) -> &'static [Self] {
+        match to {
+            PoolState::Starting => &[],
+            PoolState::Ready => &[PoolState::Starting],
+        }
+    }
+}
+
 // ---- deploys ----
 
 /// Where a deploy (or rollback) of a managed app is: `running → succeeded | failed`.

@@ -36,6 +36,17 @@ pub struct Metrics {
     pub reconcile_failures: IntCounter,
     pub alerts_firing: IntGaugeVec,
     pub alerts: IntCounterVec,
+    /// From the request to the sandbox's IDE agent answering, by runtime and `source` (`cold`:
+    /// a container started for the request; `pool`: a claimed pooled sandbox).
+    pub session_ready_seconds: HistogramVec,
+    /// Pooled sandboxes by exercise and state (`starting`, `ready`), set every pool round.
+    pub pool_sandboxes: IntGaugeVec,
+    /// New sessions by exercise and pool outcome: `hit` (claimed a pooled sandbox), `miss` (the
+    /// pool was empty: a cold start), `returning` (the learner has a workspace: a cold start on it).
+    pub pool_claims: IntCounterVec,
+    pub pool_claim_seconds: HistogramVec,
+    /// Pooled sandboxes removed unclaimed, by reason.
+    pub pool_discarded: IntCounterVec,
 }
 
 impl Metrics {
@@ -145,8 +156,43 @@ impl Metrics {
         let alerts =
             IntCounterVec::new(Opts::new("runner_alerts_total", "Alert episodes that started, by kind"), &["kind"])
                 .unwrap();
+        let session_ready_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "runner_session_ready_duration_seconds",
+                "Time from session request to the sandbox's IDE agent answering",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]),
+            &["runtime", "source"],
+        )
+        .unwrap();
+        let pool_sandboxes = IntGaugeVec::new(
+            Opts::new("runner_pool_sandboxes", "Pooled sandboxes by exercise and state"),
+            &["exercise", "state"],
+        )
+        .unwrap();
+        let pool_claims = IntCounterVec::new(
+            Opts::new("runner_pool_claims_total", "New sessions by pool outcome (hit, miss, returning)"),
+            &["exercise", "outcome"],
+        )
+        .unwrap();
+        let pool_claim_seconds = HistogramVec::new(
+            HistogramOpts::new("runner_pool_claim_duration_seconds", "Time to claim a pooled sandbox for a new session")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            &["exercise"],
+        )
+        .unwrap();
+        let pool_discarded = IntCounterVec::new(
+            Opts::new("runner_pool_discarded_total", "Pooled sandboxes removed unclaimed, by reason"),
+            &["reason"],
+        )
+        .unwrap();
         for c in [
-            Box::new(checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(session_ready_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(pool_sandboxes.clone()),
+            Box::new(pool_claims.clone()),
+            Box::new(pool_claim_seconds.clone()),
+            Box::new(pool_discarded.clone()),
+            Box::new(checks.clone()),
             Box::new(reconcile_failures.clone()),
             Box::new(alerts_firing.clone()),
             Box::new(alerts.clone()),
@@ -195,6 +241,11 @@ impl Metrics {
             reconcile_failures,
             alerts_firing,
             alerts,
+            session_ready_seconds,
+            pool_sandboxes,
+            pool_claims,
+            pool_claim_seconds,
+            pool_discarded,
         }
     }
 

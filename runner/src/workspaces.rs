@@ -37,6 +37,14 @@ struct Exclusive<'a> {
 /// How every workspace volume's name begins.
 pub const VOLUME_PREFIX: &str = "exercise-runner-ws-";
 
+/// How the volume of a pooled sandbox's workspace is named (`…pool-<pool id>`). A claim keeps
+/// the name: the learner's workspace record names the volume.
+pub const POOL_VOLUME_PREFIX: &str = "exercise-runner-ws-pool-";
+
+pub fn pool_volume_name(pool_id: &str) -> String {
+    format!("{POOL_VOLUME_PREFIX}{pool_id}")
+}
+
 /// The volume name of a workspace: stable for a learner, exercise and runner instance.
 pub fn volume_name(instance: &str, learner: &str, exercise: &str) -> String {
     let digest = Sha256::digest(format!("{instance}\0{learner}\0{exercise}").as_bytes());
@@ -91,10 +99,24 @@ impl Workspaces {
         Ok(())
     }
 
-    /// Makes the workspace of a learner and exercise ready to mount; returns the volume name.
+    /// Makes the workspace of a learner and exercise ready to mount; returns the volume name (the
+    /// one their workspace record names: derived from learner and exercise for a workspace made
+    /// for them, a pool's for one that came with a claimed pooled sandbox).
     pub async fn prepare(&self, learner: &str, exercise: &str, size_mb: u64) -> anyhow::Result<String> {
         let volume = volume_name(self.engine.instance(), learner, exercise);
         let record = self.store.claim_workspace(learner, exercise, &volume, size_mb as i64).await?;
+        self.attach_volume(&record.volume, record.size_mb as u64).await?;
+        Ok(record.volume)
+    }
+
+    /// Makes a pooled sandbox's fresh workspace ready to mount (its row in `pool_sandboxes`
+    /// names the volume; a claim hands it to the learner).
+    pub async fn prepare_pooled(&self, volume: &str, size_mb: u64) -> anyhow::Result<()> {
+        self.attach_volume(volume, size_mb).await
+    }
+
+    async fn attach_volume(&self, volume: &str, size_mb: u64) -> anyhow::Result<()> {
+        let volume = volume.to_string();
         let _guard = self.exclusive().await?;
         match self.driver {
             WorkspaceDriver::Volume => {
@@ -105,7 +127,7 @@ impl Workspaces {
             WorkspaceDriver::Loop => {
                 let image = self.image_path(&volume);
                 if tokio::fs::metadata(&image).await.is_err() {
-                    self.make_image(&image, record.size_mb as u64).await?;
+                    self.make_image(&image, size_mb).await?;
                 }
                 let device = self.attach(&image).await?;
                 let want =
@@ -123,7 +145,7 @@ impl Workspaces {
                 }
             }
         }
-        Ok(volume)
+        Ok(())
     }
 
     async fn make_image(&self, image: &std::path::Path, size_mb: u64) -> anyhow::Result<()> {
@@ -159,7 +181,8 @@ impl Workspaces {
     /// After the last session of a workspace ended: drop the volume and the loop device, keep
     /// the files. A volume still in use (a new session already started) is left alone.
     pub async fn release(&self, learner: &str, exercise: &str) -> anyhow::Result<()> {
-        let volume = volume_name(self.engine.instance(), learner, exercise);
+        let Some(record) = self.store.workspace(learner, exercise).await? else { return Ok(()) };
+        let volume = record.volume;
         self.store.touch_workspace(learner, exercise).await?;
         if self.driver == WorkspaceDriver::Volume {
             return Ok(());
@@ -230,6 +253,11 @@ impl Workspaces {
             if !known.contains(&v) {
                 let _guard = self.exclusive().await?;
                 self.detach(&v).await?;
+                // A pooled sandbox's workspace that no row or learner names (a crash between
+                // discarding its row and its files) was never a learner's: its files go too.
+                if v.starts_with(POOL_VOLUME_PREFIX) {
+                    let _ = tokio::fs::remove_file(self.image_path(&v)).await;
+                }
                 removed += 1;
             }
         }

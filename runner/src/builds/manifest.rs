@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    domain::{CheckSpec, Invalid, Limits, Slug},
+    domain::{CheckSpec, Invalid, Limits, PoolSpec, Slug},
     exercises::{check_limits, check_workdir, LimitOverrides},
 };
 
@@ -32,6 +32,8 @@ struct Raw {
     /// `ledger`); the self-test then wants it to pass on both.
     #[serde(default)]
     starting_files_pass: bool,
+    /// A warm pool of ready sandboxes (`[pool] min = 1, max = 4`); the operator's default when absent.
+    pool: Option<PoolSpec>,
 }
 
 /// A parsed and validated manifest.
@@ -53,6 +55,10 @@ pub struct Manifest {
     /// The starting files pass the check by design (refactoring exercises).
     #[serde(default)]
     pub starting_files_pass: bool,
+    /// The exercise's warm pool, when the manifest asks for one (checked against the operator's
+    /// cap when a build validates the tree).
+    #[serde(default)]
+    pub pool: Option<PoolSpec>,
 }
 
 fn field(name: &str, reason: impl std::fmt::Display) -> Invalid {
@@ -122,6 +128,9 @@ impl Manifest {
             }
         }
         check_limits(caps, &raw.limits).map_err(|e| field("limits", e.message))?;
+        if let Some(pool) = &raw.pool {
+            pool.check(u32::MAX).map_err(|e| field("pool", e.message))?;
+        }
         let learner_files = repo_dir("learner_files", raw.learner_files, "exercise")?;
         let hidden_tests = repo_dir("hidden_tests", raw.hidden_tests, DEFAULT_HIDDEN_TESTS)?;
         let solution = repo_dir("solution", raw.solution, "solution")?;
@@ -137,6 +146,7 @@ impl Manifest {
             writable: raw.writable,
             limits: raw.limits,
             starting_files_pass: raw.starting_files_pass,
+            pool: raw.pool,
         })
     }
 }
@@ -172,6 +182,7 @@ mod tests {
             ("slug = \"a\"\ntitle = \"A\"\n[limits]\nmemory_mb = 99999999", "limits"),
             ("slug = \"a\"\ntitle = \"A\"\nservices = [\"a b\"]", "services"),
             ("slug = \"a\"\ntitle = \"A\"\nbogus = 1", "bogus"),
+            ("slug = \"a\"\ntitle = \"A\"\n[pool]\nmin = 3\nmax = 1", "pool"),
             ("slug = \"a\"\ntitle = \"A\"\ncheck_timeout_secs = \"x\"", "check_timeout_secs"),
         ];
         for (text, name) in cases {

@@ -195,6 +195,10 @@ pub fn validate_tree(builds: &Builds, slug: &Slug, tree: &Tree) -> Result<Manife
             ),
         ));
     }
+    if let Some(pool) = &m.pool {
+        pool.check(builds.settings.pool_max_per_exercise)
+            .map_err(|e| Invalid::new(e.code, format!("{}: pool: {}", manifest::FILE, e.message)))?;
+    }
     if m.network && builds.settings.sandbox_network.is_none() {
         return Err(Invalid::new(
             "network_not_allowed",

@@ -36,6 +36,9 @@ pub async fn publish(builds: &Arc<Builds>, slug: &Slug, version: &str) -> Result
         spec.writable = m.writable.clone();
         spec.check = m.check.clone();
         spec.current_version = Some(version.to_string());
+        if m.pool.is_some() {
+            spec.pool = m.pool;
+        }
         let spec_json = serde_json::to_string(&spec).map_err(anyhow::Error::from)?;
         let read = existing.map(|r| r.revision);
         if builds.store.publish_version(slug.as_str(), version, &v.image, &spec_json, read).await? == Written::Conflict

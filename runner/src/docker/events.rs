@@ -48,10 +48,14 @@ impl DockerEngine {
                         let session = attributes.get(engine::LABEL_SESSION).filter(|s| {
                             attributes.get("name").map(String::as_str) == Some(&engine::sandbox_name(&instance, s))
                         });
+                        let pool = attributes.get(engine::LABEL_POOL).filter(|p| {
+                            attributes.get("name").map(String::as_str) == Some(&engine::pool_sandbox_name(&instance, p))
+                        });
                         kind.map(|kind| {
                             Ok(SandboxEvent {
                                 container: actor.id.unwrap_or_default(),
                                 session: session.cloned(),
+                                pool: pool.cloned(),
                                 kind,
                                 time_nano: m.time_nano.unwrap_or_else(|| m.time.unwrap_or(0) * 1_000_000_000),
                             })

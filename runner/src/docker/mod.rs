@@ -237,18 +237,24 @@ impl DockerEngine {
         Ok(list
             .into_iter()
             // Labels can come from an image; the name cannot. Only a container with the name the
-            // runner gives a session's sandbox is one.
-            .filter(|c| {
-                let session = c.labels.as_ref().and_then(|l| l.get(engine::LABEL_SESSION));
+            // runner gives a session's (or a pool's) sandbox is one.
+            .filter_map(|c| {
                 let names = c.names.as_deref().unwrap_or_default();
-                session.is_some_and(|s| {
-                    let expected = format!("/{}", engine::sandbox_name(&self.instance, s));
-                    names.contains(&expected)
-                })
+                let labels = c.labels.as_ref();
+                let named = |label: &str, name: &dyn Fn(&str) -> String| {
+                    labels
+                        .and_then(|l| l.get(label))
+                        .filter(|v| names.contains(&format!("/{}", name(v))))
+                        .cloned()
+                };
+                let session_id = named(engine::LABEL_SESSION, &|s| engine::sandbox_name(&self.instance, s));
+                let pool_id = named(engine::LABEL_POOL, &|p| engine::pool_sandbox_name(&self.instance, p));
+                (session_id.is_some() || pool_id.is_some()).then_some((c, session_id, pool_id))
             })
-            .map(|c| FoundSandbox {
+            .map(|(c, session_id, pool_id)| FoundSandbox {
                 id: c.id.unwrap_or_default(),
-                session_id: c.labels.and_then(|mut l| l.remove(engine::LABEL_SESSION)),
+                session_id,
+                pool_id,
                 running: c.state.as_deref() == Some("running"),
                 // The list's status line is how the engine reports health without an inspect
                 // per container: "Up 3 minutes (unhealthy)".

@@ -17,7 +17,7 @@ use crate::{
     domain::{Runtime, SandboxSpec, TMPFS_PATHS},
     engine::{
         ManagedAppContainer, Purpose, SandboxOwner, WorkspaceMount, LABEL_APP, LABEL_BUILD, LABEL_DEPLOY,
-        LABEL_EXERCISE, LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_SERVICE, LABEL_SESSION, LABEL_VERSION,
+        LABEL_EXERCISE, LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_POOL, LABEL_SERVICE, LABEL_SESSION, LABEL_VERSION,
     },
 };
 
@@ -50,6 +50,7 @@ pub(super) fn sandbox_container(
     ]);
     match owner.purpose {
         Purpose::Session(id) => labels.insert(LABEL_SESSION.to_string(), id.to_string()),
+        Purpose::Pool(id) => labels.insert(LABEL_POOL.to_string(), id.to_string()),
         Purpose::SelfTest(build) => labels.insert(LABEL_BUILD.to_string(), build.to_string()),
     };
     // `exec`: Docker defaults tmpfs to noexec, which would break running programs built in /tmp.

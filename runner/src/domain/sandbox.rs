@@ -62,6 +62,42 @@ impl Limits {
         Limits { memory_mb: 4096, cpus: 2.0, pids: 1024, tmpfs_mb: 512, workspace_mb: 4096 };
 }
 
+/// An exercise's warm pool: how many ready sandboxes to keep. The pool follows demand between the
+/// two (recent claims per minute); `max: 0` is no pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    #[serde(default)]
+    pub min: u32,
+    #[serde(default)]
+    pub max: u32,
+}
+
+impl PoolSpec {
+    /// Refuses a pool whose `min` exceeds its `max`, or whose `max` exceeds the operator's cap.
+    pub fn check(&self, cap: u32) -> Result<(), super::Invalid> {
+        if self.min > self.max {
+            return Err(super::Invalid::new(
+                "invalid_pool",
+                format!("pool.min = {} exceeds pool.max = {}", self.min, self.max),
+            ));
+        }
+        if self.max > cap {
+            return Err(super::Invalid::new(
+                "pool_exceeds_cap",
+                format!("pool.max = {} exceeds the operator's cap {cap} (RUNNER_POOL_MAX_PER_EXERCISE)", self.max),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many ready sandboxes to keep given `recent_claims` in the last minute: as many as
+    /// were claimed, between `min` and `max`.
+    pub fn target(&self, recent_claims: u32) -> u32 {
+        recent_claims.clamp(self.min, self.max.max(self.min))
+    }
+}
+
 /// How the learner's work is checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckSpec {

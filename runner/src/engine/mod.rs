@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Runtime, SandboxSpec};
 pub use values::{
-    sandbox_name, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo, ExecOutput, ExecRequest, ExecStream,
+    pool_sandbox_name, sandbox_name, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo, ExecOutput, ExecRequest, ExecStream,
     FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts, OtherContainer,
     Purpose, SandboxEvent, SandboxEventKind, SandboxEvents, SandboxOwner, WorkspaceMount,
 };
@@ -37,6 +37,7 @@ pub type Engine = Arc<dyn ContainerEngine>;
 pub const LABEL_MANAGED: &str = "exercise-runner.managed";
 pub const LABEL_INSTANCE: &str = "exercise-runner.instance";
 pub const LABEL_SESSION: &str = "exercise-runner.session";
+pub const LABEL_POOL: &str = "exercise-runner.pool";
 pub const LABEL_LEARNER: &str = "exercise-runner.learner";
 pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
 pub const LABEL_WORKSPACE: &str = "exercise-runner.workspace";
@@ -91,8 +92,8 @@ pub trait ContainerEngine: Send + Sync {
     /// The container's status; `None` when there is no such container.
     async fn container_status(&self, id_or_name: &str) -> anyhow::Result<Option<ContainerStatus>>;
 
-    /// All sandbox containers of this instance, running or not (only those named as the
-    /// runner names a session's sandbox: labels can come from an image, names cannot).
+    /// All sandbox containers of this instance, running or not: sessions' and pools' (only those
+    /// named as the runner names them: labels can come from an image, names cannot).
     async fn list_sandboxes(&self) -> anyhow::Result<Vec<FoundSandbox>>;
 
     /// Build self-test containers of this instance, running or not.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{LABEL_BUILD, LABEL_SESSION};
+use super::{LABEL_BUILD, LABEL_POOL, LABEL_SESSION};
 
 // ---- what callers describe ----
 
@@ -31,10 +31,12 @@ pub struct SandboxOwner<'a> {
     pub exercise: &'a str,
 }
 
-/// Why a sandbox exists: a learner's session, or the self-test of a build.
+/// Why a sandbox exists: a learner's session, a warm pool's ready sandbox (whose learner is not
+/// known yet), or the self-test of a build.
 #[derive(Debug, Clone, Copy)]
 pub enum Purpose<'a> {
     Session(&'a str),
+    Pool(&'a str),
     SelfTest(&'a str),
 }
 
@@ -44,6 +46,7 @@ impl Purpose<'_> {
     pub fn container_name(&self, instance: &str) -> String {
         match self {
             Purpose::Session(id) => sandbox_name(instance, id),
+            Purpose::Pool(id) => pool_sandbox_name(instance, id),
             Purpose::SelfTest(build) => format!("exercise-runner-{instance}-selftest-{build}"),
         }
     }
@@ -52,6 +55,13 @@ impl Purpose<'_> {
 /// The container name of a session's sandbox.
 pub fn sandbox_name(instance: &str, session_id: &str) -> String {
     format!("exercise-runner-{instance}-{session_id}")
+}
+
+/// The container name of a pooled sandbox. It keeps this name after a learner claims it: labels
+/// and names cannot change, so the session that owns it says so in the database
+/// (`sessions.container_id`).
+pub fn pool_sandbox_name(instance: &str, pool_id: &str) -> String {
+    format!("exercise-runner-{instance}-pool-{pool_id}")
 }
 
 /// One container of a managed app: a service replica, a release (migration) or a one-off command.
@@ -134,7 +144,7 @@ pub struct ImageInfo {
 impl ImageInfo {
     /// Labels the runner uses to recognise its own containers must not come from an image.
     pub fn spoofed_labels(&self) -> Vec<&str> {
-        [LABEL_SESSION, LABEL_BUILD].into_iter().filter(|l| self.labels.contains_key(*l)).collect()
+        [LABEL_SESSION, LABEL_BUILD, LABEL_POOL].into_iter().filter(|l| self.labels.contains_key(*l)).collect()
     }
 }
 
@@ -142,7 +152,10 @@ impl ImageInfo {
 #[derive(Debug, Clone)]
 pub struct FoundSandbox {
     pub id: String,
+    /// The session it was made for (a session's sandbox).
     pub session_id: Option<String>,
+    /// The pooled sandbox it was made as (a pool's; claimed or not, the database says).
+    pub pool_id: Option<String>,
     pub running: bool,
     /// Its image's health check has failed its retries (images on the base image have one).
     pub unhealthy: bool,
@@ -213,8 +226,10 @@ pub type ByteSink<'a> = dyn FnMut(&[u8]) + Send + 'a;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxEvent {
     pub container: String,
-    /// Its session (the label), for session sandboxes; `None` for self-tests.
+    /// Its session (the label), for session sandboxes; `None` for self-tests and pooled sandboxes.
     pub session: Option<String>,
+    /// Its pooled sandbox (the label), for a pool's sandboxes, claimed or not.
+    pub pool: Option<String>,
     pub kind: SandboxEventKind,
     /// When the engine saw it, in nanoseconds since the epoch: where a follower resumes after
     /// losing the stream, skipping what it has seen.

@@ -154,6 +154,7 @@ pub async fn publish(
 ) -> ApiResult<Json<Exercise>> {
     let slug = Slug::parse(&slug)?;
     let exercise = builds::versions::publish(&app.builds, &slug, &version).await?;
+    app.sessions.pools.changed.notify_one(); // drain the old version's pool now
     let _ = builds::versions::collect_garbage(&app.builds, &slug).await;
     Ok(Json(exercise))
 }

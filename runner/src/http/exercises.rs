@@ -24,6 +24,7 @@ pub async fn put(
 ) -> ApiResult<(StatusCode, Json<Exercise>)> {
     let slug = Slug::parse(&slug)?;
     let (exercise, created) = exercises::put(&app.settings, &app.store, &app.engine, &slug, input).await?;
+    app.sessions.pools.changed.notify_one(); // the pool may have changed: fill or drain it now
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(exercise)))
 }
 

@@ -36,6 +36,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/usage/top", get(usage::top))
         .route("/usage/exercises", get(usage::exercises))
         .route("/capacity", get(usage::capacity))
+        .route("/pools", get(usage::pools))
         .route(
             "/exercises/{slug}/builds",
             post(builds::create).get(builds::list).layer((

@@ -1,4 +1,5 @@
-//! `/v1/sessions/{id}/usage`, `/v1/usage/*`, `/v1/capacity`: the usage figures and the host's capacity.
+//! `/v1/sessions/{id}/usage`, `/v1/usage/*`, `/v1/capacity`, `/v1/pools`: the usage figures, the
+//! host's capacity and the warm pools.
 
 use std::sync::Arc;
 
@@ -69,4 +70,10 @@ pub async fn capacity_of(app: &App) -> anyhow::Result<Capacity> {
 
 pub async fn capacity(State(app): State<Arc<App>>) -> ApiResult<Json<Capacity>> {
     Ok(Json(capacity_of(&app).await?))
+}
+
+/// `GET /v1/pools`: every exercise's warm pool (min, max, target, ready, starting, recent claims).
+pub async fn pools(State(app): State<Arc<App>>) -> ApiResult<Json<serde_json::Value>> {
+    let pools = sessions::pool::status(&app.sessions).await?;
+    Ok(Json(json!({ "pools": pools })))
 }

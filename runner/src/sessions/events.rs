@@ -104,7 +104,23 @@ pub async fn follow<F, Fut>(
 }
 
 async fn handle(sessions: &Arc<Sessions>, ev: SandboxEvent) {
-    let Some(session) = ev.session.clone() else { return };
+    let session = match (&ev.session, &ev.pool) {
+        (Some(s), _) => s.clone(),
+        // A pooled sandbox: a learner's once claimed (the database names its session); one not
+        // claimed yet that died is replaced by the pool's next round.
+        (None, Some(_)) => match sessions.store.live_session_by_container(&ev.container).await {
+            Ok(Some(s)) => s.id,
+            Ok(None) => {
+                sessions.pools.changed.notify_one();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(container = %ev.container, error = %format!("{e:#}"), "could not look up a pooled sandbox's session");
+                return;
+            }
+        },
+        (None, None) => return,
+    };
     let id = format!("{}:{}", &ev.container, ev.time_nano);
     match ev.kind {
         SandboxEventKind::Oom => {
@@ -153,6 +169,7 @@ mod tests {
         Ok(SandboxEvent {
             container: container.into(),
             session: Some("s".into()),
+            pool: None,
             kind: SandboxEventKind::Oom,
             time_nano,
         })

@@ -5,6 +5,7 @@
 //! or raced by the reaper or the reconciler converges instead of duplicating containers.
 
 pub mod events;
+pub mod pool;
 pub mod reaper;
 pub mod reconcile;
 
@@ -25,7 +26,7 @@ use crate::{
     ide::IdeProxy,
     lifecycle::SessionEvent,
     metrics::Metrics,
-    store::{now_ms, SessionFilter, SessionRecord, Store},
+    store::{self, now_ms, SessionFilter, SessionRecord, Store},
     workspaces::Workspaces,
 };
 
@@ -46,6 +47,8 @@ pub struct Sessions {
     /// Since when (ms) this runner refuses new sessions, when an operator drained it. Kept in
     /// memory: it is this process's state, and a restarted runner takes sessions again.
     pub draining: Mutex<Option<i64>>,
+    /// The warm pools' state in this process (what it is making, recent claims, back-off).
+    pub pools: pool::Pools,
 }
 
 impl Sessions {
@@ -61,6 +64,7 @@ impl Sessions {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
             draining: Mutex::new(None),
+            pools: pool::Pools::default(),
             settings,
             store,
             engine,
@@ -168,11 +172,37 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
         sessions.metrics.rejected_requests.with_label_values(&["draining"]).inc();
         return Err(SessionError::Draining);
     }
-    if sessions.store.count_live_sessions().await? >= sessions.settings.max_live_sessions as i64 {
+    let max = sessions.settings.max_live_sessions as i64;
+    let live = sessions.store.count_live_sessions().await?;
+    if live >= max {
         sessions.metrics.rejected_requests.with_label_values(&["session_capacity"]).inc();
         return Err(SessionError::AtCapacity(sessions.settings.max_live_sessions));
     }
     let requested_at = Instant::now();
+    let now = now_ms();
+    let template = SessionRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        learner: learner.to_string(),
+        exercise: exercise.to_string(),
+        image: record.image.clone(),
+        spec: String::new(),
+        state: SessionState::Starting,
+        failure_reason: None,
+        container_id: None,
+        created_at: now,
+        last_activity_at: now,
+        ended_at: None,
+    };
+    // A new learner takes a pooled sandbox when one is ready: a database write, no start.
+    match pool::claim(sessions, &record, &template, requested_at).await? {
+        Some(store::Claim::Claimed(session, _)) => return Ok(Created { session, new: true }),
+        Some(store::Claim::LiveSession) => {
+            if let Some(live) = sessions.store.live_session_for(learner.as_str(), exercise.as_str()).await? {
+                return Ok(Created { session: live, new: false });
+            }
+        }
+        _ => {}
+    }
     let permit =
         match tokio::time::timeout(sessions.settings.start_queue_timeout, sessions.start_slots.clone().acquire_owned())
             .await
@@ -190,19 +220,10 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
         Some(image) => image.labels.contains_key(crate::engine::LABEL_BASE),
         None => true,
     };
-    let now = now_ms();
     let session = SessionRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        learner: learner.to_string(),
-        exercise: exercise.to_string(),
         image: spec.image.clone(),
         spec: serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
-        state: SessionState::Starting,
-        failure_reason: None,
-        container_id: None,
-        created_at: now,
-        last_activity_at: now,
-        ended_at: None,
+        ..template
     };
     if sessions.store.insert_session(&session).await?.is_none() {
         // A concurrent request for the same learner and exercise won the race: answer with its session.
@@ -211,6 +232,14 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
             Some(live) => Ok(Created { session: live, new: false }),
             None => Err(anyhow::anyhow!("session conflict without a live session").into()),
         };
+    }
+    // Pooled sandboxes count against the cap and give way to learners. The session is written
+    // first, so a pool round meanwhile sees the cap reached and makes no new pooled sandbox.
+    let over = sessions.store.count_live_sessions().await? + sessions.store.count_pooled().await? - max;
+    for _ in 0..over.max(0) {
+        if !pool::evict_one(sessions).await? {
+            break;
+        }
     }
     // The start runs in its own task: a caller that disconnects does not abandon a half-made sandbox.
     let task = spawn_start(sessions.clone(), session.clone(), permit, requested_at);
@@ -266,6 +295,7 @@ pub(crate) fn spawn_start(
                     .observe(requested_at.elapsed().as_secs_f64());
                 tracing::info!(session = %id, learner = %session.learner, exercise = %session.exercise,
                     ms = requested_at.elapsed().as_millis() as u64, "session started");
+                observe_ready(&sessions, &session, requested_at);
                 record_event(&sessions, &id, SessionEvent::Started, None).await;
             }
             Ok(false) => {
@@ -287,6 +317,24 @@ pub(crate) fn spawn_start(
         }
         sessions.starting.lock().expect("lock").remove(&id);
     })
+}
+
+/// Measures, in the background, when a cold-started sandbox's IDE agent answers (the
+/// `runner_session_ready_duration_seconds` histogram): what the learner waits for, beyond the
+/// container running.
+fn observe_ready(sessions: &Arc<Sessions>, session: &SessionRecord, requested_at: Instant) {
+    let ide = serde_json::from_str::<SandboxSpec>(&session.spec).is_ok_and(|s| s.ide);
+    let Some(container) = ide.then(|| engine::sandbox_name(sessions.engine.instance(), &session.id)) else { return };
+    let sessions = sessions.clone();
+    tokio::spawn(async move {
+        if pool::wait_ready(&sessions, &container, std::time::Duration::from_secs(30)).await.is_ok() {
+            sessions
+                .metrics
+                .session_ready_seconds
+                .with_label_values(&[sessions.settings.runtime.as_str(), "cold"])
+                .observe(requested_at.elapsed().as_secs_f64());
+        }
+    });
 }
 
 /// Makes the session's sandbox run: workspace, container, start, record. Returns false when the

@@ -61,13 +61,31 @@ pub enum Action {
 /// What to do, from what the database intends (`live` sessions), what Docker has (`observed`
 /// sandboxes of this instance) and which starts are in flight (here or in another replica, by
 /// its start lease): pure, so every case is a unit test.
-pub fn plan(live: &[SessionRecord], observed: &[FoundSandbox], in_flight: &HashSet<String>) -> Vec<Action> {
+///
+/// A claimed pooled sandbox carries its pool's name and labels, not its session's: the session
+/// that names it as its `container_id` owns it. Pooled sandboxes not claimed (`pooled`: the pool
+/// ids the database or this process's pool know) are the pool's to manage, not orphans.
+pub fn plan(
+    live: &[SessionRecord],
+    observed: &[FoundSandbox],
+    in_flight: &HashSet<String>,
+    pooled: &HashSet<String>,
+) -> Vec<Action> {
+    let by_container: HashMap<&str, &FoundSandbox> = observed.iter().map(|c| (c.id.as_str(), c)).collect();
     let mut by_session: HashMap<&str, &FoundSandbox> = HashMap::new();
     for c in observed {
         if let Some(s) = c.session_id.as_deref() {
             by_session.insert(s, c);
         }
     }
+    for s in live {
+        let claimed = s.container_id.as_deref().and_then(|c| by_container.get(c)).filter(|c| c.pool_id.is_some());
+        if let Some(c) = claimed {
+            by_session.entry(s.id.as_str()).or_insert(c);
+        }
+    }
+    let owned_containers: HashSet<&str> =
+        live.iter().filter_map(|s| by_session.get(s.id.as_str()).map(|c| c.id.as_str())).collect();
     let mut actions = vec![];
     for s in live.iter().filter(|s| !in_flight.contains(&s.id)) {
         let session = s.id.clone();
@@ -87,7 +105,9 @@ pub fn plan(live: &[SessionRecord], observed: &[FoundSandbox], in_flight: &HashS
     }
     let live_ids: HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
     for c in observed {
-        let owned = c.session_id.as_deref().is_some_and(|s| live_ids.contains(s) || in_flight.contains(s));
+        let owned = c.session_id.as_deref().is_some_and(|s| live_ids.contains(s) || in_flight.contains(s))
+            || owned_containers.contains(c.id.as_str())
+            || c.pool_id.as_deref().is_some_and(|p| pooled.contains(p));
         if !owned {
             actions.push(Action::RemoveOrphan { container: c.id.clone() });
         }
@@ -102,8 +122,13 @@ pub async fn reconcile_once(sessions: &Arc<Sessions>) -> anyhow::Result<Report> 
     let mut in_flight = sessions.starting.lock().expect("lock").clone();
     // Starts other replicas on the same database are making right now.
     in_flight.extend(sessions.store.leased_starts(crate::store::now_ms()).await?);
+    // Pooled sandboxes: read after Docker too, so one made since the listing is known here.
+    let mut pooled: HashSet<String> = sessions.store.pooled().await?.into_iter().map(|p| p.id).collect();
+    pooled.extend(sessions.pools.in_flight());
+    // A claim commits its session after the listing: read the live sessions again for it.
+    let live = if pooled.is_empty() { live } else { sessions.store.live_sessions().await? };
     let mut report = Report::default();
-    for action in plan(&live, &observed, &in_flight) {
+    for action in plan(&live, &observed, &in_flight, &pooled) {
         execute(sessions, &live, action, &mut report).await?;
     }
     if let Err(e) = sessions.workspaces.remove_orphan_volumes().await {
@@ -224,7 +249,7 @@ mod tests {
     }
 
     fn sandbox(id: &str, session: Option<&str>, running: bool) -> FoundSandbox {
-        FoundSandbox { id: id.into(), session_id: session.map(str::to_string), running, unhealthy: false }
+        FoundSandbox { id: id.into(), session_id: session.map(str::to_string), pool_id: None, running, unhealthy: false }
     }
 
     fn none() -> HashSet<String> {
@@ -236,7 +261,7 @@ mod tests {
         let live = [session("a", SessionState::Running, Some("c1")), session("b", SessionState::Starting, None)];
         let observed = [sandbox("c1", Some("a"), true), sandbox("c2", Some("b"), true)];
         assert_eq!(
-            plan(&live, &observed, &none()),
+            plan(&live, &observed, &none(), &none()),
             vec![
                 Action::Adopt { session: "a".into(), container: "c1".into(), record: false },
                 Action::Adopt { session: "b".into(), container: "c2".into(), record: true },
@@ -246,7 +271,7 @@ mod tests {
         let live = [session("a", SessionState::Running, Some("old"))];
         let observed = [sandbox("c1", Some("a"), true)];
         assert_eq!(
-            plan(&live, &observed, &none()),
+            plan(&live, &observed, &none(), &none()),
             vec![Action::Adopt { session: "a".into(), container: "c1".into(), record: true }]
         );
     }
@@ -256,7 +281,7 @@ mod tests {
         let live = [session("a", SessionState::Running, Some("c1")), session("b", SessionState::Running, Some("c2"))];
         let observed = [sandbox("c1", Some("a"), false)];
         assert_eq!(
-            plan(&live, &observed, &none()),
+            plan(&live, &observed, &none(), &none()),
             vec![
                 Action::Restart { session: "a".into(), container: "c1".into() },
                 Action::Recreate { session: "b".into() },
@@ -273,7 +298,7 @@ mod tests {
         ];
         let in_flight: HashSet<String> = ["b".to_string()].into();
         assert_eq!(
-            plan(&live, &observed, &in_flight),
+            plan(&live, &observed, &in_flight, &none()),
             vec![Action::ReplaceUnhealthy { session: "a".into(), container: "c1".into() }]
         );
     }
@@ -283,7 +308,7 @@ mod tests {
         let live = [session("a", SessionState::Stopping, Some("c1")), session("b", SessionState::Stopping, None)];
         let observed = [sandbox("c1", Some("a"), true)];
         assert_eq!(
-            plan(&live, &observed, &none()),
+            plan(&live, &observed, &none(), &none()),
             vec![Action::FinishStop { session: "a".into() }, Action::FinishStop { session: "b".into() }]
         );
     }
@@ -293,7 +318,7 @@ mod tests {
         let live = [session("a", SessionState::Running, Some("c1"))];
         let observed = [sandbox("c1", Some("a"), true), sandbox("c2", Some("gone"), true), sandbox("c3", None, false)];
         assert_eq!(
-            plan(&live, &observed, &none()),
+            plan(&live, &observed, &none(), &none()),
             vec![
                 Action::Adopt { session: "a".into(), container: "c1".into(), record: false },
                 Action::RemoveOrphan { container: "c2".into() },
@@ -309,11 +334,41 @@ mod tests {
         let live = [session("a", SessionState::Starting, None), session("b", SessionState::Running, Some("c2"))];
         let observed = [sandbox("c-new", Some("new"), true), sandbox("c2", Some("b"), false)];
         let in_flight: HashSet<String> = ["a".to_string(), "new".to_string(), "b".to_string()].into();
-        assert_eq!(plan(&live, &observed, &in_flight), vec![]);
+        assert_eq!(plan(&live, &observed, &in_flight, &none()), vec![]);
+    }
+
+    #[test]
+    fn a_claimed_pooled_sandbox_is_its_sessions_and_an_unclaimed_one_the_pools() {
+        let pooled_box = |id: &str, pool: &str, running: bool| FoundSandbox {
+            pool_id: Some(pool.into()),
+            ..sandbox(id, None, running)
+        };
+        // "a" claimed the sandbox of pool p1 (its container id is in the database); p2 is ready in
+        // the pool; p3 is a pooled container nobody knows (a crash between its row's delete and
+        // its removal).
+        let live = [session("a", SessionState::Running, Some("c1")), session("b", SessionState::Running, Some("c4"))];
+        let observed =
+            [pooled_box("c1", "p1", true), pooled_box("c2", "p2", true), pooled_box("c3", "p3", true), pooled_box("c4", "p4", false)];
+        let pooled: HashSet<String> = ["p2".to_string()].into();
+        assert_eq!(
+            plan(&live, &observed, &none(), &pooled),
+            vec![
+                Action::Adopt { session: "a".into(), container: "c1".into(), record: false },
+                Action::Restart { session: "b".into(), container: "c4".into() },
+                Action::RemoveOrphan { container: "c3".into() },
+            ]
+        );
+        // A pooled container is a session's only through the database: a session that does not
+        // name it gets its own sandbox made again instead.
+        let live = [session("a", SessionState::Running, Some("elsewhere"))];
+        assert_eq!(
+            plan(&live, &[pooled_box("c1", "p1", true)], &none(), &none()),
+            vec![Action::Recreate { session: "a".into() }, Action::RemoveOrphan { container: "c1".into() }]
+        );
     }
 
     #[test]
     fn nothing_to_do_for_nothing() {
-        assert_eq!(plan(&[], &[], &none()), vec![]);
+        assert_eq!(plan(&[], &[], &none(), &none()), vec![]);
     }
 }

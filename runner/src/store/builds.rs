@@ -190,9 +190,12 @@ impl Store {
         Ok(())
     }
 
-    /// Images that live sessions run (they keep their version until they end).
+    /// Images that live sessions run (they keep their version until they end) or pooled sandboxes hold.
     pub async fn images_in_use(&self) -> anyhow::Result<Vec<String>> {
-        let sql = format!("SELECT DISTINCT image FROM sessions WHERE {}", state_in("state", SessionState::UNFINISHED));
+        let sql = format!(
+            "SELECT DISTINCT image FROM sessions WHERE {} UNION SELECT image FROM pool_sandboxes",
+            state_in("state", SessionState::UNFINISHED)
+        );
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok(r.try_get::<String, _>("image")?)).collect()
     }

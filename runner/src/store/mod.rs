@@ -4,6 +4,7 @@
 mod builds;
 mod journal;
 mod managed_apps;
+mod pools;
 mod records;
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
 pub use journal::{AuditEntry, SessionEvent};
 pub use managed_apps::{DeployRecord, ManagedAppRecord};
+pub use pools::{Claim, PoolRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
 
 use crate::lifecycle::{Lifecycle, SessionState};
@@ -478,6 +480,34 @@ impl Store {
         WorkspaceRecord::from_row(&row)
     }
 
+    /// The workspace of a learner and exercise, when they have one.
+    pub async fn workspace(&self, learner: &str, exercise: &str) -> anyhow::Result<Option<WorkspaceRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM workspaces WHERE learner = $1 AND exercise = $2",
+            WorkspaceRecord::COLUMNS
+        ))
+        .bind(learner)
+        .bind(exercise)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| WorkspaceRecord::from_row(&r)).transpose()
+    }
+
+    /// The workspace volumes of learners with a live session, by (learner, exercise).
+    pub async fn live_workspace_volumes(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<(String, String), String>> {
+        let sql = format!(
+            "SELECT w.learner AS learner, w.exercise AS exercise, w.volume AS volume FROM workspaces w \
+             JOIN sessions s ON s.learner = w.learner AND s.exercise = w.exercise WHERE {}",
+            state_in("s.state", SessionState::LIVE)
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok(((r.try_get("learner")?, r.try_get("exercise")?), r.try_get("volume")?)))
+            .collect()
+    }
+
     pub async fn touch_workspace(&self, learner: &str, exercise: &str) -> anyhow::Result<()> {
         sqlx::query("UPDATE workspaces SET last_used_at = $1 WHERE learner = $2 AND exercise = $3")
             .bind(now_ms())
@@ -509,7 +539,10 @@ impl Store {
     }
 
     pub async fn workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
-        let rows = sqlx::query("SELECT volume FROM workspaces").fetch_all(&self.pool).await?;
+        // A pooled sandbox's workspace is known from its row until a claim moves it to a learner.
+        let rows = sqlx::query("SELECT volume FROM workspaces UNION SELECT volume FROM pool_sandboxes")
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(|r| Ok(r.try_get::<String, _>("volume")?)).collect()
     }
 }

@@ -29,14 +29,18 @@ pub struct SessionsCapacity {
     pub live: u64,
     /// `RUNNER_MAX_LIVE_SESSIONS`.
     pub max: u64,
+    /// Warm pools' sandboxes: they count against `max` too, and make way for learners.
+    pub pooled: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryCapacity {
-    /// `sessions_bytes + builds_bytes`: what the sandboxes may use at most.
+    /// `sessions_bytes + pool_bytes + builds_bytes`: what the sandboxes may use at most.
     pub committed_bytes: u64,
     /// The memory limits of the live sessions' sandboxes.
     pub sessions_bytes: u64,
+    /// The memory limits of the warm pools' sandboxes.
+    pub pool_bytes: u64,
     /// `RUNNER_BUILD_MEMORY_MB` for each build building or self-testing.
     pub builds_bytes: u64,
     /// `/proc/meminfo`'s `MemTotal` and `MemAvailable`.
@@ -46,7 +50,7 @@ pub struct MemoryCapacity {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuCapacity {
-    /// The CPU quotas of the live sessions' sandboxes.
+    /// The CPU quotas of the live sessions' and pools' sandboxes.
     pub committed_cores: f64,
     pub host_cores: usize,
 }
@@ -76,6 +80,13 @@ pub(super) async fn gather(settings: &Settings, store: &Store, start_slots: Slot
         memory_mb += limits.memory_mb;
         cores += limits.cpus;
     }
+    let (mut pooled, mut pool_mb) = (0u64, 0u64);
+    for p in store.pooled().await? {
+        let limits = serde_json::from_str::<SandboxSpec>(&p.spec).map(|s| s.limits).unwrap_or(settings.default_limits);
+        pooled += 1;
+        pool_mb += limits.memory_mb;
+        cores += limits.cpus;
+    }
     let queued = store.count_builds_in(&[BuildState::Queued]).await?.max(0) as u64;
     let running = store.count_builds_in(&[BuildState::Building, BuildState::Testing]).await?.max(0) as u64;
     let (host_total, host_available) =
@@ -83,11 +94,13 @@ pub(super) async fn gather(settings: &Settings, store: &Store, start_slots: Slot
     let disk = super::cgroup::filesystem_free(&settings.data_dir);
     let sessions_bytes = memory_mb * 1024 * 1024;
     let builds_bytes = running * settings.build_memory_mb * 1024 * 1024;
+    let pool_bytes = pool_mb * 1024 * 1024;
     Ok(Capacity {
-        sessions: SessionsCapacity { live, max: settings.max_live_sessions },
+        sessions: SessionsCapacity { live, max: settings.max_live_sessions, pooled },
         memory: MemoryCapacity {
-            committed_bytes: sessions_bytes + builds_bytes,
+            committed_bytes: sessions_bytes + pool_bytes + builds_bytes,
             sessions_bytes,
+            pool_bytes,
             builds_bytes,
             host_total_bytes: host_total,
             host_available_bytes: host_available,

@@ -495,7 +495,7 @@ impl Usage {
     /// self-tests and app containers from one engine list call when there can be any.
     pub async fn targets(&self) -> anyhow::Result<Vec<Target>> {
         let loop_driver = self.settings.workspace_driver == WorkspaceDriver::Loop;
-        let instance = &self.settings.instance;
+        let volumes = if loop_driver { self.store.live_workspace_volumes().await? } else { Default::default() };
         let mut targets: Vec<Target> = self
             .store
             .live_sessions()
@@ -506,7 +506,7 @@ impl Usage {
                 let container = s.container_id.clone()?;
                 let spec: Option<SandboxSpec> = serde_json::from_str(&s.spec).ok();
                 Some(Target {
-                    workspace: loop_driver.then(|| crate::workspaces::volume_name(instance, &s.learner, &s.exercise)),
+                    workspace: volumes.get(&(s.learner.clone(), s.exercise.clone())).cloned(),
                     key: s.id,
                     kind: Kind::Session,
                     group: s.exercise,
