@@ -164,6 +164,92 @@ async fn after_kill_9_and_restart_every_session_is_live_with_the_same_container(
     drop(tmp);
 }
 
+impl RunnerProcess {
+    async fn pool(&self, exercise: &str) -> Value {
+        let (_, v) = self.call(reqwest::Method::GET, "/v1/pools", None).await;
+        v["pools"].as_array().into_iter().flatten().find(|p| p["exercise"] == exercise).cloned().unwrap_or(Value::Null)
+    }
+
+    async fn wait_pool_ready(&self, exercise: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = self.pool(exercise).await;
+            if p["ready"] == n && p["starting"] == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pool of {exercise} not at {n} ready: {p}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn reconcile_rounds(&self) -> f64 {
+        let text = self.client.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.starts_with("runner_reconcile_rounds_total "));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    }
+}
+
+/// The container a session runs in, as the database says (a claimed pooled sandbox keeps its
+/// pool's name and labels).
+async fn session_container_in_db(data_dir: &Path, session: &str) -> String {
+    let url = format!("sqlite://{}", data_dir.join("runner.db").display());
+    let store = runner::store::Store::connect(&url).await.unwrap();
+    store.session(session).await.unwrap().unwrap().container_id.unwrap()
+}
+
+fn pooled_of(instance: &str) -> Vec<String> {
+    let filter = format!("label=exercise-runner.instance={instance}");
+    let mut v: Vec<String> =
+        docker(&["ps", "-aq", "--no-trunc", "--filter", &filter, "--filter", "label=exercise-runner.pool"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_survives_kill_9_of_the_runner_adopted_not_leaked_or_doubled() {
+    require_docker();
+    let (instance, tmp) = new_instance();
+    let _cleanup = Cleanup(instance.clone(), tmp.path().to_path_buf());
+    let mut first = RunnerProcess::start(tmp.path(), &instance).await;
+    let body = json!({"image": IMAGE, "pool": {"min": 2, "max": 2}});
+    let (s, v) = first.call(reqwest::Method::PUT, "/v1/exercises/warm", Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    first.wait_pool_ready("warm", 2).await;
+    let pooled = pooled_of(&instance);
+    assert_eq!(pooled.len(), 2);
+    // One of them is claimed before the crash: it is that learner's session's sandbox now.
+    let ada = first.session("ada", "warm").await;
+    first.wait_pool_ready("warm", 2).await;
+    let before = pooled_of(&instance);
+    assert_eq!(before.len(), 3, "two ready and ada's");
+
+    first.kill_9();
+    let second = RunnerProcess::start(tmp.path(), &instance).await;
+    // Let the reconciler and the pool run a few rounds on what the crash left.
+    let rounds = second.reconcile_rounds().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.reconcile_rounds().await < rounds + 2.0 {
+        assert!(Instant::now() < deadline, "the reconciler did not run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.wait_pool_ready("warm", 2).await;
+    assert_eq!(pooled_of(&instance), before, "the same sandboxes: adopted, none removed, none added");
+    let (_, v) = second.call(reqwest::Method::GET, &format!("/v1/sessions/{}", ada["id"].as_str().unwrap()), None).await;
+    assert_eq!(v["state"], "running", "{v}");
+    // The next learner still gets one of the pooled sandboxes made before the crash.
+    let bo = second.session("bo", "warm").await;
+    assert_eq!(bo["state"], "running");
+    assert!(before.contains(&session_container_in_db(tmp.path(), bo["id"].as_str().unwrap()).await));
+    second.wait_pool_ready("warm", 2).await;
+    assert_eq!(containers_of(&instance).len(), 4, "ada's, bo's and two ready: {:?}", pooled_of(&instance));
+    drop(second);
+    drop(tmp);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_runner_gracefully_and_sandboxes_keep_running() {
     require_docker();

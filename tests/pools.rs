@@ -192,10 +192,20 @@ async fn publishing_a_new_version_drains_the_old_versions_pool() {
     let v2_image = ex["image"].as_str().unwrap().to_string();
     assert_ne!(v1_image, v2_image);
     eventually(Duration::from_secs(60), "the pool holds only the new version", || {
-        let now = pooled_containers(&app.instance);
-        let images: Vec<String> =
-            now.iter().map(|c| inspect(c)["Config"]["Image"].as_str().unwrap_or_default().to_string()).collect();
-        (now.len() == 2 && now.iter().all(|c| !old.contains(c)) && images.iter().all(|i| *i == v2_image)).then_some(())
+        // One listing (id and image together): a container removed between two calls is no error.
+        let listing = docker(&[
+            "ps",
+            "-a",
+            "--no-trunc",
+            "--filter",
+            &format!("label=exercise-runner.instance={}", app.instance),
+            "--filter",
+            "label=exercise-runner.pool",
+            "--format",
+            "{{.ID}} {{.Image}}",
+        ]);
+        let now: Vec<(&str, &str)> = listing.lines().filter_map(|l| l.split_once(' ')).collect();
+        (now.len() == 2 && now.iter().all(|(c, image)| !old.contains(*c) && *image == v2_image)).then_some(())
     })
     .await;
     wait_ready(&app, "ver", 2).await;
