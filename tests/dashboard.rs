@@ -300,6 +300,8 @@ async fn the_dashboard_works_in_a_real_browser() {
     // Another learner's session, small (busybox), for the table to sort.
     app.exercise("dash-other", json!({})).await;
     app.session("grace-hopper", "dash-other").await;
+    // A warm pool of one, for the overview's pools card (never claimed here).
+    app.exercise("dash-pool", json!({"pool": {"min": 1, "max": 2}})).await;
     // A sandbox on the base image (python3) that will hold 64 MiB.
     let slug = "dash-memory";
     let body = json!({"image": "exercise-runner/base:latest", "limits": {"memory_mb": 256, "tmpfs_mb": 16},

@@ -238,7 +238,8 @@ async fn a_warm_pool_survives_kill_9_of_the_runner_adopted_not_leaked_or_doubled
     }
     second.wait_pool_ready("warm", 2).await;
     assert_eq!(pooled_of(&instance), before, "the same sandboxes: adopted, none removed, none added");
-    let (_, v) = second.call(reqwest::Method::GET, &format!("/v1/sessions/{}", ada["id"].as_str().unwrap()), None).await;
+    let (_, v) =
+        second.call(reqwest::Method::GET, &format!("/v1/sessions/{}", ada["id"].as_str().unwrap()), None).await;
     assert_eq!(v["state"], "running", "{v}");
     // The next learner still gets one of the pooled sandboxes made before the crash.
     let bo = second.session("bo", "warm").await;

@@ -29,9 +29,8 @@ fn pooled_containers(instance: &str) -> Vec<String> {
 /// The container a session runs in, as the database says (a claimed pooled sandbox keeps its
 /// pool's name and labels).
 async fn container_of(app: &TestApp, session: &str) -> String {
-    let store = runner::store::Store::connect(&format!("sqlite://{}", app.data_dir.join("runner.db").display()))
-        .await
-        .unwrap();
+    let store =
+        runner::store::Store::connect(&format!("sqlite://{}", app.data_dir.join("runner.db").display())).await.unwrap();
     store.session(session).await.unwrap().unwrap().container_id.expect("a running session names its container")
 }
 
@@ -95,7 +94,8 @@ async fn twenty_learners_at_once_on_a_pool_of_five_get_five_pooled_and_fifteen_c
     assert_eq!(metric(&app, "runner_pool_claims_total{exercise=\"pooled\",outcome=\"miss\"}").await, 15.0);
     // The pool is refilled for the next learners, with new sandboxes.
     wait_ready(&app, "pooled", 5).await;
-    let refilled: HashSet<String> = pooled_containers(&app.instance).into_iter().filter(|c| !ready.contains(c)).collect();
+    let refilled: HashSet<String> =
+        pooled_containers(&app.instance).into_iter().filter(|c| !ready.contains(c)).collect();
     assert!(refilled.len() >= 5, "five new pooled sandboxes: {refilled:?}");
     assert!(metric(&app, "runner_pool_claim_duration_seconds_count{exercise=\"pooled\"}").await >= 5.0);
 }
@@ -119,7 +119,10 @@ async fn a_claimed_workspace_is_the_learners_and_comes_back_in_their_next_sessio
     wait_ready(&app, "keep", 1).await;
     let again = app.session("ada", "keep").await;
     let again_container = container_of(&app, again["id"].as_str().unwrap()).await;
-    assert!(!pooled_containers(&app.instance).contains(&again_container), "a returning learner is not served from the pool");
+    assert!(
+        !pooled_containers(&app.instance).contains(&again_container),
+        "a returning learner is not served from the pool"
+    );
     let (code, out) = sandbox_exec(&again_container, "cat /workspace/notes.txt");
     assert_eq!((code, out.trim()), (0, "mine"));
     assert_eq!(metric(&app, "runner_pool_claims_total{exercise=\"keep\",outcome=\"returning\"}").await, 1.0);
@@ -171,7 +174,8 @@ async fn at_the_session_cap_pooled_sandboxes_make_way_for_learners_before_anyone
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_a_new_version_drains_the_old_versions_pool() {
     let app = spawn_app().await;
-    let manifest = "slug = \"ver\"\ntitle = \"V\"\ncheck = [\"sh\", \"/opt/exercise/tests/check.sh\"]\n[pool]\nmin = 2\nmax = 2\n";
+    let manifest =
+        "slug = \"ver\"\ntitle = \"V\"\ncheck = [\"sh\", \"/opt/exercise/tests/check.sh\"]\n[pool]\nmin = 2\nmax = 2\n";
     let (s, b) = app.submit_build("ver", quick_exercise("ver", &[("exercise.toml", manifest)])).await;
     assert_eq!(s, 202, "{b}");
     let b = app.wait_build(b["id"].as_str().unwrap(), Duration::from_secs(120)).await;

@@ -176,8 +176,11 @@ impl Metrics {
         )
         .unwrap();
         let pool_claim_seconds = HistogramVec::new(
-            HistogramOpts::new("runner_pool_claim_duration_seconds", "Time to claim a pooled sandbox for a new session")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            HistogramOpts::new(
+                "runner_pool_claim_duration_seconds",
+                "Time to claim a pooled sandbox for a new session",
+            )
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
             &["exercise"],
         )
         .unwrap();

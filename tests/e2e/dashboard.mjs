@@ -219,6 +219,11 @@ async function main() {
     const p50 = (await page.textContent('#latency-p50')).trim();
     if (!/\d/.test(p50)) throw new Error(`p50 start latency: ${p50}`);
     await page.waitForSelector('#drain');
+    // The warm pool of dash-pool: one ready sandbox, its target between 1 and 2.
+    await until('the pool of dash-pool with one ready', 20000, async () => {
+      const cell = page.locator('#pools tr[data-exercise="dash-pool"] [data-figure=ready]');
+      return (await cell.count()) === 1 && /^1/.test((await cell.textContent()).trim());
+    });
     // The memory bomb the test set off beside the held memory is a problem worth telling.
     await until('the OOM kill among the problems', 20000, async () => /OOM kill: .*on /.test(await page.textContent('#problems')));
     await shot('overview');

@@ -242,10 +242,7 @@ impl DockerEngine {
                 let names = c.names.as_deref().unwrap_or_default();
                 let labels = c.labels.as_ref();
                 let named = |label: &str, name: &dyn Fn(&str) -> String| {
-                    labels
-                        .and_then(|l| l.get(label))
-                        .filter(|v| names.contains(&format!("/{}", name(v))))
-                        .cloned()
+                    labels.and_then(|l| l.get(label)).filter(|v| names.contains(&format!("/{}", name(v)))).cloned()
                 };
                 let session_id = named(engine::LABEL_SESSION, &|s| engine::sandbox_name(&self.instance, s));
                 let pool_id = named(engine::LABEL_POOL, &|p| engine::pool_sandbox_name(&self.instance, p));

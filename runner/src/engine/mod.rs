@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Runtime, SandboxSpec};
 pub use values::{
-    pool_sandbox_name, sandbox_name, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo, ExecOutput, ExecRequest, ExecStream,
-    FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts, OtherContainer,
-    Purpose, SandboxEvent, SandboxEventKind, SandboxEvents, SandboxOwner, WorkspaceMount,
+    pool_sandbox_name, sandbox_name, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo, ExecOutput,
+    ExecRequest, ExecStream, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo,
+    NetworkFacts, OtherContainer, Purpose, SandboxEvent, SandboxEventKind, SandboxEvents, SandboxOwner, WorkspaceMount,
 };
 
 /// The engine everyone holds: cheap to clone, shared by every capability.

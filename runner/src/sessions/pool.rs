@@ -109,6 +109,11 @@ pub struct PoolStatus {
     pub recent_claims: u32,
     /// Pooled sandboxes failed to start lately: the pool waits before trying again.
     pub backing_off: bool,
+    /// Since this runner started: new learners served from the pool, new learners who found it
+    /// empty (cold starts), returning learners (cold starts on their own workspace).
+    pub hits: u64,
+    pub misses: u64,
+    pub returning: u64,
 }
 
 /// Every exercise with a pool, or with pooled sandboxes left, by slug.
@@ -133,6 +138,9 @@ pub async fn status(sessions: &Sessions) -> anyhow::Result<Vec<PoolStatus>> {
             starting: count(PoolState::Starting),
             recent_claims: recent,
             backing_off: sessions.pools.backing_off(&e.slug),
+            hits: sessions.metrics.pool_claims.with_label_values(&[&e.slug, "hit"]).get(),
+            misses: sessions.metrics.pool_claims.with_label_values(&[&e.slug, "miss"]).get(),
+            returning: sessions.metrics.pool_claims.with_label_values(&[&e.slug, "returning"]).get(),
         });
     }
     out.sort_by(|a, b| a.exercise.cmp(&b.exercise));
@@ -415,8 +423,12 @@ async fn fill_one(sessions: &Arc<Sessions>, id: &str, exercise: &ExerciseRecord,
         let row = PoolRecord { spec: serde_json::to_string(&spec)?, ..row.clone() };
         sessions.store.insert_pooled(&row).await?;
         sessions.workspaces.prepare_pooled(&row.volume, spec.limits.workspace_mb).await?;
-        let owner =
-            SandboxOwner { instance: sessions.engine.instance(), purpose: Purpose::Pool(id), learner: "", exercise: &row.exercise };
+        let owner = SandboxOwner {
+            instance: sessions.engine.instance(),
+            purpose: Purpose::Pool(id),
+            learner: "",
+            exercise: &row.exercise,
+        };
         let container = sessions
             .engine
             .create_sandbox(
@@ -537,11 +549,20 @@ mod tests {
     }
 
     fn up(pool: &str) -> FoundSandbox {
-        FoundSandbox { id: format!("c-{pool}"), session_id: None, pool_id: Some(pool.into()), running: true, unhealthy: false }
+        FoundSandbox {
+            id: format!("c-{pool}"),
+            session_id: None,
+            pool_id: Some(pool.into()),
+            running: true,
+            unhealthy: false,
+        }
     }
 
     fn ex(pairs: &[(&str, &str, u32, u32)]) -> HashMap<String, (String, PoolSpec)> {
-        pairs.iter().map(|(s, i, min, max)| (s.to_string(), (i.to_string(), PoolSpec { min: *min, max: *max }))).collect()
+        pairs
+            .iter()
+            .map(|(s, i, min, max)| (s.to_string(), (i.to_string(), PoolSpec { min: *min, max: *max })))
+            .collect()
     }
 
     fn none() -> HashSet<String> {
@@ -602,7 +623,8 @@ mod tests {
     #[test]
     fn a_start_cut_short_by_a_crash_is_discarded_once_its_lease_ends_but_not_one_in_flight() {
         let exercises = ex(&[("a", "img", 2, 2)]);
-        let rows = [row("old", "a", "img", PoolState::Starting, 100), row("mine", "a", "img", PoolState::Starting, 100)];
+        let rows =
+            [row("old", "a", "img", PoolState::Starting, 100), row("mine", "a", "img", PoolState::Starting, 100)];
         let in_flight: HashSet<String> = ["mine".to_string()].into();
         // Before the lease ends both count as on their way.
         assert_eq!(plan(&rows, &exercises, &[], &in_flight, &|_| 0, 50), vec![]);

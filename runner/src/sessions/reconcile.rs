@@ -249,7 +249,13 @@ mod tests {
     }
 
     fn sandbox(id: &str, session: Option<&str>, running: bool) -> FoundSandbox {
-        FoundSandbox { id: id.into(), session_id: session.map(str::to_string), pool_id: None, running, unhealthy: false }
+        FoundSandbox {
+            id: id.into(),
+            session_id: session.map(str::to_string),
+            pool_id: None,
+            running,
+            unhealthy: false,
+        }
     }
 
     fn none() -> HashSet<String> {
@@ -347,8 +353,12 @@ mod tests {
         // the pool; p3 is a pooled container nobody knows (a crash between its row's delete and
         // its removal).
         let live = [session("a", SessionState::Running, Some("c1")), session("b", SessionState::Running, Some("c4"))];
-        let observed =
-            [pooled_box("c1", "p1", true), pooled_box("c2", "p2", true), pooled_box("c3", "p3", true), pooled_box("c4", "p4", false)];
+        let observed = [
+            pooled_box("c1", "p1", true),
+            pooled_box("c2", "p2", true),
+            pooled_box("c3", "p3", true),
+            pooled_box("c4", "p4", false),
+        ];
         let pooled: HashSet<String> = ["p2".to_string()].into();
         assert_eq!(
             plan(&live, &observed, &none(), &pooled),

@@ -494,18 +494,14 @@ impl Store {
     }
 
     /// The workspace volumes of learners with a live session, by (learner, exercise).
-    pub async fn live_workspace_volumes(
-        &self,
-    ) -> anyhow::Result<std::collections::HashMap<(String, String), String>> {
+    pub async fn live_workspace_volumes(&self) -> anyhow::Result<std::collections::HashMap<(String, String), String>> {
         let sql = format!(
             "SELECT w.learner AS learner, w.exercise AS exercise, w.volume AS volume FROM workspaces w \
              JOIN sessions s ON s.learner = w.learner AND s.exercise = w.exercise WHERE {}",
             state_in("s.state", SessionState::LIVE)
         );
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| Ok(((r.try_get("learner")?, r.try_get("exercise")?), r.try_get("volume")?)))
-            .collect()
+        rows.iter().map(|r| Ok(((r.try_get("learner")?, r.try_get("exercise")?), r.try_get("volume")?))).collect()
     }
 
     pub async fn touch_workspace(&self, learner: &str, exercise: &str) -> anyhow::Result<()> {

@@ -23,13 +23,13 @@ function capacityCards(cap) {
     card(
       'Sessions',
       h('p.big', { dataset: { figure: 'sessions' } }, `${cap.sessions.live}`, h('span.muted', ` / ${cap.sessions.max}`)),
-      bar(cap.sessions.live, cap.sessions.max, `${cap.sessions.live} of ${cap.sessions.max} live`),
+      bar(cap.sessions.live + cap.sessions.pooled, cap.sessions.max, `${cap.sessions.live} of ${cap.sessions.max} live${cap.sessions.pooled ? `, ${cap.sessions.pooled} pooled` : ''}`),
     ),
     card(
       'Memory committed',
       h('p.big', bytes(m.committed_bytes), h('span.muted', ` / ${bytes(m.host_total_bytes)}`)),
       bar(m.committed_bytes, m.host_total_bytes, `${percentOf(m.committed_bytes, m.host_total_bytes)} of host memory`, { title: 'memory limits of live sandboxes and builds against the host memory' }),
-      h('p.small.muted', `sessions ${bytes(m.sessions_bytes)}, builds ${bytes(m.builds_bytes)}; ${bytes(m.host_available_bytes)} available now`),
+      h('p.small.muted', `sessions ${bytes(m.sessions_bytes)}, pools ${bytes(m.pool_bytes)}, builds ${bytes(m.builds_bytes)}; ${bytes(m.host_available_bytes)} available now`),
     ),
     card(
       'CPU committed',
@@ -72,12 +72,45 @@ function byState(counts) {
   );
 }
 
-function latency(l) {
-  const fmt = (s) => (s === null || s === undefined ? '—' : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`);
+const fmtSeconds = (s) => (s === null || s === undefined ? '—' : s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`);
+
+function latency(l, ready) {
+  const fmt = fmtSeconds;
+  const readyLine = (name, r) => h('tr', h('td', name), h('td.num', { dataset: { ready: name } }, fmt(r.p50_seconds)), h('td.num', fmt(r.p99_seconds)), h('td.num.muted', String(r.count)));
   return card(
     'Session start latency',
     h('div.pair', h('div', h('p.big', { id: 'latency-p50' }, fmt(l.p50_seconds)), h('p.small.muted', 'p50')), h('div', h('p.big', { id: 'latency-p99' }, fmt(l.p99_seconds)), h('p.small.muted', 'p99'))),
     h('p.small.muted', `${l.count} start${l.count === 1 ? '' : 's'} on ${l.runtime} since this runner started, request to running sandbox (estimated from the histogram's buckets)`),
+    h('table.compact', h('thead', h('tr', h('th', 'IDE ready'), h('th.num', 'p50'), h('th.num', 'p99'), h('th.num', 'count'))), h('tbody', readyLine('cold', ready.cold), readyLine('pool', ready.pool))),
+  );
+}
+
+function poolsCard(pools) {
+  return card(
+    'Warm pools',
+    pools.length
+      ? h(
+          'table.compact#pools',
+          h('thead', h('tr', h('th', 'exercise'), h('th.num', 'ready'), h('th.num', 'target (min–max)'), h('th.num', 'claims / min'), h('th.num', 'hits'), h('th.num', 'misses'), h('th.num', 'returning'))),
+          h(
+            'tbody',
+            pools.map((p) =>
+              h(
+                'tr',
+                { dataset: { exercise: p.exercise } },
+                h('td', p.exercise, p.backing_off ? h('span.pill.warn', ' backing off') : ''),
+                h('td.num', { dataset: { figure: 'ready' } }, `${p.ready}`, p.starting ? h('span.muted', ` +${p.starting} starting`) : ''),
+                h('td.num', `${p.target} (${p.min}–${p.max})`),
+                h('td.num', String(p.recent_claims)),
+                h('td.num', { dataset: { figure: 'hits' } }, String(p.hits)),
+                h('td.num', String(p.misses)),
+                h('td.num.muted', String(p.returning)),
+              ),
+            ),
+          ),
+        )
+      : empty('No exercise keeps a warm pool.'),
+    h('p.small.muted', 'Ready sandboxes new learners claim instead of waiting for a start; hits, misses and returning learners since this runner started.'),
   );
 }
 
@@ -141,13 +174,14 @@ export function mount(ctx) {
   clear(root, h('h1', 'Overview'), h('p.muted', 'Loading…'));
   const problems = problemsPanel();
   const refresh = async () => {
-    const [cap, o, top] = await Promise.all([get('capacity', ctx), get('overview', ctx), get('usage/top?by=cpu&limit=5', ctx)]);
+    const [cap, o, top, pools] = await Promise.all([get('capacity', ctx), get('overview', ctx), get('usage/top?by=cpu&limit=5', ctx), get('pools', ctx)]);
     showRunner(o.runner);
     clear(
       root,
       h('h1', 'Overview', h('span.updated.muted', { id: 'updated', dataset: { at: String(Date.now()) } }, `updated ${new Date().toLocaleTimeString()}`)),
       capacityCards(cap),
-      h('div.grid.two', byState(o.sessions_by_state), latency(o.start_latency), runnerCard(o.runner, refresh), inProgress(o)),
+      h('div.grid.two', byState(o.sessions_by_state), latency(o.start_latency, o.ready_latency), runnerCard(o.runner, refresh), inProgress(o)),
+      h('div.grid.two', poolsCard(pools.pools)),
       h('div.grid.two', problems.el, topCpu(top)),
     );
   };

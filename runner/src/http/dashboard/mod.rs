@@ -94,6 +94,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/builds", get(views::builds))
         .route("/usage/sessions", get(views::session_figures))
         .route("/capacity", get(usage::capacity))
+        .route("/pools", get(usage::pools))
         .route("/usage/top", get(usage::top))
         .route("/usage/exercises", get(usage::exercises))
         .route("/sessions", get(sessions::list))

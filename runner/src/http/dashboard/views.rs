@@ -75,6 +75,35 @@ fn start_latency(app: &App) -> Value {
     })
 }
 
+/// Time from request to the IDE agent answering, for cold starts and pool claims.
+fn ready_latency(app: &App) -> Value {
+    use prometheus::core::Collector;
+    let runtime = app.settings.runtime.as_str();
+    let mut out = serde_json::Map::new();
+    for source in ["cold", "pool"] {
+        let (mut count, mut buckets) = (0, vec![]);
+        for family in app.metrics.session_ready_seconds.collect() {
+            for m in family.get_metric() {
+                let has = |k: &str, v: &str| m.get_label().iter().any(|l| l.name() == k && l.value() == v);
+                if has("runtime", runtime) && has("source", source) {
+                    let h = m.get_histogram();
+                    count = h.get_sample_count();
+                    buckets = h.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+                }
+            }
+        }
+        out.insert(
+            source.to_string(),
+            json!({
+                "count": count,
+                "p50_seconds": quantile(0.5, &buckets, count),
+                "p99_seconds": quantile(0.99, &buckets, count),
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
 /// `GET /dashboard/api/overview`: the runner, sessions by state, start latency, builds and
 /// deploys in progress (capacity comes from `/capacity`).
 pub async fn overview(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
@@ -92,6 +121,7 @@ pub async fn overview(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
         "runner": super::super::operators::runner_view(&app),
         "sessions_by_state": by_state,
         "start_latency": start_latency(&app),
+        "ready_latency": ready_latency(&app),
         "builds_in_progress": builds,
         "deploys_in_progress": deploys,
     })))
