@@ -172,3 +172,55 @@ async fn concurrent_puts_of_one_definition_neither_fail_nor_lose_writes_on_postg
     let (app, _) = spawn_pg_app(|_| {}).await;
     concurrent_puts_neither_fail_nor_lose_writes(&app).await;
 }
+
+/// Two replicas on one PostgreSQL share one warm pool: learners claiming through both at once
+/// never get the same sandbox, and the pool settles at its size (no doubled fill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgresql_share_a_warm_pool_without_double_claims() {
+    require_docker();
+    let (a, url) = spawn_pg_app(|_| {}).await;
+    let mut settings = test_settings(&a.data_dir, &a.instance);
+    settings.database_url = runner::config::Secret::new(url.clone());
+    let b = start(settings).await;
+    a.exercise("pg-pool", json!({"pool": {"min": 4, "max": 4}})).await;
+    let pool_filter = format!("label=exercise-runner.instance={}", a.instance);
+    let pooled = || -> HashSet<String> {
+        docker(&["ps", "-aq", "--no-trunc", "--filter", &pool_filter, "--filter", "label=exercise-runner.pool"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    pool_settled(&a, 4).await;
+    let ready = pooled();
+    assert_eq!(ready.len(), 4, "two fillers, one pool of four");
+
+    let replica = |i: usize| if i.is_multiple_of(2) { &a } else { &b };
+    let answers = futures_util::future::join_all(
+        (0..10).map(|i| replica(i).post("/v1/sessions", json!({"learner": format!("p{i}"), "exercise": "pg-pool"}))),
+    )
+    .await;
+    let store = runner::store::Store::connect(&url).await.unwrap();
+    let mut containers = HashSet::new();
+    for (status, v) in &answers {
+        assert_eq!(*status, 201, "{v}");
+        let s = store.session(v["id"].as_str().unwrap()).await.unwrap().unwrap();
+        assert!(containers.insert(s.container_id.unwrap()), "a sandbox handed to two learners: {answers:?}");
+    }
+    assert_eq!(containers.intersection(&ready).count(), 4, "the four pooled sandboxes, each to one learner");
+    pool_settled(&a, 4).await;
+    drop(b);
+}
+
+async fn pool_settled(app: &TestApp, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = app.get("/v1/pools").await;
+        let p = &v["pools"][0];
+        if p["ready"] == n && p["starting"] == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "pool not settled at {n}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
