@@ -195,7 +195,7 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
     };
     // A new learner takes a pooled sandbox when one is ready: a database write, no start.
     match pool::claim(sessions, &record, &template, requested_at).await? {
-        Some(store::Claim::Claimed(session, _)) => return Ok(Created { session, new: true }),
+        Some(store::Claim::Claimed(session, _)) => return Ok(Created { session: *session, new: true }),
         Some(store::Claim::LiveSession) => {
             if let Some(live) = sessions.store.live_session_for(learner.as_str(), exercise.as_str()).await? {
                 return Ok(Created { session: live, new: false });
@@ -237,7 +237,7 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
     // first, so a pool round meanwhile sees the cap reached and makes no new pooled sandbox.
     let over = sessions.store.count_live_sessions().await? + sessions.store.count_pooled().await? - max;
     for _ in 0..over.max(0) {
-        if !pool::evict_one(sessions).await? {
+        if !pool::evict_one(sessions, "session_capacity").await? {
             break;
         }
     }

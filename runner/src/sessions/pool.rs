@@ -208,7 +208,7 @@ async fn has_ready(sessions: &Sessions, exercise: &str) -> anyhow::Result<bool> 
 
 /// Makes room for a learner at the session cap: discards one pooled sandbox (the newest, of the
 /// exercise with the most). Whether there was one.
-pub(super) async fn evict_one(sessions: &Sessions) -> anyhow::Result<bool> {
+pub(super) async fn evict_one(sessions: &Sessions, reason: &'static str) -> anyhow::Result<bool> {
     let rows = sessions.store.pooled().await?;
     let mut per: HashMap<&str, usize> = HashMap::new();
     for r in &rows {
@@ -216,7 +216,7 @@ pub(super) async fn evict_one(sessions: &Sessions) -> anyhow::Result<bool> {
     }
     let victim = rows.iter().rev().max_by_key(|r| per[r.exercise.as_str()]);
     match victim {
-        Some(v) => Ok(discard(sessions, v, "session_capacity").await),
+        Some(v) => Ok(discard(sessions, v, reason).await),
         None => Ok(false),
     }
 }
@@ -344,13 +344,11 @@ pub async fn round(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
     let reserve = sessions.settings.pool_memory_reserve_mb;
     let mut free = available_memory_mb();
     if free.is_some_and(|f| f < reserve) && remaining > 0 {
-        if evict_one(sessions).await? {
-            sessions.metrics.pool_discarded.with_label_values(&["memory_pressure"]).inc();
-        }
+        evict_one(sessions, "memory_pressure").await?;
         free = Some(0);
     }
     let mut total = sessions.store.count_live_sessions().await? + remaining;
-    for a in &actions {
+    'fill: for a in &actions {
         let PoolAction::Fill { exercise, count } = a else { continue };
         if sessions.draining.lock().expect("lock").is_some() || sessions.pools.backing_off(exercise) {
             continue;
@@ -359,20 +357,20 @@ pub async fn round(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
         let spec = exercises::sandbox_spec(&sessions.settings, &record)?;
         for _ in 0..*count {
             if total >= sessions.settings.max_live_sessions as i64 {
-                return Ok(publish_gauges(sessions).await?);
+                break 'fill;
             }
             if let Some(f) = free {
                 if f < reserve + spec.limits.memory_mb {
-                    return Ok(publish_gauges(sessions).await?);
+                    break 'fill;
                 }
                 free = Some(f - spec.limits.memory_mb);
             }
             // Learners come first: one start slot is always left to them.
             if sessions.start_slots.available_permits() <= 1 && sessions.settings.max_concurrent_starts > 1 {
-                return Ok(publish_gauges(sessions).await?);
+                break 'fill;
             }
             let Ok(permit) = sessions.start_slots.clone().try_acquire_owned() else {
-                return Ok(publish_gauges(sessions).await?);
+                break 'fill;
             };
             total += 1;
             let id = uuid::Uuid::new_v4().simple().to_string();

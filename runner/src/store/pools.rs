@@ -51,7 +51,7 @@ impl PoolRecord {
 #[derive(Debug)]
 pub enum Claim {
     /// The learner's session, running in the pooled container (and the row it came from).
-    Claimed(super::SessionRecord, PoolRecord),
+    Claimed(Box<super::SessionRecord>, Box<PoolRecord>),
     /// No ready sandbox of this image.
     Empty,
     /// The learner has a workspace for the exercise already: they get their own files instead.
@@ -196,7 +196,7 @@ impl Store {
                 last_activity_at: now,
                 ..session.clone()
             };
-            return Ok(Claim::Claimed(record, pooled));
+            return Ok(Claim::Claimed(Box::new(record), Box::new(pooled)));
         }
         Ok(Claim::Empty)
     }
