@@ -188,12 +188,13 @@ impl Workspaces {
             return Ok(());
         }
         let _guard = self.exclusive().await?;
-        self.detach(&volume).await
+        self.detach(&volume).await.map(|_| ())
     }
 
-    async fn detach(&self, volume: &str) -> anyhow::Result<()> {
+    /// Removes the volume and its loop device; false (nothing done) while a container uses it.
+    async fn detach(&self, volume: &str) -> anyhow::Result<bool> {
         if !self.engine.remove_volume(volume).await? {
-            return Ok(());
+            return Ok(false);
         }
         let image = self.image_path(volume);
         if let Some(path) = image.to_str() {
@@ -201,7 +202,7 @@ impl Workspaces {
                 run("losetup", &["-d", &dev]).await?;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes a workspace and its files for good (retention ended).
@@ -247,15 +248,19 @@ impl Workspaces {
     /// Volumes of this instance that no workspace record knows of (left by a crash between
     /// volume create and record write, or by a deleted database): removed.
     pub async fn remove_orphan_volumes(&self) -> anyhow::Result<usize> {
+        // Docker first, then the database: a workspace's record (or pooled sandbox's row) is
+        // written before its volume is made, so every volume listed here is known by the time
+        // the records are read, unless it is an orphan.
+        let volumes = self.engine.list_workspace_volumes().await?;
         let known: std::collections::HashSet<String> = self.store.workspace_volumes().await?.into_iter().collect();
         let mut removed = 0;
-        for v in self.engine.list_workspace_volumes().await? {
+        for v in volumes {
             if !known.contains(&v) {
                 let _guard = self.exclusive().await?;
-                self.detach(&v).await?;
+                let detached = self.detach(&v).await?;
                 // A pooled sandbox's workspace that no row or learner names (a crash between
                 // discarding its row and its files) was never a learner's: its files go too.
-                if v.starts_with(POOL_VOLUME_PREFIX) {
+                if detached && v.starts_with(POOL_VOLUME_PREFIX) {
                     let _ = tokio::fs::remove_file(self.image_path(&v)).await;
                 }
                 removed += 1;

@@ -421,7 +421,10 @@ pub(crate) async fn finish_stop(
     if let Some(c) = &session.container_id {
         sessions.engine.remove_container(c).await?;
     }
-    sessions.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await?;
+    if !sessions.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await? {
+        // Another finisher (a stop racing the reconciler) got there first and said so.
+        return Ok(());
+    }
     tracing::info!(session = %session.id, learner = %session.learner, exercise = %session.exercise,
         reason = reason.unwrap_or("unknown"), "session stopped");
     let kind =

@@ -22,7 +22,7 @@
 //!   container no row and no live session names is an orphan for the reconciler.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -49,8 +49,9 @@ const DEMAND_WINDOW: Duration = Duration::from_secs(60);
 pub struct Pools {
     /// Wakes the filler: a claim, a publish, a pooled sandbox that died.
     pub changed: Notify,
-    /// Pooled sandboxes this process is making right now (by pool id).
-    filling: Mutex<HashSet<String>>,
+    /// Pooled sandboxes this process is making right now: pool id → exercise (its row may not
+    /// be written yet).
+    filling: Mutex<HashMap<String, String>>,
     /// Claim times per exercise within [`DEMAND_WINDOW`].
     claims: Mutex<HashMap<String, VecDeque<Instant>>>,
     /// Exercises whose pooled sandboxes failed to start: not filled again before the instant.
@@ -88,7 +89,7 @@ impl Pools {
     }
 
     /// Pool ids being made here: the reconciler and the pool's own plan leave them alone.
-    pub fn in_flight(&self) -> HashSet<String> {
+    pub fn in_flight(&self) -> HashMap<String, String> {
         self.filling.lock().expect("lock").clone()
     }
 }
@@ -233,13 +234,14 @@ pub enum PoolAction {
 }
 
 /// What a round does, from the pooled rows, the exercises (slug → current image and pool), what
-/// the engine has, what this process is making, recent claims and the time: pure, so every case
-/// is a unit test. Capacity (slots, the session cap, memory) is the executor's to apply.
+/// the engine has, what this process is making (pool id → exercise; its row may not exist yet),
+/// recent claims and the time: pure, so every case is a unit test. Capacity (slots, the session
+/// cap, memory) is the executor's to apply.
 pub fn plan(
     rows: &[PoolRecord],
     exercises: &HashMap<String, (String, PoolSpec)>,
     observed: &[FoundSandbox],
-    in_flight: &HashSet<String>,
+    in_flight: &HashMap<String, String>,
     recent_claims: &dyn Fn(&str) -> u32,
     now: i64,
 ) -> Vec<PoolAction> {
@@ -250,7 +252,7 @@ pub fn plan(
     for r in rows {
         let current = exercises.get(&r.exercise);
         let reason = match (current, r.state) {
-            _ if in_flight.contains(&r.id) => None,
+            _ if in_flight.contains_key(&r.id) => None,
             (None, _) => Some("exercise_gone"),
             (Some((image, _)), _) if image != &r.image => Some("old_version"),
             (Some((_, pool)), _) if pool.max == 0 => Some("pool_off"),
@@ -268,6 +270,9 @@ pub fn plan(
             None => kept.entry(r.exercise.as_str()).or_default().push(r),
         }
     }
+    // Being made here, before its row is written: on its way all the same.
+    let rowless: Vec<&String> =
+        in_flight.iter().filter(|(id, _)| !rows.iter().any(|r| &&r.id == id)).map(|(_, e)| e).collect();
     let mut slugs: Vec<&String> = exercises.keys().collect();
     slugs.sort();
     for slug in slugs {
@@ -277,14 +282,15 @@ pub fn plan(
         }
         let target = pool.target(recent_claims(slug)) as usize;
         let have = kept.get(slug.as_str()).map(Vec::as_slice).unwrap_or_default();
-        if have.len() > target {
+        let coming = rowless.iter().filter(|e| **e == slug).count();
+        if have.len() + coming > target {
             // Shrink by the newest ready ones (the oldest are claimed first and go on waiting).
-            let excess = have.len() - target;
+            let excess = have.len() + coming - target;
             for r in have.iter().rev().filter(|r| r.state == PoolState::Ready).take(excess) {
                 actions.push(PoolAction::Discard { pool: r.id.clone(), reason: "above_target" });
             }
-        } else if have.len() < target {
-            actions.push(PoolAction::Fill { exercise: slug.clone(), count: (target - have.len()) as u32 });
+        } else if have.len() + coming < target {
+            actions.push(PoolAction::Fill { exercise: slug.clone(), count: (target - have.len() - coming) as u32 });
         }
     }
     actions
@@ -374,7 +380,7 @@ pub async fn round(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
             };
             total += 1;
             let id = uuid::Uuid::new_v4().simple().to_string();
-            sessions.pools.filling.lock().expect("lock").insert(id.clone());
+            sessions.pools.filling.lock().expect("lock").insert(id.clone(), exercise.clone());
             let sessions = sessions.clone();
             let (record, spec) = (record.clone(), spec.clone());
             tokio::spawn(async move {
@@ -563,8 +569,8 @@ mod tests {
             .collect()
     }
 
-    fn none() -> HashSet<String> {
-        HashSet::new()
+    fn none() -> HashMap<String, String> {
+        HashMap::new()
     }
 
     #[test]
@@ -623,7 +629,7 @@ mod tests {
         let exercises = ex(&[("a", "img", 2, 2)]);
         let rows =
             [row("old", "a", "img", PoolState::Starting, 100), row("mine", "a", "img", PoolState::Starting, 100)];
-        let in_flight: HashSet<String> = ["mine".to_string()].into();
+        let in_flight: HashMap<String, String> = [("mine".to_string(), "a".to_string())].into();
         // Before the lease ends both count as on their way.
         assert_eq!(plan(&rows, &exercises, &[], &in_flight, &|_| 0, 50), vec![]);
         assert_eq!(
@@ -633,6 +639,14 @@ mod tests {
                 PoolAction::Fill { exercise: "a".into(), count: 1 },
             ]
         );
+    }
+
+    #[test]
+    fn a_sandbox_being_made_before_its_row_is_written_counts_and_is_not_made_twice() {
+        let exercises = ex(&[("a", "img", 2, 2)]);
+        let rows = [row("p1", "a", "img", PoolState::Ready, 0)];
+        let in_flight: HashMap<String, String> = [("p2".to_string(), "a".to_string())].into();
+        assert_eq!(plan(&rows, &exercises, &[up("p1")], &in_flight, &|_| 0, 0), vec![]);
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub async fn reconcile_once(sessions: &Arc<Sessions>) -> anyhow::Result<Report> 
     in_flight.extend(sessions.store.leased_starts(crate::store::now_ms()).await?);
     // Pooled sandboxes: read after Docker too, so one made since the listing is known here.
     let mut pooled: HashSet<String> = sessions.store.pooled().await?.into_iter().map(|p| p.id).collect();
-    pooled.extend(sessions.pools.in_flight());
+    pooled.extend(sessions.pools.in_flight().into_keys());
     // A claim commits its session after the listing: read the live sessions again for it.
     let live = if pooled.is_empty() { live } else { sessions.store.live_sessions().await? };
     let mut report = Report::default();
