@@ -44,6 +44,9 @@ pub struct Sessions {
     pub start_slots: Arc<Semaphore>,
     /// Sessions whose sandbox is being started right now; the reconciler leaves them alone.
     pub starting: Mutex<HashSet<String>>,
+    /// Sessions this process is stopping right now: the reconciler does not finish their stop
+    /// a second time (it finishes stops a crash cut short).
+    pub stopping: Mutex<HashSet<String>>,
     /// Since when (ms) this runner refuses new sessions, when an operator drained it. Kept in
     /// memory: it is this process's state, and a restarted runner takes sessions again.
     pub draining: Mutex<Option<i64>>,
@@ -63,6 +66,7 @@ impl Sessions {
         Arc::new(Sessions {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
             starting: Mutex::new(HashSet::new()),
+            stopping: Mutex::new(HashSet::new()),
             draining: Mutex::new(None),
             pools: pool::Pools::default(),
             settings,
@@ -405,9 +409,15 @@ pub async fn stop(sessions: &Sessions, id: &str, reason: Option<&str>) -> Result
     if session.state.is_ended() {
         return Ok(session);
     }
-    sessions.store.transition(id, SessionState::LIVE, SessionState::Stopping, None).await?;
-    sessions.ide.session_ended(id);
-    finish_stop(sessions, &session, reason).await?;
+    sessions.stopping.lock().expect("lock").insert(id.to_string());
+    let stopped = async {
+        sessions.store.transition(id, SessionState::LIVE, SessionState::Stopping, None).await?;
+        sessions.ide.session_ended(id);
+        finish_stop(sessions, &session, reason).await
+    }
+    .await;
+    sessions.stopping.lock().expect("lock").remove(id);
+    stopped?;
     get(sessions, id).await
 }
 

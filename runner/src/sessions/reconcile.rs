@@ -120,6 +120,7 @@ pub async fn reconcile_once(sessions: &Arc<Sessions>) -> anyhow::Result<Report> 
     let observed = sessions.engine.list_sandboxes().await?;
     let live = sessions.store.live_sessions().await?;
     let mut in_flight = sessions.starting.lock().expect("lock").clone();
+    in_flight.extend(sessions.stopping.lock().expect("lock").iter().cloned());
     // Starts other replicas on the same database are making right now.
     in_flight.extend(sessions.store.leased_starts(crate::store::now_ms()).await?);
     // Pooled sandboxes: read after Docker too, so one made since the listing is known here.
