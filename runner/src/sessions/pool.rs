@@ -230,7 +230,7 @@ pub enum PoolAction {
     /// Remove it unclaimed (container, workspace, row), for the reason given.
     Discard { pool: String, reason: &'static str },
     /// Make this many more for the exercise.
-    Fill { exercise: String, count: u32 },
+    Fill { exercise: String, count: u32, target: u32 },
 }
 
 /// What a round does, from the pooled rows, the exercises (slug → current image and pool), what
@@ -290,7 +290,8 @@ pub fn plan(
                 actions.push(PoolAction::Discard { pool: r.id.clone(), reason: "above_target" });
             }
         } else if have.len() + coming < target {
-            actions.push(PoolAction::Fill { exercise: slug.clone(), count: (target - have.len() - coming) as u32 });
+            let count = (target - have.len() - coming) as u32;
+            actions.push(PoolAction::Fill { exercise: slug.clone(), count, target: target as u32 });
         }
     }
     actions
@@ -355,7 +356,7 @@ pub async fn round(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
     }
     let mut total = sessions.store.count_live_sessions().await? + remaining;
     'fill: for a in &actions {
-        let PoolAction::Fill { exercise, count } = a else { continue };
+        let PoolAction::Fill { exercise, count, target } = a else { continue };
         if sessions.draining.lock().expect("lock").is_some() || sessions.pools.backing_off(exercise) {
             continue;
         }
@@ -382,10 +383,10 @@ pub async fn round(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
             let id = uuid::Uuid::new_v4().simple().to_string();
             sessions.pools.filling.lock().expect("lock").insert(id.clone(), exercise.clone());
             let sessions = sessions.clone();
-            let (record, spec) = (record.clone(), spec.clone());
+            let (record, spec, target) = (record.clone(), spec.clone(), *target);
             tokio::spawn(async move {
                 let _permit = permit;
-                fill_one(&sessions, &id, &record, spec).await;
+                fill_one(&sessions, &id, &record, spec, target).await;
                 sessions.pools.filling.lock().expect("lock").remove(&id);
             });
         }
@@ -404,7 +405,7 @@ async fn publish_gauges(sessions: &Sessions) -> anyhow::Result<()> {
 }
 
 /// Makes one pooled sandbox: row, workspace, container, agent answering, ready.
-async fn fill_one(sessions: &Arc<Sessions>, id: &str, exercise: &ExerciseRecord, mut spec: SandboxSpec) {
+async fn fill_one(sessions: &Arc<Sessions>, id: &str, exercise: &ExerciseRecord, mut spec: SandboxSpec, target: u32) {
     let now = now_ms();
     let row = PoolRecord {
         id: id.to_string(),
@@ -425,7 +426,9 @@ async fn fill_one(sessions: &Arc<Sessions>, id: &str, exercise: &ExerciseRecord,
             None => anyhow::bail!("the image {} is not on the engine", spec.image),
         };
         let row = PoolRecord { spec: serde_json::to_string(&spec)?, ..row.clone() };
-        sessions.store.insert_pooled(&row).await?;
+        if !sessions.store.insert_pooled(&row, target).await? {
+            return Ok(None); // another replica filled the pool meanwhile
+        }
         sessions.workspaces.prepare_pooled(&row.volume, spec.limits.workspace_mb).await?;
         let owner = SandboxOwner {
             instance: sessions.engine.instance(),
@@ -448,11 +451,12 @@ async fn fill_one(sessions: &Arc<Sessions>, id: &str, exercise: &ExerciseRecord,
         if spec.ide {
             wait_ready(sessions, &container, READY_TIMEOUT).await?;
         }
-        anyhow::Ok((row, container, started.elapsed()))
+        anyhow::Ok(Some((row, container, started.elapsed())))
     }
     .await;
     match made {
-        Ok((row, container, took)) => match sessions.store.mark_pooled_ready(id, &container).await {
+        Ok(None) => {}
+        Ok(Some((row, container, took))) => match sessions.store.mark_pooled_ready(id, &container).await {
             Ok(true) => {
                 sessions.pools.succeeded(&row.exercise);
                 tracing::info!(pooled = %id, exercise = %row.exercise, ms = took.as_millis() as u64, "pooled sandbox ready");
@@ -578,16 +582,16 @@ mod tests {
         let exercises = ex(&[("a", "img:1", 2, 5), ("b", "img:2", 0, 0)]);
         assert_eq!(
             plan(&[], &exercises, &[], &none(), &|_| 0, 0),
-            vec![PoolAction::Fill { exercise: "a".into(), count: 2 }]
+            vec![PoolAction::Fill { exercise: "a".into(), count: 2, target: 2 }]
         );
         // Four claims in the last minute: keep four ready; forty: the maximum.
         assert_eq!(
             plan(&[], &exercises, &[], &none(), &|_| 4, 0),
-            vec![PoolAction::Fill { exercise: "a".into(), count: 4 }]
+            vec![PoolAction::Fill { exercise: "a".into(), count: 4, target: 4 }]
         );
         assert_eq!(
             plan(&[], &exercises, &[], &none(), &|_| 40, 0),
-            vec![PoolAction::Fill { exercise: "a".into(), count: 5 }]
+            vec![PoolAction::Fill { exercise: "a".into(), count: 5, target: 5 }]
         );
     }
 
@@ -599,7 +603,7 @@ mod tests {
             plan(&rows, &exercises, &[up("p1")], &none(), &|_| 0, 0),
             vec![
                 PoolAction::Discard { pool: "p1".into(), reason: "old_version" },
-                PoolAction::Fill { exercise: "a".into(), count: 1 },
+                PoolAction::Fill { exercise: "a".into(), count: 1, target: 1 },
             ]
         );
     }
@@ -619,7 +623,7 @@ mod tests {
                 PoolAction::Discard { pool: "dead".into(), reason: "died" },
                 PoolAction::Discard { pool: "gone".into(), reason: "vanished" },
                 PoolAction::Discard { pool: "sick".into(), reason: "unhealthy" },
-                PoolAction::Fill { exercise: "a".into(), count: 3 },
+                PoolAction::Fill { exercise: "a".into(), count: 3, target: 3 },
             ]
         );
     }
@@ -636,7 +640,7 @@ mod tests {
             plan(&rows, &exercises, &[], &in_flight, &|_| 0, 200),
             vec![
                 PoolAction::Discard { pool: "old".into(), reason: "abandoned" },
-                PoolAction::Fill { exercise: "a".into(), count: 1 },
+                PoolAction::Fill { exercise: "a".into(), count: 1, target: 2 },
             ]
         );
     }

@@ -64,11 +64,14 @@ pub enum Claim {
 const CLAIM_ATTEMPTS: usize = 16;
 
 impl Store {
-    /// Records a pooled sandbox about to be made (`starting`, leased until `lease_until`).
-    pub async fn insert_pooled(&self, p: &PoolRecord) -> anyhow::Result<()> {
-        sqlx::query(
+    /// Records a pooled sandbox about to be made (`starting`, leased until `lease_until`), unless
+    /// the exercise's pool holds `target` sandboxes of its image already (another replica filled
+    /// it meanwhile). Whether it was recorded.
+    pub async fn insert_pooled(&self, p: &PoolRecord, target: u32) -> anyhow::Result<bool> {
+        let n = sqlx::query(
             "INSERT INTO pool_sandboxes (id, exercise, image, spec, volume, size_mb, state, created_at, lease_until) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE \
+             (SELECT COUNT(*) FROM pool_sandboxes WHERE exercise = $2 AND image = $3) < $10",
         )
         .bind(&p.id)
         .bind(&p.exercise)
@@ -79,9 +82,10 @@ impl Store {
         .bind(PoolState::Starting.as_str())
         .bind(p.created_at)
         .bind(p.lease_until)
+        .bind(i64::from(target))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(n.rows_affected() == 1)
     }
 
     /// Its agent answers: learners may claim it. False when the row is gone (discarded meanwhile).
