@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepares this machine for exercise-runner, idempotently:
-#   - installs the Docker engine (docker.io) and gVisor (runsc) from Debian's packages when missing,
-#   - registers runsc as a Docker runtime (with --network=none, see docs/ARCHITECTURE.md),
+#   - installs the Docker engine (docker.io), gVisor (runsc) and crun from Debian's packages when
+#     missing,
+#   - registers runsc (with --network=none, see docs/ARCHITECTURE.md) and crun as Docker runtimes
+#     beside runc, reloading a running dockerd with SIGHUP (no restart),
 #   - starts dockerd when no engine answers (machines without systemd),
 #   - makes the images the service and its tests need locally, never pulling from a registry.
 # Safe to run again and again: every step checks before it acts.
@@ -34,6 +36,7 @@ docker_ok() { timeout 10 docker info >/dev/null 2>&1; }
 # 1. Packages.
 need_pkg dockerd docker.io
 need_pkg runsc runsc
+need_pkg crun crun
 need_pkg /bin/busybox busybox-static
 need_pkg mkfs.ext4 e2fsprogs
 need_pkg losetup mount
@@ -49,28 +52,63 @@ need_pkg node nodejs
 need_pkg npm npm
 need_pkg chromium chromium
 
-# 2. runsc registered as a runtime. gVisor needs --network=none when dockerd runs in the root
-#    network namespace of these machines; sandboxes have no network by default anyway.
+# 2. runsc and crun registered as runtimes beside runc. gVisor needs --network=none when dockerd
+#    runs in the root network namespace of these machines; sandboxes have no network by default
+#    anyway. crun needs no arguments. The file is rewritten only when an entry is missing or
+#    differs, so a second run changes nothing.
 DAEMON_JSON=/etc/docker/daemon.json
 RUNSC_PATH="$(command -v runsc)"
+CRUN_PATH="$(command -v crun)"
 $SUDO mkdir -p /etc/docker
-if ! grep -q '"runsc"' "$DAEMON_JSON" 2>/dev/null; then
-  say "registering runsc in $DAEMON_JSON"
-  $SUDO python3 - "$DAEMON_JSON" "$RUNSC_PATH" <<'PY'
+if $SUDO python3 - "$DAEMON_JSON" "$RUNSC_PATH" "$CRUN_PATH" <<'PY'
 import json, os, sys
-path, runsc = sys.argv[1], sys.argv[2]
+path, runsc, crun = sys.argv[1:4]
 cfg = {}
 if os.path.exists(path) and os.path.getsize(path) > 0:
     with open(path) as f:
         cfg = json.load(f)
-cfg.setdefault("runtimes", {})["runsc"] = {"path": runsc, "runtimeArgs": ["--network=none"]}
-with open(path, "w") as f:
+wanted = {
+    "runsc": {"path": runsc, "runtimeArgs": ["--network=none"]},
+    "crun": {"path": crun},
+}
+runtimes = cfg.setdefault("runtimes", {})
+if all(runtimes.get(name) == entry for name, entry in wanted.items()):
+    sys.exit(1)  # nothing to change
+runtimes.update(wanted)
+with open(path + ".tmp", "w") as f:
     json.dump(cfg, f, indent=2)
+os.replace(path + ".tmp", path)
 PY
+then
+  say "registered runsc and crun in $DAEMON_JSON"
   if docker_ok; then
-    # An engine that is already running reloads its runtimes on SIGHUP.
+    # An engine that is already running reloads its runtimes on SIGHUP: no restart, running
+    # containers are untouched.
     pid="$(pidof dockerd || true)"
-    if [ -n "$pid" ]; then $SUDO kill -HUP "$pid"; fi
+    if [ -n "$pid" ]; then
+      say "reloading dockerd ($pid) with SIGHUP"
+      $SUDO kill -HUP "$pid"
+    fi
+  fi
+fi
+
+# 2b. crun and a hybrid cgroup layout. crun (1.8.1) refuses every container in hybrid mode (v1
+#     controllers under /sys/fs/cgroup, a cgroup2 at /sys/fs/cgroup/unified) while the cgroup2
+#     root still holds a controller ("cgroups in hybrid mode not supported, drop all controllers
+#     from cgroupv2"). Machines whose init left a controller unmounted as v1 (hugetlb here) get it
+#     bound to a v1 hierarchy of its own, as systemd's hybrid layout does: that empties the
+#     cgroup2 root, changes nothing for runc or runsc, and touches no running container.
+UNIFIED=/sys/fs/cgroup/unified
+if [ "$(stat -fc %T /sys/fs/cgroup 2>/dev/null)" = "tmpfs" ] && [ "$(stat -fc %T "$UNIFIED" 2>/dev/null)" = "cgroup2fs" ]; then
+  for ctrl in $(cat "$UNIFIED/cgroup.controllers"); do
+    if ! grep -qE "^cgroup /sys/fs/cgroup/[^ ]+ cgroup [^ ]*\b$ctrl\b" /proc/mounts; then
+      say "mounting the $ctrl cgroup controller as v1 at /sys/fs/cgroup/$ctrl (crun needs an empty cgroup2 root)"
+      $SUDO mkdir -p "/sys/fs/cgroup/$ctrl"
+      $SUDO mount -t cgroup -o "$ctrl" cgroup "/sys/fs/cgroup/$ctrl"
+    fi
+  done
+  if [ -n "$(cat "$UNIFIED/cgroup.controllers")" ]; then
+    say "warning: $UNIFIED still holds controllers ($(cat "$UNIFIED/cgroup.controllers")); crun sandboxes will fail"
   fi
 fi
 
@@ -94,9 +132,16 @@ if ! docker_ok; then
     sleep 0.5
   done
 fi
-if ! docker info --format '{{json .Runtimes}}' | grep -q runsc; then
-  say "warning: the running Docker engine does not list the runsc runtime; runsc sandboxes will fail"
-fi
+for rt in runsc crun; do
+  # A reload takes a moment to show in `docker info`.
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    if docker info --format '{{json .Runtimes}}' | grep -q "\"$rt\""; then break; fi
+    sleep 0.2
+  done
+  if ! docker info --format '{{json .Runtimes}}' | grep -q "\"$rt\""; then
+    say "warning: the running Docker engine does not list the $rt runtime; $rt sandboxes will fail"
+  fi
+done
 
 # 4. Images made locally.
 "$ROOT/scripts/make-images.sh"
