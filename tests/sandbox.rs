@@ -5,7 +5,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use runner::domain::Runtime;
 use serde_json::json;
+
+/// The hardening tests run under runc and under crun: the policy must hold the same under both
+/// OCI runtimes of the host's kernel (gVisor has its own test below: its kernel differs).
+async fn app_under(runtime: Runtime) -> TestApp {
+    spawn_app_with(|s| s.runtime = runtime).await
+}
 
 async fn one_session(app: &TestApp, slug: &str, extra: serde_json::Value) -> (String, String) {
     app.exercise(slug, extra).await;
@@ -17,7 +24,16 @@ async fn one_session(app: &TestApp, slug: &str, extra: serde_json::Value) -> (St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_inspect_shows_the_whole_hardening_policy() {
-    let app = spawn_app().await;
+    the_whole_hardening_policy(Runtime::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_inspect_shows_the_whole_hardening_policy_under_crun() {
+    the_whole_hardening_policy(Runtime::Crun).await;
+}
+
+async fn the_whole_hardening_policy(runtime: Runtime) {
+    let app = app_under(runtime).await;
     let (id, c) = one_session(&app, "inspect", json!({"limits": {"memory_mb": 96, "cpus": 0.5, "pids": 64}})).await;
     let i = inspect(&c);
     let h = &i["HostConfig"];
@@ -34,7 +50,7 @@ async fn docker_inspect_shows_the_whole_hardening_policy() {
     assert_eq!(h["CpuPeriod"], 100_000);
     assert_eq!(h["NetworkMode"], "none");
     assert_eq!(h["Init"], true);
-    assert_eq!(h["Runtime"], "runc");
+    assert_eq!(h["Runtime"], runtime.as_str());
     assert!(h["Binds"].is_null(), "no host paths");
     for m in i["Mounts"].as_array().unwrap() {
         assert_eq!(m["Type"], "volume", "only the workspace volume is mounted: {m}");
@@ -68,7 +84,16 @@ async fn docker_inspect_shows_the_whole_hardening_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_bomb_is_contained_and_the_api_keeps_answering() {
-    let app = spawn_app().await;
+    a_fork_bomb_is_contained(Runtime::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_contained_under_crun() {
+    a_fork_bomb_is_contained(Runtime::Crun).await;
+}
+
+async fn a_fork_bomb_is_contained(runtime: Runtime) {
+    let app = app_under(runtime).await;
     let (id, c) = one_session(&app, "forkbomb", json!({"limits": {"pids": 64}})).await;
     // The classic bomb, in the background, for a few seconds.
     let bomb = std::process::Command::new("docker")
@@ -106,7 +131,16 @@ async fn a_fork_bomb_is_contained_and_the_api_keeps_answering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_is_oom_killed_and_the_sandbox_survives() {
-    let app = spawn_app().await;
+    a_memory_bomb_is_oom_killed(Runtime::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_oom_killed_under_crun() {
+    a_memory_bomb_is_oom_killed(Runtime::Crun).await;
+}
+
+async fn a_memory_bomb_is_oom_killed(runtime: Runtime) {
+    let app = app_under(runtime).await;
     let (id, c) = one_session(&app, "membomb", json!({"limits": {"memory_mb": 64}})).await;
     // dd allocates its whole block in memory: 256 MiB against a 64 MiB limit with no swap.
     let (code, out) = sandbox_exec(&c, "dd if=/dev/zero of=/dev/null bs=256M count=1");
@@ -118,7 +152,16 @@ async fn a_memory_bomb_is_oom_killed_and_the_sandbox_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_learner_cannot_fill_the_disk() {
-    let app = spawn_app().await;
+    the_disk_cannot_be_filled(Runtime::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_cannot_fill_the_disk_under_crun() {
+    the_disk_cannot_be_filled(Runtime::Crun).await;
+}
+
+async fn the_disk_cannot_be_filled(runtime: Runtime) {
+    let app = app_under(runtime).await;
     let (_, c) = one_session(&app, "diskfill", json!({"limits": {"workspace_mb": 16, "tmpfs_mb": 8}})).await;
     let (code, out) = sandbox_exec(&c, "dd if=/dev/zero of=/workspace/big bs=1M count=64");
     assert_ne!(code, 0);
@@ -138,7 +181,7 @@ async fn a_learner_cannot_fill_the_disk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandboxes_run_under_gvisor_when_configured() {
-    let app = spawn_app_with(|s| s.runtime = runner::domain::Runtime::Runsc).await;
+    let app = app_under(Runtime::Runsc).await;
     let (id, c) = one_session(&app, "gvisor", json!({})).await;
     assert_eq!(inspect(&c)["HostConfig"]["Runtime"], "runsc");
     // gVisor's kernel announces itself in dmesg.
@@ -146,6 +189,23 @@ async fn sandboxes_run_under_gvisor_when_configured() {
     assert!(out.contains("gVisor") || out.contains("Starting"), "{out}");
     assert!(out.trim_end().ends_with("1000"), "{out}");
     assert_eq!(sandbox_exec(&c, "echo hi > /workspace/f && cat /workspace/f").1, "hi\n");
+    let (status, v) = app.delete(&format!("/v1/sessions/{id}")).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("stopped")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_run_under_crun_when_configured() {
+    let app = app_under(Runtime::Crun).await;
+    let (id, c) = one_session(&app, "crun", json!({})).await;
+    assert_eq!(inspect(&c)["HostConfig"]["Runtime"], "crun");
+    // The engine keeps its OCI runtimes' state under one root; crun knows this container there
+    // (runc would not: its state is another format).
+    let root = "/run/docker/runtime-runc/moby";
+    let state = std::process::Command::new("crun").args(["--root", root, "state", &c]).output().unwrap();
+    assert!(state.status.success(), "crun does not know {c}: {}", String::from_utf8_lossy(&state.stderr));
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).unwrap();
+    assert_eq!(state["status"], "running", "{state}");
+    assert_eq!(sandbox_exec(&c, "echo hi > /workspace/f && cat /workspace/f; id -u").1, "hi\n1000\n");
     let (status, v) = app.delete(&format!("/v1/sessions/{id}")).await;
     assert_eq!((status, v["state"].as_str()), (200, Some("stopped")));
 }

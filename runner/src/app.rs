@@ -45,7 +45,7 @@ impl App {
         let runtime = settings.runtime.as_str();
         if !engine.has_runtime(runtime).await? {
             anyhow::bail!(
-                "RUNNER_DOCKER_RUNTIME={runtime} but the Docker engine has no such runtime (scripts/host-setup.sh registers runsc)"
+                "RUNNER_DOCKER_RUNTIME={runtime} but the Docker engine has no such runtime (scripts/host-setup.sh registers runsc and crun)"
             );
         }
         let workspaces = Workspaces::new(

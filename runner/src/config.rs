@@ -754,6 +754,7 @@ mod tests {
         assert_eq!(s.listen.port(), 9999);
         assert_eq!(s.runtime, Runtime::Runsc);
         assert_eq!(s.default_limits.memory_mb, 256);
+        assert_eq!(from(&[("RUNNER_DOCKER_RUNTIME", "crun")]).unwrap().runtime, Runtime::Crun);
         assert_eq!(s.idle_timeout, Duration::from_secs(60));
     }
 

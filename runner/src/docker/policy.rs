@@ -89,11 +89,12 @@ pub(super) fn sandbox_container(
     // at rest, ~35 more per exec, ~570 under load): a learner-sized limit would kill the sandbox.
     // Learner processes there are goroutines of the sandbox kernel, bounded by its memory limit.
     let pids_limit = match runtime {
-        Runtime::Runc => l.pids,
+        Runtime::Runc | Runtime::Crun => l.pids,
         Runtime::Runsc => l.pids + RUNSC_THREAD_ALLOWANCE,
     };
     let host_config = HostConfig {
-        // Pick the runtime: runc, or gVisor's runsc for a second kernel boundary.
+        // Pick the runtime: runc or crun on the host's kernel, or gVisor's runsc for a second kernel
+        // boundary; every other line of this policy is the same under all three.
         runtime: Some(runtime.as_str().to_string()),
         // An init as PID 1 that forwards signals and reaps zombies.
         init: Some(true),
@@ -272,5 +273,29 @@ mod tests {
         let c = sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, Runtime::Runsc, "1000:1000");
         let pids = c.host_config.unwrap().pids_limit.unwrap();
         assert_eq!(pids, (Limits::DEFAULT.pids + RUNSC_THREAD_ALLOWANCE) as i64, "room for gVisor's own threads");
+    }
+
+    #[test]
+    fn crun_gets_exactly_the_hardening_of_runc() {
+        let spec = SandboxSpec {
+            image: "img".into(),
+            limits: Limits::DEFAULT,
+            network: None,
+            workdir: "/workspace".into(),
+            writable: vec![],
+            check: CheckSpec::default(),
+            ide: true,
+        };
+        let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
+        let runc = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000");
+        let mut crun = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Crun, "1000:1000");
+        let host = crun.host_config.as_mut().unwrap();
+        assert_eq!(host.runtime.as_deref(), Some("crun"));
+        host.runtime = Some("runc".into());
+        assert_eq!(
+            serde_json::to_value(&crun).unwrap(),
+            serde_json::to_value(&runc).unwrap(),
+            "only the runtime differs"
+        );
     }
 }

@@ -17,10 +17,13 @@ pub const TESTS_DIR: &str = "/opt/exercise/tests";
 /// `/run` is the image's decision, as on any system (the base image opens it to the learner).
 pub const TMPFS_PATHS: [&str; 3] = ["/tmp", "/var/tmp", "/run"];
 
-/// The container runtime that runs sandboxes.
+/// The container runtime that runs sandboxes. runc and crun are two implementations of the same
+/// OCI runtime on the host's kernel (crun, in C, starts containers faster); runsc is gVisor, a
+/// second kernel boundary. The hardening policy is the same under all three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
     Runc,
+    Crun,
     Runsc,
 }
 
@@ -28,6 +31,7 @@ impl Runtime {
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Runc => "runc",
+            Runtime::Crun => "crun",
             Runtime::Runsc => "runsc",
         }
     }
@@ -38,8 +42,9 @@ impl FromStr for Runtime {
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s {
             "runc" => Ok(Runtime::Runc),
+            "crun" => Ok(Runtime::Crun),
             "runsc" | "gvisor" => Ok(Runtime::Runsc),
-            other => bail!("unknown runtime {other:?} (expected runc or runsc)"),
+            other => bail!("unknown runtime {other:?} (expected runc, crun or runsc)"),
         }
     }
 }
