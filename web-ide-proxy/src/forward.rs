@@ -166,17 +166,31 @@ pub(crate) fn agent_timeout() -> Response {
     error(StatusCode::GATEWAY_TIMEOUT, "agent_timeout", "the IDE in the sandbox did not answer in time")
 }
 
+/// The pause after the first failed attempt; it doubles after each failure up to
+/// [`RETRY_MAX_PAUSE`]. An agent that comes up is found within about a tenth of a second.
+const RETRY_FIRST_PAUSE: Duration = Duration::from_millis(10);
+const RETRY_MAX_PAUSE: Duration = Duration::from_millis(100);
+
+/// The pause before the attempt that follows `failures` failed ones: 10, 20, 40, 80, then 100 ms.
+fn retry_pause(failures: u32) -> Duration {
+    RETRY_FIRST_PAUSE.saturating_mul(1 << failures.saturating_sub(1).min(8)).min(RETRY_MAX_PAUSE)
+}
+
 /// Runs `attempt` until it gets through. An agent that is still starting (the sandbox just came
-/// up) refuses connections for a moment: retry within `grace` instead of failing the learner's
-/// first page load; past it, the browser gets a 502 saying why. Every attempt's new stream is
-/// paid from the container's budget ([`crate::Proxy::connect_agent`]), so retries cannot flood
-/// the engine with execs.
+/// up) refuses connections for a moment: retry within `grace`, after a short pause that grows
+/// ([`retry_pause`]), instead of failing the learner's first page load; past it, the browser gets
+/// a 502 saying why. Every attempt's new stream is paid from the container's budget
+/// ([`crate::Proxy::connect_agent`]), so however short the pause, retries cannot flood the
+/// engine with execs: an attempt past the budget fails without one. (Agents of current base
+/// images also wait for their own socket inside `ide-agent connect`, so one exec usually covers
+/// the whole start.)
 pub(crate) async fn while_agent_starts<T, F, Fut>(grace: Duration, mut attempt: F) -> Result<T, Response>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, AgentError>>,
 {
     let deadline = tokio::time::Instant::now() + grace;
+    let mut failures = 0u32;
     loop {
         let failure = match attempt().await {
             Ok(x) => return Ok(x),
@@ -196,7 +210,8 @@ where
                 AgentError::Final(resp) => resp,
             });
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        failures += 1;
+        tokio::time::sleep(retry_pause(failures)).await;
     }
 }
 
@@ -282,6 +297,13 @@ pub async fn http<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_start_at_10_ms_and_double_up_to_100() {
+        let pauses: Vec<u128> = (1..=7).map(|f| retry_pause(f).as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 100, 100, 100]);
+        assert_eq!(retry_pause(u32::MAX), RETRY_MAX_PAUSE);
+    }
 
     fn agent(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
