@@ -8,7 +8,7 @@
 //! `docker exec ide-agent connect`, retried every 10 ms — the floor a cold start cannot beat.
 //!
 //!     cargo bench --bench time_to_ide              (needs scripts/host-setup.sh + build-base)
-//!     BENCH_N=20 BENCH_RUNTIME=crun cargo bench --bench time_to_ide
+//!     BENCH_N=20 BENCH_RUNTIME=runc cargo bench --bench time_to_ide   (default: the default runtime)
 //!
 //! The exercise is `exercise-images/examples/python-fizzbuzz`, built once with `docker build` as
 //! `exercise-runner-bench/python-fizzbuzz` (rebuilt when the base image changes; BENCH_IMAGE
@@ -222,7 +222,10 @@ struct Pass {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let runtime: Runtime = std::env::var("BENCH_RUNTIME").unwrap_or_else(|_| "runc".into()).parse()?;
+    let runtime: Runtime = match std::env::var("BENCH_RUNTIME") {
+        Ok(r) => r.parse()?,
+        Err(_) => Settings::defaults().runtime,
+    };
     let image = ensure_image()?;
     let instance = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let engine = runner::docker::connect(&instance, Arc::new(Metrics::new())).await?;

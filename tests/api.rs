@@ -34,7 +34,7 @@ async fn health_readiness_and_metrics_answer_without_a_token() {
     ] {
         assert!(text.contains(needle) || needle.ends_with("_total"), "metrics lack {needle}:\n{text}");
     }
-    assert!(text.contains("runner_session_start_duration_seconds_count{runtime=\"runc\"} 1"), "{text}");
+    assert!(text.contains("runner_session_start_duration_seconds_count{runtime=\"crun\"} 1"), "{text}");
 }
 
 /// What a new operator looks for first: requests by route and status with their latency, the

@@ -7,9 +7,12 @@
 //! `ide-agent health` is the base image's health check (the agent answers, no service is stuck);
 //! with `--wait-ms N` it polls until healthy or N ms passed, so the runner learns that a sandbox
 //! just started is ready with one exec instead of one per poll.
+//! `ide-agent wake-supervisord` is the base image's way around supervisord's first second of
+//! idling (`ready.rs`).
 
 mod files;
 mod health;
+mod ready;
 mod terminals;
 mod web;
 
@@ -26,7 +29,7 @@ pub struct Agent {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: ide-agent serve [--socket PATH] [--root DIR]\n       ide-agent connect [SOCKET]\n       ide-agent health [--wait-ms N]"
+        "usage: ide-agent serve [--socket PATH] [--root DIR]\n       ide-agent connect [SOCKET]\n       ide-agent health [--wait-ms N]\n       ide-agent wake-supervisord"
     );
     std::process::exit(2)
 }
@@ -58,6 +61,10 @@ async fn main() -> anyhow::Result<()> {
             };
             health::wait(DEFAULT_SOCKET, health::SUPERVISOR_SOCKET, std::time::Duration::from_millis(wait)).await
         }
+        Some("wake-supervisord") => {
+            ready::wake_supervisord(health::SUPERVISOR_SOCKET, std::time::Duration::from_secs(10)).await;
+            Ok(())
+        }
         _ => usage(),
     }
 }
@@ -78,7 +85,9 @@ async fn serve(socket: PathBuf, root: PathBuf) -> anyhow::Result<()> {
 
 /// Pipes stdin to the socket and the socket to stdout until either side ends.
 async fn connect(socket: &str) -> anyhow::Result<()> {
-    let stream = tokio::net::UnixStream::connect(socket).await.with_context(|| format!("connecting to {socket}"))?;
+    // An agent still starting (the sandbox just came up) is waited for here, inside the sandbox,
+    // instead of with a new exec per retry from the host.
+    let stream = ready::connect(socket, ready::CONNECT_WAIT).await?;
     let (mut from_agent, mut to_agent) = stream.into_split();
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();

@@ -224,7 +224,7 @@ impl Settings {
             instance: "default".into(),
             idle_timeout: Duration::from_secs(30 * 60),
             max_lifetime: Duration::from_secs(8 * 3600),
-            runtime: Runtime::Runc,
+            runtime: Runtime::Crun,
             sandbox_user: "1000:1000".into(),
             default_limits: Limits::DEFAULT,
             limit_caps: Limits::DEFAULT_CAPS,
@@ -744,6 +744,7 @@ mod tests {
         let s = from(&[]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert!(s.database_url.expose().starts_with("sqlite://"));
+        assert_eq!(s.runtime, Runtime::Crun, "the fastest runtime at equal hardening (benches/session_start.rs)");
         let s = from(&[
             ("RUNNER_LISTEN", "127.0.0.1:9999"),
             ("RUNNER_DOCKER_RUNTIME", "runsc"),
