@@ -2,7 +2,9 @@
 //! and to the file tree, done as a browser does it (the `ide_url` with its token → the cookie →
 //! the page → the agent's terminal list, a new terminal, its WebSocket → the first output byte;
 //! the file list beside it, as the page asks for both at once), for new learners and for
-//! returning ones (their workspace exists from an earlier session). Beside it, in the same run
+//! returning ones (their workspace exists from an earlier session), and for new learners served
+//! from the exercise's warm pool (`pool: {min: 2, max: 2}`; each claim waits for the pool to be
+//! full again, so it measures a claim, not a refill). Beside it, in the same run
 //! and interleaved with it: a bare hardened create + start of the same image (the same policy
 //! function, on a plain Docker volume) and the time until its agent answers `GET /api/info` over
 //! `docker exec ide-agent connect`, retried every 10 ms — the floor a cold start cannot beat.
@@ -170,6 +172,21 @@ async fn open_ide(client: &reqwest::Client, base: &str, learner: &str) -> anyhow
     result
 }
 
+/// Waits until the exercise's pool holds `n` ready sandboxes and none starting.
+async fn pool_full(client: &reqwest::Client, base: &str, n: u64) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        let v: Value =
+            client.get(format!("{base}/v1/pools")).bearer_auth(TOKEN).send().await?.error_for_status()?.json().await?;
+        let p = &v["pools"][0];
+        if p["ready"] == n && p["starting"] == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(t.elapsed() < DEADLINE * 2, "the pool did not fill: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether the agent of `container` answers `GET /api/info` with 200, over one exec stream.
 async fn agent_answers(engine: &Engine, container: &str) -> bool {
     let cmd = vec![runner::ide::AGENT_BIN.into(), "connect".into(), runner::ide::AGENT_SOCKET.into()];
@@ -237,14 +254,16 @@ async fn main() -> anyhow::Result<()> {
     for v in &volumes {
         engine.remove_volume(v).await?;
     }
-    let [new, returning] = result?;
+    let [new, returning, pooled] = result?;
 
     println!(
         "time to a working IDE, {image}, runtime {}, {n} learners, interleaved with the bare path",
         runtime.as_str()
     );
-    for (name, p) in [("new learner", &new), ("returning learner", &returning)] {
-        let (ready50, ready99) = quantiles(&p.bare_ready);
+    for (name, p) in [("new learner", &new), ("returning learner", &returning), ("new learner, warm pool", &pooled)] {
+        // The pool pass has no bare path of its own: it is compared with the new learners' one.
+        let bare_ready = if p.bare_ready.is_empty() { &new.bare_ready } else { &p.bare_ready };
+        let (ready50, ready99) = quantiles(bare_ready);
         println!("{name}:");
         let row = |label: &str, v: &[Duration]| {
             let (p50, p99) = quantiles(v);
@@ -256,8 +275,10 @@ async fn main() -> anyhow::Result<()> {
                 ms(p99) / ms(ready99)
             );
         };
-        row("bare: hardened create+start", &p.bare_running);
-        row("bare: + agent answers /api/info (baseline)", &p.bare_ready);
+        if !p.bare_ready.is_empty() {
+            row("bare: hardened create+start", &p.bare_running);
+            row("bare: + agent answers /api/info (baseline)", &p.bare_ready);
+        }
         row("API: POST /v1/sessions answered", &p.post);
         row("IDE: token → cookie → page loaded", &p.page);
         row("IDE: file tree answered", &p.files);
@@ -272,7 +293,7 @@ async fn run(
     image: &str,
     runtime: Runtime,
     volumes: &[String],
-) -> anyhow::Result<[Pass; 2]> {
+) -> anyhow::Result<[Pass; 3]> {
     let dir = tempfile::Builder::new().prefix("exercise-runner-bench-").tempdir()?;
     let mut settings = Settings::defaults();
     settings.data_dir = dir.path().to_path_buf();
@@ -333,7 +354,28 @@ async fn run(
                 p.terminal.push(ide.terminal);
             }
         }
-        Ok(passes)
+        // New learners again, now served from a warm pool of two.
+        client
+            .put(format!("{base}/v1/exercises/fizzbuzz"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"pool": {"min": 2, "max": 2}}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut pooled = Pass::default();
+        for i in 0..volumes.len() + 1 {
+            pool_full(&client, &base, 2).await?;
+            let ide = open_ide(&client, &base, &format!("pooled-{i}")).await?;
+            if i == 0 {
+                continue; // the warm-up: the runner's first claim
+            }
+            pooled.post.push(ide.post);
+            pooled.page.push(ide.page);
+            pooled.files.push(ide.files);
+            pooled.terminal.push(ide.terminal);
+        }
+        let [a, b] = passes;
+        Ok([a, b, pooled])
     }
     .await;
     let _ = tx.send(());
