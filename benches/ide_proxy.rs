@@ -1,27 +1,51 @@
-//! web-ide-proxy overhead: WebSocket echo round trips and throughput to the IDE agent in a real
-//! sandbox, through the proxy (browser → runner → exec stream → agent) versus the same transport
-//! without the proxy (exec stream → agent), measured side by side in one run.
+//! The IDE transport: WebSocket echo of 64-byte messages, one at a time per connection, to the
+//! agent's echo socket in real sandboxes, through the runner (browser → runner's web-ide-proxy →
+//! agent) against the bare transport to the same agents without the proxy, side by side in one
+//! run: 1 connection, 10 connections on one session, 50 sessions with one connection each. Then
+//! keystrokes (one every 100 ms per session) with `BENCH_LIVE` sessions live, through the runner
+//! and bare. With node and npm, configurable-http-proxy in front of a node WebSocket echo server
+//! (installed once under `target/bench-node/`) is a reference column of the same run.
 //!
 //!     cargo bench --bench ide_proxy                (needs scripts/host-setup.sh + build-base)
-//!     BENCH_N=2000 BENCH_RUNTIME=runsc cargo bench --bench ide_proxy
+//!     BENCH_SECS=1 BENCH_LIVE=50 cargo bench --bench ide_proxy     (a short run)
+//!     BENCH_RUNTIME=runsc cargo bench --bench ide_proxy
+//!
+//! The sandboxes run `exercise-runner/base:latest` with the IDE agent of this build when
+//! `target/release/ide-agent` exists (`cargo build --release -p ide-agent`): a private tag made
+//! from the base image, removed at the end.
 
 use std::{
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures_util::{SinkExt, StreamExt};
 use runner::{
-    config::{Secret, Settings},
+    config::{Secret, Settings, WorkspaceDriver},
     domain::Runtime,
+    engine::Engine,
     metrics::Metrics,
 };
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, Message},
+    WebSocketStream,
+};
 
 const TOKEN: &str = "bench-token";
+/// How many sessions' starts and stops are in flight at once.
+const SETUP_CONCURRENCY: usize = 8;
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
@@ -29,48 +53,326 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Round trips one at a time, then a pipelined burst; returns (latencies, messages per second).
-async fn measure<S>(ws: &mut S, n: usize) -> anyhow::Result<(Vec<Duration>, f64)>
-where
-    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
-        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
-        + Unpin,
-{
-    let payload = "x".repeat(64);
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        ws.send(Message::Text(payload.clone().into())).await?;
+/// One column of a row: messages per second over all connections, and round-trip percentiles.
+#[derive(Clone, Default)]
+struct Figures {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:>7.0} msg/s p50 {:>5.3} p99 {:>6.3} ms", self.rate, ms(self.p50), ms(self.p99))
+    }
+}
+
+fn figures(mut lat: Vec<Duration>, elapsed: Duration) -> Figures {
+    lat.sort();
+    Figures {
+        rate: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(&lat, 0.5),
+        p99: pct(&lat, 0.99),
+        max: lat.last().copied().unwrap_or_default(),
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+type Ws = WebSocketStream<Box<dyn Stream>>;
+
+async fn round_trip(ws: &mut Ws, payload: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    ws.send(Message::Text(payload.into())).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(_))) => return Ok(t.elapsed()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the echo socket closed"),
+        }
+    }
+}
+
+/// Every connection sends a 64-byte message, waits for its echo, and again, for `secs` (after
+/// a short warm-up); all connections at once.
+async fn echo_load(conns: Vec<Ws>, secs: f64) -> anyhow::Result<(Figures, Vec<Ws>)> {
+    let payload: Arc<str> = "x".repeat(64).into();
+    let start = Instant::now() + Duration::from_millis(300);
+    let end = start + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|mut ws| {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                while Instant::now() < start {
+                    round_trip(&mut ws, &payload).await?;
+                }
+                while Instant::now() < end {
+                    lat.push(round_trip(&mut ws, &payload).await?);
+                }
+                anyhow::Ok((lat, ws))
+            })
+        })
+        .collect();
+    let (mut all, mut back) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (lat, ws) = t.await??;
+        all.extend(lat);
+        back.push(ws);
+    }
+    Ok((figures(all, end - start), back))
+}
+
+/// Keystrokes: every connection sends a one-byte message every 100 ms (its phase spread over
+/// the interval) and times its echo, for `secs`.
+async fn keystrokes(conns: Vec<Ws>, secs: f64) -> anyhow::Result<(Figures, Vec<Ws>)> {
+    let n = conns.len().max(1);
+    let begin = tokio::time::Instant::now();
+    let end = begin + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let phase = Duration::from_millis(100) * i as u32 / n as u32;
+                let mut tick = tokio::time::interval_at(begin + phase, Duration::from_millis(100));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if tokio::time::Instant::now() >= end {
+                        break;
+                    }
+                    lat.push(round_trip(&mut ws, "k").await?);
+                }
+                anyhow::Ok((lat, ws))
+            })
+        })
+        .collect();
+    let (mut all, mut back) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (lat, ws) = t.await??;
+        all.extend(lat);
+        back.push(ws);
+    }
+    Ok((figures(all, Duration::from_secs_f64(secs)), back))
+}
+
+async fn close_all(conns: Vec<Ws>) {
+    for mut ws in conns {
+        let _ = ws.close(None).await;
+    }
+}
+
+struct Session {
+    id: String,
+    cookie: String,
+    container: String,
+}
+
+struct Bench {
+    base: String,
+    client: reqwest::Client,
+    engine: Engine,
+}
+
+impl Bench {
+    async fn start_session(&self, learner: usize) -> anyhow::Result<Session> {
+        let s: Value = self
+            .client
+            .post(format!("{}/v1/sessions", self.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"learner": format!("bench-{learner}"), "exercise": "bench-ide"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let id = s["id"].as_str().unwrap().to_string();
+        let login = self.client.get(s["ide_url"].as_str().unwrap()).send().await?;
+        let cookie = login.headers()["set-cookie"].to_str()?.split(';').next().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            if let Some(Ok(Message::Text(_))) = ws.next().await {
+            let r = self.client.get(format!("{}/ide/{id}/api/info", self.base)).header("cookie", &cookie).send().await;
+            if r.is_ok_and(|r| r.status() == 200) {
                 break;
             }
+            anyhow::ensure!(Instant::now() < deadline, "the agent of {id} did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        lat.push(t.elapsed());
+        Ok(Session { id, cookie, container: String::new() })
     }
-    // Throughput: a window of 64 messages in flight.
-    let total = n * 4;
-    let t = Instant::now();
-    let (mut sent, mut got) = (0, 0);
-    while got < total {
-        while sent < total && sent - got < 64 {
-            ws.feed(Message::Text(payload.clone().into())).await?;
-            sent += 1;
+
+    /// Their sandboxes' container ids, for the bare transports.
+    async fn find_containers(&self, sessions: &mut [Session]) -> anyhow::Result<()> {
+        let found = self.engine.list_sandboxes().await?;
+        for s in sessions {
+            let c = found.iter().find(|c| c.session_id.as_deref() == Some(&s.id));
+            s.container = c.map(|c| c.id.clone()).ok_or_else(|| anyhow::anyhow!("no sandbox for {}", s.id))?;
         }
-        ws.flush().await?;
-        if let Some(Ok(Message::Text(_))) = ws.next().await {
-            got += 1;
+        Ok(())
+    }
+
+    /// As a browser: through the runner's proxy.
+    async fn proxied(&self, s: &Session) -> anyhow::Result<Ws> {
+        let addr = self.base.trim_start_matches("http://");
+        let mut req = format!("ws://{addr}/ide/{}/api/echo", s.id).into_client_request()?;
+        req.headers_mut().insert("cookie", s.cookie.parse()?);
+        req.headers_mut().insert("origin", self.base.parse()?);
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let io: Box<dyn Stream> = Box::new(tcp);
+        Ok(tokio_tungstenite::client_async(req, io).await?.0)
+    }
+
+    /// The exec stream of `ide-agent connect`, no proxy.
+    async fn exec(&self, s: &Session) -> anyhow::Result<Ws> {
+        let cmd = vec![runner::ide::AGENT_BIN.into(), "connect".into(), runner::ide::AGENT_SOCKET.into()];
+        let io: Box<dyn Stream> = Box::new(self.engine.exec_stream(&s.container, cmd, "1000:1000").await?);
+        Ok(tokio_tungstenite::client_async("ws://agent/api/echo", io).await?.0)
+    }
+
+    /// The agent's socket in the sandbox's network namespace, no proxy (`None` where there is
+    /// none: gVisor, or an agent without it).
+    async fn netns(&self, s: &Session) -> anyhow::Result<Option<Ws>> {
+        match self.engine.connect_in_netns(&s.container, runner::ide::AGENT_NETNS_SOCKET).await {
+            Ok(Some(io)) => {
+                let io: Box<dyn Stream> = Box::new(io);
+                Ok(Some(tokio_tungstenite::client_async("ws://agent/api/echo", io).await?.0))
+            }
+            _ => Ok(None),
         }
     }
-    lat.sort();
-    Ok((lat, total as f64 / t.elapsed().as_secs_f64()))
+
+    /// What the proxy itself uses to reach an agent: the namespace's socket, else exec.
+    async fn bare(&self, s: &Session) -> anyhow::Result<Ws> {
+        match self.netns(s).await? {
+            Some(ws) => Ok(ws),
+            None => self.exec(s).await,
+        }
+    }
+}
+
+/// configurable-http-proxy in front of a node WebSocket echo server, both on loopback.
+struct Reference {
+    proxy_port: u16,
+    echo_port: u16,
+    _children: Vec<tokio::process::Child>,
+}
+
+async fn free_port() -> anyhow::Result<u16> {
+    Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
+}
+
+async fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "nothing listens on 127.0.0.1:{port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+const ECHO_JS: &str = r#"const { WebSocketServer } = require('ws');
+const wss = new WebSocketServer({ host: '127.0.0.1', port: Number(process.argv[2]) });
+wss.on('connection', (ws) => ws.on('message', (m, binary) => ws.send(m, { binary })));
+"#;
+
+async fn start_reference(dir: &Path) -> anyhow::Result<Reference> {
+    use tokio::process::Command;
+    let chp = dir.join("node_modules/.bin/configurable-http-proxy");
+    if !chp.exists() || !dir.join("node_modules/ws").exists() {
+        std::fs::create_dir_all(dir)?;
+        let out = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+            .arg(dir)
+            .args(["configurable-http-proxy@4.6.3", "ws@8"])
+            .output()
+            .await?;
+        anyhow::ensure!(out.status.success(), "npm install: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(dir.join("echo.js"), ECHO_JS)?;
+    let (echo_port, proxy_port, api_port) = (free_port().await?, free_port().await?, free_port().await?);
+    let echo = Command::new("node")
+        .arg(dir.join("echo.js"))
+        .arg(echo_port.to_string())
+        .current_dir(dir)
+        .kill_on_drop(true)
+        .spawn()?;
+    let proxy = Command::new(&chp)
+        .args(["--ip", "127.0.0.1", "--port", &proxy_port.to_string()])
+        .args(["--api-ip", "127.0.0.1", "--api-port", &api_port.to_string()])
+        .args(["--default-target", &format!("http://127.0.0.1:{echo_port}"), "--log-level", "error"])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    wait_for_port(echo_port).await?;
+    wait_for_port(proxy_port).await?;
+    Ok(Reference { proxy_port, echo_port, _children: vec![echo, proxy] })
+}
+
+async fn ws_to(port: u16) -> anyhow::Result<Ws> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let io: Box<dyn Stream> = Box::new(tcp);
+    Ok(tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/"), io).await?.0)
+}
+
+async fn ws_many(port: u16, n: usize) -> anyhow::Result<Vec<Ws>> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(ws_to(port).await?);
+    }
+    Ok(v)
+}
+
+/// The image of this run: the base image with this build's agent, or the base image as it is.
+async fn bench_image(instance: &str) -> anyhow::Result<(String, bool)> {
+    let agent = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .map(|release| release.join("ide-agent"))
+        .filter(|p| p.exists());
+    let Some(agent) = agent else {
+        println!("note: no target/release/ide-agent; the sandboxes run the base image's own agent");
+        return Ok(("exercise-runner/base:latest".into(), false));
+    };
+    let ctx = tempfile::tempdir()?;
+    std::fs::copy(&agent, ctx.path().join("ide-agent"))?;
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM exercise-runner/base:latest\nCOPY --chmod=755 ide-agent /usr/local/bin/ide-agent\n",
+    )?;
+    let tag = format!("exercise-runner/base:{instance}");
+    let out = tokio::process::Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(ctx.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+    Ok((tag, true))
+}
+
+async fn in_batches<T, F, Fut>(items: Vec<T>, f: F) -> Vec<Fut::Output>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future,
+{
+    futures_util::stream::iter(items.into_iter().map(f)).buffered(SETUP_CONCURRENCY).collect().await
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let secs: f64 = env("BENCH_SECS", 3.0);
+    let live: usize = env::<usize>("BENCH_LIVE", 300).max(50);
+    let key_secs: f64 = env("BENCH_KEYS_SECS", 10.0);
     let runtime: Runtime = std::env::var("BENCH_RUNTIME").unwrap_or_else(|_| "runc".into()).parse()?;
     let instance = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let (image, own_agent) = bench_image(&instance).await?;
     let dir = tempfile::Builder::new().prefix("exercise-runner-bench-").tempdir()?;
     let mut settings = Settings::defaults();
     settings.data_dir = dir.path().to_path_buf();
@@ -78,6 +380,10 @@ async fn main() -> anyhow::Result<()> {
     settings.api_token = Some(Secret::new(TOKEN));
     settings.instance = instance.clone();
     settings.runtime = runtime;
+    settings.max_live_sessions = live as u64 + 10;
+    settings.max_concurrent_starts = SETUP_CONCURRENCY;
+    settings.start_queue_timeout = Duration::from_secs(600);
+    settings.workspace_driver = WorkspaceDriver::Volume;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -88,75 +394,163 @@ async fn main() -> anyhow::Result<()> {
     while client.get(format!("{base}/healthz")).send().await.is_err() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    client
-        .put(format!("{base}/v1/exercises/bench-ide"))
+    let engine = runner::docker::connect(&instance, Arc::new(Metrics::new())).await?;
+    let bench = Bench { base: base.clone(), client: client.clone(), engine: engine.clone() };
+    let result = run(&bench, &image, secs, live, key_secs, runtime, own_agent).await;
+
+    // Clean up whatever happened: sessions, then anything of this instance left behind.
+    let ids: Vec<String> = match client.get(format!("{base}/v1/sessions?state=starting,running")).bearer_auth(TOKEN).send().await {
+        Ok(r) => r.json::<Value>().await.ok().and_then(|v| {
+            v["sessions"].as_array().map(|a| a.iter().filter_map(|s| s["id"].as_str().map(String::from)).collect())
+        }),
+        Err(_) => None,
+    }
+    .unwrap_or_default();
+    in_batches(ids, |id| client.delete(format!("{base}/v1/sessions/{id}")).bearer_auth(TOKEN).send()).await;
+    let _ = tx.send(());
+    let _ = server.await;
+    for c in engine.list_sandboxes().await.unwrap_or_default() {
+        let _ = engine.remove_container(&c.id).await;
+    }
+    for v in engine.list_workspace_volumes().await.unwrap_or_default() {
+        let _ = engine.remove_volume(&v).await;
+    }
+    if own_agent {
+        let _ = tokio::process::Command::new("docker").args(["rmi", "-f", &image]).output().await;
+    }
+    result
+}
+
+async fn run(
+    bench: &Bench,
+    image: &str,
+    secs: f64,
+    live: usize,
+    key_secs: f64,
+    runtime: Runtime,
+    own_agent: bool,
+) -> anyhow::Result<()> {
+    let c = &bench.client;
+    c.put(format!("{}/v1/exercises/bench-ide", bench.base))
         .bearer_auth(TOKEN)
-        .json(&json!({"image": "exercise-runner/base:latest"}))
+        .json(&json!({"image": image, "limits": {"memory_mb": 64, "cpus": 0.5, "pids": 64, "tmpfs_mb": 16, "workspace_mb": 16}}))
         .send()
         .await?
         .error_for_status()?;
-    let s: Value = client
-        .post(format!("{base}/v1/sessions"))
-        .bearer_auth(TOKEN)
-        .json(&json!({"learner": "bench", "exercise": "bench-ide"}))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let sid = s["id"].as_str().unwrap().to_string();
-    let login = client.get(s["ide_url"].as_str().unwrap()).send().await?;
-    let cookie = login.headers()["set-cookie"].to_str()?.split(';').next().unwrap().to_string();
-    // Wait for the agent.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(format!("{base}/ide/{sid}/api/info")).header("cookie", &cookie).send().await?.status() != 200 {
-        anyhow::ensure!(Instant::now() < deadline, "the agent did not start");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // The reference first, on an idle machine like the runner's columns.
+    let node_dir = std::env::current_exe()?
+        .ancestors()
+        .nth(3)
+        .map(|target| target.join("bench-node"))
+        .unwrap_or_else(|| PathBuf::from("bench-node"));
+    let reference = match start_reference(&node_dir).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            println!("note: no configurable-http-proxy column ({e:#})");
+            None
+        }
+    };
+
+    let t = Instant::now();
+    let mut sessions: Vec<Session> =
+        in_batches((0..50).collect(), |i| bench.start_session(i)).await.into_iter().collect::<Result<_, _>>()?;
+    bench.find_containers(&mut sessions).await?;
+    println!("50 sessions started in {:.1} s", t.elapsed().as_secs_f64());
+    let transport = if bench.netns(&sessions[0]).await?.is_some() { "netns socket" } else { "exec stream" };
+    println!(
+        "WebSocket echo, 64-byte messages one at a time per connection, {secs} s per cell; runtime {}, \
+         the proxy reaches the agent by {transport}{}",
+        runtime.as_str(),
+        if own_agent { "" } else { " (the base image's own agent)" }
+    );
+
+    type Row = (&'static str, Figures, Figures, Option<Figures>, Option<Figures>, Option<Figures>);
+    let mut rows: Vec<Row> = Vec::new();
+    for (label, conns) in [("1 connection", 1usize), ("10 conns, 1 session", 10), ("50 sessions x 1", 50)] {
+        let pick = |i: usize| if conns == 50 { &sessions[i] } else { &sessions[0] };
+        let mut v = Vec::new();
+        for i in 0..conns {
+            v.push(bench.proxied(pick(i)).await?);
+        }
+        let (through, v) = echo_load(v, secs).await?;
+        close_all(v).await;
+        let mut v = Vec::new();
+        for i in 0..conns {
+            v.push(bench.bare(pick(i)).await?);
+        }
+        let (bare, v) = echo_load(v, secs).await?;
+        close_all(v).await;
+        let exec = if transport == "exec stream" {
+            None
+        } else {
+            let mut v = Vec::new();
+            for i in 0..conns {
+                v.push(bench.exec(pick(i)).await?);
+            }
+            let (f, v) = echo_load(v, secs).await?;
+            close_all(v).await;
+            Some(f)
+        };
+        let (chp, node) = match &reference {
+            Some(r) => {
+                let (chp, v) = echo_load(ws_many(r.proxy_port, conns).await?, secs).await?;
+                close_all(v).await;
+                let (node, v) = echo_load(ws_many(r.echo_port, conns).await?, secs).await?;
+                close_all(v).await;
+                (Some(chp), Some(node))
+            }
+            None => (None, None),
+        };
+        rows.push((label, through, bare, exec, chp, node));
     }
-
-    // Without the proxy: the same exec-stream transport, straight to the agent.
-    let engine = runner::docker::connect(&instance, Arc::new(Metrics::new())).await?;
-    let container = engine.list_sandboxes().await?.into_iter().next().unwrap().id;
-    let cmd = vec![runner::ide::AGENT_BIN.into(), "connect".into(), runner::ide::AGENT_SOCKET.into()];
-    let io = engine.exec_stream(&container, cmd, "1000:1000").await?;
-    let (mut direct, _) = tokio_tungstenite::client_async("ws://agent/api/echo", io).await?;
-    let (d_lat, d_rate) = measure(&mut direct, n).await?;
-
-    // Through the proxy, as a browser.
-    let mut req = format!("ws://{}/ide/{sid}/api/echo", base.trim_start_matches("http://")).into_client_request()?;
-    req.headers_mut().insert("cookie", cookie.parse()?);
-    req.headers_mut().insert("origin", base.parse()?);
-    let (mut proxied, _) = tokio_tungstenite::connect_async(req).await?;
-    let (p_lat, p_rate) = measure(&mut proxied, n).await?;
-
-    println!("WebSocket echo to the IDE agent, runtime {}, {n} round trips + {} pipelined", runtime.as_str(), n * 4);
+    let dash = "-".to_string();
     println!(
-        "{:<34} p50 {:>6.3} ms  p99 {:>6.3} ms  {:>8.0} msg/s",
-        "exec stream, no proxy",
-        ms(pct(&d_lat, 0.5)),
-        ms(pct(&d_lat, 0.99)),
-        d_rate
+        "{:<20} | {:<40} | {:<40} | {:<40} | {:<40} | {:<40}",
+        "", "through the runner", format!("bare {transport}"), "exec stream (no proxy)", "CHP -> node echo", "node echo direct"
     );
-    println!(
-        "{:<34} p50 {:>6.3} ms  p99 {:>6.3} ms  {:>8.0} msg/s",
-        "through web-ide-proxy",
-        ms(pct(&p_lat, 0.5)),
-        ms(pct(&p_lat, 0.99)),
-        p_rate
-    );
-    println!(
-        "ratio proxy/direct: latency p50 {:.2}x p99 {:.2}x; throughput {:.2}x",
-        ms(pct(&p_lat, 0.5)) / ms(pct(&d_lat, 0.5)),
-        ms(pct(&p_lat, 0.99)) / ms(pct(&d_lat, 0.99)),
-        p_rate / d_rate
-    );
-    let _ = direct.close(None).await;
-    let _ = proxied.close(None).await;
-    client.delete(format!("{base}/v1/sessions/{sid}")).bearer_auth(TOKEN).send().await?;
-    let _ = tx.send(());
-    server.await??;
-    for c in engine.list_sandboxes().await? {
-        engine.remove_container(&c.id).await?;
+    for (label, through, bare, exec, chp, node) in &rows {
+        let opt = |f: &Option<Figures>| f.as_ref().map(|f| f.to_string()).unwrap_or_else(|| dash.clone());
+        println!("{label:<20} | {through:<40} | {bare:<40} | {:<40} | {:<40} | {:<40}", opt(exec), opt(chp), opt(node));
     }
+    for (label, through, bare, _, chp, _) in &rows {
+        let vs_chp = chp.as_ref().map(|c| format!("; runner/CHP {:.2}x", through.rate / c.rate)).unwrap_or_default();
+        println!(
+            "{label:<20}   runner/bare throughput {:.2}x, p99 {:.2}x{vs_chp}",
+            through.rate / bare.rate,
+            ms(through.p99) / ms(bare.p99)
+        );
+    }
+    drop(reference);
+
+    // Keystrokes with `live` sessions live.
+    let t = Instant::now();
+    let mut more: Vec<Session> =
+        in_batches((50..live).collect(), |i| bench.start_session(i)).await.into_iter().collect::<Result<_, _>>()?;
+    bench.find_containers(&mut more).await?;
+    let all: Vec<&Session> = sessions.iter().chain(more.iter()).collect();
+    println!("{} more sessions started in {:.1} s ({} live)", more.len(), t.elapsed().as_secs_f64(), all.len());
+    let mut v = Vec::new();
+    for s in &all {
+        v.push(bench.proxied(s).await?);
+    }
+    let (through, v) = keystrokes(v, key_secs).await?;
+    close_all(v).await;
+    let mut v = Vec::new();
+    for s in &all {
+        v.push(bench.bare(s).await?);
+    }
+    let (bare, v) = keystrokes(v, key_secs).await?;
+    close_all(v).await;
+    println!("Keystrokes (1 byte every 100 ms per session, {key_secs} s) with {} live sessions:", all.len());
+    for (label, f) in [("through the runner", &through), (&*format!("bare {transport}"), &bare)] {
+        println!(
+            "  {label:<20} {:>6} round trips  p50 {:>6.3} ms  p99 {:>6.3} ms  max {:>7.3} ms",
+            (f.rate * key_secs).round(),
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.max)
+        );
+    }
+    println!("  ratio runner/bare: p50 {:.2}x p99 {:.2}x", ms(through.p50) / ms(bare.p50), ms(through.p99) / ms(bare.p99));
     Ok(())
 }

@@ -3,7 +3,10 @@
 //! `ide-agent serve` is started by supervisord as the learner. It listens on a Unix socket (the
 //! sandbox has no network) and serves the learner's files and terminals on real PTYs (the page comes from the proxy).
 //! `ide-agent connect SOCKET` joins its stdin/stdout to that socket: the runner's web-ide-proxy
-//! runs it through `docker exec`, whose stdio streams work under runc and gVisor alike.
+//! runs it through `docker exec`, whose stdio streams work under runc and gVisor alike. The agent
+//! also listens on an abstract Unix socket ([`NETNS_SOCKET`]), which belongs to the sandbox's
+//! network namespace rather than to any file: under runc the proxy connects to it from inside that
+//! namespace, without an exec.
 //! `ide-agent health` is the base image's health check (the agent answers, no service is stuck);
 //! with `--wait-ms N` it polls until healthy or N ms passed, so the runner learns that a sandbox
 //! just started is ready with one exec instead of one per poll.
@@ -21,6 +24,9 @@ use std::{path::PathBuf, sync::Arc};
 use anyhow::Context;
 
 pub const DEFAULT_SOCKET: &str = "/run/ide-agent/agent.sock";
+/// The abstract socket's name (no file: it lives in the network namespace). Keep in step with
+/// `runner::ide::AGENT_NETNS_SOCKET`.
+pub const NETNS_SOCKET: &str = "exercise-runner/ide-agent";
 
 pub struct Agent {
     pub root: PathBuf,
@@ -79,8 +85,28 @@ async fn serve(socket: PathBuf, root: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
     let agent = Arc::new(Agent { root: root.canonicalize()?, terminals: terminals::Terminals::default() });
     tracing::info!(socket = %socket.display(), root = %agent.root.display(), "ide-agent listening");
-    axum::serve(listener, web::router(agent)).await?;
+    let app = web::router(agent);
+    // The abstract socket is a shortcut for the proxy; without it the file socket still serves.
+    match bind_abstract(NETNS_SOCKET) {
+        Ok(netns) => {
+            tracing::info!(name = NETNS_SOCKET, "ide-agent listening on the abstract socket too");
+            use std::future::IntoFuture;
+            tokio::try_join!(axum::serve(listener, app.clone()).into_future(), axum::serve(netns, app).into_future())?;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no abstract socket: the proxy reaches this agent through exec only");
+            axum::serve(listener, app).await?;
+        }
+    }
     Ok(())
+}
+
+fn bind_abstract(name: &str) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
 }
 
 /// Pipes stdin to the socket and the socket to stdout until either side ends.

@@ -11,6 +11,9 @@ use crate::{checks::Checks, config::Settings, domain::SessionState, engine::Engi
 /// Where the agent listens inside every sandbox built on the base image.
 pub const AGENT_SOCKET: &str = "/run/ide-agent/agent.sock";
 pub const AGENT_BIN: &str = "/usr/local/bin/ide-agent";
+/// The agent's abstract Unix socket (`ide-agent`'s `NETNS_SOCKET`): in the sandbox's network
+/// namespace, no file.
+pub const AGENT_NETNS_SOCKET: &str = "exercise-runner/ide-agent";
 
 /// The web IDE proxy over this runner's sessions.
 pub type IdeProxy = Proxy<RunnerBackend>;
@@ -41,7 +44,17 @@ impl Backend for RunnerBackend {
         })
     }
 
+    /// Under runc the agent's abstract socket in the sandbox's own network namespace (no exec:
+    /// the engine's hop and `ide-agent connect` are a good part of a round trip, and an exec
+    /// costs tens of milliseconds to start); under gVisor, or when nothing answers there (an
+    /// agent older than that socket, or the learner's own program), the exec of `ide-agent
+    /// connect` as before. Either peer is learner-controlled and treated alike.
     async fn connect(&self, container: &str) -> anyhow::Result<BoxIo> {
+        match self.engine.connect_in_netns(container, AGENT_NETNS_SOCKET).await {
+            Ok(Some(io)) => return Ok(Box::new(io)),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(container, error = %format!("{e:#}"), "IDE: no agent in the namespace; exec"),
+        }
         let cmd = vec![AGENT_BIN.to_string(), "connect".to_string(), AGENT_SOCKET.to_string()];
         Ok(Box::new(self.engine.exec_stream(container, cmd, &self.user).await?))
     }

@@ -11,6 +11,7 @@ mod events;
 mod exec_io;
 mod images;
 mod managed_apps;
+mod netns;
 mod policy;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
@@ -335,6 +336,24 @@ impl DockerEngine {
         }
     }
 
+    async fn connect_in_netns(&self, container: &str, name: &str) -> anyhow::Result<Option<ExecIo>> {
+        // A remote engine's namespace files are on its host, not this one.
+        if self.socket.is_none() {
+            return Ok(None);
+        }
+        let r = self.docker.inspect_container(container, None::<InspectContainerOptions>).await;
+        let c = self.count("inspect_container", r)?;
+        let runtime = c.host_config.and_then(|h| h.runtime).unwrap_or_default();
+        let running = c.state.and_then(|s| s.running).unwrap_or(false);
+        if !running || !netns::runtime_shares_host_kernel(&runtime) {
+            return Ok(None);
+        }
+        let Some(key) = c.network_settings.and_then(|n| n.sandbox_key).filter(|k| !k.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(netns::connect(std::path::Path::new(&key), name).await?)))
+    }
+
     /// Build containers of this instance (self-tests), running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
         let filters = HashMap::from([(
@@ -523,6 +542,10 @@ impl ContainerEngine for DockerEngine {
 
     async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo> {
         DockerEngine::exec_stream(self, container, cmd, user).await
+    }
+
+    async fn connect_in_netns(&self, container: &str, name: &str) -> anyhow::Result<Option<ExecIo>> {
+        DockerEngine::connect_in_netns(self, container, name).await
     }
 
     async fn volume_options(&self, name: &str) -> anyhow::Result<Option<HashMap<String, String>>> {

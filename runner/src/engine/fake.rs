@@ -139,6 +139,10 @@ impl ContainerEngine for FakeEngine {
         Err(absent("exec_stream"))
     }
 
+    async fn connect_in_netns(&self, _: &str, _: &str) -> anyhow::Result<Option<ExecIo>> {
+        Ok(None)
+    }
+
     async fn volume_options(&self, _: &str) -> anyhow::Result<Option<HashMap<String, String>>> {
         Err(absent("volume_options"))
     }

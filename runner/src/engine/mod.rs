@@ -116,6 +116,13 @@ pub trait ContainerEngine: Send + Sync {
     /// Starts `cmd` in a running container and returns its stdin/stdout as one byte stream.
     async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo>;
 
+    /// A stream to the abstract Unix socket `name` inside a running sandbox's own network
+    /// namespace, entered from the host (as Kubernetes' CRI port-forward enters a pod's): no
+    /// exec, and no file of the sandbox touched. `Ok(None)` when that namespace holds nothing of
+    /// the sandbox's on this host (gVisor keeps its network stack inside the sandbox) or the
+    /// engine is not on this host; then only [`Self::exec_stream`] reaches it.
+    async fn connect_in_netns(&self, container: &str, name: &str) -> anyhow::Result<Option<ExecIo>>;
+
     // ---- volumes ----
 
     /// The driver options of a volume, when it exists.

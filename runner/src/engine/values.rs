@@ -211,7 +211,7 @@ pub trait ExecStream: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> ExecStream for T {}
 
-/// The stream [`super::ContainerEngine::exec_stream`] answers.
+/// The stream [`super::ContainerEngine::exec_stream`] and [`super::ContainerEngine::connect_in_netns`] answer.
 pub type ExecIo = Box<dyn ExecStream>;
 
 /// Where a call sends its progress as it comes, a line at a time (build and pull output).
