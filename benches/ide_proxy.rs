@@ -82,6 +82,13 @@ trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 type Ws = WebSocketStream<Box<dyn Stream>>;
 
+/// The client's own sockets: a small read buffer (tungstenite zero-fills all of it before every
+/// read), so the client costs every column little and alike.
+async fn handshake<R: IntoClientRequest + Unpin>(req: R, io: Box<dyn Stream>) -> anyhow::Result<Ws> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024);
+    Ok(tokio_tungstenite::client_async_with_config(req, io, Some(config)).await?.0)
+}
+
 async fn round_trip(ws: &mut Ws, payload: &str) -> anyhow::Result<Duration> {
     let t = Instant::now();
     ws.send(Message::Text(payload.into())).await?;
@@ -225,14 +232,14 @@ impl Bench {
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let io: Box<dyn Stream> = Box::new(tcp);
-        Ok(tokio_tungstenite::client_async(req, io).await?.0)
+        handshake(req, io).await
     }
 
     /// The exec stream of `ide-agent connect`, no proxy.
     async fn exec(&self, s: &Session) -> anyhow::Result<Ws> {
         let cmd = vec![runner::ide::AGENT_BIN.into(), "connect".into(), runner::ide::AGENT_SOCKET.into()];
         let io: Box<dyn Stream> = Box::new(self.engine.exec_stream(&s.container, cmd, "1000:1000").await?);
-        Ok(tokio_tungstenite::client_async("ws://agent/api/echo", io).await?.0)
+        handshake("ws://agent/api/echo", io).await
     }
 
     /// The agent's socket in the sandbox's network namespace, no proxy (`None` where there is
@@ -241,9 +248,13 @@ impl Bench {
         match self.engine.connect_in_netns(&s.container, runner::ide::AGENT_NETNS_SOCKET).await {
             Ok(Some(io)) => {
                 let io: Box<dyn Stream> = Box::new(io);
-                Ok(Some(tokio_tungstenite::client_async("ws://agent/api/echo", io).await?.0))
+                Ok(Some(handshake("ws://agent/api/echo", io).await?))
             }
-            _ => Ok(None),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                println!("note: no socket in the namespace of {}: {e:#}", s.container);
+                Ok(None)
+            }
         }
     }
 
@@ -318,7 +329,7 @@ async fn ws_to(port: u16) -> anyhow::Result<Ws> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.set_nodelay(true)?;
     let io: Box<dyn Stream> = Box::new(tcp);
-    Ok(tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/"), io).await?.0)
+    handshake(format!("ws://127.0.0.1:{port}/"), io).await
 }
 
 async fn ws_many(port: u16, n: usize) -> anyhow::Result<Vec<Ws>> {
@@ -344,7 +355,7 @@ async fn bench_image(instance: &str) -> anyhow::Result<(String, bool)> {
     std::fs::copy(&agent, ctx.path().join("ide-agent"))?;
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        "FROM exercise-runner/base:latest\nCOPY --chmod=755 ide-agent /usr/local/bin/ide-agent\n",
+        "FROM exercise-runner/base:latest\nCOPY ide-agent /usr/local/bin/ide-agent\n",
     )?;
     let tag = format!("exercise-runner/base:{instance}");
     let out = tokio::process::Command::new("docker")
@@ -510,7 +521,7 @@ async fn run(
     );
     for (label, through, bare, exec, chp, node) in &rows {
         let opt = |f: &Option<Figures>| f.as_ref().map(|f| f.to_string()).unwrap_or_else(|| dash.clone());
-        println!("{label:<20} | {through:<40} | {bare:<40} | {:<40} | {:<40} | {:<40}", opt(exec), opt(chp), opt(node));
+        println!("{label:<20} | {:<40} | {:<40} | {:<40} | {:<40} | {:<40}", through.to_string(), bare.to_string(), opt(exec), opt(chp), opt(node));
     }
     for (label, through, bare, _, chp, _) in &rows {
         let vs_chp = chp.as_ref().map(|c| format!("; runner/CHP {:.2}x", through.rate / c.rate)).unwrap_or_default();

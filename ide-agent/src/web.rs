@@ -22,6 +22,9 @@ use serde_json::json;
 use crate::{files, Agent};
 
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// tungstenite zero-fills its whole read buffer before every read, even one that finds nothing
+/// (128 KiB by default: most of a keystroke's cost). Terminal output comes in PTY-sized chunks.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
@@ -108,7 +111,7 @@ async fn terminal_socket(State(agent): State<Arc<Agent>>, Path(id): Path<String>
     let Some(term) = agent.terminals.get(&id) else {
         return error(StatusCode::NOT_FOUND, "terminal_not_found", format!("no terminal {id}"));
     };
-    ws.max_message_size(MAX_MESSAGE_BYTES).on_upgrade(move |mut socket: WebSocket| async move {
+    ws.max_message_size(MAX_MESSAGE_BYTES).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(move |mut socket: WebSocket| async move {
         let mut att = term.attach();
         if term.has_exited() {
             let frame = CloseFrame { code: 4001, reason: "the shell exited".into() };
@@ -156,7 +159,7 @@ async fn terminal_socket(State(agent): State<Arc<Agent>>, Path(id): Path<String>
 
 /// Echoes every message back: the proxy benchmark measures the path without terminal work.
 async fn echo_socket(ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES).on_upgrade(|mut socket: WebSocket| async move {
+    ws.max_message_size(MAX_MESSAGE_BYTES).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(|mut socket: WebSocket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
             let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
             if matches!(msg, Message::Close(_)) || (echo && socket.send(msg).await.is_err()) {

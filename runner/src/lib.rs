@@ -39,6 +39,15 @@ pub use config::Settings;
 
 /// Runs the service on `listener` until `shutdown` completes, then drains requests and stops the
 /// background loops. Sandboxes keep running: the next start adopts them (invariant 2).
+/// The API's and the IDE's connections send small writes (keystrokes, terminal output): with
+/// Nagle's algorithm a write behind an unacknowledged one waits for the peer's delayed ACK.
+fn without_nagle(listener: TcpListener) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
+}
+
 pub async fn launch(
     mut settings: Settings,
     listener: TcpListener,
@@ -101,7 +110,7 @@ pub async fn launch(
     tracing::info!(addr = %listener.local_addr()?, instance = %app.settings.instance,
         runtime = app.settings.runtime.as_str(), "exercise-runner listening");
     let router = http::router::build_axum_router(app.clone());
-    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(without_nagle(listener), router).with_graceful_shutdown(shutdown).await;
     cancel.cancel();
     for task in background.into_iter().chain(ingress) {
         let _ = task.await;
@@ -145,7 +154,7 @@ pub async fn launch_ide_proxy(
         .merge(ide.router())
         .layer(axum::middleware::from_fn(http::middleware::request_id));
     tracing::info!(addr = %listener.local_addr()?, "exercise-runner IDE proxy listening");
-    let served = axum::serve(listener, router).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(without_nagle(listener), router).with_graceful_shutdown(shutdown).await;
     cancel.cancel();
     let _ = background.await;
     served.context("serving HTTP")

@@ -21,6 +21,11 @@ use crate::{
     Backend, Proxy, CLOSE_SESSION_ENDED,
 };
 
+/// tungstenite zero-fills its whole read buffer before every read, even one that finds nothing:
+/// at the default 128 KiB that was most of a message's cost in the proxy (a `memset` per poll,
+/// on both sockets). Messages larger than this are still read whole, in more reads.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 fn to_agent(m: ws::Message) -> Option<tg::Message> {
     Some(match m {
         ws::Message::Text(t) => tg::Message::Text(t.as_str().into()),
@@ -58,7 +63,10 @@ pub async fn bridge<B: Backend>(
     let max = proxy.config.max_message_bytes;
     // Connect to the agent first, so a refusal there is a proper HTTP answer to the browser; an
     // agent still starting gets a moment.
-    let config = WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max));
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .read_buffer_size(READ_BUFFER_BYTES);
     let url = format!("ws://agent{path_and_query}");
     let attempt = || {
         let (proxy, session, container, url) = (&proxy, &session, &container, url.clone());
@@ -91,6 +99,7 @@ pub async fn bridge<B: Backend>(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |browser: WebSocket| async move {
             let _permit = permit;
             pump(&proxy, &session, browser, agent, &mut ended).await;

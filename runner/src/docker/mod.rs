@@ -344,14 +344,13 @@ impl DockerEngine {
         let r = self.docker.inspect_container(container, None::<InspectContainerOptions>).await;
         let c = self.count("inspect_container", r)?;
         let runtime = c.host_config.and_then(|h| h.runtime).unwrap_or_default();
-        let running = c.state.and_then(|s| s.running).unwrap_or(false);
+        let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         if !running || !netns::runtime_shares_host_kernel(&runtime) {
             return Ok(None);
         }
-        let Some(key) = c.network_settings.and_then(|n| n.sandbox_key).filter(|k| !k.is_empty()) else {
-            return Ok(None);
-        };
-        Ok(Some(Box::new(netns::connect(std::path::Path::new(&key), name).await?)))
+        let pid = c.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0);
+        let (Some(pid), Some(id)) = (pid, c.id) else { return Ok(None) };
+        Ok(Some(Box::new(netns::connect(pid as u32, &id, name).await?)))
     }
 
     /// Build containers of this instance (self-tests), running or not.

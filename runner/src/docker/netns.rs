@@ -1,17 +1,23 @@
 //! A stream into a sandbox's own network namespace, without an exec: the namespace is entered
-//! the way Kubernetes' CRI port-forward enters a pod's (`setns` on the file the engine keeps for
-//! it), on a thread of its own that ends right after, and an abstract Unix socket is connected
-//! there. Under runc (and crun) the sandbox's processes live in that namespace; under gVisor the
-//! sandbox has a network stack of its own inside the sandbox kernel, so nothing of it is there.
+//! the way Kubernetes' CRI port-forward enters a pod's (`setns` into the namespace of the
+//! container's process), on a thread of its own that ends right after, and an abstract Unix
+//! socket is connected there. Under runc (and crun) the sandbox's processes live in that
+//! namespace; under gVisor the sandbox has a network stack of its own inside the sandbox kernel,
+//! so nothing of it is there. (Sandboxes without a network are created with `NetworkDisabled`:
+//! the engine keeps no namespace file for them, so the namespace is the one of the container's
+//! init process.)
 //!
-//! Invariant 4 holds: no file of the sandbox is opened or followed. The namespace file is the
-//! engine's (`NetworkSettings.SandboxKey`, under the engine's own run directory), opened without
-//! following symlinks; an abstract socket has no file at all; the connect is non-blocking, so a
-//! learner's listener that never accepts cannot hold the thread; and the namespace's only way
-//! out is its loopback (sandboxes have no capability to change its routes). The socket's peer is
-//! learner-controlled, like the agent's file socket: the proxy trusts nothing it says.
+//! Invariant 4 holds: no file of the sandbox is opened or followed. `/proc/<pid>` is opened as a
+//! directory first, which pins that very process (were it gone and its pid reused, reads through
+//! the descriptor fail instead of reaching the newcomer); its `cgroup` must name the container's
+//! id (a learner cannot move a process out of the container's cgroup), and only then its
+//! `ns/net`, a kernel file the learner cannot redirect. An abstract socket has no file at all;
+//! the connect is non-blocking, so a learner's listener that never accepts cannot hold the
+//! thread; and the namespace's only way out is its loopback (sandboxes have no capability to
+//! change its routes). The socket's peer is learner-controlled, like the agent's file socket: the
+//! proxy trusts nothing it says.
 
-use std::{os::fd::AsFd, path::Path};
+use std::os::fd::AsFd;
 
 use anyhow::Context;
 use rustix::{
@@ -26,10 +32,20 @@ pub(super) fn runtime_shares_host_kernel(runtime: &str) -> bool {
     matches!(runtime, "runc" | "crun" | "io.containerd.runc.v2")
 }
 
-/// Connects to the abstract Unix socket `name` inside the network namespace at `netns` (an
-/// nsfs file of the engine's). Blocking for a moment: call it off the async threads.
-fn connect_in(netns: &Path, name: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
-    let ns = rustix::fs::open(netns, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())?;
+/// Connects to the abstract Unix socket `name` inside the network namespace of process `pid`,
+/// which must be in container `id`'s cgroup. Blocking for a moment: call it off the async threads.
+fn connect_in(pid: u32, id: &str, name: &str) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::io::Read;
+    let ro = OFlags::RDONLY | OFlags::CLOEXEC;
+    let proc = rustix::fs::open(format!("/proc/{pid}"), ro | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty())?;
+    let mut cgroup = String::new();
+    std::fs::File::from(rustix::fs::openat(&proc, "cgroup", ro | OFlags::NOFOLLOW, Mode::empty())?)
+        .take(64 * 1024)
+        .read_to_string(&mut cgroup)?;
+    if id.len() < 64 || !cgroup.lines().any(|l| l.contains(id)) {
+        return Err(std::io::Error::other(format!("process {pid} is not in the container's cgroup")));
+    }
+    let ns = rustix::fs::openat(&proc, "ns/net", ro, Mode::empty())?;
     // Refused unless the file is a network namespace.
     rustix::thread::move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))?;
     let fd = rustix::net::socket_with(
@@ -46,19 +62,19 @@ fn connect_in(netns: &Path, name: &str) -> std::io::Result<std::os::unix::net::U
 
 /// [`connect_in`] on a fresh thread: `setns` moves only the calling thread, and this one ends
 /// with the connect, so no thread of the runner's is ever left in a sandbox's namespace.
-pub(super) async fn connect(netns: &Path, name: &str) -> anyhow::Result<tokio::net::UnixStream> {
-    anyhow::ensure!(netns.is_absolute(), "the engine named no network namespace for this container");
-    let (path, name_owned) = (netns.to_path_buf(), name.to_string());
+pub(super) async fn connect(pid: u32, id: &str, name: &str) -> anyhow::Result<tokio::net::UnixStream> {
+    let (id_owned, name_owned) = (id.to_string(), name.to_string());
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("netns-connect".into())
         .spawn(move || {
-            let _ = tx.send(connect_in(&path, &name_owned));
+            let _ = tx.send(connect_in(pid, &id_owned, &name_owned));
         })
         .context("starting the namespace thread")?;
-    let stream = rx.await.context("the namespace thread ended")?.with_context(|| {
-        format!("connecting to @{name} in the network namespace {}", netns.display())
-    })?;
+    let stream = rx
+        .await
+        .context("the namespace thread ended")?
+        .with_context(|| format!("connecting to @{name} in the network namespace of process {pid}"))?;
     // Already non-blocking.
     Ok(tokio::net::UnixStream::from_std(stream)?)
 }
