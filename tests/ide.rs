@@ -419,6 +419,60 @@ async fn replace_agent_with_hostile_one(app: &TestApp, session: &str) -> String 
     container
 }
 
+/// Under runc the proxy reaches the agent on its abstract socket in the sandbox's own network
+/// namespace, without an exec (issue 11, item 6): an agent listening there alone (no file socket,
+/// so `ide-agent connect` finds nothing) answers the browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_runc_the_proxy_reaches_the_agent_in_the_sandboxs_network_namespace() {
+    let app = spawn_app().await;
+    ide_exercise(&app, "ide-netns").await;
+    let s = app.session("ada", "ide-netns").await;
+    let id = s["id"].as_str().unwrap();
+    let cookie = login(&app, s["ide_url"].as_str().unwrap()).await;
+    wait_agent(&app, id, &cookie).await;
+    let container = session_container(&app.instance, id).unwrap();
+    let script = r#"
+import socketserver, sys
+from http.server import BaseHTTPRequestHandler
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_GET(self):
+        body = b'{"title":"from the namespace"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+server = S("\0exercise-runner/ide-agent", H)
+open("/tmp/netns-agent.ready", "w").close()
+server.serve_forever()
+"#;
+    learner_writes(&container, "/tmp/netns-agent.py", script);
+    let (code, out) = sandbox_exec(&container, "supervisorctl stop ide-agent && rm -f /run/ide-agent/agent.sock");
+    assert_eq!(code, 0, "{out}");
+    docker(&["exec", "-d", &container, "sh", "-c", "python3 /tmp/netns-agent.py >/tmp/netns-agent.log 2>&1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sandbox_exec(&container, "test -f /tmp/netns-agent.ready").0 != 0 {
+        assert!(Instant::now() < deadline, "{}", sandbox_exec(&container, "cat /tmp/netns-agent.log").1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = get_with(&app, &format!("/ide/{id}/api/info"), &cookie).await;
+        if status == 200 && v["title"] == "from the namespace" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent in the namespace did not answer: {status} {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No file socket at all: the exec path has nothing to connect to.
+    let (code, _) = sandbox_exec(&container, "test -e /run/ide-agent/agent.sock");
+    assert_ne!(code, 0);
+}
+
 /// The attack of issue 15 (3): what a learner's agent answers reaches the browser as data only —
 /// no cookie, no HTML, no script, no CORS grant — and the page comes from the runner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

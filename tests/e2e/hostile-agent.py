@@ -9,10 +9,14 @@ agent and listen on its socket. This one answers like an attacker would:
                    (a cookie bomb, which would make the browser's requests too large: 431).
 
     python3 hostile-agent.py /run/ide-agent/agent.sock
+
+It listens on the agent's abstract socket too (`@exercise-runner/ide-agent`, in the sandbox's
+network namespace), where the proxy looks first under runc.
 """
 import os
 import socketserver
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
@@ -71,5 +75,10 @@ os.makedirs(os.path.dirname(SOCKET), exist_ok=True)
 if os.path.exists(SOCKET):
     os.unlink(SOCKET)
 server = Server(SOCKET, Handler)
+try:
+    netns = Server("\0exercise-runner/ide-agent", Handler)
+    threading.Thread(target=netns.serve_forever, daemon=True).start()
+except OSError as e:
+    print(f"no abstract socket: {e}", file=sys.stderr)
 open("/tmp/hostile-agent.ready", "w").close()
 server.serve_forever()
