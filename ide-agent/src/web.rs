@@ -111,7 +111,8 @@ async fn terminal_socket(State(agent): State<Arc<Agent>>, Path(id): Path<String>
     let Some(term) = agent.terminals.get(&id) else {
         return error(StatusCode::NOT_FOUND, "terminal_not_found", format!("no terminal {id}"));
     };
-    ws.max_message_size(MAX_MESSAGE_BYTES).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(move |mut socket: WebSocket| async move {
+    let ws = ws.read_buffer_size(READ_BUFFER_BYTES);
+    ws.max_message_size(MAX_MESSAGE_BYTES).on_upgrade(move |mut socket: WebSocket| async move {
         let mut att = term.attach();
         if term.has_exited() {
             let frame = CloseFrame { code: 4001, reason: "the shell exited".into() };
@@ -159,7 +160,8 @@ async fn terminal_socket(State(agent): State<Arc<Agent>>, Path(id): Path<String>
 
 /// Echoes every message back: the proxy benchmark measures the path without terminal work.
 async fn echo_socket(ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_MESSAGE_BYTES).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(|mut socket: WebSocket| async move {
+    let ws = ws.read_buffer_size(READ_BUFFER_BYTES);
+    ws.max_message_size(MAX_MESSAGE_BYTES).on_upgrade(|mut socket: WebSocket| async move {
         while let Some(Ok(msg)) = socket.recv().await {
             let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
             if matches!(msg, Message::Close(_)) || (echo && socket.send(msg).await.is_err()) {
