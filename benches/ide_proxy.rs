@@ -91,17 +91,21 @@ async fn handshake<R: IntoClientRequest + Unpin>(req: R, io: Box<dyn Stream>) ->
     Ok(tokio_tungstenite::client_async_with_config(req, io, Some(config)).await?.0)
 }
 
+/// One echo; a lost one fails the run instead of hanging it.
 async fn round_trip(ws: &mut Ws, payload: &str) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    ws.send(Message::Text(payload.into())).await?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(_))) => return Ok(t.elapsed()),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e.into()),
-            None => anyhow::bail!("the echo socket closed"),
+    let echo = async {
+        ws.send(Message::Text(payload.into())).await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(_))) => return anyhow::Ok(t.elapsed()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => anyhow::bail!("the echo socket closed"),
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), echo).await.map_err(|_| anyhow::anyhow!("no echo in 10 s"))?
 }
 
 /// Every connection sends a 64-byte message, waits for its echo, and again, for `secs` (after
