@@ -406,6 +406,11 @@ async fn replace_agent_with_hostile_one(app: &TestApp, session: &str) -> String 
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/hostile-agent.py"))
             .unwrap();
     learner_writes(&container, "/tmp/hostile-agent.py", &script);
+    // The session answers once its container runs; supervisord may still be starting.
+    eventually(Duration::from_secs(30), "supervisord's socket", || {
+        (sandbox_exec(&container, "test -S /run/supervisor.sock").0 == 0).then_some(())
+    })
+    .await;
     let (code, out) = sandbox_exec(&container, "id -u && supervisorctl stop ide-agent");
     assert!(code == 0 && out.starts_with("1000"), "the learner stops the agent: {out}");
     let serve = "python3 /tmp/hostile-agent.py /run/ide-agent/agent.sock >/tmp/hostile-agent.log 2>&1";

@@ -210,6 +210,18 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // Let the runner stop (its background work, a warm pool's fills, ends with it) before
+        // its containers are removed, so nothing it makes afterwards is left behind.
+        if let Some(server) = self.server.take() {
+            let handle = tokio::runtime::Handle::try_current();
+            if let Some(handle) =
+                handle.ok().filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+            {
+                tokio::task::block_in_place(|| {
+                    let _ = handle.block_on(tokio::time::timeout(Duration::from_secs(40), server));
+                });
+            }
+        }
         if self._tmp.is_some() {
             cleanup_instance(&self.instance, &self.data_dir);
         }

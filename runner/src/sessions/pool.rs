@@ -300,17 +300,22 @@ pub fn plan(
 // ---- rounds ----
 
 pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
+    let mut fills = tokio::task::JoinSet::new();
     loop {
-        if let Err(e) = round(&sessions).await {
+        if let Err(e) = round(&sessions, &cancel, &mut fills).await {
             tracing::warn!(error = %format!("{e:#}"), "pool round failed; will retry");
         }
+        while fills.try_join_next().is_some() {}
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             _ = sessions.pools.changed.notified() => {}
             _ = tokio::time::sleep(sessions.settings.pool_interval) => {}
         }
     }
+    // Fills in flight see the cancellation and end (a sandbox half made is removed again, or its
+    // `starting` row is discarded after a restart); a stopping runner waits for them.
+    let _ = tokio::time::timeout(READY_TIMEOUT, async { while fills.join_next().await.is_some() {} }).await;
 }
 
 /// Host memory available now (`MemAvailable`), in MiB; `None` where it cannot be read.
@@ -321,7 +326,11 @@ fn available_memory_mb() -> Option<u64> {
 }
 
 /// One round: discard what must go, fill what is missing within capacity, publish the gauges.
-pub async fn round(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
+pub async fn round(
+    sessions: &Arc<Sessions>,
+    cancel: &CancellationToken,
+    fills: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
     let rows = sessions.store.pooled().await?;
     let mut exercises = HashMap::new();
     for e in sessions.store.exercises().await? {
@@ -383,10 +392,10 @@ pub async fn round(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
             let id = uuid::Uuid::new_v4().simple().to_string();
             sessions.pools.filling.lock().expect("lock").insert(id.clone(), exercise.clone());
             let sessions = sessions.clone();
-            let (record, spec, target) = (record.clone(), spec.clone(), *target);
-            tokio::spawn(async move {
+            let (record, spec, target, cancel) = (record.clone(), spec.clone(), *target, cancel.clone());
+            fills.spawn(async move {
                 let _permit = permit;
-                fill_one(&sessions, &id, &record, spec, target).await;
+                fill_one(&sessions, &id, &record, spec, target, &cancel).await;
                 sessions.pools.filling.lock().expect("lock").remove(&id);
             });
         }
@@ -405,7 +414,14 @@ async fn publish_gauges(sessions: &Sessions) -> anyhow::Result<()> {
 }
 
 /// Makes one pooled sandbox: row, workspace, container, agent answering, ready.
-async fn fill_one(sessions: &Arc<Sessions>, id: &str, exercise: &ExerciseRecord, mut spec: SandboxSpec, target: u32) {
+async fn fill_one(
+    sessions: &Arc<Sessions>,
+    id: &str,
+    exercise: &ExerciseRecord,
+    mut spec: SandboxSpec,
+    target: u32,
+    cancel: &CancellationToken,
+) {
     let now = now_ms();
     let row = PoolRecord {
         id: id.to_string(),
@@ -446,10 +462,14 @@ async fn fill_one(sessions: &Arc<Sessions>, id: &str, exercise: &ExerciseRecord,
                 &sessions.settings.sandbox_user,
             )
             .await?;
+        anyhow::ensure!(!cancel.is_cancelled(), "the runner is stopping");
         let started = Instant::now();
         sessions.engine.start_container(&container).await?;
         if spec.ide {
-            wait_ready(sessions, &container, READY_TIMEOUT).await?;
+            tokio::select! {
+                ready = wait_ready(sessions, &container, READY_TIMEOUT) => ready?,
+                _ = cancel.cancelled() => anyhow::bail!("the runner is stopping"),
+            }
         }
         anyhow::Ok(Some((row, container, started.elapsed())))
     }
@@ -466,6 +486,10 @@ async fn fill_one(sessions: &Arc<Sessions>, id: &str, exercise: &ExerciseRecord,
                 discard_parts(sessions, id, &row.volume).await;
             }
         },
+        Err(_) if cancel.is_cancelled() => {
+            let _ = sessions.store.delete_pooled(id).await;
+            discard_parts(sessions, id, &row.volume).await;
+        }
         Err(e) => {
             sessions.pools.failed(&exercise.slug);
             tracing::warn!(pooled = %id, exercise = %exercise.slug, error = %format!("{e:#}"),
