@@ -299,10 +299,17 @@ async fn a_sandbox_removed_behind_the_runners_back_is_recreated_while_it_runs() 
     let c = session_container(&app.instance, &id).unwrap();
     assert_eq!(sandbox_exec(&c, "echo mine > /workspace/f").0, 0);
     docker(&["rm", "-f", &c]);
+    // Polled with a non-panicking inspect: a candidate can go between the listing and the inspect.
+    let running = |n: &str| {
+        let out = std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Running}}", n]).output();
+        out.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "true")
+    };
     let new_c = eventually(Duration::from_secs(15), "a new container for the session", || {
-        session_container(&app.instance, &id).filter(|n| *n != c && inspect(n)["State"]["Running"] == true)
+        session_container(&app.instance, &id).filter(|n| *n != c && running(n))
     })
     .await;
+    let (_, v) = app.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(v["state"], "running", "{v}");
     assert_eq!(sandbox_exec(&new_c, "cat /workspace/f").1, "mine\n");
     assert_eq!(app.containers().len(), 1);
 }
