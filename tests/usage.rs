@@ -196,7 +196,7 @@ async fn usage_routes_answer_like_the_other_session_routes_and_capacity_adds_up(
 
     let (status, cap) = app.get("/v1/capacity").await;
     assert_eq!(status, 200, "{cap}");
-    assert_eq!(cap["sessions"], json!({"live": 1, "max": 7}));
+    assert_eq!(cap["sessions"], json!({"live": 1, "max": 7, "pooled": 0}));
     assert_eq!(cap["memory"]["sessions_bytes"], 96 * 1024 * 1024);
     assert!(cap["memory"]["host_total_bytes"].as_u64() > Some(1 << 30), "{cap}");
     assert!(cap["memory"]["host_available_bytes"].as_u64() > Some(0), "{cap}");
