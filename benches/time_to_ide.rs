@@ -384,5 +384,17 @@ async fn run(
     for c in api.list_sandboxes().await? {
         api.remove_container(&c.id).await?;
     }
+    // The warm pool's sandboxes outlive the runner (their rows are its intent for the next
+    // start), and so do their workspaces: their volumes and loop devices go with the bench.
+    for v in api.list_workspace_volumes().await? {
+        api.remove_volume(&v).await?;
+    }
+    let loops = std::process::Command::new("losetup").arg("-a").output()?;
+    let dir_name = dir.path().to_string_lossy().to_string();
+    for line in String::from_utf8_lossy(&loops.stdout).lines().filter(|l| l.contains(&dir_name)) {
+        if let Some(dev) = line.split(':').next() {
+            let _ = std::process::Command::new("losetup").args(["-d", dev]).status();
+        }
+    }
     result
 }
