@@ -189,26 +189,6 @@ impl RunnerProcess {
     }
 }
 
-/// The container a session runs in, as the database says (a claimed pooled sandbox keeps its
-/// pool's name and labels).
-async fn session_container_in_db(data_dir: &Path, session: &str) -> String {
-    let url = format!("sqlite://{}", data_dir.join("runner.db").display());
-    let store = runner::store::Store::connect(&url).await.unwrap();
-    store.session(session).await.unwrap().unwrap().container_id.unwrap()
-}
-
-fn pooled_of(instance: &str) -> Vec<String> {
-    let filter = format!("label=exercise-runner.instance={instance}");
-    let mut v: Vec<String> =
-        docker(&["ps", "-aq", "--no-trunc", "--filter", &filter, "--filter", "label=exercise-runner.pool"])
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-    v.sort();
-    v
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_warm_pool_survives_kill_9_of_the_runner_adopted_not_leaked_or_doubled() {
     require_docker();
@@ -219,12 +199,12 @@ async fn a_warm_pool_survives_kill_9_of_the_runner_adopted_not_leaked_or_doubled
     let (s, v) = first.call(reqwest::Method::PUT, "/v1/exercises/warm", Some(body)).await;
     assert_eq!(s, 201, "{v}");
     first.wait_pool_ready("warm", 2).await;
-    let pooled = pooled_of(&instance);
+    let pooled = pooled_containers(&instance);
     assert_eq!(pooled.len(), 2);
     // One of them is claimed before the crash: it is that learner's session's sandbox now.
     let ada = first.session("ada", "warm").await;
     first.wait_pool_ready("warm", 2).await;
-    let before = pooled_of(&instance);
+    let before = pooled_containers(&instance);
     assert_eq!(before.len(), 3, "two ready and ada's");
 
     first.kill_9();
@@ -237,16 +217,16 @@ async fn a_warm_pool_survives_kill_9_of_the_runner_adopted_not_leaked_or_doubled
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     second.wait_pool_ready("warm", 2).await;
-    assert_eq!(pooled_of(&instance), before, "the same sandboxes: adopted, none removed, none added");
+    assert_eq!(pooled_containers(&instance), before, "the same sandboxes: adopted, none removed, none added");
     let (_, v) =
         second.call(reqwest::Method::GET, &format!("/v1/sessions/{}", ada["id"].as_str().unwrap()), None).await;
     assert_eq!(v["state"], "running", "{v}");
     // The next learner still gets one of the pooled sandboxes made before the crash.
     let bo = second.session("bo", "warm").await;
     assert_eq!(bo["state"], "running");
-    assert!(before.contains(&session_container_in_db(tmp.path(), bo["id"].as_str().unwrap()).await));
+    assert!(before.contains(&container_in_db(&sqlite_url(tmp.path()), bo["id"].as_str().unwrap()).await));
     second.wait_pool_ready("warm", 2).await;
-    assert_eq!(containers_of(&instance).len(), 4, "ada's, bo's and two ready: {:?}", pooled_of(&instance));
+    assert_eq!(containers_of(&instance).len(), 4, "ada's, bo's and two ready: {:?}", pooled_containers(&instance));
     drop(second);
     drop(tmp);
 }

@@ -9,29 +9,8 @@ use std::{collections::HashSet, time::Duration};
 use common::*;
 use serde_json::{json, Value};
 
-/// The pooled sandboxes' containers of a test instance (named `…-pool-<id>`, labelled).
-fn pooled_containers(instance: &str) -> Vec<String> {
-    docker(&[
-        "ps",
-        "-aq",
-        "--no-trunc",
-        "--filter",
-        &format!("label=exercise-runner.instance={instance}"),
-        "--filter",
-        "label=exercise-runner.pool",
-    ])
-    .lines()
-    .filter(|l| !l.is_empty())
-    .map(str::to_string)
-    .collect()
-}
-
-/// The container a session runs in, as the database says (a claimed pooled sandbox keeps its
-/// pool's name and labels).
 async fn container_of(app: &TestApp, session: &str) -> String {
-    let store =
-        runner::store::Store::connect(&format!("sqlite://{}", app.data_dir.join("runner.db").display())).await.unwrap();
-    store.session(session).await.unwrap().unwrap().container_id.expect("a running session names its container")
+    container_in_db(&sqlite_url(&app.data_dir), session).await
 }
 
 async fn pool_of(app: &TestApp, exercise: &str) -> Value {

@@ -183,14 +183,7 @@ async fn two_replicas_on_postgresql_share_a_warm_pool_without_double_claims() {
     settings.database_url = runner::config::Secret::new(url.clone());
     let b = start(settings).await;
     a.exercise("pg-pool", json!({"pool": {"min": 4, "max": 4}})).await;
-    let pool_filter = format!("label=exercise-runner.instance={}", a.instance);
-    let pooled = || -> HashSet<String> {
-        docker(&["ps", "-aq", "--no-trunc", "--filter", &pool_filter, "--filter", "label=exercise-runner.pool"])
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect()
-    };
+    let pooled = || -> HashSet<String> { pooled_containers(&a.instance).into_iter().collect() };
     pool_settled(&a, 4).await;
     // A sandbox trimmed from an overfill (two replicas filling at one instant) is removed after its row.
     let ready = eventually(Duration::from_secs(30), "four pooled sandboxes", || {
@@ -204,12 +197,11 @@ async fn two_replicas_on_postgresql_share_a_warm_pool_without_double_claims() {
         (0..10).map(|i| replica(i).post("/v1/sessions", json!({"learner": format!("p{i}"), "exercise": "pg-pool"}))),
     )
     .await;
-    let store = runner::store::Store::connect(&url).await.unwrap();
     let mut containers = HashSet::new();
     for (status, v) in &answers {
         assert_eq!(*status, 201, "{v}");
-        let s = store.session(v["id"].as_str().unwrap()).await.unwrap().unwrap();
-        assert!(containers.insert(s.container_id.unwrap()), "a sandbox handed to two learners: {answers:?}");
+        let c = container_in_db(&url, v["id"].as_str().unwrap()).await;
+        assert!(containers.insert(c), "a sandbox handed to two learners: {answers:?}");
     }
     assert_eq!(containers.intersection(&ready).count(), 4, "the four pooled sandboxes, each to one learner");
     pool_settled(&a, 4).await;

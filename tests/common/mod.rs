@@ -287,6 +287,32 @@ pub fn session_container(instance: &str, session_id: &str) -> Option<String> {
     .map(str::to_string)
 }
 
+/// The warm pools' containers of a test instance (named `…-pool-<id>`, labelled), sorted; a
+/// claimed one is among them (it keeps its pool's name and labels).
+pub fn pooled_containers(instance: &str) -> Vec<String> {
+    let filter = format!("label=exercise-runner.instance={instance}");
+    let mut v: Vec<String> =
+        docker(&["ps", "-aq", "--no-trunc", "--filter", &filter, "--filter", "label=exercise-runner.pool"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+    v.sort();
+    v
+}
+
+/// The container a session runs in, as the database at `database_url` says (a claimed pooled
+/// sandbox is found only this way).
+pub async fn container_in_db(database_url: &str, session: &str) -> String {
+    let store = runner::store::Store::connect(database_url).await.unwrap();
+    store.session(session).await.unwrap().unwrap().container_id.expect("a running session names its container")
+}
+
+/// The `sqlite:` URL of a test runner's database in `data_dir`.
+pub fn sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("runner.db").display())
+}
+
 pub fn inspect(container: &str) -> Value {
     let v: Value = serde_json::from_str(&docker(&["inspect", container])).unwrap();
     v[0].clone()
