@@ -37,6 +37,14 @@ pub async fn check(agent_socket: &str, supervisor_socket: &str) -> anyhow::Resul
     if !info.starts_with("HTTP/1.1 200") {
         bail!("the IDE agent answered {}", info.lines().next().unwrap_or(""));
     }
+    services(supervisor_socket).await
+}
+
+/// The half of [`check`] the agent answers itself at `GET /api/health` (the runner's probe
+/// under runc and crun, which reaches the agent without an exec): no program supervisord runs is
+/// stuck.
+pub async fn services(supervisor_socket: &str) -> anyhow::Result<()> {
+    let within = Duration::from_secs(3);
     let call = "<?xml version=\"1.0\"?><methodCall><methodName>supervisor.getAllProcessInfo</methodName>\
                 <params></params></methodCall>";
     let head = format!(

@@ -29,6 +29,7 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/api/info", get(info))
+        .route("/api/health", get(health))
         .route("/api/files", get(list_files))
         .route("/api/file", get(read_file).put(write_file))
         .route("/api/terminals", get(list_terminals).post(create_terminal))
@@ -45,6 +46,16 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 async fn info(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {
     let title = std::env::var("EXERCISE_TITLE").or_else(|_| std::env::var("EXERCISE_SLUG")).unwrap_or_default();
     Json(json!({"workdir": agent.root, "title": title}))
+}
+
+/// The sandbox's health as the runner probes it (docs/ARCHITECTURE.md, "Health"): the agent
+/// answers, and no program supervisord runs is stuck. 503 with the reason otherwise.
+async fn health() -> Response {
+    match crate::health::services(crate::health::SUPERVISOR_SOCKET).await {
+        Ok(()) => Json(json!({"healthy": true})).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"healthy": false, "reason": format!("{e:#}")})))
+            .into_response(),
+    }
 }
 
 async fn list_files(State(agent): State<Arc<Agent>>) -> Json<serde_json::Value> {

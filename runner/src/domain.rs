@@ -3,11 +3,13 @@
 use std::fmt;
 
 mod cidr;
+mod health;
 mod image;
 mod sandbox;
 /// The session lifecycle lives with the others in [`crate::lifecycle`].
 pub use crate::lifecycle::SessionState;
 pub use cidr::Cidr;
+pub use health::{HealthProbe, AGENT_HEALTHCHECK};
 pub use image::{normalize_reference, repository_name, ImageName};
 pub use sandbox::{CheckSpec, Limits, PoolSpec, Runtime, SandboxSpec, NO_IDE, TESTS_DIR, TMPFS_PATHS};
 

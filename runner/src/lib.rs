@@ -78,6 +78,7 @@ pub async fn launch(
         tokio::spawn(sessions::reconcile::run(app.sessions.clone(), cancel.clone())),
         tokio::spawn(sessions::events::run(app.sessions.clone(), cancel.clone())),
         tokio::spawn(sessions::pool::run(app.sessions.clone(), cancel.clone())),
+        tokio::spawn(sessions::health::run(app.sessions.clone(), cancel.clone())),
         tokio::spawn(builds::run_worker(app.builds.clone(), cancel.clone())),
         tokio::spawn(builds::isolation::run(app.builds.clone(), cancel.clone())),
         app.ide.spawn_background(cancel.clone()),

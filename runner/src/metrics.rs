@@ -47,6 +47,8 @@ pub struct Metrics {
     pub pool_claim_seconds: HistogramVec,
     /// Pooled sandboxes removed unclaimed, by reason.
     pub pool_discarded: IntCounterVec,
+    /// The runner's own health probes of sandboxes (runc, crun), by result.
+    pub health_probes: IntCounterVec,
 }
 
 impl Metrics {
@@ -189,8 +191,17 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let health_probes = IntCounterVec::new(
+            Opts::new(
+                "runner_health_probes_total",
+                "The runner's health probes of sandboxes under runc and crun, by result (healthy, unhealthy)",
+            ),
+            &["result"],
+        )
+        .unwrap();
         for c in [
             Box::new(session_ready_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(health_probes.clone()),
             Box::new(pool_sandboxes.clone()),
             Box::new(pool_claims.clone()),
             Box::new(pool_claim_seconds.clone()),
@@ -249,6 +260,7 @@ impl Metrics {
             pool_claims,
             pool_claim_seconds,
             pool_discarded,
+            health_probes,
         }
     }
 

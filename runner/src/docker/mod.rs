@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    domain::{Runtime, SandboxSpec},
+    domain::{HealthProbe, Runtime, SandboxSpec},
     engine::{
         self, Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus, Engine, ExecIo, ExecOutput,
         ExecRequest, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts,
@@ -40,6 +40,11 @@ use crate::{
     },
     metrics::Metrics,
 };
+
+/// The runner's health probe a sandbox's label names (none when the engine runs its check).
+fn labels_probe(labels: Option<&HashMap<String, String>>) -> Option<HealthProbe> {
+    labels.and_then(|l| l.get(engine::LABEL_HEALTH)).and_then(|v| HealthProbe::from_label(v))
+}
 
 /// The Docker implementation of the engine seam ([`ContainerEngine`]).
 #[derive(Clone)]
@@ -118,6 +123,15 @@ impl DockerEngine {
                     .map(|v| v.keys().cloned().collect())
                     .unwrap_or_default(),
                 on_build: img.config.as_ref().and_then(|c| c.on_build.clone()).unwrap_or_default(),
+                agent_health: img.config.as_ref().and_then(|c| c.healthcheck.as_ref()).and_then(|h| {
+                    HealthProbe::from_image(
+                        h.test.as_deref().unwrap_or_default(),
+                        h.interval.unwrap_or(0),
+                        h.timeout.unwrap_or(0),
+                        h.start_period.unwrap_or(0),
+                        h.retries.unwrap_or(0),
+                    )
+                }),
                 working_dir: img.config.and_then(|c| c.working_dir).filter(|w| !w.is_empty()),
             })),
             Err(e) if is_status(&e, 404) => Ok(None),
@@ -136,7 +150,15 @@ impl DockerEngine {
         runtime: Runtime,
         user: &str,
     ) -> anyhow::Result<String> {
-        let config = policy::sandbox_container(spec, owner, workspace, runtime, user);
+        // Under runc and crun the runner reaches the agent in the sandbox's network namespace, so
+        // it runs the base image's health check itself, without an exec per probe; under gVisor
+        // (or a remote engine) the engine runs it (docs/ARCHITECTURE.md, "Health").
+        let probe = if self.socket.is_some() && netns::runtime_shares_host_kernel(runtime.as_str()) {
+            self.image(&spec.image).await.ok().flatten().and_then(|i| i.agent_health)
+        } else {
+            None
+        };
+        let config = policy::sandbox_container(spec, owner, workspace, runtime, user, probe);
         self.create_container(&owner.purpose.container_name(owner.instance), config).await
     }
 
@@ -257,6 +279,7 @@ impl DockerEngine {
                 // The list's status line is how the engine reports health without an inspect
                 // per container: "Up 3 minutes (unhealthy)".
                 unhealthy: c.status.as_deref().is_some_and(|s| s.ends_with("(unhealthy)")),
+                probe: labels_probe(c.labels.as_ref()),
             })
             .collect())
     }

@@ -9,16 +9,17 @@ use std::collections::HashMap;
 use bollard::{
     container::Config,
     models::{
-        HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+        HealthConfig, HostConfig, HostConfigLogConfig, Mount, MountTypeEnum, ResourcesUlimits, RestartPolicy,
+        RestartPolicyNameEnum,
     },
 };
 
 use crate::{
-    domain::{Runtime, SandboxSpec, TMPFS_PATHS},
+    domain::{HealthProbe, Runtime, SandboxSpec, TMPFS_PATHS},
     engine::{
         ManagedAppContainer, Purpose, SandboxOwner, WorkspaceMount, LABEL_APP, LABEL_BUILD, LABEL_DEPLOY,
-        LABEL_EXERCISE, LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_POOL, LABEL_SERVICE, LABEL_SESSION,
-        LABEL_VERSION,
+        LABEL_EXERCISE, LABEL_HEALTH, LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_POOL, LABEL_SERVICE,
+        LABEL_SESSION, LABEL_VERSION,
     },
 };
 
@@ -39,6 +40,7 @@ pub(super) fn sandbox_container(
     workspace: WorkspaceMount<'_>,
     runtime: Runtime,
     user: &str,
+    probe: Option<HealthProbe>,
 ) -> Config<String> {
     let l = &spec.limits;
     let memory = (l.memory_mb * 1024 * 1024) as i64;
@@ -49,6 +51,8 @@ pub(super) fn sandbox_container(
         (LABEL_LEARNER.to_string(), owner.learner.to_string()),
         (LABEL_EXERCISE.to_string(), owner.exercise.to_string()),
     ]);
+    // Who runs the health check, always said, so an image's label cannot.
+    labels.insert(LABEL_HEALTH.to_string(), probe.map_or_else(|| "engine".to_string(), |p| p.to_label()));
     match owner.purpose {
         Purpose::Session(id) => labels.insert(LABEL_SESSION.to_string(), id.to_string()),
         Purpose::Pool(id) => labels.insert(LABEL_POOL.to_string(), id.to_string()),
@@ -150,6 +154,9 @@ pub(super) fn sandbox_container(
         labels: Some(labels),
         network_disabled: Some(spec.network.is_none()),
         host_config: Some(host_config),
+        // The runner probes the agent itself (the label has the image's timing): no exec every
+        // interval in every sandbox.
+        healthcheck: probe.map(|_| HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() }),
         ..Default::default()
     }
 }
@@ -245,7 +252,7 @@ mod tests {
             ide: true,
         };
         let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
-        let c = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000");
+        let c = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000", None);
         let h = c.host_config.as_ref().unwrap();
         assert_eq!(h.readonly_rootfs, Some(true));
         assert_eq!(h.cap_drop.as_deref(), Some(&["ALL".to_string()][..]));
@@ -259,7 +266,7 @@ mod tests {
         assert_eq!(c.labels.as_ref().unwrap()[LABEL_SESSION], "s");
         // A self-test sandbox has a tmpfs workspace and no volume.
         let owner = SandboxOwner { instance: "i", purpose: Purpose::SelfTest("b"), learner: "l", exercise: "e" };
-        let c = sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, Runtime::Runc, "1000:1000");
+        let c = sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, Runtime::Runc, "1000:1000", None);
         let h = c.host_config.as_ref().unwrap();
         assert!(h.mounts.as_ref().unwrap().is_empty());
         assert!(h.tmpfs.as_ref().unwrap()["/workspace"].contains("size=512m"));
@@ -270,7 +277,7 @@ mod tests {
         assert_eq!(c.labels.as_ref().unwrap()[LABEL_MANAGED], "true");
         assert!(h.tmpfs.as_ref().unwrap()["/home/learner/.cache"].contains("uid=1000,gid=1000"));
         assert_eq!(h.pids_limit, Some(Limits::DEFAULT.pids as i64));
-        let c = sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, Runtime::Runsc, "1000:1000");
+        let c = sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, Runtime::Runsc, "1000:1000", None);
         let pids = c.host_config.unwrap().pids_limit.unwrap();
         assert_eq!(pids, (Limits::DEFAULT.pids + RUNSC_THREAD_ALLOWANCE) as i64, "room for gVisor's own threads");
     }
@@ -287,8 +294,9 @@ mod tests {
             ide: true,
         };
         let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
-        let runc = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000");
-        let mut crun = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Crun, "1000:1000");
+        let runc = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000", None);
+        let mut crun =
+            sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Crun, "1000:1000", None);
         let host = crun.host_config.as_mut().unwrap();
         assert_eq!(host.runtime.as_deref(), Some("crun"));
         host.runtime = Some("runc".into());
@@ -296,6 +304,42 @@ mod tests {
             serde_json::to_value(&crun).unwrap(),
             serde_json::to_value(&runc).unwrap(),
             "only the runtime differs"
+        );
+    }
+
+    #[test]
+    fn a_sandbox_the_runner_probes_has_the_engines_check_off_and_says_so_in_a_label() {
+        let spec = SandboxSpec {
+            image: "img".into(),
+            limits: Limits::DEFAULT,
+            network: None,
+            workdir: "/workspace".into(),
+            writable: vec![],
+            check: CheckSpec::default(),
+            ide: true,
+        };
+        let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
+        let engine = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runsc, "1000:1000", None);
+        assert!(engine.healthcheck.is_none(), "the image's own check runs");
+        assert_eq!(engine.labels.as_ref().unwrap()[LABEL_HEALTH], "engine");
+        let probe = HealthProbe {
+            interval: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(5),
+            start_period: std::time::Duration::from_secs(20),
+            retries: 3,
+        };
+        let runner =
+            sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Crun, "1000:1000", Some(probe));
+        assert_eq!(runner.healthcheck.unwrap().test.unwrap(), ["NONE"]);
+        assert_eq!(HealthProbe::from_label(&runner.labels.as_ref().unwrap()[LABEL_HEALTH]), Some(probe));
+        assert_eq!(
+            serde_json::to_value(&runner.host_config).unwrap(),
+            serde_json::to_value(
+                &sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Crun, "1000:1000", None)
+                    .host_config
+            )
+            .unwrap(),
+            "the hardening is the same"
         );
     }
 }

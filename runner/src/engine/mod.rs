@@ -38,6 +38,9 @@ pub const LABEL_MANAGED: &str = "exercise-runner.managed";
 pub const LABEL_INSTANCE: &str = "exercise-runner.instance";
 pub const LABEL_SESSION: &str = "exercise-runner.session";
 pub const LABEL_POOL: &str = "exercise-runner.pool";
+/// Who runs a sandbox's health check: `engine`, or the runner's probe with its timing
+/// ([`crate::domain::HealthProbe::to_label`]). Always set, so an image cannot say.
+pub const LABEL_HEALTH: &str = "exercise-runner.health";
 pub const LABEL_LEARNER: &str = "exercise-runner.learner";
 pub const LABEL_EXERCISE: &str = "exercise-runner.exercise";
 pub const LABEL_WORKSPACE: &str = "exercise-runner.workspace";

@@ -139,6 +139,8 @@ pub struct ImageInfo {
     pub on_build: Vec<String>,
     /// The image's `repository:tag` names (as the engine lists them, `busybox:latest`).
     pub repo_tags: Vec<String>,
+    /// Its `HEALTHCHECK` when it is the base image's, which the runner can run itself.
+    pub agent_health: Option<crate::domain::HealthProbe>,
 }
 
 impl ImageInfo {
@@ -159,6 +161,8 @@ pub struct FoundSandbox {
     pub running: bool,
     /// Its image's health check has failed its retries (images on the base image have one).
     pub unhealthy: bool,
+    /// The health check the runner runs for it instead of the engine (from its label).
+    pub probe: Option<crate::domain::HealthProbe>,
 }
 
 /// Status of one container.

@@ -5,6 +5,7 @@
 //! or raced by the reaper or the reconciler converges instead of duplicating containers.
 
 pub mod events;
+pub mod health;
 pub mod pool;
 pub mod reaper;
 pub mod reconcile;
@@ -52,6 +53,9 @@ pub struct Sessions {
     pub draining: Mutex<Option<i64>>,
     /// The warm pools' state in this process (what it is making, recent claims, back-off).
     pub pools: pool::Pools,
+    /// The runner's health probes of sandboxes under runc and crun (in memory, like the
+    /// engine's own).
+    pub health: health::Tracker,
 }
 
 impl Sessions {
@@ -69,6 +73,7 @@ impl Sessions {
             stopping: Mutex::new(HashSet::new()),
             draining: Mutex::new(None),
             pools: pool::Pools::default(),
+            health: health::Tracker::default(),
             settings,
             store,
             engine,

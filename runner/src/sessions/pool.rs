@@ -344,7 +344,8 @@ pub async fn round(
         sessions.metrics.pool_sandboxes.reset();
         return Ok(());
     }
-    let observed = sessions.engine.list_sandboxes().await?;
+    let mut observed = sessions.engine.list_sandboxes().await?;
+    sessions.health.mark(&mut observed);
     let in_flight = sessions.pools.in_flight();
     let actions = plan(&rows, &exercises, &observed, &in_flight, &|e| sessions.pools.recent_claims(e), now_ms());
     let by_id: HashMap<&str, &PoolRecord> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
@@ -587,6 +588,7 @@ mod tests {
             pool_id: Some(pool.into()),
             running: true,
             unhealthy: false,
+            probe: None,
         }
     }
 

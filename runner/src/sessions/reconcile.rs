@@ -117,7 +117,8 @@ pub fn plan(
 
 pub async fn reconcile_once(sessions: &Arc<Sessions>) -> anyhow::Result<Report> {
     // Read Docker first: a session created after this listing is in flight, and skipped.
-    let observed = sessions.engine.list_sandboxes().await?;
+    let mut observed = sessions.engine.list_sandboxes().await?;
+    sessions.health.mark(&mut observed);
     let live = sessions.store.live_sessions().await?;
     let mut in_flight = sessions.starting.lock().expect("lock").clone();
     in_flight.extend(sessions.stopping.lock().expect("lock").iter().cloned());
@@ -196,8 +197,11 @@ async fn execute(
         }
         Action::ReplaceUnhealthy { session, container } => {
             tracing::warn!(%session, %container, "sandbox unhealthy; replacing it on the same workspace");
-            super::record_event(sessions, &session, SessionEvent::Unhealthy, Some("its health check kept failing"))
-                .await;
+            let detail = match sessions.health.unhealthy(&container) {
+                Some(reason) if !reason.is_empty() => format!("its health check kept failing: {reason}"),
+                _ => "its health check kept failing".to_string(),
+            };
+            super::record_event(sessions, &session, SessionEvent::Unhealthy, Some(&detail)).await;
             sessions.engine.remove_container(&container).await?;
             recreate(sessions, record(&session)).await;
             report.replaced_unhealthy += 1;
@@ -256,6 +260,7 @@ mod tests {
             pool_id: None,
             running,
             unhealthy: false,
+            probe: None,
         }
     }
 
