@@ -16,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +29,10 @@ use crate::{
 /// long for its first probe, on top of its start period).
 const DISCOVER_EVERY: Duration = Duration::from_secs(10);
 /// Probes at once.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 16;
+/// The longest a probe waits for its answer, whatever the image's timeout: the agent answers in
+/// milliseconds, and a peer that never answers must not hold a slot for long.
+const MAX_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Entry {
@@ -136,8 +138,9 @@ fn spread(id: &str, interval: Duration) -> Duration {
 /// Probes sandboxes as they fall due, until cancelled.
 pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
     let mut last_list: Option<Instant> = None;
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     crate::rounds::every(Duration::from_millis(500), crate::rounds::First::Now, cancel, || {
-        let sessions = sessions.clone();
+        let (sessions, slots) = (sessions.clone(), slots.clone());
         let listed = last_list.is_some_and(|t| t.elapsed() < DISCOVER_EVERY);
         if !listed {
             last_list = Some(Instant::now());
@@ -149,24 +152,27 @@ pub async fn run(sessions: Arc<Sessions>, cancel: CancellationToken) {
                     Err(e) => tracing::debug!(error = %format!("{e:#}"), "health: listing sandboxes failed"),
                 }
             }
-            let due = sessions.health.due(Instant::now());
-            futures_util::stream::iter(due)
-                .for_each_concurrent(CONCURRENCY, |(id, timeout)| {
-                    let sessions = sessions.clone();
-                    async move {
-                        let result = match tokio::time::timeout(timeout, probe(&sessions, &id)).await {
-                            Ok(r) => r,
-                            Err(_) => Err(format!("no answer within {timeout:?}")),
-                        };
-                        let healthy = if result.is_ok() { "healthy" } else { "unhealthy" };
-                        sessions.metrics.health_probes.with_label_values(&[healthy]).inc();
-                        if let Err(reason) = &result {
-                            tracing::debug!(container = %id, reason, "health probe failed");
-                        }
-                        sessions.health.record(&id, result, Instant::now());
+            // Each probe on its own task, bounded together: a sandbox whose peer never answers
+            // (the learner's own listener) holds one slot for at most `MAX_TIMEOUT`, and the
+            // rounds go on.
+            for (id, timeout) in sessions.health.due(Instant::now()) {
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let sessions = sessions.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let timeout = timeout.min(MAX_TIMEOUT);
+                    let result = match tokio::time::timeout(timeout, probe(&sessions, &id)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("no answer within {timeout:?}")),
+                    };
+                    let healthy = if result.is_ok() { "healthy" } else { "unhealthy" };
+                    sessions.metrics.health_probes.with_label_values(&[healthy]).inc();
+                    if let Err(reason) = &result {
+                        tracing::debug!(container = %id, reason, "health probe failed");
                     }
-                })
-                .await;
+                    sessions.health.record(&id, result, Instant::now());
+                });
+            }
         }
     })
     .await
