@@ -264,8 +264,12 @@ pub fn docker(args: &[&str]) -> String {
 
 /// `docker exec` as the sandbox user; returns (exit code, stdout+stderr).
 pub fn sandbox_exec(container: &str, script: &str) -> (i32, String) {
-    let out =
-        Command::new("docker").args(["exec", container, "sh", "-c", script]).output().expect("running docker exec");
+    // Bounded: an exec into a sandbox on its way out can hang, and a hang must fail the test, not
+    // stall the suite.
+    let out = Command::new("timeout")
+        .args(["120", "docker", "exec", container, "sh", "-c", script])
+        .output()
+        .expect("running docker exec");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
