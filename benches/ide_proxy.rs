@@ -10,7 +10,9 @@
 //!     BENCH_SECS=1 BENCH_LIVE=50 cargo bench --bench ide_proxy     (a short run)
 //!     BENCH_RUNTIME=runsc cargo bench --bench ide_proxy
 //!
-//! `BENCH_SETTLE_SECS` (30): the pause between starting the live sessions and the keystrokes.
+//! `BENCH_SETTLE_SECS` (30): the pause between starting the live sessions and the keystrokes
+//! (the host's CPU at rest is measured over its second half). `BENCH_MEMORY_MB`: the sandboxes'
+//! memory limit (64; 256 under runsc, whose sandbox kernel lives inside it).
 //!
 //! The sandboxes run `exercise-runner/base:latest` with the IDE agent of this build when
 //! `target/release/ide-agent` exists (`cargo build --release -p ide-agent`): a private tag made
@@ -280,6 +282,15 @@ struct Reference {
     _children: Vec<tokio::process::Child>,
 }
 
+/// The host's busy and total CPU time so far (`/proc/stat`, in ticks).
+fn host_cpu() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3)? + v.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
 async fn free_port() -> anyhow::Result<u16> {
     Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
 }
@@ -449,9 +460,11 @@ async fn run(
     own_agent: bool,
 ) -> anyhow::Result<()> {
     let c = &bench.client;
+    // gVisor's own memory (its sandbox kernel) sits inside the limit: 64 MiB stalls it.
+    let memory_mb: u64 = env("BENCH_MEMORY_MB", if runtime == Runtime::Runsc { 256 } else { 64 });
     c.put(format!("{}/v1/exercises/bench-ide", bench.base))
         .bearer_auth(TOKEN)
-        .json(&json!({"image": image, "limits": {"memory_mb": 64, "cpus": 0.5, "pids": 64, "tmpfs_mb": 16, "workspace_mb": 16}}))
+        .json(&json!({"image": image, "limits": {"memory_mb": memory_mb, "cpus": 0.5, "pids": 64, "tmpfs_mb": 16, "workspace_mb": 16}}))
         .send()
         .await?
         .error_for_status()?;
@@ -561,7 +574,20 @@ async fn run(
     println!("{} more sessions started in {:.1} s ({} live)", more.len(), t.elapsed().as_secs_f64(), all.len());
     // Sandboxes that just started are still busy starting (supervisord, first health checks):
     // keystrokes are measured among live sessions at rest.
-    tokio::time::sleep(Duration::from_secs_f64(env("BENCH_SETTLE_SECS", 30.0))).await;
+    let settle = env("BENCH_SETTLE_SECS", 30.0);
+    tokio::time::sleep(Duration::from_secs_f64(settle / 2.0)).await;
+    // What the live sessions cost the host at rest (their agents, supervisord, health checks, the
+    // engine), over the second half of the pause.
+    let before = host_cpu();
+    tokio::time::sleep(Duration::from_secs_f64(settle / 2.0)).await;
+    if let (Some(a), Some(b)) = (before, host_cpu()) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        println!(
+            "At rest with {} live sessions: the host busy {:.0}% of one core ({cores} cores)",
+            all.len(),
+            (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64 * 100.0 * cores as f64
+        );
+    }
     let mut v = Vec::new();
     for s in &all {
         v.push(bench.proxied(s).await?);
