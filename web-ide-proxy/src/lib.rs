@@ -6,7 +6,8 @@
 //! WebSocket upgrades must come from an allowed `Origin`; the session must be running. Traffic is
 //! forwarded over a byte stream to the agent that the [`Backend`] provides (the runner uses a
 //! `docker exec` of `ide-agent connect`, which works with the sandbox's network off, under runc and
-//! gVisor). WebSockets are terminated on both sides so messages are bounded, activity is counted
+//! gVisor). WebSockets are relayed frame by frame (the proxy does both handshakes and reads only
+//! frame headers), so frames and messages are bounded without decoding them, activity is counted
 //! in memory (flushed in batches, not a database write per message), and a session that ends
 //! closes its sockets with close code 4000.
 
@@ -23,7 +24,7 @@ use std::{
 };
 
 use axum::{
-    extract::{FromRequestParts, Path, Request, State},
+    extract::{Path, Request, State},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::any,
@@ -521,12 +522,8 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
         format!("/{rest}{q}")
     };
     if is_upgrade {
-        let (mut parts, _body) = req.into_parts();
-        let upgrade = match axum::extract::ws::WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-            Ok(u) => u,
-            Err(e) => return e.into_response(),
-        };
-        ws::bridge(proxy, session, container, path_and_query, upgrade, ended, permit).await
+        let (parts, _body) = req.into_parts();
+        ws::bridge(proxy, session, container, path_and_query, parts, ended, permit).await
     } else {
         let resp = forward::http(&proxy, &session, &container, &path_and_query, req, permit).await;
         // Again at the answer: a request that waited for an agent still starting was activity
