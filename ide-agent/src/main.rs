@@ -16,6 +16,7 @@
 mod files;
 mod health;
 mod ready;
+mod socket;
 mod terminals;
 mod web;
 
@@ -91,11 +92,14 @@ async fn serve(socket: PathBuf, root: PathBuf) -> anyhow::Result<()> {
         Ok(netns) => {
             tracing::info!(name = NETNS_SOCKET, "ide-agent listening on the abstract socket too");
             use std::future::IntoFuture;
-            tokio::try_join!(axum::serve(listener, app.clone()).into_future(), axum::serve(netns, app).into_future())?;
+            tokio::try_join!(
+                axum::serve(socket::Listener(listener), app.clone()).into_future(),
+                axum::serve(socket::Listener(netns), app).into_future()
+            )?;
         }
         Err(e) => {
             tracing::warn!(error = %e, "no abstract socket: the proxy reaches this agent through exec only");
-            axum::serve(listener, app).await?;
+            axum::serve(socket::Listener(listener), app).await?;
         }
     }
     Ok(())
