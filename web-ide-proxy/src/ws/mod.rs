@@ -1,8 +1,9 @@
 //! WebSockets from the browser to the agent, relayed frame by frame. The proxy answers the
 //! browser's upgrade itself and makes its own upgrade to the agent (`handshake`), then relays
 //! the bytes between the two connections, reading only frame headers (`relay`, `frames`):
-//! frames are bounded in size, activity is noted in memory at most once a second per socket, and
-//! the end of the session closes the browser's socket with 4000.
+//! frames and messages are bounded in size without being decoded, activity is noted in memory at
+//! most once a second per socket, and the end of the session closes the browser's socket with
+//! 4000.
 
 mod frames;
 mod handshake;
