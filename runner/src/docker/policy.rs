@@ -240,17 +240,21 @@ mod tests {
     use super::*;
     use crate::domain::{CheckSpec, Limits};
 
-    #[test]
-    fn policy_applies_every_protection() {
-        let spec = SandboxSpec {
+    fn spec(writable: &[&str]) -> SandboxSpec {
+        SandboxSpec {
             image: "img".into(),
             limits: Limits::DEFAULT,
             network: None,
             workdir: "/workspace".into(),
-            writable: vec!["/home/learner/.cache".into()],
+            writable: writable.iter().map(|w| w.to_string()).collect(),
             check: CheckSpec::default(),
             ide: true,
-        };
+        }
+    }
+
+    #[test]
+    fn policy_applies_every_protection() {
+        let spec = spec(&["/home/learner/.cache"]);
         let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
         let c = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000", None);
         let h = c.host_config.as_ref().unwrap();
@@ -284,15 +288,7 @@ mod tests {
 
     #[test]
     fn crun_gets_exactly_the_hardening_of_runc() {
-        let spec = SandboxSpec {
-            image: "img".into(),
-            limits: Limits::DEFAULT,
-            network: None,
-            workdir: "/workspace".into(),
-            writable: vec![],
-            check: CheckSpec::default(),
-            ide: true,
-        };
+        let spec = spec(&[]);
         let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
         let runc = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000", None);
         let mut crun =
@@ -309,15 +305,7 @@ mod tests {
 
     #[test]
     fn a_sandbox_the_runner_probes_has_the_engines_check_off_and_says_so_in_a_label() {
-        let spec = SandboxSpec {
-            image: "img".into(),
-            limits: Limits::DEFAULT,
-            network: None,
-            workdir: "/workspace".into(),
-            writable: vec![],
-            check: CheckSpec::default(),
-            ide: true,
-        };
+        let spec = spec(&[]);
         let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
         let engine = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runsc, "1000:1000", None);
         assert!(engine.healthcheck.is_none(), "the image's own check runs");
