@@ -34,6 +34,8 @@ pub struct App {
     pub usage: Arc<crate::usage::Usage>,
     /// What is wrong now, told once per episode (`GET /v1/alerts`, the alert webhook).
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// The web app's webhooks and the delivery of events to them.
+    pub outbox: Arc<crate::outbox::Outbox>,
 }
 
 impl App {
@@ -58,12 +60,16 @@ impl App {
         workspaces.check().await?;
         let quota = Quota::per_second(NonZeroU32::new(settings.rate_limit_per_sec).expect("validated"))
             .allow_burst(NonZeroU32::new(settings.rate_limit_burst).expect("validated"));
-        let secret_box = crate::secret_box::SecretBox::new(
-            anyhow::Context::context(
-                settings.secrets_key.as_ref(),
-                "the secrets key is not resolved (Settings::resolve_secrets)",
-            )?
-            .expose(),
+        let secrets_key = anyhow::Context::context(
+            settings.secrets_key.as_ref(),
+            "the secrets key is not resolved (Settings::resolve_secrets)",
+        )?;
+        let secret_box = crate::secret_box::SecretBox::new(secrets_key.expose());
+        let outbox = crate::outbox::Outbox::new(
+            settings.events.clone(),
+            store.clone(),
+            metrics.clone(),
+            crate::secret_box::SecretBox::new(secrets_key.expose()),
         );
         let shutdown = tokio_util::sync::CancellationToken::new();
         let checks = Checks::new(&settings, store.clone(), engine.clone(), metrics.clone());
@@ -83,6 +89,7 @@ impl App {
             usage: crate::usage::Usage::new(&settings, store.clone(), engine.clone(), &metrics),
             builds: Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
             rate_limiter: RateLimiter::keyed(quota),
+            outbox,
             shutdown,
             sessions,
             checks,

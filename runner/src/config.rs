@@ -88,6 +88,34 @@ impl AlertSettings {
     }
 }
 
+/// Events told to the web app (`outbox.rs`): how webhooks are delivered and how long events are
+/// kept.
+#[derive(Debug, Clone)]
+pub struct EventSettings {
+    /// `RUNNER_WEBHOOK_TIMEOUT_SECS`: how long one delivery attempt may take.
+    pub webhook_timeout: Duration,
+    /// `RUNNER_WEBHOOK_MAX_BACKOFF_SECS`: the longest wait between two attempts (they double from
+    /// 1 s up to it), so a receiver that comes back is caught up within it.
+    pub webhook_max_backoff: Duration,
+    /// `RUNNER_WEBHOOK_GIVE_UP_SECS`: how long an event is retried before its delivery is marked
+    /// `failed` and the webhook moves on (it can be redelivered by hand).
+    pub webhook_give_up: Duration,
+    /// `RUNNER_EVENT_RETENTION_SECS`: events older than this, that every webhook is done with,
+    /// are deleted (with their deliveries); `GET /v1/events` cannot go back further.
+    pub retention: Duration,
+}
+
+impl EventSettings {
+    pub fn defaults() -> Self {
+        EventSettings {
+            webhook_timeout: Duration::from_secs(10),
+            webhook_max_backoff: Duration::from_secs(60),
+            webhook_give_up: Duration::from_secs(3 * 24 * 3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -204,6 +232,8 @@ pub struct Settings {
     pub ide_subdomain_host: Option<String>,
     // ---- alerts ----
     pub alerts: AlertSettings,
+    // ---- events and webhooks ----
+    pub events: EventSettings,
     // ---- managed apps ----
     /// Where the ingress for managed apps listens (`None`: no ingress).
     pub ingress_listen: Option<SocketAddr>,
@@ -276,6 +306,7 @@ impl Settings {
             ide_cookie_cross_site: false,
             ide_subdomain_host: None,
             alerts: AlertSettings::defaults(),
+            events: EventSettings::defaults(),
             ingress_listen: None,
             app_network: "bridge".into(),
         }
@@ -421,6 +452,18 @@ impl Settings {
         }
         if let Some(v) = parse(&get, "RUNNER_POOL_MEMORY_RESERVE_MB")? {
             s.pool_memory_reserve_mb = v;
+        }
+        if let Some(v) = secs("RUNNER_WEBHOOK_TIMEOUT_SECS")? {
+            s.events.webhook_timeout = v;
+        }
+        if let Some(v) = secs("RUNNER_WEBHOOK_MAX_BACKOFF_SECS")? {
+            s.events.webhook_max_backoff = v;
+        }
+        if let Some(v) = secs("RUNNER_WEBHOOK_GIVE_UP_SECS")? {
+            s.events.webhook_give_up = v;
+        }
+        if let Some(v) = secs("RUNNER_EVENT_RETENTION_SECS")? {
+            s.events.retention = v;
         }
         if let Some(v) = secs("RUNNER_REAP_INTERVAL_SECS")? {
             s.reap_interval = v;
@@ -582,6 +625,10 @@ impl Settings {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        let e = &self.events;
+        if e.webhook_timeout.is_zero() || e.webhook_max_backoff.is_zero() || e.retention.is_zero() {
+            bail!("RUNNER_WEBHOOK_TIMEOUT_SECS, RUNNER_WEBHOOK_MAX_BACKOFF_SECS and RUNNER_EVENT_RETENTION_SECS must be at least 1");
+        }
         let a = &self.alerts;
         if a.interval.is_zero() || a.oom_kills == 0 || a.oom_window.is_zero() {
             bail!("RUNNER_ALERT_INTERVAL_SECS, RUNNER_ALERT_OOM_KILLS and RUNNER_ALERT_OOM_WINDOW_SECS must be at least 1");

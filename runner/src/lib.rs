@@ -19,6 +19,7 @@ pub mod http;
 pub mod ide;
 pub mod lifecycle;
 pub mod metrics;
+pub mod outbox;
 pub mod rounds;
 pub mod secret_box;
 pub mod sessions;
@@ -84,6 +85,7 @@ pub async fn launch(
         app.ide.spawn_background(cancel.clone()),
         tokio::spawn(deploys::supervise::run(app.deploys.clone(), cancel.clone())),
         tokio::spawn(usage::run(app.usage.clone(), cancel.clone())),
+        outbox::spawn(app.outbox.clone(), cancel.clone()),
         tokio::spawn(alerts::run(
             app.alerts.clone(),
             alerts::Sources {

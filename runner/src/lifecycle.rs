@@ -316,6 +316,104 @@ impl SessionEvent {
     }
 }
 
+/// What the web app is told (webhooks and `GET /v1/events`), each written in the transaction of
+/// the change it describes (the outbox, `crate::outbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum EventType {
+    /// A session's sandbox answers for the first time.
+    #[serde(rename = "session.running")]
+    SessionRunning,
+    /// A session stopped or failed, with its [`EndReason`].
+    #[serde(rename = "session.ended")]
+    SessionEnded,
+    #[serde(rename = "check.completed")]
+    CheckCompleted,
+    /// A build succeeded, failed or was cancelled.
+    #[serde(rename = "build.finished")]
+    BuildFinished,
+    #[serde(rename = "version.published")]
+    VersionPublished,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 5] = [
+        EventType::SessionRunning,
+        EventType::SessionEnded,
+        EventType::CheckCompleted,
+        EventType::BuildFinished,
+        EventType::VersionPublished,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::SessionRunning => "session.running",
+            EventType::SessionEnded => "session.ended",
+            EventType::CheckCompleted => "check.completed",
+            EventType::BuildFinished => "build.finished",
+            EventType::VersionPublished => "version.published",
+        }
+    }
+    pub fn parse(s: &str) -> Option<EventType> {
+        Self::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+}
+
+/// Why a session ended, as `session.ended` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReason {
+    /// `DELETE /v1/sessions/{id}` (the web app, or the learner through it).
+    Deleted,
+    /// Reaped after the idle timeout.
+    Idle,
+    /// Reaped at the maximum lifetime.
+    Lifetime,
+    /// Its sandbox could not be made or kept.
+    Failed,
+    /// An operator stopped it (the dashboard, `stop-sessions`, an erasure).
+    Operator,
+}
+
+impl EndReason {
+    pub const ALL: [EndReason; 5] =
+        [EndReason::Deleted, EndReason::Idle, EndReason::Lifetime, EndReason::Failed, EndReason::Operator];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Deleted => "deleted",
+            EndReason::Idle => "idle",
+            EndReason::Lifetime => "lifetime",
+            EndReason::Failed => "failed",
+            EndReason::Operator => "operator",
+        }
+    }
+    pub fn parse(s: &str) -> Option<EndReason> {
+        Self::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+}
+
+/// Where one event's delivery to one webhook is: `pending` (being tried, with backoff) →
+/// `delivered`, or `failed` once retrying gave up (it can be redelivered by hand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 3] = [DeliveryStatus::Pending, DeliveryStatus::Delivered, DeliveryStatus::Failed];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        Self::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+}
+
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -325,7 +423,7 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(SessionState, BuildState, DeployState, SessionEvent);
+display_as_str!(SessionState, BuildState, DeployState, SessionEvent, EventType, EndReason, DeliveryStatus);
 
 #[cfg(test)]
 mod tests {
@@ -415,5 +513,26 @@ mod tests {
         assert!(S::Stopped.is_ended() && S::Failed.is_ended() && !S::Stopping.is_ended());
         assert_eq!(BuildState::ALL.iter().filter(|b| b.is_active()).count(), 3);
         assert!(BuildState::RUNNING.iter().all(|b| b.is_active()));
+    }
+
+    #[test]
+    fn event_types_end_reasons_and_delivery_states_are_the_api_words() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{t}\""));
+        }
+        assert_eq!(
+            EventType::ALL.map(EventType::as_str),
+            ["session.running", "session.ended", "check.completed", "build.finished", "version.published"]
+        );
+        for r in EndReason::ALL {
+            assert_eq!(EndReason::parse(r.as_str()), Some(r));
+            assert_eq!(serde_json::to_string(&r).unwrap(), format!("\"{r}\""));
+        }
+        for d in DeliveryStatus::ALL {
+            assert_eq!(DeliveryStatus::parse(d.as_str()), Some(d));
+            assert_eq!(serde_json::to_string(&d).unwrap(), format!("\"{d}\""));
+        }
+        assert_eq!(EventType::parse("session.Running"), None);
     }
 }

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub pool_discarded: IntCounterVec,
     /// The runner's own health probes of sandboxes (runc, crun), by result.
     pub health_probes: IntCounterVec,
+    /// Webhook delivery attempts by webhook and result (`delivered`, `retried`, `failed`).
+    pub webhook_attempts: IntCounterVec,
+    /// Events not yet delivered to a webhook (its cursor behind the newest event), by webhook.
+    pub webhook_backlog: IntGaugeVec,
 }
 
 impl Metrics {
@@ -199,8 +203,20 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
+        let webhook_attempts = IntCounterVec::new(
+            Opts::new("runner_webhook_attempts_total", "Webhook delivery attempts, by webhook and result"),
+            &["webhook", "result"],
+        )
+        .unwrap();
+        let webhook_backlog = IntGaugeVec::new(
+            Opts::new("runner_webhook_backlog_events", "Events a webhook has not been told yet"),
+            &["webhook"],
+        )
+        .unwrap();
         for c in [
             Box::new(session_ready_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(webhook_attempts.clone()),
+            Box::new(webhook_backlog.clone()),
             Box::new(health_probes.clone()),
             Box::new(pool_sandboxes.clone()),
             Box::new(pool_claims.clone()),
@@ -261,6 +277,8 @@ impl Metrics {
             pool_claim_seconds,
             pool_discarded,
             health_probes,
+            webhook_attempts,
+            webhook_backlog,
         }
     }
 

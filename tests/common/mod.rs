@@ -560,3 +560,113 @@ pub async fn start_memory_holder(container: &str) {
     })
     .await;
 }
+
+// ---- the web app's event receiver (webhooks of `PUT /v1/webhooks/{name}`) ----
+
+/// How an [`EventReceiver`] answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer {
+    Ok,
+    /// This status, as a receiver in trouble would.
+    Fail(u16),
+    /// Takes this long before answering 200 (past the runner's attempt timeout, it never hears).
+    Slow(Duration),
+}
+
+/// One event as the receiver got it: whether its `Runner-Signature` verified, and the body.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub signed: bool,
+    /// It answered 2xx (the runner may still not have heard, when it answered slowly).
+    pub accepted: bool,
+    pub body: Value,
+}
+
+#[derive(Clone)]
+pub struct EventReceiver {
+    pub url: String,
+    state: std::sync::Arc<std::sync::Mutex<(Answer, Vec<Delivered>)>>,
+}
+
+pub const RECEIVER_SECRET: &str = "whsec_test_0123456789abcdef";
+
+impl EventReceiver {
+    /// A receiver on a free loopback port, answering `answer`.
+    pub async fn start(answer: Answer) -> EventReceiver {
+        Self::start_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), answer)
+    }
+
+    /// A receiver on `listener` (bind a port first to register it, serve it later: a receiver
+    /// that is down, then comes back).
+    pub fn start_on(listener: tokio::net::TcpListener, answer: Answer) -> EventReceiver {
+        let url = format!("http://{}/events", listener.local_addr().unwrap());
+        let state = std::sync::Arc::new(std::sync::Mutex::new((answer, Vec::new())));
+        let s = state.clone();
+        let app = axum::Router::new().route(
+            "/events",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let s = s.clone();
+                async move {
+                    let sig = headers.get("runner-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    let now = chrono::Utc::now().timestamp();
+                    let signed = runner::outbox::verify(RECEIVER_SECRET, sig, &body, now, 300);
+                    // Recorded on arrival: a slow answer's handler is dropped when the runner gives up.
+                    let answer = s.lock().unwrap().0;
+                    let body: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+                    let accepted = !matches!(answer, Answer::Fail(_));
+                    s.lock().unwrap().1.push(Delivered { signed, accepted, body });
+                    if let Answer::Slow(d) = answer {
+                        tokio::time::sleep(d).await;
+                    }
+                    match answer {
+                        Answer::Fail(code) => (axum::http::StatusCode::from_u16(code).unwrap(), "not now"),
+                        _ => (axum::http::StatusCode::OK, "ok"),
+                    }
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        EventReceiver { url, state }
+    }
+
+    pub fn answer(&self, answer: Answer) {
+        self.state.lock().unwrap().0 = answer;
+    }
+
+    /// Everything it got, duplicates and refused attempts included.
+    pub fn got(&self) -> Vec<Delivered> {
+        self.state.lock().unwrap().1.clone()
+    }
+
+    /// The events it took (answered 200 and were signed), first copy of each id, in arrival order.
+    pub fn events(&self) -> Vec<Value> {
+        let mut seen = std::collections::HashSet::new();
+        self.got()
+            .into_iter()
+            .filter(|d| d.signed && d.accepted && seen.insert(d.body["id"].as_str().unwrap_or_default().to_string()))
+            .map(|d| d.body)
+            .collect()
+    }
+
+    /// Polls until the events it took satisfy `pred`.
+    pub async fn wait_for(&self, within: Duration, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let events = self.events();
+            if pred(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the receiver did not get {what} within {within:?}; it got {:#?}",
+                self.got()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The types of events, in order.
+pub fn types_of(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["type"].as_str().unwrap_or_default().to_string()).collect()
+}

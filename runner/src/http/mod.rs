@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod builds;
 pub mod dashboard;
+pub mod events;
 pub mod exercises;
 pub mod extract;
 pub mod follow;

@@ -11,7 +11,7 @@ use axum::{
 };
 
 use super::extract::BodyLimit;
-use super::{apps, builds, dashboard, exercises, middleware as mw, operators, ops, sessions, usage};
+use super::{apps, builds, dashboard, events, exercises, middleware as mw, operators, ops, sessions, usage};
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
 const HOOK_BODY_LIMIT: usize = 1024 * 1024;
@@ -25,7 +25,13 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/sessions/{id}", get(sessions::get).delete(sessions::delete))
         .route("/sessions/{id}/activity", post(sessions::activity))
         .route("/sessions/{id}/checks", post(sessions::create_check).get(sessions::list_checks))
+        .route("/sessions/{id}/checks/{check}", get(sessions::get_check))
         .route("/sessions/{id}/events", get(sessions::events))
+        .route("/events", get(events::stream))
+        .route("/webhooks", get(events::list))
+        .route("/webhooks/{name}", get(events::get).put(events::put).delete(events::delete))
+        .route("/webhooks/{name}/deliveries", get(events::deliveries))
+        .route("/webhooks/{name}/deliveries/{id}/redeliver", post(events::redeliver))
         .route("/exercises/{slug}/stop-sessions", post(operators::stop_exercise_sessions))
         .route("/runner", get(operators::runner))
         .route("/runner/drain", post(operators::drain))

@@ -19,6 +19,7 @@ use crate::{
     app::App,
     domain::{LearnerId, SessionState, Slug},
     error::{ApiError, ApiResult},
+    lifecycle::EndReason,
     sessions::{self, Session},
     store::SessionFilter,
 };
@@ -95,7 +96,9 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Session>> {
     let id = session_id(&id)?;
-    let result = sessions::stop(&app.sessions, &id, Some("deleted through the API")).await.map_err(ApiError::from);
+    let result = sessions::stop(&app.sessions, &id, EndReason::Deleted, Some("deleted through the API"))
+        .await
+        .map_err(ApiError::from);
     let outcome = match &result {
         Ok(s) => format!("ok: {}", s.state),
         Err(e) => operators::outcome_of(e),
@@ -136,4 +139,20 @@ pub async fn list_checks(State(app): State<Arc<App>>, Path(id): Path<String>) ->
     sessions::get(&app.sessions, &id).await?;
     let list: Vec<_> = app.store.checks_of(&id, 100).await?.iter().map(crate::checks::to_view).collect();
     Ok(Json(json!({ "checks": list })))
+}
+
+/// `GET /v1/sessions/{id}/checks/{check}`: one check with its output (where `check.completed`
+/// says it can be read).
+pub async fn get_check(
+    State(app): State<Arc<App>>,
+    Path((id, check)): Path<(String, String)>,
+) -> ApiResult<Json<crate::checks::Check>> {
+    let id = session_id(&id)?;
+    sessions::get(&app.sessions, &id).await?;
+    let record = app
+        .store
+        .check(&id, &check)
+        .await?
+        .ok_or_else(|| ApiError::not_found("check_not_found", format!("session {id} has no check {check:?}")))?;
+    Ok(Json(crate::checks::to_view(&record)))
 }

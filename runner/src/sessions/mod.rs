@@ -25,7 +25,7 @@ use crate::{
     engine::{self, Engine, Purpose, SandboxOwner, WorkspaceMount},
     exercises,
     ide::IdeProxy,
-    lifecycle::SessionEvent,
+    lifecycle::{EndReason, SessionEvent},
     metrics::Metrics,
     store::{self, now_ms, SessionFilter, SessionRecord, Store},
     workspaces::Workspaces,
@@ -317,7 +317,10 @@ pub(crate) fn spawn_start(
                     reason = %reason, "session failed: its sandbox did not start");
                 record_event(&sessions, &id, SessionEvent::StartFailed, Some(&reason)).await;
                 let _ = sessions.engine.remove_container(&engine::sandbox_name(sessions.engine.instance(), &id)).await;
-                let _ = sessions.store.transition(&id, SessionState::LIVE, SessionState::Failed, Some(&reason)).await;
+                let _ = sessions
+                    .store
+                    .transition(&id, SessionState::LIVE, SessionState::Failed, Some(&reason), Some(EndReason::Failed))
+                    .await;
                 release_workspace(&sessions, &session).await;
             }
         }
@@ -408,15 +411,21 @@ pub async fn list(sessions: &Sessions, filter: &SessionFilter) -> Result<Vec<Ses
     Ok(sessions.store.sessions(filter).await?)
 }
 
-/// Ends a session: its container is removed, its workspace kept. Idempotent.
-pub async fn stop(sessions: &Sessions, id: &str, reason: Option<&str>) -> Result<SessionRecord, SessionError> {
+/// Ends a session: its container is removed, its workspace kept. Idempotent. `why` is what
+/// `session.ended` tells the web app; `reason` the detail kept with the session.
+pub async fn stop(
+    sessions: &Sessions,
+    id: &str,
+    why: EndReason,
+    reason: Option<&str>,
+) -> Result<SessionRecord, SessionError> {
     let session = get(sessions, id).await?;
     if session.state.is_ended() {
         return Ok(session);
     }
     sessions.stopping.lock().expect("lock").insert(id.to_string());
     let stopped = async {
-        sessions.store.transition(id, SessionState::LIVE, SessionState::Stopping, None).await?;
+        sessions.store.transition(id, SessionState::LIVE, SessionState::Stopping, None, Some(why)).await?;
         sessions.ide.session_ended(id);
         finish_stop(sessions, &session, reason).await
     }
@@ -436,7 +445,7 @@ pub(crate) async fn finish_stop(
     if let Some(c) = &session.container_id {
         sessions.engine.remove_container(c).await?;
     }
-    if !sessions.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason).await? {
+    if !sessions.store.transition(&session.id, &[SessionState::Stopping], SessionState::Stopped, reason, None).await? {
         // Another finisher (a stop racing the reconciler) got there first and said so.
         return Ok(());
     }
@@ -455,7 +464,7 @@ pub async fn stop_exercise(sessions: &Sessions, exercise: &str, reason: &str) ->
     let live: Vec<SessionRecord> =
         sessions.store.live_sessions().await?.into_iter().filter(|s| s.exercise == exercise).collect();
     let stopped = futures_util::stream::iter(live)
-        .map(|s| async move { stop(sessions, &s.id, Some(reason)).await.is_ok() })
+        .map(|s| async move { stop(sessions, &s.id, EndReason::Operator, Some(reason)).await.is_ok() })
         .buffer_unordered(4)
         .filter(|ok| std::future::ready(*ok))
         .count()

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Sessions;
-use crate::store::now_ms;
+use crate::{lifecycle::EndReason, store::now_ms};
 
 /// Sessions reaped at once; the rest wait for the next round.
 const PARALLEL_STOPS: usize = 8;
@@ -32,8 +32,9 @@ pub async fn reap_once(sessions: &Arc<Sessions>) -> anyhow::Result<()> {
     let expired = sessions.store.expired_sessions(idle_before, created_before).await?;
     futures_util::stream::iter(expired)
         .for_each_concurrent(PARALLEL_STOPS, |s| async move {
-            let reason = if s.created_at < created_before { "lifetime" } else { "idle" };
-            match super::stop(sessions, &s.id, Some(&format!("reaped: {reason}"))).await {
+            let why = if s.created_at < created_before { EndReason::Lifetime } else { EndReason::Idle };
+            let reason = why.as_str();
+            match super::stop(sessions, &s.id, why, Some(&format!("reaped: {reason}"))).await {
                 Ok(_) => {
                     sessions.metrics.sessions_reaped.with_label_values(&[reason]).inc();
                     tracing::info!(session = %s.id, reason, "reaped session");

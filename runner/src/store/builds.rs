@@ -77,6 +77,7 @@ impl Store {
     ) -> anyhow::Result<bool> {
         let condition = moving(from, to)?;
         let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         let n = sqlx::query(&format!(
             "UPDATE builds SET state = $1, failure_reason = COALESCE($2, failure_reason), \
              started_at = CASE WHEN $3 = 1 THEN COALESCE(started_at, $4) ELSE started_at END, \
@@ -89,10 +90,39 @@ impl Store {
         .bind(now)
         .bind(i64::from(to.is_finished()))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(false);
+        }
+        let mut seq = None;
+        if to.is_finished() {
+            let row = sqlx::query(
+                "SELECT exercise, version, failure_reason, started_at, created_at FROM builds WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let exercise: String = row.try_get("exercise")?;
+            let started: Option<i64> = row.try_get("started_at")?;
+            let data = serde_json::json!({
+                "build": id,
+                "exercise": exercise,
+                "state": to,
+                "version": row.try_get::<Option<String>, _>("version")?,
+                "failure_reason": row.try_get::<Option<String>, _>("failure_reason")?,
+                "duration_ms": started.map(|s| now - s),
+            });
+            let subject = super::Subject { exercise: Some(exercise), ..Default::default() };
+            seq =
+                Some(super::outbox::append(&mut tx, crate::lifecycle::EventType::BuildFinished, &subject, data).await?);
+        }
+        tx.commit().await?;
+        if let Some(seq) = seq {
+            self.appended(seq);
+        }
+        Ok(true)
     }
 
     pub async fn set_build_result(
@@ -177,7 +207,11 @@ impl Store {
             .bind(version)
             .execute(&mut *tx)
             .await?;
+        let data = serde_json::json!({ "exercise": exercise, "version": version, "image": image });
+        let subject = super::Subject { exercise: Some(exercise.to_string()), ..Default::default() };
+        let seq = super::outbox::append(&mut tx, crate::lifecycle::EventType::VersionPublished, &subject, data).await?;
         tx.commit().await?;
+        self.appended(seq);
         Ok(written)
     }
 
@@ -202,7 +236,9 @@ impl Store {
 
     // ---- checks ----
 
+    /// Records a check and appends `check.completed` in the same transaction.
     pub async fn insert_check(&self, c: &CheckRecord) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO checks (id, session_id, passed, exit_code, output, truncated, timed_out, duration_ms, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -216,9 +252,36 @@ impl Store {
         .bind(i64::from(c.timed_out))
         .bind(c.duration_ms)
         .bind(c.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let facts = super::outbox::session_facts(&mut tx, &c.session_id).await?;
+        let data = serde_json::json!({
+            "check": c.id,
+            "session": c.session_id,
+            "learner": facts.subject.learner,
+            "exercise": facts.subject.exercise,
+            "version": facts.version,
+            "passed": c.passed,
+            "exit_code": c.exit_code,
+            "timed_out": c.timed_out,
+            "duration_ms": c.duration_ms,
+            "output_url": format!("/v1/sessions/{}/checks/{}", c.session_id, c.id),
+        });
+        let seq =
+            super::outbox::append(&mut tx, crate::lifecycle::EventType::CheckCompleted, &facts.subject, data).await?;
+        tx.commit().await?;
+        self.appended(seq);
         Ok(())
+    }
+
+    pub async fn check(&self, session_id: &str, id: &str) -> anyhow::Result<Option<CheckRecord>> {
+        let row =
+            sqlx::query(&format!("SELECT {} FROM checks WHERE session_id = $1 AND id = $2", CheckRecord::COLUMNS))
+                .bind(session_id)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| CheckRecord::from_row(&r)).transpose()
     }
 
     pub async fn checks_of(&self, session_id: &str, limit: i64) -> anyhow::Result<Vec<CheckRecord>> {

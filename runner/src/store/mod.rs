@@ -4,6 +4,7 @@
 mod builds;
 mod journal;
 mod managed_apps;
+mod outbox;
 mod pools;
 mod records;
 
@@ -14,10 +15,11 @@ use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
 pub use journal::{AuditEntry, SessionEvent};
 pub use managed_apps::{DeployRecord, ManagedAppRecord};
+pub use outbox::{Attempt, DeliveryRecord, EventRecord, Subject, WebhookRecord};
 pub use pools::{Claim, PoolRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
 
-use crate::lifecycle::{Lifecycle, SessionState};
+use crate::lifecycle::{EndReason, EventType, Lifecycle, SessionState};
 
 /// `<column> IN ('a', 'b')` for states of one lifecycle. The words are the enum's own
 /// (`as_str`), never input, so they are written into the statement: binding them instead would
@@ -98,6 +100,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// The seq of the newest event this process committed (see `outbox.rs`).
+    appended: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 /// Milliseconds since the epoch, the unit of every time column.
@@ -201,7 +205,10 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("{}", plain_connect_error(url, &e)))?;
         MIGRATOR.run(&pool).await.context("running database migrations")?;
-        Ok(Store { pool })
+        let store = Store { pool, appended: std::sync::Arc::new(tokio::sync::watch::channel(0).0) };
+        let last = store.last_event_seq().await?;
+        store.appended(last);
+        Ok(store)
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {
@@ -353,50 +360,100 @@ impl Store {
 
     /// Moves a session between states, only from one of `from` (each a legal source of `to`).
     /// Returns false when the session was not in one of them (someone else moved it first).
+    /// `end` says why it ends (kept from the move to `stopping` to the move to `stopped`); a move
+    /// to an ended state appends `session.ended` in the same transaction.
     pub async fn transition(
         &self,
         id: &str,
         from: &[SessionState],
         to: SessionState,
         reason: Option<&str>,
+        end: Option<EndReason>,
     ) -> anyhow::Result<bool> {
         let ended = to.is_ended().then(now_ms);
         let sql = format!(
             "UPDATE sessions SET state = $1, failure_reason = COALESCE($2, failure_reason), \
-             ended_at = COALESCE($3, ended_at) WHERE id = $4 AND {}",
+             ended_at = COALESCE($3, ended_at), end_reason = COALESCE($5, end_reason) WHERE id = $4 AND {}",
             moving(from, to)?
         );
+        let mut tx = self.pool.begin().await?;
         let n = sqlx::query(&sql)
             .bind(to.as_str())
             .bind(reason)
             .bind(ended)
             .bind(id)
-            .execute(&self.pool)
+            .bind(end.map(EndReason::as_str))
+            .execute(&mut *tx)
             .await?
             .rows_affected();
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(false);
+        }
+        let mut seq = None;
+        if to.is_ended() {
+            let facts = outbox::session_facts(&mut tx, id).await?;
+            let why = facts.end_reason.as_deref().and_then(EndReason::parse).unwrap_or(match to {
+                SessionState::Failed => EndReason::Failed,
+                _ => EndReason::Deleted,
+            });
+            let data = serde_json::json!({
+                "session": id,
+                "learner": facts.subject.learner,
+                "exercise": facts.subject.exercise,
+                "version": facts.version,
+                "state": to,
+                "reason": why,
+                "detail": facts.failure_reason,
+            });
+            seq = Some(outbox::append(&mut tx, EventType::SessionEnded, &facts.subject, data).await?);
+        }
+        tx.commit().await?;
+        if let Some(seq) = seq {
+            self.appended(seq);
+        }
+        Ok(true)
     }
 
     /// Records the container of a live session and marks it running. A session's idle time
-    /// counts from when its sandbox runs: a slow start is not the learner's idleness.
+    /// counts from when its sandbox runs: a slow start is not the learner's idleness. Its first
+    /// move from `starting` appends `session.running` in the same transaction.
     pub async fn mark_running(&self, id: &str, container_id: &str) -> anyhow::Result<bool> {
         let to = SessionState::Running;
-        let sql = format!(
-            "UPDATE sessions SET state = $1, container_id = $2, \
-             last_activity_at = CASE WHEN state = $4 AND last_activity_at < $5 THEN $5 ELSE last_activity_at END \
-             WHERE id = $3 AND {}",
-            moving(SessionState::sources(to), to)?
-        );
-        let n = sqlx::query(&sql)
-            .bind(to.as_str())
-            .bind(container_id)
-            .bind(id)
-            .bind(SessionState::Starting.as_str())
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n == 1)
+        let mut tx = self.pool.begin().await?;
+        // Written first, so SQLite takes its write lock at once; it says whether this is the
+        // first move to running.
+        let first = sqlx::query(&format!(
+            "UPDATE sessions SET state = $1, container_id = $2, last_activity_at = \
+             CASE WHEN last_activity_at < $3 THEN $3 ELSE last_activity_at END WHERE id = $4 AND {}",
+            moving(&[SessionState::Starting], to)?
+        ))
+        .bind(to.as_str())
+        .bind(container_id)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !first {
+            let sql = format!(
+                "UPDATE sessions SET state = $1, container_id = $2 WHERE id = $3 AND {}",
+                moving(&[SessionState::Running], to)?
+            );
+            let n = sqlx::query(&sql)
+                .bind(to.as_str())
+                .bind(container_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            return Ok(n == 1);
+        }
+        let seq = outbox::append_session_running(&mut tx, id).await?;
+        tx.commit().await?;
+        self.appended(seq);
+        Ok(true)
     }
 
     /// Takes the start lease of a live session until `until` (ms), unless another holder's lease
@@ -600,6 +657,8 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("builds.rs", include_str!("builds.rs")),
             ("managed_apps.rs", include_str!("managed_apps.rs")),
+            ("outbox.rs", include_str!("outbox.rs")),
+            ("pools.rs", include_str!("pools.rs")),
             ("journal.rs", include_str!("journal.rs")),
             ("records.rs", include_str!("records.rs")),
         ]

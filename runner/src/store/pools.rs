@@ -190,7 +190,9 @@ impl Store {
                 }
                 Err(e) => return Err(e.into()),
             }
+            let seq = super::outbox::append_session_running(&mut tx, &session.id).await?;
             tx.commit().await?;
+            self.appended(seq);
             let record = super::SessionRecord {
                 image: pooled.image.clone(),
                 spec: pooled.spec.clone(),
