@@ -337,3 +337,82 @@ async fn bad_webhook_and_event_requests_are_clear_errors_and_change_nothing() {
     assert_eq!(app.delete("/v1/webhooks/site").await.0, 204);
     assert_eq!(app.get("/v1/webhooks/site").await.0, 404);
 }
+
+/// Everything under `dir` (files of any kind) that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let (path, kind) = (e.path(), e.file_type().unwrap());
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_learner_leaves_nothing_on_disk_in_the_database_or_on_the_engine() {
+    let app = spawn_app().await;
+    let r = EventReceiver::start(Answer::Ok).await;
+    register(&app, "site", &r.url, &ALL).await;
+    checked_exercise(&app, "gdpr-a").await;
+    checked_exercise(&app, "gdpr-b").await;
+    let (gone, kept) = ("erase-me-7f3a9c", "stays-2b81d0");
+    // One ended session with a passing check, one live one, and another learner who stays.
+    let ended = running_session(&app, gone, "gdpr-a").await;
+    learner_writes(&session_container(&app.instance, &ended).unwrap(), "done", &format!("work of {gone}"));
+    assert_eq!(app.post(&format!("/v1/sessions/{ended}/checks"), json!({})).await.1["passed"], true);
+    app.delete(&format!("/v1/sessions/{ended}")).await;
+    let live = running_session(&app, gone, "gdpr-b").await;
+    let other = running_session(&app, kept, "gdpr-a").await;
+    r.wait_for(WITHIN, "the events to be delivered", |e| e.len() >= 5).await;
+
+    let (status, v) = app.delete(&format!("/v1/learners/{gone}")).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["learner"], gone);
+    let removed = &v["removed"];
+    assert_eq!(removed["stopped_sessions"], 1, "{v}");
+    assert_eq!(removed["workspace_files"], 2, "{v}");
+    assert_eq!(removed["records"]["sessions"], 2, "{v}");
+    assert_eq!(removed["records"]["checks"], 1, "{v}");
+    assert!(removed["records"]["events"].as_u64().unwrap() >= 5, "{v}");
+
+    // The API knows them no more; the other learner is untouched.
+    for id in [&ended, &live] {
+        assert_eq!(app.get(&format!("/v1/sessions/{id}")).await.0, 404);
+    }
+    let (_, list) = app.get(&format!("/v1/sessions?learner={gone}")).await;
+    assert_eq!(list["sessions"], json!([]));
+    let (_, events) = app.get("/v1/events?after=0").await;
+    assert!(!events.to_string().contains(gone), "{events}");
+    assert!(events.to_string().contains(kept));
+    assert_eq!(app.get(&format!("/v1/sessions/{other}")).await.1["state"], "running");
+    let (_, audit) = app.get("/v1/audit").await;
+    assert!(audit.to_string().contains("learner.erase") && !audit.to_string().contains(gone), "{audit}");
+
+    // Nothing on disk (the database file and its log included) nor on the engine names them or
+    // holds their files.
+    let on_disk = files_containing(&app.data_dir, gone.as_bytes());
+    assert!(on_disk.is_empty(), "still on disk: {on_disk:?}");
+    assert!(files_containing(&app.data_dir, format!("work of {gone}").as_bytes()).is_empty());
+    assert!(!files_containing(&app.data_dir, kept.as_bytes()).is_empty(), "the search would see a learner");
+    let engine = docker(&["ps", "-a", "--format", "{{.Names}} {{.Labels}}"])
+        + &docker(&["volume", "ls", "--format", "{{.Name}} {{.Labels}}"]);
+    assert!(!engine.contains(gone), "{engine}");
+    assert_eq!(app.containers().len(), 1, "only the other learner's sandbox");
+
+    // Bad input changes nothing; erasing again finds nothing.
+    let (s, v) = app.delete("/v1/learners/bad%20id").await;
+    assert_eq!((s, v["error"]["code"].is_string()), (422, true), "{v}");
+    let (s, v) = app.delete(&format!("/v1/learners/{gone}")).await;
+    assert_eq!((s, v["removed"]["records"]["sessions"].clone()), (200, json!(0)), "{v}");
+}

@@ -30,6 +30,7 @@ impl RunnerProcess {
             .env("RUNNER_API_TOKEN", TOKEN)
             .env("RUNNER_INSTANCE", instance)
             .env("RUNNER_RECONCILE_INTERVAL_SECS", "1")
+            .env("RUNNER_WEBHOOK_MAX_BACKOFF_SECS", "1")
             .env("RUNNER_SANDBOX_MEMORY_MB", "128")
             .env("RUNNER_SANDBOX_WORKSPACE_MB", "32")
             .env("RUNNER_LOG", "info")
@@ -542,4 +543,38 @@ async fn repeated_oom_kills_fire_one_alert_that_clears() {
     assert!(list["recent"][0]["cleared_at"].is_string(), "{list}");
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("runner_alerts_total{kind=\"oom_repeated\"} 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_committed_before_a_kill_9_reach_the_web_app_after_the_restart() {
+    require_docker();
+    let (instance, tmp) = new_instance();
+    let _cleanup = Cleanup(instance.clone(), tmp.path().to_path_buf());
+    // The receiver is down while the first runner lives.
+    let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let mut first = RunnerProcess::start(tmp.path(), &instance).await;
+    let (s, v) = first.call(reqwest::Method::PUT, "/v1/exercises/told", Some(json!({"image": IMAGE}))).await;
+    assert_eq!(s, 201, "{v}");
+    let hook = json!({"url": format!("http://{addr}/events"), "secret": RECEIVER_SECRET,
+                      "events": ["session.running", "session.ended"]});
+    let (s, v) = first.call(reqwest::Method::PUT, "/v1/webhooks/site", Some(hook)).await;
+    assert_eq!(s, 201, "{v}");
+    let id = first.session("kai", "told").await["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while first.call(reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await.1["state"] != "running" {
+        assert!(Instant::now() < deadline, "the session did not run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(first.call(reqwest::Method::DELETE, &format!("/v1/sessions/{id}"), None).await.0, 200);
+    let (_, committed) = first.call(reqwest::Method::GET, "/v1/events?after=0", None).await;
+    let committed: Vec<Value> = committed["events"].as_array().unwrap().clone();
+    assert_eq!(types_of(&committed), ["session.running", "session.ended"]);
+    first.kill_9();
+
+    let receiver = EventReceiver::start_on(tokio::net::TcpListener::bind(addr).await.unwrap(), Answer::Ok);
+    let _second = RunnerProcess::start(tmp.path(), &instance).await;
+    let got = receiver.wait_for(Duration::from_secs(60), "both events", |e| e.len() >= 2).await;
+    let ids = |v: &[Value]| v.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&got), ids(&committed), "the same events, same ids, in order");
+    assert!(receiver.got().iter().all(|d| d.signed), "signed with the secret the first runner sealed");
 }

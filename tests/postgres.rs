@@ -220,3 +220,50 @@ async fn pool_settled(app: &TestApp, n: u64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Two replicas writing events at once on PostgreSQL: every event numbered without a gap, and
+/// their one webhook told each of them, in order (one replica at a time holds its lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_postgresql_tell_one_webhook_every_event_in_order() {
+    require_docker();
+    let quick = |s: &mut runner::Settings| s.events.webhook_max_backoff = Duration::from_secs(1);
+    let (a, url) = spawn_pg_app(quick).await;
+    let mut settings = test_settings(&a.data_dir, &a.instance);
+    settings.database_url = runner::config::Secret::new(url);
+    quick(&mut settings);
+    let b = start(settings).await;
+    let replica = |i: usize| if i.is_multiple_of(2) { &a } else { &b };
+    a.exercise("pg-told", json!({})).await;
+    let receiver = EventReceiver::start(Answer::Ok).await;
+    let hook = json!({"url": receiver.url, "secret": RECEIVER_SECRET, "events": ["session.running", "session.ended"]});
+    assert_eq!(b.put("/v1/webhooks/site", hook).await.0, 201);
+
+    let created = futures_util::future::join_all(
+        (0..6).map(|i| replica(i).post("/v1/sessions", json!({"learner": format!("p{i}"), "exercise": "pg-told"}))),
+    )
+    .await;
+    let ids: Vec<String> = created.iter().map(|(_, v)| v["id"].as_str().unwrap().to_string()).collect();
+    for id in &ids {
+        a.wait_session(id, Duration::from_secs(30), |v| v["state"] == "running").await;
+    }
+    let ended = futures_util::future::join_all(
+        ids.iter().enumerate().map(|(i, id)| async move { replica(i + 1).delete(&format!("/v1/sessions/{id}")).await }),
+    )
+    .await;
+    assert!(ended.iter().all(|(s, _)| *s == 200), "{ended:?}");
+
+    let (_, page) = b.get("/v1/events?after=0").await;
+    let events = page["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 12, "{page}");
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (seqs[0]..seqs[0] + 12).collect::<Vec<_>>(), "numbered without a gap");
+    let got = receiver.wait_for(Duration::from_secs(30), "all twelve", |e| e.len() >= 12).await;
+    let order = |v: &[serde_json::Value]| v.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(order(&got), order(&events), "each event once, in the order of its seq");
+    for id in &ids {
+        let mine: Vec<String> =
+            got.iter().filter(|e| e["data"]["session"] == id.as_str()).map(|e| e["type"].to_string()).collect();
+        assert_eq!(mine, ["\"session.running\"", "\"session.ended\""], "{id}");
+    }
+    drop(b);
+}

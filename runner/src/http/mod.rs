@@ -35,6 +35,7 @@ impl From<SessionError> for ApiError {
             SessionError::AtCapacity(_) => ApiError::unavailable("session_capacity", msg, 30),
             SessionError::StartQueueFull => ApiError::unavailable("start_queue_full", msg, 5),
             SessionError::Draining => ApiError::unavailable("runner_draining", msg, 30),
+            SessionError::Busy(_) => ApiError::conflict("learner_busy", msg),
             SessionError::StartFailed { .. } => ApiError::unavailable("sandbox_start_failed", msg, 5),
             SessionError::Internal(e) => ApiError::internal(e),
         }

@@ -156,3 +156,25 @@ pub async fn get_check(
         .ok_or_else(|| ApiError::not_found("check_not_found", format!("session {id} has no check {check:?}")))?;
     Ok(Json(crate::checks::to_view(&record)))
 }
+
+/// `DELETE /v1/learners/{learner}`: erases a learner (live sandboxes, workspaces, sessions,
+/// checks, events) and says what was removed. The audit log names the learner only by a digest.
+pub async fn erase_learner(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Path(learner): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let learner = LearnerId::parse(&learner)?;
+    let result = sessions::erasure::erase_learner(&app.sessions, &learner).await.map_err(ApiError::from);
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(learner.as_str().as_bytes()))[..16].to_string()
+    };
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => operators::outcome_of(e),
+    };
+    operators::audit(&app, actor, "learner.erase", &format!("learner-sha256:{digest}"), &outcome, None).await;
+    let erased = result?;
+    Ok(Json(json!({ "learner": learner.as_str(), "removed": erased })))
+}

@@ -4,6 +4,7 @@
 //! idempotent Docker call followed by a conditional state write, so a step retried after a crash
 //! or raced by the reaper or the reconciler converges instead of duplicating containers.
 
+pub mod erasure;
 pub mod events;
 pub mod health;
 pub mod pool;
@@ -104,6 +105,8 @@ pub enum SessionError {
     Draining,
     #[error("the sandbox of session {id} failed to start: {reason}")]
     StartFailed { id: String, reason: String },
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

@@ -102,6 +102,7 @@ pub struct Store {
     pool: AnyPool,
     /// The seq of the newest event this process committed (see `outbox.rs`).
     appended: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
+    sqlite: bool,
 }
 
 /// Milliseconds since the epoch, the unit of every time column.
@@ -164,6 +165,16 @@ fn plain_connect_error(url: &str, e: &sqlx::Error) -> String {
     }
 }
 
+/// What [`Store::erase_learner`] deleted, by kind.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ErasedRecords {
+    pub sessions: u64,
+    pub checks: u64,
+    pub session_events: u64,
+    pub events: u64,
+    pub workspaces: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct SessionFilter {
     pub learner: Option<String>,
@@ -197,6 +208,9 @@ impl Store {
                         sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        // Deleted rows are overwritten, not left in free pages: an erased
+                        // learner's data does not stay in the file.
+                        sqlx::query("PRAGMA secure_delete = ON").execute(&mut *conn).await?;
                     }
                     Ok(())
                 })
@@ -205,7 +219,7 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("{}", plain_connect_error(url, &e)))?;
         MIGRATOR.run(&pool).await.context("running database migrations")?;
-        let store = Store { pool, appended: std::sync::Arc::new(tokio::sync::watch::channel(0).0) };
+        let store = Store { pool, appended: std::sync::Arc::new(tokio::sync::watch::channel(0).0), sqlite: is_sqlite };
         let last = store.last_event_seq().await?;
         store.appended(last);
         Ok(store)
@@ -589,6 +603,60 @@ impl Store {
     pub async fn delete_workspace(&self, volume: &str) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM workspaces WHERE volume = $1").bind(volume).execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Every workspace of a learner.
+    pub async fn workspaces_of(&self, learner: &str) -> anyhow::Result<Vec<WorkspaceRecord>> {
+        let rows = sqlx::query(&format!("SELECT {} FROM workspaces WHERE learner = $1", WorkspaceRecord::COLUMNS))
+            .bind(learner)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(WorkspaceRecord::from_row).collect()
+    }
+
+    /// Deletes, in one transaction, every record of a learner whose sessions have all ended:
+    /// their sessions, those sessions' checks (outputs included) and sandbox events, the events
+    /// told about them with their deliveries, and their workspace records. Refused (nothing
+    /// deleted) while one of their sessions is unfinished.
+    pub async fn erase_learner(&self, learner: &str) -> anyhow::Result<Option<ErasedRecords>> {
+        let mut tx = self.pool.begin().await?;
+        // A write first, so SQLite takes its write lock at once (a read first could not be
+        // upgraded after another writer committed); it changes nothing.
+        let sessions = sqlx::query("UPDATE sessions SET learner = learner WHERE learner = $1")
+            .bind(learner)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let unfinished = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n FROM sessions WHERE learner = $1 AND {}",
+            state_in("state", SessionState::UNFINISHED)
+        ))
+        .bind(learner)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get::<i64, _>("n")?;
+        if unfinished > 0 {
+            return Ok(None);
+        }
+        let mut deleted = Vec::new();
+        for sql in [
+            "DELETE FROM checks WHERE session_id IN (SELECT id FROM sessions WHERE learner = $1)",
+            "DELETE FROM session_events WHERE session_id IN (SELECT id FROM sessions WHERE learner = $1)",
+            "DELETE FROM webhook_deliveries WHERE event_seq IN (SELECT seq FROM events WHERE learner = $1)",
+            "DELETE FROM events WHERE learner = $1",
+            "DELETE FROM sessions WHERE learner = $1",
+            "DELETE FROM workspaces WHERE learner = $1",
+        ] {
+            deleted.push(sqlx::query(sql).bind(learner).execute(&mut *tx).await?.rows_affected());
+        }
+        tx.commit().await?;
+        if self.sqlite {
+            // The write-ahead log still holds the pages as they were before: fold it into the
+            // file (where secure_delete zeroed the rows) and empty it.
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        }
+        let [checks, session_events, _, events, _, workspaces] = deleted[..] else { unreachable!("six statements") };
+        Ok(Some(ErasedRecords { sessions, checks, session_events, events, workspaces }))
     }
 
     pub async fn workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
