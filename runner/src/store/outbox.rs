@@ -463,3 +463,58 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (Store, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", tmp.path().join("r.db").display())).await.unwrap();
+        (store, tmp)
+    }
+
+    async fn append_one(store: &Store, t: EventType) -> i64 {
+        let mut tx = store.pool.begin().await.unwrap();
+        let seq = append(&mut tx, t, &Subject::default(), serde_json::json!({})).await.unwrap();
+        tx.commit().await.unwrap();
+        store.appended(seq);
+        seq
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_in_order_and_a_new_webhook_starts_at_the_newest() {
+        let (store, _tmp) = store().await;
+        let mut seen = store.subscribe_events();
+        let a = append_one(&store, EventType::BuildFinished).await;
+        let b = append_one(&store, EventType::VersionPublished).await;
+        assert_eq!((a + 1, b), (b, store.last_event_seq().await.unwrap()));
+        assert!(seen.has_changed().unwrap());
+        assert_eq!(*seen.borrow_and_update(), b);
+        let all = store.events_after(0, &[], 10).await.unwrap();
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [a, b]);
+        let only = store.events_after(0, &[EventType::VersionPublished], 10).await.unwrap();
+        assert_eq!(only.iter().map(|e| e.seq).collect::<Vec<_>>(), [b]);
+        assert!(store.put_webhook("w", "http://127.0.0.1:9/", "s", &[EventType::BuildFinished]).await.unwrap());
+        assert_eq!(store.webhook("w").await.unwrap().unwrap().cursor, b, "told what happens from now on");
+        assert!(!store.put_webhook("w", "http://127.0.0.1:8/", "s", &[EventType::BuildFinished]).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn old_events_go_only_once_every_webhook_is_done_with_them() {
+        let (store, _tmp) = store().await;
+        let first = append_one(&store, EventType::BuildFinished).await;
+        store.put_webhook("late", "http://127.0.0.1:9/", "s", &[EventType::BuildFinished]).await.unwrap();
+        let second = append_one(&store, EventType::BuildFinished).await;
+        // `late` is done with `first` (it started after it), not with `second`.
+        assert_eq!(store.delete_old_events(now_ms() + 1).await.unwrap(), 1);
+        assert!(store.event(first).await.unwrap().is_none());
+        assert!(store.event(second).await.unwrap().is_some());
+        assert!(store.lease_webhook("late", "me", 0, i64::MAX).await.unwrap());
+        assert!(!store.lease_webhook("late", "other", 1, 2).await.unwrap(), "the lease is held");
+        assert!(store.advance_webhook("late", "me", second).await.unwrap());
+        assert!(!store.advance_webhook("late", "other", second + 5).await.unwrap(), "only the holder moves it");
+        assert_eq!(store.delete_old_events(now_ms() + 1).await.unwrap(), 1);
+        assert_eq!(store.delete_old_events(0).await.unwrap(), 0, "newer than the cut-off: kept");
+    }
+}
