@@ -335,7 +335,8 @@ async fn work(outbox: Arc<Outbox>, name: String, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(wait.min(POLL * 10)) => {}
+            // Woken early by this process's events; the lease is renewed well within its term.
+            _ = tokio::time::sleep(wait.min(LEASE / 3)) => {}
             _ = appended.changed() => {}
         }
     }
@@ -356,7 +357,8 @@ async fn deliver_some(outbox: &Outbox, name: &str) -> anyhow::Result<Option<Dura
             outbox.store.advance_webhook(name, &outbox.holder, e.seq).await?;
             return Ok(Some(Duration::ZERO));
         }
-        return Ok(Some(POLL * 10));
+        // Caught up: another replica's next event is seen within a poll.
+        return Ok(Some(POLL));
     };
     if next.seq > hook.cursor + 1 {
         outbox.store.advance_webhook(name, &outbox.holder, next.seq - 1).await?;
