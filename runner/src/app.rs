@@ -8,7 +8,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::{
     builds::Builds, checks::Checks, config::Settings, deploys::Deploys, engine::Engine, ide::IdeProxy,
-    metrics::Metrics, sessions::Sessions, store::Store, workspaces::Workspaces,
+    learner_files::LearnerFiles, metrics::Metrics, sessions::Sessions, store::Store, workspaces::Workspaces,
 };
 
 pub struct App {
@@ -30,6 +30,8 @@ pub struct App {
     pub deploys: Arc<Deploys>,
     /// The web IDE proxy (`/ide/{session}/`).
     pub ide: Arc<IdeProxy>,
+    /// Learners' files read (and reset) inside sandboxes: listings, files, archives.
+    pub files: Arc<LearnerFiles>,
     /// Every sandbox's resource use, sampled in the background (its history and aggregates).
     pub usage: Arc<crate::usage::Usage>,
     /// What is wrong now, told once per episode (`GET /v1/alerts`, the alert webhook).
@@ -74,6 +76,7 @@ impl App {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let checks = Checks::new(&settings, store.clone(), engine.clone(), metrics.clone());
         let ide = crate::ide::proxy(&settings, store.clone(), engine.clone(), checks.clone());
+        let files = LearnerFiles::new(settings.clone(), store.clone(), engine.clone(), workspaces.clone());
         let sessions =
             Sessions::new(settings.clone(), store.clone(), engine.clone(), metrics.clone(), workspaces, ide.clone());
         let deploys = Deploys::new(
@@ -95,6 +98,7 @@ impl App {
             checks,
             deploys,
             ide,
+            files,
             settings,
             store,
             engine,

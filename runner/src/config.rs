@@ -203,6 +203,14 @@ pub struct Settings {
     pub git_hook_secret: Option<Secret>,
     /// Output kept from one check (the rest is cut, `truncated: true`).
     pub check_output_bytes: usize,
+    // ---- learners' files read through the API (archives, snapshots) ----
+    /// Most bytes of one read of a workspace (the tar stream out of the sandbox, and the
+    /// `.tar.gz` answered); over it the read is refused, never cut.
+    pub workspace_read_max_bytes: usize,
+    /// Largest single file answered by `GET /v1/workspaces/…/files/{path}`.
+    pub workspace_file_max_bytes: usize,
+    /// Most entries in a workspace listing (the rest left out, `truncated: true`).
+    pub workspace_list_max_entries: usize,
     /// Learners' checks running at once; each learner holds at most one of these slots.
     pub max_concurrent_checks: usize,
     /// Uploaded or cloned repositories being unpacked and checked at once (each is held in
@@ -294,6 +302,9 @@ impl Settings {
             git_allow_local: false,
             git_hook_secret: None,
             check_output_bytes: 64 * 1024,
+            workspace_read_max_bytes: 64 * 1024 * 1024,
+            workspace_file_max_bytes: 1024 * 1024,
+            workspace_list_max_entries: 10_000,
             max_concurrent_checks: 8,
             max_concurrent_intakes: 2,
             ide_secret: None,
@@ -564,6 +575,15 @@ impl Settings {
         s.git_hook_secret = get("RUNNER_GIT_HOOK_SECRET").filter(|v| !v.is_empty()).map(Secret::new);
         if let Some(v) = parse(&get, "RUNNER_CHECK_OUTPUT_BYTES")? {
             s.check_output_bytes = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_WORKSPACE_READ_MAX_BYTES")? {
+            s.workspace_read_max_bytes = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_WORKSPACE_FILE_MAX_BYTES")? {
+            s.workspace_file_max_bytes = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_WORKSPACE_LIST_MAX_ENTRIES")? {
+            s.workspace_list_max_entries = v;
         }
         if let Some(v) = parse(&get, "RUNNER_MAX_CONCURRENT_CHECKS")? {
             s.max_concurrent_checks = v;

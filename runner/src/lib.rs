@@ -17,6 +17,7 @@ pub mod error;
 pub mod exercises;
 pub mod http;
 pub mod ide;
+pub mod learner_files;
 pub mod lifecycle;
 pub mod metrics;
 pub mod outbox;

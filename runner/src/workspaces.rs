@@ -109,6 +109,25 @@ impl Workspaces {
         Ok(record.volume)
     }
 
+    /// Makes an existing workspace ready to mount for reading its files without a session (a
+    /// reader sandbox); its volume, or `None` when the learner has no workspace there. Nothing is
+    /// created and the retention clock is not reset.
+    pub async fn attach_existing(&self, learner: &str, exercise: &str) -> anyhow::Result<Option<String>> {
+        let Some(record) = self.store.workspace(learner, exercise).await? else { return Ok(None) };
+        self.attach_volume(&record.volume, record.size_mb as u64).await?;
+        Ok(Some(record.volume))
+    }
+
+    /// After a read without a session: drops the volume and loop device again, as
+    /// [`Self::release`] does, without counting the read as use.
+    pub async fn detach_after_read(&self, volume: &str) -> anyhow::Result<()> {
+        if self.driver == WorkspaceDriver::Volume {
+            return Ok(());
+        }
+        let _guard = self.exclusive().await?;
+        self.detach(volume).await.map(|_| ())
+    }
+
     /// Makes a pooled sandbox's fresh workspace ready to mount (its row in `pool_sandboxes`
     /// names the volume; a claim hands it to the learner).
     pub async fn prepare_pooled(&self, volume: &str, size_mb: u64) -> anyhow::Result<()> {

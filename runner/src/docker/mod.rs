@@ -34,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     domain::{HealthProbe, Runtime, SandboxSpec},
     engine::{
-        self, Attached, BuildRequest, ByteSink, ContainerEngine, ContainerStatus, Engine, ExecIo, ExecOutput,
-        ExecRequest, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo, NetworkFacts,
-        OtherContainer, SandboxOwner, WorkspaceMount,
+        self, Attached, BuildRequest, ByteSink, CapturedExec, ContainerEngine, ContainerStatus, Engine, ExecIo,
+        ExecOutput, ExecRequest, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo,
+        NetworkFacts, OtherContainer, SandboxOwner, WorkspaceMount,
     },
     metrics::Metrics,
 };
@@ -340,6 +340,67 @@ impl DockerEngine {
         })
     }
 
+    /// Runs a command as [`Self::exec`] does, its stdout kept as bytes apart from its stderr.
+    /// Past `max_output` bytes of stdout the command is abandoned (`truncated`): the caller
+    /// refuses what is over its cap rather than holding it.
+    async fn exec_capture(&self, container: &str, req: ExecRequest) -> anyhow::Result<CapturedExec> {
+        use bollard::container::LogOutput;
+        const STDERR_KEPT: usize = 8 * 1024;
+        let opts = CreateExecOptions {
+            cmd: Some(req.cmd),
+            user: Some(req.user),
+            working_dir: req.workdir,
+            env: (!req.env.is_empty()).then_some(req.env),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let r = self.docker.create_exec(container, opts).await;
+        let exec = self.count("create_exec", r)?;
+        let r = self.docker.start_exec(&exec.id, None).await;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let (mut truncated, mut timed_out) = (false, false);
+        if let StartExecResults::Attached { output: mut stream, .. } = self.count("start_exec", r)? {
+            let deadline = tokio::time::Instant::now() + req.deadline;
+            loop {
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => {
+                        timed_out = true;
+                        break;
+                    }
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => match chunk? {
+                        LogOutput::StdOut { message } => {
+                            if stdout.len() + message.len() > req.max_output {
+                                truncated = true;
+                                break;
+                            }
+                            stdout.extend_from_slice(&message);
+                        }
+                        LogOutput::StdErr { message } => {
+                            let room = STDERR_KEPT.saturating_sub(stderr.len());
+                            stderr.extend_from_slice(&message[..message.len().min(room)]);
+                        }
+                        _ => {}
+                    },
+                }
+            }
+        }
+        let exit_code = if timed_out || truncated {
+            None
+        } else {
+            let r = self.docker.inspect_exec(&exec.id).await;
+            self.count("inspect_exec", r)?.exit_code
+        };
+        Ok(CapturedExec {
+            exit_code: exit_code.unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            truncated,
+            timed_out,
+        })
+    }
+
     /// Starts `cmd` in a running container and returns its stdin/stdout as one byte stream.
     async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo> {
         let opts = CreateExecOptions {
@@ -560,6 +621,10 @@ impl ContainerEngine for DockerEngine {
 
     async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {
         DockerEngine::exec(self, container, req).await
+    }
+
+    async fn exec_capture(&self, container: &str, req: ExecRequest) -> anyhow::Result<CapturedExec> {
+        DockerEngine::exec_capture(self, container, req).await
     }
 
     async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo> {

@@ -18,13 +18,18 @@ use crate::{
     domain::{HealthProbe, Runtime, SandboxSpec, TMPFS_PATHS},
     engine::{
         ManagedAppContainer, Purpose, SandboxOwner, WorkspaceMount, LABEL_APP, LABEL_BUILD, LABEL_DEPLOY,
-        LABEL_EXERCISE, LABEL_HEALTH, LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_POOL, LABEL_SERVICE,
-        LABEL_SESSION, LABEL_VERSION,
+        LABEL_EXERCISE, LABEL_HEALTH, LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_POOL, LABEL_READER,
+        LABEL_SERVICE, LABEL_SESSION, LABEL_VERSION,
     },
 };
 
 /// Host threads gVisor's sandbox kernel may use beyond the learner's pids limit.
 pub const RUNSC_THREAD_ALLOWANCE: u64 = 2048;
+
+/// How long a reader sandbox (`Purpose::Reader`) lives at most: its main process is `sleep` for
+/// this long, and the engine removes it when that ends, so one left by a runner that died
+/// mid-read goes away by itself.
+pub const READER_LIFETIME_SECS: u64 = 120;
 
 /// Builds the container configuration of a sandbox. The hardening, line by line:
 /// The CPU weight of every sandbox (sessions and self-tests), half of Docker's default 1024.
@@ -57,7 +62,12 @@ pub(super) fn sandbox_container(
         Purpose::Session(id) => labels.insert(LABEL_SESSION.to_string(), id.to_string()),
         Purpose::Pool(id) => labels.insert(LABEL_POOL.to_string(), id.to_string()),
         Purpose::SelfTest(build) => labels.insert(LABEL_BUILD.to_string(), build.to_string()),
+        Purpose::Reader(id) => labels.insert(LABEL_READER.to_string(), id.to_string()),
     };
+    // A reader runs nothing of the image's (no entry point, no services): only `sleep`, while the
+    // runner execs `tar` in it; never a network, whatever the exercise says.
+    let reader = matches!(owner.purpose, Purpose::Reader(_));
+    let network = if reader { None } else { spec.network.clone() };
     // `exec`: Docker defaults tmpfs to noexec, which would break running programs built in /tmp.
     let tmpfs_opts = |mb: u64| format!("rw,exec,nosuid,nodev,size={mb}m,mode=1777");
     // A tmpfs over a directory of the image is root's (Docker 20.10 applies only the directory's
@@ -83,6 +93,14 @@ pub(super) fn sandbox_container(
             source: Some(volume.to_string()),
             typ: Some(MountTypeEnum::VOLUME),
             read_only: Some(false),
+            ..Default::default()
+        }),
+        // A reader sees the learner's files and cannot change them.
+        WorkspaceMount::ReadOnlyVolume(volume) => mounts.push(Mount {
+            target: Some(spec.workdir.clone()),
+            source: Some(volume.to_string()),
+            typ: Some(MountTypeEnum::VOLUME),
+            read_only: Some(true),
             ..Default::default()
         }),
         WorkspaceMount::Tmpfs => {
@@ -130,7 +148,7 @@ pub(super) fn sandbox_container(
             ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
         ]),
         // No network unless the exercise opted in (and the operator allows it).
-        network_mode: Some(spec.network.clone().unwrap_or_else(|| "none".into())),
+        network_mode: Some(network.clone().unwrap_or_else(|| "none".into())),
         ipc_mode: Some("private".into()),
         // Logs cannot fill the disk.
         log_config: Some(HostConfigLogConfig {
@@ -142,21 +160,25 @@ pub(super) fn sandbox_container(
         }),
         // The runner decides about restarts (reconciliation), not the engine.
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
+        // A reader is removed by the engine when its `sleep` ends (or the runner removes it first).
+        auto_remove: Some(reader),
         ..Default::default()
     };
     Config {
         image: Some(spec.image.clone()),
+        entrypoint: reader.then(|| vec!["sleep".to_string(), READER_LIFETIME_SECS.to_string()]),
         // Never root, whatever the image says.
         user: Some(user.to_string()),
         working_dir: Some(spec.workdir.clone()),
         hostname: Some("sandbox".into()),
         env: Some(vec![format!("EXERCISE_SLUG={}", owner.exercise)]),
         labels: Some(labels),
-        network_disabled: Some(spec.network.is_none()),
+        network_disabled: Some(network.is_none()),
         host_config: Some(host_config),
         // The runner probes the agent itself (the label has the image's timing): no exec every
         // interval in every sandbox.
-        healthcheck: probe.map(|_| HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() }),
+        healthcheck: (probe.is_some() || reader)
+            .then(|| HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() }),
         ..Default::default()
     }
 }
@@ -284,6 +306,35 @@ mod tests {
         let c = sandbox_container(&spec, &owner, WorkspaceMount::Tmpfs, Runtime::Runsc, "1000:1000", None);
         let pids = c.host_config.unwrap().pids_limit.unwrap();
         assert_eq!(pids, (Limits::DEFAULT.pids + RUNSC_THREAD_ALLOWANCE) as i64, "room for gVisor's own threads");
+    }
+
+    #[test]
+    fn a_reader_gets_the_same_hardening_with_the_workspace_read_only_no_network_and_no_image_program() {
+        let mut spec = spec(&[]);
+        spec.network = Some("course-net".into());
+        let owner = SandboxOwner { instance: "i", purpose: Purpose::Session("s"), learner: "l", exercise: "e" };
+        let session = sandbox_container(&spec, &owner, WorkspaceMount::Volume("vol"), Runtime::Runc, "1000:1000", None);
+        let owner = SandboxOwner { instance: "i", purpose: Purpose::Reader("r"), learner: "l", exercise: "e" };
+        let mut reader =
+            sandbox_container(&spec, &owner, WorkspaceMount::ReadOnlyVolume("vol"), Runtime::Runc, "1000:1000", None);
+        assert_eq!(reader.labels.as_ref().unwrap()[LABEL_READER], "r");
+        assert!(!reader.labels.as_ref().unwrap().contains_key(LABEL_SESSION));
+        assert_eq!(reader.entrypoint.as_deref(), Some(&["sleep".to_string(), READER_LIFETIME_SECS.to_string()][..]));
+        assert_eq!(reader.healthcheck.as_ref().unwrap().test.as_deref(), Some(&["NONE".to_string()][..]));
+        assert_eq!(reader.network_disabled, Some(true));
+        let h = reader.host_config.as_mut().unwrap();
+        assert_eq!(h.network_mode.as_deref(), Some("none"), "never a network");
+        assert_eq!(h.mounts.as_ref().unwrap()[0].read_only, Some(true));
+        assert_eq!(h.auto_remove, Some(true));
+        // Everything else is the session's hardening.
+        h.network_mode = Some("course-net".into());
+        h.auto_remove = Some(false);
+        h.mounts.as_mut().unwrap()[0].read_only = Some(false);
+        assert_eq!(
+            serde_json::to_value(&reader.host_config).unwrap(),
+            serde_json::to_value(&session.host_config).unwrap()
+        );
+        assert_eq!(reader.user, session.user);
     }
 
     #[test]

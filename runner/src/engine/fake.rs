@@ -135,6 +135,10 @@ impl ContainerEngine for FakeEngine {
         Ok(out)
     }
 
+    async fn exec_capture(&self, _: &str, _: ExecRequest) -> anyhow::Result<super::CapturedExec> {
+        Err(absent("exec_capture"))
+    }
+
     async fn exec_stream(&self, _: &str, _: Vec<String>, _: &str) -> anyhow::Result<ExecIo> {
         Err(absent("exec_stream"))
     }

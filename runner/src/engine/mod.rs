@@ -23,9 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Runtime, SandboxSpec};
 pub use values::{
-    pool_sandbox_name, sandbox_name, Attached, BuildRequest, ByteSink, ContainerStatus, ExecIo, ExecOutput,
-    ExecRequest, ExecStream, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer, ManagedAppContainerInfo,
-    NetworkFacts, OtherContainer, Purpose, SandboxEvent, SandboxEventKind, SandboxEvents, SandboxOwner, WorkspaceMount,
+    pool_sandbox_name, sandbox_name, Attached, BuildRequest, ByteSink, CapturedExec, ContainerStatus, ExecIo,
+    ExecOutput, ExecRequest, ExecStream, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer,
+    ManagedAppContainerInfo, NetworkFacts, OtherContainer, Purpose, SandboxEvent, SandboxEventKind, SandboxEvents,
+    SandboxOwner, WorkspaceMount,
 };
 
 /// The engine everyone holds: cheap to clone, shared by every capability.
@@ -38,6 +39,8 @@ pub const LABEL_MANAGED: &str = "exercise-runner.managed";
 pub const LABEL_INSTANCE: &str = "exercise-runner.instance";
 pub const LABEL_SESSION: &str = "exercise-runner.session";
 pub const LABEL_POOL: &str = "exercise-runner.pool";
+/// A reader sandbox (`Purpose::Reader`): the learner's files read without a session.
+pub const LABEL_READER: &str = "exercise-runner.reader";
 /// Who runs a sandbox's health check: `engine`, or the runner's probe with its timing
 /// ([`crate::domain::HealthProbe::to_label`]). Always set, so an image cannot say.
 pub const LABEL_HEALTH: &str = "exercise-runner.health";
@@ -115,6 +118,10 @@ pub trait ContainerEngine: Send + Sync {
     /// deadline the output is abandoned and `timed_out` set (callers also bound the command
     /// inside the sandbox with `timeout`, so it does not outlive the deadline).
     async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput>;
+
+    /// Runs a command as [`Self::exec`] does, keeping its stdout as bytes (up to `max_output`;
+    /// past it the command is abandoned and `truncated` set) apart from its stderr.
+    async fn exec_capture(&self, container: &str, req: ExecRequest) -> anyhow::Result<CapturedExec>;
 
     /// Starts `cmd` in a running container and returns its stdin/stdout as one byte stream.
     async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo>;

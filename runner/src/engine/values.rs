@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{LABEL_BUILD, LABEL_POOL, LABEL_SESSION};
+use super::{LABEL_BUILD, LABEL_POOL, LABEL_READER, LABEL_SESSION};
 
 // ---- what callers describe ----
 
@@ -18,6 +18,8 @@ use super::{LABEL_BUILD, LABEL_POOL, LABEL_SESSION};
 pub enum WorkspaceMount<'a> {
     /// A learner's persistent workspace volume.
     Volume(&'a str),
+    /// The same volume, read-only: a reader sandbox's (the learner's files read without a session).
+    ReadOnlyVolume(&'a str),
     /// A throwaway tmpfs of `Limits::workspace_mb` (self-tests of builds).
     Tmpfs,
 }
@@ -32,12 +34,15 @@ pub struct SandboxOwner<'a> {
 }
 
 /// Why a sandbox exists: a learner's session, a warm pool's ready sandbox (whose learner is not
-/// known yet), or the self-test of a build.
+/// known yet), the self-test of a build, or a short-lived reader of a learner's workspace (their
+/// files listed or archived without a session: it runs nothing of the image's, only the
+/// runner's `tar`, and goes away by itself).
 #[derive(Debug, Clone, Copy)]
 pub enum Purpose<'a> {
     Session(&'a str),
     Pool(&'a str),
     SelfTest(&'a str),
+    Reader(&'a str),
 }
 
 impl Purpose<'_> {
@@ -48,6 +53,7 @@ impl Purpose<'_> {
             Purpose::Session(id) => sandbox_name(instance, id),
             Purpose::Pool(id) => pool_sandbox_name(instance, id),
             Purpose::SelfTest(build) => format!("exercise-runner-{instance}-selftest-{build}"),
+            Purpose::Reader(id) => format!("exercise-runner-{instance}-reader-{id}"),
         }
     }
 }
@@ -146,7 +152,10 @@ pub struct ImageInfo {
 impl ImageInfo {
     /// Labels the runner uses to recognise its own containers must not come from an image.
     pub fn spoofed_labels(&self) -> Vec<&str> {
-        [LABEL_SESSION, LABEL_BUILD, LABEL_POOL].into_iter().filter(|l| self.labels.contains_key(*l)).collect()
+        [LABEL_SESSION, LABEL_BUILD, LABEL_POOL, LABEL_READER]
+            .into_iter()
+            .filter(|l| self.labels.contains_key(*l))
+            .collect()
     }
 }
 
@@ -178,6 +187,18 @@ pub struct ContainerStatus {
 pub struct ExecOutput {
     pub exit_code: i64,
     pub output: String,
+    pub truncated: bool,
+    pub timed_out: bool,
+}
+
+/// A command's output as bytes, its stdout kept apart from its stderr (an archive streamed out
+/// of a sandbox): stdout up to the request's `max_output`, stderr up to 8 KiB.
+#[derive(Debug, Clone)]
+pub struct CapturedExec {
+    pub exit_code: i64,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+    /// Stdout went past `max_output` (the rest was not kept).
     pub truncated: bool,
     pub timed_out: bool,
 }

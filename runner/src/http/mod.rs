@@ -14,6 +14,7 @@ pub mod ops;
 pub mod router;
 pub mod sessions;
 pub mod usage;
+pub mod workspaces;
 
 use crate::{domain::Invalid, error::ApiError, exercises::ExerciseError, sessions::SessionError};
 

@@ -11,7 +11,9 @@ use axum::{
 };
 
 use super::extract::BodyLimit;
-use super::{apps, builds, dashboard, events, exercises, middleware as mw, operators, ops, sessions, usage};
+use super::{
+    apps, builds, dashboard, events, exercises, middleware as mw, operators, ops, sessions, usage, workspaces,
+};
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
 const HOOK_BODY_LIMIT: usize = 1024 * 1024;
@@ -33,6 +35,9 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/webhooks/{name}", get(events::get).put(events::put).delete(events::delete))
         .route("/webhooks/{name}/deliveries", get(events::deliveries))
         .route("/webhooks/{name}/deliveries/{id}/redeliver", post(events::redeliver))
+        .route("/workspaces/{learner}/{exercise}", get(workspaces::list))
+        .route("/workspaces/{learner}/{exercise}/files/{*path}", get(workspaces::file))
+        .route("/workspaces/{learner}/{exercise}/archive", get(workspaces::archive))
         .route("/exercises/{slug}/stop-sessions", post(operators::stop_exercise_sessions))
         .route("/runner", get(operators::runner))
         .route("/runner/drain", post(operators::drain))
