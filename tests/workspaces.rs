@@ -250,3 +250,124 @@ async fn bad_paths_and_unknown_learners_are_4xx_json_errors_that_start_nothing()
     assert_eq!(containers_created_since(&app.instance, &since), 0, "bad input started no sandbox");
     assert!(app.containers().is_empty());
 }
+
+/// An image on the sandbox base image with one starting file (`answer.txt`: TODO), seeded into
+/// a new workspace by `sandbox-init`.
+fn seeded_image() -> &'static str {
+    const TAG: &str = "exercise-runner-test/seeded:latest";
+    let dockerfile = "FROM exercise-runner/base:latest\nUSER 0\n\
+        RUN mkdir -p /opt/exercise/learner && echo TODO > /opt/exercise/learner/answer.txt \
+        && chmod -R a+rX /opt/exercise\nUSER 1000:1000\n";
+    use std::io::Write;
+    let mut child = std::process::Command::new("docker")
+        .args(["build", "-q", "--network", "none", "-t", TAG, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(dockerfile.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "building the seeded test image");
+    TAG
+}
+
+async fn snapshot_files(app: &TestApp, path: &str) -> Vec<(String, Vec<u8>)> {
+    let (status, ct, gz) = fetch(app, path).await;
+    assert_eq!((status, ct.as_str()), (200, "application/gzip"), "{}", String::from_utf8_lossy(&gz));
+    untar(&gz).into_iter().filter(|f| f.1 == tar::EntryType::Regular).map(|f| (f.0, f.3)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_over_restores_the_starting_files_and_keeps_the_old_ones_with_and_without_a_session() {
+    let app = spawn_app().await;
+    let (status, v) = app.put("/v1/exercises/over", json!({"image": seeded_image()})).await;
+    assert!(status == 201 || status == 200, "{v}");
+
+    // With a live session: its sandbox gets the starting files back at once.
+    let s = app.session("ada", "over").await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let c = session_container(&app.instance, &id).unwrap();
+    assert_eq!(sandbox_exec(&c, "cat /workspace/answer.txt"), (0, "TODO\n".into()), "seeded");
+    assert_eq!(sandbox_exec(&c, "cd /workspace && echo 42 > answer.txt && mkdir lib && echo x > lib/extra.py").0, 0);
+    let (status, reset) = app.post("/v1/workspaces/ada/over/reset", json!({})).await;
+    assert_eq!(status, 200, "{reset}");
+    assert_eq!(reset["session_id"], id.as_str());
+    assert_eq!(reset["snapshot"]["reason"], "reset");
+    assert_eq!(sandbox_exec(&c, "cat /workspace/answer.txt"), (0, "TODO\n".into()), "back to the start");
+    assert_ne!(sandbox_exec(&c, "test -e /workspace/lib").0, 0, "the learner's other files are gone");
+    let kept = snapshot_files(&app, &format!("/v1/snapshots/{}", reset["snapshot"]["id"].as_str().unwrap())).await;
+    assert_eq!(kept, [("answer.txt".to_string(), b"42\n".to_vec()), ("lib/extra.py".to_string(), b"x\n".to_vec())]);
+
+    // Without one: the workspace starts over as a new learner's, on the next session.
+    assert_eq!(sandbox_exec(&c, "echo mine > /workspace/mine.txt").0, 0);
+    app.delete(&format!("/v1/sessions/{id}")).await;
+    let (status, reset) = app.post("/v1/workspaces/ada/over/reset", json!({})).await;
+    assert_eq!(status, 200, "{reset}");
+    assert!(reset["session_id"].is_null(), "{reset}");
+    assert!(app.containers().is_empty(), "no sandbox left: {:?}", app.containers());
+    let kept = snapshot_files(&app, &format!("/v1/snapshots/{}", reset["snapshot"]["id"].as_str().unwrap())).await;
+    assert_eq!(kept, [("answer.txt".to_string(), b"TODO\n".to_vec()), ("mine.txt".to_string(), b"mine\n".to_vec())]);
+    let next = app.session("ada", "over").await;
+    let c = session_container(&app.instance, next["id"].as_str().unwrap()).unwrap();
+    assert_eq!(sandbox_exec(&c, "ls -A /workspace | grep -v lost+found"), (0, "answer.txt\n".into()));
+    assert_eq!(sandbox_exec(&c, "cat /workspace/answer.txt"), (0, "TODO\n".into()));
+
+    // Both resets are listed; nothing is reset for a learner without a workspace.
+    let (_, list) = app.get("/v1/workspaces/ada/over/snapshots").await;
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 2, "{list}");
+    let (status, v) = app.post("/v1/workspaces/nobody/over/reset", json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("workspace_not_found")));
+    let (status, v) = app.get("/v1/snapshots/00000000-0000-0000-0000-000000000000").await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("snapshot_not_found")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_check_keeps_a_snapshot_readable_by_check_id_and_identical_ones_share_one_blob() {
+    let app = spawn_app().await;
+    app.exercise("snap", json!({"check": {"command": ["sh", "-c", "grep -qx 42 answer.txt"], "timeout_secs": 10}}))
+        .await;
+    let s = app.session("ada", "snap").await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let c = session_container(&app.instance, &id).unwrap();
+    learner_writes(&c, "/workspace/answer.txt", "41\n");
+    let (status, failed) = app.post(&format!("/v1/sessions/{id}/checks"), json!({})).await;
+    assert_eq!((status, failed["passed"].as_bool()), (201, Some(false)), "{failed}");
+    learner_writes(&c, "/workspace/answer.txt", "42\n");
+    let mut passed = Vec::new();
+    for _ in 0..2 {
+        let (status, check) = app.post(&format!("/v1/sessions/{id}/checks"), json!({})).await;
+        assert_eq!((status, check["passed"].as_bool()), (201, Some(true)), "{check}");
+        passed.push(check["id"].as_str().unwrap().to_string());
+    }
+    for check in &passed {
+        let path = format!("/v1/sessions/{id}/checks/{check}/snapshot");
+        // Taken after the check answered, in the background: polled with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while fetch(&app, &path).await.0 != 200 {
+            assert!(std::time::Instant::now() < deadline, "no snapshot of check {check} within 20 s");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(snapshot_files(&app, &path).await, [("answer.txt".to_string(), b"42\n".to_vec())]);
+    }
+    let (_, list) = app.get("/v1/workspaces/ada/snap/snapshots").await;
+    let rows = list["snapshots"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "one per passing check, none for the failing one: {list}");
+    assert!(rows.iter().all(|r| r["reason"] == "check_passed"));
+    assert_eq!(rows[0]["sha256"], rows[1]["sha256"], "identical files, one blob: {list}");
+    let blobs = walk_files(&app.data_dir.join("snapshots"));
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let (status, v) = app.get(&format!("/v1/sessions/{id}/checks/{}/snapshot", failed["id"].as_str().unwrap())).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("snapshot_not_found")));
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -75,8 +75,10 @@ impl App {
         );
         let shutdown = tokio_util::sync::CancellationToken::new();
         let checks = Checks::new(&settings, store.clone(), engine.clone(), metrics.clone());
-        let ide = crate::ide::proxy(&settings, store.clone(), engine.clone(), checks.clone());
         let files = LearnerFiles::new(settings.clone(), store.clone(), engine.clone(), workspaces.clone());
+        let snapshots = files.clone();
+        checks.on_pass(Box::new(move |session, check| snapshots.snapshot_after_pass(session, check)));
+        let ide = crate::ide::proxy(&settings, store.clone(), engine.clone(), checks.clone(), Some(files.clone()));
         let sessions =
             Sessions::new(settings.clone(), store.clone(), engine.clone(), metrics.clone(), workspaces, ide.clone());
         let deploys = Deploys::new(

@@ -217,7 +217,13 @@ pub struct Checks {
     slots: Arc<FairSlots>,
     /// The check running for each session; a second request joins it.
     in_flight: Arc<SingleFlight<SharedResult>>,
+    /// Told (session, check) of every passing check once its record is written: the snapshot of
+    /// the learner's files (`learner_files`), set by the wiring; it must not block.
+    after_pass: std::sync::OnceLock<PassHook>,
 }
+
+/// What [`Checks::on_pass`] is given.
+pub type PassHook = Box<dyn Fn(&str, &str) + Send + Sync>;
 
 impl Checks {
     pub fn new(settings: &Settings, store: Store, engine: Engine, metrics: Arc<Metrics>) -> Arc<Checks> {
@@ -229,7 +235,13 @@ impl Checks {
             output_bytes: settings.check_output_bytes,
             slots: FairSlots::new(settings.max_concurrent_checks, 1),
             in_flight: SingleFlight::new(),
+            after_pass: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets what is told of every passing check (once; later calls are ignored).
+    pub fn on_pass(&self, hook: PassHook) {
+        let _ = self.after_pass.set(hook);
     }
 
     /// Checks a learner's current work in their running session; counts as activity.
@@ -288,6 +300,9 @@ impl Checks {
             created_at: now_ms(),
         };
         self.store.insert_check(&record).await?;
+        if let (true, Some(hook)) = (record.passed, self.after_pass.get()) {
+            hook(session_id, &record.id);
+        }
         self.store.touch_session(session_id, now_ms()).await?;
         let verdict = if record.passed { "passed" } else { "failed" };
         self.metrics.checks.with_label_values(&[verdict]).inc();

@@ -211,6 +211,12 @@ pub struct Settings {
     pub workspace_file_max_bytes: usize,
     /// Most entries in a workspace listing (the rest left out, `truncated: true`).
     pub workspace_list_max_entries: usize,
+    /// Snapshots of learners' files kept per learner (the oldest go first).
+    pub snapshots_per_learner: usize,
+    /// Bytes all snapshots' blobs may take on disk (the oldest go first).
+    pub snapshots_max_bytes: u64,
+    /// Snapshots older than this are removed.
+    pub snapshot_retention: Duration,
     /// Learners' checks running at once; each learner holds at most one of these slots.
     pub max_concurrent_checks: usize,
     /// Uploaded or cloned repositories being unpacked and checked at once (each is held in
@@ -305,6 +311,9 @@ impl Settings {
             workspace_read_max_bytes: 64 * 1024 * 1024,
             workspace_file_max_bytes: 1024 * 1024,
             workspace_list_max_entries: 10_000,
+            snapshots_per_learner: 100,
+            snapshots_max_bytes: 1024 * 1024 * 1024,
+            snapshot_retention: Duration::from_secs(180 * 86_400),
             max_concurrent_checks: 8,
             max_concurrent_intakes: 2,
             ide_secret: None,
@@ -584,6 +593,15 @@ impl Settings {
         }
         if let Some(v) = parse(&get, "RUNNER_WORKSPACE_LIST_MAX_ENTRIES")? {
             s.workspace_list_max_entries = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_SNAPSHOTS_PER_LEARNER")? {
+            s.snapshots_per_learner = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_SNAPSHOTS_MAX_BYTES")? {
+            s.snapshots_max_bytes = v;
+        }
+        if let Some(v) = parse::<u64>(&get, "RUNNER_SNAPSHOT_RETENTION_DAYS")? {
+            s.snapshot_retention = Duration::from_secs(v * 86_400);
         }
         if let Some(v) = parse(&get, "RUNNER_MAX_CONCURRENT_CHECKS")? {
             s.max_concurrent_checks = v;

@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use axum::http::StatusCode;
 use web_ide_proxy::{Backend, BoxIo, Config, Proxy, SessionLookup};
 
-use crate::{checks::Checks, config::Settings, domain::SessionState, engine::Engine, error::ApiError, store::Store};
+use crate::{
+    checks::Checks, config::Settings, domain::SessionState, engine::Engine, error::ApiError,
+    learner_files::LearnerFiles, store::Store,
+};
 
 /// Where the agent listens inside every sandbox built on the base image.
 pub const AGENT_SOCKET: &str = "/run/ide-agent/agent.sock";
@@ -23,6 +26,8 @@ pub struct RunnerBackend {
     pub(crate) store: Store,
     pub(crate) engine: Engine,
     pub(crate) user: String,
+    /// Resets (the Start over button); `None` in `runner ide-proxy`, which has no workspaces.
+    pub(crate) files: Option<Arc<LearnerFiles>>,
 }
 
 impl Backend for RunnerBackend {
@@ -69,6 +74,27 @@ impl Backend for RunnerBackend {
         }
     }
 
+    async fn reset(&self, session: &str) -> (StatusCode, serde_json::Value) {
+        let answer = async {
+            let files = self.files.as_ref().ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_IMPLEMENTED, "reset_unavailable", "start over through runner serve's IDE")
+            })?;
+            let s = self.store.session(session).await?.ok_or_else(|| {
+                ApiError::not_found("session_not_found", format!("session {session:?} does not exist"))
+            })?;
+            Ok::<_, ApiError>(files.reset(&s.learner, &s.exercise).await?)
+        };
+        match answer.await {
+            Ok(reset) => (StatusCode::OK, serde_json::to_value(reset).unwrap_or_default()),
+            Err(e) => {
+                if let Some(cause) = &e.internal {
+                    tracing::error!(session, error = ?cause, "IDE reset failed");
+                }
+                (e.status, serde_json::json!({"error": {"code": e.code, "message": e.message}}))
+            }
+        }
+    }
+
     async fn touch(&self, activity: Vec<(String, i64)>) {
         for (session, at) in activity {
             if let Err(e) = self.store.touch_session(&session, at).await {
@@ -80,8 +106,14 @@ impl Backend for RunnerBackend {
 
 /// The IDE proxy over this runner's sessions: the one way `runner serve` and `runner ide-proxy`
 /// build it.
-pub fn proxy(s: &Settings, store: Store, engine: Engine, checks: Arc<Checks>) -> Arc<IdeProxy> {
-    let backend = RunnerBackend { checks, store, engine, user: s.sandbox_user.clone() };
+pub fn proxy(
+    s: &Settings,
+    store: Store,
+    engine: Engine,
+    checks: Arc<Checks>,
+    files: Option<Arc<LearnerFiles>>,
+) -> Arc<IdeProxy> {
+    let backend = RunnerBackend { checks, store, engine, user: s.sandbox_user.clone(), files };
     Proxy::new(backend, proxy_config(s))
 }
 

@@ -150,7 +150,7 @@ pub async fn launch_ide_proxy(
     let store = store::Store::connect(settings.database_url.expose()).await?;
     let engine = docker::connect(&settings.instance, metrics.clone()).await?;
     let checks = checks::Checks::new(&settings, store.clone(), engine.clone(), metrics);
-    let ide = ide::proxy(&settings, store, engine, checks);
+    let ide = ide::proxy(&settings, store, engine, checks, None);
     let cancel = CancellationToken::new();
     let background = ide.spawn_background(cancel.clone());
     let router = axum::Router::new()

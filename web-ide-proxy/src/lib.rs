@@ -66,6 +66,14 @@ pub trait Backend: Send + Sync + 'static {
     fn connect(&self, container: &str) -> impl Future<Output = anyhow::Result<BoxIo>> + Send;
     /// Runs the session's check (the IDE's Check button): status and JSON body.
     fn check(&self, session: &str) -> impl Future<Output = (StatusCode, serde_json::Value)> + Send;
+    /// Starts the session's learner over (the IDE's Start over button): status and JSON body.
+    /// A backend that cannot says so.
+    fn reset(&self, _session: &str) -> impl Future<Output = (StatusCode, serde_json::Value)> + Send {
+        std::future::ready((
+            StatusCode::NOT_IMPLEMENTED,
+            serde_json::json!({"error": {"code": "reset_unavailable", "message": "this IDE cannot start over"}}),
+        ))
+    }
     /// Records activity: (session, unix milliseconds) pairs, batched.
     fn touch(&self, activity: Vec<(String, i64)>) -> impl Future<Output = ()> + Send;
 }
@@ -493,6 +501,14 @@ async fn handle<B: Backend>(proxy: Arc<Proxy<B>>, session: String, rest: String,
             return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "POST to run the check");
         }
         let (status, body) = proxy.backend.check(&session).await;
+        return (status, Json(body)).into_response();
+    }
+    // The Start over button, the runner's too: the old files are kept as a snapshot first.
+    if rest == "_runner/reset" {
+        if req.method() != axum::http::Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "POST to start over");
+        }
+        let (status, body) = proxy.backend.reset(&session).await;
         return (status, Json(body)).into_response();
     }
     // 5. The page itself comes from the runner, never from the sandbox.

@@ -14,7 +14,8 @@ use crate::{
     app::App,
     domain::{LearnerId, Slug},
     error::{ApiError, ApiResult},
-    learner_files::{tar::WorkspacePath, FilesError, Listing},
+    learner_files::{tar::WorkspacePath, FilesError, Listing, Reset},
+    store::SnapshotRecord,
 };
 
 impl From<FilesError> for ApiError {
@@ -28,6 +29,8 @@ impl From<FilesError> for ApiError {
             FilesError::FileTooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", msg),
             FilesError::TooLarge(_) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "workspace_too_large", msg),
             FilesError::Busy => ApiError::unavailable("workspace_reads_busy", msg, 5),
+            FilesError::SnapshotNotFound(_) => ApiError::not_found("snapshot_not_found", msg),
+            FilesError::SessionBusy(_) => ApiError::conflict("workspace_busy", msg),
             FilesError::Internal(e) => ApiError::internal(e),
         }
     }
@@ -77,4 +80,57 @@ pub async fn archive(
     let (learner, exercise) = owner(&learner, &exercise)?;
     let gz = app.files.archive(learner.as_str(), exercise.as_str()).await?;
     Ok(download(gz, "application/gzip", &format!("{exercise}.tar.gz")))
+}
+
+/// `POST …/reset`: start over (the old files kept as a snapshot).
+pub async fn reset(
+    State(app): State<Arc<App>>,
+    Path((learner, exercise)): Path<(String, String)>,
+) -> ApiResult<Json<Reset>> {
+    let (learner, exercise) = owner(&learner, &exercise)?;
+    Ok(Json(app.files.reset(learner.as_str(), exercise.as_str()).await?))
+}
+
+/// `GET …/snapshots`: the learner's snapshots of the exercise, newest first.
+pub async fn snapshots(
+    State(app): State<Arc<App>>,
+    Path((learner, exercise)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (learner, exercise) = owner(&learner, &exercise)?;
+    let list: Vec<_> = app.files.snapshots_of(learner.as_str(), exercise.as_str()).await?.iter().map(view).collect();
+    Ok(Json(serde_json::json!({ "snapshots": list })))
+}
+
+/// A snapshot as the API lists it.
+fn view(s: &SnapshotRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id, "learner": s.learner, "exercise": s.exercise, "session_id": s.session_id,
+        "check_id": s.check_id, "reason": s.reason, "sha256": s.blob, "size_bytes": s.size_bytes,
+        "created_at": crate::domain::rfc3339(s.created_at),
+    })
+}
+
+fn snapshot_id(id: &str) -> ApiResult<String> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::not_found("snapshot_not_found", format!("no snapshot {id:?}")))
+}
+
+/// `GET /v1/snapshots/{id}`: its `.tar.gz`.
+pub async fn snapshot(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
+    let (record, gz) = app.files.snapshot(&snapshot_id(&id)?).await?;
+    Ok(download(gz, "application/gzip", &format!("{}-{}.tar.gz", record.exercise, record.id)))
+}
+
+/// `GET /v1/sessions/{id}/checks/{check}/snapshot`: the files as they were when that check passed.
+pub async fn check_snapshot(
+    State(app): State<Arc<App>>,
+    Path((session, check)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let session = super::sessions::session_id(&session)?;
+    let check = uuid::Uuid::parse_str(&check)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::not_found("snapshot_not_found", format!("no check {check:?}")))?;
+    let (record, gz) = app.files.snapshot_of_check(&session, &check).await?;
+    Ok(download(gz, "application/gzip", &format!("{}-{}.tar.gz", record.exercise, check)))
 }

@@ -10,6 +10,7 @@
 //! (`Purpose::Reader`), removed right after (and by the engine, should the runner die first).
 //! Reads are bounded ([`READ_SLOTS`] at once, a deadline, `RUNNER_WORKSPACE_READ_MAX_BYTES`).
 
+pub mod snapshots;
 pub mod tar;
 
 use std::{sync::Arc, time::Duration};
@@ -21,9 +22,10 @@ use crate::{
     domain::SessionState,
     engine::{Engine, ExecRequest, Purpose, SandboxOwner, WorkspaceMount},
     exercises::sandbox_spec,
-    store::Store,
+    store::{SnapshotRecord, Store},
     workspaces::Workspaces,
 };
+use snapshots::{Reason, Retention, Snapshots};
 use tar::{Entry, Kind, Listed, Times, WorkspacePath};
 
 /// Reads running at once (each may start a reader sandbox: a container start, bounded like the
@@ -50,6 +52,10 @@ pub enum FilesError {
     TooLarge(usize),
     #[error("too many workspace reads are running; try again shortly")]
     Busy,
+    #[error("no snapshot {0:?}")]
+    SnapshotNotFound(String),
+    #[error("the session of this workspace is {0}: start over once it runs (or after it ended)")]
+    SessionBusy(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -69,7 +75,27 @@ pub struct LearnerFiles {
     engine: Engine,
     workspaces: Arc<Workspaces>,
     slots: Arc<Semaphore>,
+    snapshots: Snapshots,
 }
+
+/// What a reset did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reset {
+    /// The files as they were, kept.
+    pub snapshot: SnapshotRecord,
+    /// The live session whose sandbox now holds the starting files, if one runs; without one
+    /// the workspace was removed and the next session starts on a fresh one, as a new
+    /// learner's does.
+    pub session_id: Option<String>,
+}
+
+/// Empties the working directory (`$1`; `lost+found` is root's and stays) and copies the
+/// starting files in as the learner, as `sandbox-init` seeds a new workspace. A fixed script:
+/// its one input is an argument, never part of the text.
+const RESET_SCRIPT: &str = "set -eu\n\
+cd -- \"$1\"\n\
+find . -mindepth 1 -maxdepth 1 ! -name lost+found -exec rm -rf -- {} \\;\n\
+if [ -d /opt/exercise/learner ]; then cp -R -p /opt/exercise/learner/. ./; fi\n";
 
 fn kind_word(k: Kind) -> &'static str {
     match k {
@@ -85,7 +111,115 @@ fn kind_word(k: Kind) -> &'static str {
 
 impl LearnerFiles {
     pub fn new(settings: Arc<Settings>, store: Store, engine: Engine, workspaces: Arc<Workspaces>) -> Arc<Self> {
-        Arc::new(LearnerFiles { settings, store, engine, workspaces, slots: Arc::new(Semaphore::new(READ_SLOTS)) })
+        let retention = Retention {
+            per_learner: settings.snapshots_per_learner,
+            max_total_bytes: settings.snapshots_max_bytes,
+            max_age: settings.snapshot_retention,
+        };
+        let snapshots = Snapshots::new(settings.data_dir.join("snapshots"), store.clone(), retention);
+        Arc::new(LearnerFiles {
+            settings,
+            store,
+            engine,
+            workspaces,
+            slots: Arc::new(Semaphore::new(READ_SLOTS)),
+            snapshots,
+        })
+    }
+
+    /// Starts the learner over: their files are kept as a snapshot (refused when they cannot
+    /// be: nothing of the learner's is lost), then the live sandbox's working directory is
+    /// emptied and given the starting files, or, without a live session, the workspace is
+    /// removed (the next session seeds a fresh one).
+    pub async fn reset(&self, learner: &str, exercise: &str) -> Result<Reset, FilesError> {
+        let entries = self.read(learner, exercise, None).await?;
+        let live = self.store.live_session_for(learner, exercise).await?;
+        let snapshot = self
+            .snapshots
+            .keep(learner, exercise, live.as_ref().map(|s| s.id.as_str()), None, Reason::Reset, &entries)
+            .await?;
+        match live {
+            Some(session) => {
+                let (SessionState::Running, Some(container)) = (session.state, &session.container_id) else {
+                    return Err(FilesError::SessionBusy(session.state.as_str().to_string()));
+                };
+                let spec: crate::domain::SandboxSpec =
+                    serde_json::from_str(&session.spec).map_err(anyhow::Error::from)?;
+                let cmd = ["sh", "-c", RESET_SCRIPT, "reset", &spec.workdir].map(str::to_string).to_vec();
+                let mut req = ExecRequest::new(cmd, &self.settings.sandbox_user);
+                req.deadline = Duration::from_secs(TAR_SECS);
+                let out = self.engine.exec(container, req).await?;
+                if out.exit_code != 0 {
+                    return Err(anyhow::anyhow!(
+                        "resetting the workspace failed (exit {}): {}",
+                        out.exit_code,
+                        out.output.trim()
+                    )
+                    .into());
+                }
+                Ok(Reset { snapshot, session_id: Some(session.id) })
+            }
+            None => {
+                let Some(record) = self.store.workspace(learner, exercise).await? else {
+                    return Ok(Reset { snapshot, session_id: None });
+                };
+                self.workspaces
+                    .destroy(&record.volume)
+                    .await
+                    .map_err(|e| FilesError::SessionBusy(format!("in use ({e:#})")))?;
+                Ok(Reset { snapshot, session_id: None })
+            }
+        }
+    }
+
+    /// After a session's check passed (its record written): a snapshot of the learner's files,
+    /// in a task of its own so the check's answer does not wait; a failure is logged.
+    pub fn snapshot_after_pass(self: &Arc<Self>, session_id: &str, check_id: &str) {
+        let (files, session_id, check_id) = (self.clone(), session_id.to_string(), check_id.to_string());
+        tokio::spawn(async move {
+            let taken = async {
+                let session =
+                    files.store.session(&session_id).await?.ok_or_else(|| anyhow::anyhow!("no such session"))?;
+                let entries =
+                    files.read(&session.learner, &session.exercise, None).await.map_err(anyhow::Error::from)?;
+                files
+                    .snapshots
+                    .keep(
+                        &session.learner,
+                        &session.exercise,
+                        Some(&session_id),
+                        Some(&check_id),
+                        Reason::CheckPassed,
+                        &entries,
+                    )
+                    .await
+            };
+            if let Err(e) = taken.await {
+                tracing::warn!(session = %session_id, check = %check_id, error = %format!("{e:#}"), "could not keep a snapshot of a passing check");
+            }
+        });
+    }
+
+    /// A snapshot's record and `.tar.gz`.
+    pub async fn snapshot(&self, id: &str) -> Result<(SnapshotRecord, Vec<u8>), FilesError> {
+        let record = self.store.snapshot(id).await?.ok_or_else(|| FilesError::SnapshotNotFound(id.to_string()))?;
+        let blob = self.snapshots.blob(&record).await?;
+        Ok((record, blob))
+    }
+
+    /// The snapshot taken when a session's check passed.
+    pub async fn snapshot_of_check(&self, session: &str, check: &str) -> Result<(SnapshotRecord, Vec<u8>), FilesError> {
+        let record = self
+            .store
+            .snapshot_of_check(session, check)
+            .await?
+            .ok_or_else(|| FilesError::SnapshotNotFound(check.to_string()))?;
+        let blob = self.snapshots.blob(&record).await?;
+        Ok((record, blob))
+    }
+
+    pub async fn snapshots_of(&self, learner: &str, exercise: &str) -> Result<Vec<SnapshotRecord>, FilesError> {
+        Ok(self.store.snapshots_of(learner, exercise).await?)
     }
 
     pub async fn list(&self, learner: &str, exercise: &str) -> Result<Listing, FilesError> {

@@ -7,6 +7,7 @@ mod managed_apps;
 mod outbox;
 mod pools;
 mod records;
+mod snapshots;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ pub use managed_apps::{DeployRecord, ManagedAppRecord};
 pub use outbox::{Attempt, DeliveryRecord, EventRecord, Subject, WebhookRecord};
 pub use pools::{Claim, PoolRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
+pub use snapshots::SnapshotRecord;
 
 use crate::lifecycle::{EndReason, EventType, Lifecycle, SessionState};
 
@@ -729,6 +731,7 @@ mod tests {
             ("pools.rs", include_str!("pools.rs")),
             ("journal.rs", include_str!("journal.rs")),
             ("records.rs", include_str!("records.rs")),
+            ("snapshots.rs", include_str!("snapshots.rs")),
         ]
         .into_iter()
         .map(|(file, text)| {

@@ -1,0 +1,113 @@
+//! Snapshots of learners' files (`learner_files::snapshots`): the rows; the blobs are files.
+
+use sqlx::{any::AnyRow, Row};
+
+use super::Store;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub learner: String,
+    pub exercise: String,
+    pub session_id: Option<String>,
+    pub check_id: Option<String>,
+    /// `check_passed` or `reset` (`learner_files::snapshots::Reason`).
+    pub reason: String,
+    /// The sha256 of the blob's tar.
+    pub blob: String,
+    /// Bytes of the stored blob (gzipped).
+    pub size_bytes: i64,
+    pub created_at: i64,
+}
+
+impl SnapshotRecord {
+    const COLUMNS: &'static str = "id, learner, exercise, session_id, check_id, reason, blob, size_bytes, created_at";
+    fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
+        Ok(SnapshotRecord {
+            id: r.try_get("id")?,
+            learner: r.try_get("learner")?,
+            exercise: r.try_get("exercise")?,
+            session_id: r.try_get("session_id")?,
+            check_id: r.try_get("check_id")?,
+            reason: r.try_get("reason")?,
+            blob: r.try_get("blob")?,
+            size_bytes: r.try_get("size_bytes")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+}
+
+impl Store {
+    pub async fn insert_snapshot(&self, s: &SnapshotRecord) -> anyhow::Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO snapshots ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            SnapshotRecord::COLUMNS
+        ))
+        .bind(&s.id)
+        .bind(&s.learner)
+        .bind(&s.exercise)
+        .bind(&s.session_id)
+        .bind(&s.check_id)
+        .bind(&s.reason)
+        .bind(&s.blob)
+        .bind(s.size_bytes)
+        .bind(s.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn snapshot(&self, id: &str) -> anyhow::Result<Option<SnapshotRecord>> {
+        let row = sqlx::query(&format!("SELECT {} FROM snapshots WHERE id = $1", SnapshotRecord::COLUMNS))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| SnapshotRecord::from_row(&r)).transpose()
+    }
+
+    /// The snapshot taken when a session's check passed.
+    pub async fn snapshot_of_check(&self, session: &str, check: &str) -> anyhow::Result<Option<SnapshotRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM snapshots WHERE session_id = $1 AND check_id = $2",
+            SnapshotRecord::COLUMNS
+        ))
+        .bind(session)
+        .bind(check)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| SnapshotRecord::from_row(&r)).transpose()
+    }
+
+    /// A learner's snapshots of an exercise, newest first.
+    pub async fn snapshots_of(&self, learner: &str, exercise: &str) -> anyhow::Result<Vec<SnapshotRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM snapshots WHERE learner = $1 AND exercise = $2 ORDER BY created_at DESC, id",
+            SnapshotRecord::COLUMNS
+        ))
+        .bind(learner)
+        .bind(exercise)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(SnapshotRecord::from_row).collect()
+    }
+
+    /// Every snapshot, oldest first (what retention chooses from).
+    pub async fn all_snapshots(&self) -> anyhow::Result<Vec<SnapshotRecord>> {
+        let rows = sqlx::query(&format!("SELECT {} FROM snapshots ORDER BY created_at, id", SnapshotRecord::COLUMNS))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(SnapshotRecord::from_row).collect()
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether any snapshot still names a blob.
+    pub async fn blob_in_use(&self, blob: &str) -> anyhow::Result<bool> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM snapshots WHERE blob = $1").bind(blob).fetch_one(&self.pool).await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+}
