@@ -303,6 +303,24 @@ async fn browser_pass(runtime: runner::domain::Runtime) {
     assert!(!checks["checks"].as_array().unwrap().is_empty(), "{checks}");
     let (_, ended) = app.get(&format!("/v1/sessions/{}", s["id"].as_str().unwrap())).await;
     assert_eq!(ended["state"], "stopped", "the browser test ended the session: {ended}");
+    // Start over kept the edited files as a snapshot.
+    let (_, snaps) = app.get("/v1/workspaces/ada/python-fizzbuzz/snapshots").await;
+    let reset = snaps["snapshots"].as_array().unwrap().iter().find(|s| s["reason"] == "reset").cloned();
+    let reset = reset.unwrap_or_else(|| panic!("a reset snapshot: {snaps}"));
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/snapshots/{}", reset["id"].as_str().unwrap())))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut kept = tar::Archive::new(flate2::read::GzDecoder::new(std::io::Cursor::new(r.bytes().await.unwrap())));
+    let edited = kept.entries().unwrap().map(|e| e.unwrap()).any(|mut e| {
+        let mut text = String::new();
+        let is_file = e.path().unwrap().to_string_lossy() == "fizzbuzz.py";
+        is_file && std::io::Read::read_to_string(&mut e, &mut text).is_ok() && text.contains("# edited in the browser")
+    });
+    assert!(edited, "the snapshot holds the file as edited in the browser");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,9 @@
 // Steps: open the IDE; wait for a terminal; run `echo $((6*7))` and see `42`; open EDIT_FILE from
 // the file tree; append a line; Ctrl-S; see "Saved"; check the file inside the container with
 // `docker exec`; reload and see `42` again (the replayed scrollback); click Check and see
-// EXPECT_VERDICT; with END_SESSION_URL and API_TOKEN, end the session through the API and see
+// EXPECT_VERDICT; click Start over, cancel its confirmation (nothing changes), click it again and
+// confirm: the edited file is back to its starting content in the container and the file tree
+// is refreshed ($ARTIFACTS/start-over-dialog.png, start-over.png); with END_SESSION_URL and API_TOKEN, end the session through the API and see
 // the page say so. Every wait polls against a deadline. On failure: a full-page screenshot
 // $ARTIFACTS/<step>.png, the error and the browser's console, exit 1. On success:
 // $ARTIFACTS/ide.png, exit 0.
@@ -322,6 +324,36 @@ async function main() {
   await step('screenshot', 15000, async () => {
     await page.screenshot({ path: path.join(ARTIFACTS, 'ide.png'), fullPage: true });
     log(`  screenshot: ${path.join(ARTIFACTS, 'ide.png')}`);
+  });
+
+  await step('Start over asks first; Cancel changes nothing', 15000, async () => {
+    await until('#start-over to be enabled', 10000, () => page.isEnabled('#start-over'));
+    await page.click('#start-over');
+    await until('the confirmation dialog', 5000, () => page.isVisible('#start-over-dialog'));
+    await page.screenshot({ path: path.join(ARTIFACTS, 'start-over-dialog.png'), fullPage: true });
+    log(`  screenshot: ${path.join(ARTIFACTS, 'start-over-dialog.png')}`);
+    await page.click('#start-over-cancel');
+    await until('the dialog to close', 5000, async () => !(await page.isVisible('#start-over-dialog')));
+    if (!hasEditLine(fileInContainer())) throw new Error('Cancel changed the learner\'s file');
+  });
+
+  await step('Start over, confirmed: the starting files come back and the tree refreshes', 60000, async () => {
+    await page.click('#start-over');
+    await until('the confirmation dialog', 5000, () => page.isVisible('#start-over-dialog'));
+    await page.click('#start-over-confirm');
+    await until('the "Started over" banner', 45000, async () => {
+      const text = (await page.textContent('#banner'))?.trim() ?? '';
+      if (/could not start over/i.test(text)) throw new Error(`#banner says "${text}"`);
+      return /Started over/.test(text) ? text : null;
+    });
+    await until(`${EDIT_FILE} back to its starting content in the container`, 15000, () => !hasEditLine(fileInContainer()), 250);
+    await until(`${EDIT_FILE} in the refreshed file tree`, 10000, async () =>
+      (await page.textContent('#file-tree'))?.includes(EDIT_FILE),
+    );
+    const current = (await page.textContent('#current-file'))?.trim() ?? '';
+    if (current !== 'No file open') throw new Error(`the editor still shows "${current}" from before`);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'start-over.png'), fullPage: true });
+    log(`  screenshot: ${path.join(ARTIFACTS, 'start-over.png')}`);
   });
 
   if (END_SESSION_URL) {

@@ -73,6 +73,7 @@ export const api = {
   terminals: () => json('api/terminals'),
   newTerminal: () => json('api/terminals', { method: 'POST' }),
   check: () => json('_runner/check', { method: 'POST' }),
+  startOver: () => json('_runner/reset', { method: 'POST' }),
 };
 
 // ws: or wss: to match the page, same host, path = the page's directory + api/terminals/{id}/socket.

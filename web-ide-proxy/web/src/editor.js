@@ -107,6 +107,18 @@ export class Editor {
     this.view.focus();
   }
 
+  // Forget every open file (after a start over: what was open is no longer on disk).
+  closeAll() {
+    this.openSeq++;
+    const paths = [...this.files.keys()];
+    this.files.clear();
+    this.current = null;
+    if (this.view) this.view.dom.hidden = true;
+    this.showPlaceholder('Choose a file on the left to edit it.');
+    for (const p of paths) this.hooks.onDirtyChange?.(p, false);
+    this.refreshChrome();
+  }
+
   // Keep the current view state (edits, selection, history) in the file's record.
   stash() {
     if (this.current && this.view) {

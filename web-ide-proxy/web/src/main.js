@@ -200,6 +200,46 @@ async function runCheck() {
 
 els.check.addEventListener('click', runCheck);
 
+// ---------- start over ----------
+
+const startOver = {
+  button: $('start-over'),
+  dialog: $('start-over-dialog'),
+};
+
+startOver.button.addEventListener('click', () => {
+  if (sessionEnded || checkRunning) return;
+  startOver.dialog.showModal();
+});
+
+startOver.dialog.addEventListener('close', async () => {
+  if (startOver.dialog.returnValue !== 'confirm') return;
+  startOver.button.disabled = true;
+  startOver.button.textContent = 'Starting over\u2026';
+  try {
+    const r = await api.startOver();
+    editor.closeAll();
+    try {
+      sessionStorage.removeItem(LAST_FILE_KEY);
+    } catch {
+      /* storage unavailable */
+    }
+    setVerdict('', '');
+    // The last check's output was about the files that are gone.
+    setOutputOpen(false);
+    els.outputMeta.textContent = 'No check has run yet.';
+    els.outputMeta.className = 'muted';
+    els.outputText.textContent = '';
+    showBanner(`Started over: your previous files are kept (snapshot ${String(r.snapshot?.id ?? '').slice(0, 8)}).`);
+  } catch (e) {
+    showBanner(`Could not start over: ${e.message}`, 'error');
+  } finally {
+    startOver.button.disabled = sessionEnded;
+    startOver.button.textContent = 'Start over';
+    await refreshFiles();
+  }
+});
+
 // ---------- terminals ----------
 
 const terminals = new Terminals(
@@ -212,6 +252,7 @@ const terminals = new Terminals(
       showBanner('This session has ended.', 'ended');
       document.body.classList.add('session-ended');
       els.check.disabled = true;
+      startOver.button.disabled = true;
       editor.setReadOnly();
     },
   },
