@@ -266,4 +266,32 @@ async fn two_replicas_on_postgresql_tell_one_webhook_every_event_in_order() {
         assert_eq!(mine, ["\"session.running\"", "\"session.ended\""], "{id}");
     }
     drop(b);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_of_passing_checks_and_resets_work_on_postgresql() {
+    let (app, _) = spawn_pg_app(|_| {}).await;
+    app.exercise("snap", json!({"check": {"command": ["sh", "-c", "grep -qx 42 answer.txt"], "timeout_secs": 10}}))
+        .await;
+    let s = app.session("ada", "snap").await;
+    let id = s["id"].as_str().unwrap().to_string();
+    let c = session_container(&app.instance, &id).unwrap();
+    learner_writes(&c, "/workspace/answer.txt", "42\n");
+    let (status, check) = app.post(&format!("/v1/sessions/{id}/checks"), json!({})).await;
+    assert_eq!((status, check["passed"].as_bool()), (201, Some(true)), "{check}");
+    let path = format!("/v1/sessions/{id}/checks/{}/snapshot", check["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = app.client.get(app.url(&path)).bearer_auth(TOKEN).send().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no snapshot within 20 s: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, reset) = app.post("/v1/workspaces/ada/snap/reset", json!({})).await;
+    assert_eq!(status, 200, "{reset}");
+    let (_, list) = app.get("/v1/workspaces/ada/snap/snapshots").await;
+    let reasons: Vec<&str> =
+        list["snapshots"].as_array().unwrap().iter().map(|s| s["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["reset", "check_passed"], "{list}");
+    assert_eq!(list["snapshots"][0]["sha256"], list["snapshots"][1]["sha256"], "the same files, one blob");
 }

@@ -14,8 +14,7 @@ use crate::{
     app::App,
     domain::{LearnerId, Slug},
     error::{ApiError, ApiResult},
-    learner_files::{tar::WorkspacePath, FilesError, Listing, Reset},
-    store::SnapshotRecord,
+    learner_files::{tar::WorkspacePath, FilesError, Listing, Reset, SnapshotView},
 };
 
 impl From<FilesError> for ApiError {
@@ -97,17 +96,9 @@ pub async fn snapshots(
     Path((learner, exercise)): Path<(String, String)>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let (learner, exercise) = owner(&learner, &exercise)?;
-    let list: Vec<_> = app.files.snapshots_of(learner.as_str(), exercise.as_str()).await?.iter().map(view).collect();
+    let list: Vec<_> =
+        app.files.snapshots_of(learner.as_str(), exercise.as_str()).await?.iter().map(SnapshotView::from).collect();
     Ok(Json(serde_json::json!({ "snapshots": list })))
-}
-
-/// A snapshot as the API lists it.
-fn view(s: &SnapshotRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id, "learner": s.learner, "exercise": s.exercise, "session_id": s.session_id,
-        "check_id": s.check_id, "reason": s.reason, "sha256": s.blob, "size_bytes": s.size_bytes,
-        "created_at": crate::domain::rfc3339(s.created_at),
-    })
 }
 
 fn snapshot_id(id: &str) -> ApiResult<String> {

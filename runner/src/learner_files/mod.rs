@@ -78,11 +78,43 @@ pub struct LearnerFiles {
     snapshots: Snapshots,
 }
 
+/// A snapshot as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SnapshotView {
+    pub id: String,
+    pub learner: String,
+    pub exercise: String,
+    pub session_id: Option<String>,
+    pub check_id: Option<String>,
+    pub reason: String,
+    /// The sha256 of its deterministic tar: equal for the same files.
+    pub sha256: String,
+    /// Bytes stored (gzipped), shared by every snapshot of the same files.
+    pub size_bytes: i64,
+    pub created_at: String,
+}
+
+impl From<&SnapshotRecord> for SnapshotView {
+    fn from(s: &SnapshotRecord) -> Self {
+        SnapshotView {
+            id: s.id.clone(),
+            learner: s.learner.clone(),
+            exercise: s.exercise.clone(),
+            session_id: s.session_id.clone(),
+            check_id: s.check_id.clone(),
+            reason: s.reason.clone(),
+            sha256: s.blob.clone(),
+            size_bytes: s.size_bytes,
+            created_at: crate::domain::rfc3339(s.created_at),
+        }
+    }
+}
+
 /// What a reset did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Reset {
     /// The files as they were, kept.
-    pub snapshot: SnapshotRecord,
+    pub snapshot: SnapshotView,
     /// The live session whose sandbox now holds the starting files, if one runs; without one
     /// the workspace was removed and the next session starts on a fresh one, as a new
     /// learner's does.
@@ -157,17 +189,17 @@ impl LearnerFiles {
                     )
                     .into());
                 }
-                Ok(Reset { snapshot, session_id: Some(session.id) })
+                Ok(Reset { snapshot: (&snapshot).into(), session_id: Some(session.id) })
             }
             None => {
                 let Some(record) = self.store.workspace(learner, exercise).await? else {
-                    return Ok(Reset { snapshot, session_id: None });
+                    return Ok(Reset { snapshot: (&snapshot).into(), session_id: None });
                 };
                 self.workspaces
                     .destroy(&record.volume)
                     .await
                     .map_err(|e| FilesError::SessionBusy(format!("in use ({e:#})")))?;
-                Ok(Reset { snapshot, session_id: None })
+                Ok(Reset { snapshot: (&snapshot).into(), session_id: None })
             }
         }
     }
