@@ -307,6 +307,12 @@ mod tests {
         assert_ne!(write_tar(&[entry(1)], Times::Kept).unwrap(), write_tar(&[entry(2)], Times::Kept).unwrap());
         // What is written parses back to the same entries (times zeroed).
         assert_eq!(parse(&one).unwrap(), vec![entry(0)]);
+        // Links are written as they were (the builder's path handling would make `/` into `//`).
+        for target in ["/", "/etc/shadow", "../../x", &"d/".repeat(60)] {
+            let link = Entry { kind: Kind::Symlink, link: Some(target.to_string()), data: vec![], ..entry(0) };
+            let back = parse(&write_tar(std::slice::from_ref(&link), Times::Zeroed).unwrap()).unwrap();
+            assert_eq!(back[0].link.as_deref(), Some(target), "{target}");
+        }
         let dev = Entry { kind: Kind::CharDevice, data: vec![], ..entry(0) };
         assert!(parse(&write_tar(&[dev], Times::Zeroed).unwrap()).unwrap().is_empty(), "no device nodes");
     }
