@@ -266,6 +266,8 @@ async fn two_replicas_on_postgresql_tell_one_webhook_every_event_in_order() {
         assert_eq!(mine, ["\"session.running\"", "\"session.ended\""], "{id}");
     }
     drop(b);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_of_passing_checks_and_resets_work_on_postgresql() {
     let (app, _) = spawn_pg_app(|_| {}).await;
