@@ -384,6 +384,7 @@ async fn an_erased_learner_leaves_nothing_on_disk_in_the_database_or_on_the_engi
     assert_eq!(removed["workspace_files"], 2, "{v}");
     assert_eq!(removed["records"]["sessions"], 2, "{v}");
     assert_eq!(removed["records"]["checks"], 1, "{v}");
+    assert_eq!(removed["snapshots"], 1, "the passing check's snapshot: {v}");
     assert!(removed["records"]["events"].as_u64().unwrap() >= 5, "{v}");
 
     // The API knows them no more; the other learner is untouched.

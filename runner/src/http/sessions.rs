@@ -176,5 +176,8 @@ pub async fn erase_learner(
     };
     operators::audit(&app, actor, "learner.erase", &format!("learner-sha256:{digest}"), &outcome, None).await;
     let erased = result?;
-    Ok(Json(json!({ "learner": learner.as_str(), "removed": erased })))
+    let snapshots = app.files.erase_learner(learner.as_str()).await.map_err(anyhow::Error::from)?;
+    let mut removed = serde_json::to_value(&erased).map_err(anyhow::Error::from)?;
+    removed["snapshots"] = json!(snapshots);
+    Ok(Json(json!({ "learner": learner.as_str(), "removed": removed })))
 }

@@ -76,6 +76,8 @@ pub struct LearnerFiles {
     workspaces: Arc<Workspaces>,
     slots: Arc<Semaphore>,
     snapshots: Snapshots,
+    /// Snapshots being taken after passing checks: an erasure waits for them.
+    taking: tokio_util::task::TaskTracker,
 }
 
 /// A snapshot as the API shows it.
@@ -156,6 +158,7 @@ impl LearnerFiles {
             workspaces,
             slots: Arc::new(Semaphore::new(READ_SLOTS)),
             snapshots,
+            taking: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -208,7 +211,7 @@ impl LearnerFiles {
     /// in a task of its own so the check's answer does not wait; a failure is logged.
     pub fn snapshot_after_pass(self: &Arc<Self>, session_id: &str, check_id: &str) {
         let (files, session_id, check_id) = (self.clone(), session_id.to_string(), check_id.to_string());
-        tokio::spawn(async move {
+        self.taking.spawn(async move {
             let taken = async {
                 let session =
                     files.store.session(&session_id).await?.ok_or_else(|| anyhow::anyhow!("no such session"))?;
@@ -230,6 +233,15 @@ impl LearnerFiles {
                 tracing::warn!(session = %session_id, check = %check_id, error = %format!("{e:#}"), "could not keep a snapshot of a passing check");
             }
         });
+    }
+
+    /// Deletes every snapshot of a learner (their erasure, after their sessions ended), once the
+    /// snapshots being taken now are written; returns how many.
+    pub async fn erase_learner(&self, learner: &str) -> Result<u64, FilesError> {
+        self.taking.close();
+        self.taking.wait().await;
+        self.taking.reopen();
+        Ok(self.snapshots.erase_learner(learner).await?)
     }
 
     /// A snapshot's record and `.tar.gz`.

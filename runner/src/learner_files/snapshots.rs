@@ -153,16 +153,31 @@ impl Snapshots {
         let rows = self.store.all_snapshots().await?;
         for id in to_prune(&rows, now_ms(), self.retention, keep) {
             let Some(row) = rows.iter().find(|r| r.id == id) else { continue };
-            self.store.delete_snapshot(&id).await?;
-            if !self.store.blob_in_use(&row.blob).await? && is_hash(&row.blob) {
-                match tokio::fs::remove_file(self.blob_path(&row.blob)).await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
+            self.delete(row).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes one snapshot, and its blob when no other snapshot names it.
+    async fn delete(&self, row: &SnapshotRecord) -> anyhow::Result<()> {
+        self.store.delete_snapshot(&row.id).await?;
+        if !self.store.blob_in_use(&row.blob).await? && is_hash(&row.blob) {
+            match tokio::fs::remove_file(self.blob_path(&row.blob)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+
+    /// Deletes every snapshot of a learner (their erasure); returns how many.
+    pub async fn erase_learner(&self, learner: &str) -> anyhow::Result<u64> {
+        let rows = self.store.snapshots_of_learner(learner).await?;
+        for row in &rows {
+            self.delete(row).await?;
+        }
+        Ok(rows.len() as u64)
     }
 
     /// A snapshot's `.tar.gz`.

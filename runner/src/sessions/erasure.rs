@@ -1,6 +1,7 @@
 //! A learner's erasure (`DELETE /v1/learners/{learner}`): their live sandboxes stopped, their
-//! workspaces' files deleted, then every record of theirs in one transaction. What was told
-//! to webhooks before cannot be recalled; everything the runner keeps is gone.
+//! workspaces' files deleted, then every record of theirs in one transaction; the HTTP handler
+//! then has `learner_files` delete their snapshots. What was told to webhooks before cannot be
+//! recalled; everything the runner keeps is gone.
 
 use serde::Serialize;
 

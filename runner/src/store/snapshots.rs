@@ -99,6 +99,15 @@ impl Store {
         rows.iter().map(SnapshotRecord::from_row).collect()
     }
 
+    /// Every snapshot of a learner, of every exercise.
+    pub async fn snapshots_of_learner(&self, learner: &str) -> anyhow::Result<Vec<SnapshotRecord>> {
+        let rows = sqlx::query(&format!("SELECT {} FROM snapshots WHERE learner = $1", SnapshotRecord::COLUMNS))
+            .bind(learner)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(SnapshotRecord::from_row).collect()
+    }
+
     pub async fn delete_snapshot(&self, id: &str) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(id).execute(&self.pool).await?;
         Ok(())
