@@ -39,7 +39,7 @@ use crate::{
 };
 
 /// What is wrong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AlertKind {
     OomRepeated,
@@ -241,7 +241,7 @@ pub fn evaluate(
 }
 
 /// An alert as `GET /v1/alerts` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AlertView {
     pub kind: AlertKind,
     pub subject: String,

@@ -161,7 +161,7 @@ pub async fn run_check(
 }
 
 /// A check as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Check {
     pub id: String,
     pub session_id: String,

@@ -17,7 +17,25 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every error's body: `{"error": {"code", "message", "request_id"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable (`session_not_found`); each operation lists its codes.
+    #[schema(example = "session_not_found")]
+    pub code: String,
+    /// For people; it may change.
+    pub message: String,
+    /// The request's id, also in the `X-Request-Id` header and the runner's logs.
+    pub request_id: Option<String>,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -84,7 +102,7 @@ impl IntoResponse for ApiError {
         if let Some(cause) = &self.internal {
             tracing::error!(request_id = request_id.as_deref().unwrap_or("-"), error = ?cause, "internal error");
         }
-        let body = json!({"error": {"code": self.code, "message": self.message, "request_id": request_id}});
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message, request_id } };
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

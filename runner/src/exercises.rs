@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Per-exercise overrides of the operator's default limits; each must stay within the caps.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
     pub memory_mb: Option<u64>,
@@ -24,7 +24,7 @@ pub struct LimitOverrides {
 /// `PUT /v1/exercises/{slug}` body. With `image`, the exercise runs that local image (and the
 /// limits, network, workdir and check given here). Without it, only the settings change; the
 /// image then comes from published builds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExerciseInput {
     #[serde(default)]
@@ -55,7 +55,7 @@ pub struct ExerciseInput {
     pub pool: Option<PoolSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GitSource {
     pub url: String,
@@ -104,7 +104,7 @@ impl ExerciseSpec {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Exercise {
     pub slug: String,
     /// The image new sessions get; `null` until a version is published.

@@ -29,7 +29,7 @@ pub trait Lifecycle: Copy + Eq + fmt::Debug + 'static {
 // ---- sessions ----
 
 /// Where a session is in its life. `starting → running → stopping → stopped`, or `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionState {
     /// Inserted in this state; its sandbox is being made.
@@ -107,7 +107,7 @@ impl Lifecycle for SessionState {
 
 /// Where an exercise build is: `queued → building → testing → succeeded`, or `failed` /
 /// `cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BuildState {
     /// Inserted in this state; waits for a build slot.
@@ -221,7 +221,7 @@ impl Lifecycle for PoolState {
 // ---- deploys ----
 
 /// Where a deploy (or rollback) of a managed app is: `running → succeeded | failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeployState {
     /// Inserted in this state; at most one per app (the deploys migration's partial unique index).
@@ -267,7 +267,7 @@ impl Lifecycle for DeployState {
 }
 
 /// What happened to a session's sandbox, as its events record it (`GET /v1/sessions/{id}/events`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionEvent {
     Started,

@@ -113,7 +113,7 @@ pub struct RunSummary {
 }
 
 /// A build as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Build {
     pub id: String,
     pub exercise: String,

@@ -87,7 +87,7 @@ pub enum ManagedAppError {
 }
 
 /// An app as the API shows it: the definition without secret values, and its state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ManagedAppView {
     pub name: String,
     #[serde(flatten)]
@@ -113,7 +113,7 @@ pub fn view(deploys: &Deploys, r: &ManagedAppRecord) -> anyhow::Result<ManagedAp
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeployView {
     pub id: String,
     pub app: String,

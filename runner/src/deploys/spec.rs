@@ -12,7 +12,7 @@ fn default_replicas() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Health {
     pub path: String,
@@ -25,7 +25,7 @@ fn default_health_timeout() -> u64 {
 }
 
 /// "At most `max` restarts within `within_secs`", then the service is failed and reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
     pub max: u32,
@@ -38,7 +38,7 @@ impl Default for RestartPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub command: Vec<String>,
@@ -52,7 +52,7 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookFormat {
     /// `{"text": "..."}`, what Slack-compatible chats take.
@@ -61,7 +61,7 @@ pub enum WebhookFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
     pub url: String,
@@ -75,14 +75,14 @@ fn default_format() -> WebhookFormat {
     WebhookFormat::Slack
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Webhook {
     pub url: String,
     pub format: WebhookFormat,
     pub signed: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryInput {
     pub username: String,
@@ -91,13 +91,13 @@ pub struct RegistryInput {
     pub password: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Registry {
     pub username: String,
 }
 
 /// `PUT /v1/apps/{app}` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManagedAppInput {
     pub image: String,
@@ -125,7 +125,7 @@ pub struct ManagedAppInput {
 }
 
 /// What is stored (and shown) of an app, with no secret values in it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ManagedAppSpec {
     pub image: String,
     pub host: Option<String>,

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{lifecycle::DeployState, store::ManagedAppRecord};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServiceState {
     /// `running`, `degraded` (fewer replicas than asked), `failed` (restart limit reached) or
     /// `stopped` (nothing deployed).

@@ -50,7 +50,7 @@ impl FromStr for Runtime {
 }
 
 /// Resource limits of one sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limits {
     pub memory_mb: u64,
     pub cpus: f64,
@@ -69,7 +69,7 @@ impl Limits {
 
 /// An exercise's warm pool: how many ready sandboxes to keep. The pool follows demand between the
 /// two (recent claims per minute); `max: 0` is no pool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     #[serde(default)]
@@ -104,7 +104,7 @@ impl PoolSpec {
 }
 
 /// How the learner's work is checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckSpec {
     /// Argument vector run in the working directory as the sandbox user.
     pub command: Vec<String>,

@@ -9,14 +9,14 @@ use axum::{
     response::{IntoResponse, Response},
     Extension, Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{extract::ApiJson, middleware::Actor, operators};
 use crate::{
     app::App,
     deploys::{self, deploy, DeployView, ManagedAppError, ManagedAppInput, ManagedAppView},
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, ErrorBody},
     lifecycle::DeployState,
 };
 
@@ -35,6 +35,33 @@ impl From<ManagedAppError> for ApiError {
     }
 }
 
+const APP: &str = "The app's name";
+
+#[derive(Serialize, ToSchema)]
+pub struct AppList {
+    apps: Vec<ManagedAppView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeployList {
+    /// Newest first, at most 100.
+    deploys: Vec<DeployView>,
+}
+
+/// Create or change a managed app's definition (the next deploy uses it)
+///
+/// Secret values are sealed and never shown; a secret given as `null` keeps its stored value.
+#[utoipa::path(
+    put, path = "/v1/apps/{app}", operation_id = "put_app", tag = "apps",
+    params(("app" = String, Path, description = APP)),
+    request_body = ManagedAppInput,
+    responses(
+        (status = 200, description = "The app, changed", body = ManagedAppView),
+        (status = 201, description = "The app, created", body = ManagedAppView),
+        (status = 409, description = "`host_taken`: another app serves that host", body = ErrorBody),
+        (status = 422, description = "`invalid_app_name`, `invalid_app`: the message names the field", body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -44,23 +71,50 @@ pub async fn put(
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view)))
 }
 
+/// Read a managed app
+#[utoipa::path(
+    get, path = "/v1/apps/{app}", operation_id = "get_app", tag = "apps",
+    params(("app" = String, Path, description = APP)),
+    responses(
+        (status = 200, description = "The app", body = ManagedAppView),
+        (status = 404, description = "`app_not_found`", body = ErrorBody),
+    )
+)]
 pub async fn get(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<ManagedAppView>> {
     let rec = deploys::get(&app.deploys, &name).await?;
     Ok(Json(deploys::view(&app.deploys, &rec)?))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<serde_json::Value>> {
-    let list =
+/// List the managed apps
+#[utoipa::path(
+    get, path = "/v1/apps", operation_id = "list_apps", tag = "apps",
+    responses((status = 200, description = "Every app", body = AppList))
+)]
+pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<AppList>> {
+    let apps =
         app.store.apps().await?.iter().map(|r| deploys::view(&app.deploys, r)).collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Json(json!({ "apps": list })))
+    Ok(Json(AppList { apps }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployBody {
+    /// The image tag to deploy.
     version: String,
 }
 
+/// Deploy a version of the app: pull, release command, replace the containers
+#[utoipa::path(
+    post, path = "/v1/apps/{app}/deploys", operation_id = "create_deploy", tag = "apps",
+    params(("app" = String, Path, description = APP)),
+    request_body = DeployBody,
+    responses(
+        (status = 202, description = "The deploy, started", body = DeployView),
+        (status = 404, description = "`app_not_found`", body = ErrorBody),
+        (status = 409, description = "`deploy_running`", body = ErrorBody),
+        (status = 422, description = "`invalid_version`", body = ErrorBody),
+    )
+)]
 pub async fn create_deploy(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -70,14 +124,27 @@ pub async fn create_deploy(
     Ok((StatusCode::ACCEPTED, Json(deploys::deploy_view(&d))))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
+    /// The version to go back to; the previous one when not given.
     #[serde(default)]
     version: Option<String>,
 }
 
-/// `POST /v1/apps/{app}/rollback`: an operator's action, recorded in the audit log.
+/// Roll the app back to its previous version (or the one given)
+///
+/// An operator's action, recorded in the audit log.
+#[utoipa::path(
+    post, path = "/v1/apps/{app}/rollback", operation_id = "rollback_app", tag = "apps",
+    params(("app" = String, Path, description = APP)),
+    request_body(content = Option<RollbackBody>, description = "Optional", content_type = "application/json"),
+    responses(
+        (status = 202, description = "The rollback deploy, started", body = DeployView),
+        (status = 404, description = "`app_not_found`", body = ErrorBody),
+        (status = 409, description = "`deploy_running`, `nothing_to_roll_back_to`", body = ErrorBody),
+    )
+)]
 pub async fn rollback(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
@@ -95,10 +162,19 @@ pub async fn rollback(
     Ok((StatusCode::ACCEPTED, Json(deploys::deploy_view(&result?))))
 }
 
-pub async fn list_deploys(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+/// An app's deploys, newest first
+#[utoipa::path(
+    get, path = "/v1/apps/{app}/deploys", operation_id = "list_deploys", tag = "apps",
+    params(("app" = String, Path, description = APP)),
+    responses(
+        (status = 200, description = "The deploys", body = DeployList),
+        (status = 404, description = "`app_not_found`", body = ErrorBody),
+    )
+)]
+pub async fn list_deploys(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<DeployList>> {
     deploys::get(&app.deploys, &name).await?;
-    let list: Vec<DeployView> = app.store.deploys_of(&name, 100).await?.iter().map(deploys::deploy_view).collect();
-    Ok(Json(json!({ "deploys": list })))
+    let deploys: Vec<DeployView> = app.store.deploys_of(&name, 100).await?.iter().map(deploys::deploy_view).collect();
+    Ok(Json(DeployList { deploys }))
 }
 
 fn deploy_id(id: &str) -> ApiResult<String> {
@@ -107,12 +183,30 @@ fn deploy_id(id: &str) -> ApiResult<String> {
         .map_err(|_| ApiError::from(ManagedAppError::DeployNotFound(id.to_string())))
 }
 
+/// Read a deploy
+#[utoipa::path(
+    get, path = "/v1/deploys/{id}", operation_id = "get_deploy", tag = "apps",
+    params(("id" = String, Path, description = "The deploy's id (a UUID)")),
+    responses(
+        (status = 200, description = "The deploy", body = DeployView),
+        (status = 404, description = "`deploy_not_found`", body = ErrorBody),
+    )
+)]
 pub async fn get_deploy(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<DeployView>> {
     let id = deploy_id(&id)?;
     let d = app.store.deploy(&id).await?.ok_or(ManagedAppError::DeployNotFound(id))?;
     Ok(Json(deploys::deploy_view(&d)))
 }
 
+/// A deploy's log: plain text, streamed live while it runs
+#[utoipa::path(
+    get, path = "/v1/deploys/{id}/logs", operation_id = "deploy_logs", tag = "apps",
+    params(("id" = String, Path, description = "The deploy's id (a UUID)")),
+    responses(
+        (status = 200, description = "The log, streamed", content_type = "text/plain; charset=utf-8", body = String),
+        (status = 404, description = "`deploy_not_found`", body = ErrorBody),
+    )
+)]
 pub async fn deploy_logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = deploy_id(&id)?;
     app.store.deploy(&id).await?.ok_or_else(|| ManagedAppError::DeployNotFound(id.clone()))?;
@@ -123,15 +217,28 @@ pub async fn deploy_logs(State(app): State<Arc<App>>, Path(id): Path<String>) ->
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandBody {
+    /// An argument vector (1-64 non-empty arguments), run without a shell.
     command: Vec<String>,
 }
 
-/// `POST /v1/apps/{app}/commands`: a one-off command in the app's current image with its
-/// environment (migrations by hand, a rake task). The output streams as it comes; the last line
-/// is `[exit N]`.
+/// Run a one-off command in the app's current image with its environment
+///
+/// Migrations by hand, a rake task. The output streams as it comes; the last line is `[exit N]`.
+#[utoipa::path(
+    post, path = "/v1/apps/{app}/commands", operation_id = "run_app_command", tag = "apps",
+    params(("app" = String, Path, description = APP)),
+    request_body = CommandBody,
+    responses(
+        (status = 200, description = "The command's output, streamed; the last line is `[exit N]`",
+            content_type = "text/plain; charset=utf-8", body = String),
+        (status = 404, description = "`app_not_found`", body = ErrorBody),
+        (status = 409, description = "`app_not_deployed`", body = ErrorBody),
+        (status = 422, description = "`invalid_command`", body = ErrorBody),
+    )
+)]
 pub async fn command(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
@@ -163,8 +270,9 @@ pub async fn command(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(stream)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ConsoleQuery {
     /// A JSON argument vector; default `["sh"]`.
     #[serde(default)]
@@ -178,16 +286,29 @@ enum ConsoleControl {
     Resize { cols: u16, rows: u16 },
 }
 
-/// `GET /v1/apps/{app}/console` (WebSocket): an interactive one-off container with a TTY in the
-/// app's current image and environment, like `rails console`. Binary frames carry keystrokes and
+/// An interactive console (WebSocket) in the app's current image and environment
+///
+/// A one-off container with a TTY, like `rails console`. Binary frames carry keystrokes and
 /// output; text frames are JSON `{"type": "resize", "cols", "rows"}` or `{"type": "input", "data"}`.
 /// When the program ends, the socket closes with code 1000 and the reason `exit N`.
+#[utoipa::path(
+    get, path = "/v1/apps/{app}/console", operation_id = "app_console", tag = "apps",
+    params(("app" = String, Path, description = APP), ConsoleQuery),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol (`Upgrade: websocket`)"),
+        (status = 400, description = "`websocket_required`: not a WebSocket handshake", body = ErrorBody),
+        (status = 404, description = "`app_not_found`", body = ErrorBody),
+        (status = 409, description = "`app_not_deployed`", body = ErrorBody),
+        (status = 422, description = "`invalid_command`", body = ErrorBody),
+    )
+)]
 pub async fn console(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     super::extract::ApiQuery(q): super::extract::ApiQuery<ConsoleQuery>,
-    ws: axum::extract::ws::WebSocketUpgrade,
+    ws: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
     let command: Vec<String> = match q.command {
         None => vec!["sh".into()],
         Some(c) => serde_json::from_str(&c)

@@ -8,15 +8,15 @@ use axum::{
     response::Response,
     Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::extract::ApiBytes;
 use crate::{
     app::App,
     builds::{self, hooks, log, Build, BuildError},
     domain::Slug,
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, ErrorBody},
     exercises::{Exercise, GitSource},
 };
 
@@ -37,12 +37,50 @@ impl From<BuildError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+/// A build from a git repository: `{"git": {"url", "ref"}}`, or `{}` for the exercise's own source.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct GitBuild {
+pub struct GitBuild {
     #[serde(default)]
     git: Option<GitSource>,
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct BuildList {
+    /// Newest first, at most 100.
+    builds: Vec<Build>,
+}
+
+/// A published (or publishable) version of an exercise.
+#[derive(Serialize, ToSchema)]
+pub struct VersionView {
+    /// The digest of the repository's content.
+    version: String,
+    image: String,
+    build_id: String,
+    /// New sessions get this version.
+    current: bool,
+    /// The check was required to pass on the starting files too (a refactoring exercise).
+    starting_files_pass: bool,
+    created_at: String,
+    published_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct VersionList {
+    versions: Vec<VersionView>,
+    current_version: Option<String>,
+}
+
+/// What a push hook started.
+#[derive(Serialize, ToSchema)]
+pub struct PushOutcome {
+    builds: Vec<Build>,
+    /// Why nothing was built, when nothing was (another branch, an unknown repository, ...).
+    ignored: Option<&'static str>,
+}
+
+const SLUG: &str = "The exercise's slug";
 
 fn build_id(id: &str) -> ApiResult<String> {
     uuid::Uuid::parse_str(id)
@@ -50,8 +88,29 @@ fn build_id(id: &str) -> ApiResult<String> {
         .map_err(|_| ApiError::not_found("build_not_found", format!("build {id:?} does not exist")))
 }
 
-/// `POST /v1/exercises/{slug}/builds`: a tar or tar.gz body, or JSON `{"git": {"url", "ref"}}`
-/// (or `{}` for the exercise's configured git source).
+/// Build an exercise from a repository: a tar or tar.gz body, or a git source
+///
+/// JSON `{"git": {"url", "ref"}}`, or `{}` for the exercise's configured git source. A body
+/// without a `Content-Type` is read as an archive.
+#[utoipa::path(
+    post, path = "/v1/exercises/{slug}/builds", operation_id = "create_build", tag = "builds",
+    params(("slug" = String, Path, description = SLUG)),
+    request_body(content(
+        (Vec<u8> = "application/x-tar"),
+        (Vec<u8> = "application/gzip"),
+        (GitBuild = "application/json"),
+    )),
+    responses(
+        (status = 202, description = "The build, queued", body = Build),
+        (status = 404, description = "`exercise_not_found` (a git build of an exercise without a source)", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over `RUNNER_MAX_ARCHIVE_BYTES`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_slug`, `invalid_archive`, `invalid_manifest`, `invalid_repository`, \
+            `invalid_dockerfile`, `invalid_git_url`, `invalid_git_ref`, ...: the message says what", body = ErrorBody),
+        (status = 503, description = "`build_queue_full`, `intake_busy`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     Path(slug): Path<String>,
@@ -84,25 +143,62 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(builds::to_view(&record))))
 }
 
-pub async fn list(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+/// An exercise's builds, newest first
+#[utoipa::path(
+    get, path = "/v1/exercises/{slug}/builds", operation_id = "list_builds", tag = "builds",
+    params(("slug" = String, Path, description = SLUG)),
+    responses(
+        (status = 200, description = "The builds", body = BuildList),
+        (status = 422, description = "`invalid_slug`", body = ErrorBody),
+    )
+)]
+pub async fn list(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<BuildList>> {
     let slug = Slug::parse(&slug)?;
-    let list: Vec<Build> = app.store.builds_of(slug.as_str(), 100).await?.iter().map(builds::to_view).collect();
-    Ok(Json(json!({ "builds": list })))
+    let builds: Vec<Build> = app.store.builds_of(slug.as_str(), 100).await?.iter().map(builds::to_view).collect();
+    Ok(Json(BuildList { builds }))
 }
 
+/// Read a build
+#[utoipa::path(
+    get, path = "/v1/builds/{id}", operation_id = "get_build", tag = "builds",
+    params(("id" = String, Path, description = "The build's id (a UUID)")),
+    responses(
+        (status = 200, description = "The build", body = Build),
+        (status = 404, description = "`build_not_found`", body = ErrorBody),
+    )
+)]
 pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Build>> {
     let id = build_id(&id)?;
     let b = app.store.build(&id).await?.ok_or_else(|| ApiError::from(BuildError::NotFound(id)))?;
     Ok(Json(builds::to_view(&b)))
 }
 
+/// Cancel a queued or running build
+#[utoipa::path(
+    post, path = "/v1/builds/{id}/cancel", operation_id = "cancel_build", tag = "builds",
+    params(("id" = String, Path, description = "The build's id (a UUID)")),
+    responses(
+        (status = 200, description = "The build, cancelled", body = Build),
+        (status = 404, description = "`build_not_found`", body = ErrorBody),
+        (status = 409, description = "`build_finished`", body = ErrorBody),
+    )
+)]
 pub async fn cancel(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Build>> {
     let b = builds::cancel(&app.builds, &build_id(&id)?).await?;
     Ok(Json(builds::to_view(&b)))
 }
 
-/// `GET /v1/builds/{id}/logs`: plain text, streamed live while the build runs (the Docker build
-/// output and the self-test), then the whole log replayed once it has ended.
+/// A build's log: plain text, streamed live while the build runs
+///
+/// The Docker build output and the self-test; once the build has ended, the whole log at once.
+#[utoipa::path(
+    get, path = "/v1/builds/{id}/logs", operation_id = "build_logs", tag = "builds",
+    params(("id" = String, Path, description = "The build's id (a UUID)")),
+    responses(
+        (status = 200, description = "The log, streamed", content_type = "text/plain; charset=utf-8", body = String),
+        (status = 404, description = "`build_not_found`", body = ErrorBody),
+    )
+)]
 pub async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = build_id(&id)?;
     app.store.build(&id).await?.ok_or_else(|| ApiError::from(BuildError::NotFound(id.clone())))?;
@@ -119,7 +215,16 @@ pub async fn logs(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiRes
     }))
 }
 
-pub async fn versions(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+/// An exercise's versions and which one is current
+#[utoipa::path(
+    get, path = "/v1/exercises/{slug}/versions", operation_id = "list_versions", tag = "builds",
+    params(("slug" = String, Path, description = SLUG)),
+    responses(
+        (status = 200, description = "The versions", body = VersionList),
+        (status = 422, description = "`invalid_slug`", body = ErrorBody),
+    )
+)]
+pub async fn versions(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<VersionList>> {
     let slug = Slug::parse(&slug)?;
     let current = match app.store.exercise(slug.as_str()).await? {
         Some(r) => {
@@ -129,25 +234,36 @@ pub async fn versions(State(app): State<Arc<App>>, Path(slug): Path<String>) -> 
         }
         None => None,
     };
-    let mut list: Vec<serde_json::Value> = vec![];
+    let mut versions = vec![];
     for v in app.store.versions(slug.as_str()).await? {
         // What the version's build proved: a refactoring exercise passes on its starting files.
         let self_test: Option<builds::SelfTestReport> =
             app.store.build(&v.build_id).await?.and_then(|b| b.self_test).and_then(|s| serde_json::from_str(&s).ok());
         let ts = crate::domain::rfc3339;
-        list.push(json!({
-            "version": v.version,
-            "image": v.image,
-            "build_id": v.build_id,
-            "current": current.as_deref() == Some(v.version.as_str()),
-            "starting_files_pass": self_test.is_some_and(|r| r.starting_files_pass),
-            "created_at": ts(v.created_at),
-            "published_at": v.published_at.map(ts),
-        }));
+        versions.push(VersionView {
+            current: current.as_deref() == Some(v.version.as_str()),
+            starting_files_pass: self_test.is_some_and(|r| r.starting_files_pass),
+            created_at: ts(v.created_at),
+            published_at: v.published_at.map(ts),
+            version: v.version,
+            image: v.image,
+            build_id: v.build_id,
+        });
     }
-    Ok(Json(json!({ "versions": list, "current_version": current })))
+    Ok(Json(VersionList { versions, current_version: current }))
 }
 
+/// Publish a version: new sessions get its image
+#[utoipa::path(
+    post, path = "/v1/exercises/{slug}/versions/{version}/publish", operation_id = "publish_version", tag = "builds",
+    params(("slug" = String, Path, description = SLUG), ("version" = String, Path, description = "The version")),
+    responses(
+        (status = 200, description = "The exercise, with this version current", body = Exercise),
+        (status = 404, description = "`exercise_not_found`, `version_not_found`", body = ErrorBody),
+        (status = 409, description = "`version_image_removed`: build it again", body = ErrorBody),
+        (status = 422, description = "`invalid_slug`", body = ErrorBody),
+    )
+)]
 pub async fn publish(
     State(app): State<Arc<App>>,
     Path((slug, version)): Path<(String, String)>,
@@ -159,17 +275,37 @@ pub async fn publish(
     Ok(Json(exercise))
 }
 
-/// `POST /v1/hooks/git`: authenticated by its signature, not by the bearer token.
+/// A git push hook (GitHub's format): builds the exercises whose source was pushed
+///
+/// Authenticated by its signature (`X-Hub-Signature-256`, HMAC-SHA256 of the body with the
+/// exercise's hook secret or `RUNNER_GIT_HOOK_SECRET`), not by the bearer token.
+#[utoipa::path(
+    post, path = "/v1/hooks/git", operation_id = "git_push_hook", tag = "builds", security(()),
+    params(
+        ("X-GitHub-Event" = String, Header, description = "`push` (or `ping`)"),
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=<hex HMAC of the body>`"),
+    ),
+    request_body(content = serde_json::Value, description = "GitHub's push event", content_type = "application/json"),
+    responses(
+        (status = 202, description = "What the push started", body = PushOutcome),
+        (status = 400, description = "`invalid_push_event`", body = ErrorBody),
+        (status = 401, description = "`invalid_signature`", body = ErrorBody),
+        (status = 413, description = "`body_too_large`: over 1 MiB", body = ErrorBody),
+        (status = 422, description = "`invalid_slug`, ...", body = ErrorBody),
+        (status = 503, description = "`build_queue_full`, `intake_busy`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn git_hook(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     ApiBytes(body): ApiBytes,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<PushOutcome>)> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match hooks::handle(&app.builds, header("x-github-event"), header("x-hub-signature-256"), &body).await {
         Ok(outcome) => {
-            let list: Vec<Build> = outcome.builds.iter().map(builds::to_view).collect();
-            Ok((StatusCode::ACCEPTED, Json(json!({"builds": list, "ignored": outcome.ignored}))))
+            let builds: Vec<Build> = outcome.builds.iter().map(builds::to_view).collect();
+            Ok((StatusCode::ACCEPTED, Json(PushOutcome { builds, ignored: outcome.ignored })))
         }
         Err(hooks::HookError::BadSignature) => {
             Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", "missing or invalid X-Hub-Signature-256"))

@@ -7,16 +7,38 @@ use axum::{
     http::StatusCode,
     Json,
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::{
     app::App,
     domain::Slug,
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, ErrorBody},
     exercises::{self, Exercise, ExerciseInput},
 };
 
+#[derive(Serialize, ToSchema)]
+pub struct ExerciseList {
+    exercises: Vec<Exercise>,
+}
+
+/// Create or change an exercise
+///
+/// With `image`, the exercise runs that local image; without it only its settings change and
+/// the image comes from published builds.
+#[utoipa::path(
+    put, path = "/v1/exercises/{slug}", operation_id = "put_exercise", tag = "exercises",
+    params(("slug" = String, Path, description = "The exercise's slug: `[a-z0-9][a-z0-9-]{0,63}`")),
+    request_body = ExerciseInput,
+    responses(
+        (status = 200, description = "The exercise, changed", body = Exercise),
+        (status = 201, description = "The exercise, created", body = Exercise),
+        (status = 422, description = "`invalid_slug`, `invalid_image`, `image_not_found`, `invalid_title`, `invalid_limit`, \
+            `limit_exceeds_cap`, `limit_too_small`, `invalid_workdir`, `invalid_check`, `invalid_pool`, `invalid_git_url`, \
+            `invalid_git_ref`, `invalid_hook_secret`, `network_not_allowed`: the message names the field", body = ErrorBody),
+    )
+)]
 pub async fn put(
     State(app): State<Arc<App>>,
     Path(slug): Path<String>,
@@ -28,6 +50,16 @@ pub async fn put(
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(exercise)))
 }
 
+/// Read an exercise
+#[utoipa::path(
+    get, path = "/v1/exercises/{slug}", operation_id = "get_exercise", tag = "exercises",
+    params(("slug" = String, Path, description = "The exercise's slug")),
+    responses(
+        (status = 200, description = "The exercise", body = Exercise),
+        (status = 404, description = "`exercise_not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_slug`", body = ErrorBody),
+    )
+)]
 pub async fn get(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiResult<Json<Exercise>> {
     let slug = Slug::parse(&slug)?;
     let record = app.store.exercise(slug.as_str()).await?.ok_or_else(|| {
@@ -36,7 +68,12 @@ pub async fn get(State(app): State<Arc<App>>, Path(slug): Path<String>) -> ApiRe
     Ok(Json(exercises::to_view(&app.settings, &record)?))
 }
 
-pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<serde_json::Value>> {
+/// List the exercises
+#[utoipa::path(
+    get, path = "/v1/exercises", operation_id = "list_exercises", tag = "exercises",
+    responses((status = 200, description = "Every exercise", body = ExerciseList))
+)]
+pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<ExerciseList>> {
     let list = app
         .store
         .exercises()
@@ -44,5 +81,5 @@ pub async fn list(State(app): State<Arc<App>>) -> ApiResult<Json<serde_json::Val
         .iter()
         .map(|r| exercises::to_view(&app.settings, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Json(json!({ "exercises": list })))
+    Ok(Json(ExerciseList { exercises: list }))
 }

@@ -9,6 +9,7 @@ pub mod exercises;
 pub mod extract;
 pub mod follow;
 pub mod middleware;
+pub mod openapi;
 pub mod operators;
 pub mod ops;
 pub mod router;

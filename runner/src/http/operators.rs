@@ -9,17 +9,18 @@ use axum::{
     extract::{Path, State},
     Extension, Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     extract::{ApiJson, ApiQuery},
     middleware::Actor,
 };
 use crate::{
+    alerts::AlertView,
     app::App,
     domain::{rfc3339, Slug},
-    error::{ApiError, ApiResult, REQUEST_ID},
+    error::{ApiError, ApiResult, ErrorBody, REQUEST_ID},
     sessions,
     store::AuditEntry,
 };
@@ -40,19 +41,37 @@ pub(super) fn outcome_of(e: &ApiError) -> String {
     format!("{}: {}", e.code, e.message)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopSessions {
+    /// Recorded as each session's stop reason and in the audit log (at most 200 characters kept).
     reason: Option<String>,
 }
 
-/// `POST /v1/exercises/{slug}/stop-sessions`: ends every live session of the exercise.
+#[derive(Serialize, ToSchema)]
+pub struct StoppedSessions {
+    exercise: String,
+    /// How many live sessions were stopped.
+    stopped: usize,
+}
+
+/// End every live session of an exercise (after a broken publish, say)
+#[utoipa::path(
+    post, path = "/v1/exercises/{slug}/stop-sessions", operation_id = "stop_exercise_sessions", tag = "operators",
+    params(("slug" = String, Path, description = "The exercise's slug")),
+    request_body(content = Option<StopSessions>, description = "Optional: without a body the reason is \"stopped by an operator\""),
+    responses(
+        (status = 200, description = "How many sessions were stopped", body = StoppedSessions),
+        (status = 404, description = "`exercise_not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_slug`", body = ErrorBody),
+    )
+)]
 pub async fn stop_exercise_sessions(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
     Path(slug): Path<String>,
     body: Option<ApiJson<StopSessions>>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<StoppedSessions>> {
     let slug = Slug::parse(&slug)?;
     if app.store.exercise(slug.as_str()).await?.is_none() {
         return Err(ApiError::not_found("exercise_not_found", format!("exercise {:?} does not exist", slug.as_str())));
@@ -66,64 +85,132 @@ pub async fn stop_exercise_sessions(
     };
     audit(&app, actor, "exercise.stop_sessions", slug.as_str(), &outcome, Some(&reason)).await;
     let stopped = result?;
-    Ok(Json(json!({ "exercise": slug.as_str(), "stopped": stopped })))
+    Ok(Json(StoppedSessions { exercise: slug.as_str().to_string(), stopped }))
 }
 
-pub(super) fn runner_view(app: &App) -> serde_json::Value {
+/// This runner's state.
+#[derive(Serialize, ToSchema)]
+pub struct RunnerView {
+    /// `RUNNER_INSTANCE`.
+    instance: String,
+    version: &'static str,
+    /// New sessions are refused (503 `runner_draining`); live ones keep running.
+    draining: bool,
+    draining_since: Option<String>,
+}
+
+pub(super) fn runner_view(app: &App) -> RunnerView {
     let since = *app.sessions.draining.lock().expect("lock");
-    json!({
-        "instance": app.settings.instance,
-        "version": env!("CARGO_PKG_VERSION"),
-        "draining": since.is_some(),
-        "draining_since": since.map(rfc3339),
-    })
+    RunnerView {
+        instance: app.settings.instance.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        draining: since.is_some(),
+        draining_since: since.map(rfc3339),
+    }
 }
 
-/// `GET /v1/runner`: this runner's state.
-pub async fn runner(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+/// This runner's state
+#[utoipa::path(
+    get, path = "/v1/runner", operation_id = "get_runner", tag = "operators",
+    responses((status = 200, description = "The runner", body = RunnerView))
+)]
+pub async fn runner(State(app): State<Arc<App>>) -> Json<RunnerView> {
     Json(runner_view(&app))
 }
 
-/// `POST /v1/runner/drain`: refuse new sessions on this runner; live ones keep running.
+/// Refuse new sessions on this runner; live ones keep running
+///
 /// Idempotent: draining a drained runner keeps its first `draining_since`.
-pub async fn drain(State(app): State<Arc<App>>, Extension(actor): Extension<Actor>) -> Json<serde_json::Value> {
+#[utoipa::path(
+    post, path = "/v1/runner/drain", operation_id = "drain_runner", tag = "operators",
+    responses((status = 200, description = "The runner, draining", body = RunnerView))
+)]
+pub async fn drain(State(app): State<Arc<App>>, Extension(actor): Extension<Actor>) -> Json<RunnerView> {
     app.sessions.draining.lock().expect("lock").get_or_insert_with(crate::store::now_ms);
     audit(&app, actor, "runner.drain", &app.settings.instance, "ok", None).await;
     Json(runner_view(&app))
 }
 
-/// `POST /v1/runner/undrain`: take new sessions again.
-pub async fn undrain(State(app): State<Arc<App>>, Extension(actor): Extension<Actor>) -> Json<serde_json::Value> {
+/// Take new sessions again
+#[utoipa::path(
+    post, path = "/v1/runner/undrain", operation_id = "undrain_runner", tag = "operators",
+    responses((status = 200, description = "The runner, taking sessions", body = RunnerView))
+)]
+pub async fn undrain(State(app): State<Arc<App>>, Extension(actor): Extension<Actor>) -> Json<RunnerView> {
     *app.sessions.draining.lock().expect("lock") = None;
     audit(&app, actor, "runner.undrain", &app.settings.instance, "ok", None).await;
     Json(runner_view(&app))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// At most this many (1-1000, default 100).
     limit: Option<u32>,
 }
 
-fn audit_view(e: &AuditEntry) -> serde_json::Value {
-    json!({
-        "id": e.id, "at": rfc3339(e.at), "actor": e.actor, "action": e.action, "target": e.target,
-        "outcome": e.outcome, "detail": e.detail, "request_id": e.request_id,
-    })
+/// Who did what, when, and how it ended.
+#[derive(Serialize, ToSchema)]
+pub struct AuditView {
+    id: String,
+    at: String,
+    /// The kind of credential that acted: `api-token` or `operator-token`.
+    actor: String,
+    /// `session.stop`, `exercise.stop_sessions`, `runner.drain`, `runner.undrain`, `app.rollback`.
+    action: String,
+    target: String,
+    /// `ok...`, or the error's code and message.
+    outcome: String,
+    detail: Option<String>,
+    request_id: Option<String>,
 }
 
-/// `GET /v1/audit?limit=N`: the newest entries first.
-pub async fn audit_log(
-    State(app): State<Arc<App>>,
-    ApiQuery(q): ApiQuery<AuditQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+fn audit_view(e: &AuditEntry) -> AuditView {
+    AuditView {
+        id: e.id.clone(),
+        at: rfc3339(e.at),
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        target: e.target.clone(),
+        outcome: e.outcome.clone(),
+        detail: e.detail.clone(),
+        request_id: e.request_id.clone(),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditLog {
+    /// Newest first.
+    entries: Vec<AuditView>,
+}
+
+/// The audit log, newest entries first
+#[utoipa::path(
+    get, path = "/v1/audit", operation_id = "audit_log", tag = "operators",
+    params(AuditQuery),
+    responses((status = 200, description = "The entries", body = AuditLog))
+)]
+pub async fn audit_log(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<AuditQuery>) -> ApiResult<Json<AuditLog>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000) as i64;
-    let list: Vec<_> = app.store.audit(limit).await?.iter().map(audit_view).collect();
-    Ok(Json(json!({ "entries": list })))
+    let entries: Vec<_> = app.store.audit(limit).await?.iter().map(audit_view).collect();
+    Ok(Json(AuditLog { entries }))
 }
 
-/// `GET /v1/alerts`: what is firing now (oldest first) and what cleared lately (newest first).
-pub async fn alerts(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+#[derive(Serialize, ToSchema)]
+pub struct AlertList {
+    /// Firing now, oldest first.
+    firing: Vec<AlertView>,
+    /// Cleared lately, newest first.
+    recent: Vec<AlertView>,
+}
+
+/// What is firing now and what cleared lately
+#[utoipa::path(
+    get, path = "/v1/alerts", operation_id = "list_alerts", tag = "operators",
+    responses((status = 200, description = "The alerts", body = AlertList))
+)]
+pub async fn alerts(State(app): State<Arc<App>>) -> Json<AlertList> {
     let (firing, recent) = app.alerts.list();
-    Json(json!({ "firing": firing, "recent": recent }))
+    Json(AlertList { firing, recent })
 }

@@ -8,50 +8,102 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::{app::App, domain::SessionState, error::ApiResult};
+use crate::{
+    app::App,
+    domain::SessionState,
+    error::{ApiResult, ErrorBody},
+};
 
-/// The process is up.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    status: &'static str,
 }
 
-/// The service can do its work: the database and the Docker engine answer (503 when not).
+/// The process is up
+#[utoipa::path(
+    get, path = "/healthz", operation_id = "healthz", tag = "ops", security(()),
+    responses((status = 200, description = "Up", body = Health))
+)]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    status: &'static str,
+    checks: ReadinessChecks,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReadinessChecks {
+    database: Probe,
+    docker: Probe,
+    /// Whether `RUN` steps are isolated from the host: `ok`, and what was checked or repaired.
+    build_network: serde_json::Value,
+    /// Whether the runner follows the engine's event stream.
+    engine_events: Probe,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Probe {
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl Probe {
+    fn of(r: Result<anyhow::Result<()>, tokio::time::error::Elapsed>) -> Probe {
+        match r {
+            Ok(Ok(())) => Probe { ok: true, error: None },
+            Ok(Err(e)) => Probe { ok: false, error: Some(format!("{e:#}")) },
+            Err(_) => Probe { ok: false, error: Some("timed out".into()) },
+        }
+    }
+}
+
+/// The service can do its work: the database and the Docker engine answer
 ///
 /// `checks.build_network` says whether `RUN` steps are isolated from the host (issue 15). It is
 /// reported, not part of the status code: sessions and checks work without it, and taking the
 /// runner out of a load balancer for it would stop every learner's session over a build-only
 /// fault. Builds themselves fail closed while it is not in place.
+#[utoipa::path(
+    get, path = "/readyz", operation_id = "readyz", tag = "ops", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "The database or the engine does not answer", body = Readiness),
+    )
+)]
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let limit = Duration::from_secs(3);
     let db = tokio::time::timeout(limit, app.store.ping()).await;
     let docker = tokio::time::timeout(limit, app.engine.ping()).await;
-    let check = |r: Result<anyhow::Result<()>, _>| match r {
-        Ok(Ok(())) => json!({"ok": true}),
-        Ok(Err(e)) => json!({"ok": false, "error": format!("{e:#}")}),
-        Err(_) => json!({"ok": false, "error": "timed out"}),
-    };
-    let (db, docker) = (check(db), check(docker));
-    let ready = db["ok"] == true && docker["ok"] == true;
+    let (database, docker) = (Probe::of(db), Probe::of(docker));
+    let ready = database.ok && docker.ok;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let events = json!({"ok": app.metrics.engine_events_connected.get() == 1});
+    let engine_events = Probe { ok: app.metrics.engine_events_connected.get() == 1, error: None };
     let isolation = app.builds.isolation.lock().expect("lock").clone();
     let build_network = match isolation {
         Some(r) => serde_json::to_value(r).unwrap_or_default(),
-        None => json!({"ok": false, "error": "not checked yet"}),
+        None => serde_json::json!({"ok": false, "error": "not checked yet"}),
     };
-    (
-        status,
-        Json(json!({
-            "status": if ready {"ready"} else {"unavailable"},
-            "checks": {"database": db, "docker": docker, "build_network": build_network, "engine_events": events},
-        })),
-    )
-        .into_response()
+    let checks = ReadinessChecks { database, docker, build_network, engine_events };
+    (status, Json(Readiness { status: if ready { "ready" } else { "unavailable" }, checks })).into_response()
 }
 
-/// Prometheus text format.
+/// Prometheus metrics, in the text format
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "metrics", tag = "ops", security(()),
+    responses(
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
 pub async fn metrics(State(app): State<Arc<App>>) -> ApiResult<Response> {
     let counts = app.store.count_sessions_by_state().await?;
     for state in SessionState::ALL {

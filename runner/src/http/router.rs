@@ -12,7 +12,7 @@ use axum::{
 
 use super::extract::BodyLimit;
 use super::{
-    apps, builds, dashboard, events, exercises, middleware as mw, operators, ops, sessions, usage, workspaces,
+    apps, builds, dashboard, events, exercises, middleware as mw, openapi, operators, ops, sessions, usage, workspaces,
 };
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
@@ -75,14 +75,19 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/deploys/{id}/logs", get(apps::deploy_logs))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(app.clone(), mw::require_token))
-        // Push hooks authenticate by signature (the sender cannot hold our bearer token).
-        .merge(Router::new().route(
-            "/hooks/git",
-            post(builds::git_hook).layer((
-                DefaultBodyLimit::max(HOOK_BODY_LIMIT),
-                Extension(BodyLimit(HOOK_BODY_LIMIT, "the push-hook limit")),
-            )),
-        ));
+        // Push hooks authenticate by signature (the sender cannot hold our bearer token); the
+        // API's description is public.
+        .merge(
+            Router::new()
+                .route(
+                    "/hooks/git",
+                    post(builds::git_hook).layer((
+                        DefaultBodyLimit::max(HOOK_BODY_LIMIT),
+                        Extension(BodyLimit(HOOK_BODY_LIMIT, "the push-hook limit")),
+                    )),
+                )
+                .route("/openapi.json", get(openapi::serve)),
+        );
 
     let ide = app.ide.router();
     Router::new()

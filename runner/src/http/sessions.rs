@@ -7,8 +7,8 @@ use axum::{
     http::StatusCode,
     Extension, Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     extract::{ApiJson, ApiQuery},
@@ -17,18 +17,48 @@ use super::{
 };
 use crate::{
     app::App,
+    checks::Check,
     domain::{LearnerId, SessionState, Slug},
-    error::{ApiError, ApiResult},
+    error::{ApiError, ApiResult, ErrorBody},
     lifecycle::EndReason,
     sessions::{self, Session},
     store::SessionFilter,
 };
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
+    /// The learner as the web app knows them: 1-128 letters, digits and `-_.@:+`.
+    #[schema(example = "learner-42")]
     learner: String,
+    /// The exercise's slug.
+    #[schema(example = "hello-shell")]
     exercise: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    sessions: Vec<Session>,
+}
+
+/// Something that happened to a session's sandbox.
+#[derive(Serialize, ToSchema)]
+pub struct SessionEventView {
+    at: String,
+    kind: crate::lifecycle::SessionEvent,
+    detail: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionEvents {
+    /// Oldest first.
+    events: Vec<SessionEventView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CheckList {
+    /// Newest first, at most 100.
+    checks: Vec<Check>,
 }
 
 /// Session ids are UUIDs; anything else cannot name a session.
@@ -38,6 +68,23 @@ pub(super) fn session_id(id: &str) -> ApiResult<String> {
         .map_err(|_| ApiError::not_found("session_not_found", format!("session {id:?} does not exist")))
 }
 
+/// Start a learner's session, or find the live one they have
+///
+/// Answers the learner's live session of the exercise when there is one (200), else starts a
+/// sandbox (201). With a warm pool, a new learner gets a ready sandbox at once.
+#[utoipa::path(
+    post, path = "/v1/sessions", operation_id = "create_session", tag = "sessions",
+    request_body = CreateSession,
+    responses(
+        (status = 200, description = "The learner's live session of this exercise", body = Session),
+        (status = 201, description = "A new session", body = Session),
+        (status = 404, description = "`exercise_not_found`", body = ErrorBody),
+        (status = 409, description = "`exercise_not_published`: the exercise has no image yet", body = ErrorBody),
+        (status = 422, description = "`invalid_learner`, `invalid_slug`", body = ErrorBody),
+        (status = 503, description = "`session_capacity`, `start_queue_full`, `runner_draining`, `sandbox_start_failed`",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
 pub async fn create(
     State(app): State<Arc<App>>,
     ApiJson(body): ApiJson<CreateSession>,
@@ -49,21 +96,41 @@ pub async fn create(
     Ok((status, Json(sessions::to_view(&app.sessions, &created.session))))
 }
 
+/// Read a session (a fresh `ide_url` token on every read)
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}", operation_id = "get_session", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id (a UUID)")),
+    responses(
+        (status = 200, description = "The session", body = Session),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    )
+)]
 pub async fn get(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<Session>> {
     let s = sessions::get(&app.sessions, &session_id(&id)?).await?;
     Ok(Json(sessions::to_view(&app.sessions, &s)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this learner's sessions.
     learner: Option<String>,
+    /// Only this exercise's sessions.
     exercise: Option<String>,
+    /// One state or several, comma-separated (`starting,running,stopping`: every live one).
     state: Option<String>,
+    /// At most this many (1-1000, default 100).
     limit: Option<u32>,
 }
 
-pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<serde_json::Value>> {
+/// List sessions, newest first
+#[utoipa::path(
+    get, path = "/v1/sessions", operation_id = "list_sessions", tag = "sessions",
+    params(ListQuery),
+    responses((status = 200, description = "The sessions", body = SessionList))
+)]
+pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<SessionList>> {
     // One state or several, comma-separated (`state=starting,running,stopping`: every live one).
     let states = match q.state.as_deref() {
         None | Some("") => vec![],
@@ -87,9 +154,18 @@ pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>)
     };
     let list: Vec<Session> =
         sessions::list(&app.sessions, &filter).await?.iter().map(|s| sessions::to_view(&app.sessions, s)).collect();
-    Ok(Json(json!({ "sessions": list })))
+    Ok(Json(SessionList { sessions: list }))
 }
 
+/// End a session: its sandbox is removed, its workspace kept (idempotent)
+#[utoipa::path(
+    delete, path = "/v1/sessions/{id}", operation_id = "stop_session", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id (a UUID)")),
+    responses(
+        (status = 200, description = "The ended session", body = Session),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
@@ -107,8 +183,16 @@ pub async fn delete(
     Ok(Json(sessions::to_view(&app.sessions, &result?)))
 }
 
-/// `GET /v1/sessions/{id}/events`: what happened to the session's sandbox, oldest first.
-pub async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+/// What happened to the session's sandbox, oldest first
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/events", operation_id = "list_session_events", tag = "events",
+    params(("id" = String, Path, description = "The session's id (a UUID)")),
+    responses(
+        (status = 200, description = "The session's events", body = SessionEvents),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    )
+)]
+pub async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<SessionEvents>> {
     let id = session_id(&id)?;
     sessions::get(&app.sessions, &id).await?;
     let list: Vec<_> = app
@@ -116,29 +200,59 @@ pub async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiR
         .session_events(&id)
         .await?
         .iter()
-        .map(|e| json!({"at": crate::domain::rfc3339(e.at), "kind": e.kind, "detail": e.detail}))
+        .map(|e| SessionEventView { at: crate::domain::rfc3339(e.at), kind: e.kind, detail: e.detail.clone() })
         .collect();
-    Ok(Json(json!({ "events": list })))
+    Ok(Json(SessionEvents { events: list }))
 }
 
+/// Record the learner's activity: pushes the idle deadline
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/activity", operation_id = "touch_session", tag = "sessions",
+    params(("id" = String, Path, description = "The session's id (a UUID)")),
+    responses(
+        (status = 204, description = "The idle deadline moved"),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 409, description = "`session_not_live`: it has ended", body = ErrorBody),
+    )
+)]
 pub async fn activity(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     sessions::touch(&app.sessions, &session_id(&id)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn create_check(
-    State(app): State<Arc<App>>,
-    Path(id): Path<String>,
-) -> ApiResult<(StatusCode, Json<crate::checks::Check>)> {
+/// Check the learner's work: runs the exercise's check in the sandbox
+///
+/// One check runs per session at a time: a request made while one runs joins it.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/checks", operation_id = "create_check", tag = "checks",
+    params(("id" = String, Path, description = "The session's id (a UUID)")),
+    responses(
+        (status = 201, description = "The check's result", body = Check),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 409, description = "`session_not_running`", body = ErrorBody),
+        (status = 503, description = "`check_queue_full`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds"))),
+    )
+)]
+pub async fn create_check(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Check>)> {
     let record = app.checks.check_session(&session_id(&id)?).await?;
     Ok((StatusCode::CREATED, Json(crate::checks::to_view(&record))))
 }
 
-pub async fn list_checks(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+/// A session's checks, newest first
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/checks", operation_id = "list_checks", tag = "checks",
+    params(("id" = String, Path, description = "The session's id (a UUID)")),
+    responses(
+        (status = 200, description = "The session's checks", body = CheckList),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    )
+)]
+pub async fn list_checks(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<CheckList>> {
     let id = session_id(&id)?;
     sessions::get(&app.sessions, &id).await?;
     let list: Vec<_> = app.store.checks_of(&id, 100).await?.iter().map(crate::checks::to_view).collect();
-    Ok(Json(json!({ "checks": list })))
+    Ok(Json(CheckList { checks: list }))
 }
 
 /// `GET /v1/sessions/{id}/checks/{check}`: one check with its output (where `check.completed`

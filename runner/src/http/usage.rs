@@ -7,37 +7,74 @@ use axum::{
     extract::{Path, State},
     Json,
 };
-use serde::Deserialize;
-use serde_json::json;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{extract::ApiQuery, sessions::session_id};
 use crate::{
     app::App,
-    error::{ApiError, ApiResult},
-    sessions,
-    usage::{Capacity, SessionUsage, Slots, TopBy},
+    domain::SessionState,
+    error::{ApiError, ApiResult, ErrorBody},
+    sessions::{self, pool::PoolStatus},
+    usage::{Capacity, GroupUsage, SandboxUsage, SessionUsage, Slots, TopBy},
 };
 
-/// A session's figures now and its last hour (404 `session_not_found` for an unknown session;
-/// an ended one has no figures and no history).
-pub async fn session(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    let s = sessions::get(&app.sessions, &session_id(&id)?).await?;
-    let usage: SessionUsage = app.usage.session(&s.id);
-    let mut v = serde_json::to_value(usage).map_err(anyhow::Error::from)?;
-    v["state"] = json!(s.state);
-    v["exercise"] = json!(s.exercise);
-    v["runtime"] = json!(app.settings.runtime.as_str());
-    Ok(Json(v))
+/// `GET /v1/sessions/{id}/usage`: the usage figures with the session's state, exercise and runtime.
+#[derive(Serialize, ToSchema)]
+pub struct SessionUsageView {
+    #[serde(flatten)]
+    usage: SessionUsage,
+    state: SessionState,
+    exercise: String,
+    /// `runc`, `crun` or `runsc`.
+    runtime: &'static str,
 }
 
-#[derive(Deserialize)]
+/// A session's usage now and over its last hour
+///
+/// An ended session has no figures and no history.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/usage", operation_id = "get_session_usage", tag = "usage",
+    params(("id" = String, Path, description = "The session's id (a UUID)")),
+    responses(
+        (status = 200, description = "The session's figures", body = SessionUsageView),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    )
+)]
+pub async fn session(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<SessionUsageView>> {
+    let s = sessions::get(&app.sessions, &session_id(&id)?).await?;
+    let usage = app.usage.session(&s.id);
+    Ok(Json(SessionUsageView { usage, state: s.state, exercise: s.exercise, runtime: app.settings.runtime.as_str() }))
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TopQuery {
+    /// `cpu` (default) or `memory`.
     by: Option<String>,
+    /// At most this many (1-100, default 10).
     limit: Option<usize>,
 }
 
-pub async fn top(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<TopQuery>) -> ApiResult<Json<serde_json::Value>> {
+#[derive(Serialize, ToSchema)]
+pub struct TopUsage {
+    /// `cpu` or `memory`.
+    by: &'static str,
+    /// The last sampling round; `null` before the first.
+    sampled_at: Option<String>,
+    sandboxes: Vec<SandboxUsage>,
+}
+
+/// The sandboxes using the most CPU or memory
+#[utoipa::path(
+    get, path = "/v1/usage/top", operation_id = "top_usage", tag = "usage",
+    params(TopQuery),
+    responses((status = 200, description = "The top sandboxes", body = TopUsage))
+)]
+pub async fn top(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<TopQuery>) -> ApiResult<Json<TopUsage>> {
     let by = match q.by.as_deref().unwrap_or("cpu") {
         "cpu" => TopBy::Cpu,
         "memory" => TopBy::Memory,
@@ -45,20 +82,31 @@ pub async fn top(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<TopQuery>) -
     };
     let limit = q.limit.unwrap_or(10).clamp(1, 100);
     let sandboxes = app.usage.top(by, limit);
-    Ok(Json(json!({
-        "by": if by == TopBy::Cpu { "cpu" } else { "memory" },
-        "sampled_at": app.usage.last_round().map(|r| crate::domain::rfc3339(r.at_ms)),
-        "sandboxes": sandboxes,
-    })))
+    Ok(Json(TopUsage {
+        by: if by == TopBy::Cpu { "cpu" } else { "memory" },
+        sampled_at: app.usage.last_round().map(|r| crate::domain::rfc3339(r.at_ms)),
+        sandboxes,
+    }))
 }
 
-pub async fn exercises(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+#[derive(Serialize, ToSchema)]
+pub struct UsageGroups {
+    /// The last sampling round; `null` before the first.
+    sampled_at: Option<String>,
+    /// By exercise slug.
+    exercises: BTreeMap<String, GroupUsage>,
+    /// By managed app.
+    apps: BTreeMap<String, GroupUsage>,
+}
+
+/// Usage summed per exercise and per managed app
+#[utoipa::path(
+    get, path = "/v1/usage/exercises", operation_id = "usage_by_exercise", tag = "usage",
+    responses((status = 200, description = "The figures of each exercise and app", body = UsageGroups))
+)]
+pub async fn exercises(State(app): State<Arc<App>>) -> Json<UsageGroups> {
     let (exercises, apps) = app.usage.groups();
-    Json(json!({
-        "sampled_at": app.usage.last_round().map(|r| crate::domain::rfc3339(r.at_ms)),
-        "exercises": exercises,
-        "apps": apps,
-    }))
+    Json(UsageGroups { sampled_at: app.usage.last_round().map(|r| crate::domain::rfc3339(r.at_ms)), exercises, apps })
 }
 
 /// The capacity figures, shared by `GET /v1/capacity` and the gauges of `/metrics`.
@@ -68,12 +116,26 @@ pub async fn capacity_of(app: &App) -> anyhow::Result<Capacity> {
     app.usage.capacity(Slots { in_use, total }).await
 }
 
+/// The host's capacity against what is committed to sandboxes
+#[utoipa::path(
+    get, path = "/v1/capacity", operation_id = "get_capacity", tag = "usage",
+    responses((status = 200, description = "Sessions, memory, CPU, disk, start slots and builds", body = Capacity))
+)]
 pub async fn capacity(State(app): State<Arc<App>>) -> ApiResult<Json<Capacity>> {
     Ok(Json(capacity_of(&app).await?))
 }
 
-/// `GET /v1/pools`: every exercise's warm pool (min, max, target, ready, starting, recent claims).
-pub async fn pools(State(app): State<Arc<App>>) -> ApiResult<Json<serde_json::Value>> {
+#[derive(Serialize, ToSchema)]
+pub struct PoolList {
+    pools: Vec<PoolStatus>,
+}
+
+/// Every exercise's warm pool (min, max, target, ready, starting, recent claims)
+#[utoipa::path(
+    get, path = "/v1/pools", operation_id = "list_pools", tag = "usage",
+    responses((status = 200, description = "The warm pools", body = PoolList))
+)]
+pub async fn pools(State(app): State<Arc<App>>) -> ApiResult<Json<PoolList>> {
     let pools = sessions::pool::status(&app.sessions).await?;
-    Ok(Json(json!({ "pools": pools })))
+    Ok(Json(PoolList { pools }))
 }

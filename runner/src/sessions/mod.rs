@@ -112,7 +112,7 @@ pub enum SessionError {
 }
 
 /// A session as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub id: String,
     pub learner: String,

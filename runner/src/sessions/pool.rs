@@ -97,7 +97,7 @@ impl Pools {
 // ---- what operators see ----
 
 /// One exercise's pool as `GET /v1/pools` and the dashboard show it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     pub exercise: String,
     pub min: u32,

@@ -7,13 +7,13 @@ use serde::Serialize;
 use crate::{config::Settings, domain::SandboxSpec, lifecycle::BuildState, store::Store};
 
 /// Slots of a semaphore: taken and all.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Slots {
     pub in_use: usize,
     pub total: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Capacity {
     pub sessions: SessionsCapacity,
     pub memory: MemoryCapacity,
@@ -23,7 +23,7 @@ pub struct Capacity {
     pub builds: BuildsCapacity,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionsCapacity {
     /// Starting or running.
     pub live: u64,
@@ -33,7 +33,7 @@ pub struct SessionsCapacity {
     pub pooled: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct MemoryCapacity {
     /// `sessions_bytes + pool_bytes + builds_bytes`: what the sandboxes may use at most.
     pub committed_bytes: u64,
@@ -48,14 +48,14 @@ pub struct MemoryCapacity {
     pub host_available_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CpuCapacity {
     /// The CPU quotas of the live sessions' and pools' sandboxes.
     pub committed_cores: f64,
     pub host_cores: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DiskCapacity {
     /// The data directory (database, workspace images, build contexts).
     pub path: String,
@@ -63,7 +63,7 @@ pub struct DiskCapacity {
     pub total_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BuildsCapacity {
     pub queued: u64,
     /// Building or self-testing.

@@ -27,7 +27,7 @@ pub struct Point {
 }
 
 /// A point as the API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct PointView {
     pub at: String,
     pub cpu_cores: f64,

@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// What a sandbox is there for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Session,
@@ -332,7 +332,7 @@ impl State {
 }
 
 /// The usage figures of one sandbox now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Now {
     pub at: String,
     /// Whether the last round could read it (false while its container is down).
@@ -362,7 +362,7 @@ pub struct Now {
 }
 
 /// One sandbox in `GET /v1/usage/top`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SandboxUsage {
     pub kind: Kind,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -382,7 +382,7 @@ pub struct SandboxUsage {
 }
 
 /// `GET /v1/sessions/{id}/usage`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SessionUsage {
     pub session: String,
     pub interval_secs: f64,
@@ -395,7 +395,7 @@ pub struct SessionUsage {
 }
 
 /// One exercise (or app) in `GET /v1/usage/exercises`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct GroupUsage {
     pub sessions: usize,
     pub self_tests: usize,
