@@ -254,6 +254,7 @@ async fn concurrent_puts_of_one_definition_neither_fail_nor_lose_writes() {
 async fn malformed_input_to_every_route_gets_a_plain_json_error() {
     let app = spawn_app_with(|s| s.max_archive_bytes = 64 * 1024).await;
     app.exercise("known", json!({})).await;
+    let (_, before) = app.get("/v1/exercises/known").await;
     let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let big_json = format!("{{\"image\": \"{}\"}}", "x".repeat(70_000));
     let json_ct = "application/json";
@@ -265,6 +266,9 @@ async fn malformed_input_to_every_route_gets_a_plain_json_error() {
         ("PUT", "/v1/exercises/known".into(), "text/plain", b"{}".to_vec(), 415, "unsupported_media_type"),
         ("PUT", "/v1/exercises/known".into(), json_ct, br#"{"image": 3}"#.to_vec(), 422, "invalid_body"),
         ("PUT", "/v1/exercises/known".into(), json_ct, br#"{"imag": "x"}"#.to_vec(), 422, "invalid_body"),
+        // Found by scripts/fuzz-api.sh: serde reads a struct from an array of its fields.
+        ("PUT", "/v1/exercises/known".into(), json_ct, b"[null, null]".to_vec(), 422, "invalid_body"),
+        ("POST", "/v1/sessions".into(), json_ct, br#"["ada", "known"]"#.to_vec(), 422, "invalid_body"),
         ("PUT", "/v1/exercises/Not_A_Slug".into(), json_ct, br#"{"image": "x"}"#.to_vec(), 422, "invalid_slug"),
         ("PUT", "/v1/exercises/known".into(), json_ct, big_json.clone().into_bytes(), 413, "body_too_large"),
         ("GET", "/v1/exercises/nope".into(), "", vec![], 404, "exercise_not_found"),
@@ -289,6 +293,9 @@ async fn malformed_input_to_every_route_gets_a_plain_json_error() {
         ),
         ("GET", "/v1/sessions?state=bogus".into(), "", vec![], 400, "invalid_query"),
         ("GET", "/v1/sessions?limit=many".into(), "", vec![], 400, "invalid_query"),
+        // Found by scripts/fuzz-api.sh: a limit outside the documented 1-1000 was clamped.
+        ("GET", "/v1/sessions?limit=2147483648".into(), "", vec![], 400, "invalid_query"),
+        ("GET", "/v1/sessions?limit=0".into(), "", vec![], 400, "invalid_query"),
         ("GET", "/v1/sessions/not-a-uuid".into(), "", vec![], 404, "session_not_found"),
         ("POST", "/v1/exercises/known/builds".into(), "text/plain", b"hello".to_vec(), 415, "unsupported_media_type"),
         ("POST", "/v1/exercises/known/builds".into(), "application/x-tar", junk.clone(), 422, "invalid_archive"),
@@ -360,6 +367,21 @@ async fn malformed_input_to_every_route_gets_a_plain_json_error() {
     // Nothing above changed the exercise.
     let (_, v) = app.get("/v1/exercises/known").await;
     assert_eq!(v["image"], IMAGE, "{v}");
+    assert_eq!(v["updated_at"], before["updated_at"], "{v}");
+}
+
+/// The API's description is public, OpenAPI 3.1, and names the routes the web app calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_served_without_a_token() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/sessions"]["post"]["requestBody"].is_object(), "{}", doc["paths"]["/v1/sessions"]);
+    assert_eq!(doc["paths"]["/v1/sessions/{id}/checks"]["post"]["operationId"], "create_check");
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 }
 
 /// The README's quick start, run as written (only `RUNNER=` points at this test's runner, and

@@ -24,23 +24,35 @@ fn too_large(limit: Option<BodyLimit>) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
 }
 
-/// `Json<T>` with JSON errors: 400 for malformed JSON, 422 for the wrong shape or types,
-/// 413 for a body over the limit, 415 without a JSON content type.
+/// `Json<T>` with JSON errors: 400 for malformed JSON, 422 for the wrong shape or types (or a
+/// body that is not an object), 413 for a body over the limit, 415 without a JSON content type.
 pub struct ApiJson<T>(pub T);
+
+/// `application/json` or `application/<anything>+json`, parameters aside (as axum's `Json`).
+fn has_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
+}
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().copied();
-        match <axum::Json<T> as FromRequest<S>>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(too_large(limit))
-            }
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !has_json_content_type(req.headers()) {
+            return Err(unsupported_media_type());
         }
+        let ApiBytes(bytes) = ApiBytes::from_request(req, state).await?;
+        json_from_bytes(&bytes).map(ApiJson)
     }
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with Content-Type: application/json",
+    )
 }
 
 /// `Option<ApiJson<T>>`: no body (no `Content-Type`) is `None`; a body is read as [`ApiJson`].
@@ -56,8 +68,24 @@ impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for ApiJson<T> 
 }
 
 /// A JSON body read the same way as [`ApiJson`] reads one, from bytes already taken.
+///
+/// Every body of this API is a JSON object. serde would also read a struct from an array of its
+/// fields in order (`[null, null]`), a form no caller means and the document does not describe.
 pub fn json_from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    axum::Json::<T>::from_bytes(bytes).map(|axum::Json(v)| v).map_err(json_rejection)
+    let value = axum::Json::<T>::from_bytes(bytes).map(|axum::Json(v)| v).map_err(json_rejection)?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("invalid_body", "the body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// A `limit` query parameter: `default` when not given, else 1 to `max` (400 `invalid_query`).
+pub fn limit_param<N: Into<u64> + Copy>(given: Option<N>, default: u64, max: u64) -> Result<u64, ApiError> {
+    match given.map(Into::into) {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request("invalid_query", format!("limit {n} is not between 1 and {max}"))),
+    }
 }
 
 /// serde names the Rust type it expected (`expected struct GitSource`): say what it is instead.
@@ -98,11 +126,7 @@ pub fn json_rejection(r: JsonRejection) -> ApiError {
                 format!("the body's fields are not as expected: {}", without_type_names(&detail)),
             )
         }
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with Content-Type: application/json",
-        ),
+        JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is over the size limit")
         }
@@ -152,5 +176,35 @@ mod tests {
             "git: invalid type: integer `1`, expected an object at line 1 column 9"
         );
         assert_eq!(super::without_type_names("expected enum Runtime"), "expected one of the allowed values");
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Body {
+        #[serde(default)]
+        a: Option<String>,
+        #[serde(default)]
+        b: Option<String>,
+    }
+
+    #[test]
+    fn a_body_is_a_json_object_never_an_array_of_its_fields() {
+        // Found by the API fuzzer: `[null, null]` was read as `{}` and changed an exercise.
+        for body in ["[null, null]", "[]", " [\"x\"]"] {
+            let e = super::json_from_bytes::<Body>(body.as_bytes()).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code), (422, "invalid_body"), "{body}");
+        }
+        assert!(super::json_from_bytes::<Body>(b" {\"a\": \"x\"}").is_ok());
+        assert_eq!(super::json_from_bytes::<Body>(b"[nul").unwrap_err().code, "malformed_json");
+    }
+
+    #[test]
+    fn a_limit_outside_its_range_is_refused() {
+        // Found by the API fuzzer: `limit=2147483648` was clamped and answered 200.
+        assert_eq!(super::limit_param::<u32>(None, 100, 1000).unwrap(), 100);
+        assert_eq!(super::limit_param(Some(1000u32), 100, 1000).unwrap(), 1000);
+        for n in [0u32, 1001, u32::MAX] {
+            assert_eq!(super::limit_param(Some(n), 100, 1000).unwrap_err().code, "invalid_query");
+        }
     }
 }

@@ -146,7 +146,8 @@ pub async fn undrain(State(app): State<Arc<App>>, Extension(actor): Extension<Ac
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// At most this many (1-1000, default 100).
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -192,7 +193,7 @@ pub struct AuditLog {
     responses((status = 200, description = "The entries", body = AuditLog))
 )]
 pub async fn audit_log(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<AuditQuery>) -> ApiResult<Json<AuditLog>> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as i64;
+    let limit = super::extract::limit_param(q.limit, 100, 1000)? as i64;
     let entries: Vec<_> = app.store.audit(limit).await?.iter().map(audit_view).collect();
     Ok(Json(AuditLog { entries }))
 }

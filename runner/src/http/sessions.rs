@@ -120,7 +120,8 @@ pub struct ListQuery {
     exercise: Option<String>,
     /// One state or several, comma-separated (`starting,running,stopping`: every live one).
     state: Option<String>,
-    /// At most this many (1-1000, default 100).
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -150,7 +151,7 @@ pub async fn list(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<ListQuery>)
         learner: q.learner.filter(|s| !s.is_empty()),
         exercise: q.exercise.filter(|s| !s.is_empty()),
         states,
-        limit: q.limit.unwrap_or(100).clamp(1, 1000) as i64,
+        limit: super::extract::limit_param(q.limit, 100, 1000)? as i64,
     };
     let list: Vec<Session> =
         sessions::list(&app.sessions, &filter).await?.iter().map(|s| sessions::to_view(&app.sessions, s)).collect();

@@ -54,9 +54,11 @@ pub async fn session(State(app): State<Arc<App>>, Path(id): Path<String>) -> Api
 #[into_params(parameter_in = Query)]
 pub struct TopQuery {
     /// `cpu` (default) or `memory`.
+    #[param(pattern = "^(cpu|memory)$")]
     by: Option<String>,
-    /// At most this many (1-100, default 10).
-    limit: Option<usize>,
+    /// At most this many (default 10).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -80,7 +82,7 @@ pub async fn top(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<TopQuery>) -
         "memory" => TopBy::Memory,
         other => return Err(ApiError::bad_request("invalid_query", format!("by {other:?} is not one of cpu, memory"))),
     };
-    let limit = q.limit.unwrap_or(10).clamp(1, 100);
+    let limit = super::extract::limit_param(q.limit, 10, 100)? as usize;
     let sandboxes = app.usage.top(by, limit);
     Ok(Json(TopUsage {
         by: if by == TopBy::Cpu { "cpu" } else { "memory" },
