@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Schema-driven fuzzing of the HTTP API: schemathesis generates requests from the runner's own
 # OpenAPI document (GET /v1/openapi.json) against a live `runner serve` on 127.0.0.1, for the
-# session, check, event and exercise routes, and fails on any 5xx, any status, content type or
+# session, check, event and exercise routes, the usage figures and the operators' reads and
+# stop-sessions (not drain: it would turn every later start into a 503; not builds and apps,
+# whose git sources and registries are outside the machine), and fails on any 5xx, any status, content type or
 # body the document does not describe. Valid and invalid input both (`--mode all`): bad input
 # must be a documented 4xx JSON error. Afterwards, every container the runner made must belong
 # to a live session (bad input leaves no stray sandbox).
@@ -76,7 +78,8 @@ status=0
 # Run from target/fuzz so schemathesis's own files stay out of the tree.
 (cd "$ROOT/target/fuzz" && timeout --signal=INT --kill-after=20 "$LIMIT" \
   "$VENV/bin/schemathesis" run "$BASE/v1/openapi.json" \
-    --include-tag-regex '^(sessions|checks|events|exercises)$' \
+    --include-tag-regex '^(sessions|checks|events|exercises|usage|operators)$' \
+    --exclude-operation-id-regex '^(drain_runner|undrain_runner)$' \
     --checks "${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection}" \
     --header "Authorization: Bearer $TOKEN" \
     --mode all --max-examples "${FUZZ_MAX_EXAMPLES:-100}" --generation-deterministic \

@@ -272,6 +272,24 @@ async fn a_crashed_sandbox_is_started_again_by_reconciliation() {
     assert!(metrics.contains("runner_reconcile_actions_total{action=\"restarted\"}"), "{metrics}");
 }
 
+/// Found by scripts/fuzz-api.sh: a check whose sandbox is not running (stopped under it, or
+/// crashed and not yet restarted) answered 500 with Docker's 409; it is the session's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_of_a_sandbox_that_is_not_running_is_a_409_not_a_500() {
+    // No reconciliation during the test: it would start the sandbox again.
+    let app = spawn_app_with(|s| s.reconcile_interval = Duration::from_secs(3600)).await;
+    app.exercise("crashed", json!({})).await;
+    let s = app.session("ada", "crashed").await;
+    let id = s["id"].as_str().unwrap();
+    let c = session_container(&app.instance, id).unwrap();
+    docker(&["kill", &c]);
+    let (status, v) = app.post(&format!("/v1/sessions/{id}/checks"), json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("session_not_running")), "{v}");
+    docker(&["rm", "-f", &c]);
+    let (status, v) = app.post(&format!("/v1/sessions/{id}/checks"), json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (409, Some("session_not_running")), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_removed_behind_the_runners_back_is_recreated_while_it_runs() {
     let app = spawn_app().await;

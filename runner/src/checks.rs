@@ -286,7 +286,15 @@ impl Checks {
             return Err(CheckError::QueueFull);
         };
         self.store.touch_session(session_id, now_ms()).await?;
-        let outcome = run_check(&self.engine, container, spec, &self.user, self.output_bytes).await?;
+        let outcome = match run_check(&self.engine, container, spec, &self.user, self.output_bytes).await {
+            Ok(outcome) => outcome,
+            // The sandbox stopped under the check (a stop, an exit the reconciler has not
+            // repaired yet): that is the session's state, not a fault of the runner.
+            Err(_) if !self.sandbox_runs(session_id, container).await => {
+                return Err(CheckError::NotRunning(session_id.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
         drop(slot);
         let record = CheckRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -308,6 +316,24 @@ impl Checks {
         self.metrics.checks.with_label_values(&[verdict]).inc();
         self.metrics.check_seconds.with_label_values(&[verdict]).observe(outcome.duration_ms as f64 / 1000.0);
         Ok(record)
+    }
+}
+
+impl Checks {
+    /// Whether the session is still `running` on this container and the container runs; an
+    /// answer that cannot be had counts as running (the check's own error is then the cause).
+    async fn sandbox_runs(&self, session_id: &str, container: &str) -> bool {
+        let session = match self.store.session(session_id).await {
+            Ok(s) => s,
+            Err(_) => return true,
+        };
+        if !session.is_some_and(|s| s.state == SessionState::Running && s.container_id.as_deref() == Some(container)) {
+            return false;
+        }
+        match self.engine.container_status(container).await {
+            Ok(status) => status.is_some_and(|s| s.running),
+            Err(_) => true,
+        }
     }
 }
 
