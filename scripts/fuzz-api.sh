@@ -83,7 +83,7 @@ status=0
     --checks "${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection}" \
     --header "Authorization: Bearer $TOKEN" \
     --mode all --max-examples "${FUZZ_MAX_EXAMPLES:-100}" --generation-deterministic \
-    --phases examples,coverage,fuzzing --workers 2 --request-timeout 30 \
+    --phases examples,coverage,fuzzing,stateful --workers 2 --request-timeout 30 \
     --report junit,har --report-dir "$REPORT" --no-color "$@") || status=$?
 
 if [ "$status" -eq 124 ]; then

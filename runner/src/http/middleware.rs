@@ -10,6 +10,7 @@ use axum::{
 };
 use governor::clock::{Clock, DefaultClock};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::{
     app::App,
@@ -34,12 +35,10 @@ pub async fn request_id(req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
-    let mut resp = REQUEST_ID
-        .scope(id.clone(), async move {
-            let _enter = span.enter();
-            next.run(req).await
-        })
-        .await;
+    // `instrument`, not `span.enter()` held across the await: an entered guard stays on the
+    // thread the request was suspended on, so another request there got a parent span that had
+    // closed, and tracing panicked on it (found by the API fuzzer).
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req).instrument(span)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
@@ -95,4 +94,44 @@ pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: 
     }
     req.extensions_mut().insert(Actor("api-token"));
     next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request, routing::get, Router};
+    use tower::ServiceExt;
+
+    /// Requests suspended and resumed on other worker threads, with a subscriber that tracks
+    /// spans: each request's span must be its own, never one left entered by another request.
+    #[test]
+    fn a_request_span_is_never_left_entered_on_a_worker_thread() {
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&dispatch)))
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let handler = || async {
+                for _ in 0..3 {
+                    // A timer's wake-up resumes the request on whichever worker is free.
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                tracing::info_span!("inner").in_scope(|| "ok")
+            };
+            let app = Router::new().route("/", get(handler)).layer(axum::middleware::from_fn(super::request_id));
+            for _round in 0..3 {
+                let requests: Vec<_> = (0..2000)
+                    .map(|_| {
+                        let app = app.clone();
+                        tokio::spawn(async move { app.oneshot(Request::new(Body::empty())).await.unwrap().status() })
+                    })
+                    .collect();
+                for r in requests {
+                    assert!(r.await.expect("a request panicked").is_success());
+                }
+            }
+        });
+    }
 }

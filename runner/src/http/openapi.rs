@@ -14,6 +14,7 @@ use axum::{http::header, response::IntoResponse};
 use utoipa::{
     openapi::{
         header::HeaderBuilder,
+        link::LinkBuilder,
         path::{Operation, ParameterIn, PathItem},
         schema::{ObjectBuilder, Type},
         security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme},
@@ -50,7 +51,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         serve,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&BearerToken, &SharedErrors),
+    modifiers(&BearerToken, &SharedErrors, &SessionLinks),
     security(("bearer" = [])),
     tags(
         (name = "sessions", description = "Learners' sessions: one hardened sandbox each, their workspace kept"),
@@ -69,7 +70,33 @@ pub struct ApiDoc;
 /// The document, built once.
 pub fn document() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| ApiDoc::openapi().to_pretty_json().expect("the document serialises"))
+    JSON.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+        camel_case_links(&mut doc);
+        serde_json::to_string_pretty(&doc).expect("the document serialises")
+    })
+}
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI names them
+/// `operationId`, `operationRef`, `requestBody`, and tools ignore a link without them.
+fn camel_case_links(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return };
+    for op in paths.values_mut().filter_map(|item| item.as_object_mut()).flat_map(|item| item.values_mut()) {
+        let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else { continue };
+        for links in responses.values_mut().filter_map(|r| r.get_mut("links")).filter_map(|l| l.as_object_mut()) {
+            for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
+                for (from, to) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(v) = link.remove(from) {
+                        link.insert(to.to_string(), v);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// This document
@@ -175,6 +202,32 @@ impl Modify for SharedErrors {
                 }
                 if path.starts_with("/v1/") && !is_public(op) {
                     add_error(op, "500", "`internal`: the cause is logged with the request id, never shown", false);
+                }
+            }
+        }
+    }
+}
+
+/// Links from a created (or found) session to every operation on `/v1/sessions/{id}...`, so a
+/// client generator, or the API fuzzer's stateful phase, can follow them with a real id.
+struct SessionLinks;
+
+impl Modify for SessionLinks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut targets = vec![];
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path.starts_with("/v1/sessions/{id}") {
+                targets.extend(operations(item).filter_map(|op| op.operation_id.clone()));
+            }
+        }
+        let Some(create) = openapi.paths.paths.get_mut("/v1/sessions").and_then(|item| item.post.as_mut()) else {
+            return;
+        };
+        for status in ["200", "201"] {
+            if let Some(RefOr::T(response)) = create.responses.responses.get_mut(status) {
+                for target in &targets {
+                    let link = LinkBuilder::new().operation_id(target).parameter("id", "$response.body#/id").build();
+                    response.links.insert(target.clone(), RefOr::T(link));
                 }
             }
         }
@@ -315,6 +368,16 @@ mod tests {
             if let Some(r) = responses.get("500") {
                 assert_eq!(r["content"]["application/json"]["schema"]["$ref"], error_ref, "{m} {p} 500");
             }
+        }
+    }
+
+    #[test]
+    fn a_created_session_links_to_the_operations_on_it() {
+        let doc = document();
+        let links = &doc["paths"]["/v1/sessions"]["post"]["responses"]["201"]["links"];
+        for id in ["get_session", "create_check", "list_session_events", "stop_session"] {
+            assert_eq!(links[id]["parameters"]["id"], "$response.body#/id", "{id}: {links}");
+            assert_eq!(links[id]["operationId"], id, "{id}: {links}");
         }
     }
 
