@@ -5,8 +5,9 @@
 # stop-sessions (not drain: it would turn every later start into a 503; not builds and apps,
 # whose git sources and registries are outside the machine), and fails on any 5xx, any status, content type or
 # body the document does not describe. Valid and invalid input both (`--mode all`): bad input
-# must be a documented 4xx JSON error. Afterwards, every container the runner made must belong
-# to a live session (bad input leaves no stray sandbox).
+# must be a documented 4xx JSON error; the stateful phase follows the document's links from a
+# created session. Afterwards the runner must not have panicked, and every container it made
+# must belong to a live session (bad input leaves no stray sandbox).
 #
 # Bounded and reproducible: deterministic generation (no seed needed), a few examples per
 # operation, and an overall time limit (FUZZ_TIME_LIMIT_SECS, 240). Needs the built binary
@@ -92,6 +93,13 @@ fi
 if [ "$status" -ne 0 ]; then
   echo "fuzz-api: failed (schemathesis exit $status); the runner's log:" >&2
   grep -E 'ERROR|WARN|panicked' "$WORK/runner.log" | tail -40 >&2 || true
+  exit 1
+fi
+
+# A panic in a connection's task drops that connection without a 5xx: the log is the witness.
+if grep -q 'panicked at' "$WORK/runner.log"; then
+  echo "fuzz-api: the runner panicked:" >&2
+  grep -A3 'panicked at' "$WORK/runner.log" | head -20 >&2
   exit 1
 fi
 
