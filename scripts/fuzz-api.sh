@@ -79,8 +79,8 @@ status=0
 # Run from target/fuzz so schemathesis's own files stay out of the tree.
 (cd "$ROOT/target/fuzz" && timeout --signal=INT --kill-after=20 "$LIMIT" \
   "$VENV/bin/schemathesis" run "$BASE/v1/openapi.json" \
-    --include-tag-regex '^(sessions|checks|events|exercises|usage|operators)$' \
-    --exclude-operation-id-regex '^(drain_runner|undrain_runner)$' \
+    --include-tag-regex '^(sessions|checks|events|webhooks|workspaces|exercises|usage|operators)$' \
+    --exclude-operation-id-regex '^(drain_runner|undrain_runner|put_webhook|redeliver)$' \
     --checks "${FUZZ_CHECKS:-not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection}" \
     --header "Authorization: Bearer $TOKEN" \
     --mode all --max-examples "${FUZZ_MAX_EXAMPLES:-100}" --generation-deterministic \

@@ -417,3 +417,32 @@ async fn an_erased_learner_leaves_nothing_on_disk_in_the_database_or_on_the_engi
     let (s, v) = app.delete(&format!("/v1/learners/{gone}")).await;
     assert_eq!((s, v["removed"]["records"]["sessions"].clone()), (200, json!(0)), "{v}");
 }
+
+/// Found by the API fuzzer: an erasure while the learner's sandbox was still starting (or their
+/// files were being read in a reader sandbox) found the workspace in use and answered 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_learner_whose_sandbox_is_starting_or_being_read_is_never_a_500() {
+    let app = spawn_app().await;
+    app.exercise("racy", json!({})).await;
+    for round in 0..3 {
+        let learner = format!("racer-{round}");
+        let (s, v) = app.post("/v1/sessions", json!({"learner": learner, "exercise": "racy"})).await;
+        assert!(s == 201 || s == 200, "{v}");
+        let (files, person) = (format!("/v1/workspaces/{learner}/racy"), format!("/v1/learners/{learner}"));
+        let reads = (0..2).map(|_| app.get(&files));
+        let erase = app.delete(&person);
+        let (erased, reads) = tokio::join!(erase, futures_util::future::join_all(reads));
+        assert!(erased.0 == 200 || erased.0 == 409, "{erased:?}");
+        assert!(reads.iter().all(|(s, _)| *s < 500), "{reads:?}");
+        let done = eventually_async(WITHIN, "the erasure to go through", || async {
+            let (s, v) = app.delete(&format!("/v1/learners/{learner}")).await;
+            assert!(s == 200 || s == 409, "{s} {v}");
+            (s == 200).then_some(v)
+        })
+        .await;
+        assert_eq!(done["learner"], learner.as_str());
+        let (_, list) = app.get(&format!("/v1/sessions?learner={learner}")).await;
+        assert_eq!(list["sessions"], json!([]));
+    }
+    eventually(WITHIN, "no sandbox left", || app.containers().is_empty().then_some(())).await;
+}

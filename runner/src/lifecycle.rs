@@ -318,7 +318,7 @@ impl SessionEvent {
 
 /// What the web app is told (webhooks and `GET /v1/events`), each written in the transaction of
 /// the change it describes (the outbox, `crate::outbox`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub enum EventType {
     /// A session's sandbox answers for the first time.
     #[serde(rename = "session.running")]
@@ -358,7 +358,7 @@ impl EventType {
 }
 
 /// Why a session ended, as `session.ended` says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EndReason {
     /// `DELETE /v1/sessions/{id}` (the web app, or the learner through it).
@@ -392,7 +392,7 @@ impl EndReason {
 
 /// Where one event's delivery to one webhook is: `pending` (being tried, with backoff) →
 /// `delivered`, or `failed` once retrying gave up (it can be redelivered by hand).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,

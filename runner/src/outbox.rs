@@ -73,14 +73,29 @@ pub fn verify(secret: &str, header: &str, body: &str, now: i64, tolerance: i64) 
 }
 
 /// An event as receivers and `GET /v1/events` see it.
-pub fn envelope(e: &EventRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": e.id,
-        "seq": e.seq,
-        "type": e.event_type,
-        "created_at": rfc3339(e.created_at),
-        "data": serde_json::from_str::<serde_json::Value>(&e.data).unwrap_or(serde_json::Value::Null),
-    })
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Envelope {
+    /// The idempotency key: a receiver drops an event whose id it has seen.
+    #[schema(example = "evt_3f1c0a9d2b8e4d7f9a6c5b4e3d2c1b0a")]
+    pub id: String,
+    /// Its place among all events (the cursor of `GET /v1/events`, the SSE `id`).
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub created_at: String,
+    /// What the type says: `session`, `learner`, `exercise`, `version` and the type's own fields.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+pub fn envelope(e: &EventRecord) -> Envelope {
+    Envelope {
+        id: e.id.clone(),
+        seq: e.seq,
+        event_type: e.event_type,
+        created_at: rfc3339(e.created_at),
+        data: serde_json::from_str::<serde_json::Value>(&e.data).unwrap_or(serde_json::Value::Null),
+    }
 }
 
 /// The wait before attempt `attempts + 1`: 1 s, 2 s, 4 s, … up to `cap`.
@@ -226,7 +241,7 @@ impl Outbox {
         event: &EventRecord,
     ) -> anyhow::Result<Result<i64, (Option<i64>, String)>> {
         let secret = self.secret_box.open(&secret_context(&hook.name), &hook.secret)?;
-        let body = envelope(event).to_string();
+        let body = serde_json::to_string(&envelope(event))?;
         let t = chrono::Utc::now().timestamp();
         let sent = self
             .client
@@ -468,7 +483,7 @@ mod tests {
             created_at: 0,
             data: r#"{"passed":true}"#.into(),
         };
-        let v = envelope(&e);
+        let v = serde_json::to_value(envelope(&e)).unwrap();
         assert_eq!(v["id"], "evt_1");
         assert_eq!(v["seq"], 7);
         assert_eq!(v["type"], "check.completed");

@@ -23,7 +23,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{apps, builds, exercises, operators, ops, sessions, usage};
+use super::{apps, builds, events, exercises, operators, ops, sessions, usage, workspaces};
 use crate::error::{ErrorBody, ErrorDetail};
 
 #[derive(OpenApi)]
@@ -38,7 +38,12 @@ use crate::error::{ErrorBody, ErrorDetail};
     ),
     paths(
         sessions::create, sessions::list, sessions::get, sessions::delete, sessions::activity,
-        sessions::create_check, sessions::list_checks, sessions::events,
+        sessions::create_check, sessions::list_checks, sessions::events, sessions::get_check,
+        sessions::erase_learner,
+        events::put, events::list, events::get, events::delete, events::deliveries, events::redeliver,
+        events::stream,
+        workspaces::list, workspaces::file, workspaces::archive, workspaces::reset, workspaces::snapshots,
+        workspaces::snapshot, workspaces::check_snapshot,
         exercises::list, exercises::get, exercises::put,
         operators::stop_exercise_sessions, operators::runner, operators::drain, operators::undrain,
         operators::audit_log, operators::alerts,
@@ -56,7 +61,9 @@ use crate::error::{ErrorBody, ErrorDetail};
     tags(
         (name = "sessions", description = "Learners' sessions: one hardened sandbox each, their workspace kept"),
         (name = "checks", description = "Checking a learner's work in their sandbox"),
-        (name = "events", description = "What happened to a session's sandbox"),
+        (name = "events", description = "What happened: a session's sandbox, and the events told to the web app"),
+        (name = "webhooks", description = "The web app's webhooks: signed events, delivered at least once, in order"),
+        (name = "workspaces", description = "Learners' files without a live session, snapshots, starting over"),
         (name = "exercises", description = "The exercise registry"),
         (name = "builds", description = "Exercises built from their repositories, versions, publishing"),
         (name = "usage", description = "Sandboxes' resource use, the host's capacity, warm pools"),
@@ -289,7 +296,8 @@ mod tests {
                 let methods = methods_in(call);
                 assert!(!methods.is_empty(), "no method found in the route {path:?}");
                 for m in methods {
-                    routes.insert((m.to_uppercase(), format!("{prefix}{path}")));
+                    // axum's catch-all `{*path}` is OpenAPI's `{path}`.
+                    routes.insert((m.to_uppercase(), format!("{prefix}{path}").replace("{*", "{")));
                 }
             }
         }

@@ -6,7 +6,7 @@ use axum::{
     extract::DefaultBodyLimit,
     http::StatusCode,
     middleware,
-    routing::{get, post},
+    routing::{delete, get, post},
     Extension, Router,
 };
 
@@ -29,7 +29,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/sessions/{id}/checks", post(sessions::create_check).get(sessions::list_checks))
         .route("/sessions/{id}/checks/{check}", get(sessions::get_check))
         .route("/sessions/{id}/events", get(sessions::events))
-        .route("/learners/{learner}", axum::routing::delete(sessions::erase_learner))
+        .route("/learners/{learner}", delete(sessions::erase_learner))
         .route("/events", get(events::stream))
         .route("/webhooks", get(events::list))
         .route("/webhooks/{name}", get(events::get).put(events::put).delete(events::delete))

@@ -256,8 +256,17 @@ pub async fn list_checks(State(app): State<Arc<App>>, Path(id): Path<String>) ->
     Ok(Json(CheckList { checks: list }))
 }
 
-/// `GET /v1/sessions/{id}/checks/{check}`: one check with its output (where `check.completed`
-/// says it can be read).
+/// Read one check with its output
+///
+/// Where `check.completed` says the output can be read.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/checks/{check}", operation_id = "get_check", tag = "checks",
+    params(("id" = String, Path, description = "The session's id (a UUID)"), ("check" = String, Path, description = "The check's id")),
+    responses(
+        (status = 200, description = "The check", body = Check),
+        (status = 404, description = "`session_not_found`, `check_not_found`", body = ErrorBody),
+    )
+)]
 pub async fn get_check(
     State(app): State<Arc<App>>,
     Path((id, check)): Path<(String, String)>,
@@ -272,13 +281,53 @@ pub async fn get_check(
     Ok(Json(crate::checks::to_view(&record)))
 }
 
-/// `DELETE /v1/learners/{learner}`: erases a learner (live sandboxes, workspaces, sessions,
-/// checks, events) and says what was removed. The audit log names the learner only by a digest.
+/// What an erasure removed.
+#[derive(Serialize, ToSchema)]
+pub struct Removed {
+    /// Live sessions whose sandbox was stopped first.
+    stopped_sessions: u64,
+    /// Workspaces whose files were deleted.
+    workspace_files: u64,
+    /// Snapshots of their files deleted.
+    snapshots: u64,
+    records: RemovedRecords,
+}
+
+/// Database records deleted, by kind.
+#[derive(Serialize, ToSchema)]
+pub struct RemovedRecords {
+    sessions: u64,
+    checks: u64,
+    session_events: u64,
+    events: u64,
+    workspaces: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Erasure {
+    learner: String,
+    removed: Removed,
+}
+
+/// Erase a learner
+///
+/// Their live sandboxes are stopped, their workspaces and snapshots deleted, and their sessions,
+/// checks (with outputs), sandbox events and events deleted. The audit log names them only by a
+/// digest. Events already delivered to webhooks cannot be recalled.
+#[utoipa::path(
+    delete, path = "/v1/learners/{learner}", operation_id = "erase_learner", tag = "sessions",
+    params(("learner" = String, Path, description = "The learner as the web app knows them")),
+    responses(
+        (status = 200, description = "What was removed (all zero for a learner the runner never saw)", body = Erasure),
+        (status = 409, description = "`learner_busy`: the learner kept starting sessions; try again", body = ErrorBody),
+        (status = 422, description = "`invalid_learner`", body = ErrorBody),
+    )
+)]
 pub async fn erase_learner(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
     Path(learner): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Erasure>> {
     let learner = LearnerId::parse(&learner)?;
     let result = sessions::erasure::erase_learner(&app.sessions, &learner).await.map_err(ApiError::from);
     let digest = {
@@ -291,8 +340,21 @@ pub async fn erase_learner(
     };
     operators::audit(&app, actor, "learner.erase", &format!("learner-sha256:{digest}"), &outcome, None).await;
     let erased = result?;
-    let snapshots = app.files.erase_learner(learner.as_str()).await.map_err(anyhow::Error::from)?;
-    let mut removed = serde_json::to_value(&erased).map_err(anyhow::Error::from)?;
-    removed["snapshots"] = json!(snapshots);
-    Ok(Json(json!({ "learner": learner.as_str(), "removed": removed })))
+    let snapshots = app.files.erase_learner(learner.as_str()).await?;
+    let r = erased.records;
+    Ok(Json(Erasure {
+        learner: learner.as_str().to_string(),
+        removed: Removed {
+            stopped_sessions: erased.stopped_sessions,
+            workspace_files: erased.workspace_files,
+            snapshots,
+            records: RemovedRecords {
+                sessions: r.sessions,
+                checks: r.checks,
+                session_events: r.session_events,
+                events: r.events,
+                workspaces: r.workspaces,
+            },
+        },
+    }))
 }

@@ -61,7 +61,7 @@ pub enum FilesError {
 }
 
 /// The listing of a workspace.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Listing {
     pub entries: Vec<Listed>,
     /// More entries than `RUNNER_WORKSPACE_LIST_MAX_ENTRIES` (the first ones, by path, are listed).
@@ -81,7 +81,7 @@ pub struct LearnerFiles {
 }
 
 /// A snapshot as the API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct SnapshotView {
     pub id: String,
     pub learner: String,
@@ -113,7 +113,7 @@ impl From<&SnapshotRecord> for SnapshotView {
 }
 
 /// What a reset did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Reset {
     /// The files as they were, kept.
     pub snapshot: SnapshotView,
@@ -307,6 +307,23 @@ impl LearnerFiles {
         exercise: &str,
         top: Option<&WorkspacePath>,
     ) -> Result<Vec<Entry>, FilesError> {
+        match self.read_once(learner, exercise, top).await {
+            // The workspace went while it was read (the learner was erased, or retention ended):
+            // what the reader found broken is that it is gone.
+            Err(FilesError::Internal(e)) if self.store.workspace(learner, exercise).await?.is_none() => {
+                tracing::debug!(error = %format!("{e:#}"), "a workspace went while it was read");
+                Err(FilesError::WorkspaceNotFound { learner: learner.into(), exercise: exercise.into() })
+            }
+            other => other,
+        }
+    }
+
+    async fn read_once(
+        &self,
+        learner: &str,
+        exercise: &str,
+        top: Option<&WorkspacePath>,
+    ) -> Result<Vec<Entry>, FilesError> {
         let not_found = || FilesError::WorkspaceNotFound { learner: learner.into(), exercise: exercise.into() };
         if self.store.workspace(learner, exercise).await?.is_none() {
             return Err(not_found());
@@ -319,7 +336,17 @@ impl LearnerFiles {
             if let (SessionState::Running, Some(container)) = (session.state, &session.container_id) {
                 let spec: crate::domain::SandboxSpec =
                     serde_json::from_str(&session.spec).map_err(anyhow::Error::from)?;
-                return self.tar_in(container, &spec.workdir, top).await;
+                match self.tar_in(container, &spec.workdir, top).await {
+                    Err(FilesError::Internal(e)) => {
+                        // The sandbox may be going (its session stopping): read the workspace in a
+                        // reader sandbox instead, unless the session still runs there.
+                        let now = self.store.session(&session.id).await?;
+                        if now.is_some_and(|s| s.state == SessionState::Running) {
+                            return Err(FilesError::Internal(e));
+                        }
+                    }
+                    done => return done,
+                }
             }
         }
         let record = self

@@ -57,7 +57,7 @@ impl WorkspacePath {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     File,
@@ -89,7 +89,7 @@ impl Entry {
 }
 
 /// An entry as the listing shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Listed {
     pub path: String,
     #[serde(rename = "type")]

@@ -12,8 +12,10 @@ use crate::{
     store::{ErasedRecords, SessionFilter},
 };
 
-/// How often the erasure looks again for a session that started while it ran.
-const ROUNDS: usize = 5;
+/// How often the erasure looks again for a session that started, or a workspace still in use,
+/// while it ran, and how long it waits between two looks.
+const ROUNDS: usize = 10;
+const RETRY: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// What an erasure removed.
 #[derive(Debug, Clone, Serialize)]
@@ -30,7 +32,13 @@ pub async fn erase_learner(sessions: &Sessions, learner: &LearnerId) -> Result<E
     let learner = learner.as_str();
     let mut stopped = 0;
     let mut files = 0;
-    for _ in 0..ROUNDS {
+    let mut last_problem = None;
+    for round in 0..ROUNDS {
+        if round > 0 {
+            // A sandbox still using a workspace (a start finishing, a file read in a reader
+            // sandbox) goes away within moments.
+            tokio::time::sleep(RETRY).await;
+        }
         let unfinished = SessionFilter {
             learner: Some(learner.to_string()),
             states: SessionState::UNFINISHED.to_vec(),
@@ -41,19 +49,28 @@ pub async fn erase_learner(sessions: &Sessions, learner: &LearnerId) -> Result<E
             stop(sessions, &s.id, EndReason::Operator, Some("the learner was erased")).await?;
             stopped += 1;
         }
+        let mut in_use = false;
         for w in sessions.store.workspaces_of(learner).await? {
-            sessions.workspaces.destroy(&w.volume).await?;
-            files += 1;
+            match sessions.workspaces.destroy(&w.volume).await {
+                Ok(()) => files += 1,
+                Err(e) => {
+                    tracing::info!(error = %format!("{e:#}"), "an erasure waits for a workspace in use");
+                    last_problem = Some(format!("{e:#}"));
+                    in_use = true;
+                }
+            }
+        }
+        if in_use {
+            continue;
         }
         if let Some(records) = sessions.store.erase_learner(learner).await? {
             tracing::info!(stopped, files, ?records, "erased a learner");
             return Ok(Erasure { stopped_sessions: stopped, workspace_files: files, records });
         }
-        // A session started in between: stop it too.
+        last_problem = Some("a session started during the erasure".into());
     }
-    Err(SessionError::Busy(
-        "the learner kept starting sessions during the erasure: their sandboxes and files are gone, \
-         their records not yet; try again"
-            .into(),
-    ))
+    Err(SessionError::Busy(format!(
+        "the learner's data is still in use ({}); what could be removed was, try again",
+        last_problem.unwrap_or_default()
+    )))
 }
