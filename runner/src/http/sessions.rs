@@ -341,6 +341,7 @@ pub async fn erase_learner(
     operators::audit(&app, actor, "learner.erase", &format!("learner-sha256:{digest}"), &outcome, None).await;
     let erased = result?;
     let snapshots = app.files.erase_learner(learner.as_str()).await?;
+    app.store.forget_deleted().await?;
     let r = erased.records;
     Ok(Json(Erasure {
         learner: learner.as_str().to_string(),

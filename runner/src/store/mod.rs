@@ -607,6 +607,16 @@ impl Store {
         Ok(())
     }
 
+    /// After deletions that must not linger (an erasure): on SQLite the pages as they were before
+    /// are folded from the write-ahead log into the file, where `secure_delete` zeroed the rows,
+    /// and the log is emptied. PostgreSQL's autovacuum reclaims deleted rows in its own time.
+    pub async fn forget_deleted(&self) -> anyhow::Result<()> {
+        if self.sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// Every workspace of a learner.
     pub async fn workspaces_of(&self, learner: &str) -> anyhow::Result<Vec<WorkspaceRecord>> {
         let rows = sqlx::query(&format!("SELECT {} FROM workspaces WHERE learner = $1", WorkspaceRecord::COLUMNS))
@@ -652,11 +662,6 @@ impl Store {
             deleted.push(sqlx::query(sql).bind(learner).execute(&mut *tx).await?.rows_affected());
         }
         tx.commit().await?;
-        if self.sqlite {
-            // The write-ahead log still holds the pages as they were before: fold it into the
-            // file (where secure_delete zeroed the rows) and empty it.
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
-        }
         let [checks, session_events, _, events, _, workspaces] = deleted[..] else { unreachable!("six statements") };
         Ok(Some(ErasedRecords { sessions, checks, session_events, events, workspaces }))
     }
