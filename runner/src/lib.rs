@@ -87,6 +87,7 @@ pub async fn launch(
         tokio::spawn(deploys::supervise::run(app.deploys.clone(), cancel.clone())),
         tokio::spawn(usage::run(app.usage.clone(), cancel.clone())),
         outbox::spawn(app.outbox.clone(), cancel.clone()),
+        tokio::spawn(app.files.clone().run_retention(cancel.clone())),
         tokio::spawn(alerts::run(
             app.alerts.clone(),
             alerts::Sources {

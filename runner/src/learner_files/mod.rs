@@ -244,6 +244,21 @@ impl LearnerFiles {
         Ok(self.snapshots.erase_learner(learner).await?)
     }
 
+    /// Applies snapshot retention every hour, so snapshots past their age go even when no new
+    /// one is taken (taking one applies it too).
+    pub async fn run_retention(self: Arc<Self>, cancel: tokio_util::sync::CancellationToken) {
+        let period = std::time::Duration::from_secs(3600);
+        crate::rounds::every(period, crate::rounds::First::Now, cancel, || {
+            let files = self.clone();
+            async move {
+                if let Err(e) = files.snapshots.prune("").await {
+                    tracing::warn!(error = %format!("{e:#}"), "could not apply snapshot retention");
+                }
+            }
+        })
+        .await
+    }
+
     /// A snapshot's record and `.tar.gz`.
     pub async fn snapshot(&self, id: &str) -> Result<(SnapshotRecord, Vec<u8>), FilesError> {
         let record = self.store.snapshot(id).await?.ok_or_else(|| FilesError::SnapshotNotFound(id.to_string()))?;

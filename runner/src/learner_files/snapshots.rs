@@ -149,7 +149,7 @@ impl Snapshots {
     }
 
     /// Applies retention; the blobs no row names any more are removed.
-    async fn prune(&self, keep: &str) -> anyhow::Result<()> {
+    pub async fn prune(&self, keep: &str) -> anyhow::Result<()> {
         let rows = self.store.all_snapshots().await?;
         for id in to_prune(&rows, now_ms(), self.retention, keep) {
             let Some(row) = rows.iter().find(|r| r.id == id) else { continue };
