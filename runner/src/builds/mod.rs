@@ -61,6 +61,10 @@ pub struct Builds {
     pub wake: tokio::sync::Notify,
     /// Cancellation of the builds running in this process.
     pub cancels: Mutex<HashMap<String, CancellationToken>>,
+    /// Builds hold it shared while the engine builds; removing an image holds it alone. The
+    /// classic builder's cache hits are the untagged parents of earlier images, and removing an
+    /// image prunes them: a build that hit one of them would fail with "unknown parent image ID".
+    pub images: tokio::sync::RwLock<()>,
 }
 
 impl Builds {
@@ -75,6 +79,7 @@ impl Builds {
             isolation: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
             cancels: Mutex::new(HashMap::new()),
+            images: tokio::sync::RwLock::new(()),
         })
     }
 }
@@ -539,6 +544,7 @@ async fn remove_unpublished_image(builds: &Builds, build_id: &str) {
     if b.cached || matches!(builds.store.version(&b.exercise, &version).await, Ok(Some(_))) {
         return;
     }
+    let _alone = builds.images.write().await;
     if let Err(e) = builds.engine.remove_image(&image).await {
         tracing::warn!(build = build_id, error = %format!("{e:#}"), "could not remove the image of a failed build");
     }
@@ -608,7 +614,19 @@ async fn build_steps(
         };
         // Recorded before building, so whatever ends the build can remove what it made.
         builds.store.set_build_result(&build.id, &version, &image, false, None).await?;
-        builds.engine.build_image(req, token, &mut |line| log.write(line.trim_end_matches('\n'))).await?;
+        {
+            let _shared = builds.images.read().await;
+            let mut sink = |line: &str| log.write(line.trim_end_matches('\n'));
+            if let Err(e) = builds.engine.build_image(req.clone(), token, &mut sink).await {
+                // Another process (a second replica, an operator's prune) removed a cached parent
+                // under this build: once more, without that cache entry.
+                if !format!("{e:#}").contains("unknown parent image ID") || token.is_cancelled() {
+                    return Err(e);
+                }
+                sink("the engine lost a cached layer under this build; building once more");
+                builds.engine.build_image(req, token, &mut sink).await?;
+            }
+        }
         let info = builds.engine.image(&image).await?.ok_or_else(|| anyhow::anyhow!("the built image vanished"))?;
         crate::exercises::reject_unsafe_image(&info).map_err(|e| anyhow::anyhow!(e.message))?;
         if !info.on_build.is_empty() {

@@ -72,6 +72,7 @@ pub async fn collect_garbage(builds: &Arc<Builds>, slug: &Slug) -> anyhow::Resul
         {
             continue;
         }
+        let _alone = builds.images.write().await;
         if builds.engine.remove_image(&v.image).await? || builds.engine.image(&v.image).await?.is_none() {
             builds.store.delete_version(slug.as_str(), &v.version).await?;
             tracing::info!(exercise = %slug, version = %v.version, "removed an old version's image");

@@ -118,6 +118,7 @@ impl ExecRequest {
 }
 
 /// Limits and labels of one `docker build`.
+#[derive(Clone)]
 pub struct BuildRequest<'a> {
     pub context_tar: Vec<u8>,
     pub tag: &'a str,
