@@ -38,6 +38,8 @@ pub struct App {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The web app's webhooks and the delivery of events to them.
     pub outbox: Arc<crate::outbox::Outbox>,
+    /// One-shot runs: their slots and queue.
+    pub runs: Arc<crate::runs::Runs>,
 }
 
 impl App {
@@ -92,6 +94,7 @@ impl App {
         Ok(Arc::new(App {
             alerts: crate::alerts::Alerts::new(&settings.alerts, &settings.instance, metrics.clone()),
             usage: crate::usage::Usage::new(&settings, store.clone(), engine.clone(), &metrics),
+            runs: crate::runs::Runs::new(settings.clone(), store.clone(), engine.clone(), metrics.clone()),
             builds: Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
             rate_limiter: RateLimiter::keyed(quota),
             outbox,

@@ -116,6 +116,41 @@ impl EventSettings {
     }
 }
 
+/// One-shot runs (`runs`): how many at once, how many wait, and the caps of what a run may ask.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// `RUNNER_RUN_MAX_CONCURRENT`: runs executing at once.
+    pub max_concurrent: usize,
+    /// `RUNNER_RUN_MAX_QUEUED`: runs waiting for a slot; past it `POST /v1/runs` is 429.
+    pub max_queued: usize,
+    /// `RUNNER_RUN_MAX_TIME_MS`, `RUNNER_RUN_MAX_WALL_MS`, `RUNNER_RUN_MAX_MEMORY_MB`,
+    /// `RUNNER_RUN_MAX_PIDS`, `RUNNER_RUN_MAX_OUTPUT_BYTES`: the most a run's `limits` may ask
+    /// (per step: the compile step and each test case).
+    pub caps: crate::domain::RunLimits,
+    /// `RUNNER_RUN_MAX_FILES_BYTES`: the submission's files together.
+    pub max_files_bytes: usize,
+    /// `RUNNER_RUN_MAX_TESTS`: test cases in one run.
+    pub max_tests: usize,
+}
+
+impl RunSettings {
+    pub fn defaults() -> Self {
+        RunSettings {
+            max_concurrent: 4,
+            max_queued: 32,
+            caps: crate::domain::RunLimits {
+                time_ms: 10_000,
+                wall_ms: 20_000,
+                memory_mb: 512,
+                pids: 64,
+                output_bytes: 1024 * 1024,
+            },
+            max_files_bytes: 1024 * 1024,
+            max_tests: 50,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -248,6 +283,8 @@ pub struct Settings {
     pub alerts: AlertSettings,
     // ---- events and webhooks ----
     pub events: EventSettings,
+    // ---- one-shot runs ----
+    pub runs: RunSettings,
     // ---- managed apps ----
     /// Where the ingress for managed apps listens (`None`: no ingress).
     pub ingress_listen: Option<SocketAddr>,
@@ -327,6 +364,7 @@ impl Settings {
             ide_subdomain_host: None,
             alerts: AlertSettings::defaults(),
             events: EventSettings::defaults(),
+            runs: RunSettings::defaults(),
             ingress_listen: None,
             app_network: "bridge".into(),
         }
@@ -484,6 +522,33 @@ impl Settings {
         }
         if let Some(v) = secs("RUNNER_EVENT_RETENTION_SECS")? {
             s.events.retention = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_CONCURRENT")? {
+            s.runs.max_concurrent = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_QUEUED")? {
+            s.runs.max_queued = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_TIME_MS")? {
+            s.runs.caps.time_ms = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_WALL_MS")? {
+            s.runs.caps.wall_ms = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_MEMORY_MB")? {
+            s.runs.caps.memory_mb = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_PIDS")? {
+            s.runs.caps.pids = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_OUTPUT_BYTES")? {
+            s.runs.caps.output_bytes = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_FILES_BYTES")? {
+            s.runs.max_files_bytes = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_MAX_TESTS")? {
+            s.runs.max_tests = v;
         }
         if let Some(v) = secs("RUNNER_REAP_INTERVAL_SECS")? {
             s.reap_interval = v;
@@ -666,6 +731,16 @@ impl Settings {
         let e = &self.events;
         if e.webhook_timeout.is_zero() || e.webhook_max_backoff.is_zero() || e.retention.is_zero() {
             bail!("RUNNER_WEBHOOK_TIMEOUT_SECS, RUNNER_WEBHOOK_MAX_BACKOFF_SECS and RUNNER_EVENT_RETENTION_SECS must be at least 1");
+        }
+        let r = &self.runs;
+        if r.max_concurrent == 0
+            || r.caps.time_ms == 0
+            || r.caps.wall_ms == 0
+            || r.caps.memory_mb < 16
+            || r.caps.pids == 0
+            || r.max_tests == 0
+        {
+            bail!("RUNNER_RUN_MAX_CONCURRENT, RUNNER_RUN_MAX_TIME_MS, RUNNER_RUN_MAX_WALL_MS, RUNNER_RUN_MAX_PIDS and RUNNER_RUN_MAX_TESTS must be at least 1, RUNNER_RUN_MAX_MEMORY_MB at least 16");
         }
         let a = &self.alerts;
         if a.interval.is_zero() || a.oom_kills == 0 || a.oom_window.is_zero() {

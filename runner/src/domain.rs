@@ -11,7 +11,7 @@ pub use crate::lifecycle::SessionState;
 pub use cidr::Cidr;
 pub use health::{HealthProbe, AGENT_HEALTHCHECK};
 pub use image::{normalize_reference, repository_name, ImageName};
-pub use sandbox::{CheckSpec, Limits, PoolSpec, Runtime, SandboxSpec, NO_IDE, TESTS_DIR, TMPFS_PATHS};
+pub use sandbox::{CheckSpec, Limits, PoolSpec, RunLimits, Runtime, SandboxSpec, NO_IDE, TESTS_DIR, TMPFS_PATHS};
 
 /// A time column (milliseconds since the epoch) as the API shows it: RFC 3339, UTC, milliseconds.
 pub fn rfc3339(ms: i64) -> String {

@@ -22,6 +22,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod outbox;
 pub mod rounds;
+pub mod runs;
 pub mod secret_box;
 pub mod sessions;
 pub mod store;
@@ -65,6 +66,7 @@ pub async fn launch(
     let report = sessions::reconcile::reconcile_once(&app.sessions).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
     builds::recover(&app.builds).await.context("recovering builds at start")?;
+    app.runs.sweep().await.context("removing the sandboxes of runs a stopped runner left")?;
     // Not fatal: sessions work without it; builds are refused and /readyz says why.
     let isolation = builds::isolation::refresh(&app.builds).await;
     tracing::info!(network = %isolation.network, mode = isolation.mode, isolated = isolation.ok, "build network checked");

@@ -53,6 +53,11 @@ pub struct Metrics {
     pub webhook_attempts: IntCounterVec,
     /// Events not yet delivered to a webhook (its cursor behind the newest event), by webhook.
     pub webhook_backlog: IntGaugeVec,
+    /// One-shot runs by runtime and overall status.
+    pub runs: IntCounterVec,
+    pub run_seconds: HistogramVec,
+    /// Runs waiting for a slot.
+    pub runs_queued: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -208,6 +213,18 @@ impl Metrics {
             &["webhook", "result"],
         )
         .unwrap();
+        let runs = IntCounterVec::new(
+            Opts::new("runner_runs_total", "One-shot runs (POST /v1/runs), by runtime and status"),
+            &["runtime", "status"],
+        )
+        .unwrap();
+        let run_seconds = HistogramVec::new(
+            HistogramOpts::new("runner_run_duration_seconds", "One-shot runs from their slot to their result")
+                .buckets(vec![0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["runtime"],
+        )
+        .unwrap();
+        let runs_queued = prometheus::IntGauge::new("runner_runs_queued", "One-shot runs waiting for a slot").unwrap();
         let webhook_backlog = IntGaugeVec::new(
             Opts::new("runner_webhook_backlog_events", "Events a webhook has not been told yet"),
             &["webhook"],
@@ -217,6 +234,9 @@ impl Metrics {
             Box::new(session_ready_seconds.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(webhook_attempts.clone()),
             Box::new(webhook_backlog.clone()),
+            Box::new(runs.clone()),
+            Box::new(run_seconds.clone()),
+            Box::new(runs_queued.clone()),
             Box::new(health_probes.clone()),
             Box::new(pool_sandboxes.clone()),
             Box::new(pool_claims.clone()),
@@ -279,6 +299,9 @@ impl Metrics {
             health_probes,
             webhook_attempts,
             webhook_backlog,
+            runs,
+            run_seconds,
+            runs_queued,
         }
     }
 

@@ -289,6 +289,73 @@ impl DockerEngine {
     /// deadline the output is abandoned and `timed_out` set (callers also bound the command
     /// inside the sandbox with `timeout`, so it does not outlive the deadline).
     async fn exec(&self, container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {
+        let max = req.max_output;
+        let mut output = Vec::new();
+        let mut truncated = false;
+        let (exit_code, timed_out) = self
+            .exec_read(container, req, &mut |_, bytes| {
+                let room = max.saturating_sub(output.len());
+                truncated |= bytes.len() > room;
+                output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                true
+            })
+            .await?;
+        Ok(ExecOutput {
+            exit_code: exit_code.unwrap_or(-1),
+            output: String::from_utf8_lossy(&output).into_owned(),
+            truncated,
+            timed_out,
+        })
+    }
+
+    /// Runs a command as [`Self::exec`] does, its stdout kept as bytes apart from its stderr.
+    /// Past `max_output` bytes of stdout the command is abandoned (`truncated`): the caller
+    /// refuses what is over its cap rather than holding it. Stderr past `max_stderr` is read and
+    /// dropped (`stderr_truncated`).
+    async fn exec_capture(&self, container: &str, req: ExecRequest) -> anyhow::Result<CapturedExec> {
+        let (max, max_stderr) = (req.max_output, req.max_stderr);
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let (mut truncated, mut stderr_truncated) = (false, false);
+        let (exit_code, timed_out) = self
+            .exec_read(container, req, &mut |is_stderr, bytes| {
+                if is_stderr {
+                    let room = max_stderr.saturating_sub(stderr.len());
+                    stderr_truncated |= bytes.len() > room;
+                    stderr.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    return true;
+                }
+                if stdout.len() + bytes.len() > max {
+                    let room = max - stdout.len();
+                    stdout.extend_from_slice(&bytes[..room]);
+                    truncated = true;
+                    return false;
+                }
+                stdout.extend_from_slice(bytes);
+                true
+            })
+            .await?;
+        Ok(CapturedExec {
+            exit_code: exit_code.unwrap_or(-1),
+            stdout,
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            truncated,
+            stderr_truncated,
+            timed_out,
+        })
+    }
+
+    /// The one reader of every exec: creates and starts `req.cmd`, writes its stdin while its
+    /// output is read (a command that answers as it reads cannot block on a full pipe), and hands
+    /// each chunk of output to `sink` (`true`: stderr) until the command ends, `sink` returns
+    /// false, or the deadline passes. The exit code when the command ended by itself; whether
+    /// the deadline passed.
+    async fn exec_read(
+        &self,
+        container: &str,
+        req: ExecRequest,
+        sink: &mut (dyn FnMut(bool, &[u8]) -> bool + Send),
+    ) -> anyhow::Result<(Option<i64>, bool)> {
+        use bollard::container::LogOutput;
         let opts = CreateExecOptions {
             cmd: Some(req.cmd),
             user: Some(req.user),
@@ -302,103 +369,44 @@ impl DockerEngine {
         let r = self.docker.create_exec(container, opts).await;
         let exec = self.count("create_exec", r)?;
         let r = self.docker.start_exec(&exec.id, None).await;
-        let mut output = Vec::new();
-        let mut truncated = false;
-        let mut timed_out = false;
+        let (mut timed_out, mut stopped) = (false, false);
         if let StartExecResults::Attached { output: mut stream, mut input } = self.count("start_exec", r)? {
-            if let Some(data) = req.stdin {
-                use tokio::io::AsyncWriteExt;
-                input.write_all(&data).await.context("writing to the command's stdin")?;
-                input.shutdown().await.context("closing the command's stdin")?;
-            }
+            let writer = req.stdin.map(|data| {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    // A command that ends without reading all of it closes the pipe: not an error.
+                    let _ = input.write_all(&data).await;
+                    let _ = input.shutdown().await;
+                })
+            });
             let deadline = tokio::time::Instant::now() + req.deadline;
             loop {
-                match tokio::time::timeout_at(deadline, stream.next()).await {
-                    Err(_) => {
-                        timed_out = true;
-                        break;
-                    }
-                    Ok(None) => break,
-                    Ok(Some(chunk)) => {
-                        let bytes = chunk?.into_bytes();
-                        let room = req.max_output.saturating_sub(output.len());
-                        if bytes.len() > room {
-                            truncated = true;
-                        }
-                        output.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                    }
-                }
-            }
-        }
-        let r = self.docker.inspect_exec(&exec.id).await;
-        let exit_code = if timed_out { None } else { self.count("inspect_exec", r)?.exit_code };
-        Ok(ExecOutput {
-            exit_code: exit_code.unwrap_or(-1),
-            output: String::from_utf8_lossy(&output).into_owned(),
-            truncated,
-            timed_out,
-        })
-    }
-
-    /// Runs a command as [`Self::exec`] does, its stdout kept as bytes apart from its stderr.
-    /// Past `max_output` bytes of stdout the command is abandoned (`truncated`): the caller
-    /// refuses what is over its cap rather than holding it.
-    async fn exec_capture(&self, container: &str, req: ExecRequest) -> anyhow::Result<CapturedExec> {
-        use bollard::container::LogOutput;
-        const STDERR_KEPT: usize = 8 * 1024;
-        let opts = CreateExecOptions {
-            cmd: Some(req.cmd),
-            user: Some(req.user),
-            working_dir: req.workdir,
-            env: (!req.env.is_empty()).then_some(req.env),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            ..Default::default()
-        };
-        let r = self.docker.create_exec(container, opts).await;
-        let exec = self.count("create_exec", r)?;
-        let r = self.docker.start_exec(&exec.id, None).await;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let (mut truncated, mut timed_out) = (false, false);
-        if let StartExecResults::Attached { output: mut stream, .. } = self.count("start_exec", r)? {
-            let deadline = tokio::time::Instant::now() + req.deadline;
-            loop {
-                match tokio::time::timeout_at(deadline, stream.next()).await {
+                let (is_stderr, message) = match tokio::time::timeout_at(deadline, stream.next()).await {
                     Err(_) => {
                         timed_out = true;
                         break;
                     }
                     Ok(None) => break,
                     Ok(Some(chunk)) => match chunk? {
-                        LogOutput::StdOut { message } => {
-                            if stdout.len() + message.len() > req.max_output {
-                                truncated = true;
-                                break;
-                            }
-                            stdout.extend_from_slice(&message);
-                        }
-                        LogOutput::StdErr { message } => {
-                            let room = STDERR_KEPT.saturating_sub(stderr.len());
-                            stderr.extend_from_slice(&message[..message.len().min(room)]);
-                        }
-                        _ => {}
+                        LogOutput::StdErr { message } => (true, message),
+                        LogOutput::StdOut { message } | LogOutput::Console { message } => (false, message),
+                        LogOutput::StdIn { .. } => continue,
                     },
+                };
+                if !sink(is_stderr, &message) {
+                    stopped = true;
+                    break;
                 }
             }
+            if let Some(w) = writer {
+                w.abort();
+            }
         }
-        let exit_code = if timed_out || truncated {
-            None
-        } else {
-            let r = self.docker.inspect_exec(&exec.id).await;
-            self.count("inspect_exec", r)?.exit_code
-        };
-        Ok(CapturedExec {
-            exit_code: exit_code.unwrap_or(-1),
-            stdout,
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            truncated,
-            timed_out,
-        })
+        if timed_out || stopped {
+            return Ok((None, timed_out));
+        }
+        let r = self.docker.inspect_exec(&exec.id).await;
+        Ok((self.count("inspect_exec", r)?.exit_code, false))
     }
 
     /// Starts `cmd` in a running container and returns its stdin/stdout as one byte stream.
@@ -439,13 +447,23 @@ impl DockerEngine {
 
     /// Build containers of this instance (self-tests), running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
+        self.list_named(engine::LABEL_BUILD, engine::Purpose::SelfTest("")).await
+    }
+
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<String>> {
+        self.list_named(engine::LABEL_RUN, engine::Purpose::Run("")).await
+    }
+
+    /// This instance's containers carrying `label` and named as `purpose`'s are (labels alone
+    /// can come from an image; names cannot).
+    async fn list_named(&self, label: &str, purpose: engine::Purpose<'_>) -> anyhow::Result<Vec<String>> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{}={}", engine::LABEL_INSTANCE, self.instance), engine::LABEL_BUILD.to_string()],
+            vec![format!("{}={}", engine::LABEL_INSTANCE, self.instance), label.to_string()],
         )]);
         let opts = ListContainersOptions { all: true, filters, ..Default::default() };
         let r = self.docker.list_containers(Some(opts)).await;
-        let prefix = format!("/{}", engine::Purpose::SelfTest("").container_name(&self.instance));
+        let prefix = format!("/{}", purpose.container_name(&self.instance));
         Ok(self
             .count("list_containers", r)?
             .into_iter()
@@ -609,6 +627,10 @@ impl ContainerEngine for DockerEngine {
 
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
         DockerEngine::list_selftest_containers(self).await
+    }
+
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<String>> {
+        DockerEngine::list_run_containers(self).await
     }
 
     async fn running_selftests_and_apps(&self) -> anyhow::Result<Vec<engine::OtherContainer>> {

@@ -19,7 +19,7 @@ use crate::{
     engine::{
         ManagedAppContainer, Purpose, SandboxOwner, WorkspaceMount, LABEL_APP, LABEL_BUILD, LABEL_DEPLOY,
         LABEL_EXERCISE, LABEL_HEALTH, LABEL_INSTANCE, LABEL_LEARNER, LABEL_MANAGED, LABEL_POOL, LABEL_READER,
-        LABEL_SERVICE, LABEL_SESSION, LABEL_VERSION,
+        LABEL_RUN, LABEL_SERVICE, LABEL_SESSION, LABEL_VERSION,
     },
 };
 
@@ -30,6 +30,8 @@ pub const RUNSC_THREAD_ALLOWANCE: u64 = 2048;
 /// this long, and the engine removes it when that ends, so one left by a runner that died
 /// mid-read goes away by itself.
 pub const READER_LIFETIME_SECS: u64 = 120;
+/// The longest a one-shot run's sandbox lives (its `sleep`), should the runner not remove it.
+pub const RUN_LIFETIME_SECS: u64 = 3600;
 
 /// Builds the container configuration of a sandbox. The hardening, line by line:
 /// The CPU weight of every sandbox (sessions and self-tests), half of Docker's default 1024.
@@ -63,11 +65,13 @@ pub(super) fn sandbox_container(
         Purpose::Pool(id) => labels.insert(LABEL_POOL.to_string(), id.to_string()),
         Purpose::SelfTest(build) => labels.insert(LABEL_BUILD.to_string(), build.to_string()),
         Purpose::Reader(id) => labels.insert(LABEL_READER.to_string(), id.to_string()),
+        Purpose::Run(id) => labels.insert(LABEL_RUN.to_string(), id.to_string()),
     };
     // A reader runs nothing of the image's (no entry point, no services): only `sleep`, while the
     // runner execs `tar` in it; never a network, whatever the exercise says.
     let reader = matches!(owner.purpose, Purpose::Reader(_));
-    let network = if reader { None } else { spec.network.clone() };
+    let run = matches!(owner.purpose, Purpose::Run(_));
+    let network = if reader || run { None } else { spec.network.clone() };
     // `exec`: Docker defaults tmpfs to noexec, which would break running programs built in /tmp.
     let tmpfs_opts = |mb: u64| format!("rw,exec,nosuid,nodev,size={mb}m,mode=1777");
     // A tmpfs over a directory of the image is root's (Docker 20.10 applies only the directory's
@@ -161,15 +165,25 @@ pub(super) fn sandbox_container(
         // The runner decides about restarts (reconciliation), not the engine.
         restart_policy: Some(RestartPolicy { name: Some(RestartPolicyNameEnum::NO), maximum_retry_count: None }),
         // A reader is removed by the engine when its `sleep` ends (or the runner removes it first).
-        auto_remove: Some(reader),
+        auto_remove: Some(reader || run),
         ..Default::default()
     };
     Config {
         image: Some(spec.image.clone()),
-        entrypoint: reader.then(|| vec!["sleep".to_string(), READER_LIFETIME_SECS.to_string()]),
+        entrypoint: if reader {
+            Some(vec!["sleep".to_string(), READER_LIFETIME_SECS.to_string()])
+        } else if run {
+            // A one-shot run: the runner removes it after its result; this is the backstop.
+            Some(vec!["sleep".to_string(), RUN_LIFETIME_SECS.to_string()])
+        } else {
+            None
+        },
         // Never root, whatever the image says.
         user: Some(user.to_string()),
-        working_dir: Some(spec.workdir.clone()),
+        // Not for a run: a working directory is made in the image's root first, and its tmpfs then
+        // takes that directory's 0755 instead of its own 1777 (the run's files are written by
+        // the sandbox user, under a holder that is not); each exec of a run names it instead.
+        working_dir: (!run).then(|| spec.workdir.clone()),
         hostname: Some("sandbox".into()),
         env: Some(vec![format!("EXERCISE_SLUG={}", owner.exercise)]),
         labels: Some(labels),
@@ -177,7 +191,7 @@ pub(super) fn sandbox_container(
         host_config: Some(host_config),
         // The runner probes the agent itself (the label has the image's timing): no exec every
         // interval in every sandbox.
-        healthcheck: (probe.is_some() || reader)
+        healthcheck: (probe.is_some() || reader || run)
             .then(|| HealthConfig { test: Some(vec!["NONE".into()]), ..Default::default() }),
         ..Default::default()
     }

@@ -156,3 +156,23 @@ pub const NO_IDE: &str = "this exercise's image is not built on the sandbox base
 fn serde_true() -> bool {
     true
 }
+
+/// The limits of each step of a run (the compile step and each test case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunLimits {
+    /// CPU time in milliseconds (`time_limit` past it).
+    pub time_ms: u64,
+    /// Wall-clock time in milliseconds (`wall_time_limit` past it).
+    pub wall_ms: u64,
+    /// Memory (swap included) in MiB (`memory_limit` when the kernel OOM-kills).
+    pub memory_mb: u64,
+    /// Processes and threads at once.
+    pub pids: u64,
+    /// Bytes of stdout kept (`output_limit` past it); stderr is cut there too.
+    pub output_bytes: usize,
+}
+
+impl RunLimits {
+    pub const DEFAULT: RunLimits =
+        RunLimits { time_ms: 2_000, wall_ms: 5_000, memory_mb: 128, pids: 32, output_bytes: 64 * 1024 };
+}

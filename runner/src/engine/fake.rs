@@ -129,6 +129,10 @@ impl ContainerEngine for FakeEngine {
         Err(absent("list_selftest_containers"))
     }
 
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<String>> {
+        Err(absent("list_run_containers"))
+    }
+
     async fn exec(&self, _container: &str, req: ExecRequest) -> anyhow::Result<ExecOutput> {
         let out = (self.script.lock().expect("lock"))(&req);
         self.execs.lock().expect("lock").push(req);

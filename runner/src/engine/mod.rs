@@ -41,6 +41,8 @@ pub const LABEL_SESSION: &str = "exercise-runner.session";
 pub const LABEL_POOL: &str = "exercise-runner.pool";
 /// A reader sandbox (`Purpose::Reader`): the learner's files read without a session.
 pub const LABEL_READER: &str = "exercise-runner.reader";
+/// A one-shot run's sandbox (`runs`), by run id.
+pub const LABEL_RUN: &str = "exercise-runner.run";
 /// Who runs a sandbox's health check: `engine`, or the runner's probe with its timing
 /// ([`crate::domain::HealthProbe::to_label`]). Always set, so an image cannot say.
 pub const LABEL_HEALTH: &str = "exercise-runner.health";
@@ -104,6 +106,9 @@ pub trait ContainerEngine: Send + Sync {
 
     /// Build self-test containers of this instance, running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>>;
+
+    /// The containers of one-shot runs of this instance (left by a runner that was killed).
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<String>>;
 
     /// The running containers of this instance that are not sessions' sandboxes (builds'
     /// self-tests, managed apps' containers), in one call, for their usage figures.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{LABEL_BUILD, LABEL_POOL, LABEL_READER, LABEL_SESSION};
+use super::{LABEL_BUILD, LABEL_POOL, LABEL_READER, LABEL_RUN, LABEL_SESSION};
 
 // ---- what callers describe ----
 
@@ -43,6 +43,8 @@ pub enum Purpose<'a> {
     Pool(&'a str),
     SelfTest(&'a str),
     Reader(&'a str),
+    /// A one-shot run (`runs`): like a reader, it runs nothing of the image's but `sleep`.
+    Run(&'a str),
 }
 
 impl Purpose<'_> {
@@ -54,6 +56,7 @@ impl Purpose<'_> {
             Purpose::Pool(id) => pool_sandbox_name(instance, id),
             Purpose::SelfTest(build) => format!("exercise-runner-{instance}-selftest-{build}"),
             Purpose::Reader(id) => format!("exercise-runner-{instance}-reader-{id}"),
+            Purpose::Run(id) => format!("exercise-runner-{instance}-run-{id}"),
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct ExecRequest {
     pub env: Vec<String>,
     pub stdin: Option<Vec<u8>>,
     pub max_output: usize,
+    /// Stderr kept by `exec_capture` (the rest is read and dropped).
+    pub max_stderr: usize,
     pub deadline: Duration,
 }
 
@@ -112,6 +117,7 @@ impl ExecRequest {
             env: vec![],
             stdin: None,
             max_output: 64 * 1024,
+            max_stderr: 8 * 1024,
             deadline: Duration::from_secs(60),
         }
     }
@@ -153,7 +159,7 @@ pub struct ImageInfo {
 impl ImageInfo {
     /// Labels the runner uses to recognise its own containers must not come from an image.
     pub fn spoofed_labels(&self) -> Vec<&str> {
-        [LABEL_SESSION, LABEL_BUILD, LABEL_POOL, LABEL_READER]
+        [LABEL_SESSION, LABEL_BUILD, LABEL_POOL, LABEL_READER, LABEL_RUN]
             .into_iter()
             .filter(|l| self.labels.contains_key(*l))
             .collect()
@@ -193,7 +199,7 @@ pub struct ExecOutput {
 }
 
 /// A command's output as bytes, its stdout kept apart from its stderr (an archive streamed out
-/// of a sandbox): stdout up to the request's `max_output`, stderr up to 8 KiB.
+/// of a sandbox): stdout up to the request's `max_output`, stderr up to its `max_stderr`.
 #[derive(Debug, Clone)]
 pub struct CapturedExec {
     pub exit_code: i64,
@@ -201,6 +207,8 @@ pub struct CapturedExec {
     pub stderr: String,
     /// Stdout went past `max_output` (the rest was not kept).
     pub truncated: bool,
+    /// Stderr went past `max_stderr`.
+    pub stderr_truncated: bool,
     pub timed_out: bool,
 }
 

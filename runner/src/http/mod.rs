@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod operators;
 pub mod ops;
 pub mod router;
+pub mod runs;
 pub mod sessions;
 pub mod usage;
 pub mod workspaces;

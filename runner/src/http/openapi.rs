@@ -23,7 +23,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{apps, builds, events, exercises, operators, ops, sessions, usage, workspaces};
+use super::{apps, builds, events, exercises, operators, ops, runs, sessions, usage, workspaces};
 use crate::error::{ErrorBody, ErrorDetail};
 
 #[derive(OpenApi)]
@@ -52,6 +52,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         builds::cancel, builds::git_hook,
         apps::list, apps::get, apps::put, apps::create_deploy, apps::list_deploys, apps::rollback,
         apps::command, apps::console, apps::get_deploy, apps::deploy_logs,
+        runs::create_run, runs::put_runtime, runs::list_runtimes, runs::get_runtime, runs::delete_runtime,
         ops::healthz, ops::readyz, ops::metrics,
         serve,
     ),
@@ -68,6 +69,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         (name = "builds", description = "Exercises built from their repositories, versions, publishing"),
         (name = "usage", description = "Sandboxes' resource use, the host's capacity, warm pools"),
         (name = "operators", description = "Operators' actions and the audit log, alerts"),
+        (name = "runs", description = "One-shot runs: a submission judged on test cases in a fresh sandbox, no session"),
         (name = "apps", description = "Managed apps (the course site as a managed image) and their deploys"),
         (name = "ops", description = "Health, readiness, metrics and this document; no token"),
     )

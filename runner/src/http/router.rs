@@ -12,7 +12,8 @@ use axum::{
 
 use super::extract::BodyLimit;
 use super::{
-    apps, builds, dashboard, events, exercises, middleware as mw, openapi, operators, ops, sessions, usage, workspaces,
+    apps, builds, dashboard, events, exercises, middleware as mw, openapi, operators, ops, runs, sessions, usage,
+    workspaces,
 };
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
@@ -65,6 +66,9 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/builds/{id}", get(builds::get))
         .route("/builds/{id}/logs", get(builds::logs))
         .route("/builds/{id}/cancel", post(builds::cancel))
+        .route("/runs", post(runs::create_run))
+        .route("/runtimes", get(runs::list_runtimes))
+        .route("/runtimes/{name}", get(runs::get_runtime).put(runs::put_runtime).delete(runs::delete_runtime))
         .route("/apps", get(apps::list))
         .route("/apps/{app}", get(apps::get).put(apps::put))
         .route("/apps/{app}/deploys", post(apps::create_deploy).get(apps::list_deploys))

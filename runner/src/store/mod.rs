@@ -7,6 +7,7 @@ mod managed_apps;
 mod outbox;
 mod pools;
 mod records;
+mod runtimes;
 mod snapshots;
 
 use std::time::Duration;
@@ -19,6 +20,7 @@ pub use managed_apps::{DeployRecord, ManagedAppRecord};
 pub use outbox::{Attempt, DeliveryRecord, EventRecord, Subject, WebhookRecord};
 pub use pools::{Claim, PoolRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
+pub use runtimes::RuntimeRecord;
 pub use snapshots::SnapshotRecord;
 
 use crate::lifecycle::{EndReason, EventType, Lifecycle, SessionState};

@@ -78,6 +78,9 @@ pub struct Files {
     cpu_stat: PathBuf,
     memory_usage: PathBuf,
     memory_stat: PathBuf,
+    /// The most memory used since the cgroup was made or this was reset (v1
+    /// `memory.max_usage_in_bytes`, v2 `memory.peak`).
+    memory_peak: PathBuf,
     oom: PathBuf,
     pids: PathBuf,
     memory_limit: PathBuf,
@@ -124,6 +127,7 @@ impl Layout {
                         cpu_stat: cpu.join("cpu.stat"),
                         memory_usage: memory.join("memory.usage_in_bytes"),
                         memory_stat: memory.join("memory.stat"),
+                        memory_peak: memory.join("memory.max_usage_in_bytes"),
                         oom: memory.join("memory.oom_control"),
                         pids: pids.join("pids.current"),
                         memory_limit: memory.join("memory.limit_in_bytes"),
@@ -141,6 +145,7 @@ impl Layout {
                         cpu_stat: dir.join("cpu.stat"),
                         memory_usage: dir.join("memory.current"),
                         memory_stat: dir.join("memory.stat"),
+                        memory_peak: dir.join("memory.peak"),
                         oom: dir.join("memory.events"),
                         pids: dir.join("pids.current"),
                         memory_limit: dir.join("memory.max"),
@@ -219,6 +224,18 @@ impl Files {
             Version::V2 => read_into(&self.cpu_quota, buf).ok().and_then(|_| v2_cpu_max(buf)),
         };
         l
+    }
+
+    /// The peak memory use in bytes, when the kernel keeps it.
+    pub fn peak_bytes(&self, buf: &mut String) -> Option<u64> {
+        read_into(&self.memory_peak, buf).ok()?;
+        number(buf)
+    }
+
+    /// Starts the peak again from the current use (v1 takes a write of 0; v2 kernels from 6.12
+    /// take any write). Whether the kernel took it.
+    pub fn reset_peak(&self) -> bool {
+        std::fs::write(&self.memory_peak, "0").is_ok()
     }
 
     /// One process of the container (its init, usually), for `/proc/<pid>/net/dev`.

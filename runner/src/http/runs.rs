@@ -1,0 +1,214 @@
+//! One-shot runs (`POST /v1/runs`) and the runtimes they run in (`/v1/runtimes/…`). The work
+//! is `crate::runs`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    Extension, Json,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{extract::ApiJson, middleware::Actor, operators};
+use crate::{
+    app::App,
+    domain::rfc3339,
+    error::{ApiError, ApiResult, ErrorBody},
+    runs::{RunError, RunRequest, RunResult},
+    store::RuntimeRecord,
+};
+
+/// Most words of a runtime's command, and bytes of each.
+const MAX_ARGV: usize = 32;
+const MAX_ARG_BYTES: usize = 1024;
+
+/// A runtime: an image on the engine and how a submission is run (and first compiled) in it.
+/// The image needs `sleep`, `sh` and `tar`; commands run in the run's directory, as the sandbox
+/// user, with the submission's files.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutRuntime {
+    #[schema(example = "python:3.12-slim")]
+    image: String,
+    /// The command of each test case (its `args` are appended).
+    #[schema(example = json!(["python3", "main.py"]))]
+    run: Vec<String>,
+    /// Run once before the test cases; a non-zero exit is `compile_error`.
+    #[schema(example = json!(["python3", "-m", "py_compile", "main.py"]))]
+    compile: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RuntimeView {
+    name: String,
+    image: String,
+    run: Vec<String>,
+    compile: Option<Vec<String>>,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RuntimeList {
+    runtimes: Vec<RuntimeView>,
+}
+
+fn view(r: &RuntimeRecord) -> RuntimeView {
+    RuntimeView {
+        name: r.name.clone(),
+        image: r.image.clone(),
+        run: r.run.clone(),
+        compile: r.compile.clone(),
+        created_at: rfc3339(r.created_at),
+        updated_at: rfc3339(r.updated_at),
+    }
+}
+
+const NAME: &str = "The runtime's name: 1-64 of a-z, 0-9, '.', '-' and '_'";
+
+fn check_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("invalid_runtime", format!("{NAME}; got {name:?}")))
+    }
+}
+
+fn check_argv(what: &str, argv: &[String]) -> ApiResult<()> {
+    let bad = |m: String| Err(ApiError::invalid("invalid_runtime", m));
+    if argv.is_empty() || argv[0].is_empty() {
+        return bad(format!("{what} needs a command"));
+    }
+    if argv.len() > MAX_ARGV || argv.iter().any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0')) {
+        return bad(format!("{what}: at most {MAX_ARGV} words of {MAX_ARG_BYTES} bytes, without NUL"));
+    }
+    Ok(())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found("runtime_not_found", format!("runtime {name:?} does not exist"))
+}
+
+/// Register or replace a runtime of one-shot runs
+#[utoipa::path(
+    put, path = "/v1/runtimes/{name}", operation_id = "put_runtime", tag = "runs",
+    params(("name" = String, Path, description = NAME)),
+    request_body = PutRuntime,
+    responses(
+        (status = 200, description = "Replaced", body = RuntimeView),
+        (status = 201, description = "Created", body = RuntimeView),
+        (status = 422, description = "`invalid_runtime`, `image_not_found`, or an image the sandbox refuses", body = ErrorBody),
+    )
+)]
+pub async fn put_runtime(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<PutRuntime>,
+) -> ApiResult<(StatusCode, Json<RuntimeView>)> {
+    check_name(&name)?;
+    check_argv("run", &body.run)?;
+    if let Some(c) = &body.compile {
+        check_argv("compile", c)?;
+    }
+    if body.image.is_empty() || body.image.len() > 255 || body.image.contains(char::is_whitespace) {
+        return Err(ApiError::invalid("invalid_runtime", "image must be an image reference"));
+    }
+    let info = app.engine.image(&body.image).await?.ok_or_else(|| {
+        ApiError::invalid("image_not_found", format!("the image {:?} is not on the engine; pull it first", body.image))
+    })?;
+    crate::exercises::reject_unsafe_image(&info)?;
+    let now = crate::store::now_ms();
+    let record = RuntimeRecord {
+        name: name.clone(),
+        image: body.image,
+        run: body.run,
+        compile: body.compile,
+        created_at: now,
+        updated_at: now,
+    };
+    let created = app.store.put_runtime(&record).await?;
+    operators::audit(&app, actor, "runtime.put", &name, if created { "ok: created" } else { "ok: replaced" }, None)
+        .await;
+    let stored = app.store.runtime(&name).await?.ok_or_else(|| not_found(&name))?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(view(&stored))))
+}
+
+/// List the runtimes
+#[utoipa::path(
+    get, path = "/v1/runtimes", operation_id = "list_runtimes", tag = "runs",
+    responses((status = 200, description = "The runtimes, by name", body = RuntimeList))
+)]
+pub async fn list_runtimes(State(app): State<Arc<App>>) -> ApiResult<Json<RuntimeList>> {
+    Ok(Json(RuntimeList { runtimes: app.store.runtimes().await?.iter().map(view).collect() }))
+}
+
+/// Read a runtime
+#[utoipa::path(
+    get, path = "/v1/runtimes/{name}", operation_id = "get_runtime", tag = "runs",
+    params(("name" = String, Path, description = NAME)),
+    responses(
+        (status = 200, description = "The runtime", body = RuntimeView),
+        (status = 404, description = "`runtime_not_found`", body = ErrorBody),
+    )
+)]
+pub async fn get_runtime(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult<Json<RuntimeView>> {
+    let r = app.store.runtime(&name).await?.ok_or_else(|| not_found(&name))?;
+    Ok(Json(view(&r)))
+}
+
+/// Delete a runtime (runs in flight finish on it)
+#[utoipa::path(
+    delete, path = "/v1/runtimes/{name}", operation_id = "delete_runtime", tag = "runs",
+    params(("name" = String, Path, description = NAME)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`runtime_not_found`", body = ErrorBody),
+    )
+)]
+pub async fn delete_runtime(
+    State(app): State<Arc<App>>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    if !app.store.delete_runtime(&name).await? {
+        return Err(not_found(&name));
+    }
+    operators::audit(&app, actor, "runtime.delete", &name, "ok", None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Run a submission once, or on each test case, and judge it
+///
+/// Answers when the run is done: a fresh sandbox, the files written, the runtime's compile
+/// step once, then every test case on its result, each with a status, its output (capped),
+/// exit code or signal, CPU and wall time and peak memory.
+#[utoipa::path(
+    post, path = "/v1/runs", operation_id = "create_run", tag = "runs",
+    request_body = RunRequest,
+    responses(
+        (status = 200, description = "The run's result (its `status` says how the submission did)", body = RunResult),
+        (status = 404, description = "`runtime_not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_run`: files, paths, tests or limits above the caps", body = ErrorBody),
+        (status = 429, description = "`runs_queue_full`: too many runs wait; see `Retry-After`", body = ErrorBody),
+    )
+)]
+pub async fn create_run(State(app): State<Arc<App>>, ApiJson(body): ApiJson<RunRequest>) -> ApiResult<Json<RunResult>> {
+    match app.runs.run(body).await {
+        Ok(r) => Ok(Json(r)),
+        Err(RunError::Invalid(m)) => Err(ApiError::invalid("invalid_run", m)),
+        Err(e @ RunError::UnknownRuntime(_)) => Err(ApiError::not_found("runtime_not_found", e.to_string())),
+        Err(e @ RunError::QueueFull(_)) => {
+            let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "runs_queue_full", e.to_string());
+            err.retry_after_secs = Some(1);
+            Err(err)
+        }
+        Err(RunError::Internal(e)) => Err(e.into()),
+    }
+}

@@ -1,0 +1,625 @@
+//! One-shot runs (`POST /v1/runs`): a submission compiled once and run on each test case, in a
+//! fresh sandbox of its own, with a verdict per step. No session, no workspace volume.
+//!
+//! Every run gets a new container under the sandbox policy (`docker::policy`: no network,
+//! read-only root, sized tmpfs, caps dropped, no-new-privileges, pids and memory = swap, an
+//! init), made for this run and removed after it; nothing of one run is visible to the next, and
+//! runs never share a container with a session. Its main process is `sleep` as `nobody`; the
+//! submission's commands are execs as the sandbox user, so the runner can kill every process of
+//! theirs (`kill -9 -1` as that user) without ending the container, between test cases.
+//!
+//! Verdicts come from the container's cgroup, read by the host: CPU time (`time_limit`, the
+//! runner kills at the limit), the OOM-kill counter (`memory_limit`, not a guess from exit 137)
+//! and the peak memory. What is pure (validation, the comparison, the verdict) is unit-tested
+//! here; the rest is `tests/runs.rs`.
+
+mod verdict;
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use utoipa::ToSchema;
+
+pub use verdict::{compare, verdict, Compare, Observed, Verdict};
+
+use crate::{
+    config::Settings,
+    domain::{Limits, RunLimits, SandboxSpec},
+    engine::{Engine, ExecRequest, Purpose, SandboxOwner, WorkspaceMount},
+    metrics::Metrics,
+    store::{RuntimeRecord, Store},
+    usage::cgroup::Layout,
+};
+
+/// Where a run's files are written and its commands run: a tmpfs of the run's own, mode 1777
+/// (a path images do not have, so the tmpfs keeps its own mode).
+pub const RUN_DIR: &str = "/submission";
+/// The container's own process: it only waits, as `nobody`, out of the submission's reach.
+const HOLDER_USER: &str = "65534:65534";
+/// Files in one submission.
+const MAX_FILES: usize = 100;
+/// How often the CPU time of a running step is read.
+const CPU_POLL: Duration = Duration::from_millis(5);
+
+/// The limits a request asks for; each missing one is the default (or the cap, when lower).
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedLimits {
+    pub time_ms: Option<u64>,
+    pub wall_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub pids: Option<u64>,
+    pub output_bytes: Option<usize>,
+}
+
+/// A file of the submission.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    /// Relative to the run's directory: no `..`, no leading `/`.
+    #[schema(example = "main.py")]
+    pub path: String,
+    pub content: String,
+}
+
+/// One test case: the program run with this stdin and these arguments.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    #[serde(default)]
+    pub stdin: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Compared with stdout by the run's `compare` mode; without it, exit 0 within the limits
+    /// is `accepted`.
+    pub expected_output: Option<String>,
+}
+
+/// `POST /v1/runs`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// A runtime registered with `PUT /v1/runtimes/{name}`.
+    #[schema(example = "python3")]
+    pub runtime: String,
+    #[serde(default)]
+    pub files: Vec<RunFile>,
+    /// The stdin of the single run (without `tests`).
+    #[serde(default)]
+    pub stdin: String,
+    /// Arguments after the runtime's `run` command (without `tests`).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Test cases, each run on the one compiled submission; without them the submission is run
+    /// once with `stdin` and `args`.
+    #[serde(default)]
+    pub tests: Vec<TestCase>,
+    #[serde(default)]
+    pub compare: Compare,
+    #[serde(default)]
+    pub limits: RequestedLimits,
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StepResult {
+    pub status: Verdict,
+    pub stdout: String,
+    pub stderr: String,
+    /// Stdout or stderr was cut at `output_bytes`.
+    pub truncated: bool,
+    /// None when the runner ended it (a limit) or it did not run.
+    pub exit_code: Option<i64>,
+    /// The signal that ended it (an exit code above 128).
+    pub signal: Option<i64>,
+    /// CPU time of the sandbox during the step.
+    pub time_ms: u64,
+    pub wall_ms: u64,
+    /// The sandbox's peak memory during the step, when the kernel keeps it.
+    pub memory_kb: Option<u64>,
+}
+
+/// What `POST /v1/runs` answers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunResult {
+    pub id: String,
+    pub runtime: String,
+    /// `compile_error` when the compile step failed; else the first test case's status that is
+    /// not `accepted`; else `accepted`.
+    pub status: Verdict,
+    pub compile: Option<StepResult>,
+    /// One entry per test case (one entry without `tests`).
+    pub tests: Vec<StepResult>,
+    pub limits: RunLimits,
+    /// From having a slot to the result, sandbox made and removed included.
+    pub duration_ms: u64,
+}
+
+/// A request the runner refuses before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no runtime {0:?}; the operator registers runtimes with PUT /v1/runtimes/{{name}}")]
+    UnknownRuntime(String),
+    #[error("{0} runs are waiting already; try again shortly")]
+    QueueFull(usize),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The runs of this process: their slots and queue.
+pub struct Runs {
+    settings: Arc<Settings>,
+    store: Store,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+    cgroups: Layout,
+}
+
+impl Runs {
+    pub fn new(settings: Arc<Settings>, store: Store, engine: Engine, metrics: Arc<Metrics>) -> Arc<Runs> {
+        Arc::new(Runs {
+            slots: Arc::new(Semaphore::new(settings.runs.max_concurrent)),
+            queued: AtomicUsize::new(0),
+            cgroups: Layout::detect(),
+            settings,
+            store,
+            engine,
+            metrics,
+        })
+    }
+
+    /// At start: the sandboxes of runs a runner that stopped left behind go (their results were
+    /// never told).
+    pub async fn sweep(&self) -> anyhow::Result<()> {
+        for c in self.engine.list_run_containers().await? {
+            self.engine.remove_container(&c).await?;
+        }
+        Ok(())
+    }
+
+    /// Validates, waits for a slot (or refuses past the queue's cap), and runs.
+    pub async fn run(&self, req: RunRequest) -> Result<RunResult, RunError> {
+        let limits = effective_limits(&req.limits, &self.settings.runs.caps).map_err(RunError::Invalid)?;
+        validate(&req, self.settings.runs.max_files_bytes, self.settings.runs.max_tests).map_err(RunError::Invalid)?;
+        let runtime =
+            self.store.runtime(&req.runtime).await?.ok_or_else(|| RunError::UnknownRuntime(req.runtime.clone()))?;
+        let _permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+                let _left = QueueGuard(self);
+                self.metrics.runs_queued.set((waiting + 1) as i64);
+                if waiting >= self.settings.runs.max_queued {
+                    return Err(RunError::QueueFull(waiting));
+                }
+                self.slots.clone().acquire_owned().await.map_err(anyhow::Error::from)?
+            }
+        };
+        let started = Instant::now();
+        let id = uuid::Uuid::new_v4().to_string();
+        let result = self.execute(&id, &runtime, &req, limits).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (compile, tests) = match result {
+            Ok(steps) => steps,
+            Err(e) => {
+                tracing::warn!(run = %id, runtime = %runtime.name, error = %format!("{e:#}"), "a run failed inside the runner");
+                (None, vec![StepResult::internal(format!("{e:#}"))])
+            }
+        };
+        let status = overall(compile.as_ref(), &tests);
+        self.metrics.runs.with_label_values(&[&runtime.name, status.as_str()]).inc();
+        self.metrics.run_seconds.with_label_values(&[&runtime.name]).observe(started.elapsed().as_secs_f64());
+        Ok(RunResult { id, runtime: runtime.name, status, compile, tests, limits, duration_ms })
+    }
+
+    async fn execute(
+        &self,
+        id: &str,
+        runtime: &RuntimeRecord,
+        req: &RunRequest,
+        limits: RunLimits,
+    ) -> anyhow::Result<(Option<StepResult>, Vec<StepResult>)> {
+        let cases: Vec<TestCase> = if req.tests.is_empty() {
+            vec![TestCase { stdin: req.stdin.clone(), args: req.args.clone(), expected_output: None }]
+        } else {
+            req.tests.clone()
+        };
+        let mut sandbox = Sandbox::make(self, id, runtime, req, limits).await?;
+        let compile = match &runtime.compile {
+            Some(argv) => {
+                let step = sandbox.step(argv.clone(), String::new(), None, req.compare).await;
+                let failed = step.status != Verdict::Accepted;
+                let step = if failed && step.status != Verdict::InternalError {
+                    StepResult { status: Verdict::CompileError, ..step }
+                } else {
+                    step
+                };
+                if failed {
+                    sandbox.remove().await;
+                    return Ok((Some(step), vec![]));
+                }
+                Some(step)
+            }
+            None => None,
+        };
+        let mut results = Vec::with_capacity(cases.len());
+        for case in cases {
+            let mut argv = runtime.run.clone();
+            argv.extend(case.args.iter().cloned());
+            let step = sandbox.step(argv, case.stdin.clone(), case.expected_output.as_deref(), req.compare).await;
+            results.push(step);
+        }
+        sandbox.remove().await;
+        Ok((compile, results))
+    }
+}
+
+struct QueueGuard<'a>(&'a Runs);
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        let left = self.0.queued.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.0.metrics.runs_queued.set(left as i64);
+    }
+}
+
+/// One run's container.
+struct Sandbox<'a> {
+    runs: &'a Runs,
+    container: String,
+    limits: RunLimits,
+    files: Option<crate::usage::cgroup::Files>,
+}
+
+impl<'a> Sandbox<'a> {
+    async fn make(
+        runs: &'a Runs,
+        id: &str,
+        runtime: &RuntimeRecord,
+        req: &RunRequest,
+        limits: RunLimits,
+    ) -> anyhow::Result<Sandbox<'a>> {
+        let spec = SandboxSpec {
+            image: runtime.image.clone(),
+            limits: Limits {
+                memory_mb: limits.memory_mb,
+                cpus: 1.0,
+                pids: limits.pids,
+                tmpfs_mb: 16,
+                workspace_mb: 64,
+            },
+            network: None,
+            workdir: RUN_DIR.to_string(),
+            writable: vec![],
+            check: Default::default(),
+            ide: false,
+        };
+        let owner =
+            SandboxOwner { instance: runs.engine.instance(), purpose: Purpose::Run(id), learner: "", exercise: "" };
+        let container = runs
+            .engine
+            .create_sandbox(&spec, &owner, WorkspaceMount::Tmpfs, runs.settings.runtime, HOLDER_USER)
+            .await?;
+        let mut sandbox = Sandbox { runs, container, limits, files: None };
+        if let Err(e) = sandbox.start(req).await {
+            sandbox.remove().await;
+            return Err(e);
+        }
+        Ok(sandbox)
+    }
+
+    async fn start(&mut self, req: &RunRequest) -> anyhow::Result<()> {
+        self.runs.engine.start_container(&self.container).await?;
+        self.files = self.runs.cgroups.locate(&self.container);
+        if req.files.is_empty() {
+            return Ok(());
+        }
+        let tar = files_tar(&req.files)?;
+        let mut write = ExecRequest::new(
+            vec!["tar".into(), "-x".into(), "--no-same-owner".into(), "-C".into(), RUN_DIR.into()],
+            &self.runs.settings.sandbox_user,
+        );
+        write.stdin = Some(tar);
+        write.deadline = Duration::from_secs(10);
+        let out = self.runs.engine.exec(&self.container, write).await?;
+        anyhow::ensure!(out.exit_code == 0, "writing the files failed: {}", out.output.trim());
+        Ok(())
+    }
+
+    /// Reads the cgroup: CPU time in ns and OOM kills so far.
+    fn reading(&self) -> Option<(u64, u64)> {
+        let mut buf = String::new();
+        let r = self.files.as_ref()?.read(&mut buf).ok()?;
+        Some((r.cpu_usage_ns, r.oom_kills.unwrap_or(0)))
+    }
+
+    /// Runs `argv` with `stdin` under the step limits, killing it at the CPU or wall limit.
+    async fn step(&mut self, argv: Vec<String>, stdin: String, expected: Option<&str>, mode: Compare) -> StepResult {
+        let engine = &self.runs.engine;
+        let user = self.runs.settings.sandbox_user.clone();
+        let limits = self.limits;
+        if let Some(f) = &self.files {
+            f.reset_peak();
+        }
+        let before = self.reading();
+        let mut req = ExecRequest::new(argv, &user);
+        req.workdir = Some(RUN_DIR.into());
+        req.stdin = Some(stdin.into_bytes());
+        req.max_output = limits.output_bytes;
+        req.max_stderr = limits.output_bytes;
+        // The runner ends the step at the wall limit; this is only the reader's own backstop.
+        req.deadline = Duration::from_millis(limits.wall_ms) + Duration::from_secs(5);
+        let started = Instant::now();
+        let wall = Duration::from_millis(limits.wall_ms);
+        let exec = engine.exec_capture(&self.container, req);
+        tokio::pin!(exec);
+        let mut killed: Option<Verdict> = None;
+        let mut ticker = tokio::time::interval(CPU_POLL);
+        let out = loop {
+            tokio::select! {
+                out = &mut exec => break out,
+                _ = ticker.tick(), if killed.is_none() => {
+                    let cpu_ns = match (before, self.reading()) {
+                        (Some((b, _)), Some((now, _))) => now.saturating_sub(b),
+                        _ => 0,
+                    };
+                    let over = if cpu_ns > limits.time_ms * 1_000_000 {
+                        Some(Verdict::TimeLimit)
+                    } else if started.elapsed() > wall {
+                        Some(Verdict::WallTimeLimit)
+                    } else {
+                        None
+                    };
+                    if let Some(v) = over {
+                        killed = Some(v);
+                        self.kill_all(&user).await;
+                    }
+                }
+            }
+        };
+        let wall_ms = started.elapsed().as_millis() as u64;
+        let after = self.reading();
+        let memory_kb = self.files.as_ref().and_then(|f| f.peak_bytes(&mut String::new())).map(|b| b / 1024);
+        let (time_ms, oom) = match (before, after) {
+            (Some((c0, o0)), Some((c1, o1))) => ((c1.saturating_sub(c0)) / 1_000_000, o1 > o0),
+            _ => (0, false),
+        };
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => return StepResult::internal(format!("{e:#}")),
+        };
+        if out.truncated {
+            // It was abandoned at the cap and may still be writing: end it.
+            self.kill_all(&user).await;
+        }
+        let exit_code = (killed.is_none() && !out.truncated && !out.timed_out).then_some(out.exit_code);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let observed = Observed {
+            killed,
+            oom,
+            output_cut: out.truncated || out.stderr_truncated,
+            timed_out: out.timed_out,
+            exit_code,
+        };
+        let status = verdict(&observed, expected.map(|e| compare(mode, &stdout, e)));
+        StepResult {
+            status,
+            stdout,
+            stderr: out.stderr,
+            truncated: out.truncated || out.stderr_truncated,
+            signal: exit_code.filter(|c| *c > 128).map(|c| c - 128),
+            exit_code,
+            time_ms,
+            wall_ms,
+            memory_kb,
+        }
+    }
+
+    /// Every process of the submission's user ends; the container's own (`nobody`'s) stays.
+    async fn kill_all(&self, user: &str) {
+        let mut req = ExecRequest::new(vec!["sh".into(), "-c".into(), "kill -9 -1 2>/dev/null; true".into()], user);
+        req.deadline = Duration::from_secs(5);
+        if let Err(e) = self.runs.engine.exec(&self.container, req).await {
+            // A fork bomb at the pids limit leaves no room for one more process: the container goes.
+            tracing::warn!(container = %self.container, error = %format!("{e:#}"), "could not end a run's processes; removing its sandbox");
+            let _ = self.runs.engine.remove_container(&self.container).await;
+        }
+    }
+
+    async fn remove(self) {
+        if let Err(e) = self.runs.engine.remove_container(&self.container).await {
+            tracing::warn!(container = %self.container, error = %format!("{e:#}"), "could not remove a run's sandbox; it removes itself when its sleep ends");
+        }
+    }
+}
+
+impl StepResult {
+    fn internal(message: String) -> StepResult {
+        StepResult {
+            status: Verdict::InternalError,
+            stdout: String::new(),
+            stderr: message,
+            truncated: false,
+            exit_code: None,
+            signal: None,
+            time_ms: 0,
+            wall_ms: 0,
+            memory_kb: None,
+        }
+    }
+}
+
+/// The run's status from its steps.
+fn overall(compile: Option<&StepResult>, tests: &[StepResult]) -> Verdict {
+    if let Some(c) = compile.filter(|c| c.status != Verdict::Accepted) {
+        return c.status;
+    }
+    tests.iter().map(|t| t.status).find(|s| *s != Verdict::Accepted).unwrap_or(Verdict::Accepted)
+}
+
+/// The limits of a run: what it asked, else the default, never above the operator's caps (a
+/// request above a cap is refused, not lowered: the web app must know).
+pub fn effective_limits(asked: &RequestedLimits, caps: &RunLimits) -> Result<RunLimits, String> {
+    let d = RunLimits::DEFAULT;
+    fn pick<T: Copy + PartialOrd + std::fmt::Display>(
+        name: &str,
+        asked: Option<T>,
+        default: T,
+        cap: T,
+        min: T,
+    ) -> Result<T, String> {
+        match asked {
+            Some(v) if v > cap => Err(format!("limits.{name} is {v}, above the operator's cap of {cap}")),
+            Some(v) if v < min => Err(format!("limits.{name} is {v}, below the least of {min}")),
+            Some(v) => Ok(v),
+            None if default > cap => Ok(cap),
+            None => Ok(default),
+        }
+    }
+    Ok(RunLimits {
+        time_ms: pick("time_ms", asked.time_ms, d.time_ms, caps.time_ms, 1)?,
+        wall_ms: pick("wall_ms", asked.wall_ms, d.wall_ms, caps.wall_ms, 1)?,
+        memory_mb: pick("memory_mb", asked.memory_mb, d.memory_mb, caps.memory_mb, 16)?,
+        pids: pick("pids", asked.pids, d.pids, caps.pids, 1)?,
+        output_bytes: pick("output_bytes", asked.output_bytes, d.output_bytes, caps.output_bytes, 1)?,
+    })
+}
+
+/// Refuses what cannot be run: bad paths, too many or too large files, too many test cases.
+pub fn validate(req: &RunRequest, max_files_bytes: usize, max_tests: usize) -> Result<(), String> {
+    if req.files.len() > MAX_FILES {
+        return Err(format!("{} files; a run takes at most {MAX_FILES}", req.files.len()));
+    }
+    let total: usize = req.files.iter().map(|f| f.content.len() + f.path.len()).sum();
+    if total > max_files_bytes {
+        return Err(format!("the files are {total} bytes; a run takes at most {max_files_bytes}"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for f in &req.files {
+        check_path(&f.path)?;
+        if !seen.insert(f.path.as_str()) {
+            return Err(format!("the file {:?} is given twice", f.path));
+        }
+    }
+    if req.tests.len() > max_tests {
+        return Err(format!("{} test cases; a run takes at most {max_tests}", req.tests.len()));
+    }
+    if !req.tests.is_empty() && (!req.stdin.is_empty() || !req.args.is_empty()) {
+        return Err("stdin and args are for a run without tests; give each test case its own".into());
+    }
+    Ok(())
+}
+
+/// A file's path: relative, of plain names, without `.`/`..`, NUL or a trailing `/`.
+fn check_path(path: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("the file path {path:?} {why}"));
+    if path.is_empty() || path.len() > 255 {
+        return bad("must be 1-255 bytes");
+    }
+    if path.starts_with('/') {
+        return bad("must be relative to the run's directory");
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return bad("has a NUL or a backslash");
+    }
+    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return bad("has an empty, '.' or '..' component");
+    }
+    Ok(())
+}
+
+/// The files as a tar, each a regular file readable and writable by the run's user.
+fn files_tar(files: &[RunFile]) -> anyhow::Result<Vec<u8>> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let mut parent = std::path::Path::new(&f.path).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.insert(p.to_path_buf());
+            parent = p.parent();
+        }
+    }
+    for d in &dirs {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        tar.append_data(&mut h, d, std::io::empty())?;
+    }
+    for f in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(f.content.len() as u64);
+        tar.append_data(&mut h, &f.path, f.content.as_bytes())?;
+    }
+    Ok(tar.into_inner()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(files: &[(&str, &str)]) -> RunRequest {
+        RunRequest {
+            runtime: "python3".into(),
+            files: files.iter().map(|(p, c)| RunFile { path: p.to_string(), content: c.to_string() }).collect(),
+            stdin: String::new(),
+            args: vec![],
+            tests: vec![],
+            compare: Compare::default(),
+            limits: RequestedLimits::default(),
+        }
+    }
+
+    #[test]
+    fn paths_that_leave_the_run_directory_are_refused() {
+        for bad in ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/", "", "a\0b", "a\\b"] {
+            assert!(validate(&request(&[(bad, "x")]), 1 << 20, 10).is_err(), "{bad:?}");
+        }
+        assert!(validate(&request(&[("main.py", "x"), ("pkg/mod.py", "y")]), 1 << 20, 10).is_ok());
+        assert!(validate(&request(&[("a", "x"), ("a", "y")]), 1 << 20, 10).is_err(), "twice");
+        assert!(validate(&request(&[("a", &"x".repeat(100))]), 50, 10).is_err(), "too large");
+    }
+
+    #[test]
+    fn limits_default_and_are_refused_above_the_caps() {
+        let caps = RunLimits { time_ms: 1000, ..RunLimits::DEFAULT };
+        let l = effective_limits(&RequestedLimits::default(), &caps).unwrap();
+        assert_eq!(l.time_ms, 1000, "a default above the cap is the cap");
+        assert_eq!(l.memory_mb, RunLimits::DEFAULT.memory_mb);
+        let e = effective_limits(&RequestedLimits { memory_mb: Some(4096), ..Default::default() }, &caps).unwrap_err();
+        assert!(e.contains("limits.memory_mb") && e.contains("cap"), "{e}");
+        assert!(effective_limits(&RequestedLimits { memory_mb: Some(1), ..Default::default() }, &caps).is_err());
+    }
+
+    #[test]
+    fn the_files_tar_has_their_directories_first() {
+        let tar = files_tar(&[RunFile { path: "a/b/c.txt".into(), content: "hi".into() }]).unwrap();
+        let mut archive = tar::Archive::new(&tar[..]);
+        let names: Vec<String> =
+            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        assert_eq!(names, vec!["a", "a/b", "a/b/c.txt"]);
+    }
+
+    #[test]
+    fn the_run_status_is_the_compile_steps_or_the_first_failed_tests() {
+        let step = |status| StepResult { status, ..StepResult::internal(String::new()) };
+        assert_eq!(overall(None, &[step(Verdict::Accepted), step(Verdict::Accepted)]), Verdict::Accepted);
+        assert_eq!(
+            overall(None, &[step(Verdict::Accepted), step(Verdict::WrongAnswer), step(Verdict::TimeLimit)]),
+            Verdict::WrongAnswer
+        );
+        assert_eq!(overall(Some(&step(Verdict::CompileError)), &[]), Verdict::CompileError);
+    }
+}

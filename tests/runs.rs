@@ -1,0 +1,204 @@
+//! One-shot runs (`POST /v1/runs`): every status produced on purpose, a fresh sandbox per run,
+//! bad input refused before anything starts, and a flood contained while the sessions API
+//! answers. Needs Docker (fails loudly without it).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const PYTHON_IMAGE: &str = "exercise-runner/base:latest";
+
+async fn with_python(app: &TestApp) {
+    let runtime = json!({
+        "image": PYTHON_IMAGE,
+        "run": ["python3", "main.py"],
+        "compile": ["python3", "-m", "py_compile", "main.py"],
+    });
+    let (status, v) = app.put("/v1/runtimes/python3", runtime).await;
+    assert_eq!(status, 201, "{v}");
+}
+
+async fn run(app: &TestApp, body: Value) -> Value {
+    let (status, v) = app.post("/v1/runs", body).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+async fn run_py(app: &TestApp, source: &str, limits: Value) -> Value {
+    run(app, json!({"runtime": "python3", "files": [{"path": "main.py", "content": source}], "limits": limits})).await
+}
+
+fn run_containers(app: &TestApp) -> Vec<String> {
+    let filter = format!("label=exercise-runner.instance={}", app.instance);
+    docker(&["ps", "-aq", "--filter", &filter, "--filter", "label=exercise-runner.run"])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_is_produced_on_purpose() {
+    require_docker();
+    let app = spawn_app().await;
+    with_python(&app).await;
+
+    // Compile once, then each test case on it: right, wrong, and a crash.
+    let source = "import sys\nn = int(sys.stdin.read())\nif n < 0: raise SystemExit(3)\nprint(n * 2)\n";
+    let v = run(
+        &app,
+        json!({"runtime": "python3", "files": [{"path": "main.py", "content": source}], "tests": [
+            {"stdin": "21", "expected_output": "42\n"},
+            {"stdin": "2", "expected_output": "5"},
+            {"stdin": "-1", "expected_output": "x"},
+        ]}),
+    )
+    .await;
+    assert_eq!(v["compile"]["status"], "accepted", "{v}");
+    let statuses: Vec<&str> = v["tests"].as_array().unwrap().iter().map(|t| t["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["accepted", "wrong_answer", "runtime_error"], "{v}");
+    assert_eq!(v["status"], "wrong_answer", "the first failed test case's: {v}");
+    assert_eq!(v["tests"][0]["stdout"], "42\n");
+    assert_eq!(v["tests"][2]["exit_code"], 3);
+    assert!(v["tests"][0]["wall_ms"].as_u64().unwrap() > 0 && v["tests"][0]["memory_kb"].as_u64().unwrap() > 0, "{v}");
+
+    let v = run_py(&app, "def broken(:\n", json!({})).await;
+    assert_eq!(v["status"], "compile_error", "{v}");
+    assert!(v["compile"]["stderr"].as_str().unwrap().contains("SyntaxError"), "{v}");
+    assert_eq!(v["tests"], json!([]), "nothing runs after a failed compile: {v}");
+
+    let v = run_py(&app, "while True:\n    pass\n", json!({"time_ms": 300, "wall_ms": 10000})).await;
+    assert_eq!(v["status"], "time_limit", "{v}");
+    let cpu = v["tests"][0]["time_ms"].as_u64().unwrap();
+    assert!((300..5000).contains(&cpu), "CPU time measured around the limit: {v}");
+
+    let v = run_py(&app, "import time\ntime.sleep(60)\n", json!({"wall_ms": 500})).await;
+    assert_eq!(v["status"], "wall_time_limit", "{v}");
+    assert!(v["tests"][0]["time_ms"].as_u64().unwrap() < 300, "sleeping uses no CPU: {v}");
+
+    let v = run_py(&app, "x = b'x' * (400 * 1024 * 1024)\n", json!({"memory_mb": 64})).await;
+    assert_eq!(v["status"], "memory_limit", "from the cgroup's OOM record: {v}");
+
+    let v = run_py(&app, "while True:\n    print('y' * 1000)\n", json!({"output_bytes": 10000})).await;
+    assert_eq!(v["status"], "output_limit", "{v}");
+    assert_eq!(v["tests"][0]["truncated"], true);
+    assert!(v["tests"][0]["stdout"].as_str().unwrap().len() <= 10000, "{v}");
+
+    let v = run_py(&app, "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", json!({})).await;
+    assert_eq!(v["status"], "runtime_error", "{v}");
+    assert_eq!(v["tests"][0]["signal"], 11, "{v}");
+
+    assert!(run_containers(&app).is_empty(), "every run's sandbox is removed after its result");
+}
+
+/// A run that leaves a file and a background process behind: the next run sees neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_one_run_is_visible_to_the_next() {
+    require_docker();
+    let app = spawn_app().await;
+    with_python(&app).await;
+    let leave = "import subprocess\nopen('left.txt', 'w').write('x')\nopen('/tmp/left.txt', 'w').write('x')\n\
+        subprocess.Popen(['sleep', '1000'], start_new_session=True)\nprint('left')\n";
+    let v = run_py(&app, leave, json!({})).await;
+    assert_eq!(v["status"], "accepted", "{v}");
+    let look = "import os\nprocs = [p for p in os.listdir('/proc') if p.isdigit()]\n\
+        cmds = [open(f'/proc/{p}/cmdline', 'rb').read().replace(b'\\0', b' ').decode() for p in procs]\n\
+        print(os.path.exists('left.txt'), os.path.exists('/tmp/left.txt'), any('sleep 1000' in c for c in cmds))\n\
+        print(os.getuid(), open('/proc/self/status').read().count('CapEff:\\t0000000000000000'))\n";
+    let v = run_py(&app, look, json!({})).await;
+    assert_eq!(v["tests"][0]["stdout"], "False False False\n1000 1\n", "{v}");
+    // And the sandbox is the sandbox policy's: no network, a read-only root.
+    let probe =
+        "import socket\ntry:\n    open('/etc/x', 'w')\n    print('root writable')\nexcept OSError:\n    print('ro')\n\
+        print([n for _, n in socket.if_nameindex()])\n";
+    let v = run_py(&app, probe, json!({})).await;
+    assert_eq!(v["tests"][0]["stdout"], "ro\n['lo']\n", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_clear_4xx_and_starts_nothing() {
+    require_docker();
+    let app = spawn_app_with(|s| s.runs.max_files_bytes = 1000).await;
+    with_python(&app).await;
+    let file = |path: &str, content: &str| json!({"runtime": "python3", "files": [{"path": path, "content": content}]});
+    let cases = [
+        (json!({"runtime": "cobol", "files": []}), 404, "runtime_not_found"),
+        (file("../../etc/passwd", "x"), 422, "invalid_run"),
+        (file("/etc/passwd", "x"), 422, "invalid_run"),
+        (file("main.py", &"x".repeat(2000)), 422, "invalid_run"),
+        (json!({"runtime": "python3", "limits": {"memory_mb": 100000}}), 422, "invalid_run"),
+        (json!({"runtime": "python3", "limits": {"time_ms": 99999999}}), 422, "invalid_run"),
+        (json!({"runtime": "python3", "limits": {"memroy_mb": 1}}), 422, "invalid_body"),
+        (json!({"runtime": "python3", "stdin": "x", "tests": [{"stdin": "y"}]}), 422, "invalid_run"),
+    ];
+    for (body, status, code) in cases {
+        let (got, v) = app.post("/v1/runs", body.clone()).await;
+        assert_eq!((got, v["error"]["code"].as_str().unwrap_or_default()), (status, code), "{body} → {v}");
+    }
+    let runtimes = [
+        (json!({"image": "no-such-image:1", "run": ["x"]}), "image_not_found"),
+        (json!({"image": PYTHON_IMAGE, "run": []}), "invalid_runtime"),
+    ];
+    for (body, code) in runtimes {
+        let (got, v) = app.put("/v1/runtimes/other", body).await;
+        assert_eq!((got, v["error"]["code"].as_str().unwrap_or_default()), (422, code), "{v}");
+    }
+    assert_eq!(app.put("/v1/runtimes/Bad Name", json!({"image": PYTHON_IMAGE, "run": ["x"]})).await.0, 422);
+    assert_eq!(app.get("/v1/runtimes/other").await.0, 404, "a refused runtime is not stored");
+    assert_eq!(app.get("/v1/runtimes").await.1["runtimes"].as_array().unwrap().len(), 1);
+    assert!(run_containers(&app).is_empty(), "a refused run made no sandbox");
+}
+
+/// A fork bomb stops at the pids limit, and a flood of 100 runs at once is bounded (a few run,
+/// some wait, the rest are told to come back) while the sessions API keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fork_bomb_and_a_flood_of_runs_are_contained() {
+    require_docker();
+    let app = spawn_app_with(|s| {
+        s.runs.max_concurrent = 2;
+        s.runs.max_queued = 6;
+    })
+    .await;
+    with_python(&app).await;
+    let bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+    let v = run_py(&app, bomb, json!({"pids": 16, "wall_ms": 2000})).await;
+    let status = v["status"].as_str().unwrap();
+    assert!(["time_limit", "wall_time_limit"].contains(&status), "{v}");
+
+    let flood = futures_util::future::join_all((0..100).map(|i| {
+        let client = app.client.clone();
+        let url = app.url("/v1/runs");
+        async move {
+            let body = json!({"runtime": "python3", "files": [{"path": "main.py", "content": format!("print({i})")}]});
+            let r = client.post(url).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+            let retry = r.headers().get("retry-after").map(|h| h.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry, r.json::<Value>().await.unwrap())
+        }
+    }));
+    let sessions_api = async {
+        let mut answered = 0;
+        for _ in 0..10 {
+            let (status, _) = app.get("/v1/sessions").await;
+            assert_eq!(status, 200);
+            answered += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        answered
+    };
+    let (answers, answered) = tokio::join!(flood, sessions_api);
+    assert_eq!(answered, 10);
+    let done = answers.iter().filter(|(s, _, v)| *s == 200 && v["status"] == "accepted").count();
+    let refused = answers
+        .iter()
+        .filter(|(s, retry, v)| *s == 429 && retry.is_some() && v["error"]["code"] == "runs_queue_full")
+        .count();
+    assert_eq!(done + refused, 100, "each run either ran or was told to come back: {answers:?}");
+    assert!(done >= 2 && refused >= 50, "{done} ran, {refused} refused");
+    let metrics = app.get("/metrics").await.1;
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("runner_runs_total{runtime=\"python3\",status=\"accepted\"}"), "{metrics}");
+    assert!(run_containers(&app).is_empty(), "no sandbox of a run is left");
+}
