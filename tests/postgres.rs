@@ -318,3 +318,35 @@ async fn snapshots_of_passing_checks_and_resets_work_on_postgresql() {
     assert_eq!(reasons, ["reset", "check_passed"], "{list}");
     assert_eq!(list["snapshots"][0]["sha256"], list["snapshots"][1]["sha256"], "the same files, one blob");
 }
+
+/// One-shot runs on PostgreSQL: recorded, read at their URL, listed by learner, erased with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_runs_are_kept_listed_and_erased_on_postgresql() {
+    require_docker();
+    let (app, _) = spawn_pg_app(|_| {}).await;
+    let runtime = json!({"image": "exercise-runner/base:latest", "run": ["sh", "main.sh"]});
+    assert_eq!(app.put("/v1/runtimes/sh", runtime).await.0, 201);
+    let body = json!({"runtime": "sh", "learner": "grace", "files": [{"path": "main.sh", "content": "echo pg"}],
+        "tests": [{"expected_output": "pg"}]});
+    let (status, v) = app.post("/v1/runs", body.clone()).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
+    let mut body = body;
+    body["wait"] = json!(false);
+    let (status, queued) = app.post("/v1/runs", body).await;
+    assert_eq!(status, 202, "{queued}");
+    let url = queued["url"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = app.get(url).await;
+        if v["state"] == "finished" {
+            assert_eq!(v["status"], "accepted", "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.get("/v1/runs?learner=grace").await.1["runs"].as_array().unwrap().len(), 2);
+    let (status, erased) = app.delete("/v1/learners/grace").await;
+    assert_eq!((status, erased["removed"]["records"]["runs"].as_u64()), (200, Some(2)), "{erased}");
+    assert_eq!(app.get(url).await.0, 404);
+}

@@ -202,3 +202,148 @@ async fn a_fork_bomb_and_a_flood_of_runs_are_contained() {
     assert!(metrics.contains("runner_runs_total{runtime=\"python3\",status=\"accepted\"}"), "{metrics}");
     assert!(run_containers(&app).is_empty(), "no sandbox of a run is left");
 }
+
+/// `"wait": false`: 202 with the run's URL at once, the result read there when done, and
+/// `run.finished` told (signed) to a webhook that asks for it; the run is listed for its learner
+/// and erased with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_is_not_waited_for_is_read_at_its_url_and_told_to_the_web_app() {
+    require_docker();
+    let app = spawn_app().await;
+    with_python(&app).await;
+    let receiver = EventReceiver::start(Answer::Ok).await;
+    let hook = json!({"url": receiver.url, "secret": RECEIVER_SECRET, "events": ["run.finished"]});
+    assert_eq!(app.put("/v1/webhooks/site", hook).await.0, 201);
+
+    let body = json!({"runtime": "python3", "wait": false, "learner": "ada",
+        "files": [{"path": "main.py", "content": "print(input()[::-1])"}],
+        "tests": [{"stdin": "abc", "expected_output": "cba"}]});
+    let r = app.client.post(app.url("/v1/runs")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["state"], "queued", "{v}");
+    assert_eq!(v["url"], location);
+    let done = poll_run(&app, &location).await;
+    assert_eq!(done["status"], "accepted", "{done}");
+    assert_eq!(done["tests"][0]["stdout"], "cba\n");
+    assert_eq!(done["learner"], "ada");
+
+    let events = receiver.wait_for(Duration::from_secs(20), "run.finished", |e| !e.is_empty()).await;
+    assert_eq!(events[0]["type"], "run.finished");
+    assert_eq!(events[0]["data"]["run"], v["id"]);
+    assert_eq!(events[0]["data"]["status"], "accepted");
+    assert_eq!(events[0]["data"]["url"], location);
+
+    // A run that is waited for is not told: its caller has the answer.
+    run(&app, json!({"runtime": "python3", "files": [{"path": "main.py", "content": "print(1)"}]})).await;
+    let (_, list) = app.get("/v1/runs?learner=ada").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(app.get("/v1/runs").await.1["runs"].as_array().unwrap().len(), 2);
+
+    let (status, erased) = app.delete("/v1/learners/ada").await;
+    assert_eq!(status, 200, "{erased}");
+    assert_eq!(erased["removed"]["records"]["runs"], 1, "{erased}");
+    assert_eq!(app.get(&location).await.0, 404, "erased with the learner");
+    assert_eq!(app.get("/v1/runs/nope").await.1["error"]["code"], "run_not_found");
+    let count = |events: &[Value]| events.iter().filter(|e| e["type"] == "run.finished").count();
+    assert_eq!(count(&receiver.events()), 1, "only the run that asked was told");
+}
+
+async fn poll_run(app: &TestApp, url: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = app.get(url).await;
+        assert_eq!(status, 200, "{v}");
+        if v["state"] == "finished" {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run did not finish: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A run of an exercise's current image with the caller's command, and the refusals around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exercise_image_runs_the_command_given_and_sources_are_checked() {
+    require_docker();
+    let app = spawn_app().await;
+    with_python(&app).await;
+    let (status, v) = app.put("/v1/exercises/sums", json!({"image": PYTHON_IMAGE})).await;
+    assert_eq!(status, 201, "{v}");
+    let v = run(
+        &app,
+        json!({"exercise": "sums", "run": ["sh", "sum.sh"],
+            "files": [{"path": "sum.sh", "content": "read a b; echo $((a + b))"}],
+            "tests": [{"stdin": "2 3", "expected_output": "5"}, {"stdin": "1 1", "expected_output": "3"}]}),
+    )
+    .await;
+    assert_eq!(v["exercise"], "sums");
+    assert_eq!(v["status"], "wrong_answer", "{v}");
+    assert_eq!(v["tests"][0]["status"], "accepted", "{v}");
+
+    let cases = [
+        (json!({"exercise": "nope", "run": ["sh"]}), 404, "exercise_not_found"),
+        (json!({"exercise": "sums"}), 422, "invalid_run"),
+        (json!({"exercise": "sums", "run": []}), 422, "invalid_run"),
+        (json!({"runtime": "python3", "run": ["sh"]}), 422, "invalid_run"),
+        (json!({"runtime": "python3", "exercise": "sums", "run": ["sh"]}), 422, "invalid_run"),
+        (json!({"files": []}), 422, "invalid_run"),
+        (json!({"runtime": "python3", "learner": "not a learner id!"}), 422, "invalid_run"),
+    ];
+    for (body, status, code) in cases {
+        let (got, v) = app.post("/v1/runs", body.clone()).await;
+        assert_eq!((got, v["error"]["code"].as_str().unwrap_or_default()), (status, code), "{body} → {v}");
+    }
+    assert!(run_containers(&app).is_empty());
+}
+
+/// Per token: past its runs' rate, 429 `runs_rate_limited` with `Retry-After`, nothing started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_starts_runs_too_fast_is_told_when_to_come_back() {
+    require_docker();
+    let app = spawn_app_with(|s| {
+        s.runs.rate_per_min = 1;
+        s.runs.rate_burst = 2;
+    })
+    .await;
+    with_python(&app).await;
+    let body = json!({"runtime": "python3", "files": [{"path": "main.py", "content": "print(1)"}]});
+    run(&app, body.clone()).await;
+    run(&app, body.clone()).await;
+    let r = app.client.post(app.url("/v1/runs")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "runs_rate_limited");
+    assert_eq!(app.get("/v1/runs").await.1["runs"].as_array().unwrap().len(), 2, "the refused run is not recorded");
+}
+
+/// A runner stopped with a run in flight: the next one finishes it as `internal_error` and
+/// removes its sandbox; nothing is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_in_flight_when_the_runner_stops_is_finished_by_the_next_one() {
+    require_docker();
+    let mut app = spawn_app().await;
+    with_python(&app).await;
+    let body = json!({"runtime": "python3", "wait": false, "limits": {"wall_ms": 20000},
+        "files": [{"path": "main.py", "content": "import time\ntime.sleep(60)"}]});
+    let (status, v) = app.post("/v1/runs", body).await;
+    assert_eq!(status, 202, "{v}");
+    let url = v["url"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.get(&url).await.1["state"] != "running" {
+        assert!(std::time::Instant::now() < deadline, "the run did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(Duration::from_secs(20), "the run's sandbox", || (!run_containers(&app).is_empty()).then_some(())).await;
+    app.stop_server().await;
+    let again = start(test_settings(&app.data_dir, &app.instance)).await;
+    let v = poll_run(&again, &url).await;
+    assert_eq!(v["status"], "internal_error", "{v}");
+    assert!(v["tests"][0]["stderr"].as_str().unwrap().contains("stopped"), "{v}");
+    eventually(Duration::from_secs(20), "no run sandbox left", || run_containers(&again).is_empty().then_some(()))
+        .await;
+    drop(again);
+    drop(app);
+}

@@ -131,6 +131,12 @@ pub struct RunSettings {
     pub max_files_bytes: usize,
     /// `RUNNER_RUN_MAX_TESTS`: test cases in one run.
     pub max_tests: usize,
+    /// `RUNNER_RUN_RETENTION_SECS`: finished runs (their outputs) are deleted after this.
+    pub retention: Duration,
+    /// `RUNNER_RUN_RATE_LIMIT_PER_MIN`, `RUNNER_RUN_RATE_LIMIT_BURST`: runs one API token may
+    /// start (on top of the token's request rate limit); past it 429 `runs_rate_limited`.
+    pub rate_per_min: u32,
+    pub rate_burst: u32,
 }
 
 impl RunSettings {
@@ -147,6 +153,9 @@ impl RunSettings {
             },
             max_files_bytes: 1024 * 1024,
             max_tests: 50,
+            retention: Duration::from_secs(7 * 86_400),
+            rate_per_min: 1200,
+            rate_burst: 100,
         }
     }
 }
@@ -550,6 +559,15 @@ impl Settings {
         if let Some(v) = parse(&get, "RUNNER_RUN_MAX_TESTS")? {
             s.runs.max_tests = v;
         }
+        if let Some(v) = secs("RUNNER_RUN_RETENTION_SECS")? {
+            s.runs.retention = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_RATE_LIMIT_PER_MIN")? {
+            s.runs.rate_per_min = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_RATE_LIMIT_BURST")? {
+            s.runs.rate_burst = v;
+        }
         if let Some(v) = secs("RUNNER_REAP_INTERVAL_SECS")? {
             s.reap_interval = v;
         }
@@ -739,8 +757,11 @@ impl Settings {
             || r.caps.memory_mb < 16
             || r.caps.pids == 0
             || r.max_tests == 0
+            || r.retention.is_zero()
+            || r.rate_per_min == 0
+            || r.rate_burst == 0
         {
-            bail!("RUNNER_RUN_MAX_CONCURRENT, RUNNER_RUN_MAX_TIME_MS, RUNNER_RUN_MAX_WALL_MS, RUNNER_RUN_MAX_PIDS and RUNNER_RUN_MAX_TESTS must be at least 1, RUNNER_RUN_MAX_MEMORY_MB at least 16");
+            bail!("RUNNER_RUN_MAX_CONCURRENT, RUNNER_RUN_MAX_TIME_MS, RUNNER_RUN_MAX_WALL_MS, RUNNER_RUN_MAX_PIDS, RUNNER_RUN_MAX_TESTS, RUNNER_RUN_RETENTION_SECS, RUNNER_RUN_RATE_LIMIT_PER_MIN and RUNNER_RUN_RATE_LIMIT_BURST must be at least 1, RUNNER_RUN_MAX_MEMORY_MB at least 16");
         }
         let a = &self.alerts;
         if a.interval.is_zero() || a.oom_kills == 0 || a.oom_window.is_zero() {

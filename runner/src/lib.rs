@@ -66,7 +66,7 @@ pub async fn launch(
     let report = sessions::reconcile::reconcile_once(&app.sessions).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
     builds::recover(&app.builds).await.context("recovering builds at start")?;
-    app.runs.sweep().await.context("removing the sandboxes of runs a stopped runner left")?;
+    app.runs.maintain().await.context("finishing the runs a stopped runner left, and removing their sandboxes")?;
     // Not fatal: sessions work without it; builds are refused and /readyz says why.
     let isolation = builds::isolation::refresh(&app.builds).await;
     tracing::info!(network = %isolation.network, mode = isolation.mode, isolated = isolation.ok, "build network checked");
@@ -90,6 +90,7 @@ pub async fn launch(
         tokio::spawn(usage::run(app.usage.clone(), cancel.clone())),
         outbox::spawn(app.outbox.clone(), cancel.clone()),
         tokio::spawn(app.files.clone().run_retention(cancel.clone())),
+        tokio::spawn(runs::run(app.runs.clone(), cancel.clone())),
         tokio::spawn(alerts::run(
             app.alerts.clone(),
             alerts::Sources {
@@ -121,6 +122,11 @@ pub async fn launch(
     cancel.cancel();
     for task in background.into_iter().chain(ingress) {
         let _ = task.await;
+    }
+    // Runs in flight end with the process: their leases are given up, so the next runner to
+    // look finishes them at once instead of after `runs::LEASE`.
+    if let Err(e) = app.runs.release().await {
+        tracing::warn!(error = %format!("{e:#}"), "could not give up the leases of this runner's runs");
     }
     tracing::info!("exercise-runner stopped");
     served.context("serving HTTP")

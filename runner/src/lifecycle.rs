@@ -218,6 +218,46 @@ impl Lifecycle for PoolState {
     }
 }
 
+// ---- one-shot runs ----
+
+/// Where a one-shot run is: `queued → running → finished` (its verdict is its `status`), or
+/// `queued → finished` when it ends before it had a slot (its runner stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Inserted in this state; waits for a run slot.
+    Queued,
+    /// In its sandbox.
+    Running,
+    /// Its result is written; nothing moves it any more.
+    Finished,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 3] = [RunState::Queued, RunState::Running, RunState::Finished];
+    /// Not finished: held by the runner that took it, under a lease.
+    pub const UNFINISHED: &'static [RunState] = &[RunState::Queued, RunState::Running];
+}
+
+impl Lifecycle for RunState {
+    const NAME: &'static str = "run";
+    const ALL: &'static [Self] = &RunState::ALL;
+    fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::Finished => "finished",
+        }
+    }
+    fn sources(to: Self) -> &'static [Self] {
+        match to {
+            RunState::Queued => &[],
+            RunState::Running => &[RunState::Queued],
+            RunState::Finished => RunState::UNFINISHED,
+        }
+    }
+}
+
 // ---- deploys ----
 
 /// Where a deploy (or rollback) of a managed app is: `running → succeeded | failed`.
@@ -333,15 +373,19 @@ pub enum EventType {
     BuildFinished,
     #[serde(rename = "version.published")]
     VersionPublished,
+    /// A one-shot run asked with `"wait": false` has its result.
+    #[serde(rename = "run.finished")]
+    RunFinished,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::SessionRunning,
         EventType::SessionEnded,
         EventType::CheckCompleted,
         EventType::BuildFinished,
         EventType::VersionPublished,
+        EventType::RunFinished,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -350,6 +394,7 @@ impl EventType {
             EventType::CheckCompleted => "check.completed",
             EventType::BuildFinished => "build.finished",
             EventType::VersionPublished => "version.published",
+            EventType::RunFinished => "run.finished",
         }
     }
     pub fn parse(s: &str) -> Option<EventType> {
@@ -453,6 +498,12 @@ mod tests {
     }
 
     #[test]
+    fn run_moves() {
+        use RunState as R;
+        assert_table(&[(R::Queued, R::Running), (R::Queued, R::Finished), (R::Running, R::Finished)]);
+    }
+
+    #[test]
     fn build_moves() {
         use BuildState as B;
         assert_table(&[
@@ -523,7 +574,14 @@ mod tests {
         }
         assert_eq!(
             EventType::ALL.map(EventType::as_str),
-            ["session.running", "session.ended", "check.completed", "build.finished", "version.published"]
+            [
+                "session.running",
+                "session.ended",
+                "check.completed",
+                "build.finished",
+                "version.published",
+                "run.finished"
+            ]
         );
         for r in EndReason::ALL {
             assert_eq!(EndReason::parse(r.as_str()), Some(r));

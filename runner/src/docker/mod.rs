@@ -447,16 +447,18 @@ impl DockerEngine {
 
     /// Build containers of this instance (self-tests), running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
-        self.list_named(engine::LABEL_BUILD, engine::Purpose::SelfTest("")).await
+        let found = self.list_named(engine::LABEL_BUILD, engine::Purpose::SelfTest("")).await?;
+        Ok(found.into_iter().map(|(id, _)| id).collect())
     }
 
-    async fn list_run_containers(&self) -> anyhow::Result<Vec<String>> {
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<(String, String)>> {
         self.list_named(engine::LABEL_RUN, engine::Purpose::Run("")).await
     }
 
     /// This instance's containers carrying `label` and named as `purpose`'s are (labels alone
-    /// can come from an image; names cannot).
-    async fn list_named(&self, label: &str, purpose: engine::Purpose<'_>) -> anyhow::Result<Vec<String>> {
+    /// can come from an image; names cannot): their ids, each with the rest of its name after
+    /// the purpose's prefix (the build's or run's id).
+    async fn list_named(&self, label: &str, purpose: engine::Purpose<'_>) -> anyhow::Result<Vec<(String, String)>> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("{}={}", engine::LABEL_INSTANCE, self.instance), label.to_string()],
@@ -467,8 +469,10 @@ impl DockerEngine {
         Ok(self
             .count("list_containers", r)?
             .into_iter()
-            .filter(|c| c.names.as_deref().unwrap_or_default().iter().any(|n| n.starts_with(&prefix)))
-            .filter_map(|c| c.id)
+            .filter_map(|c| {
+                let rest = c.names.as_deref().unwrap_or_default().iter().find_map(|n| n.strip_prefix(&prefix))?;
+                Some((c.id?, rest.to_string()))
+            })
             .collect())
     }
 
@@ -629,7 +633,7 @@ impl ContainerEngine for DockerEngine {
         DockerEngine::list_selftest_containers(self).await
     }
 
-    async fn list_run_containers(&self) -> anyhow::Result<Vec<String>> {
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<(String, String)>> {
         DockerEngine::list_run_containers(self).await
     }
 

@@ -107,8 +107,8 @@ pub trait ContainerEngine: Send + Sync {
     /// Build self-test containers of this instance, running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>>;
 
-    /// The containers of one-shot runs of this instance (left by a runner that was killed).
-    async fn list_run_containers(&self) -> anyhow::Result<Vec<String>>;
+    /// The containers of one-shot runs of this instance, each with its run's id.
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<(String, String)>>;
 
     /// The running containers of this instance that are not sessions' sandboxes (builds'
     /// self-tests, managed apps' containers), in one call, for their usage figures.

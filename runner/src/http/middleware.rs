@@ -73,6 +73,11 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Which token a request came with (a digest's prefix, never the token): the key of per-token
+/// limits beyond the request rate (`POST /v1/runs`).
+#[derive(Debug, Clone)]
+pub struct TokenKey(pub String);
+
 /// Requires `Authorization: Bearer <RUNNER_API_TOKEN>`, then applies the token's rate limit.
 pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let expected = app.settings.api_token.as_ref().expect("token resolved at launch");
@@ -93,6 +98,7 @@ pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: 
         return ApiError::rate_limited(wait.as_secs_f64().ceil() as u64).into_response();
     }
     req.extensions_mut().insert(Actor("api-token"));
+    req.extensions_mut().insert(TokenKey(key));
     next.run(req).await
 }
 

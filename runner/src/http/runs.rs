@@ -5,24 +5,24 @@ use std::sync::Arc;
 
 use axum::{
     extract::{Path, State},
-    http::StatusCode,
+    http::{header, StatusCode},
     Extension, Json,
 };
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{extract::ApiJson, middleware::Actor, operators};
+use super::{
+    extract::{ApiJson, ApiQuery},
+    middleware::{Actor, TokenKey},
+    operators,
+};
 use crate::{
     app::App,
-    domain::rfc3339,
+    domain::{rfc3339, LearnerId},
     error::{ApiError, ApiResult, ErrorBody},
-    runs::{RunError, RunRequest, RunResult},
+    runs::{RunError, RunRequest, RunView},
     store::RuntimeRecord,
 };
-
-/// Most words of a runtime's command, and bytes of each.
-const MAX_ARGV: usize = 32;
-const MAX_ARG_BYTES: usize = 1024;
 
 /// A runtime: an image on the engine and how a submission is run (and first compiled) in it.
 /// The image needs `sleep`, `sh` and `tar`; commands run in the run's directory, as the sandbox
@@ -81,14 +81,7 @@ fn check_name(name: &str) -> ApiResult<()> {
 }
 
 fn check_argv(what: &str, argv: &[String]) -> ApiResult<()> {
-    let bad = |m: String| Err(ApiError::invalid("invalid_runtime", m));
-    if argv.is_empty() || argv[0].is_empty() {
-        return bad(format!("{what} needs a command"));
-    }
-    if argv.len() > MAX_ARGV || argv.iter().any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0')) {
-        return bad(format!("{what}: at most {MAX_ARGV} words of {MAX_ARG_BYTES} bytes, without NUL"));
-    }
-    Ok(())
+    crate::runs::check_argv(what, argv).map_err(|m| ApiError::invalid("invalid_runtime", m))
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -186,29 +179,107 @@ pub async fn delete_runtime(
 
 /// Run a submission once, or on each test case, and judge it
 ///
-/// Answers when the run is done: a fresh sandbox, the files written, the runtime's compile
-/// step once, then every test case on its result, each with a status, its output (capped),
-/// exit code or signal, CPU and wall time and peak memory.
+/// A fresh sandbox, the files written, the compile step once, then every test case on its
+/// result, each with a status, its output (capped), exit code or signal, CPU and wall time and
+/// peak memory. With `"wait": true` (the default) it answers when the run is done (a caller
+/// that goes away does not stop it: read it at its `url`); with `"wait": false` it answers 202 at
+/// once, and `run.finished` is told to the webhooks that ask for it.
 #[utoipa::path(
     post, path = "/v1/runs", operation_id = "create_run", tag = "runs",
     request_body = RunRequest,
     responses(
-        (status = 200, description = "The run's result (its `status` says how the submission did)", body = RunResult),
-        (status = 404, description = "`runtime_not_found`", body = ErrorBody),
-        (status = 422, description = "`invalid_run`: files, paths, tests or limits above the caps", body = ErrorBody),
-        (status = 429, description = "`runs_queue_full`: too many runs wait; see `Retry-After`", body = ErrorBody),
+        (status = 200, description = "The run, finished (its `status` says how the submission did)", body = RunView),
+        (status = 202, description = "Taken (`\"wait\": false`): read it at `url` (also `Location`)", body = RunView),
+        (status = 404, description = "`runtime_not_found`, `exercise_not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_run`: source, commands, files, paths, tests, learner or limits above the caps", body = ErrorBody),
+        (status = 429, description = "`runs_queue_full`: too many runs wait; `runs_rate_limited`: this token starts runs too fast; see `Retry-After`", body = ErrorBody),
     )
 )]
-pub async fn create_run(State(app): State<Arc<App>>, ApiJson(body): ApiJson<RunRequest>) -> ApiResult<Json<RunResult>> {
-    match app.runs.run(body).await {
-        Ok(r) => Ok(Json(r)),
-        Err(RunError::Invalid(m)) => Err(ApiError::invalid("invalid_run", m)),
-        Err(e @ RunError::UnknownRuntime(_)) => Err(ApiError::not_found("runtime_not_found", e.to_string())),
-        Err(e @ RunError::QueueFull(_)) => {
+pub async fn create_run(
+    State(app): State<Arc<App>>,
+    Extension(token): Extension<TokenKey>,
+    ApiJson(body): ApiJson<RunRequest>,
+) -> ApiResult<(StatusCode, [(header::HeaderName, String); 1], Json<RunView>)> {
+    let submitted = app.runs.submit(body, &token.0).await.map_err(run_error)?;
+    let location = [(header::LOCATION, submitted.view.url.clone())];
+    match submitted.done {
+        None => Ok((StatusCode::ACCEPTED, location, Json(submitted.view))),
+        Some(task) => {
+            let view = task.await.map_err(anyhow::Error::from)??;
+            Ok((StatusCode::OK, location, Json(view)))
+        }
+    }
+}
+
+fn run_error(e: RunError) -> ApiError {
+    match e {
+        RunError::Invalid(m) => ApiError::invalid("invalid_run", m),
+        e @ RunError::UnknownRuntime(_) => ApiError::not_found("runtime_not_found", e.to_string()),
+        e @ RunError::UnknownExercise(_) => ApiError::not_found("exercise_not_found", e.to_string()),
+        e @ RunError::QueueFull(_) => {
             let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "runs_queue_full", e.to_string());
             err.retry_after_secs = Some(1);
-            Err(err)
+            err
         }
-        Err(RunError::Internal(e)) => Err(e.into()),
+        RunError::RateLimited(secs) => {
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "runs_rate_limited",
+                RunError::RateLimited(secs).to_string(),
+            );
+            err.retry_after_secs = Some(secs);
+            err
+        }
+        RunError::Internal(e) => e.into(),
     }
+}
+
+/// Read a run: queued, running, or finished with its result
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", operation_id = "get_run", tag = "runs",
+    params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = RunView),
+        (status = 404, description = "`run_not_found` (never made, or deleted after `RUNNER_RUN_RETENTION_SECS`)", body = ErrorBody),
+    )
+)]
+pub async fn get_run(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult<Json<RunView>> {
+    let r = app.store.run(&id).await?.ok_or_else(|| {
+        ApiError::not_found("run_not_found", format!("run {id:?} does not exist (or is past retention)"))
+    })?;
+    Ok(Json(RunView::of(&r)?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunsQuery {
+    /// Only the runs made for this learner.
+    learner: Option<String>,
+    /// 1–1000 (100).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunList {
+    runs: Vec<RunView>,
+}
+
+/// List runs, newest first
+#[utoipa::path(
+    get, path = "/v1/runs", operation_id = "list_runs", tag = "runs",
+    params(RunsQuery),
+    responses(
+        (status = 200, description = "Runs, newest first, results included", body = RunList),
+        (status = 422, description = "`invalid_query`", body = ErrorBody),
+    )
+)]
+pub async fn list_runs(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<RunsQuery>) -> ApiResult<Json<RunList>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("invalid_query", "limit must be 1-1000"));
+    }
+    let learner = q.learner.as_deref().map(LearnerId::parse).transpose()?;
+    let rows = app.store.runs(learner.as_ref().map(|l| l.as_str()), limit).await?;
+    Ok(Json(RunList { runs: rows.iter().map(RunView::of).collect::<anyhow::Result<_>>()? }))
 }

@@ -301,6 +301,8 @@ pub struct RemovedRecords {
     session_events: u64,
     events: u64,
     workspaces: u64,
+    /// One-shot runs made for the learner.
+    runs: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -355,6 +357,7 @@ pub async fn erase_learner(
                 session_events: r.session_events,
                 events: r.events,
                 workspaces: r.workspaces,
+                runs: r.runs,
             },
         },
     }))

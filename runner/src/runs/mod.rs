@@ -16,6 +16,7 @@
 mod verdict;
 
 use std::{
+    num::NonZeroU32,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -23,6 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use governor::{clock::Clock, clock::DefaultClock, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use utoipa::ToSchema;
@@ -31,10 +33,11 @@ pub use verdict::{compare, verdict, Compare, Observed, Verdict};
 
 use crate::{
     config::Settings,
-    domain::{Limits, RunLimits, SandboxSpec},
+    domain::{rfc3339, LearnerId, Limits, RunLimits, SandboxSpec, Slug},
     engine::{Engine, ExecRequest, Purpose, SandboxOwner, WorkspaceMount},
+    lifecycle::RunState,
     metrics::Metrics,
-    store::{RuntimeRecord, Store},
+    store::{now_ms, RunFinish, RunRecord, Store},
     usage::cgroup::Layout,
 };
 
@@ -86,15 +89,28 @@ pub struct TestCase {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
-    /// A runtime registered with `PUT /v1/runtimes/{name}`.
+    /// A runtime registered with `PUT /v1/runtimes/{name}`; or give `exercise`.
     #[schema(example = "python3")]
-    pub runtime: String,
+    pub runtime: Option<String>,
+    /// An exercise whose current version's image the run is made of (with `run`, and
+    /// `compile` if it needs one); or give `runtime`.
+    pub exercise: Option<String>,
+    /// With `exercise`: the command of each test case (its `args` are appended).
+    pub run: Option<Vec<String>>,
+    /// With `exercise`: run once before the test cases; a non-zero exit is `compile_error`.
+    pub compile: Option<Vec<String>>,
+    /// The learner the run is for, if the web app says: listed with `GET /v1/runs?learner=`
+    /// and erased with them (`DELETE /v1/learners/{learner}`).
+    pub learner: Option<String>,
+    /// `true` (the default): answer with the result. `false`: answer 202 with the run's URL at
+    /// once; `run.finished` is told to the webhooks that ask for it when it is done.
+    pub wait: Option<bool>,
     #[serde(default)]
     pub files: Vec<RunFile>,
     /// The stdin of the single run (without `tests`).
     #[serde(default)]
     pub stdin: String,
-    /// Arguments after the runtime's `run` command (without `tests`).
+    /// Arguments after the run command (without `tests`).
     #[serde(default)]
     pub args: Vec<String>,
     /// Test cases, each run on the one compiled submission; without them the submission is run
@@ -108,7 +124,7 @@ pub struct RunRequest {
 }
 
 /// The outcome of one step.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StepResult {
     pub status: Verdict,
     pub stdout: String,
@@ -126,20 +142,67 @@ pub struct StepResult {
     pub memory_kb: Option<u64>,
 }
 
-/// What `POST /v1/runs` answers.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RunResult {
-    pub id: String,
-    pub runtime: String,
-    /// `compile_error` when the compile step failed; else the first test case's status that is
-    /// not `accepted`; else `accepted`.
-    pub status: Verdict,
+/// What a finished run keeps (the `result` of its row).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunOutcome {
     pub compile: Option<StepResult>,
-    /// One entry per test case (one entry without `tests`).
     pub tests: Vec<StepResult>,
-    pub limits: RunLimits,
-    /// From having a slot to the result, sandbox made and removed included.
+    pub limits: Option<RunLimits>,
     pub duration_ms: u64,
+}
+
+/// A run as the API shows it (`POST /v1/runs`, `GET /v1/runs/{id}`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunView {
+    pub id: String,
+    /// `queued`, `running` or `finished`.
+    pub state: RunState,
+    pub runtime: Option<String>,
+    pub exercise: Option<String>,
+    pub learner: Option<String>,
+    /// Once finished: `compile_error` when the compile step failed; else the first test case's
+    /// status that is not `accepted`; else `accepted`.
+    pub status: Option<Verdict>,
+    pub compile: Option<StepResult>,
+    /// One entry per test case (one entry without `tests`); empty until finished.
+    pub tests: Vec<StepResult>,
+    pub limits: Option<RunLimits>,
+    /// From having a slot to the result, sandbox made and removed included.
+    pub duration_ms: Option<u64>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Where it can be read again.
+    #[schema(example = "/v1/runs/3f0c…")]
+    pub url: String,
+}
+
+impl RunView {
+    pub fn of(r: &RunRecord) -> anyhow::Result<RunView> {
+        let outcome: Option<RunOutcome> = r.result.as_deref().map(serde_json::from_str).transpose()?;
+        let status =
+            r.status.as_deref().map(|s| Verdict::parse(s).ok_or_else(|| anyhow::anyhow!("unknown verdict {s:?}")));
+        let (compile, tests, limits, duration_ms) = match outcome {
+            Some(o) => (o.compile, o.tests, o.limits, Some(o.duration_ms)),
+            None => (None, vec![], None, None),
+        };
+        Ok(RunView {
+            id: r.id.clone(),
+            state: r.state,
+            runtime: r.runtime.clone(),
+            exercise: r.exercise.clone(),
+            learner: r.learner.clone(),
+            status: status.transpose()?,
+            compile,
+            tests,
+            limits,
+            duration_ms,
+            created_at: rfc3339(r.created_at),
+            started_at: r.started_at.map(rfc3339),
+            finished_at: r.finished_at.map(rfc3339),
+            url: format!("/v1/runs/{}", r.id),
+        })
+    }
 }
 
 /// A request the runner refuses before anything starts.
@@ -149,11 +212,49 @@ pub enum RunError {
     Invalid(String),
     #[error("no runtime {0:?}; the operator registers runtimes with PUT /v1/runtimes/{{name}}")]
     UnknownRuntime(String),
+    #[error("no exercise {0:?}")]
+    UnknownExercise(String),
     #[error("{0} runs are waiting already; try again shortly")]
     QueueFull(usize),
+    #[error("this token starts runs too fast; try again in {0} s")]
+    RateLimited(u64),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
+
+/// What a run is made of: an image and its commands, from a runtime or an exercise.
+#[derive(Debug, Clone)]
+struct Target {
+    runtime: Option<String>,
+    exercise: Option<String>,
+    image: String,
+    run: Vec<String>,
+    compile: Option<Vec<String>>,
+}
+
+impl Target {
+    /// The `runtime` label of the run metrics: the runtime's name, or `exercise:<slug>`.
+    fn label(&self) -> String {
+        match (&self.runtime, &self.exercise) {
+            (Some(r), _) => r.clone(),
+            (None, Some(e)) => format!("exercise:{e}"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// A run taken: its id and, for a caller that waits, its result to come.
+pub struct Submitted {
+    pub view: RunView,
+    /// The task running it; it finishes (and writes its result) even if nobody awaits it.
+    pub done: Option<tokio::task::JoinHandle<anyhow::Result<RunView>>>,
+}
+
+/// How long the process running a run answers for it without renewing (`maintain` renews it
+/// every `MAINTAIN_PERIOD`); a run whose lease passed is finished as `internal_error` by any
+/// runner, and its sandbox removed.
+pub const LEASE: Duration = Duration::from_secs(60);
+pub const MAINTAIN_PERIOD: Duration = Duration::from_secs(15);
 
 /// The runs of this process: their slots and queue.
 pub struct Runs {
@@ -164,14 +265,25 @@ pub struct Runs {
     slots: Arc<Semaphore>,
     queued: AtomicUsize,
     cgroups: Layout,
+    /// This process, as the `owner` of the runs it takes.
+    owner: String,
+    rate: DefaultKeyedRateLimiter<String>,
+    /// Fired at shutdown: the runs in flight stop (`release`).
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Runs {
     pub fn new(settings: Arc<Settings>, store: Store, engine: Engine, metrics: Arc<Metrics>) -> Arc<Runs> {
+        let r = &settings.runs;
+        let quota = Quota::per_minute(NonZeroU32::new(r.rate_per_min).expect("validated"))
+            .allow_burst(NonZeroU32::new(r.rate_burst).expect("validated"));
         Arc::new(Runs {
-            slots: Arc::new(Semaphore::new(settings.runs.max_concurrent)),
+            slots: Arc::new(Semaphore::new(r.max_concurrent)),
             queued: AtomicUsize::new(0),
             cgroups: Layout::detect(),
+            owner: uuid::Uuid::new_v4().to_string(),
+            rate: RateLimiter::keyed(quota),
+            stopping: tokio_util::sync::CancellationToken::new(),
             settings,
             store,
             engine,
@@ -179,54 +291,201 @@ impl Runs {
         })
     }
 
-    /// At start: the sandboxes of runs a runner that stopped left behind go (their results were
-    /// never told).
-    pub async fn sweep(&self) -> anyhow::Result<()> {
-        for c in self.engine.list_run_containers().await? {
-            self.engine.remove_container(&c).await?;
+    /// Keeps the runs honest, at start (before the API answers) and every `MAINTAIN_PERIOD`:
+    /// this process renews the leases of its runs; runs whose process stopped answering are
+    /// finished as `internal_error`; run sandboxes no unfinished run owns are removed; finished
+    /// runs past `RUNNER_RUN_RETENTION_SECS` are deleted.
+    pub async fn maintain(&self) -> anyhow::Result<()> {
+        let now = now_ms();
+        self.store.renew_run_leases(&self.owner, now + LEASE.as_millis() as i64).await?;
+        for r in self.store.abandoned_runs(now).await? {
+            let outcome = RunOutcome {
+                compile: None,
+                tests: vec![StepResult::internal("the runner running it stopped before it finished".into())],
+                limits: None,
+                duration_ms: 0,
+            };
+            let target = Target { runtime: r.runtime.clone(), exercise: r.exercise.clone(), ..Target::none() };
+            if self.finish(&r.id, &target, Verdict::InternalError, &outcome).await? {
+                tracing::warn!(run = %r.id, "a run whose runner stopped is finished as internal_error");
+            }
+        }
+        for (container, run) in self.engine.list_run_containers().await? {
+            let live = match self.store.run(&run).await? {
+                Some(r) => r.state != RunState::Finished,
+                None => false,
+            };
+            if !live {
+                self.engine.remove_container(&container).await?;
+            }
+        }
+        let cutoff = now - self.settings.runs.retention.as_millis() as i64;
+        let deleted = self.store.delete_runs_finished_before(cutoff).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "runs past retention deleted");
         }
         Ok(())
     }
 
-    /// Validates, waits for a slot (or refuses past the queue's cap), and runs.
-    pub async fn run(&self, req: RunRequest) -> Result<RunResult, RunError> {
+    /// At shutdown: the runs in flight stop, and this process stops answering for them at once,
+    /// so the next runner to look finishes them (`internal_error`) and removes their sandboxes.
+    pub async fn release(&self) -> anyhow::Result<()> {
+        self.stopping.cancel();
+        self.store.renew_run_leases(&self.owner, 0).await?;
+        Ok(())
+    }
+
+    /// Validates, takes a slot or a place in the queue (or refuses past the queue's cap), records
+    /// the run and starts it in a task of its own: a caller that goes away does not abandon it.
+    pub async fn submit(self: &Arc<Self>, req: RunRequest, token: &str) -> Result<Submitted, RunError> {
         let limits = effective_limits(&req.limits, &self.settings.runs.caps).map_err(RunError::Invalid)?;
         validate(&req, self.settings.runs.max_files_bytes, self.settings.runs.max_tests).map_err(RunError::Invalid)?;
-        let runtime =
-            self.store.runtime(&req.runtime).await?.ok_or_else(|| RunError::UnknownRuntime(req.runtime.clone()))?;
-        let _permit = match self.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
+        let learner = match &req.learner {
+            Some(l) => {
+                Some(LearnerId::parse(l).map_err(|e| RunError::Invalid(format!("learner: {e}")))?.as_str().to_string())
+            }
+            None => None,
+        };
+        let target = self.target(&req).await?;
+        if let Err(not_until) = self.rate.check_key(&token.to_string()) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(RunError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u64));
+        }
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
             Err(_) => {
                 let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
-                let _left = QueueGuard(self);
-                self.metrics.runs_queued.set((waiting + 1) as i64);
                 if waiting >= self.settings.runs.max_queued {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
                     return Err(RunError::QueueFull(waiting));
                 }
-                self.slots.clone().acquire_owned().await.map_err(anyhow::Error::from)?
+                self.metrics.runs_queued.set((waiting + 1) as i64);
+                None
             }
         };
+        let queue_place = permit.is_none().then(|| QueueGuard(self.clone()));
+        let now = now_ms();
+        let wait = req.wait.unwrap_or(true);
+        let record = RunRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            runtime: target.runtime.clone(),
+            exercise: target.exercise.clone(),
+            learner,
+            state: RunState::Queued,
+            status: None,
+            result: None,
+            notify: !wait,
+            owner: self.owner.clone(),
+            lease_until: now + LEASE.as_millis() as i64,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        };
+        self.store.insert_run(&record).await?;
+        let view = RunView::of(&record)?;
+        let runs = self.clone();
+        let id = record.id.clone();
+        let task = tokio::spawn(async move {
+            let work = async {
+                let _permit = match permit {
+                    Some(p) => p,
+                    None => {
+                        let p = runs.slots.clone().acquire_owned().await.map_err(anyhow::Error::from)?;
+                        drop(queue_place);
+                        p
+                    }
+                };
+                runs.execute(&id, &target, &req, limits).await
+            };
+            tokio::select! {
+                view = work => view,
+                _ = runs.stopping.cancelled() => Err(anyhow::anyhow!("the runner is shutting down")),
+            }
+        });
+        Ok(Submitted { view, done: wait.then_some(task) })
+    }
+
+    /// The image and commands of a request: its runtime's, or its exercise's image with the
+    /// commands it gives.
+    async fn target(&self, req: &RunRequest) -> Result<Target, RunError> {
+        match (&req.runtime, &req.exercise) {
+            (Some(name), None) => {
+                if req.run.is_some() || req.compile.is_some() {
+                    return Err(RunError::Invalid(
+                        "run and compile come from the runtime; give them only with exercise".into(),
+                    ));
+                }
+                let rt = self.store.runtime(name).await?.ok_or_else(|| RunError::UnknownRuntime(name.clone()))?;
+                Ok(Target { runtime: Some(rt.name), exercise: None, image: rt.image, run: rt.run, compile: rt.compile })
+            }
+            (None, Some(slug)) => {
+                let slug = Slug::parse(slug).map_err(|e| RunError::Invalid(format!("exercise: {e}")))?;
+                let run = req.run.clone().ok_or_else(|| RunError::Invalid("a run of an exercise needs run".into()))?;
+                check_argv("run", &run).map_err(RunError::Invalid)?;
+                if let Some(c) = &req.compile {
+                    check_argv("compile", c).map_err(RunError::Invalid)?;
+                }
+                let ex = self
+                    .store
+                    .exercise(slug.as_str())
+                    .await?
+                    .ok_or_else(|| RunError::UnknownExercise(slug.as_str().to_string()))?;
+                Ok(Target {
+                    runtime: None,
+                    exercise: Some(ex.slug),
+                    image: ex.image,
+                    run,
+                    compile: req.compile.clone(),
+                })
+            }
+            _ => Err(RunError::Invalid("give either runtime or exercise".into())),
+        }
+    }
+
+    /// Runs a recorded run that has its slot, writes its result, and answers it as stored.
+    async fn execute(&self, id: &str, target: &Target, req: &RunRequest, limits: RunLimits) -> anyhow::Result<RunView> {
+        if !self.store.start_run(id, now_ms()).await? {
+            // Finished by another runner that found its lease passed.
+            let r = self.store.run(id).await?.ok_or_else(|| anyhow::anyhow!("run {id} vanished"))?;
+            return RunView::of(&r);
+        }
         let started = Instant::now();
-        let id = uuid::Uuid::new_v4().to_string();
-        let result = self.execute(&id, &runtime, &req, limits).await;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let (compile, tests) = match result {
+        let (compile, tests) = match self.steps(id, target, req, limits).await {
             Ok(steps) => steps,
             Err(e) => {
-                tracing::warn!(run = %id, runtime = %runtime.name, error = %format!("{e:#}"), "a run failed inside the runner");
+                tracing::warn!(run = %id, runtime = %target.label(), error = %format!("{e:#}"), "a run failed inside the runner");
                 (None, vec![StepResult::internal(format!("{e:#}"))])
             }
         };
         let status = overall(compile.as_ref(), &tests);
-        self.metrics.runs.with_label_values(&[&runtime.name, status.as_str()]).inc();
-        self.metrics.run_seconds.with_label_values(&[&runtime.name]).observe(started.elapsed().as_secs_f64());
-        Ok(RunResult { id, runtime: runtime.name, status, compile, tests, limits, duration_ms })
+        let label = target.label();
+        self.metrics.runs.with_label_values(&[&label, status.as_str()]).inc();
+        self.metrics.run_seconds.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
+        let outcome =
+            RunOutcome { compile, tests, limits: Some(limits), duration_ms: started.elapsed().as_millis() as u64 };
+        self.finish(id, target, status, &outcome).await?;
+        let r = self.store.run(id).await?.ok_or_else(|| anyhow::anyhow!("run {id} vanished"))?;
+        RunView::of(&r)
     }
 
-    async fn execute(
+    /// Writes a run's result (and `run.finished` for a run that asked); false when it was
+    /// finished already.
+    async fn finish(&self, id: &str, target: &Target, status: Verdict, outcome: &RunOutcome) -> anyhow::Result<bool> {
+        let event = serde_json::json!({
+            "run": id,
+            "status": status,
+            "runtime": target.runtime,
+            "exercise": target.exercise,
+            "url": format!("/v1/runs/{id}"),
+        });
+        let result = serde_json::to_string(outcome)?;
+        self.store.finish_run(id, now_ms(), &RunFinish { status: status.as_str(), result: &result, event }).await
+    }
+
+    async fn steps(
         &self,
         id: &str,
-        runtime: &RuntimeRecord,
+        target: &Target,
         req: &RunRequest,
         limits: RunLimits,
     ) -> anyhow::Result<(Option<StepResult>, Vec<StepResult>)> {
@@ -235,8 +494,8 @@ impl Runs {
         } else {
             req.tests.clone()
         };
-        let mut sandbox = Sandbox::make(self, id, runtime, req, limits).await?;
-        let compile = match &runtime.compile {
+        let mut sandbox = Sandbox::make(self, id, target, req, limits).await?;
+        let compile = match &target.compile {
             Some(argv) => {
                 let step = sandbox.step(argv.clone(), String::new(), None, req.compare).await;
                 let failed = step.status != Verdict::Accepted;
@@ -255,7 +514,7 @@ impl Runs {
         };
         let mut results = Vec::with_capacity(cases.len());
         for case in cases {
-            let mut argv = runtime.run.clone();
+            let mut argv = target.run.clone();
             argv.extend(case.args.iter().cloned());
             let step = sandbox.step(argv, case.stdin.clone(), case.expected_output.as_deref(), req.compare).await;
             results.push(step);
@@ -265,15 +524,46 @@ impl Runs {
     }
 }
 
-struct QueueGuard<'a>(&'a Runs);
+/// `maintain` every `MAINTAIN_PERIOD` until shutdown (the caller ran it once at start).
+pub async fn run(runs: Arc<Runs>, cancel: tokio_util::sync::CancellationToken) {
+    crate::rounds::every(MAINTAIN_PERIOD, crate::rounds::First::AfterPeriod, cancel, || async {
+        if let Err(e) = runs.maintain().await {
+            tracing::warn!(error = %format!("{e:#}"), "keeping the runs failed; trying again next round");
+        }
+    })
+    .await;
+}
 
-impl Drop for QueueGuard<'_> {
+impl Target {
+    fn none() -> Target {
+        Target { runtime: None, exercise: None, image: String::new(), run: vec![], compile: None }
+    }
+}
+
+/// A place in the run queue, given back when the run has its slot (or is refused).
+struct QueueGuard(Arc<Runs>);
+
+impl Drop for QueueGuard {
     fn drop(&mut self) {
         let left = self.0.queued.fetch_sub(1, Ordering::SeqCst) - 1;
         self.0.metrics.runs_queued.set(left as i64);
     }
 }
 
+/// Most words of a command, and bytes of each.
+const MAX_ARGV: usize = 32;
+const MAX_ARG_BYTES: usize = 1024;
+
+/// A command (a runtime's, or a run's of an exercise): a program and at most `MAX_ARGV` words.
+pub fn check_argv(what: &str, argv: &[String]) -> Result<(), String> {
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(format!("{what} needs a command"));
+    }
+    if argv.len() > MAX_ARGV || argv.iter().any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0')) {
+        return Err(format!("{what}: at most {MAX_ARGV} words of {MAX_ARG_BYTES} bytes, without NUL"));
+    }
+    Ok(())
+}
 /// One run's container.
 struct Sandbox<'a> {
     runs: &'a Runs,
@@ -286,12 +576,12 @@ impl<'a> Sandbox<'a> {
     async fn make(
         runs: &'a Runs,
         id: &str,
-        runtime: &RuntimeRecord,
+        target: &Target,
         req: &RunRequest,
         limits: RunLimits,
     ) -> anyhow::Result<Sandbox<'a>> {
         let spec = SandboxSpec {
-            image: runtime.image.clone(),
+            image: target.image.clone(),
             limits: Limits {
                 memory_mb: limits.memory_mb,
                 cpus: 1.0,
@@ -572,7 +862,12 @@ mod tests {
 
     fn request(files: &[(&str, &str)]) -> RunRequest {
         RunRequest {
-            runtime: "python3".into(),
+            runtime: Some("python3".into()),
+            exercise: None,
+            run: None,
+            compile: None,
+            learner: None,
+            wait: None,
             files: files.iter().map(|(p, c)| RunFile { path: p.to_string(), content: c.to_string() }).collect(),
             stdin: String::new(),
             args: vec![],

@@ -25,6 +25,20 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    pub const ALL: [Verdict; 9] = [
+        Verdict::Accepted,
+        Verdict::WrongAnswer,
+        Verdict::TimeLimit,
+        Verdict::WallTimeLimit,
+        Verdict::MemoryLimit,
+        Verdict::OutputLimit,
+        Verdict::RuntimeError,
+        Verdict::CompileError,
+        Verdict::InternalError,
+    ];
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Self::ALL.iter().copied().find(|v| v.as_str() == s)
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Accepted => "accepted",

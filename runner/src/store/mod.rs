@@ -7,6 +7,7 @@ mod managed_apps;
 mod outbox;
 mod pools;
 mod records;
+mod runs;
 mod runtimes;
 mod snapshots;
 
@@ -20,6 +21,7 @@ pub use managed_apps::{DeployRecord, ManagedAppRecord};
 pub use outbox::{Attempt, DeliveryRecord, EventRecord, Subject, WebhookRecord};
 pub use pools::{Claim, PoolRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
+pub use runs::{RunFinish, RunRecord};
 pub use runtimes::RuntimeRecord;
 pub use snapshots::SnapshotRecord;
 
@@ -177,6 +179,8 @@ pub struct ErasedRecords {
     pub session_events: u64,
     pub events: u64,
     pub workspaces: u64,
+    /// One-shot runs made for them (`"learner"` in `POST /v1/runs`), outputs included.
+    pub runs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -660,12 +664,15 @@ impl Store {
             "DELETE FROM events WHERE learner = $1",
             "DELETE FROM sessions WHERE learner = $1",
             "DELETE FROM workspaces WHERE learner = $1",
+            "DELETE FROM runs WHERE learner = $1",
         ] {
             deleted.push(sqlx::query(sql).bind(learner).execute(&mut *tx).await?.rows_affected());
         }
         tx.commit().await?;
-        let [checks, session_events, _, events, _, workspaces] = deleted[..] else { unreachable!("six statements") };
-        Ok(Some(ErasedRecords { sessions, checks, session_events, events, workspaces }))
+        let [checks, session_events, _, events, _, workspaces, runs] = deleted[..] else {
+            unreachable!("seven statements")
+        };
+        Ok(Some(ErasedRecords { sessions, checks, session_events, events, workspaces, runs }))
     }
 
     pub async fn workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
@@ -739,6 +746,7 @@ mod tests {
             ("journal.rs", include_str!("journal.rs")),
             ("records.rs", include_str!("records.rs")),
             ("snapshots.rs", include_str!("snapshots.rs")),
+            ("runs.rs", include_str!("runs.rs")),
         ]
         .into_iter()
         .map(|(file, text)| {
@@ -751,6 +759,7 @@ mod tests {
         let mut words: Vec<&str> = SessionState::ALL.iter().map(|s| s.as_str()).collect();
         words.extend(BuildState::ALL.iter().map(|s| s.as_str()));
         words.extend(DeployState::ALL.iter().map(|s| s.as_str()));
+        words.extend(crate::lifecycle::RunState::ALL.iter().map(|s| s.as_str()));
         words
     }
 
