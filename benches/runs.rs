@@ -108,7 +108,10 @@ where
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-    let runtime: Runtime = std::env::var("BENCH_RUNTIME").unwrap_or_else(|_| "runc".into()).parse()?;
+    let runtime: Runtime = match std::env::var("BENCH_RUNTIME") {
+        Ok(r) => r.parse()?,
+        Err(_) => Settings::defaults().runtime,
+    };
     let dir = tempfile::Builder::new().prefix("exercise-runner-bench-").tempdir()?;
     let mut settings = Settings::defaults();
     settings.data_dir = dir.path().to_path_buf();
@@ -118,6 +121,11 @@ async fn main() -> anyhow::Result<()> {
     settings.runtime = runtime;
     settings.rate_limit_per_sec = 100_000;
     settings.rate_limit_burst = 100_000;
+    settings.runs.rate_per_min = 1_000_000;
+    settings.runs.rate_burst = 100_000;
+    if let Some(n) = std::env::var("BENCH_PREPARED").ok().and_then(|v| v.parse().ok()) {
+        settings.runs.prepared = n;
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();

@@ -31,13 +31,34 @@ async fn run_py(app: &TestApp, source: &str, limits: Value) -> Value {
     run(app, json!({"runtime": "python3", "files": [{"path": "main.py", "content": source}], "limits": limits})).await
 }
 
-fn run_containers(app: &TestApp) -> Vec<String> {
+/// The run sandboxes of the app's instance: (name, id), prepared ones included.
+fn all_run_containers(app: &TestApp) -> Vec<(String, String)> {
     let filter = format!("label=exercise-runner.instance={}", app.instance);
-    docker(&["ps", "-aq", "--filter", &filter, "--filter", "label=exercise-runner.run"])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
+    docker(&[
+        "ps",
+        "-a",
+        "--format",
+        "{{.Names}} {{.ID}}",
+        "--filter",
+        &filter,
+        "--filter",
+        "label=exercise-runner.run",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once(' ').map(|(n, i)| (n.to_string(), i.to_string())))
+    .collect()
+}
+
+/// The sandboxes of runs (not the prepared ones waiting for a run).
+fn run_containers(app: &TestApp) -> Vec<String> {
+    all_run_containers(app).into_iter().filter(|(n, _)| !n.contains("-run-prep-")).map(|(_, id)| id).collect()
+}
+
+async fn no_run_sandbox_left(app: &TestApp) {
+    eventually(Duration::from_secs(20), "every run's sandbox removed after its result", || {
+        run_containers(app).is_empty().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +112,12 @@ async fn every_status_is_produced_on_purpose() {
     assert_eq!(v["status"], "runtime_error", "{v}");
     assert_eq!(v["tests"][0]["signal"], 11, "{v}");
 
-    assert!(run_containers(&app).is_empty(), "every run's sandbox is removed after its result");
+    no_run_sandbox_left(&app).await;
+    // The next run's sandbox is made ahead of time (and counted so); still one per run.
+    let prepared = all_run_containers(&app).len();
+    assert!((1..=2 * 4).contains(&prepared), "{prepared} prepared");
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runner_run_sandboxes_total{source=\"prepared\"}"), "{metrics}");
 }
 
 /// A run that leaves a file and a background process behind: the next run sees neither.
@@ -110,6 +136,22 @@ async fn nothing_of_one_run_is_visible_to_the_next() {
         print(os.getuid(), open('/proc/self/status').read().count('CapEff:\\t0000000000000000'))\n";
     let v = run_py(&app, look, json!({})).await;
     assert_eq!(v["tests"][0]["stdout"], "False False False\n1000 1\n", "{v}");
+    // Within one run too: a test case's background process does not reach the next test case.
+    let both = r#"import os, subprocess, sys
+if sys.argv[1] == 'leave':
+    subprocess.Popen(['sleep', '1000'], start_new_session=True)
+    print('left')
+else:
+    procs = [p for p in os.listdir('/proc') if p.isdigit()]
+    print(any(b'sleep\x001000' in open(f'/proc/{p}/cmdline', 'rb').read() for p in procs))
+"#;
+    let v = run(
+        &app,
+        json!({"runtime": "python3", "files": [{"path": "main.py", "content": both}],
+            "tests": [{"args": ["leave"]}, {"args": ["look"], "expected_output": "False"}]}),
+    )
+    .await;
+    assert_eq!(v["status"], "accepted", "{v}");
     // And the sandbox is the sandbox policy's: no network, a read-only root.
     let probe =
         "import socket\ntry:\n    open('/etc/x', 'w')\n    print('root writable')\nexcept OSError:\n    print('ro')\n\
@@ -149,7 +191,7 @@ async fn bad_input_is_a_clear_4xx_and_starts_nothing() {
     assert_eq!(app.put("/v1/runtimes/Bad Name", json!({"image": PYTHON_IMAGE, "run": ["x"]})).await.0, 422);
     assert_eq!(app.get("/v1/runtimes/other").await.0, 404, "a refused runtime is not stored");
     assert_eq!(app.get("/v1/runtimes").await.1["runtimes"].as_array().unwrap().len(), 1);
-    assert!(run_containers(&app).is_empty(), "a refused run made no sandbox");
+    assert!(all_run_containers(&app).is_empty(), "a refused run made no sandbox (nor prepared one)");
 }
 
 /// A fork bomb stops at the pids limit, and a flood of 100 runs at once is bounded (a few run,
@@ -200,7 +242,7 @@ async fn a_fork_bomb_and_a_flood_of_runs_are_contained() {
     let metrics = app.get("/metrics").await.1;
     let metrics = metrics.as_str().unwrap();
     assert!(metrics.contains("runner_runs_total{runtime=\"python3\",status=\"accepted\"}"), "{metrics}");
-    assert!(run_containers(&app).is_empty(), "no sandbox of a run is left");
+    no_run_sandbox_left(&app).await;
 }
 
 /// `"wait": false`: 202 with the run's URL at once, the result read there when done, and
@@ -295,7 +337,7 @@ async fn an_exercise_image_runs_the_command_given_and_sources_are_checked() {
         let (got, v) = app.post("/v1/runs", body.clone()).await;
         assert_eq!((got, v["error"]["code"].as_str().unwrap_or_default()), (status, code), "{body} → {v}");
     }
-    assert!(run_containers(&app).is_empty());
+    no_run_sandbox_left(&app).await;
 }
 
 /// Per token: past its runs' rate, 429 `runs_rate_limited` with `Retry-After`, nothing started.
@@ -342,8 +384,10 @@ async fn a_run_in_flight_when_the_runner_stops_is_finished_by_the_next_one() {
     let v = poll_run(&again, &url).await;
     assert_eq!(v["status"], "internal_error", "{v}");
     assert!(v["tests"][0]["stderr"].as_str().unwrap().contains("stopped"), "{v}");
-    eventually(Duration::from_secs(20), "no run sandbox left", || run_containers(&again).is_empty().then_some(()))
-        .await;
+    eventually(Duration::from_secs(20), "no run sandbox left, prepared ones included", || {
+        all_run_containers(&again).is_empty().then_some(())
+    })
+    .await;
     drop(again);
     drop(app);
 }

@@ -137,6 +137,9 @@ pub struct RunSettings {
     /// start (on top of the token's request rate limit); past it 429 `runs_rate_limited`.
     pub rate_per_min: u32,
     pub rate_burst: u32,
+    /// `RUNNER_RUN_PREPARED`: run sandboxes kept made ahead of time for each shape (image,
+    /// memory, pids) recently asked for; 0 makes each run's sandbox when it starts.
+    pub prepared: usize,
 }
 
 impl RunSettings {
@@ -156,6 +159,7 @@ impl RunSettings {
             retention: Duration::from_secs(7 * 86_400),
             rate_per_min: 1200,
             rate_burst: 100,
+            prepared: 2,
         }
     }
 }
@@ -567,6 +571,9 @@ impl Settings {
         }
         if let Some(v) = parse(&get, "RUNNER_RUN_RATE_LIMIT_BURST")? {
             s.runs.rate_burst = v;
+        }
+        if let Some(v) = parse(&get, "RUNNER_RUN_PREPARED")? {
+            s.runs.prepared = v;
         }
         if let Some(v) = secs("RUNNER_REAP_INTERVAL_SECS")? {
             s.reap_interval = v;

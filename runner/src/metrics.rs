@@ -58,6 +58,8 @@ pub struct Metrics {
     pub run_seconds: HistogramVec,
     /// Runs waiting for a slot.
     pub runs_queued: prometheus::IntGauge,
+    /// Run sandboxes handed to runs: `prepared` ahead of time or `made` for the run.
+    pub run_sandboxes: IntCounterVec,
 }
 
 impl Metrics {
@@ -225,6 +227,14 @@ impl Metrics {
         )
         .unwrap();
         let runs_queued = prometheus::IntGauge::new("runner_runs_queued", "One-shot runs waiting for a slot").unwrap();
+        let run_sandboxes = IntCounterVec::new(
+            Opts::new(
+                "runner_run_sandboxes_total",
+                "Run sandboxes handed to runs: prepared ahead of time, or made for the run",
+            ),
+            &["source"],
+        )
+        .unwrap();
         let webhook_backlog = IntGaugeVec::new(
             Opts::new("runner_webhook_backlog_events", "Events a webhook has not been told yet"),
             &["webhook"],
@@ -237,6 +247,7 @@ impl Metrics {
             Box::new(runs.clone()),
             Box::new(run_seconds.clone()),
             Box::new(runs_queued.clone()),
+            Box::new(run_sandboxes.clone()),
             Box::new(health_probes.clone()),
             Box::new(pool_sandboxes.clone()),
             Box::new(pool_claims.clone()),
@@ -302,6 +313,7 @@ impl Metrics {
             runs,
             run_seconds,
             runs_queued,
+            run_sandboxes,
         }
     }
 

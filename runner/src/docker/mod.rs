@@ -448,17 +448,21 @@ impl DockerEngine {
     /// Build containers of this instance (self-tests), running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>> {
         let found = self.list_named(engine::LABEL_BUILD, engine::Purpose::SelfTest("")).await?;
-        Ok(found.into_iter().map(|(id, _)| id).collect())
+        Ok(found.into_iter().map(|c| c.id).collect())
     }
 
-    async fn list_run_containers(&self) -> anyhow::Result<Vec<(String, String)>> {
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<engine::NamedContainer>> {
         self.list_named(engine::LABEL_RUN, engine::Purpose::Run("")).await
     }
 
     /// This instance's containers carrying `label` and named as `purpose`'s are (labels alone
     /// can come from an image; names cannot): their ids, each with the rest of its name after
-    /// the purpose's prefix (the build's or run's id).
-    async fn list_named(&self, label: &str, purpose: engine::Purpose<'_>) -> anyhow::Result<Vec<(String, String)>> {
+    /// the purpose's prefix (the build's or run's id) and its creation time.
+    async fn list_named(
+        &self,
+        label: &str,
+        purpose: engine::Purpose<'_>,
+    ) -> anyhow::Result<Vec<engine::NamedContainer>> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("{}={}", engine::LABEL_INSTANCE, self.instance), label.to_string()],
@@ -471,7 +475,7 @@ impl DockerEngine {
             .into_iter()
             .filter_map(|c| {
                 let rest = c.names.as_deref().unwrap_or_default().iter().find_map(|n| n.strip_prefix(&prefix))?;
-                Some((c.id?, rest.to_string()))
+                Some(engine::NamedContainer { suffix: rest.to_string(), created: c.created.unwrap_or(0), id: c.id? })
             })
             .collect())
     }
@@ -633,7 +637,7 @@ impl ContainerEngine for DockerEngine {
         DockerEngine::list_selftest_containers(self).await
     }
 
-    async fn list_run_containers(&self) -> anyhow::Result<Vec<(String, String)>> {
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<engine::NamedContainer>> {
         DockerEngine::list_run_containers(self).await
     }
 

@@ -129,7 +129,7 @@ impl ContainerEngine for FakeEngine {
         Err(absent("list_selftest_containers"))
     }
 
-    async fn list_run_containers(&self) -> anyhow::Result<Vec<(String, String)>> {
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<super::NamedContainer>> {
         Err(absent("list_run_containers"))
     }
 

@@ -25,8 +25,8 @@ use crate::domain::{Runtime, SandboxSpec};
 pub use values::{
     pool_sandbox_name, sandbox_name, Attached, BuildRequest, ByteSink, CapturedExec, ContainerStatus, ExecIo,
     ExecOutput, ExecRequest, ExecStream, FoundSandbox, ImageInfo, LineSink, ManagedAppContainer,
-    ManagedAppContainerInfo, NetworkFacts, OtherContainer, Purpose, SandboxEvent, SandboxEventKind, SandboxEvents,
-    SandboxOwner, WorkspaceMount,
+    ManagedAppContainerInfo, NamedContainer, NetworkFacts, OtherContainer, Purpose, SandboxEvent, SandboxEventKind,
+    SandboxEvents, SandboxOwner, WorkspaceMount,
 };
 
 /// The engine everyone holds: cheap to clone, shared by every capability.
@@ -107,8 +107,8 @@ pub trait ContainerEngine: Send + Sync {
     /// Build self-test containers of this instance, running or not.
     async fn list_selftest_containers(&self) -> anyhow::Result<Vec<String>>;
 
-    /// The containers of one-shot runs of this instance, each with its run's id.
-    async fn list_run_containers(&self) -> anyhow::Result<Vec<(String, String)>>;
+    /// The containers of one-shot runs of this instance (running runs' and prepared ones).
+    async fn list_run_containers(&self) -> anyhow::Result<Vec<NamedContainer>>;
 
     /// The running containers of this instance that are not sessions' sandboxes (builds'
     /// self-tests, managed apps' containers), in one call, for their usage figures.

@@ -281,6 +281,17 @@ pub enum SandboxEventKind {
 /// The engine's events, as they come; ends (or fails) when the engine goes away.
 pub type SandboxEvents = Pin<Box<dyn Stream<Item = anyhow::Result<SandboxEvent>> + Send>>;
 
+/// A container found by its purpose's name (a self-test's, a one-shot run's).
+#[derive(Debug, Clone)]
+pub struct NamedContainer {
+    pub id: String,
+    /// Its name after the purpose's prefix (`exercise-runner-<instance>-run-`): the build's or
+    /// run's id.
+    pub suffix: String,
+    /// When the engine made it (Unix seconds).
+    pub created: i64,
+}
+
 /// A running container that is not a session's sandbox (`ContainerEngine::running_selftests_and_apps`).
 #[derive(Debug, Clone)]
 pub enum OtherContainer {

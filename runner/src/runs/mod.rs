@@ -13,6 +13,7 @@
 //! and the peak memory. What is pure (validation, the comparison, the verdict) is unit-tested
 //! here; the rest is `tests/runs.rs`.
 
+mod prepared;
 mod verdict;
 
 use std::{
@@ -31,6 +32,8 @@ use utoipa::ToSchema;
 
 pub use verdict::{compare, verdict, Compare, Observed, Verdict};
 
+use prepared::{Prepared, Ready, Shape};
+
 use crate::{
     config::Settings,
     domain::{rfc3339, LearnerId, Limits, RunLimits, SandboxSpec, Slug},
@@ -38,7 +41,7 @@ use crate::{
     lifecycle::RunState,
     metrics::Metrics,
     store::{now_ms, RunFinish, RunRecord, Store},
-    usage::cgroup::Layout,
+    usage::cgroup::{Files, Layout},
 };
 
 /// Where a run's files are written and its commands run: a tmpfs of the run's own, mode 1777
@@ -270,14 +273,26 @@ pub struct Runs {
     rate: DefaultKeyedRateLimiter<String>,
     /// Fired at shutdown: the runs in flight stop (`release`).
     stopping: tokio_util::sync::CancellationToken,
+    /// Sandboxes made ahead of time (`RUNNER_RUN_PREPARED` per shape).
+    prepared: std::sync::Mutex<Prepared>,
+    me: std::sync::Weak<Runs>,
 }
+
+/// An unclaimed prepared sandbox older than this is removed.
+const PREPARED_TTL: Duration = Duration::from_secs(600);
+/// Shapes (image and fixed limits) kept prepared at once.
+const PREPARED_SHAPES: usize = 4;
+/// The name of a prepared sandbox starts so (`exercise-runner-<instance>-run-prep-<owner>-…`).
+const PREPARED_PREFIX: &str = "prep-";
 
 impl Runs {
     pub fn new(settings: Arc<Settings>, store: Store, engine: Engine, metrics: Arc<Metrics>) -> Arc<Runs> {
-        let r = &settings.runs;
+        let r = settings.runs.clone();
         let quota = Quota::per_minute(NonZeroU32::new(r.rate_per_min).expect("validated"))
             .allow_burst(NonZeroU32::new(r.rate_burst).expect("validated"));
-        Arc::new(Runs {
+        Arc::new_cyclic(|me| Runs {
+            prepared: std::sync::Mutex::new(Prepared::new(r.prepared, PREPARED_SHAPES, PREPARED_TTL)),
+            me: me.clone(),
             slots: Arc::new(Semaphore::new(r.max_concurrent)),
             queued: AtomicUsize::new(0),
             cgroups: Layout::detect(),
@@ -310,13 +325,25 @@ impl Runs {
                 tracing::warn!(run = %r.id, "a run whose runner stopped is finished as internal_error");
             }
         }
-        for (container, run) in self.engine.list_run_containers().await? {
-            let live = match self.store.run(&run).await? {
-                Some(r) => r.state != RunState::Finished,
-                None => false,
+        let expired = self.prepared.lock().expect("lock").expired(Instant::now());
+        for container in expired {
+            self.remove_later(container);
+        }
+        let orphan_after = self.prepared_orphan_age().as_secs() as i64;
+        let now_secs = now / 1000;
+        for c in self.engine.list_run_containers().await? {
+            let keep = if c.suffix.starts_with(PREPARED_PREFIX) {
+                // Kept while this process holds it, or while a run (of any process sharing the
+                // engine) could still be using it; a killed process's go after that.
+                self.prepared.lock().expect("lock").holds(&c.id) || now_secs - c.created < orphan_after
+            } else {
+                match self.store.run(&c.suffix).await? {
+                    Some(r) => r.state != RunState::Finished,
+                    None => false,
+                }
             };
-            if !live {
-                self.engine.remove_container(&container).await?;
+            if !keep {
+                self.engine.remove_container(&c.id).await?;
             }
         }
         let cutoff = now - self.settings.runs.retention.as_millis() as i64;
@@ -331,8 +358,89 @@ impl Runs {
     /// so the next runner to look finishes them (`internal_error`) and removes their sandboxes.
     pub async fn release(&self) -> anyhow::Result<()> {
         self.stopping.cancel();
+        let prepared = self.prepared.lock().expect("lock").drain();
+        for c in prepared {
+            let _ = self.engine.remove_container(&c).await;
+        }
         self.store.renew_run_leases(&self.owner, 0).await?;
         Ok(())
+    }
+
+    /// The name part of this process's prepared sandboxes.
+    fn prepared_prefix(&self) -> String {
+        format!("{PREPARED_PREFIX}{}-", &self.owner[..8])
+    }
+
+    /// How old a prepared sandbox can be while a run may still use it: unclaimed for at most
+    /// `PREPARED_TTL`, then the longest run the caps allow.
+    fn prepared_orphan_age(&self) -> Duration {
+        let r = &self.settings.runs;
+        let longest = Duration::from_millis(r.caps.wall_ms) * (r.max_tests as u32 + 1);
+        PREPARED_TTL + longest + Duration::from_secs(60)
+    }
+
+    /// Starts making the prepared sandboxes `shape` is missing, each in a task of its own.
+    fn refill(&self, shape: &Shape) {
+        let n = self.prepared.lock().expect("lock").reserve(shape);
+        let Some(runs) = self.me.upgrade() else { return };
+        for _ in 0..n {
+            let (runs, shape) = (runs.clone(), shape.clone());
+            tokio::spawn(async move {
+                let name = format!("{}{}", runs.prepared_prefix(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
+                let made = runs.make_container(&name, &shape).await;
+                let ready = match made {
+                    Ok((container, files)) if !runs.stopping.is_cancelled() => {
+                        Some(Ready { container, files, made: Instant::now() })
+                    }
+                    Ok((container, _)) => {
+                        runs.remove_later(container);
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(image = %shape.image, error = %format!("{e:#}"), "could not prepare a run sandbox");
+                        None
+                    }
+                };
+                runs.prepared.lock().expect("lock").made(&shape, ready);
+            });
+        }
+    }
+
+    /// Creates and starts a run sandbox of `shape` named `…-run-<name>`: nothing of a submission
+    /// in it yet.
+    async fn make_container(&self, name: &str, shape: &Shape) -> anyhow::Result<(String, Option<Files>)> {
+        let spec = SandboxSpec {
+            image: shape.image.clone(),
+            limits: Limits { memory_mb: shape.memory_mb, cpus: 1.0, pids: shape.pids, tmpfs_mb: 16, workspace_mb: 64 },
+            network: None,
+            workdir: RUN_DIR.to_string(),
+            writable: vec![],
+            check: Default::default(),
+            ide: false,
+        };
+        let owner =
+            SandboxOwner { instance: self.engine.instance(), purpose: Purpose::Run(name), learner: "", exercise: "" };
+        let container = self
+            .engine
+            .create_sandbox(&spec, &owner, WorkspaceMount::Tmpfs, self.settings.runtime, HOLDER_USER)
+            .await?;
+        if let Err(e) = self.engine.start_container(&container).await {
+            self.remove_later(container);
+            return Err(e);
+        }
+        let files = self.cgroups.locate(&container);
+        Ok((container, files))
+    }
+
+    /// Removes a run sandbox without waiting for it (the result does not depend on it); one that
+    /// cannot be removed now goes at the next `maintain`, or when its `sleep` ends.
+    fn remove_later(&self, container: String) {
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = engine.remove_container(&container).await {
+                tracing::warn!(%container, error = %format!("{e:#}"), "could not remove a run's sandbox; maintain removes it");
+            }
+        });
     }
 
     /// Validates, takes a slot or a place in the queue (or refuses past the queue's cap), records
@@ -505,21 +613,27 @@ impl Runs {
                     step
                 };
                 if failed {
-                    sandbox.remove().await;
+                    sandbox.remove();
                     return Ok((Some(step), vec![]));
                 }
+                sandbox.kill_all().await;
                 Some(step)
             }
             None => None,
         };
         let mut results = Vec::with_capacity(cases.len());
-        for case in cases {
+        let last = cases.len().saturating_sub(1);
+        for (i, case) in cases.into_iter().enumerate() {
             let mut argv = target.run.clone();
             argv.extend(case.args.iter().cloned());
             let step = sandbox.step(argv, case.stdin.clone(), case.expected_output.as_deref(), req.compare).await;
             results.push(step);
+            if i < last {
+                // Nothing a test case left running reaches the next one.
+                sandbox.kill_all().await;
+            }
         }
-        sandbox.remove().await;
+        sandbox.remove();
         Ok((compile, results))
     }
 }
@@ -573,6 +687,8 @@ struct Sandbox<'a> {
 }
 
 impl<'a> Sandbox<'a> {
+    /// A prepared sandbox of the run's shape if one is ready, else one made now; the files
+    /// written in it.
     async fn make(
         runs: &'a Runs,
         id: &str,
@@ -580,38 +696,33 @@ impl<'a> Sandbox<'a> {
         req: &RunRequest,
         limits: RunLimits,
     ) -> anyhow::Result<Sandbox<'a>> {
-        let spec = SandboxSpec {
-            image: target.image.clone(),
-            limits: Limits {
-                memory_mb: limits.memory_mb,
-                cpus: 1.0,
-                pids: limits.pids,
-                tmpfs_mb: 16,
-                workspace_mb: 64,
-            },
-            network: None,
-            workdir: RUN_DIR.to_string(),
-            writable: vec![],
-            check: Default::default(),
-            ide: false,
-        };
-        let owner =
-            SandboxOwner { instance: runs.engine.instance(), purpose: Purpose::Run(id), learner: "", exercise: "" };
-        let container = runs
-            .engine
-            .create_sandbox(&spec, &owner, WorkspaceMount::Tmpfs, runs.settings.runtime, HOLDER_USER)
-            .await?;
-        let mut sandbox = Sandbox { runs, container, limits, files: None };
-        if let Err(e) = sandbox.start(req).await {
-            sandbox.remove().await;
+        let shape = Shape { image: target.image.clone(), memory_mb: limits.memory_mb, pids: limits.pids };
+        let ready = runs.prepared.lock().expect("lock").take(&shape);
+        runs.refill(&shape);
+        if let Some(ready) = ready {
+            let mut sandbox = Sandbox { runs, container: ready.container, limits, files: ready.files };
+            match sandbox.write_files(req).await {
+                Ok(()) => {
+                    runs.metrics.run_sandboxes.with_label_values(&["prepared"]).inc();
+                    return Ok(sandbox);
+                }
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %format!("{e:#}"), "a prepared run sandbox failed; making a new one");
+                    sandbox.remove();
+                }
+            }
+        }
+        runs.metrics.run_sandboxes.with_label_values(&["made"]).inc();
+        let (container, files) = runs.make_container(id, &shape).await?;
+        let mut sandbox = Sandbox { runs, container, limits, files };
+        if let Err(e) = sandbox.write_files(req).await {
+            sandbox.remove();
             return Err(e);
         }
         Ok(sandbox)
     }
 
-    async fn start(&mut self, req: &RunRequest) -> anyhow::Result<()> {
-        self.runs.engine.start_container(&self.container).await?;
-        self.files = self.runs.cgroups.locate(&self.container);
+    async fn write_files(&mut self, req: &RunRequest) -> anyhow::Result<()> {
         if req.files.is_empty() {
             return Ok(());
         }
@@ -673,7 +784,7 @@ impl<'a> Sandbox<'a> {
                     };
                     if let Some(v) = over {
                         killed = Some(v);
-                        self.kill_all(&user).await;
+                        self.kill_all().await;
                     }
                 }
             }
@@ -691,7 +802,7 @@ impl<'a> Sandbox<'a> {
         };
         if out.truncated {
             // It was abandoned at the cap and may still be writing: end it.
-            self.kill_all(&user).await;
+            self.kill_all().await;
         }
         let exit_code = (killed.is_none() && !out.truncated && !out.timed_out).then_some(out.exit_code);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -717,7 +828,8 @@ impl<'a> Sandbox<'a> {
     }
 
     /// Every process of the submission's user ends; the container's own (`nobody`'s) stays.
-    async fn kill_all(&self, user: &str) {
+    async fn kill_all(&self) {
+        let user = &self.runs.settings.sandbox_user;
         let mut req = ExecRequest::new(vec!["sh".into(), "-c".into(), "kill -9 -1 2>/dev/null; true".into()], user);
         req.deadline = Duration::from_secs(5);
         if let Err(e) = self.runs.engine.exec(&self.container, req).await {
@@ -727,10 +839,8 @@ impl<'a> Sandbox<'a> {
         }
     }
 
-    async fn remove(self) {
-        if let Err(e) = self.runs.engine.remove_container(&self.container).await {
-            tracing::warn!(container = %self.container, error = %format!("{e:#}"), "could not remove a run's sandbox; it removes itself when its sleep ends");
-        }
+    fn remove(self) {
+        self.runs.remove_later(self.container);
     }
 }
 
