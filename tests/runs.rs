@@ -108,6 +108,18 @@ async fn every_status_is_produced_on_purpose() {
     assert_eq!(v["tests"][0]["truncated"], true);
     assert!(v["tests"][0]["stdout"].as_str().unwrap().len() <= 10000, "{v}");
 
+    // A flood on stderr is stopped at the cap as one on stdout is, not left to the wall limit.
+    let v = run_py(&app, "import sys\nwhile True:\n    sys.stderr.write('e' * 1000)\n", json!({"output_bytes": 10000}))
+        .await;
+    assert_eq!(v["status"], "output_limit", "{v}");
+    assert!(v["tests"][0]["wall_ms"].as_u64().unwrap() < 4000, "{v}");
+
+    // A flood on stderr is stopped at the cap as one on stdout is, not left to the wall limit.
+    let flood = "import sys\nwhile True:\n    sys.stderr.write('e' * 1000)\n";
+    let v = run_py(&app, flood, json!({"output_bytes": 10000, "wall_ms": 10000})).await;
+    assert_eq!(v["status"], "output_limit", "{v}");
+    assert!(v["tests"][0]["wall_ms"].as_u64().unwrap() < 5000, "stopped at the cap: {v}");
+
     let v = run_py(&app, "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n", json!({})).await;
     assert_eq!(v["status"], "runtime_error", "{v}");
     assert_eq!(v["tests"][0]["signal"], 11, "{v}");
@@ -175,6 +187,12 @@ async fn bad_input_is_a_clear_4xx_and_starts_nothing() {
         (json!({"runtime": "python3", "limits": {"time_ms": 99999999}}), 422, "invalid_run"),
         (json!({"runtime": "python3", "limits": {"memroy_mb": 1}}), 422, "invalid_body"),
         (json!({"runtime": "python3", "stdin": "x", "tests": [{"stdin": "y"}]}), 422, "invalid_run"),
+        (
+            json!({"runtime": "python3", "files": [{"path": "a", "content": ""}, {"path": "a/b", "content": ""}]}),
+            422,
+            "invalid_run",
+        ),
+        (json!({"runtime": "python3", "tests": [{"args": ["a\0b"]}]}), 422, "invalid_run"),
     ];
     for (body, status, code) in cases {
         let (got, v) = app.post("/v1/runs", body.clone()).await;

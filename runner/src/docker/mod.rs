@@ -313,7 +313,7 @@ impl DockerEngine {
     /// refuses what is over its cap rather than holding it. Stderr past `max_stderr` is read and
     /// dropped (`stderr_truncated`).
     async fn exec_capture(&self, container: &str, req: ExecRequest) -> anyhow::Result<CapturedExec> {
-        let (max, max_stderr) = (req.max_output, req.max_stderr);
+        let (max, max_stderr, stop_at_stderr_cap) = (req.max_output, req.max_stderr, req.stop_at_stderr_cap);
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let (mut truncated, mut stderr_truncated) = (false, false);
         let (exit_code, timed_out) = self
@@ -322,7 +322,7 @@ impl DockerEngine {
                     let room = max_stderr.saturating_sub(stderr.len());
                     stderr_truncated |= bytes.len() > room;
                     stderr.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                    return true;
+                    return !(stderr_truncated && stop_at_stderr_cap);
                 }
                 if stdout.len() + bytes.len() > max {
                     let room = max - stdout.len();

@@ -105,6 +105,9 @@ pub struct ExecRequest {
     pub max_output: usize,
     /// Stderr kept by `exec_capture` (the rest is read and dropped).
     pub max_stderr: usize,
+    /// `exec_capture` abandons the command past `max_stderr` too, as past `max_output` (a
+    /// one-shot run's output limit), instead of reading and dropping the rest.
+    pub stop_at_stderr_cap: bool,
     pub deadline: Duration,
 }
 
@@ -118,6 +121,7 @@ impl ExecRequest {
             stdin: None,
             max_output: 64 * 1024,
             max_stderr: 8 * 1024,
+            stop_at_stderr_cap: false,
             deadline: Duration::from_secs(60),
         }
     }

@@ -66,7 +66,15 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/builds/{id}", get(builds::get))
         .route("/builds/{id}/logs", get(builds::logs))
         .route("/builds/{id}/cancel", post(builds::cancel))
-        .route("/runs", get(runs::list_runs).post(runs::create_run))
+        .route(
+            "/runs",
+            // A run's body carries its files (JSON-escaped, so up to 6 bytes per byte) and its
+            // test cases' input: more than other requests.
+            get(runs::list_runs).post(runs::create_run).layer((
+                DefaultBodyLimit::max(run_body_limit(&app.settings)),
+                Extension(BodyLimit(run_body_limit(&app.settings), "RUNNER_RUN_MAX_FILES_BYTES (×8)")),
+            )),
+        )
         .route("/runs/{id}", get(runs::get_run))
         .route("/runtimes", get(runs::list_runtimes))
         .route("/runtimes/{name}", get(runs::get_runtime).put(runs::put_runtime).delete(runs::delete_runtime))
@@ -109,6 +117,10 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .layer(Extension(BodyLimit(app.settings.max_body_bytes, "RUNNER_MAX_BODY_BYTES")))
         .layer(middleware::from_fn_with_state(app.metrics.clone(), mw::observe))
         .layer(middleware::from_fn(mw::request_id))
+}
+
+fn run_body_limit(s: &crate::config::Settings) -> usize {
+    s.max_body_bytes.max(s.runs.max_files_bytes.saturating_mul(8))
 }
 
 async fn not_found() -> ApiError {

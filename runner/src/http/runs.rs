@@ -20,7 +20,7 @@ use crate::{
     app::App,
     domain::{rfc3339, LearnerId},
     error::{ApiError, ApiResult, ErrorBody},
-    runs::{RunError, RunRequest, RunView},
+    runs::{RunError, RunRequest, RunView, ShuttingDown},
     store::RuntimeRecord,
 };
 
@@ -191,8 +191,10 @@ pub async fn delete_runtime(
         (status = 200, description = "The run, finished (its `status` says how the submission did)", body = RunView),
         (status = 202, description = "Taken (`\"wait\": false`): read it at `url` (also `Location`)", body = RunView),
         (status = 404, description = "`runtime_not_found`, `exercise_not_found`", body = ErrorBody),
+        (status = 409, description = "`exercise_not_published`: the exercise has no image yet", body = ErrorBody),
         (status = 422, description = "`invalid_run`: source, commands, files, paths, tests, learner or limits above the caps", body = ErrorBody),
         (status = 429, description = "`runs_queue_full`: too many runs wait; `runs_rate_limited`: this token starts runs too fast; see `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`runner_shutting_down`: the runner stopped while the run was waited for; see `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn create_run(
@@ -204,10 +206,15 @@ pub async fn create_run(
     let location = [(header::LOCATION, submitted.view.url.clone())];
     match submitted.done {
         None => Ok((StatusCode::ACCEPTED, location, Json(submitted.view))),
-        Some(task) => {
-            let view = task.await.map_err(anyhow::Error::from)??;
-            Ok((StatusCode::OK, location, Json(view)))
-        }
+        Some(task) => match task.await.map_err(anyhow::Error::from)? {
+            Ok(view) => Ok((StatusCode::OK, location, Json(view))),
+            Err(e) if e.downcast_ref::<ShuttingDown>().is_some() => {
+                let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "runner_shutting_down", e.to_string());
+                err.retry_after_secs = Some(1);
+                Err(err)
+            }
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
@@ -216,6 +223,7 @@ fn run_error(e: RunError) -> ApiError {
         RunError::Invalid(m) => ApiError::invalid("invalid_run", m),
         e @ RunError::UnknownRuntime(_) => ApiError::not_found("runtime_not_found", e.to_string()),
         e @ RunError::UnknownExercise(_) => ApiError::not_found("exercise_not_found", e.to_string()),
+        e @ RunError::NotPublished(_) => ApiError::conflict("exercise_not_published", e.to_string()),
         e @ RunError::QueueFull(_) => {
             let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "runs_queue_full", e.to_string());
             err.retry_after_secs = Some(1);

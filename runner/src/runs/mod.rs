@@ -49,6 +49,8 @@ use crate::{
 pub const RUN_DIR: &str = "/submission";
 /// The container's own process: it only waits, as `nobody`, out of the submission's reach.
 const HOLDER_USER: &str = "65534:65534";
+/// Processes of the container that are not the submission's: init, `sleep`, one exec.
+const HOLDER_PIDS: u64 = 3;
 /// Files in one submission.
 const MAX_FILES: usize = 100;
 /// How often the CPU time of a running step is read.
@@ -217,6 +219,8 @@ pub enum RunError {
     UnknownRuntime(String),
     #[error("no exercise {0:?}")]
     UnknownExercise(String),
+    #[error("the exercise {0:?} has no published version yet")]
+    NotPublished(String),
     #[error("{0} runs are waiting already; try again shortly")]
     QueueFull(usize),
     #[error("this token starts runs too fast; try again in {0} s")]
@@ -224,6 +228,12 @@ pub enum RunError {
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
+
+/// A waiting caller's run was cut by the runner's shutdown (its row is finished by the next
+/// runner): 503, try again.
+#[derive(Debug, thiserror::Error)]
+#[error("the runner is shutting down; the run was stopped")]
+pub struct ShuttingDown;
 
 /// What a run is made of: an image and its commands, from a runtime or an exercise.
 #[derive(Debug, Clone)]
@@ -337,13 +347,15 @@ impl Runs {
                 // engine) could still be using it; a killed process's go after that.
                 self.prepared.lock().expect("lock").holds(&c.id) || now_secs - c.created < orphan_after
             } else {
-                match self.store.run(&c.suffix).await? {
-                    Some(r) => r.state != RunState::Finished,
-                    None => false,
+                match self.store.run(&c.suffix).await {
+                    Ok(Some(r)) => r.state != RunState::Finished,
+                    Ok(None) => false,
+                    // Not known now: kept, looked at again next round.
+                    Err(_) => true,
                 }
             };
             if !keep {
-                self.engine.remove_container(&c.id).await?;
+                self.remove_later(c.id);
             }
         }
         let cutoff = now - self.settings.runs.retention.as_millis() as i64;
@@ -409,12 +421,26 @@ impl Runs {
     /// Creates and starts a run sandbox of `shape` named `…-run-<name>`: nothing of a submission
     /// in it yet.
     async fn make_container(&self, name: &str, shape: &Shape) -> anyhow::Result<(String, Option<Files>)> {
+        // Defence in depth, as for sessions: an image that declares VOLUMEs (retagged after its
+        // runtime was registered) gets a sized tmpfs over each instead of a volume on the disk.
+        let writable = match self.engine.image(&shape.image).await? {
+            Some(info) => info.volumes.into_iter().filter(|v| v != RUN_DIR).collect(),
+            None => anyhow::bail!("the image {:?} is not on the engine any more", shape.image),
+        };
         let spec = SandboxSpec {
             image: shape.image.clone(),
-            limits: Limits { memory_mb: shape.memory_mb, cpus: 1.0, pids: shape.pids, tmpfs_mb: 16, workspace_mb: 64 },
+            // The holder's own processes (its init and `sleep`) and the runner's one exec at a
+            // time come on top of what the submission may use.
+            limits: Limits {
+                memory_mb: shape.memory_mb,
+                cpus: 1.0,
+                pids: shape.pids + HOLDER_PIDS,
+                tmpfs_mb: 16,
+                workspace_mb: 64,
+            },
             network: None,
             workdir: RUN_DIR.to_string(),
-            writable: vec![],
+            writable,
             check: Default::default(),
             ide: false,
         };
@@ -505,10 +531,24 @@ impl Runs {
                 };
                 runs.execute(&id, &target, &req, limits).await
             };
-            tokio::select! {
-                view = work => view,
-                _ = runs.stopping.cancelled() => Err(anyhow::anyhow!("the runner is shutting down")),
+            let work = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work));
+            let result = tokio::select! {
+                r = work => r.unwrap_or_else(|_| Err(anyhow::anyhow!("the run's task panicked"))),
+                _ = runs.stopping.cancelled() => return Err(ShuttingDown.into()),
+            };
+            if let Err(e) = &result {
+                // Whatever went wrong, the run is finished (and told), not left running.
+                let outcome = RunOutcome {
+                    compile: None,
+                    tests: vec![StepResult::internal(format!("{e:#}"))],
+                    limits: Some(limits),
+                    duration_ms: 0,
+                };
+                if let Err(e2) = runs.finish(&id, &target, Verdict::InternalError, &outcome).await {
+                    tracing::error!(run = %id, error = %format!("{e2:#}"), "could not finish a failed run; maintain finishes it when its lease passes");
+                }
             }
+            result
         });
         Ok(Submitted { view, done: wait.then_some(task) })
     }
@@ -668,6 +708,14 @@ impl Drop for QueueGuard {
 const MAX_ARGV: usize = 32;
 const MAX_ARG_BYTES: usize = 1024;
 
+/// Arguments a request adds to the command: at most `MAX_ARGV` words of `MAX_ARG_BYTES`, no NUL.
+fn check_args(args: &[String]) -> Result<(), String> {
+    if args.len() > MAX_ARGV || args.iter().any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0')) {
+        return Err(format!("at most {MAX_ARGV} words of {MAX_ARG_BYTES} bytes, without NUL"));
+    }
+    Ok(())
+}
+
 /// A command (a runtime's, or a run's of an exercise): a program and at most `MAX_ARGV` words.
 pub fn check_argv(what: &str, argv: &[String]) -> Result<(), String> {
     if argv.is_empty() || argv[0].is_empty() {
@@ -759,6 +807,7 @@ impl<'a> Sandbox<'a> {
         req.stdin = Some(stdin.into_bytes());
         req.max_output = limits.output_bytes;
         req.max_stderr = limits.output_bytes;
+        req.stop_at_stderr_cap = true;
         // The runner ends the step at the wall limit; this is only the reader's own backstop.
         req.deadline = Duration::from_millis(limits.wall_ms) + Duration::from_secs(5);
         let started = Instant::now();
@@ -800,7 +849,7 @@ impl<'a> Sandbox<'a> {
             Ok(o) => o,
             Err(e) => return StepResult::internal(format!("{e:#}")),
         };
-        if out.truncated {
+        if out.truncated || out.stderr_truncated {
             // It was abandoned at the cap and may still be writing: end it.
             self.kill_all().await;
         }
@@ -830,13 +879,17 @@ impl<'a> Sandbox<'a> {
     /// Every process of the submission's user ends; the container's own (`nobody`'s) stays.
     async fn kill_all(&self) {
         let user = &self.runs.settings.sandbox_user;
-        let mut req = ExecRequest::new(vec!["sh".into(), "-c".into(), "kill -9 -1 2>/dev/null; true".into()], user);
+        let mut req = ExecRequest::new(vec!["sh".into(), "-c".into(), "kill -9 -1 2>/dev/null; exit 0".into()], user);
         req.deadline = Duration::from_secs(5);
-        if let Err(e) = self.runs.engine.exec(&self.container, req).await {
-            // A fork bomb at the pids limit leaves no room for one more process: the container goes.
-            tracing::warn!(container = %self.container, error = %format!("{e:#}"), "could not end a run's processes; removing its sandbox");
-            let _ = self.runs.engine.remove_container(&self.container).await;
-        }
+        let failed = match self.runs.engine.exec(&self.container, req).await {
+            // A kill the submission stopped or killed (it runs as the same user), or that could
+            // not start (a fork bomb at the pids limit leaves no room for one more process).
+            Ok(out) if out.exit_code != 0 || out.timed_out => format!("exit {}: {}", out.exit_code, out.output.trim()),
+            Ok(_) => return,
+            Err(e) => format!("{e:#}"),
+        };
+        tracing::warn!(container = %self.container, error = %failed, "could not end a run's processes; removing its sandbox");
+        let _ = self.runs.engine.remove_container(&self.container).await;
     }
 
     fn remove(self) {
@@ -912,9 +965,20 @@ pub fn validate(req: &RunRequest, max_files_bytes: usize, max_tests: usize) -> R
             return Err(format!("the file {:?} is given twice", f.path));
         }
     }
+    // A file that is also another's directory (`a` and `a/b`) cannot be written.
+    for f in &req.files {
+        let dir = format!("{}/", f.path);
+        if let Some(other) = req.files.iter().find(|o| o.path.starts_with(&dir)) {
+            return Err(format!("the file {:?} is also the directory of {:?}", f.path, other.path));
+        }
+    }
     if req.tests.len() > max_tests {
         return Err(format!("{} test cases; a run takes at most {max_tests}", req.tests.len()));
     }
+    for (i, t) in req.tests.iter().enumerate() {
+        check_args(&t.args).map_err(|e| format!("tests[{i}].args: {e}"))?;
+    }
+    check_args(&req.args).map_err(|e| format!("args: {e}"))?;
     if !req.tests.is_empty() && (!req.stdin.is_empty() || !req.args.is_empty()) {
         return Err("stdin and args are for a run without tests; give each test case its own".into());
     }
