@@ -200,6 +200,7 @@ async fn bad_input_is_a_clear_4xx_and_starts_nothing() {
     }
     let runtimes = [
         (json!({"image": "no-such-image:1", "run": ["x"]}), "image_not_found"),
+        (json!({"image": "Not An Image!", "run": ["x"]}), "invalid_image"),
         (json!({"image": PYTHON_IMAGE, "run": []}), "invalid_runtime"),
     ];
     for (body, code) in runtimes {
@@ -341,6 +342,10 @@ async fn an_exercise_image_runs_the_command_given_and_sources_are_checked() {
     assert_eq!(v["exercise"], "sums");
     assert_eq!(v["status"], "wrong_answer", "{v}");
     assert_eq!(v["tests"][0]["status"], "accepted", "{v}");
+
+    // A program the image does not have is the runner's `internal_error`, not the code's fault.
+    let v = run(&app, json!({"exercise": "sums", "run": ["no-such-program"]})).await;
+    assert_eq!(v["status"], "internal_error", "{v}");
 
     let cases = [
         (json!({"exercise": "nope", "run": ["sh"]}), 404, "exercise_not_found"),

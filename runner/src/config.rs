@@ -770,6 +770,18 @@ impl Settings {
         {
             bail!("RUNNER_RUN_MAX_CONCURRENT, RUNNER_RUN_MAX_TIME_MS, RUNNER_RUN_MAX_WALL_MS, RUNNER_RUN_MAX_PIDS, RUNNER_RUN_MAX_TESTS, RUNNER_RUN_RETENTION_SECS, RUNNER_RUN_RATE_LIMIT_PER_MIN and RUNNER_RUN_RATE_LIMIT_BURST must be at least 1, RUNNER_RUN_MAX_MEMORY_MB at least 16");
         }
+        if r.caps.time_ms > 3_600_000
+            || r.caps.wall_ms > 3_600_000
+            || r.caps.memory_mb > 65_536
+            || r.caps.pids > 4096
+            || r.caps.output_bytes == 0
+            || r.caps.output_bytes > 64 << 20
+        {
+            bail!("RUNNER_RUN_MAX_TIME_MS and RUNNER_RUN_MAX_WALL_MS must be at most 3600000, RUNNER_RUN_MAX_MEMORY_MB at most 65536, RUNNER_RUN_MAX_PIDS at most 4096, RUNNER_RUN_MAX_OUTPUT_BYTES 1 to 67108864");
+        }
+        if self.sandbox_user.split(':').next() == Some("65534") {
+            bail!("RUNNER_SANDBOX_USER must not be 65534 (nobody): one-shot runs' sandboxes are held by nobody, out of the submission's reach");
+        }
         let a = &self.alerts;
         if a.interval.is_zero() || a.oom_kills == 0 || a.oom_window.is_zero() {
             bail!("RUNNER_ALERT_INTERVAL_SECS, RUNNER_ALERT_OOM_KILLS and RUNNER_ALERT_OOM_WINDOW_SECS must be at least 1");

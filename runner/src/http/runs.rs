@@ -110,9 +110,7 @@ pub async fn put_runtime(
     if let Some(c) = &body.compile {
         check_argv("compile", c)?;
     }
-    if body.image.is_empty() || body.image.len() > 255 || body.image.contains(char::is_whitespace) {
-        return Err(ApiError::invalid("invalid_runtime", "image must be an image reference"));
-    }
+    crate::exercises::check_image_reference(&body.image)?;
     let info = app.engine.image(&body.image).await?.ok_or_else(|| {
         ApiError::invalid("image_not_found", format!("the image {:?} is not on the engine; pull it first", body.image))
     })?;
@@ -278,7 +276,7 @@ pub struct RunList {
     get, path = "/v1/runs", operation_id = "list_runs", tag = "runs",
     params(RunsQuery),
     responses(
-        (status = 200, description = "Runs, newest first, results included", body = RunList),
+        (status = 200, description = "Runs, newest first, with their steps' statuses and figures but not their output (read each run at its `url`)", body = RunList),
         (status = 422, description = "`invalid_query`", body = ErrorBody),
     )
 )]
@@ -289,5 +287,14 @@ pub async fn list_runs(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<RunsQu
     }
     let learner = q.learner.as_deref().map(LearnerId::parse).transpose()?;
     let rows = app.store.runs(learner.as_ref().map(|l| l.as_str()), limit).await?;
-    Ok(Json(RunList { runs: rows.iter().map(RunView::of).collect::<anyhow::Result<_>>()? }))
+    let mut runs: Vec<RunView> = rows.iter().map(RunView::of).collect::<anyhow::Result<_>>()?;
+    // Statuses and figures only: a page of runs with every step's output could be hundreds of
+    // MiB. Each run's output is at its `url`.
+    for r in &mut runs {
+        for step in r.compile.iter_mut().chain(r.tests.iter_mut()) {
+            step.stdout.clear();
+            step.stderr.clear();
+        }
+    }
+    Ok(Json(RunList { runs }))
 }

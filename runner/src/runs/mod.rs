@@ -286,6 +286,9 @@ pub struct Runs {
     /// Sandboxes made ahead of time (`RUNNER_RUN_PREPARED` per shape).
     prepared: std::sync::Mutex<Prepared>,
     me: std::sync::Weak<Runs>,
+    /// The runs this process has taken and not finished, with their sandbox once it has one:
+    /// the leases it renews, the sandboxes it removes at shutdown.
+    inflight: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
 }
 
 /// An unclaimed prepared sandbox older than this is removed.
@@ -303,6 +306,7 @@ impl Runs {
         Arc::new_cyclic(|me| Runs {
             prepared: std::sync::Mutex::new(Prepared::new(r.prepared, PREPARED_SHAPES, PREPARED_TTL)),
             me: me.clone(),
+            inflight: Default::default(),
             slots: Arc::new(Semaphore::new(r.max_concurrent)),
             queued: AtomicUsize::new(0),
             cgroups: Layout::detect(),
@@ -322,7 +326,8 @@ impl Runs {
     /// runs past `RUNNER_RUN_RETENTION_SECS` are deleted.
     pub async fn maintain(&self) -> anyhow::Result<()> {
         let now = now_ms();
-        self.store.renew_run_leases(&self.owner, now + LEASE.as_millis() as i64).await?;
+        let ids: Vec<String> = self.inflight.lock().expect("lock").keys().cloned().collect();
+        self.store.renew_run_leases(&self.owner, &ids, now + LEASE.as_millis() as i64).await?;
         for r in self.store.abandoned_runs(now).await? {
             let outcome = RunOutcome {
                 compile: None,
@@ -370,11 +375,12 @@ impl Runs {
     /// so the next runner to look finishes them (`internal_error`) and removes their sandboxes.
     pub async fn release(&self) -> anyhow::Result<()> {
         self.stopping.cancel();
-        let prepared = self.prepared.lock().expect("lock").drain();
-        for c in prepared {
+        let mut sandboxes = self.prepared.lock().expect("lock").drain();
+        sandboxes.extend(self.inflight.lock().expect("lock").values().flatten().cloned());
+        for c in sandboxes {
             let _ = self.engine.remove_container(&c).await;
         }
-        self.store.renew_run_leases(&self.owner, 0).await?;
+        self.store.give_up_run_leases(&self.owner).await?;
         Ok(())
     }
 
@@ -519,7 +525,9 @@ impl Runs {
         let view = RunView::of(&record)?;
         let runs = self.clone();
         let id = record.id.clone();
+        self.inflight.lock().expect("lock").insert(id.clone(), None);
         let task = tokio::spawn(async move {
+            let _inflight = InFlight(runs.clone(), id.clone());
             let work = async {
                 let _permit = match permit {
                     Some(p) => p,
@@ -694,6 +702,15 @@ impl Target {
     }
 }
 
+/// A run this process has in flight, until its task ends (however it ends).
+struct InFlight(Arc<Runs>, String);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.lock().expect("lock").remove(&self.1);
+    }
+}
+
 /// A place in the run queue, given back when the run has its slot (or is refused).
 struct QueueGuard(Arc<Runs>);
 
@@ -747,7 +764,13 @@ impl<'a> Sandbox<'a> {
         let shape = Shape { image: target.image.clone(), memory_mb: limits.memory_mb, pids: limits.pids };
         let ready = runs.prepared.lock().expect("lock").take(&shape);
         runs.refill(&shape);
-        if let Some(ready) = ready {
+        let mark = |container: &str| {
+            if let Some(slot) = runs.inflight.lock().expect("lock").get_mut(id) {
+                *slot = Some(container.to_string());
+            }
+        };
+        if let Some(ready) = ready.filter(|r| r.files.is_some()) {
+            mark(&ready.container);
             let mut sandbox = Sandbox { runs, container: ready.container, limits, files: ready.files };
             match sandbox.write_files(req).await {
                 Ok(()) => {
@@ -762,7 +785,14 @@ impl<'a> Sandbox<'a> {
         }
         runs.metrics.run_sandboxes.with_label_values(&["made"]).inc();
         let (container, files) = runs.make_container(id, &shape).await?;
+        mark(&container);
         let mut sandbox = Sandbox { runs, container, limits, files };
+        if sandbox.files.is_none() {
+            // Without its cgroup the runner cannot see CPU time or OOM kills: no verdict it
+            // could give would be true.
+            sandbox.remove();
+            anyhow::bail!("the run sandbox's cgroup was not found under /sys/fs/cgroup; its limits cannot be measured");
+        }
         if let Err(e) = sandbox.write_files(req).await {
             sandbox.remove();
             return Err(e);
@@ -862,13 +892,19 @@ impl<'a> Sandbox<'a> {
             timed_out: out.timed_out,
             exit_code,
         };
+        // Docker reports an exec it could not start (no such program, no room for one more
+        // process) as text on stdout with exit 126 or 127: the runner's failure, not the code's.
+        if matches!(exit_code, Some(126 | 127)) && stdout.starts_with("OCI runtime exec failed") {
+            return StepResult { time_ms, wall_ms, memory_kb, ..StepResult::internal(stdout) };
+        }
         let status = verdict(&observed, expected.map(|e| compare(mode, &stdout, e)));
         StepResult {
             status,
             stdout,
             stderr: out.stderr,
             truncated: out.truncated || out.stderr_truncated,
-            signal: exit_code.filter(|c| *c > 128).map(|c| c - 128),
+            // 128 + a signal's number (1-31); an exit status above that is the code's own.
+            signal: exit_code.filter(|c| (129..=159).contains(c)).map(|c| c - 128),
             exit_code,
             time_ms,
             wall_ms,

@@ -145,13 +145,28 @@ impl Store {
         rows.iter().map(RunRecord::from_row).collect()
     }
 
-    /// This process still answers for its unfinished runs until `until`.
-    pub async fn renew_run_leases(&self, owner: &str, until: i64) -> anyhow::Result<u64> {
+    /// This process still answers for these runs (the ones it has in flight) until `until`.
+    pub async fn renew_run_leases(&self, owner: &str, ids: &[String], until: i64) -> anyhow::Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let marks = (0..ids.len()).map(|i| format!("${}", i + 3)).collect::<Vec<_>>().join(", ");
         let sql = format!(
-            "UPDATE runs SET lease_until = $1 WHERE owner = $2 AND {}",
+            "UPDATE runs SET lease_until = $1 WHERE owner = $2 AND id IN ({marks}) AND {}",
             state_in("state", RunState::UNFINISHED)
         );
-        Ok(sqlx::query(&sql).bind(until).bind(owner).execute(&self.pool).await?.rows_affected())
+        let mut q = sqlx::query(&sql).bind(until).bind(owner);
+        for id in ids {
+            q = q.bind(id);
+        }
+        Ok(q.execute(&self.pool).await?.rows_affected())
+    }
+
+    /// This process stops answering for every unfinished run of its own (at shutdown).
+    pub async fn give_up_run_leases(&self, owner: &str) -> anyhow::Result<u64> {
+        let sql =
+            format!("UPDATE runs SET lease_until = 0 WHERE owner = $1 AND {}", state_in("state", RunState::UNFINISHED));
+        Ok(sqlx::query(&sql).bind(owner).execute(&self.pool).await?.rows_affected())
     }
 
     /// Unfinished runs whose process stopped answering for them (their lease passed).
