@@ -414,3 +414,111 @@ async fn a_run_in_flight_when_the_runner_stops_is_finished_by_the_next_one() {
     drop(again);
     drop(app);
 }
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn attach(app: &TestApp, stream_url: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}{stream_url}", app.base.replace("http://", "ws://")).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.expect("attaching to the run's stream").0
+}
+
+/// Reads the stream's messages into `seen` until `pred` holds of all seen (or the stream ends).
+async fn read_until(ws: &mut Ws, seen: &mut Vec<Value>, pred: impl Fn(&[Value]) -> bool) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    while !pred(seen) {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next()).await;
+        match msg.unwrap_or_else(|_| panic!("the stream said nothing more; seen {seen:?}")) {
+            Some(Ok(Message::Text(t))) => seen.push(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(_))) | None => return,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("stream error {e}; seen {seen:?}"),
+        }
+    }
+}
+
+fn output_of(seen: &[Value], kind: &str) -> String {
+    seen.iter().filter(|v| v["type"] == kind).map(|v| v["data"].as_str().unwrap()).collect()
+}
+
+fn last_exit(seen: &[Value]) -> Option<&Value> {
+    seen.iter().find(|v| v["type"] == "exit")
+}
+
+/// The interactive form: stdin streamed in as the program asks, its output streamed out, a
+/// signal delivered, the final status at the end; output capped; closing the socket ends a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interactive_run_streams_stdin_and_output_and_takes_signals() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    require_docker();
+    let app = spawn_app().await;
+    with_python(&app).await;
+    let source = r#"import signal, sys, time
+signal.signal(signal.SIGINT, lambda *_: (print("interrupted", flush=True), sys.exit(4)))
+name = input("name? ")
+print(f"hello {name}", flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+print("waiting", flush=True)
+time.sleep(30)
+"#;
+    let body = |source: &str| {
+        json!({"runtime": "python3", "interactive": true, "limits": {"wall_ms": 15000, "output_bytes": 5000},
+            "files": [{"path": "main.py", "content": source}]})
+    };
+    let (status, v) = app.post("/v1/runs", body(source)).await;
+    assert_eq!(status, 202, "{v}");
+    let stream_url = v["stream_url"].as_str().unwrap().to_string();
+    let mut ws = attach(&app, &stream_url).await;
+    let mut seen = vec![];
+    read_until(&mut ws, &mut seen, |s| output_of(s, "stdout").contains("name?")).await;
+    let kinds: Vec<&str> = seen.iter().take(2).map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["started", "compile"], "{seen:?}");
+    ws.send(Message::Text(json!({"type": "stdin", "data": "ada\n"}).to_string().into())).await.unwrap();
+    read_until(&mut ws, &mut seen, |s| output_of(s, "stdout").contains("waiting")).await;
+    assert!(output_of(&seen, "stdout").contains("hello ada"), "{seen:?}");
+    read_until(&mut ws, &mut seen, |s| output_of(s, "stderr").contains("to stderr")).await;
+    ws.send(Message::Text(json!({"type": "signal", "signal": "interrupt"}).to_string().into())).await.unwrap();
+    read_until(&mut ws, &mut seen, |s| last_exit(s).is_some()).await;
+    let exit = last_exit(&seen).unwrap_or_else(|| panic!("no exit: {seen:?}"));
+    assert_eq!(exit["status"], "runtime_error", "{exit}");
+    assert_eq!(exit["tests"][0]["exit_code"], 4, "the program's SIGINT handler ran: {exit}");
+    assert!(output_of(&seen, "stdout").contains("interrupted"));
+    let id = exit["id"].as_str().unwrap();
+    let (_, stored) = app.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(stored["state"], "finished");
+    assert!(stored["tests"][0]["stdout"].as_str().unwrap().contains("hello ada"), "{stored}");
+    {
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+        let mut req = format!("{}{stream_url}", app.base.replace("http://", "ws://")).into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+        let again = tokio_tungstenite::connect_async(req).await;
+        assert!(matches!(again, Err(Error::Http(r)) if r.status() == 409), "a finished run cannot be attached to");
+    }
+
+    // Output past the cap ends the program: output_limit.
+    let (_, v) = app.post("/v1/runs", body("while True:\n    print('y' * 100, flush=True)\n")).await;
+    let mut ws = attach(&app, v["stream_url"].as_str().unwrap()).await;
+    let mut seen = vec![];
+    read_until(&mut ws, &mut seen, |s| last_exit(s).is_some()).await;
+    assert_eq!(last_exit(&seen).unwrap()["status"], "output_limit");
+    assert!(output_of(&seen, "stdout").len() <= 5000);
+
+    // A client that goes away ends its run (killed, recorded).
+    let (_, v) = app.post("/v1/runs", body("import time\nprint('up', flush=True)\ntime.sleep(60)\n")).await;
+    let url = v["url"].as_str().unwrap().to_string();
+    let mut ws = attach(&app, v["stream_url"].as_str().unwrap()).await;
+    let mut seen = vec![];
+    read_until(&mut ws, &mut seen, |s| output_of(s, "stdout").contains("up")).await;
+    drop(ws);
+    let done = poll_run(&app, &url).await;
+    assert_eq!(done["tests"][0]["signal"], 9, "{done}");
+
+    // Nobody attaches: 404 for an unknown run; bad requests are 4xx before anything starts.
+    assert_eq!(app.get("/v1/runs/nope/stream").await.0, 400, "not a WebSocket handshake");
+    let bad = json!({"runtime": "python3", "interactive": true, "tests": [{"stdin": "x"}]});
+    assert_eq!(app.post("/v1/runs", bad).await.0, 422);
+    no_run_sandbox_left(&app).await;
+}

@@ -355,13 +355,33 @@ impl DockerEngine {
         req: ExecRequest,
         sink: &mut (dyn FnMut(bool, &[u8]) -> bool + Send),
     ) -> anyhow::Result<(Option<i64>, bool)> {
+        self.exec_read_from(container, req, None, sink).await
+    }
+
+    /// `exec_read` with stdin from `req.stdin` (written at once) or from `input` (as it comes).
+    async fn exec_read_from(
+        &self,
+        container: &str,
+        mut req: ExecRequest,
+        input_stream: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+        sink: &mut (dyn FnMut(bool, &[u8]) -> bool + Send),
+    ) -> anyhow::Result<(Option<i64>, bool)> {
         use bollard::container::LogOutput;
+        enum Stdin {
+            Bytes(Vec<u8>),
+            Stream(tokio::sync::mpsc::Receiver<Vec<u8>>),
+        }
+        let stdin = match (req.stdin.take(), input_stream) {
+            (Some(b), _) => Some(Stdin::Bytes(b)),
+            (None, Some(rx)) => Some(Stdin::Stream(rx)),
+            (None, None) => None,
+        };
         let opts = CreateExecOptions {
             cmd: Some(req.cmd),
             user: Some(req.user),
             working_dir: req.workdir,
             env: (!req.env.is_empty()).then_some(req.env),
-            attach_stdin: Some(req.stdin.is_some()),
+            attach_stdin: Some(stdin.is_some()),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             ..Default::default()
@@ -371,11 +391,22 @@ impl DockerEngine {
         let r = self.docker.start_exec(&exec.id, None).await;
         let (mut timed_out, mut stopped) = (false, false);
         if let StartExecResults::Attached { output: mut stream, mut input } = self.count("start_exec", r)? {
-            let writer = req.stdin.map(|data| {
+            let writer = stdin.map(|stdin| {
                 tokio::spawn(async move {
                     use tokio::io::AsyncWriteExt;
                     // A command that ends without reading all of it closes the pipe: not an error.
-                    let _ = input.write_all(&data).await;
+                    match stdin {
+                        Stdin::Bytes(data) => {
+                            let _ = input.write_all(&data).await;
+                        }
+                        Stdin::Stream(mut rx) => {
+                            while let Some(chunk) = rx.recv().await {
+                                if input.write_all(&chunk).await.is_err() || input.flush().await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     let _ = input.shutdown().await;
                 })
             });
@@ -655,6 +686,16 @@ impl ContainerEngine for DockerEngine {
 
     async fn exec_capture(&self, container: &str, req: ExecRequest) -> anyhow::Result<CapturedExec> {
         DockerEngine::exec_capture(self, container, req).await
+    }
+
+    async fn exec_interactive(
+        &self,
+        container: &str,
+        req: ExecRequest,
+        input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        sink: &mut (dyn for<'b> FnMut(bool, &'b [u8]) -> bool + Send),
+    ) -> anyhow::Result<(Option<i64>, bool)> {
+        self.exec_read_from(container, req, Some(input), sink).await
     }
 
     async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo> {

@@ -143,6 +143,16 @@ impl ContainerEngine for FakeEngine {
         Err(absent("exec_capture"))
     }
 
+    async fn exec_interactive(
+        &self,
+        _: &str,
+        _: ExecRequest,
+        _: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        _: &mut (dyn for<'b> FnMut(bool, &'b [u8]) -> bool + Send),
+    ) -> anyhow::Result<(Option<i64>, bool)> {
+        Err(absent("exec_interactive"))
+    }
+
     async fn exec_stream(&self, _: &str, _: Vec<String>, _: &str) -> anyhow::Result<ExecIo> {
         Err(absent("exec_stream"))
     }

@@ -128,6 +128,18 @@ pub trait ContainerEngine: Send + Sync {
     /// past it the command is abandoned and `truncated` set) apart from its stderr.
     async fn exec_capture(&self, container: &str, req: ExecRequest) -> anyhow::Result<CapturedExec>;
 
+    /// Runs a command as [`Self::exec`] does, its stdin fed from `input` as chunks arrive (the
+    /// channel's end closes stdin), each chunk of its output handed to `sink` as it comes
+    /// (`true` for stderr); `sink` answering false abandons the command. Answers the exit code
+    /// (None when abandoned or past the deadline) and whether the deadline passed.
+    async fn exec_interactive(
+        &self,
+        container: &str,
+        req: ExecRequest,
+        input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        sink: &mut (dyn for<'b> FnMut(bool, &'b [u8]) -> bool + Send),
+    ) -> anyhow::Result<(Option<i64>, bool)>;
+
     /// Starts `cmd` in a running container and returns its stdin/stdout as one byte stream.
     async fn exec_stream(&self, container: &str, cmd: Vec<String>, user: &str) -> anyhow::Result<ExecIo>;
 

@@ -52,7 +52,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         builds::cancel, builds::git_hook,
         apps::list, apps::get, apps::put, apps::create_deploy, apps::list_deploys, apps::rollback,
         apps::command, apps::console, apps::get_deploy, apps::deploy_logs,
-        runs::create_run, runs::get_run, runs::list_runs, runs::put_runtime, runs::list_runtimes, runs::get_runtime, runs::delete_runtime,
+        runs::create_run, runs::get_run, runs::list_runs, runs::stream_run, runs::put_runtime, runs::list_runtimes, runs::get_runtime, runs::delete_runtime,
         ops::healthz, ops::readyz, ops::metrics,
         serve,
     ),

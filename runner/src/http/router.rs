@@ -76,6 +76,7 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
             )),
         )
         .route("/runs/{id}", get(runs::get_run))
+        .route("/runs/{id}/stream", get(runs::stream_run))
         .route("/runtimes", get(runs::list_runtimes))
         .route("/runtimes/{name}", get(runs::get_runtime).put(runs::put_runtime).delete(runs::delete_runtime))
         .route("/apps", get(apps::list))

@@ -20,7 +20,7 @@ use crate::{
     app::App,
     domain::{rfc3339, LearnerId},
     error::{ApiError, ApiResult, ErrorBody},
-    runs::{RunError, RunRequest, RunView, ShuttingDown},
+    runs::{Control, Event, LiveEnds, RunError, RunRequest, RunView, ShuttingDown, Signal},
     store::RuntimeRecord,
 };
 
@@ -297,4 +297,98 @@ pub async fn list_runs(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<RunsQu
         }
     }
     Ok(Json(RunList { runs }))
+}
+
+/// What the client of an interactive run's stream sends (text frames; a binary frame is stdin).
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientMessage {
+    Stdin { data: String },
+    CloseStdin,
+    Signal { signal: Signal },
+}
+
+/// Attach to an interactive run (WebSocket)
+///
+/// The run (`POST /v1/runs` with `"interactive": true`) starts when this attaches, within 30 s
+/// of its creation. Text frames in: `{"type": "stdin", "data"}` (or a binary frame),
+/// `{"type": "close_stdin"}`, `{"type": "signal", "signal": "interrupt" | "terminate" | "kill"}`.
+/// Text frames out, in order: `{"type": "started", "id"}`, `{"type": "compile", …step}` when the
+/// runtime compiles, `{"type": "stdout" | "stderr", "data"}` as the program writes (each stream
+/// capped at `output_bytes`: past it the program is ended, `output_limit`), and
+/// `{"type": "exit", …run}` with the final status, then a close. Closing the socket ends the run.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/stream", operation_id = "stream_run", tag = "runs",
+    params(("id" = String, Path, description = "The interactive run's id")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol (`Upgrade: websocket`)"),
+        (status = 400, description = "`websocket_required`: not a WebSocket handshake", body = ErrorBody),
+        (status = 404, description = "`run_not_found`", body = ErrorBody),
+        (status = 409, description = "`run_not_attachable`: not an interactive run waiting for its stream here (attached already, finished, or on another runner)", body = ErrorBody),
+    )
+)]
+pub async fn stream_run(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    ws: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<axum::response::Response> {
+    let ws = ws.map_err(|e| ApiError::bad_request("websocket_required", e.body_text()))?;
+    let Some(ends) = app.runs.attach(&id) else {
+        return Err(match app.store.run(&id).await? {
+            None => ApiError::not_found("run_not_found", format!("run {id:?} does not exist")),
+            Some(_) => ApiError::conflict(
+                "run_not_attachable",
+                "the run is not an interactive run waiting for its stream on this runner (attached already, finished, or taken by another runner)",
+            ),
+        });
+    };
+    Ok(ws.max_message_size(1 << 20).on_upgrade(move |socket| relay(socket, ends)))
+}
+
+/// Between an interactive run and its WebSocket until the run's end (or the client's).
+async fn relay(mut socket: axum::extract::ws::WebSocket, ends: LiveEnds) {
+    use axum::extract::ws::{CloseFrame, Message};
+    let LiveEnds { control, mut events } = ends;
+    loop {
+        tokio::select! {
+            ev = events.recv() => {
+                let Some(ev) = ev else {
+                    let frame = CloseFrame { code: 1011, reason: "the run ended without a result".into() };
+                    let _ = socket.send(Message::Close(Some(frame))).await;
+                    return;
+                };
+                let done = matches!(ev, Event::Done(_));
+                let text = serde_json::to_string(&ev).unwrap_or_default();
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+                if done {
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+                    return;
+                }
+            }
+            msg = socket.recv() => {
+                let sent = match msg {
+                    Some(Ok(Message::Binary(b))) => control.send(Control::Stdin(b.to_vec())).await,
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str::<ClientMessage>(&t) {
+                        Ok(ClientMessage::Stdin { data }) => control.send(Control::Stdin(data.into_bytes())).await,
+                        Ok(ClientMessage::CloseStdin) => control.send(Control::CloseStdin).await,
+                        Ok(ClientMessage::Signal { signal }) => control.send(Control::Signal(signal)).await,
+                        Err(e) => {
+                            let error = serde_json::json!({"type": "error", "message": format!("not a message of the stream: {e}")});
+                            let _ = socket.send(Message::Text(error.to_string().into())).await;
+                            Ok(())
+                        }
+                    },
+                    // The client went away: dropping `control` ends the run.
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => Ok(()),
+                };
+                if sent.is_err() {
+                    // The run is over; its `exit` is on its way.
+                    continue;
+                }
+            }
+        }
+    }
 }

@@ -110,6 +110,10 @@ pub struct RunRequest {
     /// `true` (the default): answer with the result. `false`: answer 202 with the run's URL at
     /// once; `run.finished` is told to the webhooks that ask for it when it is done.
     pub wait: Option<bool>,
+    /// `true`: answer 202 with a `stream_url` at once; the run starts when a WebSocket attaches
+    /// there (within 30 s): its stdin streamed in, stdout and stderr streamed out (capped),
+    /// signals delivered, the final status at the end. No `tests` or `stdin`.
+    pub interactive: Option<bool>,
     #[serde(default)]
     pub files: Vec<RunFile>,
     /// The stdin of the single run (without `tests`).
@@ -180,6 +184,9 @@ pub struct RunView {
     /// Where it can be read again.
     #[schema(example = "/v1/runs/3f0c…")]
     pub url: String,
+    /// An interactive run's WebSocket, to attach to within 30 s (only in `POST`'s answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_url: Option<String>,
 }
 
 impl RunView {
@@ -206,6 +213,7 @@ impl RunView {
             started_at: r.started_at.map(rfc3339),
             finished_at: r.finished_at.map(rfc3339),
             url: format!("/v1/runs/{}", r.id),
+            stream_url: None,
         })
     }
 }
@@ -283,6 +291,8 @@ pub struct Runs {
     rate: DefaultKeyedRateLimiter<String>,
     /// Fired at shutdown: the runs in flight stop (`release`).
     stopping: tokio_util::sync::CancellationToken,
+    /// Interactive runs waiting for their stream, by id.
+    pending: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Live>>>,
     /// Sandboxes made ahead of time (`RUNNER_RUN_PREPARED` per shape).
     prepared: std::sync::Mutex<Prepared>,
     me: std::sync::Weak<Runs>,
@@ -307,6 +317,7 @@ impl Runs {
             prepared: std::sync::Mutex::new(Prepared::new(r.prepared, PREPARED_SHAPES, PREPARED_TTL)),
             me: me.clone(),
             inflight: Default::default(),
+            pending: Default::default(),
             slots: Arc::new(Semaphore::new(r.max_concurrent)),
             queued: AtomicUsize::new(0),
             cgroups: Layout::detect(),
@@ -505,7 +516,8 @@ impl Runs {
         };
         let queue_place = permit.is_none().then(|| QueueGuard(self.clone()));
         let now = now_ms();
-        let wait = req.wait.unwrap_or(true);
+        let interactive = req.interactive.unwrap_or(false);
+        let wait = !interactive && req.wait.unwrap_or(true);
         let record = RunRecord {
             id: uuid::Uuid::new_v4().to_string(),
             runtime: target.runtime.clone(),
@@ -514,7 +526,7 @@ impl Runs {
             state: RunState::Queued,
             status: None,
             result: None,
-            notify: !wait,
+            notify: req.wait == Some(false),
             owner: self.owner.clone(),
             lease_until: now + LEASE.as_millis() as i64,
             created_at: now,
@@ -522,13 +534,33 @@ impl Runs {
             finished_at: None,
         };
         self.store.insert_run(&record).await?;
-        let view = RunView::of(&record)?;
+        let mut view = RunView::of(&record)?;
         let runs = self.clone();
         let id = record.id.clone();
         self.inflight.lock().expect("lock").insert(id.clone(), None);
+        let attach = interactive.then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.pending.lock().expect("lock").insert(id.clone(), tx);
+            view.stream_url = Some(format!("/v1/runs/{id}/stream"));
+            rx
+        });
         let task = tokio::spawn(async move {
             let _inflight = InFlight(runs.clone(), id.clone());
             let work = async {
+                let live = match attach {
+                    None => None,
+                    Some(rx) => {
+                        let attached = tokio::time::timeout(ATTACH_WITHIN, rx).await;
+                        runs.pending.lock().expect("lock").remove(&id);
+                        match attached {
+                            Ok(Ok(live)) => Some(live),
+                            _ => anyhow::bail!(
+                                "nobody attached to the run's stream within {} s",
+                                ATTACH_WITHIN.as_secs()
+                            ),
+                        }
+                    }
+                };
                 let _permit = match permit {
                     Some(p) => p,
                     None => {
@@ -537,7 +569,7 @@ impl Runs {
                         p
                     }
                 };
-                runs.execute(&id, &target, &req, limits).await
+                runs.execute(&id, &target, &req, limits, live).await
             };
             let work = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(work));
             let result = tokio::select! {
@@ -599,14 +631,25 @@ impl Runs {
     }
 
     /// Runs a recorded run that has its slot, writes its result, and answers it as stored.
-    async fn execute(&self, id: &str, target: &Target, req: &RunRequest, limits: RunLimits) -> anyhow::Result<RunView> {
+    async fn execute(
+        &self,
+        id: &str,
+        target: &Target,
+        req: &RunRequest,
+        limits: RunLimits,
+        live: Option<Live>,
+    ) -> anyhow::Result<RunView> {
         if !self.store.start_run(id, now_ms()).await? {
             // Finished by another runner that found its lease passed.
             let r = self.store.run(id).await?.ok_or_else(|| anyhow::anyhow!("run {id} vanished"))?;
             return RunView::of(&r);
         }
         let started = Instant::now();
-        let (compile, tests) = match self.steps(id, target, req, limits).await {
+        let events = live.as_ref().map(|l| l.events.clone());
+        if let Some(events) = &events {
+            let _ = events.send(Event::Started { id: id.to_string() });
+        }
+        let (compile, tests) = match self.steps(id, target, req, limits, live).await {
             Ok(steps) => steps,
             Err(e) => {
                 tracing::warn!(run = %id, runtime = %target.label(), error = %format!("{e:#}"), "a run failed inside the runner");
@@ -621,7 +664,21 @@ impl Runs {
             RunOutcome { compile, tests, limits: Some(limits), duration_ms: started.elapsed().as_millis() as u64 };
         self.finish(id, target, status, &outcome).await?;
         let r = self.store.run(id).await?.ok_or_else(|| anyhow::anyhow!("run {id} vanished"))?;
-        RunView::of(&r)
+        let view = RunView::of(&r)?;
+        if let Some(events) = events {
+            let _ = events.send(Event::Done(Box::new(view.clone())));
+        }
+        Ok(view)
+    }
+
+    /// Attaches a WebSocket's ends to an interactive run waiting for them; None when no run of
+    /// this process waits under that id (never made, attached already, or too late).
+    pub fn attach(&self, id: &str) -> Option<LiveEnds> {
+        let tx = self.pending.lock().expect("lock").remove(id)?;
+        let (control_tx, control) = tokio::sync::mpsc::channel(64);
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        tx.send(Live { control, events }).ok()?;
+        Some(LiveEnds { control: control_tx, events: events_rx })
     }
 
     /// Writes a run's result (and `run.finished` for a run that asked); false when it was
@@ -644,6 +701,7 @@ impl Runs {
         target: &Target,
         req: &RunRequest,
         limits: RunLimits,
+        mut live: Option<Live>,
     ) -> anyhow::Result<(Option<StepResult>, Vec<StepResult>)> {
         let cases: Vec<TestCase> = if req.tests.is_empty() {
             vec![TestCase { stdin: req.stdin.clone(), args: req.args.clone(), expected_output: None }]
@@ -653,13 +711,16 @@ impl Runs {
         let mut sandbox = Sandbox::make(self, id, target, req, limits).await?;
         let compile = match &target.compile {
             Some(argv) => {
-                let step = sandbox.step(argv.clone(), String::new(), None, req.compare).await;
+                let step = sandbox.step(argv.clone(), String::new(), None, req.compare, None).await;
                 let failed = step.status != Verdict::Accepted;
                 let step = if failed && step.status != Verdict::InternalError {
                     StepResult { status: Verdict::CompileError, ..step }
                 } else {
                     step
                 };
+                if let Some(l) = &live {
+                    let _ = l.events.send(Event::Compile(Box::new(step.clone())));
+                }
                 if failed {
                     sandbox.remove();
                     return Ok((Some(step), vec![]));
@@ -674,7 +735,9 @@ impl Runs {
         for (i, case) in cases.into_iter().enumerate() {
             let mut argv = target.run.clone();
             argv.extend(case.args.iter().cloned());
-            let step = sandbox.step(argv, case.stdin.clone(), case.expected_output.as_deref(), req.compare).await;
+            let step = sandbox
+                .step(argv, case.stdin.clone(), case.expected_output.as_deref(), req.compare, live.as_mut())
+                .await;
             results.push(step);
             if i < last {
                 // Nothing a test case left running reaches the next one.
@@ -699,6 +762,116 @@ pub async fn run(runs: Arc<Runs>, cancel: tokio_util::sync::CancellationToken) {
 impl Target {
     fn none() -> Target {
         Target { runtime: None, exercise: None, image: String::new(), run: vec![], compile: None }
+    }
+}
+
+/// Most bytes an interactive run's stdin takes.
+const MAX_LIVE_STDIN: usize = 1 << 20;
+/// An interactive run waits this long for its stream to attach.
+pub const ATTACH_WITHIN: Duration = Duration::from_secs(30);
+
+/// What the client of an interactive run's stream sends.
+#[derive(Debug)]
+pub enum Control {
+    Stdin(Vec<u8>),
+    /// End of input.
+    CloseStdin,
+    Signal(Signal),
+}
+
+/// Signals an interactive run's client may send.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+    Kill,
+}
+
+/// What an interactive run's stream is told, in order.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    /// It has its slot and sandbox: input is read from now on.
+    Started {
+        id: String,
+    },
+    /// The compile step's result (before the program runs).
+    Compile(Box<StepResult>),
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    /// The run, finished; the stream closes after it.
+    #[serde(rename = "exit")]
+    Done(Box<RunView>),
+}
+
+/// The run's end of its stream.
+pub struct Live {
+    control: tokio::sync::mpsc::Receiver<Control>,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+}
+
+/// The stream's end of an interactive run (the WebSocket handler's).
+pub struct LiveEnds {
+    pub control: tokio::sync::mpsc::Sender<Control>,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+}
+
+/// A step's output as it came: from `exec_capture`, or gathered while it streamed.
+enum Raw {
+    Captured(crate::engine::CapturedExec),
+    Streamed(Option<i64>, bool),
+}
+
+/// An interactive step's output: kept up to the cap (per stream) and told as it comes.
+struct Capture {
+    cap: usize,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    truncated: bool,
+    stderr_truncated: bool,
+    events: Option<tokio::sync::mpsc::UnboundedSender<Event>>,
+}
+
+impl Capture {
+    fn new(cap: usize, events: Option<tokio::sync::mpsc::UnboundedSender<Event>>) -> Capture {
+        Capture { cap, stdout: vec![], stderr: vec![], truncated: false, stderr_truncated: false, events }
+    }
+
+    /// Keeps and tells a chunk; false past the cap (the step is then ended: `output_limit`).
+    fn push(&mut self, is_stderr: bool, bytes: &[u8]) -> bool {
+        let buf = if is_stderr { &mut self.stderr } else { &mut self.stdout };
+        let room = self.cap.saturating_sub(buf.len());
+        let kept = &bytes[..bytes.len().min(room)];
+        buf.extend_from_slice(kept);
+        if let (Some(events), false) = (&self.events, kept.is_empty()) {
+            let data = String::from_utf8_lossy(kept).into_owned();
+            let _ = events.send(if is_stderr { Event::Stderr { data } } else { Event::Stdout { data } });
+        }
+        if kept.len() < bytes.len() {
+            if is_stderr {
+                self.stderr_truncated = true;
+            } else {
+                self.truncated = true;
+            }
+            return false;
+        }
+        true
+    }
+
+    fn into_captured(self, exit_code: Option<i64>, timed_out: bool) -> crate::engine::CapturedExec {
+        crate::engine::CapturedExec {
+            exit_code: exit_code.unwrap_or(-1),
+            stdout: self.stdout,
+            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
+            truncated: self.truncated,
+            stderr_truncated: self.stderr_truncated,
+            timed_out,
+        }
     }
 }
 
@@ -824,8 +997,17 @@ impl<'a> Sandbox<'a> {
     }
 
     /// Runs `argv` with `stdin` under the step limits, killing it at the CPU or wall limit.
-    async fn step(&mut self, argv: Vec<String>, stdin: String, expected: Option<&str>, mode: Compare) -> StepResult {
-        let engine = &self.runs.engine;
+    /// Runs `argv` under the step limits, killing it at the CPU or wall limit: with `stdin` as
+    /// its input, or, `live`, with its stdin, output and signals over the run's stream.
+    async fn step(
+        &mut self,
+        argv: Vec<String>,
+        stdin: String,
+        expected: Option<&str>,
+        mode: Compare,
+        live: Option<&mut Live>,
+    ) -> StepResult {
+        let engine = self.runs.engine.clone();
         let user = self.runs.settings.sandbox_user.clone();
         let limits = self.limits;
         if let Some(f) = &self.files {
@@ -834,39 +1016,97 @@ impl<'a> Sandbox<'a> {
         let before = self.reading();
         let mut req = ExecRequest::new(argv, &user);
         req.workdir = Some(RUN_DIR.into());
-        req.stdin = Some(stdin.into_bytes());
         req.max_output = limits.output_bytes;
         req.max_stderr = limits.output_bytes;
         req.stop_at_stderr_cap = true;
         // The runner ends the step at the wall limit; this is only the reader's own backstop.
         req.deadline = Duration::from_millis(limits.wall_ms) + Duration::from_secs(5);
+        let (mut control, events) = match live {
+            Some(l) => (Some(&mut l.control), Some(l.events.clone())),
+            None => (None, None),
+        };
+        let (stdin_tx, stdin_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let mut stdin_tx = Some(stdin_tx);
+        let mut stdin_bytes = 0usize;
+        if control.is_none() {
+            req.stdin = Some(stdin.into_bytes());
+        }
+        let mut capture = Capture::new(limits.output_bytes, events);
         let started = Instant::now();
         let wall = Duration::from_millis(limits.wall_ms);
-        let exec = engine.exec_capture(&self.container, req);
-        tokio::pin!(exec);
+        let container = self.container.clone();
+        let streamed = control.is_some();
         let mut killed: Option<Verdict> = None;
         let mut ticker = tokio::time::interval(CPU_POLL);
-        let out = loop {
-            tokio::select! {
-                out = &mut exec => break out,
-                _ = ticker.tick(), if killed.is_none() => {
-                    let cpu_ns = match (before, self.reading()) {
-                        (Some((b, _)), Some((now, _))) => now.saturating_sub(b),
-                        _ => 0,
-                    };
-                    let over = if cpu_ns > limits.time_ms * 1_000_000 {
-                        Some(Verdict::TimeLimit)
-                    } else if started.elapsed() > wall {
-                        Some(Verdict::WallTimeLimit)
-                    } else {
-                        None
-                    };
-                    if let Some(v) = over {
-                        killed = Some(v);
-                        self.kill_all().await;
+        // In a block of its own: the exec (which holds `capture`) is gone when it ends.
+        let raw = {
+            let exec = async {
+                if streamed {
+                    let (input_tx, input) = tokio::sync::mpsc::channel(16);
+                    // Stdin chunks in order, as the process reads them.
+                    let mut rx = stdin_rx;
+                    let feeder = tokio::spawn(async move {
+                        while let Some(chunk) = rx.recv().await {
+                            if input_tx.send(chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut sink = |is_stderr: bool, bytes: &[u8]| capture.push(is_stderr, bytes);
+                    let r = engine.exec_interactive(&container, req, input, &mut sink).await;
+                    feeder.abort();
+                    r.map(|(code, timed_out)| Raw::Streamed(code, timed_out))
+                } else {
+                    engine.exec_capture(&container, req).await.map(Raw::Captured)
+                }
+            };
+            tokio::pin!(exec);
+            loop {
+                tokio::select! {
+                    out = &mut exec => break out,
+                    _ = ticker.tick(), if killed.is_none() => {
+                        let cpu_ns = match (before, self.reading()) {
+                            (Some((b, _)), Some((now, _))) => now.saturating_sub(b),
+                            _ => 0,
+                        };
+                        let over = if cpu_ns > limits.time_ms.saturating_mul(1_000_000) {
+                            Some(Verdict::TimeLimit)
+                        } else if started.elapsed() > wall {
+                            Some(Verdict::WallTimeLimit)
+                        } else {
+                            None
+                        };
+                        if let Some(v) = over {
+                            killed = Some(v);
+                            self.kill_all().await;
+                        }
                     }
+                    msg = async { control.as_mut().expect("guarded").recv().await }, if control.is_some() => match msg {
+                        Some(Control::Stdin(bytes)) => {
+                            stdin_bytes += bytes.len();
+                            if stdin_bytes > MAX_LIVE_STDIN {
+                                // More input than a program of a lesson reads: the stream is cut.
+                                stdin_tx = None;
+                            } else if let Some(tx) = &stdin_tx {
+                                let _ = tx.send(bytes);
+                            }
+                        }
+                        Some(Control::CloseStdin) => stdin_tx = None,
+                        Some(Control::Signal(sig)) => self.signal_all(sig).await,
+                        None => {
+                            // The stream's client went away: the run ends.
+                            control = None;
+                            self.kill_all().await;
+                        }
+                    },
                 }
             }
+        };
+        drop(stdin_tx);
+        let out = match raw {
+            Ok(Raw::Captured(c)) => Ok(c),
+            Ok(Raw::Streamed(code, timed_out)) => Ok(capture.into_captured(code, timed_out)),
+            Err(e) => Err(e),
         };
         let wall_ms = started.elapsed().as_millis() as u64;
         let after = self.reading();
@@ -909,6 +1149,22 @@ impl<'a> Sandbox<'a> {
             time_ms,
             wall_ms,
             memory_kb,
+        }
+    }
+
+    /// An interactive run's signal, to every process of the submission's user.
+    async fn signal_all(&self, sig: Signal) {
+        let name = match sig {
+            Signal::Interrupt => "INT",
+            Signal::Terminate => "TERM",
+            Signal::Kill => return self.kill_all().await,
+        };
+        let user = &self.runs.settings.sandbox_user;
+        let script = format!("kill -{name} -1 2>/dev/null; exit 0");
+        let mut req = ExecRequest::new(vec!["sh".into(), "-c".into(), script], user);
+        req.deadline = Duration::from_secs(5);
+        if let Err(e) = self.runs.engine.exec(&self.container, req).await {
+            tracing::warn!(container = %self.container, error = %format!("{e:#}"), "could not deliver a run's signal");
         }
     }
 
@@ -1015,6 +1271,9 @@ pub fn validate(req: &RunRequest, max_files_bytes: usize, max_tests: usize) -> R
         check_args(&t.args).map_err(|e| format!("tests[{i}].args: {e}"))?;
     }
     check_args(&req.args).map_err(|e| format!("args: {e}"))?;
+    if req.interactive == Some(true) && (!req.tests.is_empty() || !req.stdin.is_empty() || req.wait == Some(true)) {
+        return Err("an interactive run takes its stdin over its stream: no tests, stdin or wait".into());
+    }
     if !req.tests.is_empty() && (!req.stdin.is_empty() || !req.args.is_empty()) {
         return Err("stdin and args are for a run without tests; give each test case its own".into());
     }
@@ -1078,6 +1337,7 @@ mod tests {
             compile: None,
             learner: None,
             wait: None,
+            interactive: None,
             files: files.iter().map(|(p, c)| RunFile { path: p.to_string(), content: c.to_string() }).collect(),
             stdin: String::new(),
             args: vec![],
