@@ -338,6 +338,15 @@ async fn the_dashboard_works_in_a_real_browser() {
     assert_eq!(status, 201, "{check}");
     let b = app.wait_build(&build_id, Duration::from_secs(300)).await;
     assert_eq!(b["state"], "succeeded", "{b}");
+    // One-shot runs for the runs page: two accepted, one wrong answer.
+    let runtime = json!({"image": "exercise-runner/base:latest", "run": ["python3", "main.py"]});
+    assert_eq!(app.put("/v1/runtimes/python3", runtime).await.0, 201);
+    for expected in ["1", "1", "2"] {
+        let body = json!({"runtime": "python3", "learner": "ada-lovelace",
+            "files": [{"path": "main.py", "content": "print(1)"}], "tests": [{"expected_output": expected}]});
+        let (status, v) = app.post("/v1/runs", body).await;
+        assert_eq!(status, 200, "{v}");
+    }
 
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();

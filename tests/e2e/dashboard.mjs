@@ -14,7 +14,9 @@
 // the session's events; the session page draws its charts and lists its events and checks; pages on
 // another origin (another port of 127.0.0.1: same site; and evil.test, mapped to 127.0.0.1: a
 // cross-site one) cannot drain the runner or stop sessions; drain and undrain from the overview;
-// the builds page follows a build's log; the stop button ends the session; sign out. Every wait
+// the builds page follows a build's log; the runs page counts one-shot runs (two accepted and
+// one wrong answer on the python3 runtime, made by the caller); the stop button ends the
+// session; sign out. Every wait
 // polls against a deadline. Screenshots: $ARTIFACTS/dashboard-*.png (and <step>.png on failure).
 import http from 'node:http';
 import fs from 'node:fs';
@@ -342,6 +344,18 @@ async function main() {
       await shot('builds');
     });
   }
+
+  await step('the runs page shows runs by runtime and status', 20000, async () => {
+    await page.click('#nav a[data-nav=runs]');
+    await page.waitForSelector('#run-counts tr[data-source="python3"] td[data-status="accepted"]');
+    const accepted = await page.textContent('#run-counts tr[data-source="python3"] td[data-status="accepted"]');
+    const wrong = await page.textContent('#run-counts tr[data-source="python3"] td[data-status="wrong_answer"]');
+    if (accepted.trim() !== '2' || wrong.trim() !== '1') throw new Error(`counts: accepted ${accepted}, wrong_answer ${wrong}`);
+    await page.waitForSelector('#runs tr[data-status="wrong_answer"]');
+    const slots = await page.textContent('#runs-slots');
+    if (!/^\d+$/.test(slots.trim())) throw new Error(`slots: ${slots}`);
+    await shot('runs');
+  });
 
   await step('the audit page lists the operator token', 20000, async () => {
     await page.click('#nav a[data-nav=audit]');

@@ -7,6 +7,7 @@ import * as sessions from './pages/sessions.js';
 import * as session from './pages/session.js';
 import * as builds from './pages/builds.js';
 import * as audit from './pages/audit.js';
+import * as runs from './pages/runs.js';
 import { showRunner } from './shell.js';
 
 const routes = [
@@ -16,6 +17,7 @@ const routes = [
   [/^#\/builds\/?$/, builds, 'builds'],
   [/^#\/builds\/([0-9a-f-]{36})$/, builds, 'builds', 'build'],
   [/^#\/deploys\/([0-9a-f-]{36})$/, builds, 'builds', 'deploy'],
+  [/^#\/runs\/?$/, runs, 'runs'],
   [/^#\/audit\/?$/, audit, 'audit'],
 ];
 

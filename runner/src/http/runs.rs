@@ -287,15 +287,8 @@ pub async fn list_runs(State(app): State<Arc<App>>, ApiQuery(q): ApiQuery<RunsQu
     }
     let learner = q.learner.as_deref().map(LearnerId::parse).transpose()?;
     let rows = app.store.runs(learner.as_ref().map(|l| l.as_str()), limit).await?;
-    let mut runs: Vec<RunView> = rows.iter().map(RunView::of).collect::<anyhow::Result<_>>()?;
-    // Statuses and figures only: a page of runs with every step's output could be hundreds of
-    // MiB. Each run's output is at its `url`.
-    for r in &mut runs {
-        for step in r.compile.iter_mut().chain(r.tests.iter_mut()) {
-            step.stdout.clear();
-            step.stderr.clear();
-        }
-    }
+    // Statuses and figures only; each run's output is at its `url`.
+    let runs = rows.iter().map(|r| RunView::of(r).map(RunView::without_output)).collect::<anyhow::Result<_>>()?;
     Ok(Json(RunList { runs }))
 }
 

@@ -190,6 +190,16 @@ pub struct RunView {
 }
 
 impl RunView {
+    /// The steps' statuses and figures without their stdout and stderr (lists of runs: a page
+    /// of them with every output could be hundreds of MiB).
+    pub fn without_output(mut self) -> RunView {
+        for step in self.compile.iter_mut().chain(self.tests.iter_mut()) {
+            step.stdout.clear();
+            step.stderr.clear();
+        }
+        self
+    }
+
     pub fn of(r: &RunRecord) -> anyhow::Result<RunView> {
         let outcome: Option<RunOutcome> = r.result.as_deref().map(serde_json::from_str).transpose()?;
         let status =
@@ -380,6 +390,17 @@ impl Runs {
             tracing::info!(deleted, "runs past retention deleted");
         }
         Ok(())
+    }
+
+    /// What this process is doing now: runs in flight (waiting included), waiting for a slot,
+    /// slots, prepared sandboxes ready.
+    pub fn now(&self) -> RunsNow {
+        RunsNow {
+            in_flight: self.inflight.lock().expect("lock").len(),
+            queued: self.queued.load(Ordering::SeqCst),
+            slots: self.settings.runs.max_concurrent,
+            prepared: self.prepared.lock().expect("lock").ready_count(),
+        }
     }
 
     /// At shutdown: the runs in flight stop, and this process stops answering for them at once,
@@ -882,6 +903,15 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.inflight.lock().expect("lock").remove(&self.1);
     }
+}
+
+/// `Runs::now`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RunsNow {
+    pub in_flight: usize,
+    pub queued: usize,
+    pub slots: usize,
+    pub prepared: usize,
 }
 
 /// A place in the run queue, given back when the run has its slot (or is refused).

@@ -109,6 +109,10 @@ impl Prepared {
         self.ready.values().any(|q| q.iter().any(|r| r.container == container))
     }
 
+    pub fn ready_count(&self) -> usize {
+        self.ready.values().map(VecDeque::len).sum()
+    }
+
     fn shapes(&self) -> usize {
         let mut n = self.ready.len();
         n += self.making.keys().filter(|s| !self.ready.contains_key(*s)).count();
@@ -157,6 +161,7 @@ mod tests {
         assert_eq!(p.reserve(&bigger), 1);
         assert_eq!(p.reserve(&shape("gcc")), 0, "a third shape is not kept");
         assert!(p.holds("a"));
+        assert_eq!(p.ready_count(), 1);
     }
 
     #[test]

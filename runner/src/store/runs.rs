@@ -180,6 +180,25 @@ impl Store {
         rows.iter().map(RunRecord::from_row).collect()
     }
 
+    /// Finished runs since `since`, counted by what they ran in and their status:
+    /// `(runtime or "exercise:<slug>", status, count)`.
+    pub async fn run_counts(&self, since: i64) -> anyhow::Result<Vec<(String, String, i64)>> {
+        let sql = format!(
+            "SELECT runtime, exercise, status, COUNT(*) AS n FROM runs WHERE created_at >= $1 AND {} \
+             GROUP BY runtime, exercise, status ORDER BY runtime, exercise, status",
+            state_in("state", &[RunState::Finished])
+        );
+        let rows = sqlx::query(&sql).bind(since).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let runtime: Option<String> = r.try_get("runtime")?;
+                let exercise: Option<String> = r.try_get("exercise")?;
+                let source = runtime.unwrap_or_else(|| format!("exercise:{}", exercise.unwrap_or_default()));
+                Ok((source, r.try_get::<Option<String>, _>("status")?.unwrap_or_default(), r.try_get("n")?))
+            })
+            .collect()
+    }
+
     /// Retention: finished runs (their outputs) older than `before` go.
     pub async fn delete_runs_finished_before(&self, before: i64) -> anyhow::Result<u64> {
         let sql = format!("DELETE FROM runs WHERE finished_at < $1 AND {}", state_in("state", &[RunState::Finished]));

@@ -92,6 +92,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/overview", get(views::overview))
         .route("/problems", get(views::problems))
         .route("/builds", get(views::builds))
+        .route("/runs", get(views::runs))
         .route("/usage/sessions", get(views::session_figures))
         .route("/capacity", get(usage::capacity))
         .route("/pools", get(usage::pools))

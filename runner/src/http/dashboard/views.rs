@@ -150,6 +150,28 @@ pub async fn builds(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "active": active, "recent": recent })))
 }
 
+/// `GET /dashboard/api/runs`: one-shot runs now (in flight, waiting, slots, prepared
+/// sandboxes), finished runs of the last 24 hours by what they ran in and status, and the newest
+/// 50 (their steps' statuses and figures, not their output).
+pub async fn runs(State(app): State<Arc<App>>) -> ApiResult<Json<Value>> {
+    let since = crate::store::now_ms() - 24 * 3600 * 1000;
+    let counts: Vec<Value> = app
+        .store
+        .run_counts(since)
+        .await?
+        .into_iter()
+        .map(|(source, status, n)| json!({"source": source, "status": status, "count": n}))
+        .collect();
+    let recent: Vec<crate::runs::RunView> = app
+        .store
+        .runs(None, 50)
+        .await?
+        .iter()
+        .map(|r| crate::runs::RunView::of(r).map(crate::runs::RunView::without_output))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Json(json!({ "now": app.runs.now(), "last_24h": counts, "recent": recent })))
+}
+
 struct Problem {
     at: i64,
     severity: &'static str,
