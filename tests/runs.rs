@@ -228,6 +228,20 @@ async fn a_fork_bomb_and_a_flood_of_runs_are_contained() {
     let v = run_py(&app, bomb, json!({"pids": 16, "wall_ms": 2000})).await;
     let status = v["status"].as_str().unwrap();
     assert!(["time_limit", "wall_time_limit"].contains(&status), "{v}");
+    // And a test case after a fork bomb still runs (in the same sandbox once the bomb is ended,
+    // or in a new one when the bomb left no room to end it).
+    let both = format!(
+        "import sys\nif sys.argv[1] == 'bomb':\n{}\nprint('ok')\n",
+        bomb.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+    );
+    let v = run(
+        &app,
+        json!({"runtime": "python3", "files": [{"path": "main.py", "content": both}],
+            "limits": {"pids": 16, "wall_ms": 2000},
+            "tests": [{"args": ["bomb"]}, {"args": ["fine"], "expected_output": "ok"}]}),
+    )
+    .await;
+    assert_eq!(v["tests"][1]["status"], "accepted", "{v}");
 
     let flood = futures_util::future::join_all((0..100).map(|i| {
         let client = app.client.clone();
@@ -520,5 +534,43 @@ time.sleep(30)
     assert_eq!(app.get("/v1/runs/nope/stream").await.0, 400, "not a WebSocket handshake");
     let bad = json!({"runtime": "python3", "interactive": true, "tests": [{"stdin": "x"}]});
     assert_eq!(app.post("/v1/runs", bad).await.0, 422);
+    no_run_sandbox_left(&app).await;
+}
+
+/// The same verdicts under gVisor (`RUNNER_DOCKER_RUNTIME=runsc`): the submission runs in
+/// gVisor's kernel, the runner reads the sandbox's cgroup from the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_under_gvisor_get_the_same_verdicts() {
+    require_docker();
+    let app = spawn_app_with(|s| s.runtime = runner::domain::Runtime::Runsc).await;
+    with_python(&app).await;
+    let v = run_py(&app, "import os\nprint(os.getuid(), open('/proc/version').read()[:5])\n", json!({})).await;
+    assert_eq!(v["status"], "accepted", "{v}");
+    assert_eq!(v["tests"][0]["stdout"], "1000 Linux\n", "{v}");
+    let v = run_py(&app, "while True:\n    pass\n", json!({"time_ms": 300, "wall_ms": 10000})).await;
+    assert_eq!(v["status"], "time_limit", "{v}");
+    let v = run_py(&app, "import time\ntime.sleep(60)\n", json!({"wall_ms": 800})).await;
+    assert_eq!(v["status"], "wall_time_limit", "{v}");
+    let v = run_py(&app, "while True:\n    print('y' * 1000)\n", json!({"output_bytes": 10000})).await;
+    assert_eq!(v["status"], "output_limit", "{v}");
+    let v = run_py(&app, "x = b'x' * (400 * 1024 * 1024)\n", json!({"memory_mb": 128})).await;
+    assert_eq!(v["status"], "memory_limit", "{v}");
+    // gVisor's OOM kill takes the whole sandbox: the next test case gets a new one.
+    let both = "import sys\nif sys.argv[1] == 'bomb':\n    x = b'x' * (400 << 20)\nprint('ok')\n";
+    let v = run(
+        &app,
+        json!({"runtime": "python3", "files": [{"path": "main.py", "content": both}], "limits": {"memory_mb": 128},
+            "tests": [{"args": ["bomb"]}, {"args": ["fine"], "expected_output": "ok"}]}),
+    )
+    .await;
+    let statuses: Vec<&str> = v["tests"].as_array().unwrap().iter().map(|t| t["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["memory_limit", "accepted"], "{v}");
+    let v = run(
+        &app,
+        json!({"runtime": "python3", "files": [{"path": "main.py", "content": "print(input())"}],
+            "tests": [{"stdin": "a", "expected_output": "a"}, {"stdin": "b", "expected_output": "c"}]}),
+    )
+    .await;
+    assert_eq!(v["status"], "wrong_answer", "{v}");
     no_run_sandbox_left(&app).await;
 }

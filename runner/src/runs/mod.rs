@@ -473,8 +473,10 @@ impl Runs {
                 memory_mb: shape.memory_mb,
                 cpus: 1.0,
                 pids: shape.pids + HOLDER_PIDS,
-                tmpfs_mb: 16,
-                workspace_mb: 64,
+                // tmpfs pages are the sandbox's memory: sized so that filling them all (three
+                // of `tmpfs_mb` and the run's directory) stays below the memory limit.
+                tmpfs_mb: (shape.memory_mb / 8).clamp(1, 16),
+                workspace_mb: (shape.memory_mb / 4).clamp(4, 64),
             },
             network: None,
             workdir: RUN_DIR.to_string(),
@@ -702,6 +704,26 @@ impl Runs {
         Some(LiveEnds { control: control_tx, events: events_rx })
     }
 
+    /// A new sandbox for the rest of a run, its files written and compiled again.
+    async fn renew<'a>(
+        &'a self,
+        id: &str,
+        target: &Target,
+        req: &RunRequest,
+        limits: RunLimits,
+    ) -> anyhow::Result<Sandbox<'a>> {
+        let mut sandbox = Sandbox::make(self, id, target, req, limits).await?;
+        if let Some(argv) = &target.compile {
+            let step = sandbox.step(argv.clone(), String::new(), None, req.compare, None).await;
+            if step.status != Verdict::Accepted {
+                sandbox.remove();
+                anyhow::bail!("compiling again failed: {}", step.stderr);
+            }
+            sandbox.kill_all().await;
+        }
+        Ok(sandbox)
+    }
+
     /// Writes a run's result (and `run.finished` for a run that asked); false when it was
     /// finished already.
     async fn finish(&self, id: &str, target: &Target, status: Verdict, outcome: &RunOutcome) -> anyhow::Result<bool> {
@@ -754,6 +776,17 @@ impl Runs {
         let mut results = Vec::with_capacity(cases.len());
         let last = cases.len().saturating_sub(1);
         for (i, case) in cases.into_iter().enumerate() {
+            if sandbox.dead {
+                // The last test case took its sandbox down (a fork bomb the runner could not
+                // end, gVisor's kernel OOM-killed): the next one gets a new sandbox, compiled again.
+                sandbox = match self.renew(id, target, req, limits).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        results.push(StepResult::internal(format!("a new sandbox for the next test case: {e:#}")));
+                        continue;
+                    }
+                };
+            }
             let mut argv = target.run.clone();
             argv.extend(case.args.iter().cloned());
             let step = sandbox
@@ -952,6 +985,9 @@ struct Sandbox<'a> {
     container: String,
     limits: RunLimits,
     files: Option<crate::usage::cgroup::Files>,
+    /// It ended under the run (a kill that could not run; gVisor's whole sandbox OOM-killed):
+    /// the next step needs a new one.
+    dead: bool,
 }
 
 impl<'a> Sandbox<'a> {
@@ -974,7 +1010,7 @@ impl<'a> Sandbox<'a> {
         };
         if let Some(ready) = ready.filter(|r| r.files.is_some()) {
             mark(&ready.container);
-            let mut sandbox = Sandbox { runs, container: ready.container, limits, files: ready.files };
+            let mut sandbox = Sandbox { runs, container: ready.container, limits, files: ready.files, dead: false };
             match sandbox.write_files(req).await {
                 Ok(()) => {
                     runs.metrics.run_sandboxes.with_label_values(&["prepared"]).inc();
@@ -989,7 +1025,7 @@ impl<'a> Sandbox<'a> {
         runs.metrics.run_sandboxes.with_label_values(&["made"]).inc();
         let (container, files) = runs.make_container(id, &shape).await?;
         mark(&container);
-        let mut sandbox = Sandbox { runs, container, limits, files };
+        let mut sandbox = Sandbox { runs, container, limits, files, dead: false };
         if sandbox.files.is_none() {
             // Without its cgroup the runner cannot see CPU time or OOM kills: no verdict it
             // could give would be true.
@@ -1044,6 +1080,8 @@ impl<'a> Sandbox<'a> {
             f.reset_peak();
         }
         let before = self.reading();
+        let mut oom_seen = before.map_or(0, |b| b.1);
+        let mut died = false;
         let mut req = ExecRequest::new(argv, &user);
         req.workdir = Some(RUN_DIR.into());
         req.max_output = limits.output_bytes;
@@ -1094,8 +1132,19 @@ impl<'a> Sandbox<'a> {
             loop {
                 tokio::select! {
                     out = &mut exec => break out,
-                    _ = ticker.tick(), if killed.is_none() => {
-                        let cpu_ns = match (before, self.reading()) {
+                    _ = ticker.tick(), if killed.is_none() && !died => {
+                        let now = self.reading();
+                        match now {
+                            Some((_, oom)) => oom_seen = oom_seen.max(oom),
+                            // Its cgroup is gone: the whole sandbox ended (under gVisor an OOM
+                            // kill takes the sandbox's kernel with it). The exec may never say.
+                            None if before.is_some() => {
+                                died = true;
+                                break Err(anyhow::anyhow!("the run's sandbox ended under it"));
+                            }
+                            None => {}
+                        }
+                        let cpu_ns = match (before, now) {
                             (Some((b, _)), Some((now, _))) => now.saturating_sub(b),
                             _ => 0,
                         };
@@ -1142,9 +1191,17 @@ impl<'a> Sandbox<'a> {
         let after = self.reading();
         let memory_kb = self.files.as_ref().and_then(|f| f.peak_bytes(&mut String::new())).map(|b| b / 1024);
         let (time_ms, oom) = match (before, after) {
-            (Some((c0, o0)), Some((c1, o1))) => ((c1.saturating_sub(c0)) / 1_000_000, o1 > o0),
+            (Some((c0, o0)), Some((c1, o1))) => ((c1.saturating_sub(c0)) / 1_000_000, o1.max(oom_seen) > o0),
+            (Some((_, o0)), None) => (0, oom_seen > o0),
             _ => (0, false),
         };
+        if died {
+            self.dead = true;
+            // The cgroup's OOM record, read while it was there, says why.
+            let why = if oom { "the kernel killed the sandbox at its memory limit" } else { "the sandbox ended" };
+            let status = if oom { Verdict::MemoryLimit } else { Verdict::InternalError };
+            return StepResult { status, wall_ms, ..StepResult::internal(why.into()) };
+        }
         let out = match out {
             Ok(o) => o,
             Err(e) => return StepResult::internal(format!("{e:#}")),
@@ -1183,7 +1240,7 @@ impl<'a> Sandbox<'a> {
     }
 
     /// An interactive run's signal, to every process of the submission's user.
-    async fn signal_all(&self, sig: Signal) {
+    async fn signal_all(&mut self, sig: Signal) {
         let name = match sig {
             Signal::Interrupt => "INT",
             Signal::Terminate => "TERM",
@@ -1199,8 +1256,9 @@ impl<'a> Sandbox<'a> {
     }
 
     /// Every process of the submission's user ends; the container's own (`nobody`'s) stays.
-    async fn kill_all(&self) {
-        let user = &self.runs.settings.sandbox_user;
+    async fn kill_all(&mut self) {
+        let user = self.runs.settings.sandbox_user.clone();
+        let user = &user;
         let mut req = ExecRequest::new(vec!["sh".into(), "-c".into(), "kill -9 -1 2>/dev/null; exit 0".into()], user);
         req.deadline = Duration::from_secs(5);
         let failed = match self.runs.engine.exec(&self.container, req).await {
@@ -1212,6 +1270,7 @@ impl<'a> Sandbox<'a> {
         };
         tracing::warn!(container = %self.container, error = %failed, "could not end a run's processes; removing its sandbox");
         let _ = self.runs.engine.remove_container(&self.container).await;
+        self.dead = true;
     }
 
     fn remove(self) {
