@@ -34,6 +34,8 @@ fn quantiles(mut v: Vec<Duration>) -> (f64, f64) {
 /// Python run, the container removed.
 async fn bare(runtime: Runtime) -> anyhow::Result<()> {
     let script = format!("cd /submission && echo '{}' > main.py && python3 main.py", HELLO.trim_end());
+    let allowance = if runtime == Runtime::Runsc { runner::docker::RUNSC_THREAD_ALLOWANCE } else { 0 };
+    let pids = (32 + allowance).to_string();
     let out = tokio::process::Command::new("docker")
         .args([
             "run",
@@ -48,7 +50,8 @@ async fn bare(runtime: Runtime) -> anyhow::Result<()> {
             "--security-opt",
             "no-new-privileges:true",
             "--pids-limit",
-            "32",
+            // As the policy does: gVisor's own threads count too (`RUNSC_THREAD_ALLOWANCE`).
+            &pids,
             "--memory",
             "128m",
             "--memory-swap",

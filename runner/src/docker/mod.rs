@@ -14,6 +14,8 @@ mod managed_apps;
 mod netns;
 mod policy;
 
+pub use policy::RUNSC_THREAD_ALLOWANCE;
+
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;

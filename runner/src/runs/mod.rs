@@ -160,6 +160,32 @@ pub struct RunOutcome {
     pub duration_ms: u64,
 }
 
+/// A run keeps at most this many steps' worth of output at the cap (`output_bytes` of stdout
+/// and of stderr per step could otherwise be 100 MiB for a run of 50 test cases).
+const KEPT_OUTPUT_STEPS: usize = 4;
+
+impl RunOutcome {
+    /// The outcome with at most `budget` bytes of output kept, in step order (compile first);
+    /// steps past it keep their status and figures, their output cut (`truncated`).
+    pub fn within(mut self, budget: usize) -> RunOutcome {
+        let mut left = budget;
+        for step in self.compile.iter_mut().chain(self.tests.iter_mut()) {
+            for text in [&mut step.stdout, &mut step.stderr] {
+                if text.len() > left {
+                    let mut cut = left;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    step.truncated = true;
+                }
+                left -= text.len();
+            }
+        }
+        self
+    }
+}
+
 /// A run as the API shows it (`POST /v1/runs`, `GET /v1/runs/{id}`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RunView {
@@ -305,6 +331,8 @@ pub struct Runs {
     pending: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<Live>>>,
     /// Sandboxes made ahead of time (`RUNNER_RUN_PREPARED` per shape).
     prepared: std::sync::Mutex<Prepared>,
+    /// The tasks making them: waited for at shutdown, so none is left behind half-made.
+    preparing: tokio_util::task::TaskTracker,
     me: std::sync::Weak<Runs>,
     /// The runs this process has taken and not finished, with their sandbox once it has one:
     /// the leases it renews, the sandboxes it removes at shutdown.
@@ -328,6 +356,7 @@ impl Runs {
             me: me.clone(),
             inflight: Default::default(),
             pending: Default::default(),
+            preparing: tokio_util::task::TaskTracker::new(),
             slots: Arc::new(Semaphore::new(r.max_concurrent)),
             queued: AtomicUsize::new(0),
             cgroups: Layout::detect(),
@@ -407,6 +436,10 @@ impl Runs {
     /// so the next runner to look finishes them (`internal_error`) and removes their sandboxes.
     pub async fn release(&self) -> anyhow::Result<()> {
         self.stopping.cancel();
+        self.preparing.close();
+        if tokio::time::timeout(Duration::from_secs(30), self.preparing.wait()).await.is_err() {
+            tracing::warn!("run sandboxes were still being prepared at shutdown; maintain removes them later");
+        }
         let mut sandboxes = self.prepared.lock().expect("lock").drain();
         sandboxes.extend(self.inflight.lock().expect("lock").values().flatten().cloned());
         for c in sandboxes {
@@ -435,7 +468,8 @@ impl Runs {
         let Some(runs) = self.me.upgrade() else { return };
         for _ in 0..n {
             let (runs, shape) = (runs.clone(), shape.clone());
-            tokio::spawn(async move {
+            let tracker = runs.preparing.clone();
+            tracker.spawn(async move {
                 let name = format!("{}{}", runs.prepared_prefix(), &uuid::Uuid::new_v4().simple().to_string()[..12]);
                 let made = runs.make_container(&name, &shape).await;
                 let ready = match made {
@@ -443,7 +477,8 @@ impl Runs {
                         Some(Ready { container, files, made: Instant::now() })
                     }
                     Ok((container, _)) => {
-                        runs.remove_later(container);
+                        // Made while the runner stops: removed now, before the process ends.
+                        let _ = runs.engine.remove_container(&container).await;
                         None
                     }
                     Err(e) => {
@@ -685,6 +720,7 @@ impl Runs {
         self.metrics.run_seconds.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
         let outcome =
             RunOutcome { compile, tests, limits: Some(limits), duration_ms: started.elapsed().as_millis() as u64 };
+        let outcome = outcome.within(KEPT_OUTPUT_STEPS * self.settings.runs.caps.output_bytes);
         self.finish(id, target, status, &outcome).await?;
         let r = self.store.run(id).await?.ok_or_else(|| anyhow::anyhow!("run {id} vanished"))?;
         let view = RunView::of(&r)?;
@@ -1434,6 +1470,25 @@ mod tests {
             compare: Compare::default(),
             limits: RequestedLimits::default(),
         }
+    }
+
+    #[test]
+    fn a_runs_kept_output_is_bounded_in_step_order() {
+        let step =
+            |out: &str| StepResult {
+                stdout: out.into(), stderr: "é".repeat(3), ..StepResult::internal(String::new())
+            };
+        let o = RunOutcome {
+            compile: None,
+            tests: vec![step("abcd"), step("efgh"), step("ijkl")],
+            limits: None,
+            duration_ms: 0,
+        }
+        .within(13);
+        let kept: Vec<(&str, &str, bool)> =
+            o.tests.iter().map(|t| (t.stdout.as_str(), t.stderr.as_str(), t.truncated)).collect();
+        // 4 + 6 bytes, then 3 of the next stdout, no room for a whole 'é' of its stderr.
+        assert_eq!(kept, [("abcd", "ééé", false), ("efg", "", true), ("", "", true)]);
     }
 
     #[test]
