@@ -86,6 +86,19 @@ async fn every_status_is_produced_on_purpose() {
     assert_eq!(v["tests"][2]["exit_code"], 3);
     assert!(v["tests"][0]["wall_ms"].as_u64().unwrap() > 0 && v["tests"][0]["memory_kb"].as_u64().unwrap() > 0, "{v}");
 
+    // The compile step runs under the operator's caps, not the test cases' limits.
+    let slow = json!({"image": PYTHON_IMAGE, "run": ["python3", "main.py"],
+        "compile": ["python3", "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass"]});
+    assert_eq!(app.put("/v1/runtimes/slow-compiler", slow).await.0, 201);
+    let v = run(
+        &app,
+        json!({"runtime": "slow-compiler", "files": [{"path": "main.py", "content": "print(1)"}],
+            "limits": {"time_ms": 100}}),
+    )
+    .await;
+    assert_eq!((v["compile"]["status"].as_str(), v["status"].as_str()), (Some("accepted"), Some("accepted")), "{v}");
+    assert!(v["compile"]["time_ms"].as_u64().unwrap() >= 300, "{v}");
+
     let v = run_py(&app, "def broken(:\n", json!({})).await;
     assert_eq!(v["status"], "compile_error", "{v}");
     assert!(v["compile"]["stderr"].as_str().unwrap().contains("SyntaxError"), "{v}");

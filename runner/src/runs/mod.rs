@@ -750,7 +750,7 @@ impl Runs {
     ) -> anyhow::Result<Sandbox<'a>> {
         let mut sandbox = Sandbox::make(self, id, target, req, limits).await?;
         if let Some(argv) = &target.compile {
-            let step = sandbox.step(argv.clone(), String::new(), None, req.compare, None).await;
+            let step = sandbox.compile(argv.clone(), req.compare).await;
             if step.status != Verdict::Accepted {
                 sandbox.remove();
                 anyhow::bail!("compiling again failed: {}", step.stderr);
@@ -790,7 +790,7 @@ impl Runs {
         let mut sandbox = Sandbox::make(self, id, target, req, limits).await?;
         let compile = match &target.compile {
             Some(argv) => {
-                let step = sandbox.step(argv.clone(), String::new(), None, req.compare, None).await;
+                let step = sandbox.compile(argv.clone(), req.compare).await;
                 let failed = step.status != Verdict::Accepted;
                 let step = if failed && step.status != Verdict::InternalError {
                     StepResult { status: Verdict::CompileError, ..step }
@@ -1273,6 +1273,22 @@ impl<'a> Sandbox<'a> {
             wall_ms,
             memory_kb,
         }
+    }
+
+    /// The compile step: under the operator's CPU and wall caps rather than the test cases'
+    /// limits (a compiler may need more than the program it makes); memory and pids are the
+    /// container's, output the run's.
+    async fn compile(&mut self, argv: Vec<String>, mode: Compare) -> StepResult {
+        let run_limits = self.limits;
+        let caps = self.runs.settings.runs.caps;
+        self.limits = RunLimits {
+            time_ms: caps.time_ms.max(run_limits.time_ms),
+            wall_ms: caps.wall_ms.max(run_limits.wall_ms),
+            ..run_limits
+        };
+        let step = self.step(argv, String::new(), None, mode, None).await;
+        self.limits = run_limits;
+        step
     }
 
     /// An interactive run's signal, to every process of the submission's user.
