@@ -155,7 +155,10 @@ impl DockerEngine {
         // Under runc and crun the runner reaches the agent in the sandbox's network namespace, so
         // it runs the base image's health check itself, without an exec per probe; under gVisor
         // (or a remote engine) the engine runs it (docs/ARCHITECTURE.md, "Health").
-        let probe = if self.socket.is_some() && netns::runtime_shares_host_kernel(runtime.as_str()) {
+        // A one-shot run's or a reader's sandbox runs no agent and is never probed: its image is
+        // not looked up for a probe (one engine call less per container).
+        let probed = !matches!(owner.purpose, engine::Purpose::Run(_) | engine::Purpose::Reader(_));
+        let probe = if probed && self.socket.is_some() && netns::runtime_shares_host_kernel(runtime.as_str()) {
             self.image(&spec.image).await.ok().flatten().and_then(|i| i.agent_health)
         } else {
             None
