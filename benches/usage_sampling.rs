@@ -210,6 +210,8 @@ async fn main() -> anyhow::Result<()> {
                     created_at: now,
                     last_activity_at: now,
                     ended_at: None,
+                    node: "local".into(),
+                    memory_mb: 0,
                 };
                 store.insert_session(&session).await?;
                 store.mark_running(&session.id, id).await?;

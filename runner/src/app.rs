@@ -40,13 +40,15 @@ pub struct App {
     pub outbox: Arc<crate::outbox::Outbox>,
     /// One-shot runs: their slots and queue.
     pub runs: Arc<crate::runs::Runs>,
+    /// This runner as a fleet node: heartbeats, placement, relaying to other nodes.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Arc<App>> {
         let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::new());
-        let store = Store::connect(settings.database_url.expose()).await?;
+        let store = Store::connect(settings.database_url.expose()).await?.for_node(&settings.fleet.node);
         let engine = crate::docker::connect(&settings.instance, metrics.clone()).await?;
         let runtime = settings.runtime.as_str();
         if !engine.has_runtime(runtime).await? {
@@ -97,6 +99,7 @@ impl App {
             runs: crate::runs::Runs::new(settings.clone(), store.clone(), engine.clone(), metrics.clone()),
             builds: Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
             rate_limiter: RateLimiter::keyed(quota),
+            fleet: crate::fleet::Fleet::new(settings.clone(), store.clone(), engine.clone(), metrics.clone()),
             outbox,
             shutdown,
             sessions,

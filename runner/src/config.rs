@@ -116,6 +116,39 @@ impl EventSettings {
     }
 }
 
+/// This runner as a node of a fleet sharing one PostgreSQL (see "Fleet" in
+/// docs/ARCHITECTURE.md). A single host is the node `local` and needs none of it.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// `RUNNER_NODE`: this node's name (the stack file gives the Swarm node ID).
+    pub node: String,
+    /// `RUNNER_NODE_URL`: where the fleet's other runners reach this one.
+    pub url: String,
+    /// `RUNNER_FLEET_SECRET`: signs what runners forward to each other.
+    pub secret: Option<Secret>,
+    /// `RUNNER_NODE_HEARTBEAT_SECS`: how often this runner writes its node's row.
+    pub heartbeat: Duration,
+    /// `RUNNER_NODE_LOST_SECS`: a node whose heartbeat is older is lost: its sessions end with
+    /// `node_lost` and it gets no new ones.
+    pub lost_after: Duration,
+    /// `RUNNER_SWARM_AVAILABILITY`: follow the Swarm node's availability (`drain`, `pause`) when
+    /// the engine is in a Swarm.
+    pub follow_swarm: bool,
+}
+
+impl FleetSettings {
+    pub fn defaults() -> Self {
+        FleetSettings {
+            node: crate::domain::LOCAL_NODE.into(),
+            url: String::new(),
+            secret: None,
+            heartbeat: Duration::from_secs(5),
+            lost_after: Duration::from_secs(30),
+            follow_swarm: true,
+        }
+    }
+}
+
 /// One-shot runs (`runs`): how many at once, how many wait, and the caps of what a run may ask.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
@@ -298,6 +331,8 @@ pub struct Settings {
     pub events: EventSettings,
     // ---- one-shot runs ----
     pub runs: RunSettings,
+    // ---- the fleet ----
+    pub fleet: FleetSettings,
     // ---- managed apps ----
     /// Where the ingress for managed apps listens (`None`: no ingress).
     pub ingress_listen: Option<SocketAddr>,
@@ -378,6 +413,7 @@ impl Settings {
             alerts: AlertSettings::defaults(),
             events: EventSettings::defaults(),
             runs: RunSettings::defaults(),
+            fleet: FleetSettings::defaults(),
             ingress_listen: None,
             app_network: "bridge".into(),
         }
@@ -423,7 +459,22 @@ impl Settings {
         Ok(settings)
     }
 
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        // Every setting may also be given as a file named by `<NAME>_FILE` (Docker and Swarm
+        // secrets: `RUNNER_API_TOKEN_FILE=/run/secrets/api_token`); the variable itself wins.
+        let unreadable = std::cell::RefCell::new(None);
+        let get = |key: &str| -> Option<String> {
+            lookup(key).or_else(|| {
+                let path = lookup(&format!("{key}_FILE")).filter(|p| !p.trim().is_empty())?;
+                match std::fs::read_to_string(path.trim()) {
+                    Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
+                    Err(e) => {
+                        unreadable.borrow_mut().get_or_insert(format!("{key}_FILE={path:?} cannot be read: {e}"));
+                        None
+                    }
+                }
+            })
+        };
         fn parse<T: FromStr>(get: &impl Fn(&str) -> Option<String>, key: &str) -> anyhow::Result<Option<T>>
         where
             T::Err: fmt::Display,
@@ -734,6 +785,35 @@ impl Settings {
             }
             s.ide_subdomain_host = Some(v).filter(|v| !v.is_empty());
         }
+        if let Some(v) = get("RUNNER_NODE").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+            let ok = v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.');
+            if !ok {
+                bail!("RUNNER_NODE={v:?} is invalid: up to 64 of a-z, 0-9, '-', '_' and '.' (a Swarm node ID fits)");
+            }
+            s.fleet.node = v;
+        }
+        if let Some(v) = get("RUNNER_NODE_URL").map(|v| v.trim().trim_end_matches('/').to_string()) {
+            if !(v.is_empty() || v.starts_with("http://") || v.starts_with("https://")) {
+                bail!("RUNNER_NODE_URL={v:?} is invalid: an http:// or https:// URL other runners reach this one at");
+            }
+            s.fleet.url = v;
+        }
+        s.fleet.secret = get("RUNNER_FLEET_SECRET").filter(|v| !v.trim().is_empty()).map(Secret::new);
+        if let Some(v) = secs("RUNNER_NODE_HEARTBEAT_SECS")? {
+            s.fleet.heartbeat = v;
+        }
+        if let Some(v) = secs("RUNNER_NODE_LOST_SECS")? {
+            s.fleet.lost_after = v;
+        }
+        if let Some(v) = get("RUNNER_SWARM_AVAILABILITY") {
+            s.fleet.follow_swarm = match v.trim() {
+                "" | "true" | "1" => true,
+                "false" | "0" => false,
+                other => bail!("RUNNER_SWARM_AVAILABILITY={other:?} is invalid: true or false"),
+            };
+        }
         if let Some(v) = parse(&get, "RUNNER_INGRESS_LISTEN")? {
             s.ingress_listen = Some(v);
         }
@@ -748,11 +828,25 @@ impl Settings {
         if let Some(v) = get("RUNNER_LOG_FORMAT") {
             s.log_json = v.trim() == "json";
         }
+        if let Some(e) = unreadable.into_inner() {
+            bail!(e);
+        }
         s.validate()?;
         Ok(s)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
+        let f = &self.fleet;
+        if f.heartbeat.is_zero() || f.lost_after < f.heartbeat * 3 {
+            bail!("RUNNER_NODE_LOST_SECS must be at least three RUNNER_NODE_HEARTBEAT_SECS (and the heartbeat at least 1)");
+        }
+        if f.node != crate::domain::LOCAL_NODE && (f.url.is_empty() || f.secret.is_none()) {
+            bail!(
+                "RUNNER_NODE={:?} makes this runner a fleet node: it needs RUNNER_NODE_URL (where other runners \
+                 reach it) and RUNNER_FLEET_SECRET (shared by the fleet, signs what runners forward)",
+                f.node
+            );
+        }
         let e = &self.events;
         if e.webhook_timeout.is_zero() || e.webhook_max_backoff.is_zero() || e.retention.is_zero() {
             bail!("RUNNER_WEBHOOK_TIMEOUT_SECS, RUNNER_WEBHOOK_MAX_BACKOFF_SECS and RUNNER_EVENT_RETENTION_SECS must be at least 1");
@@ -1073,6 +1167,45 @@ mod tests {
         assert_eq!(s.idle_timeout, Duration::from_secs(900));
     }
 
+    #[test]
+    fn a_setting_may_come_from_a_file_named_by_its_file_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("api_token");
+        std::fs::write(&token, "from-a-secret\n").unwrap();
+        let path = token.display().to_string();
+        let s = Settings::from_lookup(|k| (k == "RUNNER_API_TOKEN_FILE").then(|| path.clone())).unwrap();
+        assert_eq!(s.api_token.unwrap().expose(), "from-a-secret", "the trailing newline is dropped");
+        let s = Settings::from_lookup(|k| match k {
+            "RUNNER_API_TOKEN_FILE" => Some(path.clone()),
+            "RUNNER_API_TOKEN" => Some("the-variable-wins".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.api_token.unwrap().expose(), "the-variable-wins");
+        let missing = dir.path().join("nope").display().to_string();
+        let e = Settings::from_lookup(|k| (k == "RUNNER_API_TOKEN_FILE").then(|| missing.clone())).unwrap_err();
+        assert!(format!("{e:#}").contains("RUNNER_API_TOKEN_FILE"), "{e:#}");
+    }
+
+    #[test]
+    fn a_fleet_node_needs_its_url_and_the_fleet_secret() {
+        let node = |url: Option<&'static str>, secret: Option<&'static str>| {
+            Settings::from_lookup(move |k| match k {
+                "RUNNER_NODE" => Some("node-a".into()),
+                "RUNNER_NODE_URL" => url.map(String::from),
+                "RUNNER_FLEET_SECRET" => secret.map(String::from),
+                _ => None,
+            })
+        };
+        assert!(node(None, Some("s")).is_err());
+        assert!(node(Some("http://10.0.0.1:8080"), None).is_err());
+        assert!(node(Some("10.0.0.1:8080"), Some("s")).is_err(), "a URL with its scheme");
+        let s = node(Some("http://10.0.0.1:8080/"), Some("s")).unwrap();
+        assert_eq!((s.fleet.node.as_str(), s.fleet.url.as_str()), ("node-a", "http://10.0.0.1:8080"));
+        assert!(Settings::from_lookup(|k| (k == "RUNNER_NODE").then(|| "Node A".into())).is_err());
+        assert_eq!(Settings::from_lookup(|_| None).unwrap().fleet.node, "local", "a single host");
+    }
+
     /// Every `RUNNER_*` variable the README documents for the service is one the settings read,
     /// so it can also be set in the file.
     #[test]
@@ -1085,8 +1218,15 @@ mod tests {
         .unwrap();
         let asked = asked.into_inner();
         let readme = include_str!("../../README.md");
-        let not_service =
-            ["RUNNER_CONFIG", "RUNNER_URL", "RUNNER_TEST_POSTGRES_URL", "RUNNER_TEST_REGISTRY", "RUNNER_TEST_THREADS"];
+        // The client's, the tests', and the stack file's (deploy/fleet-stack.yml) variables.
+        let not_service = [
+            "RUNNER_CONFIG",
+            "RUNNER_URL",
+            "RUNNER_TEST_POSTGRES_URL",
+            "RUNNER_TEST_REGISTRY",
+            "RUNNER_TEST_THREADS",
+            "RUNNER_IMAGE",
+        ];
         let mut missing = Vec::new();
         for word in readme.split(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')) {
             let documented =

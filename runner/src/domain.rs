@@ -7,7 +7,7 @@ mod health;
 mod image;
 mod sandbox;
 /// The session lifecycle lives with the others in [`crate::lifecycle`].
-pub use crate::lifecycle::SessionState;
+pub use crate::lifecycle::{SessionState, LOCAL_NODE};
 pub use cidr::Cidr;
 pub use health::{HealthProbe, AGENT_HEALTHCHECK};
 pub use image::{normalize_reference, repository_name, ImageName};

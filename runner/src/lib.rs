@@ -15,6 +15,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod exercises;
+pub mod fleet;
 pub mod http;
 pub mod ide;
 pub mod learner_files;
@@ -91,6 +92,7 @@ pub async fn launch(
         outbox::spawn(app.outbox.clone(), cancel.clone()),
         tokio::spawn(app.files.clone().run_retention(cancel.clone())),
         tokio::spawn(runs::run(app.runs.clone(), cancel.clone())),
+        tokio::spawn(fleet::run(app.fleet.clone(), cancel.clone())),
         tokio::spawn(alerts::run(
             app.alerts.clone(),
             alerts::Sources {

@@ -416,11 +416,20 @@ pub enum EndReason {
     Failed,
     /// An operator stopped it (the dashboard, `stop-sessions`, an erasure).
     Operator,
+    /// Its fleet node stopped heartbeating and was declared lost (see "Fleet").
+    #[serde(rename = "node_lost")]
+    NodeLost,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 5] =
-        [EndReason::Deleted, EndReason::Idle, EndReason::Lifetime, EndReason::Failed, EndReason::Operator];
+    pub const ALL: [EndReason; 6] = [
+        EndReason::Deleted,
+        EndReason::Idle,
+        EndReason::Lifetime,
+        EndReason::Failed,
+        EndReason::Operator,
+        EndReason::NodeLost,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             EndReason::Deleted => "deleted",
@@ -428,10 +437,46 @@ impl EndReason {
             EndReason::Lifetime => "lifetime",
             EndReason::Failed => "failed",
             EndReason::Operator => "operator",
+            EndReason::NodeLost => "node_lost",
         }
     }
     pub fn parse(s: &str) -> Option<EndReason> {
         Self::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+}
+
+/// The node name of a single host (and of every row written before fleets).
+pub const LOCAL_NODE: &str = "local";
+
+/// A fleet node's availability, in Swarm's words: `active` takes new sessions; `pause` takes
+/// none and keeps its learners; `drain` takes none, and its learners' next sessions start
+/// elsewhere (their live ones run to their end).
+/// Ordered from the least to the most strict.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl Availability {
+    pub const ALL: [Availability; 3] = [Availability::Active, Availability::Pause, Availability::Drain];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Availability> {
+        Self::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+    /// The stricter of two: what the operator said through the API and what Swarm says.
+    pub fn stricter(self, other: Availability) -> Availability {
+        self.max(other)
     }
 }
 
@@ -468,7 +513,16 @@ macro_rules! display_as_str {
         }
     )*};
 }
-display_as_str!(SessionState, BuildState, DeployState, SessionEvent, EventType, EndReason, DeliveryStatus);
+display_as_str!(
+    SessionState,
+    BuildState,
+    DeployState,
+    SessionEvent,
+    EventType,
+    EndReason,
+    DeliveryStatus,
+    Availability
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ async fn main() -> std::process::ExitCode {
         Command::Client(command) => return runner::cli::run(config, command).await.into(),
         Command::Serve => serve(config).await,
         Command::IdeProxy => ide_proxy(config).await,
+        Command::FleetNode { health } => return fleet_node(health).await,
         Command::Images { command: ImagesCommand::BuildBase { force, ide_agent } } => {
             build_base(force, ide_agent).await
         }
@@ -44,6 +45,25 @@ async fn ide_proxy(config: Option<&Path>) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", settings.listen))?;
     runner::launch_ide_proxy(settings, listener, runner::shutdown_signal()).await
+}
+
+async fn fleet_node(health: bool) -> std::process::ExitCode {
+    let port = std::env::var("RUNNER_LISTEN")
+        .ok()
+        .and_then(|l| l.rsplit_once(':').and_then(|(_, p)| p.parse().ok()))
+        .unwrap_or(8080);
+    let result = if health {
+        runner::docker::fleet_node::health(port).await.map(|()| 0)
+    } else {
+        runner::docker::fleet_node::run(runner::shutdown_signal()).await
+    };
+    match result {
+        Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("runner fleet-node: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn build_base(force: bool, ide_agent: Option<std::path::PathBuf>) -> anyhow::Result<()> {

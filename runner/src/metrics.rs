@@ -19,6 +19,16 @@ pub struct Metrics {
     pub reconcile_rounds: IntCounter,
     pub supervise_rounds: IntCounter,
     pub rejected_requests: IntCounterVec,
+    /// Fleet nodes by name and availability: 1 while heartbeating (set every heartbeat).
+    pub node_up: IntGaugeVec,
+    /// Live sessions per fleet node (set every heartbeat).
+    pub node_sessions: IntGaugeVec,
+    /// Nodes this runner declared lost.
+    pub nodes_lost: IntCounter,
+    /// Placement decisions of new sessions by outcome (`placed`, `nowhere`).
+    pub placements: IntCounterVec,
+    /// Requests this runner relayed to another node's runner, by outcome.
+    pub forwarded: IntCounterVec,
     pub checks: IntCounterVec,
     pub builds: IntCounterVec,
     /// Requests by route template (bounded: the router's routes plus `unmatched`), method, status.
@@ -92,6 +102,24 @@ impl Metrics {
         .unwrap();
         let supervise_rounds =
             IntCounter::new("runner_app_supervise_rounds_total", "Rounds of the managed apps' supervisor").unwrap();
+        let node_up = IntGaugeVec::new(
+            Opts::new("runner_node_up", "Fleet nodes: 1 while heartbeating, by node and availability"),
+            &["node", "availability"],
+        )
+        .unwrap();
+        let node_sessions =
+            IntGaugeVec::new(Opts::new("runner_node_sessions", "Live sessions per fleet node"), &["node"]).unwrap();
+        let nodes_lost = IntCounter::new("runner_nodes_lost_total", "Fleet nodes this runner declared lost").unwrap();
+        let placements = IntCounterVec::new(
+            Opts::new("runner_placements_total", "Placement decisions of new sessions by outcome"),
+            &["outcome"],
+        )
+        .unwrap();
+        let forwarded = IntCounterVec::new(
+            Opts::new("runner_forwarded_requests_total", "Requests relayed to another node's runner, by outcome"),
+            &["outcome"],
+        )
+        .unwrap();
         let rejected_requests = IntCounterVec::new(
             Opts::new("runner_rejected_requests_total", "Requests refused by back-pressure or rate limits"),
             &["reason"],
@@ -275,6 +303,11 @@ impl Metrics {
             Box::new(reconcile_rounds.clone()),
             Box::new(supervise_rounds.clone()),
             Box::new(rejected_requests.clone()),
+            Box::new(node_up.clone()),
+            Box::new(node_sessions.clone()),
+            Box::new(nodes_lost.clone()),
+            Box::new(placements.clone()),
+            Box::new(forwarded.clone()),
         ] {
             registry.register(c).unwrap();
         }
@@ -288,6 +321,11 @@ impl Metrics {
             reconcile_rounds,
             supervise_rounds,
             rejected_requests,
+            node_up,
+            node_sessions,
+            nodes_lost,
+            placements,
+            forwarded,
             checks,
             builds,
             http_requests,

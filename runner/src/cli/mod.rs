@@ -57,6 +57,13 @@ pub enum Command {
     Serve,
     /// Run only the web IDE proxy (/ide/{session}/), against the same database and engine.
     IdeProxy,
+    /// The fleet's Swarm task on a node: runs `runner serve` beside itself, privileged, on the
+    /// node's engine, and follows it (deploy/fleet-stack.yml; see docs/ARCHITECTURE.md, "Fleet").
+    FleetNode {
+        /// Only check that the node's runner answers /healthz (the stack's health check).
+        #[arg(long)]
+        health: bool,
+    },
     /// Manage the images sandboxes are made from.
     Images {
         #[command(subcommand)]

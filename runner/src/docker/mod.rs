@@ -9,10 +9,12 @@ mod build_cgroup;
 mod build_network;
 mod events;
 mod exec_io;
+pub mod fleet_node;
 mod images;
 mod managed_apps;
 mod netns;
 mod policy;
+mod swarm;
 
 pub use policy::RUNSC_THREAD_ALLOWANCE;
 
@@ -640,6 +642,10 @@ impl ContainerEngine for DockerEngine {
 
     async fn has_runtime(&self, name: &str) -> anyhow::Result<bool> {
         DockerEngine::has_runtime(self, name).await
+    }
+
+    async fn swarm_availability(&self) -> anyhow::Result<Option<String>> {
+        DockerEngine::swarm_node_availability(self).await
     }
 
     async fn create_sandbox(

@@ -76,6 +76,12 @@ pub trait ContainerEngine: Send + Sync {
     /// Whether a runtime name (runc, runsc) is registered with the engine.
     async fn has_runtime(&self, name: &str) -> anyhow::Result<bool>;
 
+    /// The availability (`active`, `pause`, `drain`) of the Swarm node this engine is, when it
+    /// is a Swarm manager (a worker cannot read it); `None` outside a Swarm.
+    async fn swarm_availability(&self) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
+
     // ---- sandboxes and containers ----
 
     /// Creates a sandbox under the one hardening policy, by its deterministic name

@@ -7,6 +7,7 @@ pub mod dashboard;
 pub mod events;
 pub mod exercises;
 pub mod extract;
+pub mod fleet;
 pub mod follow;
 pub mod middleware;
 pub mod openapi;
@@ -38,6 +39,7 @@ impl From<SessionError> for ApiError {
             SessionError::AtCapacity(_) => ApiError::unavailable("session_capacity", msg, 30),
             SessionError::StartQueueFull => ApiError::unavailable("start_queue_full", msg, 5),
             SessionError::Draining => ApiError::unavailable("runner_draining", msg, 30),
+            SessionError::ImageNotOnNode(_) => ApiError::unavailable("image_not_on_node", msg, 5),
             SessionError::Busy(_) => ApiError::conflict("learner_busy", msg),
             SessionError::StartFailed { .. } => ApiError::unavailable("sandbox_start_failed", msg, 5),
             SessionError::Internal(e) => ApiError::internal(e),

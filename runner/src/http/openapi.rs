@@ -23,7 +23,7 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use super::{apps, builds, events, exercises, operators, ops, runs, sessions, usage, workspaces};
+use super::{apps, builds, events, exercises, fleet, operators, ops, runs, sessions, usage, workspaces};
 use crate::error::{ErrorBody, ErrorDetail};
 
 #[derive(OpenApi)]
@@ -47,6 +47,7 @@ use crate::error::{ErrorBody, ErrorDetail};
         exercises::list, exercises::get, exercises::put,
         operators::stop_exercise_sessions, operators::runner, operators::drain, operators::undrain,
         operators::audit_log, operators::alerts,
+        fleet::list, fleet::get, fleet::set_availability,
         usage::session, usage::top, usage::exercises, usage::capacity, usage::pools,
         builds::create, builds::list, builds::versions, builds::publish, builds::get, builds::logs,
         builds::cancel, builds::git_hook,

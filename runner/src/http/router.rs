@@ -6,14 +6,14 @@ use axum::{
     extract::DefaultBodyLimit,
     http::StatusCode,
     middleware,
-    routing::{delete, get, post},
+    routing::{delete, get, post, put},
     Extension, Router,
 };
 
 use super::extract::BodyLimit;
 use super::{
-    apps, builds, dashboard, events, exercises, middleware as mw, openapi, operators, ops, runs, sessions, usage,
-    workspaces,
+    apps, builds, dashboard, events, exercises, fleet, middleware as mw, openapi, operators, ops, runs, sessions,
+    usage, workspaces,
 };
 
 /// Push events carry commit lists; GitHub caps them at 25 MB, ours at 1 MiB.
@@ -48,6 +48,9 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .route("/runner/drain", post(operators::drain))
         .route("/runner/undrain", post(operators::undrain))
         .route("/audit", get(operators::audit_log))
+        .route("/nodes", get(fleet::list))
+        .route("/nodes/{name}", get(fleet::get))
+        .route("/nodes/{name}/availability", put(fleet::set_availability))
         .route("/alerts", get(operators::alerts))
         .route("/sessions/{id}/usage", get(usage::session))
         .route("/usage/top", get(usage::top))
@@ -116,6 +119,8 @@ pub fn build_axum_router(app: Arc<App>) -> Router {
         .merge(dashboard::router(app.clone()))
         .layer(DefaultBodyLimit::max(app.settings.max_body_bytes))
         .layer(Extension(BodyLimit(app.settings.max_body_bytes, "RUNNER_MAX_BODY_BYTES")))
+        // What another node of a fleet must answer is relayed to its runner before anything here.
+        .layer(middleware::from_fn_with_state(app.clone(), fleet::route))
         .layer(middleware::from_fn_with_state(app.metrics.clone(), mw::observe))
         .layer(middleware::from_fn(mw::request_id))
 }

@@ -87,13 +87,22 @@ pub(super) fn session_id(id: &str) -> ApiResult<String> {
 )]
 pub async fn create(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    relayed: Option<Extension<super::fleet::Relayed>>,
     ApiJson(body): ApiJson<CreateSession>,
-) -> ApiResult<(StatusCode, Json<Session>)> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let learner = LearnerId::parse(&body.learner)?;
     let exercise = Slug::parse(&body.exercise)?;
+    // In a fleet, the best node with room starts it (perhaps this one).
+    if let Some(answer) =
+        super::fleet::create_session(&app, &headers, relayed.is_some(), learner.as_str(), exercise.as_str()).await?
+    {
+        return Ok(answer);
+    }
     let created = sessions::create(&app.sessions, &learner, &exercise).await?;
     let status = if created.new { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(sessions::to_view(&app.sessions, &created.session))))
+    Ok((status, Json(sessions::to_view(&app.sessions, &created.session))).into_response())
 }
 
 /// Read a session (a fresh `ide_url` token on every read)

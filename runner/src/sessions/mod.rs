@@ -57,6 +57,8 @@ pub struct Sessions {
     /// The runner's health probes of sandboxes under runc and crun (in memory, like the
     /// engine's own).
     pub health: health::Tracker,
+    /// Held from counting this node's live sessions to inserting a new one.
+    pub admission: tokio::sync::Mutex<()>,
 }
 
 impl Sessions {
@@ -75,6 +77,7 @@ impl Sessions {
             draining: Mutex::new(None),
             pools: pool::Pools::default(),
             health: health::Tracker::default(),
+            admission: tokio::sync::Mutex::new(()),
             settings,
             store,
             engine,
@@ -103,6 +106,8 @@ pub enum SessionError {
     StartQueueFull,
     #[error("this runner is draining: it takes no new sessions (live ones keep running)")]
     Draining,
+    #[error("the image {0:?} is not on this node's engine")]
+    ImageNotOnNode(String),
     #[error("the sandbox of session {id} failed to start: {reason}")]
     StartFailed { id: String, reason: String },
     #[error("{0}")]
@@ -135,6 +140,8 @@ pub struct Session {
     /// Why a live session has no `ide_url`: its image is not built on the sandbox base image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ide_unavailable: Option<&'static str>,
+    /// The fleet node whose engine runs its sandbox (`local` on a single host).
+    pub node: String,
 }
 
 pub fn to_view(sessions: &Sessions, r: &SessionRecord) -> Session {
@@ -157,6 +164,7 @@ pub fn to_view(sessions: &Sessions, r: &SessionRecord) -> Session {
         ended_at: r.ended_at.map(rfc3339),
         ide_url: (r.state.is_live() && ide).then(|| crate::ide::ide_url(&sessions.ide, &sessions.settings, &r.id)),
         ide_unavailable: (r.state.is_live() && !ide).then_some(crate::domain::NO_IDE),
+        node: r.node.clone(),
     }
 }
 
@@ -185,13 +193,12 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
         return Err(SessionError::Draining);
     }
     let max = sessions.settings.max_live_sessions as i64;
-    let live = sessions.store.count_live_sessions().await?;
-    if live >= max {
-        sessions.metrics.rejected_requests.with_label_values(&["session_capacity"]).inc();
-        return Err(SessionError::AtCapacity(sessions.settings.max_live_sessions));
-    }
+    // Counting and inserting (or claiming) are one step for this node's runner: concurrent
+    // creates (here, or forwarded by the fleet's other runners) cannot overfill it.
+    let admission = admit(sessions).await?;
     let requested_at = Instant::now();
     let now = now_ms();
+    let mut spec = exercises::sandbox_spec(&sessions.settings, &record)?;
     let template = SessionRecord {
         id: uuid::Uuid::new_v4().to_string(),
         learner: learner.to_string(),
@@ -204,9 +211,13 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
         created_at: now,
         last_activity_at: now,
         ended_at: None,
+        node: sessions.store.node().to_string(),
+        memory_mb: spec.limits.memory_mb as i64,
     };
     // A new learner takes a pooled sandbox when one is ready: a database write, no start.
-    match pool::claim(sessions, &record, &template, requested_at).await? {
+    let claimed = pool::claim(sessions, &record, &template, requested_at).await?;
+    drop(admission);
+    match claimed {
         Some(store::Claim::Claimed(session, _)) => return Ok(Created { session: *session, new: true }),
         Some(store::Claim::LiveSession) => {
             if let Some(live) = sessions.store.live_session_for(learner.as_str(), exercise.as_str()).await? {
@@ -225,11 +236,14 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
                 return Err(SessionError::StartQueueFull);
             }
         };
-    let mut spec = exercises::sandbox_spec(&sessions.settings, &record)?;
     // Only images on the base image run the IDE agent; other sessions get no IDE link (rather
     // than one that fails).
     spec.ide = match sessions.engine.image(&spec.image).await? {
         Some(image) => image.labels.contains_key(crate::engine::LABEL_BASE),
+        // A fleet node without the image says so at once: the placer asks the next node.
+        None if sessions.store.node() != crate::domain::LOCAL_NODE => {
+            return Err(SessionError::ImageNotOnNode(spec.image.clone()))
+        }
         None => true,
     };
     let session = SessionRecord {
@@ -237,7 +251,10 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
         spec: serde_json::to_string(&spec).map_err(anyhow::Error::from)?,
         ..template
     };
-    if sessions.store.insert_session(&session).await?.is_none() {
+    let admission = admit(sessions).await?;
+    let inserted = sessions.store.insert_session(&session).await?;
+    drop(admission);
+    if inserted.is_none() {
         // A concurrent request for the same learner and exercise won the race: answer with its session.
         let live = sessions.store.live_session_for(learner.as_str(), exercise.as_str()).await?;
         return match live {
@@ -265,6 +282,16 @@ pub async fn create(sessions: &Arc<Sessions>, learner: &LearnerId, exercise: &Sl
         });
     }
     Ok(Created { session, new: true })
+}
+
+/// Takes the admission lock once this node has room for one more live session.
+async fn admit(sessions: &Sessions) -> Result<tokio::sync::MutexGuard<'_, ()>, SessionError> {
+    let admission = sessions.admission.lock().await;
+    if sessions.store.count_live_sessions().await? >= sessions.settings.max_live_sessions as i64 {
+        sessions.metrics.rejected_requests.with_label_values(&["session_capacity"]).inc();
+        return Err(SessionError::AtCapacity(sessions.settings.max_live_sessions));
+    }
+    Ok(admission)
 }
 
 /// How long a replica may take to start a sandbox before another may take the start over.

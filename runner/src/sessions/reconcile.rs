@@ -250,6 +250,8 @@ mod tests {
             created_at: 0,
             last_activity_at: 0,
             ended_at: None,
+            node: "local".into(),
+            memory_mb: 512,
         }
     }
 

@@ -4,6 +4,7 @@
 mod builds;
 mod journal;
 mod managed_apps;
+mod nodes;
 mod outbox;
 mod pools;
 mod records;
@@ -18,6 +19,7 @@ use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
 pub use journal::{AuditEntry, SessionEvent};
 pub use managed_apps::{DeployRecord, ManagedAppRecord};
+pub use nodes::{Heartbeat, NodeLoad, NodeRecord};
 pub use outbox::{Attempt, DeliveryRecord, EventRecord, Subject, WebhookRecord};
 pub use pools::{Claim, PoolRecord};
 pub use records::{BuildRecord, CheckRecord, ExerciseRecord, SessionRecord, VersionRecord, WorkspaceRecord};
@@ -109,7 +111,12 @@ pub struct Store {
     /// The seq of the newest event this process committed (see `outbox.rs`).
     appended: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
     sqlite: bool,
+    /// The fleet node this process drives (`local` on a single host): the queries of "this
+    /// node's" sessions, workspaces and pooled sandboxes are scoped to it; the API's reads are not.
+    node: std::sync::Arc<str>,
 }
+
+pub use crate::lifecycle::LOCAL_NODE;
 
 /// Milliseconds since the epoch, the unit of every time column.
 pub fn now_ms() -> i64 {
@@ -227,10 +234,26 @@ impl Store {
             .await
             .map_err(|e| anyhow::anyhow!("{}", plain_connect_error(url, &e)))?;
         MIGRATOR.run(&pool).await.context("running database migrations")?;
-        let store = Store { pool, appended: std::sync::Arc::new(tokio::sync::watch::channel(0).0), sqlite: is_sqlite };
+        let store = Store {
+            pool,
+            appended: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            sqlite: is_sqlite,
+            node: LOCAL_NODE.into(),
+        };
         let last = store.last_event_seq().await?;
         store.appended(last);
         Ok(store)
+    }
+
+    /// The same store, for the runner of fleet node `node`.
+    pub fn for_node(mut self, node: &str) -> Store {
+        self.node = node.into();
+        self
+    }
+
+    /// The fleet node this process drives.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     pub async fn ping(&self) -> anyhow::Result<()> {
@@ -273,8 +296,8 @@ impl Store {
     /// session for the exercise (the unique index decided the race).
     pub async fn insert_session(&self, s: &SessionRecord) -> anyhow::Result<Option<()>> {
         let result = sqlx::query(
-            "INSERT INTO sessions (id, learner, exercise, image, spec, state, created_at, last_activity_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO sessions (id, learner, exercise, image, spec, state, created_at, last_activity_at, node, \
+             memory_mb) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&s.id)
         .bind(&s.learner)
@@ -284,6 +307,8 @@ impl Store {
         .bind(s.state.as_str())
         .bind(s.created_at)
         .bind(s.last_activity_at)
+        .bind(&s.node)
+        .bind(s.memory_mb)
         .execute(&self.pool)
         .await;
         match result {
@@ -343,20 +368,24 @@ impl Store {
         rows.iter().map(SessionRecord::from_row).collect()
     }
 
+    /// This node's unfinished sessions.
     pub async fn live_sessions(&self) -> anyhow::Result<Vec<SessionRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM sessions WHERE {}",
+            "SELECT {} FROM sessions WHERE node = $1 AND {}",
             SessionRecord::COLUMNS,
             state_in("state", SessionState::UNFINISHED)
         ))
+        .bind(&*self.node)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(SessionRecord::from_row).collect()
     }
 
+    /// This node's live sessions.
     pub async fn count_live_sessions(&self) -> anyhow::Result<i64> {
-        let sql = format!("SELECT COUNT(*) AS n FROM sessions WHERE {}", state_in("state", SessionState::LIVE));
-        let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
+        let sql =
+            format!("SELECT COUNT(*) AS n FROM sessions WHERE node = $1 AND {}", state_in("state", SessionState::LIVE));
+        let row = sqlx::query(&sql).bind(&*self.node).fetch_one(&self.pool).await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 
@@ -366,15 +395,16 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?))).collect()
     }
 
-    /// Sessions idle since before `idle_before` or created before `created_before`.
+    /// This node's sessions idle since before `idle_before` or created before `created_before`.
     pub async fn expired_sessions(&self, idle_before: i64, created_before: i64) -> anyhow::Result<Vec<SessionRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM sessions WHERE {} AND (last_activity_at < $1 OR created_at < $2)",
+            "SELECT {} FROM sessions WHERE {} AND (last_activity_at < $1 OR created_at < $2) AND node = $3",
             SessionRecord::COLUMNS,
             state_in("state", SessionState::LIVE)
         ))
         .bind(idle_before)
         .bind(created_before)
+        .bind(&*self.node)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(SessionRecord::from_row).collect()
@@ -529,14 +559,15 @@ impl Store {
     ) -> anyhow::Result<WorkspaceRecord> {
         let now = now_ms();
         let inserted = sqlx::query(
-            "INSERT INTO workspaces (learner, exercise, volume, size_mb, created_at, last_used_at) \
-             VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (learner, exercise) DO NOTHING",
+            "INSERT INTO workspaces (learner, exercise, volume, size_mb, created_at, last_used_at, node) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (learner, exercise) DO NOTHING",
         )
         .bind(learner)
         .bind(exercise)
         .bind(volume)
         .bind(size_mb)
         .bind(now)
+        .bind(&*self.node)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -572,14 +603,14 @@ impl Store {
         row.map(|r| WorkspaceRecord::from_row(&r)).transpose()
     }
 
-    /// The workspace volumes of learners with a live session, by (learner, exercise).
+    /// The workspace volumes on this node of learners with a live session, by (learner, exercise).
     pub async fn live_workspace_volumes(&self) -> anyhow::Result<std::collections::HashMap<(String, String), String>> {
         let sql = format!(
             "SELECT w.learner AS learner, w.exercise AS exercise, w.volume AS volume FROM workspaces w \
-             JOIN sessions s ON s.learner = w.learner AND s.exercise = w.exercise WHERE {}",
+             JOIN sessions s ON s.learner = w.learner AND s.exercise = w.exercise WHERE {} AND w.node = $1",
             state_in("s.state", SessionState::LIVE)
         );
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql).bind(&*self.node).fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok(((r.try_get("learner")?, r.try_get("exercise")?), r.try_get("volume")?))).collect()
     }
 
@@ -593,16 +624,17 @@ impl Store {
         Ok(())
     }
 
-    /// Workspaces unused since `before` whose learner has no live session for the exercise.
+    /// This node's workspaces unused since `before` whose learner has no live session for the exercise.
     pub async fn stale_workspaces(&self, before: i64) -> anyhow::Result<Vec<WorkspaceRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {} FROM workspaces w WHERE w.last_used_at < $1 AND NOT EXISTS ( \
+            "SELECT {} FROM workspaces w WHERE w.last_used_at < $1 AND w.node = $2 AND NOT EXISTS ( \
                SELECT 1 FROM sessions s WHERE s.learner = w.learner AND s.exercise = w.exercise \
                AND {})",
             WorkspaceRecord::COLUMNS_W,
             state_in("s.state", SessionState::UNFINISHED)
         ))
         .bind(before)
+        .bind(&*self.node)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(WorkspaceRecord::from_row).collect()
@@ -675,11 +707,15 @@ impl Store {
         Ok(Some(ErasedRecords { sessions, checks, session_events, events, workspaces, runs }))
     }
 
+    /// The workspace volumes on this node's disk.
     pub async fn workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
         // A pooled sandbox's workspace is known from its row until a claim moves it to a learner.
-        let rows = sqlx::query("SELECT volume FROM workspaces UNION SELECT volume FROM pool_sandboxes")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT volume FROM workspaces WHERE node = $1 UNION SELECT volume FROM pool_sandboxes WHERE node = $1",
+        )
+        .bind(&*self.node)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(|r| Ok(r.try_get::<String, _>("volume")?)).collect()
     }
 }
@@ -741,6 +777,7 @@ mod tests {
             ("mod.rs", include_str!("mod.rs")),
             ("builds.rs", include_str!("builds.rs")),
             ("managed_apps.rs", include_str!("managed_apps.rs")),
+            ("nodes.rs", include_str!("nodes.rs")),
             ("outbox.rs", include_str!("outbox.rs")),
             ("pools.rs", include_str!("pools.rs")),
             ("journal.rs", include_str!("journal.rs")),

@@ -69,9 +69,9 @@ impl Store {
     /// it meanwhile). Whether it was recorded.
     pub async fn insert_pooled(&self, p: &PoolRecord, target: u32) -> anyhow::Result<bool> {
         let n = sqlx::query(
-            "INSERT INTO pool_sandboxes (id, exercise, image, spec, volume, size_mb, state, created_at, lease_until) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE \
-             (SELECT COUNT(*) FROM pool_sandboxes WHERE exercise = $2 AND image = $3) < $10",
+            "INSERT INTO pool_sandboxes (id, exercise, image, spec, volume, size_mb, state, created_at, lease_until, \
+             node) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $11 WHERE \
+             (SELECT COUNT(*) FROM pool_sandboxes WHERE exercise = $2 AND image = $3 AND node = $11) < $10",
         )
         .bind(&p.id)
         .bind(&p.exercise)
@@ -83,6 +83,7 @@ impl Store {
         .bind(p.created_at)
         .bind(p.lease_until)
         .bind(i64::from(target))
+        .bind(&*self.node)
         .execute(&self.pool)
         .await?;
         Ok(n.rows_affected() == 1)
@@ -106,10 +107,10 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Every pooled sandbox, oldest first.
+    /// Every pooled sandbox on this node, oldest first.
     pub async fn pooled(&self) -> anyhow::Result<Vec<PoolRecord>> {
-        let sql = format!("SELECT {} FROM pool_sandboxes ORDER BY created_at, id", PoolRecord::COLUMNS);
-        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let sql = format!("SELECT {} FROM pool_sandboxes WHERE node = $1 ORDER BY created_at, id", PoolRecord::COLUMNS);
+        let rows = sqlx::query(&sql).bind(&*self.node).fetch_all(&self.pool).await?;
         rows.iter().map(PoolRecord::from_row).collect()
     }
 
@@ -127,13 +128,14 @@ impl Store {
         }
         for _ in 0..CLAIM_ATTEMPTS {
             let candidate = sqlx::query(&format!(
-                "SELECT {} FROM pool_sandboxes WHERE exercise = $1 AND image = $2 AND state = $3 \
+                "SELECT {} FROM pool_sandboxes WHERE exercise = $1 AND image = $2 AND state = $3 AND node = $4 \
                  ORDER BY ready_at, id LIMIT 1",
                 PoolRecord::COLUMNS
             ))
             .bind(&session.exercise)
             .bind(image)
             .bind(PoolState::Ready.as_str())
+            .bind(&*self.node)
             .fetch_optional(&self.pool)
             .await?;
             let Some(row) = candidate else { return Ok(Claim::Empty) };
@@ -153,14 +155,15 @@ impl Store {
             }
             let now = now_ms();
             let workspace = sqlx::query(
-                "INSERT INTO workspaces (learner, exercise, volume, size_mb, created_at, last_used_at) \
-                 VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (learner, exercise) DO NOTHING",
+                "INSERT INTO workspaces (learner, exercise, volume, size_mb, created_at, last_used_at, node) \
+                 VALUES ($1, $2, $3, $4, $5, $5, $6) ON CONFLICT (learner, exercise) DO NOTHING",
             )
             .bind(&session.learner)
             .bind(&session.exercise)
             .bind(&pooled.volume)
             .bind(pooled.size_mb)
             .bind(now)
+            .bind(&*self.node)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -170,7 +173,7 @@ impl Store {
             }
             let inserted = sqlx::query(
                 "INSERT INTO sessions (id, learner, exercise, image, spec, state, container_id, created_at, \
-                 last_activity_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                 last_activity_at, node, memory_mb) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10)",
             )
             .bind(&session.id)
             .bind(&session.learner)
@@ -180,6 +183,8 @@ impl Store {
             .bind(SessionState::Running.as_str())
             .bind(&container)
             .bind(now)
+            .bind(&*self.node)
+            .bind(session.memory_mb)
             .execute(&mut *tx)
             .await;
             match inserted {
@@ -200,6 +205,7 @@ impl Store {
                 container_id: Some(container),
                 created_at: now,
                 last_activity_at: now,
+                node: self.node.to_string(),
                 ..session.clone()
             };
             return Ok(Claim::Claimed(Box::new(record), Box::new(pooled)));
@@ -209,7 +215,10 @@ impl Store {
 
     /// Live sessions plus pooled sandboxes: what counts against `RUNNER_MAX_LIVE_SESSIONS`.
     pub async fn count_pooled(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM pool_sandboxes").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM pool_sandboxes WHERE node = $1")
+            .bind(&*self.node)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 

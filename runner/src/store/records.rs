@@ -45,11 +45,15 @@ pub struct SessionRecord {
     pub created_at: i64,
     pub last_activity_at: i64,
     pub ended_at: Option<i64>,
+    /// The fleet node whose engine runs its sandbox (`local` on a single host).
+    pub node: String,
+    /// The memory its sandbox's limits commit on that node.
+    pub memory_mb: i64,
 }
 
 impl SessionRecord {
     pub const COLUMNS: &'static str = "id, learner, exercise, image, spec, state, failure_reason, container_id, \
-        created_at, last_activity_at, ended_at";
+        created_at, last_activity_at, ended_at, node, memory_mb";
     pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
         let state: String = r.try_get("state")?;
         Ok(SessionRecord {
@@ -64,6 +68,8 @@ impl SessionRecord {
             created_at: r.try_get("created_at")?,
             last_activity_at: r.try_get("last_activity_at")?,
             ended_at: r.try_get("ended_at")?,
+            node: r.try_get("node")?,
+            memory_mb: r.try_get("memory_mb")?,
         })
     }
 }
@@ -76,13 +82,15 @@ pub struct WorkspaceRecord {
     pub size_mb: i64,
     pub created_at: i64,
     pub last_used_at: i64,
+    /// The fleet node whose disk holds it.
+    pub node: String,
 }
 
 impl WorkspaceRecord {
-    pub const COLUMNS: &'static str = "learner, exercise, volume, size_mb, created_at, last_used_at";
+    pub const COLUMNS: &'static str = "learner, exercise, volume, size_mb, created_at, last_used_at, node";
     pub const COLUMNS_W: &'static str =
         "w.learner AS learner, w.exercise AS exercise, w.volume AS volume, w.size_mb AS size_mb, \
-         w.created_at AS created_at, w.last_used_at AS last_used_at";
+         w.created_at AS created_at, w.last_used_at AS last_used_at, w.node AS node";
     pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
         Ok(WorkspaceRecord {
             learner: r.try_get("learner")?,
@@ -91,6 +99,7 @@ impl WorkspaceRecord {
             size_mb: r.try_get("size_mb")?,
             created_at: r.try_get("created_at")?,
             last_used_at: r.try_get("last_used_at")?,
+            node: r.try_get("node")?,
         })
     }
 }
