@@ -45,6 +45,9 @@ for bin in iptables ip6tables; do
     "$bin" -w -F "$chain" 2>/dev/null && "$bin" -w -X "$chain" 2>/dev/null
   done
 done
+# The local fleet of tests/fleet.rs (its engines, namespaces, bridge, firewall rule and data),
+# should the test have ended without taking it down.
+FLEET_NAME=ertest "$(dirname "${BASH_SOURCE[0]}")/fleet-down" >/dev/null 2>&1 || true
 # Databases made by tests/postgres.rs.
 if [ -n "${RUNNER_TEST_POSTGRES_URL:-}" ] && command -v psql >/dev/null; then
   for db in $(psql "$RUNNER_TEST_POSTGRES_URL" -qtAX -c "SELECT datname FROM pg_database WHERE datname LIKE 'runner_test_%'" 2>/dev/null); do

@@ -572,10 +572,13 @@ impl Store {
         .await?
         .rows_affected();
         if inserted == 0 {
-            sqlx::query("UPDATE workspaces SET last_used_at = $1 WHERE learner = $2 AND exercise = $3")
+            // A workspace recorded on another fleet node moves here (that node was drained or
+            // lost): this node's disk holds it from now on.
+            sqlx::query("UPDATE workspaces SET last_used_at = $1, node = $4 WHERE learner = $2 AND exercise = $3")
                 .bind(now)
                 .bind(learner)
                 .bind(exercise)
+                .bind(&*self.node)
                 .execute(&self.pool)
                 .await?;
         }

@@ -1,0 +1,315 @@
+//! A fleet of sandbox hosts (issue 14; docs/ARCHITECTURE.md, "Fleet"): three Docker engines,
+//! each in a network namespace of its own, joined into one Swarm, the fleet deployed on it from
+//! deploy/fleet-stack.yml by `scripts/fleet-up 3` (the runner image built from this build's
+//! binary), sharing one PostgreSQL. Every request goes to node 1's runner (or, to show any
+//! runner answers, node 2's): sessions spread over the nodes, each sandbox on its node's engine
+//! only; the IDE of a session on node 3 works in real Chromium through node 1; a stop through
+//! a runner that does not own the session removes the sandbox on the node that does; a drained
+//! node gets no new sessions; a node whose engine is killed is declared lost, its sessions end
+//! with `node_lost`, and its learners' next sessions start elsewhere.
+//!
+//! Traffic goes only to the namespaces the fleet made (10.124.0.0/24) and to Docker's own API.
+//! `scripts/fleet-down` removes everything at the end, whatever the outcome
+//! (RUNNER_TEST_FLEET_KEEP=1 keeps the fleet up, for working on this test).
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+const FLEET: &str = "ertest";
+const SUBNET: &str = "10.124.0";
+const LOST_SECS: u64 = 15;
+const IMAGE: &str = "exercise-runner/base:latest";
+
+struct Fleet {
+    v: Value,
+    client: reqwest::Client,
+}
+
+fn script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts").join(name)
+}
+
+impl Fleet {
+    fn up() -> Fleet {
+        common::require_docker();
+        let out = Command::new(script("fleet-up"))
+            .arg("3")
+            .env("FLEET_NAME", FLEET)
+            .env("FLEET_SUBNET", SUBNET)
+            .env("FLEET_NODE_LOST_SECS", LOST_SECS.to_string())
+            .env("RUNNER_BINARY", env!("CARGO_BIN_EXE_runner"))
+            .output()
+            .expect("running scripts/fleet-up");
+        assert!(
+            out.status.success(),
+            "scripts/fleet-up 3 failed (it needs root, iproute2 and the host's Docker engine):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("fleet-up prints one JSON object");
+        Fleet { v, client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() }
+    }
+
+    /// Node `i`'s runner (1-based, as fleet-up names them).
+    fn api(&self, i: usize) -> String {
+        self.v["nodes"][i - 1]["api"].as_str().unwrap().to_string()
+    }
+
+    fn node_id(&self, i: usize) -> String {
+        self.v["nodes"][i - 1]["node_id"].as_str().unwrap().to_string()
+    }
+
+    /// Which of nodes 1..=3 a runner's node name is.
+    fn index_of(&self, node: &str) -> usize {
+        (1..=3).find(|i| self.node_id(*i) == node).unwrap_or_else(|| panic!("unknown node {node}"))
+    }
+
+    /// The sandbox containers of a session on node `i`'s engine.
+    fn containers_on(&self, i: usize, session: &str) -> Vec<String> {
+        let host = self.v["nodes"][i - 1]["docker_host"].as_str().unwrap();
+        let filter = format!("label=exercise-runner.session={session}");
+        let out = Command::new("docker").args(["-H", host, "ps", "-q", "--filter", &filter]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect()
+    }
+
+    async fn call(&self, via: usize, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.api(via)));
+        req = req.bearer_auth(self.v["token"].as_str().unwrap());
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap_or_else(|e| panic!("{path} via node {via}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn session(&self, via: usize, learner: &str) -> Value {
+        let (status, v) =
+            self.call(via, reqwest::Method::POST, "/v1/sessions", Some(json!({"learner": learner, "exercise": "fleet"}))).await;
+        assert!(status == 201 || status == 200, "POST /v1/sessions for {learner} via node {via}: {status} {v}");
+        v
+    }
+
+    async fn nodes(&self, via: usize) -> HashMap<String, Value> {
+        let (status, v) = self.call(via, reqwest::Method::GET, "/v1/nodes", None).await;
+        assert_eq!(status, 200, "{v}");
+        v["nodes"].as_array().unwrap().iter().map(|n| (n["name"].as_str().unwrap().to_string(), n.clone())).collect()
+    }
+
+    /// The pid of node `i`'s dockerd, which fleet-up started (its pidfile).
+    fn dockerd_pid(&self, i: usize) -> i32 {
+        let state = self.v["state_dir"].as_str().unwrap();
+        let pid = std::fs::read_to_string(format!("{state}/nodes/node{i}/dockerd.pid")).unwrap();
+        pid.trim().parse().unwrap()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        if std::env::var("RUNNER_TEST_FLEET_KEEP").is_ok_and(|v| v == "1") {
+            return;
+        }
+        let out = Command::new(script("fleet-down")).env("FLEET_NAME", FLEET).output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            eprintln!("scripts/fleet-down failed: {out:?}");
+        }
+    }
+}
+
+async fn until<T, F: std::future::Future<Output = Option<T>>>(within: Duration, what: &str, mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A terminal of the session's IDE, opened through node `via`'s runner as a browser would
+/// (token → cookie → socket), answers `echo`.
+async fn terminal_answers(fleet: &Fleet, via: usize, session: &Value) {
+    let id = session["id"].as_str().unwrap();
+    let (_, fresh) = fleet.call(via, reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await;
+    let r = fleet.client.get(fresh["ide_url"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(r.status(), 303, "the token is exchanged for a cookie");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let base = fleet.api(via);
+    let r = fleet.client.post(format!("{base}/ide/{id}/api/terminals")).header("cookie", &cookie).send().await.unwrap();
+    assert!(r.status().is_success(), "creating a terminal: {}", r.status());
+    let terminal: Value = r.json().await.unwrap();
+    let url = format!("{}/ide/{id}/api/terminals/{}/socket", base.replace("http://", "ws://"), terminal["id"].as_str().unwrap());
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("cookie", cookie.parse().unwrap());
+    req.headers_mut().insert("origin", base.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("the terminal's WebSocket, relayed");
+    ws.send(Message::Text(json!({"type": "input", "data": "echo relayed-$((6*7))\r"}).to_string().into()))
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.contains("relayed-42") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("the relayed terminal ended before answering: {other:?}; saw {seen:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_and_survives_a_lost_node() {
+    let fleet = Fleet::up();
+
+    // Every runner sees the three nodes up; each answers for its own.
+    let nodes = until(Duration::from_secs(30), "three nodes up", || async {
+        let nodes = fleet.nodes(2).await;
+        (nodes.len() == 3 && nodes.values().all(|n| n["up"] == true)).then_some(nodes)
+    })
+    .await;
+    assert_eq!(nodes.values().filter(|n| n["this"] == true).count(), 1, "{nodes:?}");
+    for n in nodes.values() {
+        assert_eq!(n["availability"], "active", "{n}");
+        assert!(n["capacity"]["max_sessions"].as_i64().unwrap() > 0, "{n}");
+    }
+
+    let (status, v) = fleet
+        .call(1, reqwest::Method::PUT, "/v1/exercises/fleet", Some(json!({"image": IMAGE, "limits": {"memory_mb": 128, "workspace_mb": 32}})))
+        .await;
+    assert!(status == 200 || status == 201, "{v}");
+
+    // Sessions started through node 1 spread over the nodes; each sandbox runs on its node's
+    // engine, and on no other.
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        sessions.push(fleet.session(1, &format!("learner-{i}")).await);
+    }
+    let mut by_node: HashMap<usize, Vec<Value>> = HashMap::new();
+    for s in &sessions {
+        assert_eq!(s["state"], "running", "{s}");
+        let home = fleet.index_of(s["node"].as_str().unwrap());
+        let id = s["id"].as_str().unwrap();
+        for other in 1..=3 {
+            let n = fleet.containers_on(other, id).len();
+            assert_eq!(n, usize::from(other == home), "session {id} on node {home}: {n} containers on node {other}");
+        }
+        by_node.entry(home).or_default().push(s.clone());
+    }
+    assert_eq!(by_node.len(), 3, "six new learners on three empty nodes use all three: {:?}", by_node.keys());
+    let (_, v) = fleet.call(3, reqwest::Method::GET, "/v1/nodes", None).await;
+    let counted: i64 = v["nodes"].as_array().unwrap().iter().map(|n| n["capacity"]["live_sessions"].as_i64().unwrap()).sum();
+    assert_eq!(counted, 6, "{v}");
+
+    // The IDE of a session on node 3, through node 1's runner: a relayed terminal over the API,
+    // then the whole IDE in real Chromium.
+    let remote = by_node[&3][0].clone();
+    terminal_answers(&fleet, 1, &remote).await;
+    let (_, fresh) = fleet.call(1, reqwest::Method::GET, &format!("/v1/sessions/{}", remote["id"].as_str().unwrap()), None).await;
+    let ide_url = fresh["ide_url"].as_str().unwrap().to_string();
+    assert!(ide_url.starts_with(&fleet.api(1)), "the IDE is reached at the fleet's public URL (node 1): {ide_url}");
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/fleet");
+    let out = tokio::process::Command::new("node")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/fleet-ide.mjs"))
+        .env("IDE_URL", &ide_url)
+        .env("ARTIFACTS", &artifacts)
+        .output()
+        .await
+        .expect("running node tests/e2e/fleet-ide.mjs (scripts/test installs node, npm packages and chromium)");
+    assert!(
+        out.status.success(),
+        "the browser could not use the IDE of a node-3 session through node 1 (screenshots in {}):\n{}{}",
+        artifacts.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A stop through node 2's runner removes the sandbox on the node that runs it.
+    let (far, far_node) = by_node.iter().find(|(n, _)| **n != 2).map(|(n, s)| (s[0].clone(), *n)).unwrap();
+    let far_id = far["id"].as_str().unwrap();
+    let (status, v) = fleet.call(2, reqwest::Method::DELETE, &format!("/v1/sessions/{far_id}"), None).await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("stopped")), "{v}");
+    assert!(fleet.containers_on(far_node, far_id).is_empty(), "the sandbox is gone from node {far_node}");
+
+    // A signed relay cannot be forged: a made-up fleet signature is refused before anything runs.
+    let r = fleet
+        .client
+        .delete(format!("{}/v1/sessions/{}", fleet.api(3), by_node[&3][0]["id"].as_str().unwrap()))
+        .bearer_auth(fleet.v["token"].as_str().unwrap())
+        .header("x-runner-fleet", "v1;from=intruder;ts=1;sig=00")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let refused: Value = r.json().await.unwrap();
+    assert_eq!(refused["error"]["code"], "fleet_signature_invalid", "{refused}");
+    assert_eq!(fleet.containers_on(3, by_node[&3][0]["id"].as_str().unwrap()).len(), 1, "nothing was stopped");
+
+    // Node 2 drained through the API: no new sessions there, its live ones keep running.
+    let drained = fleet.node_id(2);
+    let (status, v) =
+        fleet.call(1, reqwest::Method::PUT, &format!("/v1/nodes/{drained}/availability"), Some(json!({"availability": "drain"}))).await;
+    assert_eq!((status, v["availability"].as_str()), (200, Some("drain")), "{v}");
+    let (status, v) =
+        fleet.call(1, reqwest::Method::PUT, &format!("/v1/nodes/{drained}/availability"), Some(json!({"availability": "off"}))).await;
+    assert_eq!(status, 422, "an unknown availability is refused: {v}");
+    for i in 0..4 {
+        let s = fleet.session(3, &format!("after-drain-{i}")).await;
+        assert_ne!(s["node"].as_str(), Some(drained.as_str()), "a drained node got a new session: {s}");
+    }
+    for s in by_node.get(&2).into_iter().flatten() {
+        let (_, v) = fleet.call(1, reqwest::Method::GET, &format!("/v1/sessions/{}", s["id"].as_str().unwrap()), None).await;
+        assert_eq!(v["state"], "running", "a drained node's live session keeps running: {v}");
+    }
+    let (status, _) =
+        fleet.call(1, reqwest::Method::PUT, &format!("/v1/nodes/{drained}/availability"), Some(json!({"availability": "active"}))).await;
+    assert_eq!(status, 200);
+
+    // Node 3's engine is killed: the fleet declares the node lost, its sessions end with
+    // `node_lost`, and their learners' next sessions start on another node.
+    let on_three: Vec<Value> = {
+        let (_, list) = fleet.call(1, reqwest::Method::GET, "/v1/sessions?state=running&limit=100", None).await;
+        list["sessions"].as_array().unwrap().iter().filter(|s| s["node"] == fleet.node_id(3)).cloned().collect()
+    };
+    assert!(!on_three.is_empty());
+    let pid = fleet.dockerd_pid(3);
+    let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(killed.success(), "killing node 3's dockerd (pid {pid})");
+    let lost = fleet.node_id(3);
+    let started = Instant::now();
+    until(Duration::from_secs(LOST_SECS + 30), "node 3 declared lost", || async {
+        let nodes = fleet.nodes(1).await;
+        let n = &nodes[&lost];
+        (n["up"] == false && !n["lost_at"].is_null()).then_some(())
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(LOST_SECS - 6), "not declared lost before its heartbeats could lapse");
+    for s in &on_three {
+        let id = s["id"].as_str().unwrap();
+        let ended = until(Duration::from_secs(20), "the lost node's session ended", || async {
+            let (_, v) = fleet.call(2, reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await;
+            (v["state"] == "stopped").then_some(v)
+        })
+        .await;
+        assert_eq!(ended["failure_reason"], "its node was lost", "{ended}");
+        let (_, events) = fleet.call(2, reqwest::Method::GET, "/v1/events?types=session.ended&limit=1000", None).await;
+        let told = events["events"].as_array().into_iter().flatten().any(|e| {
+            e["type"] == "session.ended" && e["data"]["session"] == id && e["data"]["reason"] == "node_lost"
+        });
+        assert!(told, "the web app is told session {id} ended with node_lost: {events}");
+        let again = fleet.session(1, s["learner"].as_str().unwrap()).await;
+        assert_eq!(again["state"], "running", "{again}");
+        assert_ne!(again["node"].as_str(), Some(lost.as_str()), "the next session starts elsewhere: {again}");
+    }
+    let seen: HashSet<&str> = on_three.iter().filter_map(|s| s["learner"].as_str()).collect();
+    assert!(!seen.is_empty());
+}
