@@ -5,8 +5,9 @@
 //! runner answers, node 2's): sessions spread over the nodes, each sandbox on its node's engine
 //! only; the IDE of a session on node 3 works in real Chromium through node 1; a stop through
 //! a runner that does not own the session removes the sandbox on the node that does; a drained
-//! node gets no new sessions; a node whose engine is killed is declared lost, its sessions end
-//! with `node_lost`, and its learners' next sessions start elsewhere.
+//! node gets no new sessions and its learners' next sessions start elsewhere with their files;
+//! a node whose engine is killed is declared lost, its sessions end with `node_lost`, and its
+//! learners' next sessions start elsewhere with the work copied before it died.
 //!
 //! Traffic goes only to the namespaces the fleet made (10.124.0.0/24) and to Docker's own API.
 //! `scripts/fleet-down` removes everything at the end, whatever the outcome
@@ -27,6 +28,7 @@ use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 const FLEET: &str = "ertest";
 const SUBNET: &str = "10.124.0";
 const LOST_SECS: u64 = 15;
+const COPY_SECS: u64 = 3;
 const IMAGE: &str = "exercise-runner/base:latest";
 
 struct Fleet {
@@ -46,6 +48,7 @@ impl Fleet {
             .env("FLEET_NAME", FLEET)
             .env("FLEET_SUBNET", SUBNET)
             .env("FLEET_NODE_LOST_SECS", LOST_SECS.to_string())
+            .env("FLEET_WORKSPACE_COPY_SECS", COPY_SECS.to_string())
             .env("RUNNER_BINARY", env!("CARGO_BIN_EXE_runner"))
             .output()
             .expect("running scripts/fleet-up");
@@ -92,8 +95,9 @@ impl Fleet {
     }
 
     async fn session(&self, via: usize, learner: &str) -> Value {
-        let (status, v) =
-            self.call(via, reqwest::Method::POST, "/v1/sessions", Some(json!({"learner": learner, "exercise": "fleet"}))).await;
+        let (status, v) = self
+            .call(via, reqwest::Method::POST, "/v1/sessions", Some(json!({"learner": learner, "exercise": "fleet"})))
+            .await;
         assert!(status == 201 || status == 200, "POST /v1/sessions for {learner} via node {via}: {status} {v}");
         v
     }
@@ -102,6 +106,29 @@ impl Fleet {
         let (status, v) = self.call(via, reqwest::Method::GET, "/v1/nodes", None).await;
         assert_eq!(status, 200, "{v}");
         v["nodes"].as_array().unwrap().iter().map(|n| (n["name"].as_str().unwrap().to_string(), n.clone())).collect()
+    }
+
+    /// Runs a shell command as the learner in the session's sandbox on node `i`; its output.
+    fn learner_sh(&self, i: usize, session: &str, script: &str) -> String {
+        let container =
+            self.containers_on(i, session).pop().unwrap_or_else(|| panic!("no sandbox of {session} on node {i}"));
+        let host = self.v["nodes"][i - 1]["docker_host"].as_str().unwrap();
+        let out = Command::new("docker")
+            .args(["-H", host, "exec", "-u", "1000:1000", &container, "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// When the fleet's database last copied a learner's workspace off its node (ms), if ever.
+    fn copied_at(&self, learner: &str) -> Option<i64> {
+        let sql = format!("SELECT taken_at FROM workspace_copies WHERE learner = '{learner}' AND exercise = 'fleet'");
+        let out = Command::new("psql")
+            .args([self.v["database_url"].as_str().unwrap(), "-qtAX", "-c", &sql])
+            .output()
+            .expect("psql (scripts/test-postgres.sh installs it)");
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
     }
 
     /// The pid of node `i`'s dockerd, which fleet-up started (its pidfile).
@@ -124,7 +151,15 @@ impl Drop for Fleet {
     }
 }
 
-async fn until<T, F: std::future::Future<Output = Option<T>>>(within: Duration, what: &str, mut f: impl FnMut() -> F) -> T {
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
     let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f().await {
@@ -147,7 +182,11 @@ async fn terminal_answers(fleet: &Fleet, via: usize, session: &Value) {
     let r = fleet.client.post(format!("{base}/ide/{id}/api/terminals")).header("cookie", &cookie).send().await.unwrap();
     assert!(r.status().is_success(), "creating a terminal: {}", r.status());
     let terminal: Value = r.json().await.unwrap();
-    let url = format!("{}/ide/{id}/api/terminals/{}/socket", base.replace("http://", "ws://"), terminal["id"].as_str().unwrap());
+    let url = format!(
+        "{}/ide/{id}/api/terminals/{}/socket",
+        base.replace("http://", "ws://"),
+        terminal["id"].as_str().unwrap()
+    );
     let mut req = url.into_client_request().unwrap();
     req.headers_mut().insert("cookie", cookie.parse().unwrap());
     req.headers_mut().insert("origin", base.parse().unwrap());
@@ -184,7 +223,12 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_a
     }
 
     let (status, v) = fleet
-        .call(1, reqwest::Method::PUT, "/v1/exercises/fleet", Some(json!({"image": IMAGE, "limits": {"memory_mb": 128, "workspace_mb": 32}})))
+        .call(
+            1,
+            reqwest::Method::PUT,
+            "/v1/exercises/fleet",
+            Some(json!({"image": IMAGE, "limits": {"memory_mb": 128, "workspace_mb": 32}})),
+        )
         .await;
     assert!(status == 200 || status == 201, "{v}");
 
@@ -207,14 +251,16 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_a
     }
     assert_eq!(by_node.len(), 3, "six new learners on three empty nodes use all three: {:?}", by_node.keys());
     let (_, v) = fleet.call(3, reqwest::Method::GET, "/v1/nodes", None).await;
-    let counted: i64 = v["nodes"].as_array().unwrap().iter().map(|n| n["capacity"]["live_sessions"].as_i64().unwrap()).sum();
+    let counted: i64 =
+        v["nodes"].as_array().unwrap().iter().map(|n| n["capacity"]["live_sessions"].as_i64().unwrap()).sum();
     assert_eq!(counted, 6, "{v}");
 
     // The IDE of a session on node 3, through node 1's runner: a relayed terminal over the API,
     // then the whole IDE in real Chromium.
     let remote = by_node[&3][0].clone();
     terminal_answers(&fleet, 1, &remote).await;
-    let (_, fresh) = fleet.call(1, reqwest::Method::GET, &format!("/v1/sessions/{}", remote["id"].as_str().unwrap()), None).await;
+    let (_, fresh) =
+        fleet.call(1, reqwest::Method::GET, &format!("/v1/sessions/{}", remote["id"].as_str().unwrap()), None).await;
     let ide_url = fresh["ide_url"].as_str().unwrap().to_string();
     assert!(ide_url.starts_with(&fleet.api(1)), "the IDE is reached at the fleet's public URL (node 1): {ide_url}");
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/fleet");
@@ -256,22 +302,56 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_a
 
     // Node 2 drained through the API: no new sessions there, its live ones keep running.
     let drained = fleet.node_id(2);
-    let (status, v) =
-        fleet.call(1, reqwest::Method::PUT, &format!("/v1/nodes/{drained}/availability"), Some(json!({"availability": "drain"}))).await;
+    let (status, v) = fleet
+        .call(
+            1,
+            reqwest::Method::PUT,
+            &format!("/v1/nodes/{drained}/availability"),
+            Some(json!({"availability": "drain"})),
+        )
+        .await;
     assert_eq!((status, v["availability"].as_str()), (200, Some("drain")), "{v}");
-    let (status, v) =
-        fleet.call(1, reqwest::Method::PUT, &format!("/v1/nodes/{drained}/availability"), Some(json!({"availability": "off"}))).await;
+    let (status, v) = fleet
+        .call(
+            1,
+            reqwest::Method::PUT,
+            &format!("/v1/nodes/{drained}/availability"),
+            Some(json!({"availability": "off"})),
+        )
+        .await;
     assert_eq!(status, 422, "an unknown availability is refused: {v}");
     for i in 0..4 {
         let s = fleet.session(3, &format!("after-drain-{i}")).await;
         assert_ne!(s["node"].as_str(), Some(drained.as_str()), "a drained node got a new session: {s}");
     }
     for s in by_node.get(&2).into_iter().flatten() {
-        let (_, v) = fleet.call(1, reqwest::Method::GET, &format!("/v1/sessions/{}", s["id"].as_str().unwrap()), None).await;
+        let (_, v) =
+            fleet.call(1, reqwest::Method::GET, &format!("/v1/sessions/{}", s["id"].as_str().unwrap()), None).await;
         assert_eq!(v["state"], "running", "a drained node's live session keeps running: {v}");
     }
-    let (status, _) =
-        fleet.call(1, reqwest::Method::PUT, &format!("/v1/nodes/{drained}/availability"), Some(json!({"availability": "active"}))).await;
+    // Its learners move off as their sessions end: the next session starts elsewhere, with
+    // their files (copied when the session ended).
+    let leaving = by_node[&2][0].clone();
+    let leaving_id = leaving["id"].as_str().unwrap();
+    fleet.learner_sh(2, leaving_id, "echo work-before-the-drain > /workspace/kept.txt");
+    let (status, v) = fleet.call(1, reqwest::Method::DELETE, &format!("/v1/sessions/{leaving_id}"), None).await;
+    assert_eq!(status, 200, "{v}");
+    let moved = fleet.session(1, leaving["learner"].as_str().unwrap()).await;
+    let moved_to = fleet.index_of(moved["node"].as_str().unwrap());
+    assert_ne!(moved_to, 2, "the drained node's learner starts elsewhere: {moved}");
+    assert_eq!(
+        fleet.learner_sh(moved_to, moved["id"].as_str().unwrap(), "cat /workspace/kept.txt").trim(),
+        "work-before-the-drain",
+        "their files came along"
+    );
+    let (status, _) = fleet
+        .call(
+            1,
+            reqwest::Method::PUT,
+            &format!("/v1/nodes/{drained}/availability"),
+            Some(json!({"availability": "active"})),
+        )
+        .await;
     assert_eq!(status, 200);
 
     // Node 3's engine is killed: the fleet declares the node lost, its sessions end with
@@ -281,6 +361,24 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_a
         list["sessions"].as_array().unwrap().iter().filter(|s| s["node"] == fleet.node_id(3)).cloned().collect()
     };
     assert!(!on_three.is_empty());
+    // Work done on node 3 reaches the fleet's database within RUNNER_WORKSPACE_COPY_SECS.
+    let worker = on_three[0].clone();
+    let worker_learner = worker["learner"].as_str().unwrap().to_string();
+    fleet.learner_sh(3, worker["id"].as_str().unwrap(), "echo work-on-a-node-that-dies > /workspace/lost.txt");
+    let written = chrono_now_ms();
+    let (status, _) = fleet
+        .call(
+            1,
+            reqwest::Method::POST,
+            &format!("/v1/sessions/{}/activity", worker["id"].as_str().unwrap()),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    until(Duration::from_secs(COPY_SECS * 5 + 10), "a copy of the work on node 3", || async {
+        fleet.copied_at(&worker_learner).filter(|t| *t >= written).map(|_| ())
+    })
+    .await;
     let pid = fleet.dockerd_pid(3);
     let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
     assert!(killed.success(), "killing node 3's dockerd (pid {pid})");
@@ -292,7 +390,10 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_a
         (n["up"] == false && !n["lost_at"].is_null()).then_some(())
     })
     .await;
-    assert!(started.elapsed() >= Duration::from_secs(LOST_SECS - 6), "not declared lost before its heartbeats could lapse");
+    assert!(
+        started.elapsed() >= Duration::from_secs(LOST_SECS - 6),
+        "not declared lost before its heartbeats could lapse"
+    );
     for s in &on_three {
         let id = s["id"].as_str().unwrap();
         let ended = until(Duration::from_secs(20), "the lost node's session ended", || async {
@@ -302,13 +403,22 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_a
         .await;
         assert_eq!(ended["failure_reason"], "its node was lost", "{ended}");
         let (_, events) = fleet.call(2, reqwest::Method::GET, "/v1/events?types=session.ended&limit=1000", None).await;
-        let told = events["events"].as_array().into_iter().flatten().any(|e| {
-            e["type"] == "session.ended" && e["data"]["session"] == id && e["data"]["reason"] == "node_lost"
-        });
+        let told =
+            events["events"].as_array().into_iter().flatten().any(|e| {
+                e["type"] == "session.ended" && e["data"]["session"] == id && e["data"]["reason"] == "node_lost"
+            });
         assert!(told, "the web app is told session {id} ended with node_lost: {events}");
         let again = fleet.session(1, s["learner"].as_str().unwrap()).await;
         assert_eq!(again["state"], "running", "{again}");
         assert_ne!(again["node"].as_str(), Some(lost.as_str()), "the next session starts elsewhere: {again}");
+        if s["learner"] == worker_learner.as_str() {
+            let home = fleet.index_of(again["node"].as_str().unwrap());
+            assert_eq!(
+                fleet.learner_sh(home, again["id"].as_str().unwrap(), "cat /workspace/lost.txt").trim(),
+                "work-on-a-node-that-dies",
+                "the work copied before the node died is in the next session"
+            );
+        }
     }
     let seen: HashSet<&str> = on_three.iter().filter_map(|s| s["learner"].as_str()).collect();
     assert!(!seen.is_empty());

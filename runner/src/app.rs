@@ -83,8 +83,16 @@ impl App {
         let snapshots = files.clone();
         checks.on_pass(Box::new(move |session, check| snapshots.snapshot_after_pass(session, check)));
         let ide = crate::ide::proxy(&settings, store.clone(), engine.clone(), checks.clone(), Some(files.clone()));
-        let sessions =
-            Sessions::new(settings.clone(), store.clone(), engine.clone(), metrics.clone(), workspaces, ide.clone());
+        let fleet_node = settings.fleet.node != crate::store::LOCAL_NODE;
+        let sessions = Sessions::new(
+            settings.clone(),
+            store.clone(),
+            engine.clone(),
+            metrics.clone(),
+            workspaces,
+            ide.clone(),
+            fleet_node.then(|| files.clone()),
+        );
         let deploys = Deploys::new(
             settings.clone(),
             store.clone(),

@@ -134,6 +134,9 @@ pub struct FleetSettings {
     /// `RUNNER_SWARM_AVAILABILITY`: follow the Swarm node's availability (`drain`, `pause`) when
     /// the engine is in a Swarm.
     pub follow_swarm: bool,
+    /// `RUNNER_WORKSPACE_COPY_SECS`: how often running sessions' workspaces are copied off the
+    /// node (a lost node costs a learner at most this much work); 0: only when sessions end.
+    pub copy_every: Duration,
 }
 
 impl FleetSettings {
@@ -145,6 +148,7 @@ impl FleetSettings {
             heartbeat: Duration::from_secs(5),
             lost_after: Duration::from_secs(30),
             follow_swarm: true,
+            copy_every: Duration::from_secs(300),
         }
     }
 }
@@ -806,6 +810,9 @@ impl Settings {
         }
         if let Some(v) = secs("RUNNER_NODE_LOST_SECS")? {
             s.fleet.lost_after = v;
+        }
+        if let Some(v) = secs("RUNNER_WORKSPACE_COPY_SECS")? {
+            s.fleet.copy_every = v;
         }
         if let Some(v) = get("RUNNER_SWARM_AVAILABILITY") {
             s.fleet.follow_swarm = match v.trim() {

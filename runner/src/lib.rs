@@ -104,6 +104,10 @@ pub async fn launch(
             cancel.clone(),
         )),
     ];
+    // A fleet node copies running sessions' workspaces off the node now and then.
+    let copies = (app.fleet.enabled() && !app.settings.fleet.copy_every.is_zero()).then(|| {
+        tokio::spawn(learner_files::copies::run(app.files.clone(), app.settings.fleet.copy_every, cancel.clone()))
+    });
     let ingress = match app.settings.ingress_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the ingress to {addr}"))?;
@@ -122,7 +126,7 @@ pub async fn launch(
     let router = http::router::build_axum_router(app.clone());
     let served = axum::serve(without_nagle(listener), router).with_graceful_shutdown(shutdown).await;
     cancel.cancel();
-    for task in background.into_iter().chain(ingress) {
+    for task in background.into_iter().chain(ingress).chain(copies) {
         let _ = task.await;
     }
     // Runs in flight end with the process: their leases are given up, so the next runner to

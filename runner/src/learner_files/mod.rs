@@ -10,6 +10,7 @@
 //! (`Purpose::Reader`), removed right after (and by the engine, should the runner die first).
 //! Reads are bounded ([`READ_SLOTS`] at once, a deadline, `RUNNER_WORKSPACE_READ_MAX_BYTES`).
 
+pub mod copies;
 pub mod snapshots;
 pub mod tar;
 
@@ -36,7 +37,7 @@ pub const READ_SLOTS: usize = 2;
 const SLOT_WAIT: Duration = Duration::from_secs(10);
 
 /// How long `tar` may run inside the sandbox (killed there by `timeout`).
-const TAR_SECS: u64 = 60;
+pub(crate) const TAR_SECS: u64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {

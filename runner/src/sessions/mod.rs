@@ -26,6 +26,7 @@ use crate::{
     engine::{self, Engine, Purpose, SandboxOwner, WorkspaceMount},
     exercises,
     ide::IdeProxy,
+    learner_files::LearnerFiles,
     lifecycle::{EndReason, SessionEvent},
     metrics::Metrics,
     store::{self, now_ms, SessionFilter, SessionRecord, Store},
@@ -59,6 +60,9 @@ pub struct Sessions {
     pub health: health::Tracker,
     /// Held from counting this node's live sessions to inserting a new one.
     pub admission: tokio::sync::Mutex<()>,
+    /// On a fleet node: copies workspaces off the node when sessions end, and restores them
+    /// into sessions that start where the workspace is not (see "Fleet").
+    pub copies: Option<Arc<LearnerFiles>>,
 }
 
 impl Sessions {
@@ -69,6 +73,7 @@ impl Sessions {
         metrics: Arc<Metrics>,
         workspaces: Arc<Workspaces>,
         ide: Arc<IdeProxy>,
+        copies: Option<Arc<LearnerFiles>>,
     ) -> Arc<Sessions> {
         Arc::new(Sessions {
             start_slots: Arc::new(Semaphore::new(settings.max_concurrent_starts)),
@@ -78,6 +83,7 @@ impl Sessions {
             pools: pool::Pools::default(),
             health: health::Tracker::default(),
             admission: tokio::sync::Mutex::new(()),
+            copies,
             settings,
             store,
             engine,
@@ -392,6 +398,14 @@ async fn start_sandbox(sessions: &Sessions, session: &SessionRecord) -> anyhow::
             }
         }
     }
+    // A workspace recorded on another fleet node is not on this disk: the session begins with
+    // its last copy instead.
+    let moved = sessions.copies.is_some()
+        && sessions
+            .store
+            .workspace(&session.learner, &session.exercise)
+            .await?
+            .is_some_and(|w| w.node != sessions.store.node());
     let volume = sessions.workspaces.prepare(&session.learner, &session.exercise, spec.limits.workspace_mb).await?;
     let owner = SandboxOwner {
         instance: sessions.engine.instance(),
@@ -410,6 +424,11 @@ async fn start_sandbox(sessions: &Sessions, session: &SessionRecord) -> anyhow::
         )
         .await?;
     sessions.engine.start_container(&container).await?;
+    if let (true, Some(files)) = (moved, &sessions.copies) {
+        if let Err(e) = files.restore_copy(&session.learner, &session.exercise, &container, &spec.workdir).await {
+            tracing::warn!(session = %session.id, error = %format!("{e:#}"), "could not restore the workspace's copy");
+        }
+    }
     if !sessions.store.mark_running(&session.id, &container).await? {
         sessions.engine.remove_container(&container).await?;
         release_workspace(sessions, session).await;
@@ -471,6 +490,7 @@ pub(crate) async fn finish_stop(
     session: &SessionRecord,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
+    copy_off(sessions, session).await;
     sessions.engine.remove_container(&engine::sandbox_name(sessions.engine.instance(), &session.id)).await?;
     if let Some(c) = &session.container_id {
         sessions.engine.remove_container(c).await?;
@@ -486,6 +506,24 @@ pub(crate) async fn finish_stop(
     record_event(sessions, &session.id, kind, reason).await;
     release_workspace(sessions, session).await;
     Ok(())
+}
+
+/// On a fleet node, before a session's sandbox goes: the workspace's copy off the node (a
+/// failure is logged; the last periodic copy stays).
+async fn copy_off(sessions: &Sessions, session: &SessionRecord) {
+    let Some(files) = &sessions.copies else { return };
+    let container =
+        session.container_id.clone().unwrap_or_else(|| engine::sandbox_name(sessions.engine.instance(), &session.id));
+    let workdir = serde_json::from_str::<SandboxSpec>(&session.spec).map(|s| s.workdir).unwrap_or_default();
+    if workdir.is_empty() {
+        return;
+    }
+    match files.copy_from(&session.learner, &session.exercise, &container, &workdir).await {
+        Ok(bytes) => tracing::debug!(session = %session.id, bytes, "workspace copied off the node"),
+        Err(e) => {
+            tracing::warn!(session = %session.id, error = %e, "could not copy the workspace off the node at its end")
+        }
+    }
 }
 
 /// Stops every live session of an exercise (after a broken publish, say); how many it stopped.

@@ -2,6 +2,7 @@
 //! queries through `sqlx::Any`, portable SQL, `$n` placeholders (SQLite accepts them too).
 
 mod builds;
+mod copies;
 mod journal;
 mod managed_apps;
 mod nodes;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Row};
 
+pub use copies::WorkspaceCopy;
 pub use journal::{AuditEntry, SessionEvent};
 pub use managed_apps::{DeployRecord, ManagedAppRecord};
 pub use nodes::{Heartbeat, NodeLoad, NodeRecord};
@@ -644,6 +646,14 @@ impl Store {
     }
 
     pub async fn delete_workspace(&self, volume: &str) -> anyhow::Result<()> {
+        // Its copy off the node goes with it (the copy is of this workspace).
+        sqlx::query(
+            "DELETE FROM workspace_copies WHERE EXISTS (SELECT 1 FROM workspaces w WHERE w.volume = $1 \
+             AND w.learner = workspace_copies.learner AND w.exercise = workspace_copies.exercise)",
+        )
+        .bind(volume)
+        .execute(&self.pool)
+        .await?;
         sqlx::query("DELETE FROM workspaces WHERE volume = $1").bind(volume).execute(&self.pool).await?;
         Ok(())
     }
@@ -700,12 +710,13 @@ impl Store {
             "DELETE FROM sessions WHERE learner = $1",
             "DELETE FROM workspaces WHERE learner = $1",
             "DELETE FROM runs WHERE learner = $1",
+            "DELETE FROM workspace_copies WHERE learner = $1",
         ] {
             deleted.push(sqlx::query(sql).bind(learner).execute(&mut *tx).await?.rows_affected());
         }
         tx.commit().await?;
-        let [checks, session_events, _, events, _, workspaces, runs] = deleted[..] else {
-            unreachable!("seven statements")
+        let [checks, session_events, _, events, _, workspaces, runs, _] = deleted[..] else {
+            unreachable!("eight statements")
         };
         Ok(Some(ErasedRecords { sessions, checks, session_events, events, workspaces, runs }))
     }
@@ -779,6 +790,7 @@ mod tests {
         [
             ("mod.rs", include_str!("mod.rs")),
             ("builds.rs", include_str!("builds.rs")),
+            ("copies.rs", include_str!("copies.rs")),
             ("managed_apps.rs", include_str!("managed_apps.rs")),
             ("nodes.rs", include_str!("nodes.rs")),
             ("outbox.rs", include_str!("outbox.rs")),
