@@ -6,6 +6,7 @@
 //! only; the IDE of a session on node 3 works in real Chromium through node 1; a stop through
 //! a runner that does not own the session removes the sandbox on the node that does; a drained
 //! node gets no new sessions and its learners' next sessions start elsewhere with their files;
+//! a rolling update of the runner image under a load of session creates loses nothing;
 //! a node whose engine is killed is declared lost, its sessions end with `node_lost`, and its
 //! learners' next sessions start elsewhere with the work copied before it died.
 //!
@@ -151,6 +152,101 @@ impl Drop for Fleet {
     }
 }
 
+async fn rolling_update_under_load(fleet: &Fleet) {
+    let (_, before) = fleet.call(1, reqwest::Method::GET, "/v1/sessions?state=running&limit=100", None).await;
+    let before: Vec<Value> = before["sessions"].as_array().unwrap().clone();
+    // The same image under a new tag on every node: a new service spec, so Swarm replaces each
+    // node's task in turn.
+    let image = fleet.v["image"].as_str().unwrap().to_string();
+    for i in 1..=3 {
+        let host = fleet.v["nodes"][i - 1]["docker_host"].as_str().unwrap();
+        let ok =
+            Command::new("docker").args(["-H", host, "tag", &image, "exercise-runner/runner:rolled"]).status().unwrap();
+        assert!(ok.success());
+    }
+    let host = fleet.v["nodes"][0]["docker_host"].as_str().unwrap().to_string();
+    let service = format!("{}_runner", fleet.v["stack"].as_str().unwrap());
+    let update = tokio::process::Command::new("docker")
+        .args(["-H", &host, "service", "update", "--detach=false", "--quiet", "--update-monitor", "5s"])
+        .args(["--image", "exercise-runner/runner:rolled", &service])
+        .output();
+    let load = async {
+        let mut created = Vec::new();
+        let mut refused = 0;
+        let mut n = 0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(240) {
+            n += 1;
+            let learner = format!("rolling-{n}");
+            // As a web app behind a load balancer would: the next runner when one is away.
+            let mut done = false;
+            for attempt in 0..30 {
+                let via = 1 + (n + attempt) % 3;
+                let r = fleet
+                    .client
+                    .post(format!("{}/v1/sessions", fleet.api(via)))
+                    .bearer_auth(fleet.v["token"].as_str().unwrap())
+                    .json(&json!({"learner": learner, "exercise": "fleet"}))
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 201 || r.status().as_u16() == 200 => {
+                        let v: Value = r.json().await.unwrap();
+                        created.push(v);
+                        done = true;
+                        break;
+                    }
+                    Ok(r) if r.status().as_u16() == 503 => refused += 1,
+                    Ok(r) => {
+                        let status = r.status();
+                        panic!(
+                            "a create during the rolling update answered {status}: {}",
+                            r.text().await.unwrap_or_default()
+                        )
+                    }
+                    Err(_) => refused += 1, // that runner is restarting
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert!(done, "{learner} got no session through any runner during the update");
+            if n >= 12 && UPDATE_DONE.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+        }
+        (created, refused)
+    };
+    let (updated, (created, refused)) = tokio::join!(
+        async {
+            let out = update.await.unwrap();
+            UPDATE_DONE.store(true, std::sync::atomic::Ordering::SeqCst);
+            out
+        },
+        load
+    );
+    assert!(updated.status.success(), "docker service update: {}", String::from_utf8_lossy(&updated.stderr));
+    eprintln!("rolling update: {} sessions created, {refused} attempts refused or unanswered", created.len());
+    // Every node runs the new image's task, and answers.
+    until(Duration::from_secs(60), "three nodes up after the update", || async {
+        let nodes = fleet.nodes(1).await;
+        (nodes.len() == 3 && nodes.values().all(|n| n["up"] == true)).then_some(())
+    })
+    .await;
+    // Nothing was lost: the sessions from before and those made during the update are running,
+    // each with one sandbox, on its node.
+    for s in before.iter().chain(&created) {
+        let id = s["id"].as_str().unwrap();
+        let (_, v) = fleet.call(2, reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await;
+        assert_eq!(v["state"], "running", "after the rolling update: {v}");
+        let home = fleet.index_of(v["node"].as_str().unwrap());
+        assert_eq!(fleet.containers_on(home, id).len(), 1, "session {id} keeps its one sandbox on node {home}");
+    }
+    let learners: HashSet<&str> = created.iter().filter_map(|s| s["learner"].as_str()).collect();
+    assert_eq!(learners.len(), created.len(), "no learner got two sessions");
+}
+
+static UPDATE_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -207,7 +303,8 @@ async fn terminal_answers(fleet: &Fleet, via: usize, session: &Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_and_survives_a_lost_node() {
+async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_rolls_updates_and_survives_a_lost_node()
+{
     let fleet = Fleet::up();
 
     // Every runner sees the three nodes up; each answers for its own.
@@ -353,6 +450,11 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_a
         )
         .await;
     assert_eq!(status, 200);
+
+    // A rolling update of the runner image (node by node, as Swarm does it) under a load of
+    // session creates: every create gets a session or a clean refusal (never a 5xx other than
+    // a 503 to retry), no learner gets two, and every session lives on with its sandbox.
+    rolling_update_under_load(&fleet).await;
 
     // Node 3's engine is killed: the fleet declares the node lost, its sessions end with
     // `node_lost`, and their learners' next sessions start on another node.
