@@ -377,7 +377,7 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
     );
 
     // A stop through node 2's runner removes the sandbox on the node that runs it.
-    let (far, far_node) = by_node.iter().find(|(n, _)| **n != 2).map(|(n, s)| (s[0].clone(), *n)).unwrap();
+    let (far, far_node) = (by_node[&1][0].clone(), 1);
     let far_id = far["id"].as_str().unwrap();
     let (status, v) = fleet.call(2, reqwest::Method::DELETE, &format!("/v1/sessions/{far_id}"), None).await;
     assert_eq!((status, v["state"].as_str()), (200, Some("stopped")), "{v}");
@@ -456,6 +456,23 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
     // a 503 to retry), no learner gets two, and every session lives on with its sandbox.
     rolling_update_under_load(&fleet).await;
 
+    // An erasure through node 1 of a learner whose sandbox runs on another node: that node
+    // stops it and deletes their files, then the records go.
+    let (_, list) = fleet.call(1, reqwest::Method::GET, "/v1/sessions?state=running&limit=100", None).await;
+    let erased = list["sessions"].as_array().unwrap().iter().find(|s| s["node"] != fleet.node_id(1)).cloned().unwrap();
+    let (learner, erased_id) = (erased["learner"].as_str().unwrap(), erased["id"].as_str().unwrap());
+    let erased_on = fleet.index_of(erased["node"].as_str().unwrap());
+    let (status, v) = fleet.call(1, reqwest::Method::DELETE, &format!("/v1/learners/{learner}"), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["removed"]["stopped_sessions"], 1, "{v}");
+    assert_eq!(v["removed"]["workspace_files"], 1, "{v}");
+    assert!(
+        fleet.containers_on(erased_on, erased_id).is_empty(),
+        "the erased learner's sandbox is gone from node {erased_on}"
+    );
+    let (status, _) = fleet.call(2, reqwest::Method::GET, &format!("/v1/sessions/{erased_id}"), None).await;
+    assert_eq!(status, 404, "their records are gone");
+
     // Node 3's engine is killed: the fleet declares the node lost, its sessions end with
     // `node_lost`, and their learners' next sessions start on another node.
     let on_three: Vec<Value> = {
@@ -522,6 +539,15 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
             );
         }
     }
-    let seen: HashSet<&str> = on_three.iter().filter_map(|s| s["learner"].as_str()).collect();
-    assert!(!seen.is_empty());
+
+    // An operator stops an exercise's sessions through one runner: every node stops its own.
+    let (_, list) = fleet.call(1, reqwest::Method::GET, "/v1/sessions?state=running&limit=500", None).await;
+    let running = list["sessions"].as_array().unwrap().clone();
+    let (status, v) = fleet.call(2, reqwest::Method::POST, "/v1/exercises/fleet/stop-sessions", Some(json!({}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["stopped"].as_u64(), Some(running.len() as u64), "{v}");
+    for s in &running {
+        let home = fleet.index_of(s["node"].as_str().unwrap());
+        assert!(fleet.containers_on(home, s["id"].as_str().unwrap()).is_empty(), "{s}");
+    }
 }

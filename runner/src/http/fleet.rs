@@ -219,6 +219,71 @@ fn refused_for_room(r: &Response) -> bool {
     r.status() == StatusCode::SERVICE_UNAVAILABLE
 }
 
+/// Sends `method path` (with `body` as JSON) to every other heartbeating node's runner, as
+/// the client asked it (its bearer token travels), signed: a relayed request does only its
+/// node's part. The answers' bodies, as JSON. A node that does not answer, or refuses, fails
+/// the whole (503): the caller has not done its own part yet.
+pub(super) async fn on_other_nodes(
+    app: &App,
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> ApiResult<Vec<serde_json::Value>> {
+    let mut answers = Vec::new();
+    let Some(forwarder) = app.fleet.forwarder.as_ref() else { return Ok(answers) };
+    for node in app.store.nodes().await? {
+        if node.name == app.fleet.node() || !app.fleet.alive(&node) {
+            continue;
+        }
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(if body.is_some() { Body::from(bytes) } else { Body::empty() })
+            .map_err(|e| ApiError::internal(e.into()))?;
+        if let Some(v) = headers.get(header::AUTHORIZATION) {
+            req.headers_mut().insert(header::AUTHORIZATION, v.clone());
+        }
+        let answer = forwarder.relay(&node.url, req, RELAY_TIMEOUT).await.map_err(|e| {
+            tracing::warn!(node = %node.name, error = %e, path, "a node did not answer its part");
+            node_unavailable(&node)
+        })?;
+        if !answer.status().is_success() {
+            return Err(ApiError::unavailable(
+                "node_unavailable",
+                format!("node {:?} could not do its part ({}); try again", node.name, answer.status()),
+                5,
+            ));
+        }
+        let bytes = axum::body::to_bytes(answer.into_body(), 64 * 1024).await.unwrap_or_default();
+        answers.push(serde_json::from_slice(&bytes).unwrap_or_default());
+    }
+    Ok(answers)
+}
+
+/// What the other nodes removed for an erasure.
+#[derive(Debug, Default)]
+pub(super) struct ErasedElsewhere {
+    pub stopped_sessions: u64,
+    pub workspace_files: u64,
+}
+
+/// `DELETE /v1/learners/{learner}` in a fleet: every other heartbeating node stops its
+/// sandboxes of the learner and deletes its workspace files first; the records must outlive
+/// the files, so a node that fails its part fails the erasure. A lost node's sessions were
+/// ended already; its disk keeps their files until it returns (known limit).
+pub(super) async fn erase_on_other_nodes(app: &App, headers: &HeaderMap, learner: &str) -> ApiResult<ErasedElsewhere> {
+    let path: String = form_urlencoded::byte_serialize(learner.as_bytes()).collect();
+    let mut done = ErasedElsewhere::default();
+    for v in on_other_nodes(app, headers, Method::DELETE, &format!("/v1/learners/{path}"), None).await? {
+        done.stopped_sessions += v["removed"]["stopped_sessions"].as_u64().unwrap_or(0);
+        done.workspace_files += v["removed"]["workspace_files"].as_u64().unwrap_or(0);
+    }
+    Ok(done)
+}
+
 /// A fleet node, as operators see it.
 #[derive(Serialize, ToSchema)]
 pub struct NodeView {

@@ -69,6 +69,8 @@ pub struct StoppedSessions {
 pub async fn stop_exercise_sessions(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
+    relayed: Option<Extension<super::fleet::Relayed>>,
+    headers: axum::http::HeaderMap,
     Path(slug): Path<String>,
     body: Option<ApiJson<StopSessions>>,
 ) -> ApiResult<Json<StoppedSessions>> {
@@ -78,7 +80,16 @@ pub async fn stop_exercise_sessions(
     }
     let reason = body.and_then(|b| b.0.reason).filter(|r| !r.trim().is_empty());
     let reason: String = reason.unwrap_or_else(|| "stopped by an operator".into()).chars().take(200).collect();
-    let result = sessions::stop_exercise(&app.sessions, slug.as_str(), &reason).await;
+    // Each node stops its own sandboxes: in a fleet the others are asked first.
+    let mut elsewhere = 0;
+    if relayed.is_none() {
+        let path = format!("/v1/exercises/{}/stop-sessions", slug.as_str());
+        let body = serde_json::json!({ "reason": reason });
+        for v in super::fleet::on_other_nodes(&app, &headers, axum::http::Method::POST, &path, Some(&body)).await? {
+            elsewhere += v["stopped"].as_u64().unwrap_or(0) as usize;
+        }
+    }
+    let result = sessions::stop_exercise(&app.sessions, slug.as_str(), &reason).await.map(|n| n + elsewhere);
     let outcome = match &result {
         Ok(n) => format!("ok: {n} stopped"),
         Err(e) => e.to_string(),

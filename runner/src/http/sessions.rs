@@ -303,7 +303,7 @@ pub struct Removed {
 }
 
 /// Database records deleted, by kind.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, Default)]
 pub struct RemovedRecords {
     sessions: u64,
     checks: u64,
@@ -337,9 +337,27 @@ pub struct Erasure {
 pub async fn erase_learner(
     State(app): State<Arc<App>>,
     Extension(actor): Extension<Actor>,
+    relayed: Option<Extension<super::fleet::Relayed>>,
+    headers: axum::http::HeaderMap,
     Path(learner): Path<String>,
 ) -> ApiResult<Json<Erasure>> {
     let learner = LearnerId::parse(&learner)?;
+    if relayed.is_some() {
+        // Another runner's erasure: this node's part only (it deletes the records after).
+        let part = sessions::erasure::erase_on_this_node(&app.sessions, &learner).await?;
+        return Ok(Json(Erasure {
+            learner: learner.as_str().to_string(),
+            removed: Removed {
+                stopped_sessions: part.stopped_sessions,
+                workspace_files: part.workspace_files,
+                snapshots: 0,
+                records: RemovedRecords::default(),
+            },
+        }));
+    }
+    // In a fleet, every other node first stops its sandboxes of the learner and deletes its
+    // files; then this runner does its own part and deletes the records.
+    let others = super::fleet::erase_on_other_nodes(&app, &headers, learner.as_str()).await?;
     let result = sessions::erasure::erase_learner(&app.sessions, &learner).await.map_err(ApiError::from);
     let digest = {
         use sha2::Digest;
@@ -350,7 +368,9 @@ pub async fn erase_learner(
         Err(e) => operators::outcome_of(e),
     };
     operators::audit(&app, actor, "learner.erase", &format!("learner-sha256:{digest}"), &outcome, None).await;
-    let erased = result?;
+    let mut erased = result?;
+    erased.stopped_sessions += others.stopped_sessions;
+    erased.workspace_files += others.workspace_files;
     let snapshots = app.files.erase_learner(learner.as_str()).await?;
     app.store.forget_deleted().await?;
     let r = erased.records;

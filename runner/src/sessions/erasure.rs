@@ -29,7 +29,20 @@ pub struct Erasure {
 }
 
 pub async fn erase_learner(sessions: &Sessions, learner: &LearnerId) -> Result<Erasure, SessionError> {
+    erase(sessions, learner, false).await
+}
+
+/// A fleet node's part of another runner's erasure: this node's sandboxes of the learner
+/// stopped and this node's workspace files deleted; the records stay for the erasing runner to
+/// delete once every node has done its part.
+pub async fn erase_on_this_node(sessions: &Sessions, learner: &LearnerId) -> Result<Erasure, SessionError> {
+    erase(sessions, learner, true).await
+}
+
+async fn erase(sessions: &Sessions, learner: &LearnerId, this_node_only: bool) -> Result<Erasure, SessionError> {
     let learner = learner.as_str();
+    let node = sessions.store.node().to_string();
+    let here = |n: &str| !this_node_only || n == node;
     let mut stopped = 0;
     let mut files = 0;
     let mut last_problem = None;
@@ -45,12 +58,12 @@ pub async fn erase_learner(sessions: &Sessions, learner: &LearnerId) -> Result<E
             limit: 1000,
             ..Default::default()
         };
-        for s in sessions.store.sessions(&unfinished).await? {
+        for s in sessions.store.sessions(&unfinished).await?.into_iter().filter(|s| here(&s.node)) {
             stop(sessions, &s.id, EndReason::Operator, Some("the learner was erased")).await?;
             stopped += 1;
         }
         let mut in_use = false;
-        for w in sessions.store.workspaces_of(learner).await? {
+        for w in sessions.store.workspaces_of(learner).await?.into_iter().filter(|w| here(&w.node)) {
             match sessions.workspaces.destroy(&w.volume).await {
                 Ok(()) => files += 1,
                 Err(e) => {
@@ -62,6 +75,13 @@ pub async fn erase_learner(sessions: &Sessions, learner: &LearnerId) -> Result<E
         }
         if in_use {
             continue;
+        }
+        if this_node_only {
+            return Ok(Erasure {
+                stopped_sessions: stopped,
+                workspace_files: files,
+                records: ErasedRecords::default(),
+            });
         }
         if let Some(records) = sessions.store.erase_learner(learner).await? {
             tracing::info!(stopped, files, ?records, "erased a learner");
