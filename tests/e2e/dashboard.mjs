@@ -212,7 +212,7 @@ async function main() {
     await until('"signed in with the operator token"', 10000, async () => /operator token/.test((await page.textContent('#whoami')) || ''));
   });
 
-  await step('the overview shows capacity, states, latency, the drain switch and problems', 30000, async () => {
+  await step('the overview shows capacity, states, latency, the drain switch, the nodes and problems', 30000, async () => {
     await until('the capacity cards', 15000, async () => (await page.locator('.grid.capacity .card').count()) >= 6);
     const live = await page.textContent('[data-figure=sessions]');
     if (!/^2\s*\/\s*\d+/.test(live.trim())) throw new Error(`sessions card says ${JSON.stringify(live)}`);
@@ -225,6 +225,14 @@ async function main() {
     await until('the pool of dash-pool with one ready', 20000, async () => {
       const cell = page.locator('#pools tr[data-exercise="dash-pool"] [data-figure=ready]');
       return (await cell.count()) === 1 && /^1/.test((await cell.textContent()).trim());
+    });
+    // The one node of a single host, up and active, with its two live sessions.
+    await until('the node local in the nodes table', 15000, async () => {
+      const row = page.locator('#nodes tr[data-node="local"]');
+      if ((await row.count()) !== 1) return false;
+      const text = await row.textContent();
+      const sessions = (await row.locator('[data-figure=node-sessions]').textContent()).trim();
+      return /up/.test(text) && /active/.test(text) && /^2\s*\/\s*\d+/.test(sessions);
     });
     // The memory bomb the test set off beside the held memory is a problem worth telling.
     await until('the OOM kill among the problems', 20000, async () => /OOM kill: .*on /.test(await page.textContent('#problems')));

@@ -67,6 +67,9 @@ fn target(method: &Method, path: &str, host: Option<&str>, subdomain_host: Optio
         ["ide", id, ..] => session(id),
         ["v1", "sessions", id] if method == Method::DELETE => session(id),
         ["v1", "sessions", id, rest, ..] if *rest != "events" => session(id),
+        // The operators' dashboard: a session's stop and its usage figures (kept by its node).
+        ["dashboard", "api", "sessions", id] if method == Method::DELETE => session(id),
+        ["dashboard", "api", "sessions", id, "usage"] => session(id),
         ["v1", "workspaces", learner, exercise, ..] => {
             Target::Workspace(percent_decoded(learner), percent_decoded(exercise))
         }
@@ -440,6 +443,9 @@ mod tests {
             Target::Workspace("ann@school".into(), "hello-shell".into())
         );
         assert_eq!(t(Method::GET, "/v1/nodes"), Target::Here);
+        assert_eq!(t(Method::DELETE, &format!("/dashboard/api/sessions/{ID}")), Target::Session(ID.into()));
+        assert_eq!(t(Method::GET, &format!("/dashboard/api/sessions/{ID}/usage")), Target::Session(ID.into()));
+        assert_eq!(t(Method::GET, &format!("/dashboard/api/sessions/{ID}")), Target::Here);
     }
 
     #[test]

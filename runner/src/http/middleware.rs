@@ -80,6 +80,12 @@ pub struct TokenKey(pub String);
 
 /// Requires `Authorization: Bearer <RUNNER_API_TOKEN>`, then applies the token's rate limit.
 pub async fn require_token(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    // Relayed by another runner of the fleet, its signature checked (`fleet::route`): that
+    // runner authenticated the client (a bearer token, or an operator's dashboard cookie).
+    if req.extensions().get::<super::fleet::Relayed>().is_some() {
+        req.extensions_mut().insert(Actor("fleet-relay"));
+        return next.run(req).await;
+    }
     let expected = app.settings.api_token.as_ref().expect("token resolved at launch");
     let presented = req
         .headers()

@@ -1,5 +1,5 @@
 // Overview: capacity against its limits, sessions by state, start latency, work in progress,
-// recent errors and alerts, and the drain switch.
+// recent errors and alerts, the drain switch, and the fleet's nodes.
 import { act, get } from '../api.js';
 import { ago, bar, bytes, clear, clock, cores, empty, errorBox, h, stateChip, toast } from '../dom.js';
 import { showRunner } from '../shell.js';
@@ -114,6 +114,43 @@ function poolsCard(pools) {
   );
 }
 
+// The fleet's nodes (a single host is the one node `local`): health, availability, room.
+function nodesCard(nodes, refresh) {
+  const row = (n) => {
+    const next = n.operator_availability === 'active' ? 'drain' : 'active';
+    const button = h(`button.small${next === 'drain' ? '.danger' : ''}`, { type: 'button', dataset: { node: n.name, set: next } }, next === 'drain' ? 'Drain' : 'Activate');
+    button.addEventListener('click', async () => {
+      const q = next === 'drain' ? `Drain node ${n.name}? It gets no new sessions; its learners' next sessions start elsewhere.` : `Let node ${n.name} take new sessions again?`;
+      if (!confirm(q)) return;
+      button.disabled = true;
+      try {
+        await act('PUT', `nodes/${encodeURIComponent(n.name)}/availability`, { availability: next });
+        toast(next === 'drain' ? `Node ${n.name} drained` : `Node ${n.name} active`, 'ok');
+      } catch (e) {
+        toast(`Could not change node ${n.name}: ${e.message}`, 'error');
+      }
+      await refresh();
+    });
+    const c = n.capacity;
+    return h(
+      'tr',
+      { dataset: { node: n.name } },
+      h('td.mono', { title: `${n.name} ${n.url}`.trim() }, n.name.length > 14 ? `${n.name.slice(0, 12)}…` : n.name, n.this ? h('span.muted', ' (this)') : ''),
+      h('td', n.up ? h('span.pill.ok', 'up') : h('span.pill.error', n.lost_at ? `lost ${ago(n.lost_at)}` : 'silent'), h('span.muted.small', ` beat ${ago(n.heartbeat_at)}`)),
+      h('td', { dataset: { availability: n.availability } }, n.availability === 'active' ? h('span.pill.ok', 'active') : h('span.pill.warn', n.availability), n.swarm_availability && n.swarm_availability !== n.operator_availability ? h('span.muted.small', ` swarm: ${n.swarm_availability}`) : ''),
+      h('td.num', { dataset: { figure: 'node-sessions' } }, `${c.live_sessions} / ${c.max_sessions}`),
+      h('td.num', `${bytes(c.committed_memory_mb * 1048576)} / ${bytes(c.memory_mb * 1048576)}`),
+      h('td.num', bytes(c.disk_free_mb * 1048576)),
+      h('td', button),
+    );
+  };
+  return card(
+    'Nodes',
+    h('table.compact#nodes', h('thead', h('tr', h('th', 'node'), h('th', 'health'), h('th', 'availability'), h('th.num', 'sessions'), h('th.num', 'memory committed'), h('th.num', 'disk free'), h('th', ''))), h('tbody', nodes.map(row))),
+    h('p.small.muted', 'Sandbox hosts sharing this database. A drained node takes no new sessions, and its learners start elsewhere with their files; a node silent past RUNNER_NODE_LOST_SECS is lost and its sessions end.'),
+  );
+}
+
 function runnerCard(runner, refresh) {
   const button = runner.draining
     ? h('button#undrain.primary', { type: 'button' }, 'Undrain: take new sessions')
@@ -174,14 +211,14 @@ export function mount(ctx) {
   clear(root, h('h1', 'Overview'), h('p.muted', 'Loading…'));
   const problems = problemsPanel();
   const refresh = async () => {
-    const [cap, o, top, pools] = await Promise.all([get('capacity', ctx), get('overview', ctx), get('usage/top?by=cpu&limit=5', ctx), get('pools', ctx)]);
+    const [cap, o, top, pools, nodes] = await Promise.all([get('capacity', ctx), get('overview', ctx), get('usage/top?by=cpu&limit=5', ctx), get('pools', ctx), get('nodes', ctx)]);
     showRunner(o.runner);
     clear(
       root,
       h('h1', 'Overview', h('span.updated.muted', { id: 'updated', dataset: { at: String(Date.now()) } }, `updated ${new Date().toLocaleTimeString()}`)),
       capacityCards(cap),
       h('div.grid.two', byState(o.sessions_by_state), latency(o.start_latency, o.ready_latency), runnerCard(o.runner, refresh), inProgress(o)),
-      h('div.grid.two', poolsCard(pools.pools)),
+      h('div.grid.two', poolsCard(pools.pools), nodesCard(nodes.nodes, refresh)),
       h('div.grid.two', problems.el, topCpu(top)),
     );
   };

@@ -25,7 +25,7 @@ use axum::{
 use governor::{clock::Clock, DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use self::auth::{SignedIn, Signer};
-use super::{apps, builds, exercises, extract::ApiBytes, operators, sessions, usage};
+use super::{apps, builds, exercises, extract::ApiBytes, fleet, operators, sessions, usage};
 use crate::{app::App, config::Settings, error::ApiError};
 
 /// The dashboard's sign-in state, built once with the router.
@@ -117,6 +117,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/runner/drain", post(operators::drain))
         .route("/runner/undrain", post(operators::undrain))
         .route("/audit", get(operators::audit_log))
+        .route("/nodes", get(fleet::list))
+        .route("/nodes/{name}/availability", axum::routing::put(fleet::set_availability))
         .route("/{*rest}", get(api_not_found).post(api_not_found).delete(api_not_found).put(api_not_found));
     let guarded = Router::new()
         .route("/dashboard/", get(asset))
