@@ -451,6 +451,41 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
         .await;
     assert_eq!(status, 200);
 
+    // Node 2 drained through Swarm (`docker node update`): Swarm removes its task, but the
+    // node's runner stays for its live sessions, which keep working; it takes no new ones.
+    let host1 = fleet.v["nodes"][0]["docker_host"].as_str().unwrap().to_string();
+    let swarm = |availability: &str| {
+        let ok = Command::new("docker")
+            .args(["-H", &host1, "node", "update", "--availability", availability, &drained])
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "docker node update: {}", String::from_utf8_lossy(&ok.stderr));
+    };
+    swarm("drain");
+    until(Duration::from_secs(30), "node 2 drained as Swarm says", || async {
+        let n = &fleet.nodes(1).await[&drained];
+        (n["swarm_availability"] == "drain" && n["availability"] == "drain" && n["up"] == true).then_some(())
+    })
+    .await;
+    let (_, list) = fleet.call(1, reqwest::Method::GET, "/v1/sessions?state=running&limit=100", None).await;
+    let staying = list["sessions"].as_array().unwrap().iter().find(|s| s["node"] == drained.as_str()).cloned();
+    let staying = staying.expect("a live session on node 2");
+    terminal_answers(&fleet, 1, &staying).await;
+    for i in 0..3 {
+        let s = fleet.session(1, &format!("after-swarm-drain-{i}")).await;
+        assert_ne!(s["node"].as_str(), Some(drained.as_str()), "a Swarm-drained node got a new session: {s}");
+    }
+    let first_runner = fleet.nodes(1).await[&drained]["started_at"].clone();
+    swarm("active");
+    until(Duration::from_secs(90), "node 2 active again, its runner replaced by the new task's", || async {
+        let n = &fleet.nodes(1).await[&drained];
+        (n["availability"] == "active" && n["up"] == true && n["started_at"] != first_runner).then_some(())
+    })
+    .await;
+    let (_, v) =
+        fleet.call(1, reqwest::Method::GET, &format!("/v1/sessions/{}", staying["id"].as_str().unwrap()), None).await;
+    assert_eq!(v["state"], "running", "{v}");
+
     // A rolling update of the runner image (node by node, as Swarm does it) under a load of
     // session creates: every create gets a session or a clean refusal (never a 5xx other than
     // a 503 to retry), no learner gets two, and every session lives on with its sandbox.

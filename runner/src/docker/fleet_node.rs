@@ -212,6 +212,13 @@ pub async fn run(stop: impl std::future::Future<Output = ()>) -> anyhow::Result<
         }
         _ = logs => unreachable!("the log relay never ends"),
         _ = stop => {
+            // Swarm removes a drained node's tasks: the runner stays to serve the node's live
+            // sessions to their end (it takes no new ones: its heartbeat says `drain`), and the
+            // task that comes back when the node is active again replaces it.
+            if node_is_draining().await {
+                eprintln!("[fleet-node] the node is drained: its runner stays for the live sessions");
+                return Ok(0);
+            }
             eprintln!("[fleet-node] stopping the node's runner (its sandboxes keep running)");
             docker.stop_container(NODE_RUNNER, Some(StopContainerOptions { t: 30 })).await.ok();
             docker
@@ -220,6 +227,15 @@ pub async fn run(stop: impl std::future::Future<Output = ()>) -> anyhow::Result<
                 .ok();
             Ok(0)
         }
+    }
+}
+
+/// Whether this Swarm node's availability is `drain` (read through a manager's engine).
+async fn node_is_draining() -> bool {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    match super::connect("fleet-node", metrics).await {
+        Ok(engine) => matches!(engine.swarm_availability().await, Ok(Some(a)) if a == "drain"),
+        Err(_) => false,
     }
 }
 
