@@ -6,9 +6,11 @@
 //! only; the IDE of a session on node 3 works in real Chromium through node 1; a stop through
 //! a runner that does not own the session removes the sandbox on the node that does; a drained
 //! node gets no new sessions and its learners' next sessions start elsewhere with their files;
-//! a rolling update of the runner image under a load of session creates loses nothing;
+//! a rolling update of the runner image under a load of session creates loses nothing, and
+//! neither does rolling it back;
 //! a node whose engine is killed is declared lost, its sessions end with `node_lost`, and its
-//! learners' next sessions start elsewhere with the work copied before it died.
+//! learners' next sessions start elsewhere with the work copied before it died; when its
+//! engine comes back, the node rejoins and the ended sessions' sandboxes are removed from it.
 //!
 //! Traffic goes only to the namespaces the fleet made (10.124.0.0/24) and to Docker's own API.
 //! `scripts/fleet-down` removes everything at the end, whatever the outcome
@@ -44,6 +46,12 @@ fn script(name: &str) -> std::path::PathBuf {
 impl Fleet {
     fn up() -> Fleet {
         common::require_docker();
+        let v = Self::fleet_up();
+        Fleet { v, client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() }
+    }
+
+    /// `scripts/fleet-up 3`: makes the fleet, or brings back what of it is down; its JSON.
+    fn fleet_up() -> Value {
         let out = Command::new(script("fleet-up"))
             .arg("3")
             .env("FLEET_NAME", FLEET)
@@ -58,8 +66,7 @@ impl Fleet {
             "scripts/fleet-up 3 failed (it needs root, iproute2 and the host's Docker engine):\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let v: Value = serde_json::from_slice(&out.stdout).expect("fleet-up prints one JSON object");
-        Fleet { v, client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() }
+        serde_json::from_slice(&out.stdout).expect("fleet-up prints one JSON object")
     }
 
     /// Node `i`'s runner (1-based, as fleet-up names them).
@@ -168,6 +175,7 @@ async fn rolling_update_under_load(fleet: &Fleet) {
     let service = format!("{}_runner", fleet.v["stack"].as_str().unwrap());
     let update = tokio::process::Command::new("docker")
         .args(["-H", &host, "service", "update", "--detach=false", "--quiet", "--update-monitor", "5s"])
+        .args(["--rollback-monitor", "5s"])
         .args(["--image", "exercise-runner/runner:rolled", &service])
         .output();
     let load = async {
@@ -243,6 +251,29 @@ async fn rolling_update_under_load(fleet: &Fleet) {
     }
     let learners: HashSet<&str> = created.iter().filter_map(|s| s["learner"].as_str()).collect();
     assert_eq!(learners.len(), created.len(), "no learner got two sessions");
+
+    // And rolled back the same way (`docker service rollback`): the sessions live on.
+    let rolled_back = Command::new("docker")
+        .args(["-H", &host, "service", "rollback", "--detach=false", "--quiet", &service])
+        .output()
+        .unwrap();
+    assert!(rolled_back.status.success(), "docker service rollback: {}", String::from_utf8_lossy(&rolled_back.stderr));
+    let spec = Command::new("docker")
+        .args(["-H", &host, "service", "inspect", "-f", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", &service])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&spec.stdout).trim(), image, "the service runs the image from before again");
+    until(Duration::from_secs(60), "three nodes up after the rollback", || async {
+        let nodes = fleet.nodes(1).await;
+        (nodes.len() == 3 && nodes.values().all(|n| n["up"] == true)).then_some(())
+    })
+    .await;
+    // (Spread over the three runners: each has the token's rate limit of its own.)
+    for (i, s) in before.iter().chain(&created).enumerate() {
+        let id = s["id"].as_str().unwrap();
+        let (_, v) = fleet.call(1 + i % 3, reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await;
+        assert_eq!(v["state"], "running", "after the rollback: {v}");
+    }
 }
 
 static UPDATE_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -573,6 +604,25 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
                 "the work copied before the node died is in the next session"
             );
         }
+    }
+
+    // Node 3's engine comes back (fleet-up starts what is down): its runner rejoins, the node is
+    // no longer lost, and the sandboxes of the sessions that ended meanwhile are gone from it,
+    // not adopted or duplicated.
+    Fleet::fleet_up();
+    until(Duration::from_secs(120), "node 3 back and heartbeating", || async {
+        let n = &fleet.nodes(1).await[&lost];
+        (n["up"] == true && n["lost_at"].is_null()).then_some(())
+    })
+    .await;
+    for s in &on_three {
+        let id = s["id"].as_str().unwrap();
+        until(Duration::from_secs(60), "the ended sessions' sandboxes gone from node 3", || async {
+            fleet.containers_on(3, id).is_empty().then_some(())
+        })
+        .await;
+        let (_, v) = fleet.call(3, reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await;
+        assert_eq!(v["state"], "stopped", "a returning node does not bring an ended session back: {v}");
     }
 
     // An operator stops an exercise's sessions through one runner: every node stops its own.
