@@ -219,15 +219,8 @@ impl Fleet {
 /// This host's memory for sandboxes (`MemTotal` less the pool reserve) and the data
 /// directory's free disk, in MB.
 fn host_room(settings: &Settings) -> (i64, i64) {
-    let total_kb = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<i64>().ok())
-        })
-        .unwrap_or(0);
-    let memory = (total_kb / 1024 - settings.pool_memory_reserve_mb as i64).max(0);
+    let (total, _) = crate::usage::cgroup::meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
+    let memory = ((total / (1024 * 1024)) as i64 - settings.pool_memory_reserve_mb as i64).max(0);
     let disk = rustix::fs::statvfs(&settings.data_dir)
         .map(|s| (s.f_bavail.saturating_mul(s.f_frsize) / (1024 * 1024)) as i64)
         .unwrap_or(0);
