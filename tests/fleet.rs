@@ -7,7 +7,8 @@
 //! a runner that does not own the session removes the sandbox on the node that does; a drained
 //! node gets no new sessions and its learners' next sessions start elsewhere with their files;
 //! a rolling update of the runner image under a load of session creates loses nothing, and
-//! neither does rolling it back;
+//! neither does rolling it back; an exercise built through one runner reaches every node through
+//! the fleet's registry and its sessions run its check there;
 //! a node whose engine is killed is declared lost, its sessions end with `node_lost`, and its
 //! learners' next sessions start elsewhere with the work copied before it died; when its
 //! engine comes back, the node rejoins and the ended sessions' sandboxes are removed from it.
@@ -129,14 +130,21 @@ impl Fleet {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// When the fleet's database last copied a learner's workspace off its node (ms), if ever.
-    fn copied_at(&self, learner: &str) -> Option<i64> {
-        let sql = format!("SELECT taken_at FROM workspace_copies WHERE learner = '{learner}' AND exercise = 'fleet'");
+    /// One value from the fleet's database.
+    fn psql(&self, sql: &str) -> String {
         let out = Command::new("psql")
-            .args([self.v["database_url"].as_str().unwrap(), "-qtAX", "-c", &sql])
+            .args([self.v["database_url"].as_str().unwrap(), "-qtAX", "-c", sql])
             .output()
             .expect("psql (scripts/test-postgres.sh installs it)");
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// When the fleet's database last copied a learner's workspace off its node (ms), if ever.
+    fn copied_at(&self, learner: &str) -> Option<i64> {
+        self.psql(&format!("SELECT taken_at FROM workspace_copies WHERE learner = '{learner}' AND exercise = 'fleet'"))
+            .parse()
+            .ok()
     }
 
     /// The pid of node `i`'s dockerd, which fleet-up started (its pidfile).
@@ -278,6 +286,88 @@ async fn rolling_update_under_load(fleet: &Fleet) {
 
 static UPDATE_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+const BUILT: &str = "shell-wordcount";
+
+/// Submits exercise-images/examples/shell-wordcount as a build through node 3's runner (whose
+/// runner is not restarted before the build is looked at; a restart fails the builds it was
+/// running); its id.
+async fn submit_wordcount(fleet: &Fleet) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../exercise-images/examples").join(BUILT);
+    let r = fleet
+        .client
+        .post(format!("{}/v1/exercises/{BUILT}/builds", fleet.api(3)))
+        .bearer_auth(fleet.v["token"].as_str().unwrap())
+        .header("content-type", "application/x-tar")
+        .body(common::tar_dir(&dir))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let b: Value = r.json().await.unwrap();
+    b["id"].as_str().unwrap().to_string()
+}
+
+/// The build succeeds (whichever runner built it), its image reaches every node's engine from
+/// the fleet's registry, and a session of it on each node runs the exercise's own check.
+async fn built_exercise_runs_on_every_node(fleet: &Fleet, build: &str) {
+    let b = until(Duration::from_secs(600), "the build to end", || async {
+        let (_, b) = fleet.call(1, reqwest::Method::GET, &format!("/v1/builds/{build}"), None).await;
+        (!matches!(b["state"].as_str(), Some("queued" | "building" | "testing"))).then_some(b)
+    })
+    .await;
+    assert_eq!(b["state"], "succeeded", "{b}");
+    let image = b["image"].as_str().unwrap().to_string();
+    for i in 1..=3 {
+        let host = fleet.v["nodes"][i - 1]["docker_host"].as_str().unwrap();
+        let image = image.as_str();
+        until(Duration::from_secs(120), "the built image on every node", || async move {
+            let out = Command::new("docker").args(["-H", host, "image", "inspect", image]).output().unwrap();
+            out.status.success().then_some(())
+        })
+        .await;
+    }
+    let registry = fleet.v["registry"].as_str().unwrap();
+    let (repo, tag) = image.rsplit_once(':').unwrap();
+    let tags: Value =
+        fleet.client.get(format!("http://{registry}/v2/{repo}/tags/list")).send().await.unwrap().json().await.unwrap();
+    assert!(tags["tags"].as_array().unwrap().iter().any(|t| t == tag), "the version is in the registry: {tags}");
+    let availability = |node: usize, a: &'static str| async move {
+        let path = format!("/v1/nodes/{}/availability", fleet.node_id(node));
+        let (status, v) = fleet.call(1, reqwest::Method::PUT, &path, Some(json!({"availability": a}))).await;
+        assert_eq!(status, 200, "{v}");
+    };
+    for home in 1..=3 {
+        for other in (1..=3).filter(|o| *o != home) {
+            availability(other, "pause").await;
+        }
+        let learner = format!("author-check-{home}");
+        let learner = learner.as_str();
+        let s = until(Duration::from_secs(60), "a session of the built exercise", || async move {
+            let body = json!({"learner": learner, "exercise": BUILT});
+            let (status, v) = fleet.call(3, reqwest::Method::POST, "/v1/sessions", Some(body)).await;
+            assert!(status == 201 || status == 503, "{status} {v}");
+            (status == 201).then_some(v)
+        })
+        .await;
+        assert_eq!((s["state"].as_str(), s["image"].as_str()), (Some("running"), Some(image.as_str())), "{s}");
+        assert_eq!(fleet.index_of(s["node"].as_str().unwrap()), home, "{s}");
+        let id = s["id"].as_str().unwrap();
+        let (status, check) =
+            fleet.call(1, reqwest::Method::POST, &format!("/v1/sessions/{id}/checks"), Some(json!({}))).await;
+        assert_eq!(status, 201, "{check}");
+        assert_eq!(
+            check["passed"], false,
+            "the exercise's own check fails on the starting files on node {home}: {check}"
+        );
+        assert!(!check["output"].as_str().unwrap_or_default().is_empty(), "{check}");
+        let (status, _) = fleet.call(1, reqwest::Method::DELETE, &format!("/v1/sessions/{id}"), None).await;
+        assert_eq!(status, 200);
+        for other in (1..=3).filter(|o| *o != home) {
+            availability(other, "active").await;
+        }
+    }
+}
+
 fn chrono_now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
@@ -345,6 +435,9 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
     })
     .await;
     assert_eq!(nodes.values().filter(|n| n["this"] == true).count(), 1, "{nodes:?}");
+    // An author's build, submitted now (it runs while the rest goes on; see
+    // `built_exercise_runs_on_every_node`).
+    let built = submit_wordcount(&fleet).await;
     for n in nodes.values() {
         assert_eq!(n["availability"], "active", "{n}");
         assert!(n["capacity"]["max_sessions"].as_i64().unwrap() > 0, "{n}");
@@ -517,6 +610,10 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
         fleet.call(1, reqwest::Method::GET, &format!("/v1/sessions/{}", staying["id"].as_str().unwrap()), None).await;
     assert_eq!(v["state"], "running", "{v}");
 
+    // An exercise built through one runner runs on every node: its image went to the fleet's
+    // registry before its version existed, and every node pulled it.
+    built_exercise_runs_on_every_node(&fleet, &built).await;
+
     // A rolling update of the runner image (node by node, as Swarm does it) under a load of
     // session creates: every create gets a session or a clean refusal (never a 5xx other than
     // a 503 to retry), no learner gets two, and every session lives on with its sandbox.
@@ -528,6 +625,28 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
     let erased = list["sessions"].as_array().unwrap().iter().find(|s| s["node"] != fleet.node_id(1)).cloned().unwrap();
     let (learner, erased_id) = (erased["learner"].as_str().unwrap(), erased["id"].as_str().unwrap());
     let erased_on = fleet.index_of(erased["node"].as_str().unwrap());
+    // Their files kept as a snapshot (a reset, done on their node), read through another runner:
+    // snapshot blobs live in the fleet's database, not on the disk of the node that took them.
+    fleet.learner_sh(erased_on, erased_id, "echo kept-in-a-snapshot > /workspace/snap.txt");
+    let (status, reset) =
+        fleet.call(1, reqwest::Method::POST, &format!("/v1/workspaces/{learner}/fleet/reset"), Some(json!({}))).await;
+    assert_eq!(status, 200, "{reset}");
+    let (snapshot, sha) = (reset["snapshot"]["id"].as_str().unwrap(), reset["snapshot"]["sha256"].as_str().unwrap());
+    let reader = (1..=3).find(|i| *i != erased_on).unwrap();
+    let r = fleet
+        .client
+        .get(format!("{}/v1/snapshots/{snapshot}", fleet.api(reader)))
+        .bearer_auth(fleet.v["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a snapshot taken on node {erased_on} is read through node {reader}");
+    let gz = r.bytes().await.unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
+    let names: Vec<String> = tar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    assert!(names.iter().any(|n| n.ends_with("snap.txt")), "{names:?}");
+    let blobs = |sha: &str| fleet.psql(&format!("SELECT COUNT(*) FROM snapshot_blobs WHERE blob = '{sha}'"));
+    assert_eq!(blobs(sha), "1");
     let (status, v) = fleet.call(1, reqwest::Method::DELETE, &format!("/v1/learners/{learner}"), None).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["removed"]["stopped_sessions"], 1, "{v}");
@@ -538,6 +657,7 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
     );
     let (status, _) = fleet.call(2, reqwest::Method::GET, &format!("/v1/sessions/{erased_id}"), None).await;
     assert_eq!(status, 404, "their records are gone");
+    assert_eq!(blobs(sha), "0", "and their snapshot's blob, wherever it was taken");
 
     // Node 3's engine is killed: the fleet declares the node lost, its sessions end with
     // `node_lost`, and their learners' next sessions start on another node.

@@ -137,9 +137,26 @@ pub struct FleetSettings {
     /// `RUNNER_WORKSPACE_COPY_SECS`: how often running sessions' workspaces are copied off the
     /// node (a lost node costs a learner at most this much work); 0: only when sessions end.
     pub copy_every: Duration,
+    /// `RUNNER_IMAGE_REGISTRY`: the registry every node shares images through (a host and
+    /// port). A build pushes its proven image there before its version exists; a node lacking
+    /// an exercise's image pulls it from there. Unset: images stay on the engine that has them.
+    pub registry: Option<String>,
+    /// `RUNNER_IMAGE_REGISTRY_USERNAME` and `RUNNER_IMAGE_REGISTRY_PASSWORD`: its login, when it
+    /// has one.
+    pub registry_username: Option<String>,
+    pub registry_password: Option<Secret>,
+    /// `RUNNER_IMAGE_SYNC_SECS`: how often a node pulls the exercises' images it lacks and
+    /// removes those no version needs any more (and at once when a session finds one missing).
+    pub image_sync: Duration,
 }
 
 impl FleetSettings {
+    /// The registry images are shared through, with its login, when there is one.
+    pub fn registry(&self) -> Option<crate::engine::registry::Registry<'_>> {
+        let auth = self.registry_username.as_deref().zip(self.registry_password.as_ref().map(Secret::expose));
+        self.registry.as_deref().map(|host| crate::engine::registry::Registry { host, auth })
+    }
+
     pub fn defaults() -> Self {
         FleetSettings {
             node: crate::domain::LOCAL_NODE.into(),
@@ -149,6 +166,10 @@ impl FleetSettings {
             lost_after: Duration::from_secs(30),
             follow_swarm: true,
             copy_every: Duration::from_secs(300),
+            registry: None,
+            registry_username: None,
+            registry_password: None,
+            image_sync: Duration::from_secs(15),
         }
     }
 }
@@ -814,6 +835,15 @@ impl Settings {
         if let Some(v) = secs("RUNNER_WORKSPACE_COPY_SECS")? {
             s.fleet.copy_every = v;
         }
+        if let Some(v) = get("RUNNER_IMAGE_REGISTRY").map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+            s.fleet.registry =
+                Some(crate::domain::registry_host(&v).map_err(|e| anyhow::anyhow!("RUNNER_IMAGE_REGISTRY: {e}"))?);
+        }
+        s.fleet.registry_username = get("RUNNER_IMAGE_REGISTRY_USERNAME").filter(|v| !v.trim().is_empty());
+        s.fleet.registry_password = get("RUNNER_IMAGE_REGISTRY_PASSWORD").filter(|v| !v.is_empty()).map(Secret::new);
+        if let Some(v) = secs("RUNNER_IMAGE_SYNC_SECS")? {
+            s.fleet.image_sync = v;
+        }
         if let Some(v) = get("RUNNER_SWARM_AVAILABILITY") {
             s.fleet.follow_swarm = match v.trim() {
                 "" | "true" | "1" => true,
@@ -853,6 +883,12 @@ impl Settings {
                  reach it) and RUNNER_FLEET_SECRET (shared by the fleet, signs what runners forward)",
                 f.node
             );
+        }
+        if f.registry_username.is_some() != f.registry_password.is_some() {
+            bail!("RUNNER_IMAGE_REGISTRY_USERNAME and RUNNER_IMAGE_REGISTRY_PASSWORD go together");
+        }
+        if f.image_sync.is_zero() {
+            bail!("RUNNER_IMAGE_SYNC_SECS must be at least 1");
         }
         let e = &self.events;
         if e.webhook_timeout.is_zero() || e.webhook_max_backoff.is_zero() || e.retention.is_zero() {
@@ -1211,6 +1247,27 @@ mod tests {
         assert_eq!((s.fleet.node.as_str(), s.fleet.url.as_str()), ("node-a", "http://10.0.0.1:8080"));
         assert!(Settings::from_lookup(|k| (k == "RUNNER_NODE").then(|| "Node A".into())).is_err());
         assert_eq!(Settings::from_lookup(|_| None).unwrap().fleet.node, "local", "a single host");
+    }
+
+    #[test]
+    fn the_image_registry_is_a_host_and_its_login_comes_whole() {
+        let with = |pairs: &'static [(&'static str, &'static str)]| {
+            Settings::from_lookup(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        };
+        let s = with(&[("RUNNER_IMAGE_REGISTRY", "10.124.0.2:5000")]).unwrap();
+        assert_eq!(s.fleet.registry.as_deref(), Some("10.124.0.2:5000"));
+        assert!(with(&[]).unwrap().fleet.registry.is_none(), "unset: images stay where they are");
+        let e = with(&[("RUNNER_IMAGE_REGISTRY", "http://10.124.0.2:5000")]).unwrap_err();
+        assert!(format!("{e:#}").contains("RUNNER_IMAGE_REGISTRY"), "{e:#}");
+        assert!(with(&[("RUNNER_IMAGE_REGISTRY", "r.example:5000"), ("RUNNER_IMAGE_REGISTRY_USERNAME", "u")]).is_err());
+        let s = with(&[
+            ("RUNNER_IMAGE_REGISTRY", "r.example:5000"),
+            ("RUNNER_IMAGE_REGISTRY_USERNAME", "u"),
+            ("RUNNER_IMAGE_REGISTRY_PASSWORD", "p"),
+        ])
+        .unwrap();
+        assert_eq!(s.fleet.registry_password.map(|p| p.expose().to_string()).as_deref(), Some("p"));
+        assert!(with(&[("RUNNER_IMAGE_SYNC_SECS", "0")]).is_err());
     }
 
     /// Every `RUNNER_*` variable the README documents for the service is one the settings read,

@@ -10,7 +10,7 @@ mod sandbox;
 pub use crate::lifecycle::{SessionState, LOCAL_NODE};
 pub use cidr::Cidr;
 pub use health::{HealthProbe, AGENT_HEALTHCHECK};
-pub use image::{normalize_reference, repository_name, ImageName};
+pub use image::{in_registry, normalize_reference, registry_host, repository_name, ImageName};
 pub use sandbox::{CheckSpec, Limits, PoolSpec, RunLimits, Runtime, SandboxSpec, NO_IDE, TESTS_DIR, TMPFS_PATHS};
 
 /// A time column (milliseconds since the epoch) as the API shows it: RFC 3339, UTC, milliseconds.

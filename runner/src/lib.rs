@@ -93,6 +93,7 @@ pub async fn launch(
         tokio::spawn(app.files.clone().run_retention(cancel.clone())),
         tokio::spawn(runs::run(app.runs.clone(), cancel.clone())),
         tokio::spawn(fleet::run(app.fleet.clone(), cancel.clone())),
+        tokio::spawn(fleet::images::run(app.fleet.clone(), cancel.clone())),
         tokio::spawn(alerts::run(
             app.alerts.clone(),
             alerts::Sources {

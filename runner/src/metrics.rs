@@ -27,6 +27,7 @@ pub struct Metrics {
     pub nodes_lost: IntCounter,
     /// Placement decisions of new sessions by outcome (`placed`, `nowhere`).
     pub placements: IntCounterVec,
+    pub node_images: IntCounterVec,
     /// Requests this runner relayed to another node's runner, by outcome.
     pub forwarded: IntCounterVec,
     pub checks: IntCounterVec,
@@ -113,6 +114,14 @@ impl Metrics {
         let placements = IntCounterVec::new(
             Opts::new("runner_placements_total", "Placement decisions of new sessions by outcome"),
             &["outcome"],
+        )
+        .unwrap();
+        let node_images = IntCounterVec::new(
+            Opts::new(
+                "runner_node_images_total",
+                "Exercise images this node pulled from the fleet's registry or removed, by action",
+            ),
+            &["action"],
         )
         .unwrap();
         let forwarded = IntCounterVec::new(
@@ -307,6 +316,7 @@ impl Metrics {
             Box::new(node_sessions.clone()),
             Box::new(nodes_lost.clone()),
             Box::new(placements.clone()),
+            Box::new(node_images.clone()),
             Box::new(forwarded.clone()),
         ] {
             registry.register(c).unwrap();
@@ -325,6 +335,7 @@ impl Metrics {
             node_sessions,
             nodes_lost,
             placements,
+            node_images,
             forwarded,
             checks,
             builds,

@@ -346,7 +346,8 @@ pub async fn submit_archive(builds: &Arc<Builds>, slug: &Slug, body: bytes::Byte
     let path = dir.join(format!("{id}.tar"));
     tokio::fs::write(&path, &blob).await.map_err(anyhow::Error::from)?;
     let source = serde_json::to_string(&Source::Archive { bytes: blob.len() as u64 }).map_err(anyhow::Error::from)?;
-    if let Err(e) = builds.store.insert_build(&id, slug.as_str(), &source).await {
+    // The archive waits on this node's disk: this node builds it.
+    if let Err(e) = builds.store.insert_build(&id, slug.as_str(), &source, true).await {
         let _ = tokio::fs::remove_file(&path).await;
         return Err(e.into());
     }
@@ -392,7 +393,8 @@ pub async fn submit_git(
     }
     let id = uuid::Uuid::new_v4().to_string();
     let src = Source::Git { url: source.url, git_ref: source.git_ref, commit };
-    builds.store.insert_build(&id, slug.as_str(), &serde_json::to_string(&src).map_err(anyhow::Error::from)?).await?;
+    let src = serde_json::to_string(&src).map_err(anyhow::Error::from)?;
+    builds.store.insert_build(&id, slug.as_str(), &src, false).await?;
     builds.wake.notify_one();
     builds.store.build(&id).await?.ok_or(BuildError::NotFound(id))
 }
@@ -432,7 +434,8 @@ pub async fn cancel(builds: &Builds, id: &str) -> Result<BuildRecord, BuildError
 /// are marked failed with the reason. Queued builds stay queued and run. Leftover self-test
 /// containers are removed.
 pub async fn recover(builds: &Builds) -> anyhow::Result<()> {
-    for b in builds.store.builds_in(BuildState::RUNNING).await? {
+    // This node's only: another node's builds run on.
+    for b in builds.store.builds_here_in(BuildState::RUNNING).await? {
         tracing::warn!(build = %b.id, "build interrupted by a runner restart");
         builds
             .store
@@ -479,9 +482,11 @@ pub async fn run_worker(builds: Arc<Builds>, cancel: CancellationToken) {
 }
 
 async fn claim_next(builds: &Builds) -> anyhow::Result<Option<BuildRecord>> {
-    for b in builds.store.builds_in(&[BuildState::Queued]).await? {
+    for b in builds.store.builds_here_in(&[BuildState::Queued]).await? {
         // Conditional: with several replicas only one claims a build.
-        if builds.store.transition_build(&b.id, &[BuildState::Queued], BuildState::Building, None).await? {
+        if builds.store.take_build(&b.id).await?
+            && builds.store.transition_build(&b.id, &[BuildState::Queued], BuildState::Building, None).await?
+        {
             return builds.store.build(&b.id).await;
         }
     }
@@ -582,8 +587,21 @@ async fn build_steps(
     log.step(&format!("version {version} ({image})"));
 
     let known = builds.store.version(slug.as_str(), &version).await?;
-    let cached = match known {
-        Some(k) if builds.engine.image(&image).await?.is_some() => Some(k),
+    let registry = builds.settings.fleet.registry();
+    let cached = match (known, registry) {
+        (Some(k), _) if builds.engine.image(&image).await?.is_some() => Some(k),
+        // Proven on another node: its image is in the fleet's registry.
+        (Some(k), Some(registry)) => {
+            log.step(&format!("this content was built and proven before: pulling {image} from {}", registry.host));
+            let mut sink = |line: &str| log.write(line);
+            match crate::engine::registry::fetch(&*builds.engine, &registry, &image, &mut sink).await {
+                Ok(()) => Some(k),
+                Err(e) => {
+                    log.write(&format!("could not pull it ({e:#}); building it again"));
+                    None
+                }
+            }
+        }
         _ => None,
     };
     if let Some(known) = cached {
@@ -601,7 +619,7 @@ async fn build_steps(
         log.step("docker build");
         let labels = HashMap::from([
             (LABEL_EXERCISE.to_string(), slug.to_string()),
-            ("exercise-runner.version".to_string(), version.clone()),
+            (crate::engine::LABEL_VERSION.to_string(), version.clone()),
         ]);
         let req = crate::engine::BuildRequest {
             context_tar: tree.build_context_tar(&manifest.solution),
@@ -643,6 +661,12 @@ async fn build_steps(
         let report_json = serde_json::to_string(&report.report)?;
         builds.store.set_build_result(&build.id, &version, &image, false, Some(&report_json)).await?;
         report.result?;
+        // A version exists only once every node can have its image.
+        if let Some(registry) = registry {
+            log.step(&format!("pushing {image} to {}", registry.host));
+            let mut sink = |line: &str| log.write(line);
+            crate::engine::registry::share(&*builds.engine, &registry, &image, &mut sink).await?;
+        }
         builds
             .store
             .insert_version(&VersionRecord {

@@ -1,7 +1,10 @@
 //! Image builds, imports and removal.
 
 use anyhow::{bail, Context};
-use bollard::image::{CreateImageOptions, RemoveImageOptions};
+use bollard::{
+    auth::DockerCredentials,
+    image::{CreateImageOptions, ListImagesOptions, PushImageOptions, RemoveImageOptions, TagImageOptions},
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Full};
@@ -9,7 +12,17 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 use super::{build_cgroup::BuildCgroup, is_status, DockerEngine};
-use crate::engine::{self, BuildRequest, LineSink};
+use crate::engine::{self, BuildRequest, ImageInfo, LineSink};
+
+/// A registry login as the engine takes it, for the registry `repo` names.
+pub(super) fn credentials(repo: &str, auth: Option<(&str, &str)>) -> Option<DockerCredentials> {
+    auth.map(|(u, p)| DockerCredentials {
+        username: Some(u.to_string()),
+        password: Some(p.to_string()),
+        serveraddress: repo.split('/').next().map(str::to_string),
+        ..Default::default()
+    })
+}
 
 /// Longest line of build output kept in memory while waiting for its end.
 const MAX_BUILD_LINE: usize = 1 << 20;
@@ -206,5 +219,49 @@ impl DockerEngine {
             Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(false),
             Err(e) => Err(self.count("remove_image", Err::<(), _>(e)).unwrap_err().into()),
         }
+    }
+
+    /// Names image `source` also `repo:tag`.
+    pub(super) async fn tag_image(&self, source: &str, repo: &str, tag: &str) -> anyhow::Result<()> {
+        let r = self.docker.tag_image(source, Some(TagImageOptions { repo, tag })).await;
+        self.count("tag_image", r).with_context(|| format!("tagging {source} as {repo}:{tag}"))
+    }
+
+    /// Pushes `repo:tag` to its registry, reporting progress lines.
+    pub(super) async fn push(
+        &self,
+        repo: &str,
+        tag: &str,
+        auth: Option<(&str, &str)>,
+        log: &mut LineSink<'_>,
+    ) -> anyhow::Result<()> {
+        let mut stream = self.docker.push_image(repo, Some(PushImageOptions { tag }), credentials(repo, auth));
+        while let Some(item) = stream.next().await {
+            let info = self.count("push", item).with_context(|| format!("pushing {repo}:{tag}"))?;
+            if let (Some(status), None) = (&info.status, &info.progress) {
+                log(status);
+            }
+        }
+        Ok(())
+    }
+
+    /// The images labelled as exercises' builds, as the engine lists them.
+    pub(super) async fn exercise_images(&self) -> anyhow::Result<Vec<ImageInfo>> {
+        let filters = std::collections::HashMap::from([("label", vec![engine::LABEL_EXERCISE])]);
+        let listed =
+            self.docker.list_images(Some(ListImagesOptions { all: false, filters, ..Default::default() })).await;
+        Ok(self
+            .count("list_images", listed)?
+            .into_iter()
+            .map(|i| ImageInfo {
+                id: i.id,
+                working_dir: None,
+                labels: i.labels,
+                volumes: Vec::new(),
+                on_build: Vec::new(),
+                repo_tags: i.repo_tags,
+                agent_health: None,
+            })
+            .collect())
     }
 }

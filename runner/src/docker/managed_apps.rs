@@ -4,7 +4,6 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context};
 use bollard::{
-    auth::DockerCredentials,
     container::{ListContainersOptions, LogsOptions, WaitContainerOptions},
     image::CreateImageOptions,
 };
@@ -47,12 +46,7 @@ impl DockerEngine {
         auth: Option<(&str, &str)>,
         log: &mut LineSink<'_>,
     ) -> anyhow::Result<()> {
-        let creds = auth.map(|(u, p)| DockerCredentials {
-            username: Some(u.to_string()),
-            password: Some(p.to_string()),
-            serveraddress: repo.split('/').next().map(str::to_string),
-            ..Default::default()
-        });
+        let creds = super::images::credentials(repo, auth);
         let opts = CreateImageOptions { from_image: repo.to_string(), tag: tag.to_string(), ..Default::default() };
         let mut stream = self.docker.create_image(Some(opts), None, creds);
         while let Some(item) = stream.next().await {

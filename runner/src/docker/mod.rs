@@ -768,6 +768,24 @@ impl ContainerEngine for DockerEngine {
         DockerEngine::pull(self, repo, tag, auth, log).await
     }
 
+    async fn tag_image(&self, source: &str, repo: &str, tag: &str) -> anyhow::Result<()> {
+        DockerEngine::tag_image(self, source, repo, tag).await
+    }
+
+    async fn push(
+        &self,
+        repo: &str,
+        tag: &str,
+        auth: Option<(&str, &str)>,
+        log: &mut LineSink<'_>,
+    ) -> anyhow::Result<()> {
+        DockerEngine::push(self, repo, tag, auth, log).await
+    }
+
+    async fn exercise_images(&self) -> anyhow::Result<Vec<ImageInfo>> {
+        DockerEngine::exercise_images(self).await
+    }
+
     async fn repo_digest(&self, reference: &str, repo: &str) -> anyhow::Result<Option<String>> {
         DockerEngine::repo_digest(self, reference, repo).await
     }

@@ -111,3 +111,65 @@ pub fn repository_name(name: &str) -> Result<String, String> {
     }
     Ok(n.repository)
 }
+
+/// `RUNNER_IMAGE_REGISTRY`: a registry host (`registry.internal:5000`), nothing else.
+pub fn registry_host(value: &str) -> Result<String, String> {
+    if value.is_empty()
+        || value.contains('/')
+        || !domain_ok(value)
+        || (!value.contains(['.', ':']) && value != "localhost")
+    {
+        return Err(format!(
+            "{value:?} is not a registry host; give a host name with a dot or a port (registry.internal:5000), \
+             or localhost"
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// Where a fleet node finds `reference` when its engine lacks it: a name without a registry
+/// (`exercise-runner/python:abc`, `debian:bookworm-slim`) lives in the fleet's registry under the
+/// same path (Docker Hub's official images under `library/`, as a mirror keeps them); a name that
+/// says its registry is pulled from there. `None` for what cannot be named by tag.
+pub fn in_registry(registry: &str, reference: &str) -> Option<ImageName> {
+    let n = normalize_reference(reference).ok()?;
+    match n.repository.strip_prefix("docker.io/") {
+        Some(path) if !reference.starts_with("docker.io/") && !reference.starts_with("index.docker.io/") => {
+            Some(ImageName { repository: format!("{registry}/{path}"), tag: n.tag })
+        }
+        _ => Some(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_is_a_host_and_port() {
+        assert_eq!(registry_host("10.124.0.2:5000").unwrap(), "10.124.0.2:5000");
+        assert!(registry_host("registry.internal").is_ok());
+        assert!(registry_host("localhost").is_ok());
+        for bad in ["", "registry", "http://r.example:5000", "r.example/team", "R.example", "r.example:99999x"] {
+            assert!(registry_host(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn images_without_a_registry_live_in_the_fleets_under_the_same_path() {
+        let at = |r: &str| in_registry("10.124.0.2:5000", r).map(|n| n.full());
+        assert_eq!(
+            at("exercise-runner/python:0123abcd").as_deref(),
+            Some("10.124.0.2:5000/exercise-runner/python:0123abcd")
+        );
+        assert_eq!(at("exercise-runner/base").as_deref(), Some("10.124.0.2:5000/exercise-runner/base:latest"));
+        assert_eq!(at("debian:bookworm-slim").as_deref(), Some("10.124.0.2:5000/library/debian:bookworm-slim"));
+        assert_eq!(at("library/debian:12").as_deref(), Some("10.124.0.2:5000/library/debian:12"));
+        // A name that says its registry is pulled from there, the fleet's own included.
+        assert_eq!(at("ghcr.io/acme/tools:1").as_deref(), Some("ghcr.io/acme/tools:1"));
+        assert_eq!(at("10.124.0.2:5000/team/x:2").as_deref(), Some("10.124.0.2:5000/team/x:2"));
+        assert_eq!(at("docker.io/library/busybox:1").as_deref(), Some("docker.io/library/busybox:1"));
+        assert_eq!(at("busybox@sha256:0123"), None);
+        assert_eq!(at("Not An Image"), None);
+    }
+}

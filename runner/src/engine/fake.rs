@@ -206,6 +206,18 @@ impl ContainerEngine for FakeEngine {
         Err(absent("pull"))
     }
 
+    async fn tag_image(&self, _: &str, _: &str, _: &str) -> anyhow::Result<()> {
+        Err(absent("tag_image"))
+    }
+
+    async fn push(&self, _: &str, _: &str, _: Option<(&str, &str)>, _: &mut LineSink<'_>) -> anyhow::Result<()> {
+        Err(absent("push"))
+    }
+
+    async fn exercise_images(&self) -> anyhow::Result<Vec<ImageInfo>> {
+        Err(absent("exercise_images"))
+    }
+
     async fn repo_digest(&self, _: &str, _: &str) -> anyhow::Result<Option<String>> {
         Err(absent("repo_digest"))
     }

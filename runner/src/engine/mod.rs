@@ -11,6 +11,7 @@
 //! Every call is idempotent where its doc says so, and every implementation counts its failures
 //! in `runner_docker_errors_total` (a missing or conflicting object is an answer, not a failure).
 
+pub mod registry;
 mod values;
 
 #[cfg(test)]
@@ -203,6 +204,22 @@ pub trait ContainerEngine: Send + Sync {
         auth: Option<(&str, &str)>,
         log: &mut LineSink<'_>,
     ) -> anyhow::Result<()>;
+
+    /// Names image `source` also `repo:tag` (`docker tag`).
+    async fn tag_image(&self, source: &str, repo: &str, tag: &str) -> anyhow::Result<()>;
+
+    /// Pushes `repo:tag` to its registry, with credentials (user, password) when given,
+    /// reporting progress lines.
+    async fn push(
+        &self,
+        repo: &str,
+        tag: &str,
+        auth: Option<(&str, &str)>,
+        log: &mut LineSink<'_>,
+    ) -> anyhow::Result<()>;
+
+    /// The images built for exercises (labelled `exercise-runner.exercise`) on this engine.
+    async fn exercise_images(&self) -> anyhow::Result<Vec<ImageInfo>>;
 
     /// The content-addressed reference of a pulled image (`repo@sha256:...`), to pin deploys to.
     async fn repo_digest(&self, reference: &str, repo: &str) -> anyhow::Result<Option<String>>;

@@ -6,6 +6,7 @@
 //! never forwards.
 
 pub mod forward;
+pub mod images;
 pub mod placement;
 
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Settings,
     engine::Engine,
-    lifecycle::{Availability, LOCAL_NODE},
+    lifecycle::{Availability, BuildState, LOCAL_NODE},
     metrics::Metrics,
     store::{now_ms, Heartbeat, NodeRecord, Store},
 };
@@ -28,14 +29,17 @@ pub struct Fleet {
     started_at: i64,
     /// Relays to other runners (`None` on a single host: nothing is ever forwarded).
     pub forwarder: Option<forward::Forwarder>,
+    /// Wakes the image round (`images.rs`).
+    images_wanted: Arc<tokio::sync::Notify>,
 }
 
 /// Where a new session should start.
 #[derive(Debug)]
 pub enum Placement {
-    /// Here: this runner starts it.
+    /// Here: this runner starts it (a single host).
     Here,
-    /// On these other nodes, best first (this node may be among them, as `Here` would be).
+    /// On these nodes, best first (this node may be among them: it starts the session itself
+    /// when its turn comes).
     Ranked(Vec<NodeRecord>),
     /// No node has room or is taking sessions.
     Nowhere,
@@ -46,12 +50,19 @@ impl Fleet {
         let forwarder = (settings.fleet.node != LOCAL_NODE)
             .then(|| settings.fleet.secret.as_ref().map(|s| forward::Forwarder::new(s.expose(), &settings.fleet.node)))
             .flatten();
-        Arc::new(Fleet { settings, store, engine, metrics, started_at: now_ms(), forwarder })
+        let images_wanted = Arc::new(tokio::sync::Notify::new());
+        Arc::new(Fleet { settings, store, engine, metrics, started_at: now_ms(), forwarder, images_wanted })
     }
 
     /// This runner's node.
     pub fn node(&self) -> &str {
         &self.settings.fleet.node
+    }
+
+    /// A session found its image missing on this node: pull what is missing now rather than at
+    /// the next image round.
+    pub fn want_images(&self) {
+        self.images_wanted.notify_one();
     }
 
     /// Whether this runner is a node of a fleet (and forwards what is another node's).
@@ -86,6 +97,17 @@ impl Fleet {
             return self.other(&live.node).await;
         }
         match self.store.workspace_node(learner, exercise).await? {
+            Some(node) => self.other(&node).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The node that runs build `id` (its log, its cancel), when it is another node.
+    pub async fn owner_of_build(&self, id: &str) -> anyhow::Result<Option<NodeRecord>> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        match self.store.build(id).await?.and_then(|b| b.node) {
             Some(node) => self.other(&node).await,
             None => Ok(None),
         }
@@ -130,9 +152,6 @@ impl Fleet {
         self.metrics.placements.with_label_values(&[if ranked.is_empty() { "nowhere" } else { "placed" }]).inc();
         if ranked.is_empty() {
             return Ok(Placement::Nowhere);
-        }
-        if ranked.first().map(String::as_str) == Some(self.node()) {
-            return Ok(Placement::Here);
         }
         let by_name: std::collections::HashMap<&str, &NodeRecord> =
             nodes.iter().map(|n| (n.name.as_str(), n)).collect();
@@ -194,6 +213,17 @@ impl Fleet {
             for s in self.store.sessions_on(&n.name).await? {
                 if self.store.end_lost(&s.id).await? {
                     tracing::info!(session = %s.id, learner = %s.learner, node = %n.name, "session ended: its node was lost");
+                }
+            }
+            // Its builds, running or waiting on its disk, will not finish.
+            for b in self.store.builds_on(&n.name, BuildState::ACTIVE).await? {
+                let (to, reason) = if b.state == BuildState::Queued {
+                    (BuildState::Cancelled, "its node was lost before it started; submit it again")
+                } else {
+                    (BuildState::Failed, "its node was lost; submit it again")
+                };
+                if self.store.transition_build(&b.id, &[b.state], to, Some(reason)).await? {
+                    tracing::info!(build = %b.id, node = %n.name, "build ended: its node was lost");
                 }
             }
         }

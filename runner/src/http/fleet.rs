@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::{extract::ApiJson, middleware::Actor, operators};
 use crate::{
     app::App,
-    domain::rfc3339,
+    domain::{rfc3339, LearnerId, Slug},
     error::{ApiError, ApiResult, ErrorBody},
     fleet::{forward, Placement},
     lifecycle::Availability,
@@ -39,6 +39,8 @@ const RELAY_TIMEOUT: Duration = Duration::from_secs(330);
 enum Target {
     Session(String),
     Workspace(String, String),
+    /// A build's log and its cancellation: the node that builds it.
+    Build(String),
     Here,
 }
 
@@ -73,6 +75,10 @@ fn target(method: &Method, path: &str, host: Option<&str>, subdomain_host: Optio
         ["v1", "workspaces", learner, exercise, ..] => {
             Target::Workspace(percent_decoded(learner), percent_decoded(exercise))
         }
+        ["v1", "builds", id, "logs" | "cancel"] => match uuid::Uuid::parse_str(id) {
+            Ok(u) => Target::Build(u.to_string()),
+            Err(_) => Target::Here,
+        },
         _ => Target::Here,
     }
 }
@@ -104,6 +110,7 @@ pub async fn route(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         Target::Here => Ok(None),
         Target::Session(id) => app.fleet.owner_of_session(&id).await,
         Target::Workspace(learner, exercise) => app.fleet.owner_of_workspace(&learner, &exercise).await,
+        Target::Build(id) => app.fleet.owner_of_build(&id).await,
     };
     match owner {
         Ok(None) => next.run(req).await,
@@ -150,26 +157,30 @@ async fn relay(app: &App, node: &NodeRecord, req: Request) -> Response {
     }
 }
 
-/// `POST /v1/sessions` in a fleet: the best node with room starts it. Another node's runner
-/// decides for itself whether it still has room (it may refuse: then the next node is asked).
-/// `None`: start it here.
+/// `POST /v1/sessions` in a fleet: the best node with room starts it. Every node's runner,
+/// this one's included, decides for itself whether it still has room or the image (it may
+/// refuse with a 503: then the next node is asked). On a single host, or for a relayed request,
+/// this node starts it.
 pub(super) async fn create_session(
     app: &Arc<App>,
     headers: &HeaderMap,
     relayed: bool,
-    learner: &str,
-    exercise: &str,
-) -> ApiResult<Option<Response>> {
+    learner: &LearnerId,
+    exercise: &Slug,
+) -> ApiResult<Response> {
+    let here = || super::sessions::create_here(app, learner, exercise);
     if relayed || !app.fleet.enabled() {
-        return Ok(None);
+        return here().await;
     }
-    let Some(record) = app.store.exercise(exercise).await? else { return Ok(None) };
+    let (learner_id, slug) = (learner, exercise);
+    let (learner, exercise) = (learner.as_str(), exercise.as_str());
+    let Some(record) = app.store.exercise(exercise).await? else { return here().await };
     if record.image.is_empty() || app.store.live_session_for(learner, exercise).await?.is_some() {
-        return Ok(None);
+        return here().await;
     }
     let limits = crate::exercises::sandbox_spec(&app.settings, &record).map_err(ApiError::internal)?.limits;
     let nodes = match app.fleet.place(learner, exercise, limits.memory_mb as i64, limits.workspace_mb as i64).await? {
-        Placement::Here => return Ok(None),
+        Placement::Here => return here().await,
         Placement::Nowhere => {
             return Err(ApiError::unavailable(
                 "fleet_capacity",
@@ -179,23 +190,20 @@ pub(super) async fn create_session(
         }
         Placement::Ranked(nodes) => nodes,
     };
-    let body = serde_json::to_vec(&serde_json::json!({"learner": learner, "exercise": exercise}))
-        .map_err(|e| ApiError::internal(e.into()))?;
+    let body = serde_json::json!({"learner": learner, "exercise": exercise});
     let mut last = None;
     for node in nodes {
         if node.name == app.fleet.node() {
-            return Ok(None);
-        }
-        let Some(forwarder) = app.fleet.forwarder.as_ref() else { return Ok(None) };
-        let mut req = Request::post("/v1/sessions")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.clone()))
-            .map_err(|e| ApiError::internal(e.into()))?;
-        for name in [header::AUTHORIZATION, header::HeaderName::from_static("x-request-id")] {
-            if let Some(v) = headers.get(&name) {
-                req.headers_mut().insert(name, v.clone());
+            match super::sessions::create_here(app, learner_id, slug).await {
+                Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
+                    last = Some(e.into_response());
+                    continue;
+                }
+                answer => return answer,
             }
         }
+        let Some(forwarder) = app.fleet.forwarder.as_ref() else { return here().await };
+        let req = relayed_request(headers, Method::POST, "/v1/sessions", Some(&body))?;
         match forwarder.relay(&node.url, req, RELAY_TIMEOUT).await {
             Ok(response) if refused_for_room(&response) => {
                 app.metrics.forwarded.with_label_values(&["refused"]).inc();
@@ -203,7 +211,7 @@ pub(super) async fn create_session(
             }
             Ok(response) => {
                 app.metrics.forwarded.with_label_values(&["relayed"]).inc();
-                return Ok(Some(response));
+                return Ok(response);
             }
             Err(e) => {
                 app.metrics.forwarded.with_label_values(&["unreachable"]).inc();
@@ -212,9 +220,35 @@ pub(super) async fn create_session(
         }
     }
     match last {
-        Some(response) => Ok(Some(response)),
+        Some(response) => Ok(response),
         None => Err(ApiError::unavailable("fleet_capacity", "no node of the fleet could take this session", 10)),
     }
+}
+
+/// A request this runner makes of another (`method path` with `body` as JSON), carrying the
+/// client's bearer token and request id: the other runner checks the token as its own.
+fn relayed_request(
+    headers: &HeaderMap,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> ApiResult<Request> {
+    let bytes = match body {
+        Some(b) => Body::from(serde_json::to_vec(b).map_err(|e| ApiError::internal(e.into()))?),
+        None => Body::empty(),
+    };
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(bytes)
+        .map_err(|e| ApiError::internal(e.into()))?;
+    for name in [header::AUTHORIZATION, header::HeaderName::from_static("x-request-id")] {
+        if let Some(v) = headers.get(&name) {
+            req.headers_mut().insert(name, v.clone());
+        }
+    }
+    Ok(req)
 }
 
 /// A node's runner said it has no room (or takes no new sessions): ask the next.
@@ -239,16 +273,7 @@ pub(super) async fn on_other_nodes(
         if node.name == app.fleet.node() || !app.fleet.alive(&node) {
             continue;
         }
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(if body.is_some() { Body::from(bytes) } else { Body::empty() })
-            .map_err(|e| ApiError::internal(e.into()))?;
-        if let Some(v) = headers.get(header::AUTHORIZATION) {
-            req.headers_mut().insert(header::AUTHORIZATION, v.clone());
-        }
+        let req = relayed_request(headers, method.clone(), path, body)?;
         let answer = forwarder.relay(&node.url, req, RELAY_TIMEOUT).await.map_err(|e| {
             tracing::warn!(node = %node.name, error = %e, path, "a node did not answer its part");
             node_unavailable(&node)
@@ -446,6 +471,10 @@ mod tests {
         assert_eq!(t(Method::DELETE, &format!("/dashboard/api/sessions/{ID}")), Target::Session(ID.into()));
         assert_eq!(t(Method::GET, &format!("/dashboard/api/sessions/{ID}/usage")), Target::Session(ID.into()));
         assert_eq!(t(Method::GET, &format!("/dashboard/api/sessions/{ID}")), Target::Here);
+        // A build's log is on the disk of the node that builds it, and only it can stop it.
+        assert_eq!(t(Method::GET, &format!("/v1/builds/{ID}/logs")), Target::Build(ID.into()));
+        assert_eq!(t(Method::POST, &format!("/v1/builds/{ID}/cancel")), Target::Build(ID.into()));
+        assert_eq!(t(Method::GET, &format!("/v1/builds/{ID}")), Target::Here);
     }
 
     #[test]

@@ -91,16 +91,26 @@ pub async fn create(
     relayed: Option<Extension<super::fleet::Relayed>>,
     ApiJson(body): ApiJson<CreateSession>,
 ) -> ApiResult<axum::response::Response> {
-    use axum::response::IntoResponse;
     let learner = LearnerId::parse(&body.learner)?;
     let exercise = Slug::parse(&body.exercise)?;
     // In a fleet, the best node with room starts it (perhaps this one).
-    if let Some(answer) =
-        super::fleet::create_session(&app, &headers, relayed.is_some(), learner.as_str(), exercise.as_str()).await?
-    {
-        return Ok(answer);
-    }
-    let created = sessions::create(&app.sessions, &learner, &exercise).await?;
+    super::fleet::create_session(&app, &headers, relayed.is_some(), &learner, &exercise).await
+}
+
+/// Starts (or finds) the learner's session on this node: 201 for a new one, 200 for the live one.
+pub(super) async fn create_here(
+    app: &App,
+    learner: &LearnerId,
+    exercise: &Slug,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let created = match sessions::create(&app.sessions, learner, exercise).await {
+        Err(e @ sessions::SessionError::ImageNotOnNode(_)) => {
+            app.fleet.want_images();
+            return Err(e.into());
+        }
+        r => r?,
+    };
     let status = if created.new { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(sessions::to_view(&app.sessions, &created.session))).into_response())
 }

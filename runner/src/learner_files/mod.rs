@@ -151,7 +151,9 @@ impl LearnerFiles {
             max_total_bytes: settings.snapshots_max_bytes,
             max_age: settings.snapshot_retention,
         };
-        let snapshots = Snapshots::new(settings.data_dir.join("snapshots"), store.clone(), retention);
+        // A fleet node keeps the blobs in the fleet's database, where every runner reads them.
+        let shared = settings.fleet.node != crate::domain::LOCAL_NODE;
+        let snapshots = Snapshots::new(settings.data_dir.join("snapshots"), shared, store.clone(), retention);
         Arc::new(LearnerFiles {
             settings,
             store,

@@ -7,7 +7,9 @@
 //! never reads the learner's. Retention ([`to_prune`], pure) keeps at most
 //! `RUNNER_SNAPSHOTS_PER_LEARNER` per learner, drops those older than
 //! `RUNNER_SNAPSHOT_RETENTION_DAYS`, and the oldest while the blobs take more than
-//! `RUNNER_SNAPSHOTS_MAX_BYTES`; a blob goes when no row names it.
+//! `RUNNER_SNAPSHOTS_MAX_BYTES`; a blob goes when no row names it. On a fleet node the blobs are
+//! rows of the fleet's database instead (`snapshot_blobs`): any runner reads them, and
+//! retention and erasure through any runner remove them (docs/ARCHITECTURE.md, "Fleet").
 
 use std::{
     collections::{HashMap, HashSet},
@@ -87,6 +89,8 @@ pub fn to_prune(rows: &[SnapshotRecord], now: i64, r: Retention, keep: &str) -> 
 /// Where snapshots' blobs live, and their rows.
 pub struct Snapshots {
     dir: PathBuf,
+    /// Blobs in the fleet's database (`snapshot_blobs`), not under `dir`.
+    shared: bool,
     store: Store,
     retention: Retention,
 }
@@ -97,8 +101,9 @@ fn is_hash(s: &str) -> bool {
 }
 
 impl Snapshots {
-    pub fn new(dir: PathBuf, store: Store, retention: Retention) -> Snapshots {
-        Snapshots { dir, store, retention }
+    /// Blobs as files under `dir`, or (`shared`, a fleet node) in the database.
+    pub fn new(dir: PathBuf, shared: bool, store: Store, retention: Retention) -> Snapshots {
+        Snapshots { dir, shared, store, retention }
     }
 
     fn blob_path(&self, hash: &str) -> PathBuf {
@@ -118,9 +123,19 @@ impl Snapshots {
         let raw = tar::write_tar(entries, Times::Zeroed)?;
         let hash = hex::encode(Sha256::digest(&raw));
         let path = self.blob_path(&hash);
-        let size = match tokio::fs::metadata(&path).await {
-            Ok(m) => m.len(),
-            Err(_) => {
+        let kept = if self.shared {
+            self.store.snapshot_blob_size(&hash).await?.map(|n| n as u64)
+        } else {
+            tokio::fs::metadata(&path).await.ok().map(|m| m.len())
+        };
+        let size = match kept {
+            Some(n) => n,
+            None if self.shared => {
+                let gz = tar::gzip(&raw, usize::MAX)?;
+                self.store.put_snapshot_blob(&hash, &gz).await?;
+                gz.len() as u64
+            }
+            None => {
                 let gz = tar::gzip(&raw, usize::MAX)?;
                 let parent = path.parent().expect("a blob has a directory");
                 tokio::fs::create_dir_all(parent).await?;
@@ -161,6 +176,9 @@ impl Snapshots {
     /// Deletes one snapshot, and its blob when no other snapshot names it.
     async fn delete(&self, row: &SnapshotRecord) -> anyhow::Result<()> {
         self.store.delete_snapshot(&row.id).await?;
+        if self.shared {
+            return self.store.delete_snapshot_blob(&row.blob).await;
+        }
         if !self.store.blob_in_use(&row.blob).await? && is_hash(&row.blob) {
             match tokio::fs::remove_file(self.blob_path(&row.blob)).await {
                 Ok(()) => {}
@@ -183,6 +201,10 @@ impl Snapshots {
     /// A snapshot's `.tar.gz`.
     pub async fn blob(&self, record: &SnapshotRecord) -> anyhow::Result<Vec<u8>> {
         anyhow::ensure!(is_hash(&record.blob), "snapshot {} names no blob", record.id);
+        if self.shared {
+            let blob = self.store.snapshot_blob(&record.blob).await?;
+            return blob.ok_or_else(|| anyhow::anyhow!("the blob of snapshot {} is gone", record.id));
+        }
         Ok(tokio::fs::read(self.blob_path(&record.blob)).await?)
     }
 }

@@ -6,16 +6,48 @@ use super::{moving, now_ms, state_in, BuildRecord, CheckRecord, Store, VersionRe
 use crate::lifecycle::{BuildState, SessionState};
 
 impl Store {
-    pub async fn insert_build(&self, id: &str, exercise: &str, source: &str) -> anyhow::Result<()> {
-        sqlx::query("INSERT INTO builds (id, exercise, state, source, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(exercise)
-            .bind(BuildState::Queued.as_str())
-            .bind(source)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+    /// A queued build; `here`: only this node may build it (its input is on this node's disk).
+    pub async fn insert_build(&self, id: &str, exercise: &str, source: &str, here: bool) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO builds (id, exercise, state, source, created_at, node) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(exercise)
+        .bind(BuildState::Queued.as_str())
+        .bind(source)
+        .bind(now_ms())
+        .bind(here.then(|| self.node.to_string()))
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// Takes a queued build for this node, unless another node has it. The caller then moves
+    /// it to `building` (a conditional transition of its own).
+    pub async fn take_build(&self, id: &str) -> anyhow::Result<bool> {
+        let n = sqlx::query("UPDATE builds SET node = $1 WHERE id = $2 AND state = $3 AND (node IS NULL OR node = $1)")
+            .bind(self.node.to_string())
+            .bind(id)
+            .bind(BuildState::Queued.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Builds in these states that are this node's (or no node's: made before fleets).
+    pub async fn builds_here_in(&self, states: &[BuildState]) -> anyhow::Result<Vec<BuildRecord>> {
+        Ok(self
+            .builds_in(states)
+            .await?
+            .into_iter()
+            .filter(|b| b.node.as_deref().is_none_or(|n| n == &*self.node))
+            .collect())
+    }
+
+    /// `node`'s builds in these states (a node declared lost: what it will never finish).
+    pub async fn builds_on(&self, node: &str, states: &[BuildState]) -> anyhow::Result<Vec<BuildRecord>> {
+        Ok(self.builds_in(states).await?.into_iter().filter(|b| b.node.as_deref() == Some(node)).collect())
     }
 
     pub async fn build(&self, id: &str) -> anyhow::Result<Option<BuildRecord>> {

@@ -120,12 +120,14 @@ pub struct BuildRecord {
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// The fleet node that builds it (`None` until a git build is claimed).
+    pub node: Option<String>,
 }
 
 impl BuildRecord {
     pub const COLUMNS: &'static str =
         "id, exercise, state, source, version, image, cached, failure_reason, self_test, \
-        created_at, started_at, finished_at";
+        created_at, started_at, finished_at, node";
     pub fn from_row(r: &AnyRow) -> anyhow::Result<Self> {
         let state: String = r.try_get("state")?;
         Ok(BuildRecord {
@@ -141,6 +143,7 @@ impl BuildRecord {
             created_at: r.try_get("created_at")?,
             started_at: r.try_get("started_at")?,
             finished_at: r.try_get("finished_at")?,
+            node: r.try_get("node")?,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Snapshots of learners' files (`learner_files::snapshots`): the rows; the blobs are files.
+//! Snapshots of learners' files (`learner_files::snapshots`): the rows, and on a fleet node the
+//! blobs (a single host keeps them as files).
 
 use sqlx::{any::AnyRow, Row};
 
@@ -110,6 +111,50 @@ impl Store {
 
     pub async fn delete_snapshot(&self, id: &str) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM snapshots WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Keeps a blob (idempotent: the same hash is the same bytes).
+    pub async fn put_snapshot_blob(&self, blob: &str, content: &[u8]) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO snapshot_blobs (blob, bytes, content, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (blob) DO NOTHING",
+        )
+        .bind(blob)
+        .bind(content.len() as i64)
+        .bind(content.to_vec())
+        .bind(super::now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A kept blob's size, when it is kept.
+    pub async fn snapshot_blob_size(&self, blob: &str) -> anyhow::Result<Option<i64>> {
+        let row = sqlx::query("SELECT bytes FROM snapshot_blobs WHERE blob = $1")
+            .bind(blob)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(r.try_get("bytes")?)).transpose()
+    }
+
+    pub async fn snapshot_blob(&self, blob: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT content FROM snapshot_blobs WHERE blob = $1")
+            .bind(blob)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok(r.try_get("content")?)).transpose()
+    }
+
+    /// Deletes a blob unless a snapshot names it (in one statement: a snapshot written meanwhile
+    /// keeps it).
+    pub async fn delete_snapshot_blob(&self, blob: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "DELETE FROM snapshot_blobs WHERE blob = $1 AND NOT EXISTS (SELECT 1 FROM snapshots WHERE blob = $1)",
+        )
+        .bind(blob)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
