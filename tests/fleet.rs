@@ -47,8 +47,28 @@ fn script(name: &str) -> std::path::PathBuf {
 impl Fleet {
     fn up() -> Fleet {
         common::require_docker();
-        let v = Self::fleet_up();
+        // Whatever fleet-up made before it failed goes too: the fleet is torn down by its Drop
+        // only once it exists.
+        let v = match std::panic::catch_unwind(Self::fleet_up) {
+            Ok(v) => v,
+            Err(panic) => {
+                Self::down();
+                std::panic::resume_unwind(panic)
+            }
+        };
         Fleet { v, client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() }
+    }
+
+    /// `scripts/fleet-down`: removes everything of the test's fleet (unless
+    /// RUNNER_TEST_FLEET_KEEP=1).
+    fn down() {
+        if std::env::var("RUNNER_TEST_FLEET_KEEP").is_ok_and(|v| v == "1") {
+            return;
+        }
+        let out = Command::new(script("fleet-down")).env("FLEET_NAME", FLEET).output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            eprintln!("scripts/fleet-down failed: {out:?}");
+        }
     }
 
     /// `scripts/fleet-up 3`: makes the fleet, or brings back what of it is down; its JSON.
@@ -157,13 +177,7 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        if std::env::var("RUNNER_TEST_FLEET_KEEP").is_ok_and(|v| v == "1") {
-            return;
-        }
-        let out = Command::new(script("fleet-down")).env("FLEET_NAME", FLEET).output();
-        if !matches!(&out, Ok(o) if o.status.success()) {
-            eprintln!("scripts/fleet-down failed: {out:?}");
-        }
+        Self::down();
     }
 }
 
@@ -555,6 +569,15 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
     let leaving = by_node[&2][0].clone();
     let leaving_id = leaving["id"].as_str().unwrap();
     fleet.learner_sh(2, leaving_id, "echo work-before-the-drain > /workspace/kept.txt");
+    let volume = fleet.psql(&format!(
+        "SELECT volume FROM workspaces WHERE learner = '{}' AND exercise = 'fleet'",
+        leaving["learner"].as_str().unwrap()
+    ));
+    let left_behind = std::path::PathBuf::from(format!(
+        "{}/nodes/node2/runner-data/workspaces/{volume}.ext4",
+        fleet.v["state_dir"].as_str().unwrap()
+    ));
+    assert!(left_behind.exists(), "their workspace is a file on node 2's disk: {}", left_behind.display());
     let (status, v) = fleet.call(1, reqwest::Method::DELETE, &format!("/v1/sessions/{leaving_id}"), None).await;
     assert_eq!(status, 200, "{v}");
     let moved = fleet.session(1, leaving["learner"].as_str().unwrap()).await;
@@ -565,6 +588,11 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
         "work-before-the-drain",
         "their files came along"
     );
+    // The drained node deletes its copy of their workspace, which the record no longer names.
+    until(Duration::from_secs(90), "the moved workspace's file gone from node 2", || async {
+        (!left_behind.exists()).then_some(())
+    })
+    .await;
     let (status, _) = fleet
         .call(
             1,
@@ -684,6 +712,13 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
         fleet.copied_at(&worker_learner).filter(|t| *t >= written).map(|_| ())
     })
     .await;
+    let worker_volume =
+        fleet.psql(&format!("SELECT volume FROM workspaces WHERE learner = '{worker_learner}' AND exercise = 'fleet'"));
+    let worker_file = std::path::PathBuf::from(format!(
+        "{}/nodes/node3/runner-data/workspaces/{worker_volume}.ext4",
+        fleet.v["state_dir"].as_str().unwrap()
+    ));
+    assert!(worker_file.exists(), "{}", worker_file.display());
     let pid = fleet.dockerd_pid(3);
     let killed = Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
     assert!(killed.success(), "killing node 3's dockerd (pid {pid})");
@@ -744,6 +779,11 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
         let (_, v) = fleet.call(3, reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await;
         assert_eq!(v["state"], "stopped", "a returning node does not bring an ended session back: {v}");
     }
+    // Nor keeps the files of a workspace that moved on while it was away.
+    until(Duration::from_secs(90), "the moved workspace's file gone from node 3", || async {
+        (!worker_file.exists()).then_some(())
+    })
+    .await;
 
     // An operator stops an exercise's sessions through one runner: every node stops its own.
     let (_, list) = fleet.call(1, reqwest::Method::GET, "/v1/sessions?state=running&limit=500", None).await;

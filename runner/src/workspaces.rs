@@ -264,6 +264,46 @@ impl Workspaces {
         Ok(removed)
     }
 
+    /// A fleet node's files of workspaces that moved to another node (their learner's session
+    /// started there, from the fleet's copy): deleted, as the record no longer names them. A
+    /// volume no record names at all is kept (a learner's files are never guessed away).
+    async fn remove_moved_away(&self, known: &std::collections::HashSet<String>) -> anyhow::Result<usize> {
+        if self.driver != WorkspaceDriver::Loop || self.store.node() == crate::store::LOCAL_NODE {
+            return Ok(0);
+        }
+        let mut here = Vec::new();
+        let mut dir = match tokio::fs::read_dir(&self.dir).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(e) = dir.next_entry().await? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(v) = name.strip_suffix(".ext4").filter(|v| v.starts_with(VOLUME_PREFIX) && !known.contains(*v))
+            {
+                here.push(v.to_string());
+            }
+        }
+        let mut removed = 0;
+        for v in self.store.volumes_moved_away(&here).await? {
+            let _guard = self.exclusive().await?;
+            // Mounted by a sandbox here (a session that has not ended yet): next round.
+            self.detach(&v).await?;
+            if self.engine.volume_options(&v).await?.is_some() {
+                continue;
+            }
+            match tokio::fs::remove_file(self.image_path(&v)).await {
+                Ok(()) => {
+                    tracing::info!(volume = %v, "removed the files of a workspace that moved to another node");
+                    removed += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
+    }
+
     /// Volumes of this instance that no workspace record knows of (left by a crash between
     /// volume create and record write, or by a deleted database): removed.
     pub async fn remove_orphan_volumes(&self) -> anyhow::Result<usize> {
@@ -272,7 +312,7 @@ impl Workspaces {
         // the records are read, unless it is an orphan.
         let volumes = self.engine.list_workspace_volumes().await?;
         let known: std::collections::HashSet<String> = self.store.workspace_volumes().await?.into_iter().collect();
-        let mut removed = 0;
+        let mut removed = self.remove_moved_away(&known).await?;
         for v in volumes {
             if !known.contains(&v) {
                 let _guard = self.exclusive().await?;

@@ -5,7 +5,10 @@
 //! at once when a session found its image missing (`Fleet::want_images`). A build pushes its
 //! image before its version exists (`builds`), so a published version is pullable everywhere.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
 
 use crate::{
     engine::{registry, LABEL_EXERCISE},
@@ -13,6 +16,33 @@ use crate::{
 };
 
 use super::Fleet;
+
+/// Images whose pull failed, by when to try again: a missing image is asked for again after
+/// 15 s, then twice as long each time up to 10 min, woken rounds included (a learner retrying
+/// does not hammer the registry).
+#[derive(Debug, Default)]
+pub struct Backoff(std::sync::Mutex<HashMap<String, (Instant, u32)>>);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(15);
+    const MAX: Duration = Duration::from_secs(600);
+
+    /// Whether `image` may be tried now.
+    pub fn ready(&self, image: &str, now: Instant) -> bool {
+        self.0.lock().expect("lock").get(image).is_none_or(|(at, _)| now >= *at)
+    }
+
+    pub fn failed(&self, image: &str, now: Instant) {
+        let mut m = self.0.lock().expect("lock");
+        let n = m.get(image).map_or(0, |(_, n)| n + 1);
+        let wait = Self::FIRST.saturating_mul(1 << n.min(10)).min(Self::MAX);
+        m.insert(image.to_string(), (now + wait, n));
+    }
+
+    pub fn succeeded(&self, image: &str) {
+        self.0.lock().expect("lock").remove(image);
+    }
+}
 
 /// What one round did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -56,18 +86,20 @@ pub async fn round(fleet: &Fleet) -> anyhow::Result<Synced> {
         wanted.insert(r.image);
     }
     for image in &wanted {
-        if fleet.engine.image(image).await?.is_some() {
+        if !fleet.pull_backoff.ready(image, Instant::now()) || fleet.engine.image(image).await?.is_some() {
             continue;
         }
         let mut last = String::new();
         let mut sink = |line: &str| last = line.to_string();
         match registry::fetch(&*fleet.engine, &registry, image, &mut sink).await {
             Ok(()) => {
+                fleet.pull_backoff.succeeded(image);
                 tracing::info!(image = %image, registry = registry.host, "pulled an image this node lacked");
                 fleet.metrics.node_images.with_label_values(&["pulled"]).inc();
                 done.pulled.push(image.clone());
             }
             Err(e) => {
+                fleet.pull_backoff.failed(image, Instant::now());
                 tracing::warn!(image = %image, registry = registry.host, error = %format!("{e:#}"), "could not pull an image this node lacks");
                 fleet.metrics.node_images.with_label_values(&["pull_failed"]).inc();
                 done.failed.push(image.clone());
@@ -135,6 +167,24 @@ mod tests {
 
     fn image(tag: &str, exercise: &str, version: &str) -> (Vec<String>, String, String) {
         (vec![tag.to_string()], exercise.to_string(), version.to_string())
+    }
+
+    #[test]
+    fn a_failed_pull_waits_longer_each_time_up_to_ten_minutes() {
+        let b = Backoff::default();
+        let t0 = Instant::now();
+        assert!(b.ready("x", t0));
+        b.failed("x", t0);
+        assert!(!b.ready("x", t0 + Duration::from_secs(14)) && b.ready("x", t0 + Duration::from_secs(15)));
+        b.failed("x", t0);
+        assert!(!b.ready("x", t0 + Duration::from_secs(29)) && b.ready("x", t0 + Duration::from_secs(30)));
+        for _ in 0..20 {
+            b.failed("x", t0);
+        }
+        assert!(b.ready("x", t0 + Duration::from_secs(600)), "capped");
+        assert!(b.ready("y", t0), "per image");
+        b.succeeded("x");
+        assert!(b.ready("x", t0));
     }
 
     #[test]

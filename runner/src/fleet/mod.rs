@@ -31,6 +31,8 @@ pub struct Fleet {
     pub forwarder: Option<forward::Forwarder>,
     /// Wakes the image round (`images.rs`).
     images_wanted: Arc<tokio::sync::Notify>,
+    /// Images whose pull failed, and when to try again.
+    pull_backoff: images::Backoff,
 }
 
 /// Where a new session should start.
@@ -51,7 +53,16 @@ impl Fleet {
             .then(|| settings.fleet.secret.as_ref().map(|s| forward::Forwarder::new(s.expose(), &settings.fleet.node)))
             .flatten();
         let images_wanted = Arc::new(tokio::sync::Notify::new());
-        Arc::new(Fleet { settings, store, engine, metrics, started_at: now_ms(), forwarder, images_wanted })
+        Arc::new(Fleet {
+            settings,
+            store,
+            engine,
+            metrics,
+            started_at: now_ms(),
+            forwarder,
+            images_wanted,
+            pull_backoff: images::Backoff::default(),
+        })
     }
 
     /// This runner's node.

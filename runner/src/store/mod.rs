@@ -721,6 +721,22 @@ impl Store {
         Ok(Some(ErasedRecords { sessions, checks, session_events, events, workspaces, runs }))
     }
 
+    /// Of these volumes, those whose workspace now lives on another node (a moved workspace:
+    /// its learner's session started elsewhere).
+    pub async fn volumes_moved_away(&self, volumes: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut moved = Vec::new();
+        for v in volumes {
+            let row =
+                sqlx::query("SELECT node FROM workspaces WHERE volume = $1").bind(v).fetch_optional(&self.pool).await?;
+            if let Some(r) = row {
+                if r.try_get::<String, _>("node")? != *self.node {
+                    moved.push(v.clone());
+                }
+            }
+        }
+        Ok(moved)
+    }
+
     /// The workspace volumes on this node's disk.
     pub async fn workspace_volumes(&self) -> anyhow::Result<Vec<String>> {
         // A pooled sandbox's workspace is known from its row until a claim moves it to a learner.
