@@ -453,6 +453,9 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
     // `built_exercise_runs_on_every_node`).
     let built = submit_wordcount(&fleet).await;
     for n in nodes.values() {
+        // Runners reach each other over TLS on the fleet listener, with the fleet's certificate.
+        let url = n["url"].as_str().unwrap();
+        assert!(url.starts_with("https://10.124.0.") && url.ends_with(":8443"), "{n}");
         assert_eq!(n["availability"], "active", "{n}");
         assert!(n["capacity"]["max_sessions"].as_i64().unwrap() > 0, "{n}");
     }
@@ -534,6 +537,10 @@ async fn a_fleet_of_three_engines_spreads_sessions_relays_the_ide_obeys_drains_r
     let refused: Value = r.json().await.unwrap();
     assert_eq!(refused["error"]["code"], "fleet_signature_invalid", "{refused}");
     assert_eq!(fleet.containers_on(3, by_node[&3][0]["id"].as_str().unwrap()).len(), 1, "nothing was stopped");
+    // The fleet listener speaks only TLS: a request in clear gets no answer.
+    let node3 = fleet.v["nodes"][2]["address"].as_str().unwrap();
+    let clear = fleet.client.get(format!("http://{node3}:8443/v1/nodes")).send().await;
+    assert!(clear.is_err(), "HTTP in clear on the fleet listener: {clear:?}");
 
     // Node 2 drained through the API: no new sessions there, its live ones keep running.
     let drained = fleet.node_id(2);

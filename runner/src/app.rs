@@ -107,7 +107,7 @@ impl App {
             runs: crate::runs::Runs::new(settings.clone(), store.clone(), engine.clone(), metrics.clone()),
             builds: Builds::new(&settings, store.clone(), engine.clone(), metrics.clone()),
             rate_limiter: RateLimiter::keyed(quota),
-            fleet: crate::fleet::Fleet::new(settings.clone(), store.clone(), engine.clone(), metrics.clone()),
+            fleet: crate::fleet::Fleet::new(settings.clone(), store.clone(), engine.clone(), metrics.clone())?,
             outbox,
             shutdown,
             sessions,

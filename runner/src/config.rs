@@ -145,6 +145,13 @@ pub struct FleetSettings {
     /// has one.
     pub registry_username: Option<String>,
     pub registry_password: Option<Secret>,
+    /// `RUNNER_FLEET_TLS_CERT` and `RUNNER_FLEET_TLS_KEY` (PEM): the fleet's one certificate and
+    /// key. Set, runners relay to each other over TLS on `RUNNER_FLEET_LISTEN` and accept only
+    /// that certificate (`fleet::tls`).
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<Secret>,
+    /// `RUNNER_FLEET_LISTEN` (`0.0.0.0:8443` when TLS is set): where relays arrive over TLS.
+    pub listen: Option<std::net::SocketAddr>,
     /// `RUNNER_IMAGE_SYNC_SECS`: how often a node pulls the exercises' images it lacks and
     /// removes those no version needs any more (and at once when a session finds one missing).
     pub image_sync: Duration,
@@ -170,6 +177,9 @@ impl FleetSettings {
             registry_username: None,
             registry_password: None,
             image_sync: Duration::from_secs(15),
+            tls_cert: None,
+            tls_key: None,
+            listen: None,
         }
     }
 }
@@ -844,6 +854,12 @@ impl Settings {
         if let Some(v) = secs("RUNNER_IMAGE_SYNC_SECS")? {
             s.fleet.image_sync = v;
         }
+        s.fleet.tls_cert = get("RUNNER_FLEET_TLS_CERT").filter(|v| !v.trim().is_empty());
+        s.fleet.tls_key = get("RUNNER_FLEET_TLS_KEY").filter(|v| !v.trim().is_empty()).map(Secret::new);
+        s.fleet.listen = parse(&get, "RUNNER_FLEET_LISTEN")?;
+        if s.fleet.tls_cert.is_some() && s.fleet.listen.is_none() {
+            s.fleet.listen = Some(std::net::SocketAddr::from(([0, 0, 0, 0], 8443)));
+        }
         if let Some(v) = get("RUNNER_SWARM_AVAILABILITY") {
             s.fleet.follow_swarm = match v.trim() {
                 "" | "true" | "1" => true,
@@ -882,6 +898,14 @@ impl Settings {
                 "RUNNER_NODE={:?} makes this runner a fleet node: it needs RUNNER_NODE_URL (where other runners \
                  reach it) and RUNNER_FLEET_SECRET (shared by the fleet, signs what runners forward)",
                 f.node
+            );
+        }
+        if f.tls_cert.is_some() != f.tls_key.is_some() {
+            bail!("RUNNER_FLEET_TLS_CERT and RUNNER_FLEET_TLS_KEY go together");
+        }
+        if f.listen.is_some() && f.tls_cert.is_none() {
+            bail!(
+                "RUNNER_FLEET_LISTEN serves relays over TLS: it needs RUNNER_FLEET_TLS_CERT and RUNNER_FLEET_TLS_KEY"
             );
         }
         if f.registry_username.is_some() != f.registry_password.is_some() {
@@ -1268,6 +1292,18 @@ mod tests {
         .unwrap();
         assert_eq!(s.fleet.registry_password.map(|p| p.expose().to_string()).as_deref(), Some("p"));
         assert!(with(&[("RUNNER_IMAGE_SYNC_SECS", "0")]).is_err());
+    }
+
+    #[test]
+    fn fleet_tls_needs_its_certificate_and_key_and_listens_on_8443_by_default() {
+        let with = |pairs: &'static [(&'static str, &'static str)]| {
+            Settings::from_lookup(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        };
+        let s = with(&[("RUNNER_FLEET_TLS_CERT", "c"), ("RUNNER_FLEET_TLS_KEY", "k")]).unwrap();
+        assert_eq!(s.fleet.listen, Some("0.0.0.0:8443".parse().unwrap()));
+        assert!(with(&[("RUNNER_FLEET_TLS_CERT", "c")]).is_err());
+        assert!(with(&[("RUNNER_FLEET_LISTEN", "0.0.0.0:9443")]).is_err(), "a TLS listener without a certificate");
+        assert!(with(&[]).unwrap().fleet.listen.is_none());
     }
 
     /// Every `RUNNER_*` variable the README documents for the service is one the settings read,

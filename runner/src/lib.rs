@@ -125,9 +125,19 @@ pub async fn launch(
     tracing::info!(addr = %listener.local_addr()?, instance = %app.settings.instance,
         runtime = app.settings.runtime.as_str(), "exercise-runner listening");
     let router = http::router::build_axum_router(app.clone());
+    // Relays from the fleet's other runners, over TLS, when the fleet has its certificate.
+    let relays = match (&app.fleet.tls, app.settings.fleet.listen) {
+        (Some(tls), Some(addr)) => {
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("binding the fleet listener to {addr}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "fleet listener (TLS) listening");
+            Some(tokio::spawn(fleet::tls::serve(listener, tls.server_config()?, router.clone(), cancel.clone())))
+        }
+        _ => None,
+    };
     let served = axum::serve(without_nagle(listener), router).with_graceful_shutdown(shutdown).await;
     cancel.cancel();
-    for task in background.into_iter().chain(ingress).chain(copies) {
+    for task in background.into_iter().chain(ingress).chain(copies).chain(relays) {
         let _ = task.await;
     }
     // Runs in flight end with the process: their leases are given up, so the next runner to

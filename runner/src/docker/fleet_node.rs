@@ -50,8 +50,9 @@ fn own_container_id() -> Option<String> {
 }
 
 /// What the sibling runner is given: the task's environment, with this node's name and URL
-/// filled in from the Swarm when the stack leaves them out, and secrets as files in the data
-/// directory (the sibling cannot see the task's `/run/secrets`).
+/// filled in from the Swarm when the stack leaves them out (`https://` on the fleet listener's
+/// port, 8443 unless `RUNNER_FLEET_LISTEN` says, when the fleet has its TLS certificate), and
+/// secrets as files in the data directory (the sibling cannot see the task's `/run/secrets`).
 fn sibling_env(
     own: &[String],
     swarm_node: Option<(&str, &str)>,
@@ -66,7 +67,19 @@ fn sibling_env(
             env.push(("RUNNER_NODE".into(), id.to_ascii_lowercase()));
         }
         if !has(&env, "RUNNER_NODE_URL") {
-            env.push(("RUNNER_NODE_URL".into(), format!("http://{addr}:{listen_port}")));
+            let tls = has(&env, "RUNNER_FLEET_TLS_CERT") || has(&env, "RUNNER_FLEET_TLS_CERT_FILE");
+            let url = if tls {
+                let port = env
+                    .iter()
+                    .find(|(k, _)| k == "RUNNER_FLEET_LISTEN")
+                    .and_then(|(_, v)| v.rsplit_once(':'))
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .unwrap_or(8443);
+                format!("https://{addr}:{port}")
+            } else {
+                format!("http://{addr}:{listen_port}")
+            };
+            env.push(("RUNNER_NODE_URL".into(), url));
         }
     }
     let secrets = std::path::Path::new(data_dir).join("fleet-secrets");
@@ -262,5 +275,12 @@ mod tests {
         let named = vec!["RUNNER_NODE=n1".to_string(), "RUNNER_NODE_URL=http://lb:1".to_string()];
         let env = sibling_env(&named, Some(("ABC123", "10.1.0.11")), 8080, "/tmp").unwrap();
         assert_eq!(env, named);
+        // With the fleet's certificate, other runners reach this one over TLS on its fleet port.
+        let tls = vec!["RUNNER_FLEET_TLS_CERT=pem".to_string()];
+        let env = sibling_env(&tls, Some(("ABC123", "10.1.0.11")), 8080, "/tmp").unwrap();
+        assert!(env.contains(&"RUNNER_NODE_URL=https://10.1.0.11:8443".to_string()), "{env:?}");
+        let tls = vec!["RUNNER_FLEET_TLS_CERT=pem".to_string(), "RUNNER_FLEET_LISTEN=0.0.0.0:9443".to_string()];
+        let env = sibling_env(&tls, Some(("ABC123", "10.1.0.11")), 8080, "/tmp").unwrap();
+        assert!(env.contains(&"RUNNER_NODE_URL=https://10.1.0.11:9443".to_string()), "{env:?}");
     }
 }

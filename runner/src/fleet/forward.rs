@@ -67,7 +67,7 @@ pub fn verify(secret: &str, value: &str, now_secs: i64, method: &str, path: &str
 
 /// Relays requests to other runners of the fleet.
 pub struct Forwarder {
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    client: Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Body>,
     secret: String,
     from: String,
 }
@@ -84,11 +84,19 @@ pub enum ForwardError {
 }
 
 impl Forwarder {
-    pub fn new(secret: &str, from: &str) -> Forwarder {
+    /// Relays signed with `secret` as node `from`; `https://` runners are reached with `tls`
+    /// (`fleet::tls`: the fleet's pinned certificate).
+    pub fn new(secret: &str, from: &str, tls: tokio_rustls::rustls::ClientConfig) -> Forwarder {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(3)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(http);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
         Forwarder { client, secret: secret.to_string(), from: from.to_string() }
     }
 

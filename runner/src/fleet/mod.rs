@@ -8,6 +8,7 @@
 pub mod forward;
 pub mod images;
 pub mod placement;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub struct Fleet {
     images_wanted: Arc<tokio::sync::Notify>,
     /// Images whose pull failed, and when to try again.
     pull_backoff: images::Backoff,
+    /// The fleet's certificate, when relays go over TLS.
+    pub tls: Option<tls::FleetTls>,
 }
 
 /// Where a new session should start.
@@ -48,12 +51,28 @@ pub enum Placement {
 }
 
 impl Fleet {
-    pub fn new(settings: Arc<Settings>, store: Store, engine: Engine, metrics: Arc<Metrics>) -> Arc<Fleet> {
+    pub fn new(
+        settings: Arc<Settings>,
+        store: Store,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Fleet>> {
+        let tls = match (&settings.fleet.tls_cert, &settings.fleet.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::FleetTls::from_pem(cert, key.expose())?),
+            _ => None,
+        };
+        let client_tls = tls.as_ref().map_or_else(tls::no_tls_client, tls::FleetTls::client_config);
         let forwarder = (settings.fleet.node != LOCAL_NODE)
-            .then(|| settings.fleet.secret.as_ref().map(|s| forward::Forwarder::new(s.expose(), &settings.fleet.node)))
+            .then(|| {
+                settings
+                    .fleet
+                    .secret
+                    .as_ref()
+                    .map(|s| forward::Forwarder::new(s.expose(), &settings.fleet.node, client_tls))
+            })
             .flatten();
         let images_wanted = Arc::new(tokio::sync::Notify::new());
-        Arc::new(Fleet {
+        Ok(Arc::new(Fleet {
             settings,
             store,
             engine,
@@ -62,7 +81,8 @@ impl Fleet {
             forwarder,
             images_wanted,
             pull_backoff: images::Backoff::default(),
-        })
+            tls,
+        }))
     }
 
     /// This runner's node.

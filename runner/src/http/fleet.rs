@@ -91,6 +91,10 @@ pub async fn route(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         let Some(secret) = app.settings.fleet.secret.as_ref() else {
             return fleet_refused("this runner is not a fleet node").into_response();
         };
+        // With TLS on, relays travel encrypted: a signed request in clear is refused unread.
+        if app.fleet.tls.is_some() && req.extensions().get::<crate::fleet::tls::ViaFleetListener>().is_none() {
+            return fleet_refused("relays arrive over TLS on the fleet listener (RUNNER_FLEET_LISTEN)").into_response();
+        }
         let verdict = value.to_str().map_err(|_| "not ASCII").and_then(|v| {
             forward::verify(secret.expose(), v, chrono::Utc::now().timestamp(), req.method().as_str(), &path)
         });
