@@ -225,3 +225,48 @@ async fn network_is_only_there_for_exercises_that_opt_in() {
     let (status, v) = strict.put("/v1/exercises/online", json!({"image": IMAGE, "network": true})).await;
     assert_eq!((status, v["error"]["code"].as_str()), (422, Some("network_not_allowed")));
 }
+
+/// A workspace removed between its preparation and its sandbox's create (an erasure or a reset
+/// racing a start; the API fuzzer left such a volume behind once): the engine would make up an
+/// empty, unlabelled volume of that name without the workspace's size limit. The runner refuses
+/// that sandbox and removes it and the made-up volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_is_never_made_on_a_workspace_volume_the_engine_made_up() {
+    use runner::{
+        domain::{CheckSpec, Limits, SandboxSpec},
+        engine::{Purpose, SandboxOwner, WorkspaceMount},
+    };
+    require_docker();
+    let (instance, _tmp) = new_instance();
+    let engine =
+        runner::docker::connect(&instance, std::sync::Arc::new(runner::metrics::Metrics::new())).await.unwrap();
+    let spec = SandboxSpec {
+        image: "exercise-runner/busybox:latest".into(),
+        limits: Limits::DEFAULT,
+        network: None,
+        workdir: "/workspace".into(),
+        writable: Vec::new(),
+        check: CheckSpec::default(),
+        ide: false,
+    };
+    let session = uuid::Uuid::new_v4().to_string();
+    let owner =
+        SandboxOwner { instance: &instance, purpose: Purpose::Session(&session), learner: "ada", exercise: "gone" };
+    let missing = format!("exercise-runner-ws-{instance}-erased");
+    let e = engine
+        .create_sandbox(&spec, &owner, WorkspaceMount::Volume(&missing), Runtime::Runc, "1000:1000")
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("was removed before its sandbox was made"), "{e:#}");
+    assert!(containers_of(&instance).is_empty(), "no sandbox was left");
+    let vols = docker(&["volume", "ls", "-q", "--filter", &format!("name={missing}")]);
+    assert!(vols.trim().is_empty(), "the made-up volume is gone: {vols}");
+
+    // A workspace the runner made is mounted as ever.
+    let ours = format!("exercise-runner-ws-{instance}-ours");
+    engine.create_volume(&ours, Default::default()).await.unwrap();
+    let id =
+        engine.create_sandbox(&spec, &owner, WorkspaceMount::Volume(&ours), Runtime::Runc, "1000:1000").await.unwrap();
+    engine.remove_container(&id).await.unwrap();
+    cleanup_instance(&instance, _tmp.path());
+}

@@ -166,7 +166,39 @@ impl DockerEngine {
             None
         };
         let config = policy::sandbox_container(spec, owner, workspace, runtime, user, probe);
-        self.create_container(&owner.purpose.container_name(owner.instance), config).await
+        let id = self.create_container(&owner.purpose.container_name(owner.instance), config).await?;
+        // The engine makes a named volume it lacks on the spot, empty, unlabelled and without the
+        // workspace's size limit: a workspace removed between its preparation and this create
+        // (an erasure, a reset racing a start) must not come back as one. Once the container
+        // exists its volume cannot be removed, so a check now is a check for good.
+        if let WorkspaceMount::Volume(v) | WorkspaceMount::ReadOnlyVolume(v) = workspace {
+            // Made up by this very create: unlabelled, and new. An older unlabelled volume may
+            // hold a learner's files (a session that ran on one before this check): kept.
+            let just_made = |created: Option<&str>| {
+                created
+                    .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                    .is_some_and(|c| chrono::Utc::now().signed_duration_since(c) < chrono::Duration::seconds(60))
+            };
+            let made_up = match self.docker.inspect_volume(v).await {
+                Ok(vol) if vol.labels.contains_key(engine::LABEL_WORKSPACE) => return Ok(id),
+                Ok(vol) => Some(just_made(vol.created_at.as_deref())),
+                Err(_) => None,
+            };
+            let _ = self.remove_container(&id).await;
+            match made_up {
+                Some(true) => {
+                    let _ = self.docker.remove_volume(v, None).await;
+                    anyhow::bail!("the workspace volume {v} was removed before its sandbox was made; start again")
+                }
+                Some(false) => anyhow::bail!(
+                    "the workspace volume {v} was not made by the runner (no {} label); it is kept for an operator \
+                     to look at (docker volume inspect {v})",
+                    engine::LABEL_WORKSPACE
+                ),
+                None => anyhow::bail!("the workspace volume {v} could not be read before its sandbox started"),
+            }
+        }
+        Ok(id)
     }
 
     /// Creates a managed app's container under the app policy (`policy::app_container`).
