@@ -264,9 +264,16 @@ async fn rolling_update_under_load(fleet: &Fleet) {
     .await;
     // Nothing was lost: the sessions from before and those made during the update are running,
     // each with one sandbox, on its node.
+    // A create answered while its runner was being replaced may come back `starting`: the
+    // start lease its runner took (runner::sessions::START_LEASE, 90 s) must lapse before the
+    // node's next runner takes the start over at a reconciliation.
     for s in before.iter().chain(&created) {
         let id = s["id"].as_str().unwrap();
-        let (_, v) = fleet.call(2, reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await;
+        let v = until(Duration::from_secs(150), "every session running after the rolling update", || async {
+            let (_, v) = fleet.call(2, reqwest::Method::GET, &format!("/v1/sessions/{id}"), None).await;
+            (v["state"] != "starting").then_some(v)
+        })
+        .await;
         assert_eq!(v["state"], "running", "after the rolling update: {v}");
         let home = fleet.index_of(v["node"].as_str().unwrap());
         assert_eq!(fleet.containers_on(home, id).len(), 1, "session {id} keeps its one sandbox on node {home}");
