@@ -64,6 +64,15 @@ pub async fn launch(
         settings.public_url = format!("http://{}", listener.local_addr()?);
     }
     let app = App::build(settings).await?;
+    // A fleet node has one runner (`runner fleet-node` stops any other first): a start lease of
+    // its sessions is a stopped runner's, and this start's reconciliation takes those starts
+    // over now instead of once the leases lapse (a create answered during a rolling update).
+    if app.fleet.enabled() {
+        let released = app.store.release_start_leases_here().await.context("releasing a stopped runner's leases")?;
+        if released > 0 {
+            tracing::info!(sessions = released, "took over the starts a stopped runner of this node had leased");
+        }
+    }
     let report = sessions::reconcile::reconcile_once(&app.sessions).await.context("reconciling at start")?;
     tracing::info!(?report, "reconciled at start");
     builds::recover(&app.builds).await.context("recovering builds at start")?;

@@ -527,6 +527,19 @@ impl Store {
         Ok(())
     }
 
+    /// Gives up every start lease of this node's sessions: for a fleet node's runner at its
+    /// start, the only runner of its node, so any such lease is a stopped runner's. How many.
+    pub async fn release_start_leases_here(&self) -> anyhow::Result<u64> {
+        let n = sqlx::query(
+            "UPDATE sessions SET start_lease_until = NULL WHERE node = $1 AND start_lease_until IS NOT NULL",
+        )
+        .bind(&*self.node)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
     /// Sessions whose sandbox some replica is starting right now (an unexpired start lease).
     pub async fn leased_starts(&self, now: i64) -> anyhow::Result<Vec<String>> {
         let rows = sqlx::query("SELECT id FROM sessions WHERE start_lease_until >= $1")
