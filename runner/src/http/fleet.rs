@@ -176,7 +176,6 @@ pub(super) async fn create_session(
     if relayed || !app.fleet.enabled() {
         return here().await;
     }
-    let (learner_id, slug) = (learner, exercise);
     let (learner, exercise) = (learner.as_str(), exercise.as_str());
     let Some(record) = app.store.exercise(exercise).await? else { return here().await };
     if record.image.is_empty() || app.store.live_session_for(learner, exercise).await?.is_some() {
@@ -198,7 +197,7 @@ pub(super) async fn create_session(
     let mut last = None;
     for node in nodes {
         if node.name == app.fleet.node() {
-            match super::sessions::create_here(app, learner_id, slug).await {
+            match here().await {
                 Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => {
                     last = Some(e.into_response());
                     continue;
