@@ -373,6 +373,21 @@ async fn an_exercise_image_runs_the_command_given_and_sources_are_checked() {
     // A program the image does not have is the runner's `internal_error`, not the code's fault.
     let v = run(&app, json!({"exercise": "sums", "run": ["no-such-program"]})).await;
     assert_eq!(v["status"], "internal_error", "{v}");
+    // The same when the step also writes the files (one exec for both).
+    let v = run(
+        &app,
+        json!({"exercise": "sums", "run": ["no-such-program"], "files": [{"path": "a.txt", "content": "a"}]}),
+    )
+    .await;
+    assert_eq!(v["status"], "internal_error", "{v}");
+    assert!(v["tests"][0]["stderr"].as_str().unwrap_or_default().contains("no-such-program"), "{v}");
+    // A program that exits 127 itself is the code's: a runtime error.
+    let v = run(
+        &app,
+        json!({"exercise": "sums", "run": ["sh", "x.sh"], "files": [{"path": "x.sh", "content": "exit 127"}]}),
+    )
+    .await;
+    assert_eq!((v["status"].as_str(), v["tests"][0]["exit_code"].as_i64()), (Some("runtime_error"), Some(127)), "{v}");
 
     let cases = [
         (json!({"exercise": "nope", "run": ["sh"]}), 404, "exercise_not_found"),

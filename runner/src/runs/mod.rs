@@ -6,7 +6,9 @@
 //! init), made for this run and removed after it; nothing of one run is visible to the next, and
 //! runs never share a container with a session. Its main process is `sleep` as `nobody`; the
 //! submission's commands are execs as the sandbox user, so the runner can kill every process of
-//! theirs (`kill -9 -1` as that user) without ending the container, between test cases.
+//! theirs (`kill -9 -1` as that user) without ending the container, between test cases. The
+//! files come in with the first step that reads no input (a shell untars them from its stdin,
+//! then runs the step's argv): one exec where there were two.
 //!
 //! Verdicts come from the container's cgroup, read by the host: CPU time (`time_limit`, the
 //! runner kills at the limit), the OOM-kill counter (`memory_limit`, not a guess from exit 137)
@@ -1024,11 +1026,14 @@ struct Sandbox<'a> {
     /// It ended under the run (a kill that could not run; gVisor's whole sandbox OOM-killed):
     /// the next step needs a new one.
     dead: bool,
+    /// The submission's files as a tar, not written yet: the next step writes them in its own
+    /// exec when it can (`with_files_written`), else writes them first.
+    unwritten: Option<Vec<u8>>,
 }
 
 impl<'a> Sandbox<'a> {
     /// A prepared sandbox of the run's shape if one is ready, else one made now; the files
-    /// written in it.
+    /// handed to it (written by its first step).
     async fn make(
         runs: &'a Runs,
         id: &str,
@@ -1046,8 +1051,9 @@ impl<'a> Sandbox<'a> {
         };
         if let Some(ready) = ready.filter(|r| r.files.is_some()) {
             mark(&ready.container);
-            let mut sandbox = Sandbox { runs, container: ready.container, limits, files: ready.files, dead: false };
-            match sandbox.write_files(req).await {
+            let mut sandbox =
+                Sandbox { runs, container: ready.container, limits, files: ready.files, dead: false, unwritten: None };
+            match sandbox.take_files(req) {
                 Ok(()) => {
                     runs.metrics.run_sandboxes.with_label_values(&["prepared"]).inc();
                     return Ok(sandbox);
@@ -1061,25 +1067,32 @@ impl<'a> Sandbox<'a> {
         runs.metrics.run_sandboxes.with_label_values(&["made"]).inc();
         let (container, files) = runs.make_container(id, &shape).await?;
         mark(&container);
-        let mut sandbox = Sandbox { runs, container, limits, files, dead: false };
+        let mut sandbox = Sandbox { runs, container, limits, files, dead: false, unwritten: None };
         if sandbox.files.is_none() {
             // Without its cgroup the runner cannot see CPU time or OOM kills: no verdict it
             // could give would be true.
             sandbox.remove();
             anyhow::bail!("the run sandbox's cgroup was not found under /sys/fs/cgroup; its limits cannot be measured");
         }
-        if let Err(e) = sandbox.write_files(req).await {
+        if let Err(e) = sandbox.take_files(req) {
             sandbox.remove();
             return Err(e);
         }
         Ok(sandbox)
     }
 
-    async fn write_files(&mut self, req: &RunRequest) -> anyhow::Result<()> {
-        if req.files.is_empty() {
-            return Ok(());
+    /// Keeps the submission's files for the first step to write, once the sandbox is seen alive
+    /// (its cgroup is there: a prepared one may have ended since it was made).
+    fn take_files(&mut self, req: &RunRequest) -> anyhow::Result<()> {
+        anyhow::ensure!(self.reading().is_some(), "the sandbox is not running any more");
+        if !req.files.is_empty() {
+            self.unwritten = Some(files_tar(&req.files)?);
         }
-        let tar = files_tar(&req.files)?;
+        Ok(())
+    }
+
+    /// Writes the submission's files (a tar) in an exec of their own.
+    async fn write_files(&mut self, tar: Vec<u8>) -> anyhow::Result<()> {
         let mut write = ExecRequest::new(
             vec!["tar".into(), "-x".into(), "--no-same-owner".into(), "-C".into(), RUN_DIR.into()],
             &self.runs.settings.sandbox_user,
@@ -1112,6 +1125,20 @@ impl<'a> Sandbox<'a> {
         let engine = self.runs.engine.clone();
         let user = self.runs.settings.sandbox_user.clone();
         let limits = self.limits;
+        let (mut argv, mut stdin) = (argv, stdin.into_bytes());
+        let writes_files = match self.unwritten.take() {
+            // No input of its own: the files come on its stdin, one exec where there were two.
+            Some(tar) if live.is_none() && stdin.is_empty() => {
+                argv = with_files_written(argv);
+                stdin = tar;
+                true
+            }
+            Some(tar) => match self.write_files(tar).await {
+                Ok(()) => false,
+                Err(e) => return StepResult::internal(format!("{e:#}")),
+            },
+            None => false,
+        };
         if let Some(f) = &self.files {
             f.reset_peak();
         }
@@ -1133,7 +1160,7 @@ impl<'a> Sandbox<'a> {
         let mut stdin_tx = Some(stdin_tx);
         let mut stdin_bytes = 0usize;
         if control.is_none() {
-            req.stdin = Some(stdin.into_bytes());
+            req.stdin = Some(stdin);
         }
         let mut capture = Capture::new(limits.output_bytes, events);
         let started = Instant::now();
@@ -1260,6 +1287,10 @@ impl<'a> Sandbox<'a> {
         if matches!(exit_code, Some(126 | 127)) && stdout.starts_with("OCI runtime exec failed") {
             return StepResult { time_ms, wall_ms, memory_kb, ..StepResult::internal(stdout) };
         }
+        // The same, told by the shell that wrote the files first: the program never ran.
+        if writes_files && matches!(exit_code, Some(125 | 127)) && out.stderr.contains(PRELUDE_FAILED) {
+            return StepResult { time_ms, wall_ms, memory_kb, ..StepResult::internal(out.stderr) };
+        }
         let status = verdict(&observed, expected.map(|e| compare(mode, &stdout, e)));
         StepResult {
             status,
@@ -1344,6 +1375,22 @@ impl StepResult {
             memory_kb: None,
         }
     }
+}
+
+/// What the shell of `with_files_written` says (and exits 125, or 127 for a program it cannot
+/// find) when the step's program never ran: the runner's failure, not the code's.
+const PRELUDE_FAILED: &str = "exercise-runner: the step could not start";
+
+/// `argv` run by a shell that first writes the submission's files from its stdin (a tar) into
+/// the run's directory, then runs `argv` with an empty stdin (`/dev/null`: at its end, as an
+/// exec with nothing to read). `argv` stays an argument vector (`"$@"`), never shell text.
+fn with_files_written(argv: Vec<String>) -> Vec<String> {
+    let script = format!(
+        "tar -x --no-same-owner -C {RUN_DIR} || {{ echo \"$0: writing the files failed\" >&2; exit 125; }}; \
+         command -v \"$1\" >/dev/null || {{ echo \"$0: $1 not found\" >&2; exit 127; }}; \
+         exec \"$@\" </dev/null"
+    );
+    ["sh", "-c", &script, PRELUDE_FAILED].into_iter().map(String::from).chain(argv).collect()
 }
 
 /// The run's status from its steps.
@@ -1526,6 +1573,19 @@ mod tests {
         let e = effective_limits(&RequestedLimits { memory_mb: Some(4096), ..Default::default() }, &caps).unwrap_err();
         assert!(e.contains("limits.memory_mb") && e.contains("cap"), "{e}");
         assert!(effective_limits(&RequestedLimits { memory_mb: Some(1), ..Default::default() }, &caps).is_err());
+    }
+
+    #[test]
+    fn a_step_that_writes_the_files_keeps_its_argv_as_arguments() {
+        let argv = with_files_written(vec!["python3".into(), "main.py".into(), "$(reboot)".into()]);
+        assert_eq!(&argv[..2], ["sh", "-c"]);
+        assert_eq!(argv[3], PRELUDE_FAILED, "$0: what a failure says");
+        assert_eq!(&argv[4..], ["python3", "main.py", "$(reboot)"], "\"$@\", never shell text");
+        assert!(
+            argv[2].contains(&format!("-C {RUN_DIR}")) && argv[2].ends_with("exec \"$@\" </dev/null"),
+            "{}",
+            argv[2]
+        );
     }
 
     #[test]
