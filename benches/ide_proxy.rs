@@ -395,6 +395,8 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The runner's own warnings (an agent it could not reach: why a connection got a 502).
+    runner::telemetry::init(false, Some(&std::env::var("RUNNER_LOG").unwrap_or_else(|_| "warn".into())));
     let secs: f64 = env("BENCH_SECS", 3.0);
     let live: usize = env::<usize>("BENCH_LIVE", 300).max(50);
     let key_secs: f64 = env("BENCH_KEYS_SECS", 10.0);
