@@ -1093,10 +1093,7 @@ impl<'a> Sandbox<'a> {
 
     /// Writes the submission's files (a tar) in an exec of their own.
     async fn write_files(&mut self, tar: Vec<u8>) -> anyhow::Result<()> {
-        let mut write = ExecRequest::new(
-            vec!["tar".into(), "-x".into(), "--no-same-owner".into(), "-C".into(), RUN_DIR.into()],
-            &self.runs.settings.sandbox_user,
-        );
+        let mut write = ExecRequest::new(UNTAR.map(String::from).to_vec(), &self.runs.settings.sandbox_user);
         write.stdin = Some(tar);
         write.deadline = Duration::from_secs(10);
         let out = self.runs.engine.exec(&self.container, write).await?;
@@ -1381,14 +1378,19 @@ impl StepResult {
 /// find) when the step's program never ran: the runner's failure, not the code's.
 const PRELUDE_FAILED: &str = "exercise-runner: the step could not start";
 
+/// Unpacks the submission's files (a tar on stdin) into the run's directory: in an exec of its
+/// own, or at the start of `with_files_written`.
+const UNTAR: [&str; 5] = ["tar", "-x", "--no-same-owner", "-C", RUN_DIR];
+
 /// `argv` run by a shell that first writes the submission's files from its stdin (a tar) into
 /// the run's directory, then runs `argv` with an empty stdin (`/dev/null`: at its end, as an
 /// exec with nothing to read). `argv` stays an argument vector (`"$@"`), never shell text.
 fn with_files_written(argv: Vec<String>) -> Vec<String> {
     let script = format!(
-        "tar -x --no-same-owner -C {RUN_DIR} || {{ echo \"$0: writing the files failed\" >&2; exit 125; }}; \
+        "{} || {{ echo \"$0: writing the files failed\" >&2; exit 125; }}; \
          command -v \"$1\" >/dev/null || {{ echo \"$0: $1 not found\" >&2; exit 127; }}; \
-         exec \"$@\" </dev/null"
+         exec \"$@\" </dev/null",
+        UNTAR.join(" ")
     );
     ["sh", "-c", &script, PRELUDE_FAILED].into_iter().map(String::from).chain(argv).collect()
 }
