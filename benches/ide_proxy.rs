@@ -10,6 +10,9 @@
 //!     BENCH_SECS=1 BENCH_LIVE=50 cargo bench --bench ide_proxy     (a short run)
 //!     BENCH_RUNTIME=runsc cargo bench --bench ide_proxy
 //!
+//! `BENCH_IN_PROCESS=1`: the runner as a task of the bench's own process (sharing the client's
+//! runtime) instead of its own `runner serve` process.
+//!
 //! `BENCH_SETTLE_SECS` (30): the pause between starting the live sessions and the keystrokes
 //! (the host's CPU at rest is measured over its second half). `BENCH_MEMORY_MB`: the sandboxes'
 //! memory limit (64; 256 under runsc, whose sandbox kernel lives inside it).
@@ -393,6 +396,85 @@ where
     futures_util::stream::iter(items.into_iter().map(f)).buffered(SETUP_CONCURRENCY).collect().await
 }
 
+/// The runner under test. By default its own process (`runner serve`, as it is deployed, and
+/// as configurable-http-proxy is measured: the load generator does not share its threads);
+/// with `BENCH_IN_PROCESS=1` a task of this process, sharing the client's runtime (the method
+/// of the figures before 2026-12-04).
+struct Server {
+    base: String,
+    run: Running,
+}
+
+enum Running {
+    Process(tokio::process::Child),
+    Task(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>),
+}
+
+impl Server {
+    async fn start(dir: &Path, instance: &str, runtime: Runtime, live: usize) -> anyhow::Result<Server> {
+        let database = format!("sqlite://{}?mode=rwc", dir.join("runner.db").display());
+        let max_live = (live as u64 + 10).to_string();
+        let starts = SETUP_CONCURRENCY.to_string();
+        if env("BENCH_IN_PROCESS", 0u8) == 1 {
+            let mut settings = Settings::defaults();
+            settings.data_dir = dir.to_path_buf();
+            settings.database_url = Secret::new(database);
+            settings.api_token = Some(Secret::new(TOKEN));
+            settings.instance = instance.to_string();
+            settings.runtime = runtime;
+            settings.max_live_sessions = live as u64 + 10;
+            settings.max_concurrent_starts = SETUP_CONCURRENCY;
+            settings.start_queue_timeout = Duration::from_secs(600);
+            settings.workspace_driver = WorkspaceDriver::Volume;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let base = format!("http://{}", listener.local_addr()?);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(runner::launch(settings, listener, async move {
+                let _ = rx.await;
+            }));
+            return Ok(Server { base, run: Running::Task(tx, task) });
+        }
+        // A free loopback port for it (the moment between freeing and its bind is a bench's risk).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_runner"))
+            .arg("serve")
+            .env("RUNNER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUNNER_DATA_DIR", dir)
+            .env("RUNNER_DATABASE_URL", database)
+            .env("RUNNER_API_TOKEN", TOKEN)
+            .env("RUNNER_INSTANCE", instance)
+            .env("RUNNER_DOCKER_RUNTIME", runtime.as_str())
+            .env("RUNNER_MAX_LIVE_SESSIONS", max_live)
+            .env("RUNNER_MAX_CONCURRENT_STARTS", starts)
+            .env("RUNNER_START_QUEUE_TIMEOUT_SECS", "600")
+            .env("RUNNER_WORKSPACE_DRIVER", "volume")
+            .env("RUNNER_LOG", std::env::var("RUNNER_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Server { base: format!("http://127.0.0.1:{port}"), run: Running::Process(child) })
+    }
+
+    /// Stops the runner as an operator would (SIGTERM to the pid it was started as), killing it
+    /// if it has not ended within 30 s.
+    async fn stop(self) {
+        match self.run {
+            Running::Task(tx, task) => {
+                let _ = tx.send(());
+                let _ = task.await;
+            }
+            Running::Process(mut child) => {
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+                }
+                if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // The runner's own warnings (an agent it could not reach: why a connection got a 502).
@@ -404,24 +486,12 @@ async fn main() -> anyhow::Result<()> {
     let instance = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let (image, own_agent) = bench_image(&instance).await?;
     let dir = tempfile::Builder::new().prefix("exercise-runner-bench-").tempdir()?;
-    let mut settings = Settings::defaults();
-    settings.data_dir = dir.path().to_path_buf();
-    settings.database_url = Secret::new(format!("sqlite://{}?mode=rwc", dir.path().join("runner.db").display()));
-    settings.api_token = Some(Secret::new(TOKEN));
-    settings.instance = instance.clone();
-    settings.runtime = runtime;
-    settings.max_live_sessions = live as u64 + 10;
-    settings.max_concurrent_starts = SETUP_CONCURRENCY;
-    settings.start_queue_timeout = Duration::from_secs(600);
-    settings.workspace_driver = WorkspaceDriver::Volume;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(runner::launch(settings, listener, async move {
-        let _ = rx.await;
-    }));
+    let server = Server::start(dir.path(), &instance, runtime, live).await?;
+    let base = server.base.clone();
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
     while client.get(format!("{base}/healthz")).send().await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the runner did not answer within 60 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let engine = runner::docker::connect(&instance, Arc::new(Metrics::new())).await?;
@@ -438,8 +508,7 @@ async fn main() -> anyhow::Result<()> {
         }
         .unwrap_or_default();
     in_batches(ids, |id| client.delete(format!("{base}/v1/sessions/{id}")).bearer_auth(TOKEN).send()).await;
-    let _ = tx.send(());
-    let _ = server.await;
+    server.stop().await;
     for c in engine.list_sandboxes().await.unwrap_or_default() {
         let _ = engine.remove_container(&c.id).await;
     }

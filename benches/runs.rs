@@ -1,6 +1,7 @@
 //! One-shot runs: Python hello world through `POST /v1/runs` on a real runner versus a bare
 //! `docker run --rm` of the same image doing the same job under the same hardening, in one run:
-//! p50/p99 latency at concurrency 1, and runs per second at concurrency 1 and 4. Rounds of the
+//! p50/p99 latency at concurrency 1, and runs per second at concurrency 1 and 4 (closed loop: each
+//! of that many callers sends its next run when its last one answered). Rounds of the
 //! two paths are interleaved, so a change in the machine's load hits both alike.
 //!
 //!     cargo bench --bench runs                       (needs the engine: scripts/host-setup.sh)
@@ -8,7 +9,10 @@
 //!
 //! Cleans up everything it made (the runner removes each run's sandbox; `--rm` the bare ones).
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::atomic::{AtomicUsize, Ordering::SeqCst},
+    time::{Duration, Instant},
+};
 
 use runner::{
     config::{Secret, Settings},
@@ -92,19 +96,24 @@ async fn api(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs per second with `concurrency` jobs at once, `total` in all.
+/// Runs per second with `concurrency` jobs at once, `total` in all: a closed loop, each of
+/// `concurrency` workers starting its next job as soon as its last one answered (as callers
+/// pressing Run do), not batches that wait for their slowest job.
 async fn throughput<F, Fut>(concurrency: usize, total: usize, job: F) -> anyhow::Result<f64>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let started = Instant::now();
-    let mut left = total;
-    while left > 0 {
-        let batch = left.min(concurrency);
-        futures_util::future::try_join_all((0..batch).map(|_| job())).await?;
-        left -= batch;
-    }
+    let left = AtomicUsize::new(total);
+    let take = || left.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok();
+    let worker = || async {
+        while take() {
+            job().await?;
+        }
+        anyhow::Ok(())
+    };
+    futures_util::future::try_join_all((0..concurrency).map(|_| worker())).await?;
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
