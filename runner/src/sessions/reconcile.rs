@@ -54,6 +54,10 @@ pub enum Action {
     /// Its container runs but its health check keeps failing (the IDE agent does not answer, or
     /// a service of the exercise is stuck): replace it, on the same workspace.
     ReplaceUnhealthy { session: String, container: String },
+    /// Many sandboxes failed their health checks at once ([`host_wide`]): the host is the
+    /// likely cause (overloaded, its engine slow to run the checks), not each sandbox. They are
+    /// kept (adopted) this round, and the operator is told.
+    HoldUnhealthy { unhealthy: usize, running: usize },
     /// A container of this instance that no live session owns.
     RemoveOrphan { container: String },
 }
@@ -103,6 +107,19 @@ pub fn plan(
             None => Action::Recreate { session },
         });
     }
+    let unhealthy = actions.iter().filter(|a| matches!(a, Action::ReplaceUnhealthy { .. })).count();
+    let running =
+        actions.iter().filter(|a| matches!(a, Action::Adopt { .. } | Action::ReplaceUnhealthy { .. })).count();
+    if host_wide(unhealthy, running) {
+        for a in actions.iter_mut() {
+            if let Action::ReplaceUnhealthy { session, container } = a {
+                let s = live.iter().find(|s| s.id == *session).expect("the plan names live sessions");
+                let record = s.state != SessionState::Running || s.container_id.as_deref() != Some(container.as_str());
+                *a = Action::Adopt { session: std::mem::take(session), container: std::mem::take(container), record };
+            }
+        }
+        actions.push(Action::HoldUnhealthy { unhealthy, running });
+    }
     let live_ids: HashSet<&str> = live.iter().map(|s| s.id.as_str()).collect();
     for c in observed {
         let owned = c.session_id.as_deref().is_some_and(|s| live_ids.contains(s) || in_flight.contains(s))
@@ -113,6 +130,18 @@ pub fn plan(
         }
     }
     actions
+}
+
+/// Fewest unhealthy sandboxes in one round that may be the host's doing rather than theirs.
+const HOST_WIDE_MIN: usize = 3;
+
+/// Whether `unhealthy` of the `running` sandboxes failing their checks in the same round point at
+/// the host: at least [`HOST_WIDE_MIN`] and more than a quarter. A sandbox whose learner broke it
+/// (a stuck service, a fork bomb starving the agent) fails alone; a host too loaded to run the
+/// checks in time (gVisor under a heavy exec load took over 5 s) fails many at once, and
+/// replacing them all would cut every one of those learners off and load the host more.
+pub fn host_wide(unhealthy: usize, running: usize) -> bool {
+    unhealthy >= HOST_WIDE_MIN && unhealthy * 4 > running
 }
 
 pub async fn reconcile_once(sessions: &Arc<Sessions>) -> anyhow::Result<Report> {
@@ -206,6 +235,15 @@ async fn execute(
             recreate(sessions, record(&session)).await;
             report.replaced_unhealthy += 1;
             count("replaced_unhealthy");
+        }
+        Action::HoldUnhealthy { unhealthy, running } => {
+            tracing::warn!(
+                unhealthy,
+                running,
+                "many sandboxes failed their health checks at once: the host is the likely cause (overloaded?); \
+                 keeping them this round instead of replacing them"
+            );
+            sessions.metrics.reconcile_actions.with_label_values(&["unhealthy_held"]).inc_by(unhealthy as u64);
         }
         Action::Recreate { session } => {
             tracing::warn!(%session, "sandbox container vanished; recreating it on the same workspace");
@@ -315,6 +353,29 @@ mod tests {
             plan(&live, &observed, &in_flight, &none()),
             vec![Action::ReplaceUnhealthy { session: "a".into(), container: "c1".into() }]
         );
+    }
+
+    #[test]
+    fn many_unhealthy_at_once_are_the_hosts_doing_and_kept() {
+        let ids: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+        let live: Vec<_> = ids.iter().map(|i| session(i, SessionState::Running, Some(&format!("c{i}")))).collect();
+        let sick = |n: usize| -> Vec<FoundSandbox> {
+            ids.iter()
+                .enumerate()
+                .map(|(k, i)| FoundSandbox { unhealthy: k < n, ..sandbox(&format!("c{i}"), Some(i), true) })
+                .collect()
+        };
+        let replaced =
+            |actions: &[Action]| actions.iter().filter(|a| matches!(a, Action::ReplaceUnhealthy { .. })).count();
+        // Two of eight: each its own trouble, replaced.
+        assert_eq!(replaced(&plan(&live, &sick(2), &none(), &none())), 2);
+        // Three of eight: the host's; all kept as they are, and said once.
+        let actions = plan(&live, &sick(3), &none(), &none());
+        assert_eq!(replaced(&actions), 0);
+        assert_eq!(actions.iter().filter(|a| matches!(a, Action::Adopt { record: false, .. })).count(), 8);
+        assert_eq!(actions.last(), Some(&Action::HoldUnhealthy { unhealthy: 3, running: 8 }));
+        assert!(!host_wide(2, 2), "two alone are never the host's");
+        assert!(!host_wide(25, 100) && host_wide(26, 100));
     }
 
     #[test]
