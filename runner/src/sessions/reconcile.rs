@@ -99,10 +99,7 @@ pub fn plan(
         }
         actions.push(match by_session.get(s.id.as_str()) {
             Some(c) if c.running && c.unhealthy => Action::ReplaceUnhealthy { session, container: c.id.clone() },
-            Some(c) if c.running => {
-                let record = s.state != SessionState::Running || s.container_id.as_deref() != Some(c.id.as_str());
-                Action::Adopt { session, container: c.id.clone(), record }
-            }
+            Some(c) if c.running => Action::Adopt { session, container: c.id.clone(), record: needs_record(s, &c.id) },
             Some(c) => Action::Restart { session, container: c.id.clone() },
             None => Action::Recreate { session },
         });
@@ -114,7 +111,7 @@ pub fn plan(
         for a in actions.iter_mut() {
             if let Action::ReplaceUnhealthy { session, container } = a {
                 let s = live.iter().find(|s| s.id == *session).expect("the plan names live sessions");
-                let record = s.state != SessionState::Running || s.container_id.as_deref() != Some(container.as_str());
+                let record = needs_record(s, container);
                 *a = Action::Adopt { session: std::mem::take(session), container: std::mem::take(container), record };
             }
         }
@@ -130,6 +127,12 @@ pub fn plan(
         }
     }
     actions
+}
+
+/// Whether adopting `container` for `s` must be written down: the database does not say yet
+/// that it runs, or names another container.
+fn needs_record(s: &SessionRecord, container: &str) -> bool {
+    s.state != SessionState::Running || s.container_id.as_deref() != Some(container)
 }
 
 /// Fewest unhealthy sandboxes in one round that may be the host's doing rather than theirs.
