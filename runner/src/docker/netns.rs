@@ -61,8 +61,10 @@ fn connect_in(pid: u32, id: &str, name: &str) -> std::io::Result<std::os::unix::
 }
 
 /// [`connect_in`] on a fresh thread: `setns` moves only the calling thread, and this one ends
-/// with the connect, so no thread of the runner's is ever left in a sandbox's namespace.
-pub(super) async fn connect(pid: u32, id: &str, name: &str) -> anyhow::Result<tokio::net::UnixStream> {
+/// with the connect, so no thread of the runner's is ever left in a sandbox's namespace. The
+/// stream is watched for writing only while a write would block ([`quiet_socket`]): the agent
+/// reading what the proxy wrote would otherwise wake the runner once more per message.
+pub(super) async fn connect(pid: u32, id: &str, name: &str) -> anyhow::Result<quiet_socket::Stream> {
     let (id_owned, name_owned) = (id.to_string(), name.to_string());
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -76,5 +78,5 @@ pub(super) async fn connect(pid: u32, id: &str, name: &str) -> anyhow::Result<to
         .context("the namespace thread ended")?
         .with_context(|| format!("connecting to @{name} in the network namespace of process {pid}"))?;
     // Already non-blocking.
-    Ok(tokio::net::UnixStream::from_std(stream)?)
+    Ok(quiet_socket::Stream::new(tokio::net::UnixStream::from_std(stream)?)?)
 }
