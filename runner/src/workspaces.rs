@@ -25,6 +25,37 @@ pub struct Workspaces {
     store: Store,
     /// Loop attach and volume create are serialised: `losetup -f` races with itself.
     lock: Mutex<()>,
+    /// Reads in progress, per volume ([`ReadHold`]): a held volume is not detached nor destroyed
+    /// between its reader's attach and the reader sandbox's mount.
+    reads: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// A volume attached for a read of the workspace without a session (a reader sandbox). While it
+/// is held, a session ending on that workspace, another read finishing and an erasure leave the
+/// volume attached (an erasure waits and tries again); once the reader sandbox has it mounted,
+/// the engine refuses to remove it anyway. Held in this process only: another runner replica
+/// sharing the host (a rolling update) does not see it.
+pub struct ReadHold<'a> {
+    workspaces: &'a Workspaces,
+    volume: String,
+}
+
+impl ReadHold<'_> {
+    pub fn volume(&self) -> &str {
+        &self.volume
+    }
+}
+
+impl Drop for ReadHold<'_> {
+    fn drop(&mut self) {
+        let mut reads = self.workspaces.reads.lock().expect("lock");
+        if let Some(n) = reads.get_mut(&self.volume) {
+            *n -= 1;
+            if *n == 0 {
+                reads.remove(&self.volume);
+            }
+        }
+    }
 }
 
 /// Held while attaching, detaching or creating workspaces: this process's mutex plus an advisory
@@ -68,7 +99,15 @@ impl Workspaces {
         let mut ids = sandbox_user.split(':').map(|s| s.parse::<u32>().ok());
         let uid = ids.next().flatten().unwrap_or(1000);
         let gid = ids.next().flatten().unwrap_or(uid);
-        Arc::new(Workspaces { driver, dir, owner: (uid, gid), engine, store, lock: Mutex::new(()) })
+        Arc::new(Workspaces {
+            driver,
+            dir,
+            owner: (uid, gid),
+            engine,
+            store,
+            lock: Mutex::new(()),
+            reads: std::sync::Mutex::default(),
+        })
     }
 
     async fn exclusive(&self) -> anyhow::Result<Exclusive<'_>> {
@@ -112,10 +151,21 @@ impl Workspaces {
     /// Makes an existing workspace ready to mount for reading its files without a session (a
     /// reader sandbox); its volume, or `None` when the learner has no workspace there. Nothing is
     /// created and the retention clock is not reset.
-    pub async fn attach_existing(&self, learner: &str, exercise: &str) -> anyhow::Result<Option<String>> {
+    pub async fn attach_existing(&self, learner: &str, exercise: &str) -> anyhow::Result<Option<ReadHold<'_>>> {
         let Some(record) = self.store.workspace(learner, exercise).await? else { return Ok(None) };
-        self.attach_volume(&record.volume, record.size_mb as u64).await?;
-        Ok(Some(record.volume))
+        // Held before the attach: a detach that sees the hold leaves the volume be.
+        let hold = self.hold_for_read(record.volume);
+        self.attach_volume(&hold.volume, record.size_mb as u64).await?;
+        Ok(Some(hold))
+    }
+
+    fn hold_for_read(&self, volume: String) -> ReadHold<'_> {
+        *self.reads.lock().expect("lock").entry(volume.clone()).or_default() += 1;
+        ReadHold { workspaces: self, volume }
+    }
+
+    fn read_in_progress(&self, volume: &str) -> bool {
+        self.reads.lock().expect("lock").contains_key(volume)
     }
 
     /// After a read without a session: drops the volume and loop device again, as
@@ -210,9 +260,10 @@ impl Workspaces {
         self.detach(&volume).await.map(|_| ())
     }
 
-    /// Removes the volume and its loop device; false (nothing done) while a container uses it.
+    /// Removes the volume and its loop device; false (nothing done) while a container uses it or
+    /// a read holds it.
     async fn detach(&self, volume: &str) -> anyhow::Result<bool> {
-        if !self.engine.remove_volume(volume).await? {
+        if self.read_in_progress(volume) || !self.engine.remove_volume(volume).await? {
             return Ok(false);
         }
         let image = self.image_path(volume);
@@ -227,6 +278,9 @@ impl Workspaces {
     /// Deletes a workspace and its files for good (retention ended).
     pub async fn destroy(&self, volume: &str) -> anyhow::Result<()> {
         let _guard = self.exclusive().await?;
+        if self.read_in_progress(volume) {
+            bail!("workspace volume {volume} is being read");
+        }
         match self.driver {
             WorkspaceDriver::Volume => {
                 if !self.engine.remove_volume(volume).await? {
@@ -326,5 +380,33 @@ impl Workspaces {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fake::{exited, FakeEngine};
+
+    /// Found by the erasure race test: a session's end (or another read finishing) detached a
+    /// workspace a reader had just attached, before its reader sandbox mounted it, and the read
+    /// answered 500. The fake engine has no volumes: reaching it is an error, so `Ok(false)`
+    /// and the "being read" refusal show the engine was left alone.
+    #[tokio::test]
+    async fn a_volume_being_read_is_neither_detached_nor_destroyed_until_its_last_read_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("runner.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let engine: Engine = FakeEngine::answering(|_| exited(0, ""));
+        let ws = Workspaces::new(WorkspaceDriver::Loop, dir.path().join("workspaces"), "1000:1000", engine, store);
+        let (first, second) = (ws.hold_for_read("v".into()), ws.hold_for_read("v".into()));
+        assert!(!ws.detach("v").await.unwrap(), "held: not detached");
+        let refused = ws.destroy("v").await.unwrap_err();
+        assert!(format!("{refused:#}").contains("being read"), "{refused:#}");
+        drop(first);
+        assert!(!ws.detach("v").await.unwrap(), "still held by the second read");
+        drop(second);
+        assert!(ws.detach("v").await.is_err(), "no read left: the engine is asked (and the fake has no volumes)");
+        assert!(ws.reads.lock().unwrap().is_empty());
     }
 }

@@ -375,7 +375,8 @@ impl LearnerFiles {
         let mut spec = sandbox_spec(&self.settings, &record)?;
         spec.network = None;
         spec.ide = false;
-        let Some(volume) = self.workspaces.attach_existing(learner, exercise).await? else { return Err(not_found()) };
+        let Some(hold) = self.workspaces.attach_existing(learner, exercise).await? else { return Err(not_found()) };
+        let volume = hold.volume().to_string();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let owner = SandboxOwner { instance: self.engine.instance(), purpose: Purpose::Reader(&id), learner, exercise };
         let s = &self.settings;
@@ -397,7 +398,8 @@ impl LearnerFiles {
             Err(e) => Err(e.into()),
         };
         // The volume goes again unless a session started on it meanwhile (then it is in use and
-        // stays, or that session's start holds it).
+        // stays, or that session's start holds it) or another read holds it.
+        drop(hold);
         if self.store.live_session_for(learner, exercise).await?.is_none() {
             if let Err(e) = self.workspaces.detach_after_read(&volume).await {
                 tracing::warn!(volume, error = %format!("{e:#}"), "could not release a workspace after reading it");
